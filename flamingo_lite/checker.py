@@ -1,0 +1,258 @@
+"""The checker: does a learner's module compute what the reference computes, with the same weights?
+
+`check_module(my_module, flamingo_lite.MaskedCrossAttention)` copies the reference's weights into the learner's
+module through `state_dict` (so the parameter names must match flamingo-pytorch's), runs both on the same
+inputs, and prints a verdict a person can read: a match, or the largest difference and where it is. On a
+`state_dict` mismatch it lists the missing, unexpected and mis-shaped parameter names in plain words.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .cross_attention import MaskedCrossAttention
+from .feedforward import FeedForward
+from .gated import GatedCrossAttentionBlock
+from .perceiver import PerceiverAttention, PerceiverResampler
+
+
+@dataclass
+class CheckResult:
+    """What `check_module` found. Truthy when the outputs match."""
+
+    passed: bool
+    name: str
+    message: str
+    max_abs_diff: float | None = None
+    where: tuple | None = None  # index of the largest difference
+    num_mismatched: int = 0
+    num_values: int = 0
+    output_shape: tuple | None = None
+    missing_keys: list = field(default_factory=list)  # in the reference, not in the learner's module
+    unexpected_keys: list = field(default_factory=list)  # in the learner's module, not in the reference
+    shape_mismatches: list = field(default_factory=list)  # (key, learner shape, reference shape)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def __repr__(self) -> str:
+        return f"CheckResult(passed={self.passed}, max_abs_diff={self.max_abs_diff})"
+
+
+def _heads_of(module: nn.Module, fallback_module: nn.Module | None = None) -> int:
+    for m in (module, fallback_module):
+        if m is not None and isinstance(getattr(m, "heads", None), int):
+            return m.heads
+    raise TypeError("cannot tell the number of heads: give your module a `heads` attribute or pass reference_kwargs")
+
+
+def infer_reference_kwargs(reference_cls: type, learner: nn.Module) -> dict:
+    """Constructor arguments for `reference_cls` that fit the learner's weights (shapes and `heads`)."""
+    sd = learner.state_dict()
+    try:
+        if reference_cls is FeedForward:
+            dim = sd["0.weight"].shape[0]
+            return dict(dim=dim, mult=sd["1.weight"].shape[0] / dim)
+        if reference_cls is PerceiverAttention:
+            heads = _heads_of(learner)
+            return dict(dim=sd["norm_media.weight"].shape[0], heads=heads, dim_head=sd["to_q.weight"].shape[0] // heads)
+        if reference_cls is MaskedCrossAttention:
+            heads = _heads_of(learner)
+            return dict(
+                dim=sd["norm.weight"].shape[0],
+                heads=heads,
+                dim_head=sd["to_q.weight"].shape[0] // heads,
+                only_attend_immediate_media=bool(getattr(learner, "only_attend_immediate_media", True)),
+            )
+        if reference_cls is GatedCrossAttentionBlock:
+            attn = getattr(learner, "attn", None)
+            heads = _heads_of(attn) if attn is not None else _heads_of(learner)
+            dim = sd["attn.norm.weight"].shape[0]
+            return dict(
+                dim=dim,
+                heads=heads,
+                dim_head=sd["attn.to_q.weight"].shape[0] // heads,
+                ff_mult=sd["ff.1.weight"].shape[0] / dim,
+                only_attend_immediate_media=bool(getattr(attn, "only_attend_immediate_media", True)),
+            )
+        if reference_cls is PerceiverResampler:
+            depth = len({k.split(".")[1] for k in sd if k.startswith("layers.")})
+            first_attn = learner.layers[0][0] if depth else None
+            heads = _heads_of(first_attn) if depth else 8
+            dim = sd["latents"].shape[1]
+            kwargs = dict(
+                dim=dim, depth=depth, num_latents=sd["latents"].shape[0], num_media_embeds=sd["media_pos_emb"].shape[0]
+            )
+            if depth:
+                kwargs.update(heads=heads, dim_head=sd["layers.0.0.to_q.weight"].shape[0] // heads)
+                kwargs.update(ff_mult=sd["layers.0.1.1.weight"].shape[0] / dim)
+            return kwargs
+    except KeyError as missing:
+        raise TypeError(
+            f"cannot build a {reference_cls.__name__} to match your module: it has no parameter {missing}. "
+            "Name your parameters as the reference does, or pass reference_kwargs=dict(...)"
+        ) from None
+    raise TypeError(f"pass reference_kwargs=dict(...) to build a {reference_cls.__name__}, or pass an instance")
+
+
+def example_inputs(module: nn.Module, *, seed: int = 0, batch: int = 2) -> tuple:
+    """Small, seeded inputs that exercise `module` (a reference instance), including the tricky cases.
+
+    For the cross-attention layers the media_locations hold text before the first media, a marker at
+    position 0 and two consecutive markers.
+    """
+    param = next(module.parameters())
+    device, dtype = param.device, param.dtype
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
+
+    if isinstance(module, FeedForward):
+        return (randn(batch, 5, module.dim),)  # (b, n, d)
+    if isinstance(module, PerceiverAttention):
+        return (randn(batch, 2, 6, module.dim), randn(batch, 2, 4, module.dim))  # (b, t, n, d), (b, t, L, d)
+    if isinstance(module, PerceiverResampler):
+        return (randn(batch, min(2, module.num_media_embeds), 6, module.dim),)  # (b, t, n, d)
+    if isinstance(module, (MaskedCrossAttention, GatedCrossAttentionBlock)):
+        dim = module.dim if isinstance(module, MaskedCrossAttention) else module.attn.dim
+        pattern = [
+            [0, 1, 0, 0, 1, 0, 1, 0],  # text before the first media, three media
+            [1, 0, 1, 1, 0, 0, 0, 0],  # a marker at position 0, two consecutive markers
+        ]
+        locations = torch.tensor([pattern[i % 2] for i in range(batch)], dtype=torch.bool, device=device)  # (b, n)
+        return randn(batch, 8, dim), randn(batch, 3, 4, dim), locations  # (b, n, d), (b, t, m, d), (b, n)
+    raise TypeError(f"no example inputs for {type(module).__name__}: pass inputs=(...) to check_module")
+
+
+def _compare_state_dicts(learner: nn.Module, reference: nn.Module):
+    mine, ref = learner.state_dict(), reference.state_dict()
+    missing = [k for k in ref if k not in mine]
+    unexpected = [k for k in mine if k not in ref]
+    misshaped = [(k, tuple(mine[k].shape), tuple(ref[k].shape)) for k in ref if k in mine and mine[k].shape != ref[k].shape]
+    return missing, unexpected, misshaped
+
+
+def _state_dict_report(name, missing, unexpected, misshaped) -> str:
+    lines = [f"✗ {name}: the parameters do not line up with the reference, so its weights cannot be copied in."]
+    if missing:
+        lines.append(f"  Missing (the reference has them, your module does not): {', '.join(missing)}")
+    if unexpected:
+        lines.append(f"  Unexpected (your module has them, the reference does not): {', '.join(unexpected)}")
+    for key, mine, ref in misshaped:
+        lines.append(f"  Wrong shape: {key} is {mine} in your module but {ref} in the reference")
+    lines.append("  Use the same attribute names and sizes as the reference (print(reference) shows them).")
+    return "\n".join(lines)
+
+
+def check_module(
+    learner: nn.Module,
+    reference,
+    inputs=None,
+    *,
+    reference_kwargs: dict | None = None,
+    atol: float = 1e-5,
+    rtol: float = 1e-5,
+    seed: int = 0,
+    open_gates: bool = True,
+    raise_on_mismatch: bool = False,
+    verbose: bool = True,
+) -> CheckResult:
+    """Copy the reference's weights into `learner`, run both, and say whether the outputs match.
+
+    learner: your module (its weights are overwritten by the reference's).
+    reference: a reference class such as `flamingo_lite.MaskedCrossAttention` (built to fit your module's
+        shapes, or with `reference_kwargs`) or an instance (copied, never changed).
+    inputs: a tuple of positional arguments for both modules; small seeded ones are made if None.
+    open_gates: gates that are exactly zero make a gated block the identity, which would hide mistakes, so
+        the reference's zero gates are set to 0.5 before copying (the verdict says so).
+    Returns a `CheckResult`; with `raise_on_mismatch=True` a mismatch raises `AssertionError` instead.
+    """
+    if not isinstance(learner, nn.Module):
+        raise TypeError(f"learner must be an nn.Module (your module), got {type(learner).__name__}")
+    if isinstance(reference, type):
+        if not issubclass(reference, nn.Module):
+            raise TypeError(f"reference must be an nn.Module class or instance, got {reference!r}")
+        kwargs = reference_kwargs if reference_kwargs is not None else infer_reference_kwargs(reference, learner)
+        torch.manual_seed(seed)
+        reference = reference(**kwargs)
+        param = next(learner.parameters(), None)
+        if param is not None:
+            reference = reference.to(device=param.device, dtype=param.dtype)
+    elif isinstance(reference, nn.Module):
+        reference = copy.deepcopy(reference)
+    else:
+        raise TypeError(f"reference must be an nn.Module class or instance, got {type(reference).__name__}")
+    name = type(learner).__name__
+    ref_name = f"{type(reference).__module__.split('.')[0]}.{type(reference).__name__}"  # e.g. flamingo_lite.FeedForward
+
+    notes = []
+    if open_gates:
+        with torch.no_grad():
+            for pname, p in reference.named_parameters():
+                if pname.split(".")[-1].endswith("gate") and bool((p == 0).all()):
+                    p.fill_(0.5)
+                    notes.append(pname)
+    if notes:
+        notes_line = f"  (gates {', '.join(notes)} set to 0.5 so the check sees through them)"
+    else:
+        notes_line = ""
+
+    missing, unexpected, misshaped = _compare_state_dicts(learner, reference)
+    if missing or unexpected or misshaped:
+        message = _state_dict_report(name, missing, unexpected, misshaped)
+        result = CheckResult(False, name, message, missing_keys=missing, unexpected_keys=unexpected, shape_mismatches=misshaped)
+        return _finish(result, verbose, raise_on_mismatch)
+    learner.load_state_dict(reference.state_dict(), strict=True)
+
+    if inputs is None:
+        inputs = example_inputs(reference, seed=seed)
+    elif not isinstance(inputs, (tuple, list)):
+        inputs = (inputs,)
+
+    was_training = learner.training, reference.training
+    learner.eval()
+    reference.eval()
+    with torch.no_grad():
+        expected = reference(*inputs)
+        got = learner(*inputs)
+    learner.train(was_training[0])
+
+    if not isinstance(got, torch.Tensor):
+        message = f"✗ {name} returned {type(got).__name__}, expected a tensor of shape {tuple(expected.shape)}"
+        return _finish(CheckResult(False, name, message), verbose, raise_on_mismatch)
+    if got.shape != expected.shape:
+        message = f"✗ {name} returned shape {tuple(got.shape)}, but {ref_name} returns {tuple(expected.shape)}"
+        return _finish(CheckResult(False, name, message, output_shape=tuple(got.shape)), verbose, raise_on_mismatch)
+
+    got64, expected64 = got.double(), expected.double()
+    diff = (got64 - expected64).abs()  # same shape as the output
+    diff = torch.where(torch.isnan(got64) != torch.isnan(expected64), torch.full_like(diff, float("inf")), diff)
+    diff = torch.nan_to_num(diff, nan=0.0)  # NaN in both places counts as equal
+    too_far = diff > atol + rtol * expected64.abs().nan_to_num(0.0)
+    max_diff = float(diff.max())
+    where = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
+    shape = tuple(got.shape)
+    num_bad = int(too_far.sum())
+    if num_bad == 0:
+        message = f"✓ {name} matches {ref_name}: output {shape}, every value within {atol:g} of the reference{notes_line and chr(10) + notes_line}"
+        result = CheckResult(True, name, message, max_diff, where, 0, diff.numel(), shape)
+    else:
+        message = (
+            f"✗ {name} differs from {ref_name}: output {shape}, {num_bad} of {diff.numel()} values off by more "
+            f"than {atol:g}; the largest difference is {max_diff:.3g} at index {where} "
+            f"(yours {float(got64[where]):.4f}, reference {float(expected64[where]):.4f}){notes_line and chr(10) + notes_line}"
+        )
+        result = CheckResult(False, name, message, max_diff, where, num_bad, diff.numel(), shape)
+    return _finish(result, verbose, raise_on_mismatch)
+
+
+def _finish(result: CheckResult, verbose: bool, raise_on_mismatch: bool) -> CheckResult:
+    if verbose:
+        print(result.message)
+    if raise_on_mismatch and not result.passed:
+        raise AssertionError(result.message)
+    return result

@@ -1,0 +1,95 @@
+"""Masked cross-attention: text tokens attend to the visual tokens of the media they are allowed to see.
+
+Paper, Sec. 2.2 and 2.3, Fig. 4 and Fig. 7 (Alayrac et al. 2022, arXiv 2204.14198). The queries come from the
+text, the keys and values from the media latents the Perceiver Resampler produced. Which media a token may see
+is decided by `media_locations` (True at each `<image>` token) through the pure functions in
+`flamingo_lite.masks`: with `only_attend_immediate_media=True` (the paper's choice) a token sees only the latest
+media before it; with False it sees every media before it. Text before the first media sees none and gets
+exactly zero output, in both modes (the original code lets it average over all media, future ones included).
+
+Shapes, in einops notation: b batch, n text tokens, t media, m latents per media, d the model width,
+h heads, e the width of one head (`dim_head`).
+"""
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from .attention import attend
+from .masks import check_markers_fit_media, check_media_locations, cross_attention_mask, rows_without_media
+from .validation import check_positive_int, check_same_dtype, check_tensor, shape_str
+
+
+def check_cross_attention_inputs(dim: int, x, media, media_locations):
+    """Validate the inputs of a cross-attention layer; return `media_locations` as bool (or None)."""
+    check_tensor("x", x, ndim=3, dim=None, layout=f"(batch, text, {dim})")
+    if isinstance(media, torch.Tensor) and media.ndim == 3:
+        raise ValueError(
+            f"media must have a time axis, shape (batch, media, latents, {dim}); got {shape_str(media)}. "
+            "For one media per sequence use media.unsqueeze(1)"
+        )
+    check_tensor("media", media, ndim=4, dim=None, layout=f"(batch, media, latents, {dim})")
+    if x.shape[-1] != dim:
+        raise ValueError(f"x must have width dim={dim} in its last axis, shape (batch, text, {dim}); got {shape_str(x)}")
+    if media.shape[-1] != dim:
+        raise ValueError(
+            f"media must have width dim={dim} in its last axis, shape (batch, media, latents, {dim}); got {shape_str(media)}"
+        )
+    if media.shape[0] != x.shape[0]:
+        raise ValueError(f"x and media must have the same batch size: x is {shape_str(x)}, media is {shape_str(media)}")
+    check_same_dtype([("x", x), ("media", media)])
+    if media_locations is None:
+        return None
+    media_locations = check_media_locations(media_locations, batch=x.shape[0], text_len=x.shape[1])
+    check_markers_fit_media(media_locations, num_media=media.shape[1])
+    return media_locations
+
+
+class MaskedCrossAttention(nn.Module):
+    """Text (queries) attends to media latents (keys, values) under the media_locations mask.
+
+    forward(x (b, n, d), media (b, t, m, d), media_locations (b, n) bool or None) -> (b, n, d).
+    `media_locations=None` lets every token attend to every media. Rows that see no media are exactly zero.
+    """
+
+    def __init__(self, *, dim: int, dim_head: int = 64, heads: int = 8, only_attend_immediate_media: bool = True):
+        super().__init__()
+        self.dim = check_positive_int("dim", dim)
+        self.dim_head = check_positive_int("dim_head", dim_head)
+        self.heads = check_positive_int("heads", heads)
+        if not isinstance(only_attend_immediate_media, bool):
+            raise TypeError(f"only_attend_immediate_media must be a bool, got {only_attend_immediate_media!r}")
+        self.scale = dim_head**-0.5
+        inner_dim = dim_head * heads
+
+        self.norm = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, inner_dim, bias=False)
+        self.to_kv = nn.Linear(dim, inner_dim * 2, bias=False)  # keys and values, side by side
+        self.to_out = nn.Linear(inner_dim, dim, bias=False)
+
+        # True: text sees only the latest media before it (the paper's choice); False: every media before it
+        self.only_attend_immediate_media = only_attend_immediate_media
+
+    def forward(self, x: torch.Tensor, media: torch.Tensor, media_locations: torch.Tensor | None = None) -> torch.Tensor:
+        media_locations = check_cross_attention_inputs(self.dim, x, media, media_locations)
+        b, t, m = media.shape[:3]
+        h = self.heads
+
+        x = self.norm(x)  # (b, n, d)
+        q = self.to_q(x)  # (b, n, h*e)
+        media = rearrange(media, "b t m d -> b (t m) d")  # (b, t*m, d): all media latents in one row
+        k, v = self.to_kv(media).chunk(2, dim=-1)  # 2 x (b, t*m, h*e)
+
+        q = rearrange(q, "b n (h e) -> b h n e", h=h)  # (b, h, n, e)
+        k = rearrange(k, "b j (h e) -> b h j e", h=h)  # (b, h, t*m, e)
+        v = rearrange(v, "b j (h e) -> b h j e", h=h)  # (b, h, t*m, e)
+
+        mask = zero_rows = None
+        if media_locations is not None:
+            mask = cross_attention_mask(media_locations, t, m, self.only_attend_immediate_media)  # (b, n, t*m)
+            zero_rows = rows_without_media(media_locations)  # (b, n): text before the first media
+
+        out = attend(q, k, v, scale=self.scale, mask=mask, zero_rows=zero_rows)  # (b, h, n, e)
+        out = rearrange(out, "b h n e -> b n (h e)")  # (b, n, h*e)
+        return self.to_out(out)  # (b, n, d); no bias, so rows that saw nothing stay exactly zero

@@ -1,0 +1,47 @@
+"""The gated cross-attention dense block, inserted before the frozen language model's layers.
+
+Paper, Sec. 2.2 and Fig. 4 (Alayrac et al. 2022, arXiv 2204.14198): masked cross-attention to the media, then a
+feed-forward layer, each added to the residual stream through a tanh gate, `x + tanh(alpha) * f(x)`. Both
+gates start at 0, so at initialisation the block is exactly the identity and the model is exactly the frozen
+language model; training opens the gates gradually (the paper's Fig. 6). Without the tanh gating the paper's
+overall score drops from 70.7 to 66.5 (Table 3).
+
+Shapes: b batch, n text tokens, t media, m latents per media, d the model width.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .cross_attention import MaskedCrossAttention
+from .feedforward import FeedForward
+
+
+class GatedCrossAttentionBlock(nn.Module):
+    """`x + tanh(attn_gate) * xattn(x, media)`, then `+ tanh(ff_gate) * ff(x)`.
+
+    forward(x (b, n, d), media (b, t, m, d), media_locations (b, n) bool or None) -> (b, n, d).
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        dim_head: int = 64,
+        heads: int = 8,
+        ff_mult: float = 4,
+        only_attend_immediate_media: bool = True,
+    ):
+        super().__init__()
+        self.attn = MaskedCrossAttention(
+            dim=dim, dim_head=dim_head, heads=heads, only_attend_immediate_media=only_attend_immediate_media
+        )
+        self.attn_gate = nn.Parameter(torch.tensor([0.0]))  # (1,): tanh(0) = 0, the block starts closed
+        self.ff = FeedForward(dim, mult=ff_mult)
+        self.ff_gate = nn.Parameter(torch.tensor([0.0]))  # (1,)
+
+    def forward(self, x: torch.Tensor, media: torch.Tensor, media_locations: torch.Tensor | None = None) -> torch.Tensor:
+        # the cross-attention checks every input before anything is computed
+        x = x + self.attn(x, media, media_locations=media_locations) * self.attn_gate.tanh()  # (b, n, d)
+        x = x + self.ff(x) * self.ff_gate.tanh()  # (b, n, d)
+        return x

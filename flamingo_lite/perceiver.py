@@ -1,0 +1,145 @@
+"""The Perceiver Resampler: any number of visual features in, a fixed number of visual tokens out.
+
+Paper, Sec. 2.1 and Fig. 3 (Alayrac et al. 2022, arXiv 2204.14198). A small set of learned *latent* queries
+(64 in the paper) attends to the features of each image or video frame, so the language model's
+cross-attention always sees the same number of tokens per media, however many patches the vision encoder gave.
+One difference from the Perceiver: the keys and values are the visual features *concatenated with the latents*,
+so each latent can also attend to the other latents. A learned time embedding per media is added to its
+features first (`media_pos_emb`), and each layer is attention then feed-forward, both residual.
+
+Shapes, in einops notation: b batch, t media (images or frames), n visual features per media,
+L latents, d the model width, h heads, e the width of one head (`dim_head`).
+"""
+from __future__ import annotations
+
+import torch
+from einops import rearrange, repeat
+from torch import nn
+
+from .attention import attend
+from .feedforward import FeedForward
+from .validation import (
+    check_non_negative_int,
+    check_positive_int,
+    check_positive_number,
+    check_same_dtype,
+    check_tensor,
+    shape_str,
+)
+
+
+class PerceiverAttention(nn.Module):
+    """One attention layer of the resampler: latents (queries) attend to [media features; latents].
+
+    forward(x (b, t, n, d), latents (b, t, L, d)) -> (b, t, L, d), the update to add to the latents.
+    """
+
+    def __init__(self, *, dim: int, dim_head: int = 64, heads: int = 8):
+        super().__init__()
+        self.dim = check_positive_int("dim", dim)
+        dim_head = check_positive_int("dim_head", dim_head)
+        self.heads = check_positive_int("heads", heads)
+        self.dim_head = dim_head
+        self.scale = dim_head**-0.5
+        inner_dim = dim_head * heads
+
+        self.norm_media = nn.LayerNorm(dim)
+        self.norm_latents = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, inner_dim, bias=False)
+        self.to_kv = nn.Linear(dim, inner_dim * 2, bias=False)  # keys and values, side by side
+        self.to_out = nn.Linear(inner_dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        check_tensor("x", x, ndim=4, dim=self.dim, layout=f"(batch, media, features, {self.dim})")
+        check_tensor("latents", latents, ndim=4, dim=self.dim, layout=f"(batch, media, latents, {self.dim})")
+        if x.shape[:2] != latents.shape[:2]:
+            raise ValueError(
+                f"x and latents must agree in batch and media axes: x is {shape_str(x)}, latents is {shape_str(latents)}"
+            )
+        check_same_dtype([("x", x), ("latents", latents)])
+        b, t = x.shape[:2]
+        h = self.heads
+
+        x = self.norm_media(x)  # (b, t, n, d)
+        latents = self.norm_latents(latents)  # (b, t, L, d)
+
+        q = self.to_q(latents)  # (b, t, L, h*e)
+        kv_input = torch.cat((x, latents), dim=-2)  # (b, t, n+L, d): the paper's concatenation
+        k, v = self.to_kv(kv_input).chunk(2, dim=-1)  # 2 x (b, t, n+L, h*e)
+
+        # each (batch, media) pair is an independent attention problem: fold media into the batch
+        q = rearrange(q, "b t L (h e) -> (b t) h L e", h=h)  # (b*t, h, L, e)
+        k = rearrange(k, "b t j (h e) -> (b t) h j e", h=h)  # (b*t, h, n+L, e)
+        v = rearrange(v, "b t j (h e) -> (b t) h j e", h=h)  # (b*t, h, n+L, e)
+
+        out = attend(q, k, v, scale=self.scale)  # (b*t, h, L, e)
+        out = rearrange(out, "(b t) h L e -> b t L (h e)", b=b, t=t)  # (b, t, L, h*e)
+        return self.to_out(out)  # (b, t, L, d)
+
+
+class PerceiverResampler(nn.Module):
+    """Turns visual features into `num_latents` tokens per media.
+
+    forward(x (b, n, d) for one media, or (b, t, n, d) for t media) -> (b, t, L, d) with L = num_latents.
+    At most `num_media_embeds` media, one learned time embedding each.
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        depth: int,
+        dim_head: int = 64,
+        heads: int = 8,
+        num_latents: int = 64,
+        num_media_embeds: int = 4,
+        ff_mult: float = 4,
+    ):
+        super().__init__()
+        self.dim = check_positive_int("dim", dim)
+        depth = check_non_negative_int("depth", depth)
+        check_positive_int("dim_head", dim_head)
+        check_positive_int("heads", heads)
+        self.num_latents = check_positive_int("num_latents", num_latents)
+        self.num_media_embeds = check_positive_int("num_media_embeds", num_media_embeds)
+        check_positive_number("ff_mult", ff_mult)
+
+        self.latents = nn.Parameter(torch.randn(num_latents, dim))  # (L, d): the learned queries
+        self.media_pos_emb = nn.Parameter(torch.randn(num_media_embeds, 1, dim))  # (T, 1, d): one per media time
+
+        self.layers = nn.ModuleList(
+            [
+                nn.ModuleList(
+                    [
+                        PerceiverAttention(dim=dim, dim_head=dim_head, heads=heads),
+                        FeedForward(dim=dim, mult=ff_mult),
+                    ]
+                )
+                for _ in range(depth)
+            ]
+        )
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_tensor(
+            "x", x, ndim=(3, 4), dim=self.dim, layout=f"(batch, features, {self.dim}) or (batch, media, features, {self.dim})"
+        )
+        if x.ndim == 3:
+            x = rearrange(x, "b n d -> b 1 n d")  # (b, 1, n, d): a single media
+        b, t = x.shape[:2]
+        if t > self.num_media_embeds:
+            raise ValueError(
+                f"x has {t} media (shape {shape_str(x)}), but this resampler has time embeddings for at most "
+                f"num_media_embeds={self.num_media_embeds}; build it with num_media_embeds >= {t}"
+            )
+        if x.dtype != self.latents.dtype:
+            raise TypeError(f"x has dtype {x.dtype} but the resampler's weights are {self.latents.dtype}; use one dtype")
+
+        x = x + self.media_pos_emb[:t]  # (b, t, n, d): tell the latents which media this is
+        latents = repeat(self.latents, "L d -> b t L d", b=b, t=t)  # (b, t, L, d)
+
+        for attn, ff in self.layers:
+            latents = attn(x, latents) + latents  # (b, t, L, d)
+            latents = ff(latents) + latents  # (b, t, L, d)
+
+        return self.norm(latents)  # (b, t, L, d)

@@ -1,0 +1,76 @@
+"""Argument checks shared by every module.
+
+Every public constructor and forward pass checks its inputs here first, so that a mistake is reported as a
+`TypeError` or `ValueError` that names the argument and shows the shapes, before any computation runs, and
+never as an einops or broadcasting error from deep inside.
+"""
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+
+def shape_str(t: torch.Tensor) -> str:
+    """`(2, 5, 512)`: a tensor's shape the way the messages print it."""
+    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+
+
+def check_positive_int(name: str, value) -> int:
+    """A size such as `dim` or `heads`: an int (not a bool) of at least 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return int(value)
+
+
+def check_non_negative_int(name: str, value) -> int:
+    """A count such as `depth`: an int (not a bool) of at least 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {value}")
+    return int(value)
+
+
+def check_positive_number(name: str, value) -> float:
+    """A multiplier such as `ff_mult`: a real number greater than 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if not value > 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+def check_tensor(name: str, value, *, ndim, dim: int | None = None, layout: str) -> torch.Tensor:
+    """A floating-point tensor of rank `ndim` (an int or a tuple of allowed ranks) whose last axis is `dim`.
+
+    `layout` is the expected shape in words, e.g. "(batch, text, dim)", shown in every message.
+    """
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {layout}, got {type(value).__name__}")
+    ranks = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+    if value.ndim not in ranks:
+        wanted = " or ".join(str(r) for r in ranks)
+        raise ValueError(
+            f"{name} must have rank {wanted}, shape {layout}; got rank {value.ndim}, shape {shape_str(value)}"
+        )
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+    if dim is not None and value.shape[-1] != dim:
+        raise ValueError(
+            f"{name} must have width dim={dim} in its last axis, shape {layout}; got shape {shape_str(value)}"
+        )
+    for axis, size in enumerate(value.shape):
+        if size == 0:
+            raise ValueError(f"{name} has an empty axis {axis}: shape {shape_str(value)}, expected {layout}")
+    return value
+
+
+def check_same_dtype(names_and_tensors) -> None:
+    """All the given tensors share one dtype (mixing fp16 text with fp32 media is a mistake, not a cast)."""
+    (first_name, first), *rest = names_and_tensors
+    for name, t in rest:
+        if t.dtype != first.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but {first_name} has dtype {first.dtype}; use one dtype")
