@@ -93,3 +93,26 @@ class MaskedCrossAttention(nn.Module):
         out = attend(q, k, v, scale=self.scale, mask=mask, zero_rows=zero_rows)  # (b, h, n, e)
         out = rearrange(out, "b h n e -> b n (h e)")  # (b, n, h*e)
         return self.to_out(out)  # (b, n, d); no bias, so rows that saw nothing stay exactly zero
+
+    @torch.no_grad()
+    def attention_weights(
+        self, x: torch.Tensor, media: torch.Tensor, media_locations: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The attention probabilities the forward pass uses, for plots: (b, h, n, t*m).
+
+        Computed explicitly (softmax of the masked scores); each row sums to 1, except rows of text that sees no
+        media, which are exactly 0. Column j is latent j % m of media j // m.
+        """
+        media_locations = check_cross_attention_inputs(self.dim, x, media, media_locations)
+        b, t, m = media.shape[:3]
+        q = rearrange(self.to_q(self.norm(x)), "b n (h e) -> b h n e", h=self.heads)  # (b, h, n, e)
+        k = self.to_kv(rearrange(media, "b t m d -> b (t m) d")).chunk(2, dim=-1)[0]  # (b, t*m, h*e)
+        k = rearrange(k, "b j (h e) -> b h j e", h=self.heads)  # (b, h, t*m, e)
+        scores = torch.einsum("b h i e, b h j e -> b h i j", q, k) * self.scale  # (b, h, n, t*m)
+        if media_locations is None:
+            return scores.softmax(dim=-1)  # (b, h, n, t*m)
+        mask = rearrange(cross_attention_mask(media_locations, t, m, self.only_attend_immediate_media), "b i j -> b 1 i j")
+        scores = scores.masked_fill(~mask, float("-inf"))  # (b, h, n, t*m)
+        sees_nothing = rearrange(rows_without_media(media_locations), "b i -> b 1 i 1")  # (b, 1, n, 1)
+        weights = scores.masked_fill(sees_nothing, 0.0).softmax(dim=-1)  # (b, h, n, t*m)
+        return weights.masked_fill(sees_nothing, 0.0)  # (b, h, n, t*m)

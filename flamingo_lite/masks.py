@@ -112,3 +112,32 @@ def check_markers_fit_media(media_locations: torch.Tensor, num_media: int) -> No
             f"media_locations marks {worst} media in batch row {row}, but media holds only {num_media} "
             f"per row (media.shape[1] = {num_media}); give one media per True in media_locations"
         )
+
+
+MEDIA_TOKEN = "<image>"
+
+
+def tokenize_interleaved(text: str) -> list[str]:
+    """Split an interleaved sequence into word tokens, keeping each `<image>` marker as one token.
+
+    `"<image> a red circle<image>a blue square"` -> `['<image>', 'a', 'red', 'circle', '<image>', 'a', 'blue', 'square']`.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str such as '<image> a red circle', got {type(text).__name__}")
+    return text.replace(MEDIA_TOKEN, f" {MEDIA_TOKEN} ").split()
+
+
+def media_locations_from_tokens(tokens, media_token: str = MEDIA_TOKEN) -> torch.Tensor:
+    """True at every media marker: a list of token strings (or a list of such lists) -> (n,) or (b, n) bool.
+
+    A batch must have rows of equal length (pad them first).
+    """
+    if isinstance(tokens, str):
+        raise TypeError("tokens must be a list of token strings; split a sentence with tokenize_interleaved first")
+    rows = list(tokens)
+    if rows and all(isinstance(r, (list, tuple)) for r in rows):
+        lengths = {len(r) for r in rows}
+        if len(lengths) > 1:
+            raise ValueError(f"every row of tokens must have the same length (pad them), got lengths {sorted(lengths)}")
+        return torch.tensor([[tok == media_token for tok in r] for r in rows], dtype=torch.bool)  # (b, n)
+    return torch.tensor([tok == media_token for tok in rows], dtype=torch.bool)  # (n,)

@@ -76,6 +76,25 @@ class PerceiverAttention(nn.Module):
         out = rearrange(out, "(b t) h L e -> b t L (h e)", b=b, t=t)  # (b, t, L, h*e)
         return self.to_out(out)  # (b, t, L, d)
 
+    @torch.no_grad()
+    def attention_weights(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """The attention probabilities the forward pass uses, for plots: (b, t, h, L, n+L).
+
+        Columns 0..n-1 are the media features, n..n+L-1 the latents themselves (the paper's concatenation).
+        """
+        check_tensor("x", x, ndim=4, dim=self.dim, layout=f"(batch, media, features, {self.dim})")
+        check_tensor("latents", latents, ndim=4, dim=self.dim, layout=f"(batch, media, latents, {self.dim})")
+        if x.shape[:2] != latents.shape[:2]:
+            raise ValueError(
+                f"x and latents must agree in batch and media axes: x is {shape_str(x)}, latents is {shape_str(latents)}"
+            )
+        x, latents = self.norm_media(x), self.norm_latents(latents)  # (b, t, n, d), (b, t, L, d)
+        q = rearrange(self.to_q(latents), "b t L (h e) -> b t h L e", h=self.heads)  # (b, t, h, L, e)
+        k = self.to_kv(torch.cat((x, latents), dim=-2)).chunk(2, dim=-1)[0]  # (b, t, n+L, h*e)
+        k = rearrange(k, "b t j (h e) -> b t h j e", h=self.heads)  # (b, t, h, n+L, e)
+        scores = torch.einsum("b t h i e, b t h j e -> b t h i j", q, k) * self.scale  # (b, t, h, L, n+L)
+        return scores.softmax(dim=-1)  # (b, t, h, L, n+L)
+
 
 class PerceiverResampler(nn.Module):
     """Turns visual features into `num_latents` tokens per media.
