@@ -1,0 +1,105 @@
+"""The workshop environment check, `python -m flamingo_lite.doctor`: each check alone, the report, the exit code."""
+import importlib
+import importlib.metadata
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from flamingo_lite import doctor
+
+
+def test_every_check_passes_in_the_course_environment(capsys):
+    checks = doctor.run_checks()
+    names = [c.name for c in checks]
+    for wanted in ("Python", "torch", "einops", "matplotlib", "ipywidgets", "jupyterlab", "widgets extension", "device"):
+        assert wanted in names
+    assert sum(n.startswith("forward ") for n in names) == 5  # one forward pass per reference layer
+    assert [c for c in checks if not c.ok] == []
+    assert doctor.main([]) == 0
+    out = capsys.readouterr().out
+    assert re.search(rf"ok    torch +{re.escape(torch.__version__)}\n", out)
+    assert "FAIL" not in out and f"All {len(checks)} checks passed" in out
+
+
+def test_a_missing_package_fails_with_its_remedy(monkeypatch, capsys):
+    real_import = importlib.import_module
+
+    def import_without_einops(name, *args, **kwargs):
+        if name == "einops":
+            raise ModuleNotFoundError("No module named 'einops'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(doctor.importlib, "import_module", import_without_einops)
+    check = doctor.check_package("einops", "einops", "0.7")
+    assert not check.ok and "not installed" in check.detail
+    assert 'pip install "einops>=0.7"' in check.remedy
+
+    assert doctor.main([]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  einops" in out and 'fix: pip install "einops>=0.7"' in out
+    # without einops the layers cannot run: the report says so instead of crashing
+    assert "skipped: torch and einops are needed first" in out
+    assert "forward FeedForward" not in out
+
+
+def test_an_old_version_fails(monkeypatch):
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(doctor.importlib.metadata, "version", lambda d: "7.6.5" if d == "ipywidgets" else real_version(d))
+    check = doctor.check_package("ipywidgets", "ipywidgets", "8.0", "the interactive widgets")
+    assert not check.ok
+    assert "7.6.5 is older than 8.0" in check.detail and 'pip install "ipywidgets>=8.0"' in check.remedy
+
+
+@pytest.mark.parametrize("version, expected", [("2.13.0+cpu", (2, 13, 0)), ("4.0.0rc1", (4, 0)), ("8", (8,))])
+def test_version_tuple(version, expected):
+    assert doctor._version_tuple(version) == expected
+
+
+def test_python_version():
+    assert doctor.check_python((3, 11, 7)).ok
+    old = doctor.check_python((3, 8, 10))
+    assert not old.ok and "3.8.10 is too old" in old.detail and "3.10" in old.remedy
+
+
+def test_widgets_extension_missing_from_the_data_path(tmp_path):
+    assert not doctor.check_widgets_extension(paths=[tmp_path]).ok
+    (tmp_path / doctor.WIDGETS_EXTENSION).mkdir(parents=True)
+    (tmp_path / doctor.WIDGETS_EXTENSION / "package.json").write_text("{}")
+    assert doctor.check_widgets_extension(paths=[tmp_path]).ok
+
+
+def test_a_bad_device_setting_fails_and_the_layers_still_run_on_the_cpu(monkeypatch):
+    monkeypatch.setenv("FLAMINGO_DEVICE", "tpu")
+    checks = {c.name: c for c in doctor.run_checks()}
+    assert not checks["device"].ok and "FLAMINGO_DEVICE" in checks["device"].remedy
+    assert checks["forward MaskedCrossAttention"].ok and "on cpu" in checks["forward MaskedCrossAttention"].detail
+
+
+def test_a_broken_layer_fails_with_the_error(monkeypatch):
+    name, layer, inputs = doctor.tiny_layers()[3]
+    assert doctor.check_forward(name, layer, inputs).ok
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("shapes do not match")
+
+    monkeypatch.setattr(layer, "forward", broken)
+    check = doctor.check_forward(name, layer, inputs)
+    assert not check.ok and check.detail == "RuntimeError: shapes do not match" and "reinstall" in check.remedy
+
+
+def test_a_layer_that_returns_nan_fails():
+    nan_layer = torch.nn.Linear(3, 3)
+    with torch.no_grad():
+        nan_layer.weight.fill_(float("nan"))
+    check = doctor.check_forward("Linear", nan_layer, (torch.ones(1, 3),))
+    assert not check.ok and "NaN" in check.detail
+
+
+def test_the_command_line_exits_non_zero_on_a_failure():
+    env = {**os.environ, "FLAMINGO_DEVICE": "nonsense"}
+    bad = subprocess.run([sys.executable, "-m", "flamingo_lite.doctor"], capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 1 and "FAIL  device" in bad.stdout
