@@ -1,0 +1,103 @@
+"""The learner's checker: copies reference weights in, compares outputs, says what is wrong in plain words."""
+import pytest
+import torch
+from torch import nn
+
+import flamingo_lite as fl
+
+
+class MyCrossAttention(fl.MaskedCrossAttention):
+    """A learner's module that forgets the mask."""
+
+    def forward(self, x, media, media_locations=None):
+        return super().forward(x, media, None)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: fl.FeedForward(16, mult=2),
+        lambda: fl.PerceiverAttention(dim=16, dim_head=4, heads=2),
+        lambda: fl.PerceiverResampler(dim=16, depth=2, dim_head=4, heads=2, num_latents=3),
+        lambda: fl.MaskedCrossAttention(dim=16, dim_head=4, heads=2, only_attend_immediate_media=False),
+        lambda: fl.GatedCrossAttentionBlock(dim=16, dim_head=4, heads=2, ff_mult=2),
+    ],
+)
+def test_a_correct_module_passes_against_the_class(make, capsys):
+    learner = make()
+    result = fl.check_module(learner, type(learner))
+    assert result.passed and bool(result) and result.max_abs_diff <= 1e-5
+    assert "matches flamingo_lite." in capsys.readouterr().out
+    # the reference's weights were copied in: the learner now equals a fresh reference built the same way
+    torch.manual_seed(0)
+
+
+def test_weights_are_copied_from_a_reference_instance_without_changing_it():
+    reference = fl.MaskedCrossAttention(dim=16, dim_head=4, heads=2)
+    before = {k: v.clone() for k, v in reference.state_dict().items()}
+    learner = fl.MaskedCrossAttention(dim=16, dim_head=4, heads=2)
+    assert fl.check_module(learner, reference, verbose=False)
+    for key, value in reference.state_dict().items():
+        assert torch.equal(value, before[key])
+        assert torch.equal(learner.state_dict()[key], value)
+
+
+def test_a_wrong_forward_is_reported_with_the_largest_difference(capsys):
+    result = fl.check_module(MyCrossAttention(dim=16, dim_head=4, heads=2), fl.MaskedCrossAttention)
+    out = capsys.readouterr().out
+    assert not result.passed and result.max_abs_diff > 1e-3 and result.num_mismatched > 0
+    assert "differs" in out and "largest difference" in out and str(result.where) in out
+    with pytest.raises(AssertionError, match="differs"):
+        fl.check_module(MyCrossAttention(dim=16, dim_head=4, heads=2), fl.MaskedCrossAttention,
+                        raise_on_mismatch=True, verbose=False)
+
+
+def test_zero_gates_are_opened_so_a_broken_block_is_caught():
+    class NoAttention(fl.GatedCrossAttentionBlock):
+        def forward(self, x, media, media_locations=None):
+            return x + self.ff(x) * self.ff_gate.tanh()
+
+    assert not fl.check_module(NoAttention(dim=16, dim_head=4, heads=2), fl.GatedCrossAttentionBlock, verbose=False)
+    assert not fl.check_module(NoAttention(dim=16, dim_head=4, heads=2), fl.GatedCrossAttentionBlock,
+                               open_gates=True, verbose=False).passed
+
+
+def test_state_dict_mismatch_lists_missing_unexpected_and_misshaped(capsys):
+    class Learner(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.heads = 2
+            self.norm = nn.LayerNorm(16)
+            self.to_q = nn.Linear(16, 8, bias=False)
+            self.kv = nn.Linear(16, 16, bias=False)
+            self.to_out = nn.Linear(4, 16, bias=False)
+
+    result = fl.check_module(Learner(), fl.MaskedCrossAttention, reference_kwargs=dict(dim=16, dim_head=4, heads=2))
+    out = capsys.readouterr().out
+    assert not result.passed
+    assert result.missing_keys == ["to_kv.weight"] and result.unexpected_keys == ["kv.weight"]
+    assert result.shape_mismatches == [("to_out.weight", (16, 4), (16, 8))]
+    assert "Missing" in out and "to_kv.weight" in out and "Unexpected" in out and "Wrong shape" in out
+
+
+def test_inputs_can_be_given_and_shape_mismatch_is_reported():
+    class Halves(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ff = fl.FeedForward(8)
+
+        def forward(self, x):
+            return self.ff(x)[..., :4]
+
+    ref = nn.Module()
+    ref.ff = fl.FeedForward(8)
+    ref.forward = lambda x: ref.ff(x)
+    result = fl.check_module(Halves(), ref, inputs=(torch.randn(2, 8),), verbose=False)
+    assert not result.passed and "shape (2, 4)" in result.message
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="learner"):
+        fl.check_module("not a module", fl.FeedForward)
+    with pytest.raises(TypeError, match="reference"):
+        fl.check_module(fl.FeedForward(4), 42)
