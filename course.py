@@ -68,7 +68,7 @@ def test(args: list[str], gpu: bool = False) -> int:
         nb = ["--nbval-lax", "--nbval-current-env"]
     else:
         env["FLAMINGO_DEVICE"] = "cpu"  # the committed outputs were made on the CPU
-        nb = ["--nbval", "--nbval-current-env", "--sanitize-with", "tests/sanitize.cfg"]
+        nb = ["--nbval", "--nbval-current-env", "--nbval-sanitize-with", "tests/sanitize.cfg"]
     cmd = [python, "-m", "pytest", "tests", *lessons(), *nb, *args]
     print("+", " ".join(str(c) for c in cmd), flush=True)
     return subprocess.run([str(c) for c in cmd], cwd=ROOT, env=env).returncode

@@ -1,0 +1,74 @@
+"""The project's own files agree with each other: dependencies, the test command, the lesson list."""
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def requirement_name(spec: str) -> str:
+    return re.split(r"[<>=!~\[ ]", spec.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def pyproject():
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def environment_pip_lines():
+    lines, inside = [], False
+    for line in (ROOT / "environment.yml").read_text().splitlines():
+        if line.strip() == "- pip:":
+            inside = True
+            continue
+        if inside and line.strip().startswith("- "):
+            lines.append(line.strip()[2:].strip())
+    return [spec for spec in lines if not spec.startswith("-")]  # options such as --extra-index-url, -e .
+
+
+def test_environment_yml_lists_the_same_dependencies_as_pyproject():
+    project = pyproject()["project"]
+    wanted = {requirement_name(s): s for s in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    listed = {requirement_name(s): s for s in environment_pip_lines()}
+    assert set(listed) == set(wanted), f"only in environment.yml: {set(listed) - set(wanted)}; only in pyproject: {set(wanted) - set(listed)}"
+    for name, spec in wanted.items():
+        if name == "torch":
+            assert listed[name] == "torch==2.13.0"  # the version course.py installs, satisfying pyproject's range
+            continue
+        assert listed[name].replace(" ", "") == spec.replace(" ", ""), name
+
+
+def test_course_extra_is_part_of_dev():
+    extras = pyproject()["project"]["optional-dependencies"]
+    assert set(extras["course"]) <= set(extras["dev"])
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"^python3 course\.py \w+$", readme, flags=re.M)
+    assert "python3 course.py test" in commands and "python3 course.py lab" in commands
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.strip().startswith("python3 course.py")]
+    assert ci == ["python3 course.py test </dev/null"]
+
+
+def test_course_py_lists_the_lessons_in_order_without_student_versions():
+    sys.path.insert(0, str(ROOT))
+    try:
+        import course
+    finally:
+        sys.path.pop(0)
+    lessons = course.lessons()
+    assert lessons == sorted(lessons) and lessons
+    assert all(re.fullmatch(r"notebooks/\d\d_\w+\.ipynb", p) for p in lessons)
+
+
+def test_course_py_help_runs_with_plain_python():
+    out = subprocess.run([sys.executable, str(ROOT / "course.py"), "help"], capture_output=True, text=True, check=True)
+    assert "python3 course.py lab" in out.stdout and "python3 course.py test" in out.stdout
+
+
+def test_layers_do_not_import_plotting_or_widgets():
+    code = "import sys, flamingo_lite; bad = [m for m in ('matplotlib', 'ipywidgets') if m in sys.modules]; print(bad)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
