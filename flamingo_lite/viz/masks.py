@@ -238,17 +238,20 @@ def masks_side_by_side(panels, tokens, num_latents: int, *, times=None, captions
     return fig
 
 
-def weights_and_mask_figure(weights, mask, tokens, num_latents: int, *, times=None, captions=None, head: int | None = None):
+def weights_and_mask_figure(
+    weights, mask, tokens, num_latents: int, *, times=None, captions=None, head: int | None = None, title: str | None = None
+):
     """Attention weights (n, t*m) next to the mask (n, t*m) they must respect.
 
     `weights` is one head's (n, t*m) matrix, or (h, n, t*m) with `head` picking one. Cells the mask forbids are
     outlined in red on the weights panel when a weight there is not zero, so a broken layer is easy to spot.
+    `title` names the weights panel (default: "attention weights", with the head if given).
     """
     weights = weights.detach().cpu() if isinstance(weights, torch.Tensor) else torch.as_tensor(weights)
     if weights.ndim == 3:
         weights = weights[0 if head is None else head]  # (n, t*m)
     mask = mask.detach().cpu().bool()
-    name = f"attention weights, head {head}" if head is not None else "attention weights"
+    name = title or (f"attention weights, head {head}" if head is not None else "attention weights")
     fig = masks_side_by_side(
         [(name, weights), ("mask (teal = may attend)", mask)], tokens, num_latents, times=times, captions=captions, cmap="Blues", vmax=float(weights.max()) if weights.numel() else 1.0
     )
