@@ -77,10 +77,11 @@ def plot_heatmaps(
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel(ylabel, fontsize=8)
         r, c = m.shape
-        ax.set_xticks(range(c))
-        ax.set_yticks(range(r))
-        ax.set_xticklabels(col_labels if col_labels is not None else range(c), fontsize=7)
-        ax.set_yticklabels(row_labels if row_labels is not None else range(r), fontsize=7)
+        xt, yt = range(0, c, -(-c // 16)), range(0, r, -(-r // 16))  # at most 16 labels per axis
+        ax.set_xticks(list(xt))
+        ax.set_yticks(list(yt))
+        ax.set_xticklabels([col_labels[j] for j in xt] if col_labels is not None else list(xt), fontsize=7)
+        ax.set_yticklabels([row_labels[i] for i in yt] if row_labels is not None else list(yt), fontsize=7)
         if divider is not None:
             ax.axvline(divider - 0.5, color="white", lw=2)
         if annotate:
