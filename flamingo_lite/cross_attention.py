@@ -7,6 +7,19 @@ is decided by `media_locations` (True at each `<image>` token) through the pure 
 media before it; with False it sees every media before it. Text before the first media sees none and gets
 exactly zero output, in both modes (the original code lets it average over all media, future ones included).
 
+Two exact ways to compute it (lesson 09 proves they give the same numbers):
+
+* the *masked path* (lesson 05): score every token against the latents of every media, mask, softmax. Its cost
+  grows with the number of media t. It serves the all-previous mode and small inputs.
+* the *segment path* (`flamingo_lite.segments`): in the immediate mode each run of text between two media
+  markers attends only to its own media, so the text is cut into those segments and each attends to its m
+  latents alone. Its cost hardly grows with t.
+
+`attention_path="auto"` (the default) takes the segment path in the immediate mode when `media_locations` is
+given and the problem is big enough to pay for the gathering; "masked" or "segments" forces one. The choice is
+a plain attribute, not a weight: `state_dict` keys are the same either way, and it can be changed at any time
+(`module.attention_path = "masked"`).
+
 Shapes, in einops notation: b batch, n text tokens, t media, m latents per media, d the model width,
 h heads, e the width of one head (`dim_head`).
 """
@@ -18,6 +31,7 @@ from torch import nn
 
 from .attention import attend
 from .masks import check_markers_fit_media, check_media_locations, cross_attention_mask, rows_without_media
+from .segments import segment_attend, segment_layout
 from .validation import check_positive_int, check_same_dtype, check_tensor, shape_str
 
 
@@ -46,14 +60,43 @@ def check_cross_attention_inputs(dim: int, x, media, media_locations):
     return media_locations
 
 
+ATTENTION_PATHS = ("auto", "masked", "segments")
+
+# "auto" takes the segment path only when the masked scores would number at least this many per head
+# (b * n * t * m); below it the gathering costs more than it saves (benchmarks/README.md has the crossover).
+SEGMENT_PATH_MIN_SCORES = 2**16
+
+
+def check_attention_path(attention_path, only_attend_immediate_media: bool) -> str:
+    """`attention_path` is one of "auto", "masked", "segments"; the segment path needs the immediate mode."""
+    if attention_path not in ATTENTION_PATHS:
+        raise ValueError(f"attention_path must be one of {ATTENTION_PATHS}, got {attention_path!r}")
+    if attention_path == "segments" and not only_attend_immediate_media:
+        raise ValueError(
+            "attention_path='segments' needs only_attend_immediate_media=True (each text segment sees one media); "
+            "with all previous media use attention_path='masked' or 'auto'"
+        )
+    return attention_path
+
+
 class MaskedCrossAttention(nn.Module):
     """Text (queries) attends to media latents (keys, values) under the media_locations mask.
 
     forward(x (b, n, d), media (b, t, m, d), media_locations (b, n) bool or None) -> (b, n, d).
     `media_locations=None` lets every token attend to every media. Rows that see no media are exactly zero.
+    attention_path (keyword only, not in the original): "auto" (default), "masked" or "segments"; the same
+    numbers either way, see the module docstring. `uses_segment_path(x, media, media_locations)` says which.
     """
 
-    def __init__(self, *, dim: int, dim_head: int = 64, heads: int = 8, only_attend_immediate_media: bool = True):
+    def __init__(
+        self,
+        *,
+        dim: int,
+        dim_head: int = 64,
+        heads: int = 8,
+        only_attend_immediate_media: bool = True,
+        attention_path: str = "auto",
+    ):
         super().__init__()
         self.dim = check_positive_int("dim", dim)
         self.dim_head = check_positive_int("dim_head", dim_head)
@@ -70,25 +113,47 @@ class MaskedCrossAttention(nn.Module):
 
         # True: text sees only the latest media before it (the paper's choice); False: every media before it
         self.only_attend_immediate_media = only_attend_immediate_media
+        # "auto", "masked" or "segments": how to compute it (same numbers either way; see the module docstring)
+        self.attention_path = check_attention_path(attention_path, only_attend_immediate_media)
+
+    def uses_segment_path(self, x: torch.Tensor, media: torch.Tensor, media_locations: torch.Tensor | None) -> bool:
+        """Whether forward(x, media, media_locations) takes the segment path (True) or the masked path (False)."""
+        path = check_attention_path(self.attention_path, self.only_attend_immediate_media)
+        if media_locations is None or not self.only_attend_immediate_media:
+            return False  # no mask at all, or all-previous media: only the masked path applies
+        if path != "auto":
+            return path == "segments"
+        b, n = x.shape[:2]
+        t, m = media.shape[1:3]
+        return t > 1 and b * n * t * m >= SEGMENT_PATH_MIN_SCORES
 
     def forward(self, x: torch.Tensor, media: torch.Tensor, media_locations: torch.Tensor | None = None) -> torch.Tensor:
         media_locations = check_cross_attention_inputs(self.dim, x, media, media_locations)
         b, t, m = media.shape[:3]
         h = self.heads
 
+        segments = self.uses_segment_path(x, media, media_locations)
+        if segments:
+            layout = segment_layout(media_locations, t)  # index tensors only: no gradient, no weights
+            segments = layout.num_chunks > 0  # no text sees any media: the masked path gives the zeros
+
         x = self.norm(x)  # (b, n, d)
         q = self.to_q(x)  # (b, n, h*e)
-        media = rearrange(media, "b t m d -> b (t m) d")  # (b, t*m, d): all media latents in one row
-        k, v = self.to_kv(media).chunk(2, dim=-1)  # 2 x (b, t*m, h*e)
+        k, v = self.to_kv(media).chunk(2, dim=-1)  # 2 x (b, t, m, h*e)
+
+        if segments:
+            out = segment_attend(q, k, v, layout, heads=h, scale=self.scale)  # (b, n, h*e)
+            return self.to_out(out)  # (b, n, d); no bias, so rows that saw nothing stay exactly zero
 
         q = rearrange(q, "b n (h e) -> b h n e", h=h)  # (b, h, n, e)
-        k = rearrange(k, "b j (h e) -> b h j e", h=h)  # (b, h, t*m, e)
-        v = rearrange(v, "b j (h e) -> b h j e", h=h)  # (b, h, t*m, e)
+        k = rearrange(k, "b t m (h e) -> b h (t m) e", h=h)  # (b, h, t*m, e): all media latents in one row
+        v = rearrange(v, "b t m (h e) -> b h (t m) e", h=h)  # (b, h, t*m, e)
 
         mask = zero_rows = None
         if media_locations is not None:
-            mask = cross_attention_mask(media_locations, t, m, self.only_attend_immediate_media)  # (b, n, t*m)
             zero_rows = rows_without_media(media_locations)  # (b, n): text before the first media
+            if t > 1:  # with one media every other row sees all of it, in both modes: no mask needed
+                mask = cross_attention_mask(media_locations, t, m, self.only_attend_immediate_media)  # (b, n, t*m)
 
         out = attend(q, k, v, scale=self.scale, mask=mask, zero_rows=zero_rows)  # (b, h, n, e)
         out = rearrange(out, "b h n e -> b n (h e)")  # (b, n, h*e)
