@@ -243,8 +243,9 @@ def weights_and_mask_figure(
 ):
     """Attention weights (n, t*m) next to the mask (n, t*m) they must respect.
 
-    `weights` is one head's (n, t*m) matrix, or (h, n, t*m) with `head` picking one. Cells the mask forbids are
-    outlined in red on the weights panel when a weight there is not zero, so a broken layer is easy to spot.
+    `weights` is one head's (n, t*m) matrix, or (h, n, t*m) with `head` picking one. On the weights panel, cells
+    the mask forbids are hatched grey when their weight is zero and outlined in red when it is not, so a broken
+    layer is easy to spot.
     `title` names the weights panel (default: "attention weights", with the head if given).
     """
     weights = weights.detach().cpu() if isinstance(weights, torch.Tensor) else torch.as_tensor(weights)
@@ -256,9 +257,11 @@ def weights_and_mask_figure(
         [(name, weights), ("mask (teal = may attend)", mask)], tokens, num_latents, times=times, captions=captions, cmap="Blues", vmax=float(weights.max()) if weights.numel() else 1.0
     )
     ax = fig.axes[0]
-    leaks = (~mask) & (weights != 0)
-    for i, j in leaks.nonzero().tolist():
-        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
+    for i, j in (~mask).nonzero().tolist():
+        if weights[i, j] != 0:  # a weight the mask forbids: outline it in red
+            ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5, gid="leak"))
+        else:  # forbidden and zero, as it must be: hatched in grey
+            ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="#bbbbbb", linewidth=0, gid="masked"))
     return fig
 
 
