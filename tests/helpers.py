@@ -62,7 +62,20 @@ def make_inputs(case: dict):
     return x, media, locations
 
 
-def twin_cross_attention(case: dict, gated: bool):
+PATHS = ["masked", "segments"]
+
+
+def force_path(module, path: str):
+    """Make a flamingo_lite cross-attention layer (or gated block) take `path` where it applies.
+
+    The segment path exists only in the immediate mode; in the all-previous mode both names mean the masked path.
+    """
+    attn = module.attn if isinstance(module, fl.GatedCrossAttentionBlock) else module
+    attn.attention_path = path if attn.only_attend_immediate_media else "masked"
+    return module
+
+
+def twin_cross_attention(case: dict, gated: bool, path: str = "masked"):
     """A seed module and a flamingo_lite module with the same weights (gates opened so they matter)."""
     kwargs = dict(dim=case["dim"], dim_head=case["dim_head"], heads=case["heads"],
                   only_attend_immediate_media=case["immediate"])
@@ -77,4 +90,4 @@ def twin_cross_attention(case: dict, gated: bool):
         original = seed.MaskedCrossAttention(**kwargs)
         ours = fl.MaskedCrossAttention(**kwargs)
     ours.load_state_dict(original.state_dict(), strict=True)
-    return original, ours
+    return original, force_path(ours, path)

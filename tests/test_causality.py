@@ -10,24 +10,26 @@ from hypothesis import assume, given, strategies as st
 import flamingo_lite as fl
 from flamingo_lite.masks import text_time
 
-from helpers import LOCATION_KINDS, cross_attention_cases, make_inputs
+import pytest
+
+from helpers import LOCATION_KINDS, PATHS, cross_attention_cases, force_path, make_inputs
 
 
-def build(case, gated):
+def build(case, gated, path="masked"):
     torch.manual_seed(case["seed"])
     kwargs = dict(dim=case["dim"], dim_head=case["dim_head"], heads=case["heads"],
                   only_attend_immediate_media=case["immediate"])
     if not gated:
-        return fl.MaskedCrossAttention(**kwargs)
+        return force_path(fl.MaskedCrossAttention(**kwargs), path)
     block = fl.GatedCrossAttentionBlock(ff_mult=case["ff_mult"], **kwargs)
     with torch.no_grad():
         block.attn_gate.fill_(0.9)
         block.ff_gate.fill_(0.4)
-    return block
+    return force_path(block, path)
 
 
-def check_causality(case, j, gated):
-    module = build(case, gated)
+def check_causality(case, j, gated, path):
+    module = build(case, gated, path)
     x, media, locations = make_inputs(case)
     assume(locations is not None)
     j = min(j, case["num_media"])
@@ -52,14 +54,16 @@ def check_causality(case, j, gated):
 KINDS_WITH_MARKERS = st.sampled_from([k for k in LOCATION_KINDS if k != "none"])
 
 
+@pytest.mark.parametrize("path", PATHS)
 @given(case=cross_attention_cases(), j=st.integers(1, 4), kind=KINDS_WITH_MARKERS)
-def test_cross_attention_is_causal(case, j, kind):
-    check_causality(case | {"kind": kind}, j, gated=False)
+def test_cross_attention_is_causal(case, j, kind, path):
+    check_causality(case | {"kind": kind}, j, gated=False, path=path)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @given(case=cross_attention_cases(), j=st.integers(1, 4), kind=KINDS_WITH_MARKERS)
-def test_gated_block_is_causal(case, j, kind):
-    check_causality(case | {"kind": kind}, j, gated=True)
+def test_gated_block_is_causal(case, j, kind, path):
+    check_causality(case | {"kind": kind}, j, gated=True, path=path)
 
 
 def test_without_media_locations_every_token_sees_every_media():

@@ -6,6 +6,7 @@ import flamingo_lite as fl
 from flamingo_lite.masks import rows_without_media
 
 from conftest import requires_cuda
+from helpers import PATHS, force_path
 
 DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -20,9 +21,11 @@ LOCATIONS = {
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("immediate", [True, False])
 @pytest.mark.parametrize("pattern", list(LOCATIONS))
-def test_rows_without_media_are_exactly_zero(device, dtype, immediate, pattern):
+@pytest.mark.parametrize("path", PATHS)
+def test_rows_without_media_are_exactly_zero(device, dtype, immediate, pattern, path):
     torch.manual_seed(0)
     module = fl.MaskedCrossAttention(dim=32, dim_head=8, heads=4, only_attend_immediate_media=immediate)
+    force_path(module, path)
     module = module.to(device=device, dtype=dtype)
     x = torch.randn(2, 7, 32, device=device, dtype=dtype, requires_grad=True)  # (b, n, d)
     media = torch.randn(2, 2, 5, 32, device=device, dtype=dtype, requires_grad=True)  # (b, t, m, d)

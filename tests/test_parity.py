@@ -12,7 +12,7 @@ import flamingo_lite as fl
 from flamingo_lite.masks import text_time
 from flamingo_pytorch import flamingo_pytorch as seed
 
-from helpers import cross_attention_cases, make_inputs, twin_cross_attention
+from helpers import PATHS, cross_attention_cases, make_inputs, twin_cross_attention
 
 ATOL = 1e-5
 
@@ -97,17 +97,19 @@ def _compare_where_seed_is_right(case, got, expected, locations):
     torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @given(case=cross_attention_cases())
-def test_masked_cross_attention_parity(case):
-    original, ours = twin_cross_attention(case, gated=False)
+def test_masked_cross_attention_parity(case, path):
+    original, ours = twin_cross_attention(case, gated=False, path=path)
     original.load_state_dict(ours.state_dict(), strict=True)
     x, media, locations = make_inputs(case)
     _compare_where_seed_is_right(case, ours(x, media, locations), original(x, media, locations), locations)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @given(case=cross_attention_cases())
-def test_gated_block_parity(case):
-    original, ours = twin_cross_attention(case, gated=True)
+def test_gated_block_parity(case, path):
+    original, ours = twin_cross_attention(case, gated=True, path=path)
     original.load_state_dict(ours.state_dict(), strict=True)
     x, media, locations = make_inputs(case)
     got, expected = ours(x, media, locations), original(x, media, locations)
@@ -120,11 +122,12 @@ def test_gated_block_parity(case):
     torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("immediate", [True, False])
-def test_gradients_match_the_seed(immediate):
+def test_gradients_match_the_seed(immediate, path):
     case = dict(batch=2, text_len=9, num_media=3, num_latents=4, heads=2, dim_head=8, dim=16, ff_mult=2,
                 immediate=immediate, kind="random", seed=3)
-    original, ours = twin_cross_attention(case, gated=True)
+    original, ours = twin_cross_attention(case, gated=True, path=path)
     x, media, locations = make_inputs(case)
     locations[:, 0] = True  # every row sees a media, so the seed is right everywhere
     locations[:, 1:] &= locations[:, 1:].cumsum(-1) < 3
