@@ -21,6 +21,8 @@ class GatedCrossAttentionBlock(nn.Module):
     """`x + tanh(attn_gate) * xattn(x, media)`, then `+ tanh(ff_gate) * ff(x)`.
 
     forward(x (b, n, d), media (b, t, m, d), media_locations (b, n) bool or None) -> (b, n, d).
+    attention_path (keyword only, not in the original): "auto", "masked" or "segments", passed to the
+    cross-attention (see `flamingo_lite.cross_attention`).
     """
 
     def __init__(
@@ -31,10 +33,15 @@ class GatedCrossAttentionBlock(nn.Module):
         heads: int = 8,
         ff_mult: float = 4,
         only_attend_immediate_media: bool = True,
+        attention_path: str = "auto",
     ):
         super().__init__()
         self.attn = MaskedCrossAttention(
-            dim=dim, dim_head=dim_head, heads=heads, only_attend_immediate_media=only_attend_immediate_media
+            dim=dim,
+            dim_head=dim_head,
+            heads=heads,
+            only_attend_immediate_media=only_attend_immediate_media,
+            attention_path=attention_path,  # how the cross-attention is computed; the same numbers either way
         )
         self.attn_gate = nn.Parameter(torch.tensor([0.0]))  # (1,): tanh(0) = 0, the block starts closed
         self.ff = FeedForward(dim, mult=ff_mult)
