@@ -6,7 +6,8 @@
     python3 course.py test-gpu   the same on a CUDA GPU: tests on CUDA, notebooks with --nbval-lax
     python3 course.py setup      only set up (a virtual environment in .venv with everything installed)
 
-Extra arguments after `test` go to pytest, e.g. `python3 course.py test -k parity`.
+Extra arguments after `test` go to pytest (`python3 course.py test -k parity`), after `lab` to JupyterLab
+(`python3 course.py lab --no-browser --port 8890`).
 
 PyTorch: the setup installs torch==2.13.0 first. On a machine without an NVIDIA GPU, get the small CPU build by
 pointing pip at PyTorch's CPU index: `FLAMINGO_TORCH_INDEX=https://download.pytorch.org/whl/cpu python3 course.py lab`.
@@ -74,9 +75,12 @@ def test(args: list[str], gpu: bool = False) -> int:
     return subprocess.run([str(c) for c in cmd], cwd=ROOT, env=env).returncode
 
 
-def lab() -> int:
+def lab(args: list[str]) -> int:
     python = setup()
     cmd = [python, "-m", "jupyter", "lab", "--notebook-dir", str(ROOT), str(ROOT / "notebooks" / "00_welcome.ipynb")]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")  # containers and workshop VMs often run as root
+    cmd += args  # e.g. --no-browser --port 8890
     print("+", " ".join(str(c) for c in cmd), flush=True)
     return subprocess.run([str(c) for c in cmd], cwd=ROOT).returncode
 
@@ -87,7 +91,7 @@ def main(argv: list[str]) -> int:
         setup()
         return 0
     if command == "lab":
-        return lab()
+        return lab(rest)
     if command == "test":
         return test(rest)
     if command == "test-gpu":
