@@ -179,10 +179,12 @@ def plot_tokens_in_out(tokens_in: Sequence[int], tokens_out: Sequence[int], *, t
     fig, ax = plt.subplots(figsize=(4.2, 3.0), constrained_layout=True)
     ax.plot(x, y, "o-", color="#e69138", label="Perceiver Resampler out")
     ax.plot(x, x, "--", color="gray", lw=1, label="no resampler (out = in)")
-    for xi, yi in zip(x, y):
-        ax.annotate(f"{int(xi)} -> {int(yi)}", (xi, yi), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
+    for k, (xi, yi) in enumerate(zip(x, y)):  # labels alternately above and below, so neighbours do not overlap
+        ax.annotate(f"{int(xi)} -> {int(yi)}", (xi, yi), textcoords="offset points", xytext=(0, 6 if k % 2 == 0 else -12),
+                    fontsize=7, ha="center")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)
+    ax.margins(x=0.12, y=0.12)  # room for the labels at both ends
     ax.set_xlabel("visual tokens in, per media (n)", fontsize=8)
     ax.set_ylabel("visual tokens out, per media", fontsize=8)
     ax.legend(fontsize=7, loc="upper left")
@@ -219,6 +221,7 @@ def plot_cross_attention_cost(
     for p, a, b in zip(pos, without, with_r):
         ax.text(p - 0.2, a, f"x{a / b:.0f}" if a >= b else f"x{a / b:.2f}", ha="center", va="bottom", fontsize=7)
     ax.set_yscale("log")
+    ax.set_ylim(bottom=min(without + with_r) / 10, top=max(without + with_r) * 3)  # every bar visibly tall
     ax.set_xticks(pos)
     ax.set_xticklabels([str(t) for t in tokens_in], fontsize=8)
     ax.set_xlabel("visual tokens per media from the vision encoder", fontsize=8)
