@@ -73,11 +73,11 @@ def tanh_figure(alpha: float | None = None, limit: float = 3.0):
         g, s = tanh_and_derivative([alpha])
         ax.plot([alpha], g, "o", color="#2a9d8f")
         ax.plot([alpha], s, "o", color="#e76f51")
-    ax.annotate("α = 0: closed (tanh = 0)\nbut steepest (slope = 1)", xy=(0, 0), xytext=(0.35, -0.75), fontsize=8,
+    ax.annotate("α = 0: closed (tanh = 0)\nbut steepest (slope = 1)", xy=(0, 0), xytext=(-2.9, -0.45), fontsize=8,
                 arrowprops=dict(arrowstyle="->", color="black", linewidth=0.8))
     ax.set_xlabel("gate parameter α")
     ax.set_ylim(-1.1, 1.1)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="lower right")
     ax.set_title("the tanh gate", fontsize=10)
     fig.tight_layout()
     return fig
