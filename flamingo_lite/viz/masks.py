@@ -205,7 +205,7 @@ def mask_figure(
     """
     sm = sequence_mask(sequence, num_latents, only_attend_immediate_media)
     n, tm = sm.mask.shape
-    fig, ax = plt.subplots(figsize=(2.2 + 0.42 * tm, 1.3 + 0.3 * n), dpi=DPI)
+    fig, ax = plt.subplots(figsize=(max(4.0, 2.2 + 0.42 * tm), 1.3 + 0.3 * n), dpi=DPI)  # wide enough for the title
     mode = "only_attend_immediate_media=True" if sm.only_attend_immediate_media else "only_attend_immediate_media=False"
     draw_matrix(ax, sm.mask, sm.tokens, num_latents, times=sm.text_time, captions=sm.captions, thumbnails=thumbnails, title=title or mode)
     ax.set_ylabel("text token  [text time]", fontsize=9)
