@@ -92,6 +92,8 @@ def test_latent_attention_panels_hold_each_latents_weights_on_the_patch_grid():
 def test_latent_attention_rejects_weights_that_do_not_fit_the_grid():
     with pytest.raises(ValueError, match="n = 3\\*3 = 9"):
         plot_latent_attention(_toy_image(12), torch.rand(2, 10), (3, 3))
+    with pytest.raises(ValueError, match="grid must be"):
+        plot_latent_attention(_toy_image(12), torch.rand(2, 11), (3, 0))
     with pytest.raises(ValueError, match="out of range"):
         plot_latent_attention(_toy_image(12), torch.rand(2, 11), (3, 3), latents=[2])
 

@@ -127,6 +127,8 @@ def plot_latent_attention(
     if img.ndim != 3 or img.shape[-1] != 3:
         raise ValueError(f"image must be (H, W, 3), got shape {tuple(img.shape)}")
     w = _matrix(weights, "weights")
+    if len(grid) != 2 or not all(isinstance(g, (int, np.integer)) and g > 0 for g in grid):
+        raise ValueError(f"grid must be (rows, cols) of positive ints, got {grid!r}")
     gh, gw = grid
     n = gh * gw
     num_latents = w.shape[0]
@@ -158,7 +160,7 @@ def plot_latent_attention(
         lo, hi = patch_weights.min(), patch_weights.max()
         ax.imshow(patch_weights, cmap="magma", extent=extent, interpolation="nearest", vmin=lo, vmax=hi if hi > lo else lo + 1e-12)
         if np.ptp(lum) > 0:
-            ax.contour(xs, ys, np.abs(lum - background) > 0.05, levels=[0.5], colors="#7fd6ff", linewidths=0.8)
+            ax.contour(xs, ys, (np.abs(lum - background) > 0.05).astype(float), levels=[0.5], colors="#7fd6ff", linewidths=0.8)
         to_patches = w[lat, :n].sum()
         ax.set_title(
             f"latent {lat}: {to_patches:.0%} on patches\nper patch {lo:.3f} (dark) to {hi:.3f}", fontsize=7.5
