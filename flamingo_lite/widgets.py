@@ -27,6 +27,7 @@ from .viz import masks as mask_plots
 
 READOUT_CLASS = "flamingo-readout"
 DEFAULT_SEQUENCE = "<image> a red circle <image> a blue square"
+MAX_TOKENS = 40  # longer sequences make a mask picture too tall to read
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -47,9 +48,13 @@ def mask_view(sequence=DEFAULT_SEQUENCE, only_attend_immediate_media: bool = Tru
     """The mask figure and its text readout for one sequence: `(figure, readout_text)`.
 
     The figure's image array is `flamingo_lite.masks.cross_attention_mask(...)` for this sequence and mode.
-    An empty sequence gives a figure that says so.
+    An empty sequence gives a figure that says so; more than MAX_TOKENS tokens is a ValueError (the widget shows
+    its message in the readout).
     """
-    if not tokenize_interleaved(sequence):
+    tokens = tokenize_interleaved(sequence)
+    if len(tokens) > MAX_TOKENS:
+        raise ValueError(f"the sequence has {len(tokens)} tokens; the picture stays readable up to {MAX_TOKENS}")
+    if not tokens:
         fig, ax = plt.subplots(figsize=(3.5, 1.2), dpi=mask_plots.DPI)
         ax.axis("off")
         ax.text(0.5, 0.5, "type a sequence such as\n<image> a red circle", ha="center", va="center")

@@ -76,6 +76,10 @@ def test_mask_explorer_contract_and_redraw():
     assert shown_png(output) != first_png
     text.value = "hello <image> dog"
     assert "hello [0] -&gt; nothing (before the first image)" in readout.value
+    png = shown_png(output)
+    text.value = " ".join(["<image> word"] * 30)  # too long to draw: the readout says so, the picture stays
+    assert "cannot draw this" in readout.value and "60 tokens" in readout.value
+    assert shown_png(output) == png
     plt.close("all")
 
 
