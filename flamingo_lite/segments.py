@@ -34,7 +34,10 @@ from einops import rearrange
 
 from .masks import text_time
 
-DEFAULT_MAX_CHUNK = 128  # longest chunk of text given to one SDPA problem; longer segments are cut
+DEFAULT_MAX_CHUNK = 256  # longest chunk of text given to one SDPA problem; longer segments are cut
+# one more chunk costs about as much as this many more padded query slots (it gathers its own m keys and values);
+# measured on a CPU with benchmarks/bench.py, it only steers the choice of the chunk size, never the result
+CHUNK_COST_IN_SLOTS = 24
 
 
 @dataclass(frozen=True)
@@ -56,13 +59,32 @@ class SegmentLayout:
     chunk: int
 
 
+def choose_chunk(seg_lengths: torch.Tensor, max_chunk: int = DEFAULT_MAX_CHUNK) -> int:
+    """The chunk size s: large enough to need few chunks, small enough not to pad short segments much.
+
+    seg_lengths: (b, t) tokens per segment. Tries s = the longest segment and powers of two below it (never above
+    max_chunk) and keeps the one with the least padded slots + CHUNK_COST_IN_SLOTS * chunks. With equal segments
+    this is their length; one long segment among short ones is cut instead of padding every short one to it.
+    """
+    longest = int(seg_lengths.max()) if seg_lengths.numel() else 0
+    if longest <= 1:
+        return 1
+    candidates = {min(longest, max_chunk)} | {2**p for p in range(3, 12) if 2**p < min(longest, max_chunk)}
+
+    def cost(s: int) -> int:
+        chunks = int(((seg_lengths + s - 1) // s).sum())
+        return chunks * s + CHUNK_COST_IN_SLOTS * chunks
+
+    return min(sorted(candidates, reverse=True), key=cost)  # ties go to the larger chunk
+
+
 def segment_layout(
     media_locations: torch.Tensor, num_media: int, max_chunk: int = DEFAULT_MAX_CHUNK
 ) -> SegmentLayout:
     """Cut the text into per-media chunks: (b, n) bool media_locations -> SegmentLayout.
 
     A segment is the run of tokens with the same text time k >= 1; it attends to media k (index k - 1).
-    Each segment is cut into ceil(length / s) chunks of s = min(longest segment, max_chunk) slots.
+    Each segment is cut into ceil(length / s) chunks of s slots, s from `choose_chunk` (at most max_chunk).
     `media_locations` must already be checked (bool, at most `num_media` markers per row).
     """
     b, n = media_locations.shape
@@ -77,8 +99,7 @@ def segment_layout(
     position = torch.arange(n, device=device) - starts.gather(1, times)  # (b, n): place within the segment
 
     seg_lengths = lengths[:, 1:]  # (b, t): tokens attending to each media
-    longest = int(seg_lengths.max()) if seg_lengths.numel() else 0
-    chunk = max(1, min(longest, max_chunk))  # s
+    chunk = choose_chunk(seg_lengths, max_chunk)  # s
     chunks_per_media = (seg_lengths + chunk - 1) // chunk  # (b, t): ceil(length / s), 0 for unused media
     chunks_flat = chunks_per_media.flatten()  # (b*t,)
     first_chunk = chunks_flat.cumsum(0) - chunks_flat  # (b*t,): index of each segment's first chunk

@@ -1,0 +1,410 @@
+#!/usr/bin/env python3
+"""Time flamingo_lite against flamingo-pytorch 0.1.2 (the seed), forward + backward, on the same weights.
+
+    python benchmarks/bench.py                      # CPU, fp32: every section, about 3-5 minutes on 2 busy cores
+    python benchmarks/bench.py --only sweep         # one section: modules, sweep, weights_only, memory, profile, auto
+    python benchmarks/bench.py --device cuda --dtype bf16 --out benchmarks/results/cuda_bf16.json   # on a GPU
+
+Method. Each comparison builds the seed module and ours, copies the weights both ways with
+`load_state_dict(strict=True)`, and then, `--repeats` times, runs one forward + backward of each in turn
+(interleaved, so a burst of load from other programs hits both alike, and in reverse order every other round). It
+records every time and reports the median of each, and the median of the per-repeat ratios seed / ours. With one
+CPU thread (`--threads 1`, best on a shared machine) the clock is this process's CPU time, which ignores the moments
+other programs hold the core; otherwise it is wall time. "Forward + backward" means `out.backward(g)` for a
+fixed random g, with the gradients of every weight and of the inputs (the text x and the media) as in training,
+where the earlier layers and the resampler learn too; `weights_only` repeats the cross-attention timings with
+inputs that need no gradient. Peak memory is measured in a fresh process per (module, media count): the peak
+resident set size (ru_maxrss) during one forward + backward minus the resident size just before it (CPU), or
+`torch.cuda.max_memory_allocated` minus the memory allocated before it (CUDA).
+
+Results go to a JSON file (`--out`, default benchmarks/results/cpu_fp32.json) with the machine's description;
+`python benchmarks/plot.py` draws time against the number of media from it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+import torch  # noqa: E402
+from flamingo_pytorch import flamingo_pytorch as seed  # noqa: E402
+
+import flamingo_lite as fl  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# the sizes of issue 5: batch 2, 1024 text tokens, 64 latents per media, dim 512, 8 heads of 64
+XATTN = dict(batch=2, text=1024, latents=64, dim=512, heads=8, dim_head=64)
+# the resampler of issue 5: batch 4, 4 media, 256 patches, 64 latents, depth 2, dim 512
+RESAMPLER = dict(batch=4, media=4, patches=256, latents=64, depth=2, dim=512)
+SWEEP_MEDIA = [1, 2, 4, 8, 16, 32]
+
+
+# ----------------------------------------------------------------------------------------------- the machine
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: torch.device) -> dict:
+    info = dict(
+        python=platform.python_version(),
+        torch=torch.__version__,
+        cpu=cpu_name(),
+        cpu_count=os.cpu_count(),
+        torch_threads=torch.get_num_threads(),
+        clock="process CPU time" if device.type == "cpu" and torch.get_num_threads() == 1 else "wall time",
+        platform=platform.platform(),
+        load_average=[round(x, 2) for x in os.getloadavg()],
+    )
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+# ----------------------------------------------------------------------------------------------- timing
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_step(module, inputs, grad_out):
+    """One forward + backward; inputs that need gradients get fresh ones each time."""
+
+    def step():
+        module.zero_grad(set_to_none=True)
+        for t in inputs:
+            if isinstance(t, torch.Tensor):
+                t.grad = None
+        out = module(*inputs)
+        out.backward(grad_out)
+
+    return step
+
+
+def clock(device: torch.device) -> float:
+    """Seconds on the clock that counts this work best.
+
+    On the CPU with one thread: the CPU time of this process, which does not count the moments when other
+    programs have the core (wall time on a shared machine mostly measures the neighbours). Otherwise wall time.
+    """
+    if device.type == "cpu" and torch.get_num_threads() == 1:
+        return time.process_time()
+    return time.perf_counter()
+
+
+def interleaved(steps: dict, repeats: int, device: torch.device, warmup: int = 1) -> dict:
+    """Time each step `repeats` times, taking turns (in reverse order every other round); every time in ms."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    sync(device)
+    times = {name: [] for name in steps}
+    names = list(steps)
+    for round_ in range(repeats):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            sync(device)
+            start = clock(device)
+            steps[name]()
+            sync(device)
+            times[name].append((clock(device) - start) * 1e3)
+    return times
+
+
+def summarize(times: dict, baseline: str = "seed") -> dict:
+    """Median ms of each, and the median over repeats of baseline / each (paired, same moment)."""
+    out = {name: dict(median_ms=round(statistics.median(ts), 2), times_ms=[round(t, 2) for t in ts]) for name, ts in times.items()}
+    if baseline in times:
+        for name, ts in times.items():
+            if name != baseline:
+                ratios = [b / t for b, t in zip(times[baseline], ts)]
+                out[name]["speedup_vs_seed"] = round(statistics.median(ratios), 2)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- the modules
+def twin(reference, ours):
+    """Copy the seed's weights into ours, and back (both ways, strict), so both compute the same function."""
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    reference.load_state_dict(ours.state_dict(), strict=True)
+    return reference, ours
+
+
+def xattn_inputs(num_media: int, device, dtype, grad_inputs=True, gen_seed=0):
+    c = XATTN
+    gen = torch.Generator().manual_seed(gen_seed)
+    x = torch.randn(c["batch"], c["text"], c["dim"], generator=gen).to(device, dtype)  # (b, n, d)
+    media = torch.randn(c["batch"], num_media, c["latents"], c["dim"], generator=gen).to(device, dtype)  # (b, t, m, d)
+    # one <image> marker at the start of each of num_media equal stretches of text
+    locations = torch.zeros(c["batch"], c["text"], dtype=torch.bool)  # (b, n)
+    locations[:, torch.linspace(0, c["text"] - 1, num_media + 1)[:-1].long()] = True
+    grad_out = torch.randn(c["batch"], c["text"], c["dim"], generator=gen).to(device, dtype)  # (b, n, d)
+    x.requires_grad_(grad_inputs)
+    media.requires_grad_(grad_inputs)
+    return (x, media, locations.to(device)), grad_out
+
+
+def xattn_modules(device, dtype, gated=False):
+    c = XATTN
+    kwargs = dict(dim=c["dim"], dim_head=c["dim_head"], heads=c["heads"])
+    torch.manual_seed(0)
+    cls_seed, cls_ours = (seed.GatedCrossAttentionBlock, fl.GatedCrossAttentionBlock) if gated else (
+        seed.MaskedCrossAttention, fl.MaskedCrossAttention)
+    reference = cls_seed(**kwargs)
+    masked, segments = cls_ours(**kwargs), cls_ours(**kwargs)
+    twin(reference, masked)
+    twin(reference, segments)
+    if gated:
+        with torch.no_grad():
+            reference.attn_gate.fill_(0.5)  # open the gates so every part has a gradient
+            reference.ff_gate.fill_(0.5)
+        masked.load_state_dict(reference.state_dict())
+        segments.load_state_dict(reference.state_dict())
+    (masked.attn if gated else masked).attention_path = "masked"
+    (segments.attn if gated else segments).attention_path = "segments"
+    return [m.to(device, dtype) for m in (reference, masked, segments)]
+
+
+class ProjectionsOnly(torch.nn.Module):
+    """The layer norm and the three linear layers of a MaskedCrossAttention, without the attention between them.
+
+    Every exact implementation computes at least these (the keys and values of every media, the queries and the
+    output of every token), so its time is a floor: no way of doing the attention can beat it.
+    """
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x, media, media_locations=None):
+        mod = self.module
+        q = mod.to_q(mod.norm(x))  # (b, n, h*e)
+        k, v = mod.to_kv(media).chunk(2, dim=-1)  # 2 x (b, t, m, h*e)
+        mixed = q + (k.sum(dim=(1, 2)) + v.sum(dim=(1, 2))).unsqueeze(1)  # (b, n, h*e): gradients reach k and v
+        return mod.to_out(mixed)  # (b, n, d)
+
+
+def section_sweep(args, device, dtype, grad_inputs=True, media_counts=SWEEP_MEDIA):
+    """MaskedCrossAttention: time against the number of media, seed vs the masked path vs the segment path."""
+    results = {}
+    for t in media_counts:
+        reference, masked, segments = xattn_modules(device, dtype)
+        inputs, grad_out = xattn_inputs(t, device, dtype, grad_inputs)
+        steps = dict(
+            seed=make_step(reference, inputs, grad_out),
+            masked=make_step(masked, inputs, grad_out),
+            segments=make_step(segments, inputs, grad_out),
+            projections_only=make_step(ProjectionsOnly(segments), inputs, grad_out),
+        )
+        results[str(t)] = summarize(interleaved(steps, args.repeats, device))
+        r = results[str(t)]
+        print(f"  media={t:3d}  seed {r['seed']['median_ms']:7.1f} ms  masked {r['masked']['median_ms']:7.1f} ms "
+              f"({r['masked']['speedup_vs_seed']:.2f}x)  segments {r['segments']['median_ms']:7.1f} ms "
+              f"({r['segments']['speedup_vs_seed']:.2f}x)  projections only {r['projections_only']['median_ms']:7.1f} ms "
+              f"({r['projections_only']['speedup_vs_seed']:.2f}x)", flush=True)
+    return results
+
+
+def section_modules(args, device, dtype):
+    """Every public module against the seed (issue 2's benchmark), fwd + bwd, inputs needing gradients."""
+    results = {}
+    gen = torch.Generator().manual_seed(0)
+    rnd = lambda *shape: torch.randn(*shape, generator=gen).to(device, dtype).requires_grad_(True)
+    c, r = XATTN, RESAMPLER
+
+    def add(name, reference, ours, inputs, grad_out):
+        twin(reference, ours)
+        reference, ours = reference.to(device, dtype), ours.to(device, dtype)
+        steps = dict(seed=make_step(reference, inputs, grad_out), flamingo_lite=make_step(ours, inputs, grad_out))
+        results[name] = summarize(interleaved(steps, args.repeats, device))
+        s = results[name]
+        print(f"  {name:44s} seed {s['seed']['median_ms']:8.1f} ms  flamingo_lite {s['flamingo_lite']['median_ms']:8.1f} ms "
+              f"({s['flamingo_lite']['speedup_vs_seed']:.2f}x)", flush=True)
+
+    torch.manual_seed(0)
+    add(f"FeedForward (b={c['batch']}, n={c['text']}, d={c['dim']})",
+        seed.FeedForward(c["dim"]), fl.FeedForward(c["dim"]),
+        (rnd(c["batch"], c["text"], c["dim"]),), rnd(c["batch"], c["text"], c["dim"]).detach())
+    shape_x = (r["batch"], r["media"], r["patches"], r["dim"])
+    shape_l = (r["batch"], r["media"], r["latents"], r["dim"])
+    add(f"PerceiverAttention (b={r['batch']}, t={r['media']}, n={r['patches']}, L={r['latents']})",
+        seed.PerceiverAttention(dim=r["dim"]), fl.PerceiverAttention(dim=r["dim"]),
+        (rnd(*shape_x), rnd(*shape_l)), rnd(*shape_l).detach())
+    add(f"PerceiverResampler (b={r['batch']}, t={r['media']}, n={r['patches']}, L={r['latents']}, depth={r['depth']})",
+        seed.PerceiverResampler(dim=r["dim"], depth=r["depth"], num_latents=r["latents"]),
+        fl.PerceiverResampler(dim=r["dim"], depth=r["depth"], num_latents=r["latents"]),
+        (rnd(*shape_x),), rnd(*shape_l).detach())
+    for gated in (False, True):
+        for t in (4, 32):
+            reference, masked, segments = xattn_modules(device, dtype, gated=gated)
+            inputs, grad_out = xattn_inputs(t, device, dtype)
+            ours = masked
+            (ours.attn if gated else ours).attention_path = "auto"
+            name = f"{'GatedCrossAttentionBlock' if gated else 'MaskedCrossAttention'} (t={t})"
+            steps = dict(seed=make_step(reference, inputs, grad_out), flamingo_lite=make_step(ours, inputs, grad_out))
+            results[name] = summarize(interleaved(steps, args.repeats, device))
+            s = results[name]
+            print(f"  {name:44s} seed {s['seed']['median_ms']:8.1f} ms  flamingo_lite {s['flamingo_lite']['median_ms']:8.1f} ms "
+                  f"({s['flamingo_lite']['speedup_vs_seed']:.2f}x)", flush=True)
+    return results
+
+
+def section_auto(args, device, dtype):
+    """Small problems around the threshold where "auto" switches from the masked to the segment path."""
+    results = {}
+    from flamingo_lite.cross_attention import SEGMENT_PATH_MIN_SCORES
+
+    for b, n, t, m in [(1, 64, 2, 64), (1, 128, 4, 16), (1, 256, 4, 64), (2, 512, 8, 64)]:
+        torch.manual_seed(0)
+        masked = fl.MaskedCrossAttention(dim=512, attention_path="masked").to(device, dtype)
+        segments = fl.MaskedCrossAttention(dim=512, attention_path="segments").to(device, dtype)
+        segments.load_state_dict(masked.state_dict())
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(b, n, 512, generator=gen).to(device, dtype).requires_grad_(True)
+        media = torch.randn(b, t, m, 512, generator=gen).to(device, dtype).requires_grad_(True)
+        locations = torch.zeros(b, n, dtype=torch.bool)
+        locations[:, torch.linspace(0, n - 1, t + 1)[:-1].long()] = True
+        grad_out = torch.randn(b, n, 512, generator=gen).to(device, dtype)
+        steps = dict(masked=make_step(masked, (x, media, locations.to(device)), grad_out),
+                     segments=make_step(segments, (x, media, locations.to(device)), grad_out))
+        s = summarize(interleaved(steps, args.repeats, device), baseline="masked")
+        key = f"b={b} n={n} t={t} m={m} scores={b * n * t * m}"
+        s["auto_takes"] = "segments" if t > 1 and b * n * t * m >= SEGMENT_PATH_MIN_SCORES else "masked"
+        results[key] = s
+        print(f"  {key:40s} masked {s['masked']['median_ms']:7.2f} ms  segments {s['segments']['median_ms']:7.2f} ms "
+              f"(masked/segments {s['segments']['speedup_vs_seed']:.2f})  auto: {s['auto_takes']}", flush=True)
+    return results
+
+
+# ----------------------------------------------------------------------------------------------- memory
+def memory_child(impl: str, num_media: int, device, dtype) -> None:
+    """In a fresh process: the extra peak memory of one forward + backward, printed as JSON."""
+    reference, masked, segments = xattn_modules(device, dtype)
+    module = dict(seed=reference, masked=masked, segments=segments)[impl]
+    inputs, grad_out = xattn_inputs(num_media, device, dtype)
+    step = make_step(module, inputs, grad_out)
+    if device.type == "cuda":
+        step()  # CUDA kernels and workspaces once, so that only the step's tensors count
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        step()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - before
+    else:
+        page = os.sysconf("SC_PAGE_SIZE")
+        before = int(Path("/proc/self/statm").read_text().split()[1]) * page  # resident bytes now
+        step()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before  # ru_maxrss is in KiB on Linux
+    print(json.dumps(dict(impl=impl, media=num_media, peak_mib=round(peak / 2**20, 1))))
+
+
+def section_memory(args, device, dtype):
+    results = {}
+    for t in (1, 4, 32):
+        row = {}
+        for impl in ("seed", "masked", "segments"):
+            cmd = [sys.executable, __file__, "--memory-child", impl, str(t), "--device", str(device), "--dtype", args.dtype,
+                   "--threads", str(torch.get_num_threads())]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            row[impl] = json.loads(out)["peak_mib"]
+        row["segments_vs_seed"] = round(row["segments"] / row["seed"], 3)
+        results[str(t)] = row
+        print(f"  media={t:3d}  peak MiB: seed {row['seed']:8.1f}  masked {row['masked']:8.1f}  segments "
+              f"{row['segments']:8.1f}  (segments/seed {row['segments_vs_seed']:.2f})", flush=True)
+    return results
+
+
+# ----------------------------------------------------------------------------------------------- profile
+def section_profile(args, device, dtype):
+    """Where the time of our MaskedCrossAttention goes (segment path, default auto choice), per operator."""
+    from torch.profiler import ProfilerActivity, profile
+
+    results = {}
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    for t in (4, 32):
+        _, _, segments = xattn_modules(device, dtype)
+        inputs, grad_out = xattn_inputs(t, device, dtype)
+        step = make_step(segments, inputs, grad_out)
+        step()
+        sync(device)
+        with profile(activities=activities) as prof:
+            for _ in range(3):
+                step()
+            sync(device)
+        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        table = prof.key_averages().table(sort_by=sort, row_limit=15, max_name_column_width=48)
+        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        total = sum(e.self_cpu_time_total for e in events)
+        results[str(t)] = [dict(op=e.key, self_share=round(e.self_cpu_time_total / total, 3), calls=e.count // 3)
+                           for e in events[:12]]
+        print(f"  segment path, media={t}: share of self CPU time")
+        for e in results[str(t)][:8]:
+            print(f"    {e['self_share'] * 100:5.1f}%  {e['op']}  ({e['calls']} calls per step)")
+        (Path(args.out).parent / f"profile_{device.type}_{args.dtype}_media{t}.txt").write_text(table)
+    return results
+
+
+# ----------------------------------------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--only", nargs="*", default=None,
+                        choices=["modules", "sweep", "weights_only", "memory", "profile", "auto"])
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: torch's choice); 1 gives steadier ratios on a shared machine")
+    parser.add_argument("--memory-child", nargs=2, metavar=("IMPL", "MEDIA"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_child:
+        memory_child(args.memory_child[0], int(args.memory_child[1]), device, dtype)
+        return
+    args.out = args.out or str(ROOT / "benchmarks" / "results" / f"{device.type}_{args.dtype}.json")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
+    sections = args.only or ["modules", "sweep", "weights_only", "memory", "profile", "auto"]
+    start = time.time()
+    record = dict(previous, machine=machine(device), device=str(device), dtype=args.dtype, repeats=args.repeats,
+                  sizes=dict(cross_attention=XATTN, resampler=RESAMPLER))
+    for name in sections:
+        print(f"[{name}]", flush=True)
+        if name == "modules":
+            record["modules"] = section_modules(args, device, dtype)
+        elif name == "sweep":
+            record["sweep"] = section_sweep(args, device, dtype)
+        elif name == "weights_only":
+            record["weights_only"] = section_sweep(args, device, dtype, grad_inputs=False, media_counts=[1, 4, 32])
+        elif name == "memory":
+            record["memory"] = section_memory(args, device, dtype)
+        elif name == "profile":
+            record["profile"] = section_profile(args, device, dtype)
+        elif name == "auto":
+            record["auto"] = section_auto(args, device, dtype)
+    record["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    record["seconds"] = round(time.time() - start, 1)
+    Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {os.path.relpath(args.out, ROOT)} in {record['seconds']} s")
+
+
+if __name__ == "__main__":
+    main()

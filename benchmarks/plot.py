@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""Draw the recorded media sweep: forward + backward time of MaskedCrossAttention against the number of media.
+
+    python benchmarks/plot.py                                   # benchmarks/results/cpu_fp32.json -> .png beside it
+    python benchmarks/plot.py benchmarks/results/cuda_bf16.json
+
+Reads the JSON that benchmarks/bench.py wrote (it never times anything itself), so the picture always shows
+recorded numbers, and says in its title which machine they came from.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+LABELS = {
+    "seed": "flamingo-pytorch 0.1.2 (masks every media)",
+    "masked": "flamingo_lite, masked path",
+    "segments": "flamingo_lite, segment path",
+}
+STYLES = {"seed": dict(color="0.4", marker="s"), "masked": dict(color="tab:orange", marker="o"),
+          "segments": dict(color="tab:blue", marker="^")}
+
+
+def plot(path: Path) -> Path:
+    record = json.loads(path.read_text())
+    sweep = record["sweep"]
+    media = sorted(int(t) for t in sweep)
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=80)
+    for impl, label in LABELS.items():
+        ms = [sweep[str(t)][impl]["median_ms"] for t in media]
+        ax.plot(media, ms, label=label, **STYLES[impl])
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(media, [str(t) for t in media])
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("number of media t (64 latents each)")
+    ax.set_ylabel("forward + backward, median ms")
+    c, m = record["sizes"]["cross_attention"], record["machine"]
+    device = m.get("gpu", m["cpu"]) if record["device"].startswith("cuda") else f"{m['cpu']}, {m['torch_threads']} thread(s)"
+    ax.set_title(f"MaskedCrossAttention, b={c['batch']}, n={c['text']}, d={c['dim']}, {record['dtype']}\n{device}",
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    out = path.with_name(path.stem + "_media_sweep.png")
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+if __name__ == "__main__":
+    source = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "benchmarks" / "results" / "cpu_fp32.json"
+    out = plot(source)
+    print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
