@@ -99,32 +99,38 @@ def infer_reference_kwargs(reference_cls: type, learner: nn.Module) -> dict:
 
 
 def example_inputs(module: nn.Module, *, seed: int = 0, batch: int = 2) -> tuple:
-    """Small, seeded inputs that exercise `module` (a reference instance), including the tricky cases.
+    """Small, seeded inputs that exercise `module`, including the tricky cases.
 
-    For the cross-attention layers the media_locations hold text before the first media, a marker at
-    position 0 and two consecutive markers.
+    The layer is recognised by its parameter names, so this works for flamingo_lite's layers, for a learner's
+    module named the same way, and for flamingo-pytorch's. For the cross-attention layers the media_locations
+    hold text before the first media, a marker at position 0 and two consecutive markers.
     """
-    param = next(module.parameters())
-    device, dtype = param.device, param.dtype
+    sd = module.state_dict()
+    if not sd:
+        raise TypeError(f"{type(module).__name__} has no parameters: pass inputs=(...) to check_module")
+    first = next(iter(sd.values()))
+    device, dtype = first.device, first.dtype
     g = torch.Generator().manual_seed(seed)
 
     def randn(*shape):
         return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
 
-    if isinstance(module, FeedForward):
-        return (randn(batch, 5, module.dim),)  # (b, n, d)
-    if isinstance(module, PerceiverAttention):
-        return (randn(batch, 2, 6, module.dim), randn(batch, 2, 4, module.dim))  # (b, t, n, d), (b, t, L, d)
-    if isinstance(module, PerceiverResampler):
-        return (randn(batch, min(2, module.num_media_embeds), 6, module.dim),)  # (b, t, n, d)
-    if isinstance(module, (MaskedCrossAttention, GatedCrossAttentionBlock)):
-        dim = module.dim if isinstance(module, MaskedCrossAttention) else module.attn.dim
+    if "attn.norm.weight" in sd or ("norm.weight" in sd and "to_kv.weight" in sd):  # (gated) cross-attention
+        dim = sd.get("attn.norm.weight", sd.get("norm.weight")).shape[0]
         pattern = [
             [0, 1, 0, 0, 1, 0, 1, 0],  # text before the first media, three media
             [1, 0, 1, 1, 0, 0, 0, 0],  # a marker at position 0, two consecutive markers
         ]
         locations = torch.tensor([pattern[i % 2] for i in range(batch)], dtype=torch.bool, device=device)  # (b, n)
         return randn(batch, 8, dim), randn(batch, 3, 4, dim), locations  # (b, n, d), (b, t, m, d), (b, n)
+    if "latents" in sd and "media_pos_emb" in sd:  # PerceiverResampler
+        num_media = min(2, sd["media_pos_emb"].shape[0])
+        return (randn(batch, num_media, 6, sd["latents"].shape[1]),)  # (b, t, n, d)
+    if "norm_media.weight" in sd:  # PerceiverAttention
+        dim = sd["norm_media.weight"].shape[0]
+        return (randn(batch, 2, 6, dim), randn(batch, 2, 4, dim))  # (b, t, n, d), (b, t, L, d)
+    if set(sd) == {"0.weight", "0.bias", "1.weight", "3.weight"}:  # FeedForward
+        return (randn(batch, 5, sd["0.weight"].shape[0]),)  # (b, n, d)
     raise TypeError(f"no example inputs for {type(module).__name__}: pass inputs=(...) to check_module")
 
 

@@ -101,3 +101,17 @@ def test_bad_arguments():
         fl.check_module("not a module", fl.FeedForward)
     with pytest.raises(TypeError, match="reference"):
         fl.check_module(fl.FeedForward(4), 42)
+
+
+def test_works_against_the_original_code_without_explicit_inputs():
+    from flamingo_pytorch import flamingo_pytorch as seed
+
+    original = seed.MaskedCrossAttention(dim=16, dim_head=4, heads=2, only_attend_immediate_media=True)
+    assert fl.check_module(fl.MaskedCrossAttention(dim=16, dim_head=4, heads=2), original, verbose=False)
+    leaky = seed.MaskedCrossAttention(dim=16, dim_head=4, heads=2, only_attend_immediate_media=False)
+    mine = fl.MaskedCrossAttention(dim=16, dim_head=4, heads=2, only_attend_immediate_media=False)
+    result = fl.check_module(mine, leaky, verbose=False)
+    assert not result.passed and result.where[1] == 0  # the text before the first media, where the original leaks
+    assert fl.check_module(fl.FeedForward(8), seed.FeedForward(8), verbose=False)
+    assert fl.check_module(fl.PerceiverResampler(dim=8, depth=1, dim_head=4, heads=2),
+                           seed.PerceiverResampler(dim=8, depth=1, dim_head=4, heads=2), verbose=False)
