@@ -65,6 +65,21 @@ def test_plot_attention_shows_attention_weights_of_the_perceiver():
     assert fig.axes[0].get_title() == "head 1"
 
 
+def test_perceiver_attention_weights_are_the_ones_its_forward_pass_uses():
+    """The weights lesson 02 plots, applied to the layer's own values and output projection, give its forward output."""
+    torch.manual_seed(0)
+    layer = flamingo_lite.PerceiverAttention(dim=8, dim_head=4, heads=2)
+    x, latents = torch.randn(2, 3, 6, 8), torch.randn(2, 3, 5, 8)  # (b, t, n, d), (b, t, L, d)
+    with torch.no_grad():
+        weights = layer.attention_weights(x, latents)  # (b, t, h, L, n+L)
+        kv_input = torch.cat((layer.norm_media(x), layer.norm_latents(latents)), dim=-2)  # (b, t, n+L, d)
+        v = rearrange(layer.to_kv(kv_input).chunk(2, dim=-1)[1], "b t j (h e) -> b t h j e", h=2)  # (b, t, h, n+L, e)
+        out = torch.einsum("b t h i j, b t h j e -> b t h i e", weights, v)  # (b, t, h, L, e)
+        out = layer.to_out(rearrange(out, "b t h L e -> b t L (h e)"))  # (b, t, L, d)
+        torch.testing.assert_close(out, layer(x, latents))
+    torch.testing.assert_close(weights.sum(dim=-1), torch.ones(2, 3, 2, 5))
+
+
 def test_latent_attention_panels_hold_each_latents_weights_on_the_patch_grid():
     torch.manual_seed(0)
     image = _toy_image(16)
