@@ -13,9 +13,12 @@ CPU thread (`--threads 1`, best on a shared machine) the clock is this process's
 other programs hold the core; otherwise it is wall time. "Forward + backward" means `out.backward(g)` for a
 fixed random g, with the gradients of every weight and of the inputs (the text x and the media) as in training,
 where the earlier layers and the resampler learn too; `weights_only` repeats the cross-attention timings with
-inputs that need no gradient. Peak memory is measured in a fresh process per (module, media count): the peak
-resident set size (ru_maxrss) during one forward + backward minus the resident size just before it (CPU), or
-`torch.cuda.max_memory_allocated` minus the memory allocated before it (CUDA).
+inputs that need no gradient. Peak memory is measured in a fresh process per (module, media count), after one
+warm-up step: on the CPU the peak resident set size during one forward + backward (VmHWM in /proc/self/status,
+reset just before by writing 5 to /proc/self/clear_refs) minus the resident size just before it, with glibc told
+to map every block of 64 KiB or more on its own (MALLOC_MMAP_THRESHOLD_), so that freed tensors leave the
+resident size at once and it follows the live tensors; on CUDA
+`torch.cuda.max_memory_allocated` minus the memory allocated before it.
 
 Results go to a JSON file (`--out`, default benchmarks/results/cpu_fp32.json) with the machine's description;
 `python benchmarks/plot.py` draws time against the number of media from it.
@@ -26,7 +29,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -292,6 +294,19 @@ def section_auto(args, device, dtype):
 
 
 # ----------------------------------------------------------------------------------------------- memory
+def status_kib(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (Linux), in KiB: VmRSS now, VmHWM its peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status: the CPU memory measurement needs Linux")
+
+
+def reset_peak_rss() -> None:
+    """Make VmHWM start again from the current resident size (Linux: write 5 to /proc/self/clear_refs)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
 def memory_child(impl: str, num_media: int, device, dtype) -> None:
     """In a fresh process: the extra peak memory of one forward + backward, printed as JSON."""
     reference, masked, segments = xattn_modules(device, dtype)
@@ -307,10 +322,14 @@ def memory_child(impl: str, num_media: int, device, dtype) -> None:
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) - before
     else:
-        page = os.sysconf("SC_PAGE_SIZE")
-        before = int(Path("/proc/self/statm").read_text().split()[1]) * page  # resident bytes now
+        step()  # once, so that lazily made buffers and the allocator's pools exist before measuring
+        module.zero_grad(set_to_none=True)
+        for t in inputs:
+            t.grad = None
+        reset_peak_rss()
+        before = status_kib("VmRSS")
         step()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before  # ru_maxrss is in KiB on Linux
+        peak = (status_kib("VmHWM") - before) * 1024
     print(json.dumps(dict(impl=impl, media=num_media, peak_mib=round(peak / 2**20, 1))))
 
 
@@ -321,7 +340,10 @@ def section_memory(args, device, dtype):
         for impl in ("seed", "masked", "segments"):
             cmd = [sys.executable, __file__, "--memory-child", impl, str(t), "--device", str(device), "--dtype", args.dtype,
                    "--threads", str(torch.get_num_threads())]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            # glibc: every block of 64 KiB or more gets its own mapping, returned to the system when freed, so the
+            # resident size follows the live tensors instead of the allocator's cached heap
+            env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout.strip().splitlines()[-1]
             row[impl] = json.loads(out)["peak_mib"]
         row["segments_vs_seed"] = round(row["segments"] / row["seed"], 3)
         results[str(t)] = row

@@ -23,9 +23,11 @@ LABELS = {
     "seed": "flamingo-pytorch 0.1.2 (masks every media)",
     "masked": "flamingo_lite, masked path",
     "segments": "flamingo_lite, segment path",
+    "projections_only": "projections only, no attention (the floor)",
 }
 STYLES = {"seed": dict(color="0.4", marker="s"), "masked": dict(color="tab:orange", marker="o"),
-          "segments": dict(color="tab:blue", marker="^")}
+          "segments": dict(color="tab:blue", marker="^"),
+          "projections_only": dict(color="0.6", linestyle="--", marker="")}
 
 
 def plot(path: Path) -> Path:
@@ -34,13 +36,15 @@ def plot(path: Path) -> Path:
     media = sorted(int(t) for t in sweep)
     fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=80)
     for impl, label in LABELS.items():
+        if impl not in sweep[str(media[0])]:
+            continue
         ms = [sweep[str(t)][impl]["median_ms"] for t in media]
         ax.plot(media, ms, label=label, **STYLES[impl])
     ax.set_xscale("log", base=2)
     ax.set_xticks(media, [str(t) for t in media])
     ax.set_ylim(bottom=0)
     ax.set_xlabel("number of media t (64 latents each)")
-    ax.set_ylabel("forward + backward, median ms")
+    ax.set_ylabel(f"forward + backward, median ms\n({record['machine'].get('clock', 'wall time')})", fontsize=9)
     c, m = record["sizes"]["cross_attention"], record["machine"]
     device = m.get("gpu", m["cpu"]) if record["device"].startswith("cuda") else f"{m['cpu']}, {m['torch_threads']} thread(s)"
     ax.set_title(f"MaskedCrossAttention, b={c['batch']}, n={c['text']}, d={c['dim']}, {record['dtype']}\n{device}",
