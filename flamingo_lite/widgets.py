@@ -37,10 +37,13 @@ MAX_TOKENS = 40  # longer sequences make a mask picture too tall to read
 def mask_readout(sequence, only_attend_immediate_media: bool = True, num_latents: int = 2) -> str:
     """A short text summary of the mask: the mode, then one line per word saying which media it sees."""
     sm = mask_plots.sequence_mask(sequence, num_latents, only_attend_immediate_media)
+    markers = int(sm.media_locations.sum())
     head = (
         f"only_attend_immediate_media={sm.only_attend_immediate_media}: {len(sm.tokens)} tokens, "
-        f"{int(sm.media_locations.sum())} <image> markers, {sm.num_media} media x {num_latents} latents"
+        f"{markers} <image> marker{'' if markers == 1 else 's'}, {sm.num_media} media x {num_latents} latents"
     )
+    if markers == 0:  # the picture still draws one media, so say why no word can see it
+        head += "\n(no <image> marker: every word comes before the first image, so none sees the media)"
     return "\n".join([head, *mask_plots.describe_mask(sm)])
 
 

@@ -43,6 +43,15 @@ def test_mask_view_text_before_the_first_image_and_empty():
     plt.close(fig)
 
 
+def test_mask_readout_counts_markers_and_explains_a_sequence_without_images():
+    one = widgets.mask_readout("<image> a cat", True).splitlines()
+    assert one[0].endswith("3 tokens, 1 <image> marker, 1 media x 2 latents")
+    none = widgets.mask_readout("no pictures here", False).splitlines()
+    assert "0 <image> markers" in none[0] and none[1].startswith("(no <image> marker")
+    assert none[2:] == [f"{w} [0] -> nothing (before the first image)" for w in ("no", "pictures", "here")]
+    assert not the_mask("no pictures here", False).any()  # the note says what the mask says: nobody sees the media
+
+
 def find(box, cls):
     found = []
     for child in box.children:
