@@ -79,6 +79,20 @@ def check_attention_path(attention_path, only_attend_immediate_media: bool) -> s
     return attention_path
 
 
+def set_attention_path(module: nn.Module, attention_path: str) -> nn.Module:
+    """Set `attention_path` on every MaskedCrossAttention inside `module` (itself included); returns `module`.
+
+    For a GatedCrossAttentionBlock or a whole model: `set_attention_path(block, "masked")`. Forcing "segments"
+    on a layer in the all-previous mode is a ValueError, as in the constructor; "auto" and "masked" always work.
+    """
+    layers = [m for m in module.modules() if isinstance(m, MaskedCrossAttention)]
+    for layer in layers:
+        check_attention_path(attention_path, layer.only_attend_immediate_media)
+    for layer in layers:
+        layer.attention_path = attention_path
+    return module
+
+
 class MaskedCrossAttention(nn.Module):
     """Text (queries) attends to media latents (keys, values) under the media_locations mask.
 

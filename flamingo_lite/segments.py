@@ -99,7 +99,7 @@ def segment_layout(
     position = torch.arange(n, device=device) - starts.gather(1, times)  # (b, n): place within the segment
 
     seg_lengths = lengths[:, 1:]  # (b, t): tokens attending to each media
-    chunk = choose_chunk(seg_lengths, max_chunk)  # s
+    chunk = choose_chunk(seg_lengths.cpu(), max_chunk)  # s; a (b, t) table, read on the CPU in one transfer
     chunks_per_media = (seg_lengths + chunk - 1) // chunk  # (b, t): ceil(length / s), 0 for unused media
     chunks_flat = chunks_per_media.flatten()  # (b*t,)
     first_chunk = chunks_flat.cumsum(0) - chunks_flat  # (b*t,): index of each segment's first chunk

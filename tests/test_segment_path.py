@@ -11,9 +11,10 @@ import torch
 from einops import rearrange
 from hypothesis import given
 from hypothesis import strategies as st
+from torch import nn
 
 import flamingo_lite as fl
-from flamingo_lite.cross_attention import SEGMENT_PATH_MIN_SCORES
+from flamingo_lite.cross_attention import SEGMENT_PATH_MIN_SCORES, set_attention_path
 from flamingo_lite.masks import rows_without_media, text_time
 from flamingo_lite.segments import segment_attend, segment_layout
 from flamingo_pytorch import flamingo_pytorch as seed
@@ -235,6 +236,18 @@ def test_auto_chooses_segments_only_where_it_applies_and_pays():
     assert not module.uses_segment_path(x, media, locations)
     module.attention_path = "segments"
     assert module.uses_segment_path(x[:, :4], media, locations[:, :4])
+
+
+def test_set_attention_path_reaches_every_layer():
+    model = nn.ModuleList([fl.GatedCrossAttentionBlock(dim=8, dim_head=4, heads=2), fl.MaskedCrossAttention(dim=8)])
+    assert set_attention_path(model, "segments") is model
+    assert [m.attention_path for m in model.modules() if isinstance(m, fl.MaskedCrossAttention)] == ["segments"] * 2
+    model.append(fl.MaskedCrossAttention(dim=8, only_attend_immediate_media=False))
+    with pytest.raises(ValueError, match="needs only_attend_immediate_media=True"):
+        set_attention_path(model, "segments")
+    assert model[0].attn.attention_path == "segments"  # nothing changed by the refused call
+    set_attention_path(model, "masked")
+    assert {m.attention_path for m in model.modules() if isinstance(m, fl.MaskedCrossAttention)} == {"masked"}
 
 
 def test_gated_block_through_both_paths():
