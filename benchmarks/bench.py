@@ -2,7 +2,7 @@
 """Time flamingo_lite against flamingo-pytorch 0.1.2 (the seed), forward + backward, on the same weights.
 
     python benchmarks/bench.py                      # CPU, fp32: every section, about 3-5 minutes on 2 busy cores
-    python benchmarks/bench.py --only sweep         # one section: modules, sweep, weights_only, memory, profile, auto
+    python benchmarks/bench.py --only sweep         # one section: modules, sweep, weights_only, uneven, memory, profile, auto
     python benchmarks/bench.py --device cuda --dtype bf16 --out benchmarks/results/cuda_bf16.json   # on a GPU
 
 Method. Each comparison builds the seed module and ours, copies the weights both ways with
@@ -13,8 +13,8 @@ CPU thread (`--threads 1`, best on a shared machine) the clock is this process's
 other programs hold the core; otherwise it is wall time. "Forward + backward" means `out.backward(g)` for a
 fixed random g, with the gradients of every weight and of the inputs (the text x and the media) as in training,
 where the earlier layers and the resampler learn too; `weights_only` repeats the cross-attention timings with
-inputs that need no gradient. Peak memory is measured in a fresh process per (module, media count), after one
-warm-up step: on the CPU the peak resident set size during one forward + backward (VmHWM in /proc/self/status,
+inputs that need no gradient, and `uneven` with the markers at random places (segments of every length). Peak
+memory is measured in a fresh process per (module, media count), after one warm-up step: on the CPU the peak resident set size during one forward + backward (VmHWM in /proc/self/status,
 reset just before by writing 5 to /proc/self/clear_refs) minus the resident size just before it, with glibc told
 to map every block of 64 KiB or more on its own (MALLOC_MMAP_THRESHOLD_), so that freed tensors leave the
 resident size at once and it follows the live tensors; on CUDA
@@ -148,14 +148,17 @@ def twin(reference, ours):
     return reference, ours
 
 
-def xattn_inputs(num_media: int, device, dtype, grad_inputs=True, gen_seed=0):
+def xattn_inputs(num_media: int, device, dtype, grad_inputs=True, gen_seed=0, uneven=False):
     c = XATTN
     gen = torch.Generator().manual_seed(gen_seed)
     x = torch.randn(c["batch"], c["text"], c["dim"], generator=gen).to(device, dtype)  # (b, n, d)
     media = torch.randn(c["batch"], num_media, c["latents"], c["dim"], generator=gen).to(device, dtype)  # (b, t, m, d)
-    # one <image> marker at the start of each of num_media equal stretches of text
     locations = torch.zeros(c["batch"], c["text"], dtype=torch.bool)  # (b, n)
-    locations[:, torch.linspace(0, c["text"] - 1, num_media + 1)[:-1].long()] = True
+    if uneven:  # markers at random places: segments of every length, and text before the first media
+        for row in range(c["batch"]):
+            locations[row, torch.randperm(c["text"], generator=gen)[:num_media]] = True
+    else:  # one <image> marker at the start of each of num_media equal stretches of text
+        locations[:, torch.linspace(0, c["text"] - 1, num_media + 1)[:-1].long()] = True
     grad_out = torch.randn(c["batch"], c["text"], c["dim"], generator=gen).to(device, dtype)  # (b, n, d)
     x.requires_grad_(grad_inputs)
     media.requires_grad_(grad_inputs)
@@ -202,12 +205,12 @@ class ProjectionsOnly(torch.nn.Module):
         return mod.to_out(mixed)  # (b, n, d)
 
 
-def section_sweep(args, device, dtype, grad_inputs=True, media_counts=SWEEP_MEDIA):
+def section_sweep(args, device, dtype, grad_inputs=True, media_counts=SWEEP_MEDIA, uneven=False):
     """MaskedCrossAttention: time against the number of media, seed vs the masked path vs the segment path."""
     results = {}
     for t in media_counts:
         reference, masked, segments = xattn_modules(device, dtype)
-        inputs, grad_out = xattn_inputs(t, device, dtype, grad_inputs)
+        inputs, grad_out = xattn_inputs(t, device, dtype, grad_inputs, uneven=uneven)
         steps = dict(
             seed=make_step(reference, inputs, grad_out),
             masked=make_step(masked, inputs, grad_out),
@@ -390,7 +393,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--only", nargs="*", default=None,
-                        choices=["modules", "sweep", "weights_only", "memory", "profile", "auto"])
+                        choices=["modules", "sweep", "weights_only", "uneven", "memory", "profile", "auto"])
     parser.add_argument("--out", default=None)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: torch's choice); 1 gives steadier ratios on a shared machine")
@@ -405,7 +408,7 @@ def main() -> None:
     args.out = args.out or str(ROOT / "benchmarks" / "results" / f"{device.type}_{args.dtype}.json")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
-    sections = args.only or ["modules", "sweep", "weights_only", "memory", "profile", "auto"]
+    sections = args.only or ["modules", "sweep", "weights_only", "uneven", "memory", "profile", "auto"]
     start = time.time()
     record = dict(previous, machine=machine(device), device=str(device), dtype=args.dtype, repeats=args.repeats,
                   sizes=dict(cross_attention=XATTN, resampler=RESAMPLER))
@@ -419,6 +422,8 @@ def main() -> None:
             record["sweep"] = section_sweep(args, device, dtype)
         elif name == "weights_only":
             record["weights_only"] = section_sweep(args, device, dtype, grad_inputs=False, media_counts=[1, 4, 32])
+        elif name == "uneven":
+            record["uneven"] = section_sweep(args, device, dtype, media_counts=[8, 32], uneven=True)
         elif name == "memory":
             record["memory"] = section_memory(args, device, dtype)
         elif name == "profile":

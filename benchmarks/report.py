@@ -65,7 +65,8 @@ def tables(r: dict, name: str) -> str:
                          f"{row['flamingo_lite']['speedup_vs_seed']:.2f}x |")
         lines.append("")
     for key, title in (("sweep", "gradients of the weights and of the inputs (x and media)"),
-                       ("weights_only", "gradients of the weights only")):
+                       ("weights_only", "gradients of the weights only"),
+                       ("uneven", "markers at random places (uneven segments, text before the first media)")):
         if key not in r:
             continue
         lines += [f"**MaskedCrossAttention against the number of media, {title}:**", "",
