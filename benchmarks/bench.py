@@ -14,11 +14,11 @@ other programs hold the core; otherwise it is wall time. "Forward + backward" me
 fixed random g, with the gradients of every weight and of the inputs (the text x and the media) as in training,
 where the earlier layers and the resampler learn too; `weights_only` repeats the cross-attention timings with
 inputs that need no gradient, and `uneven` with the markers at random places (segments of every length). Peak
-memory is measured in a fresh process per (module, media count), after one warm-up step: on the CPU the peak resident set size during one forward + backward (VmHWM in /proc/self/status,
-reset just before by writing 5 to /proc/self/clear_refs) minus the resident size just before it, with glibc told
-to map every block of 64 KiB or more on its own (MALLOC_MMAP_THRESHOLD_), so that freed tensors leave the
-resident size at once and it follows the live tensors; on CUDA
-`torch.cuda.max_memory_allocated` minus the memory allocated before it.
+memory is measured in a fresh process per (module, media count), after one warm-up step: on the CPU the peak
+resident set size during one forward + backward (VmHWM in /proc/self/status, reset just before by writing 5 to
+/proc/self/clear_refs) minus the resident size just before it, with glibc told to map every block of 64 KiB or
+more on its own (MALLOC_MMAP_THRESHOLD_), so that freed tensors leave the resident size at once and it follows
+the live tensors; on CUDA `torch.cuda.max_memory_allocated` minus the memory allocated before it.
 
 Results go to a JSON file (`--out`, default benchmarks/results/cpu_fp32.json) with the machine's description;
 `python benchmarks/plot.py` draws time against the number of media from it, and `python benchmarks/report.py` writes
