@@ -16,7 +16,7 @@ from torch import nn
 import flamingo_lite as fl
 from flamingo_lite.cross_attention import SEGMENT_PATH_MIN_SCORES, set_attention_path
 from flamingo_lite.masks import rows_without_media, text_time
-from flamingo_lite.segments import segment_attend, segment_layout
+from flamingo_lite.segments import choose_chunk, segment_attend, segment_layout
 from flamingo_pytorch import flamingo_pytorch as seed
 
 from conftest import requires_cuda
@@ -192,6 +192,17 @@ def test_layout_puts_every_seeing_token_in_its_own_media_chunk():
     assert layout.chunk == 2
     # row 0: segments of 3, 2, 1 tokens -> 2 + 1 + 1 chunks; row 1: 1 and 5 tokens -> 1 + 3 chunks
     assert layout.num_chunks == 8
+
+
+def test_chunk_size_follows_the_segments():
+    assert choose_chunk(torch.tensor([[32] * 32])) == 32  # equal segments: one chunk each, no padding
+    assert choose_chunk(torch.tensor([[256] * 4])) == 256
+    assert choose_chunk(torch.tensor([[1024]])) == 256  # never above max_chunk
+    uneven = torch.tensor([[700] + [10] * 31])  # one long segment among short ones
+    s = choose_chunk(uneven)
+    padded = int(((uneven + s - 1) // s).sum()) * s
+    assert padded < 2 * int(uneven.sum()), "short segments must not all be padded to the long one's length"
+    assert choose_chunk(torch.tensor([[0, 0]])) == 1 and choose_chunk(torch.tensor([[1, 0]])) == 1
 
 
 def test_attention_path_is_validated_and_not_a_weight():
