@@ -373,13 +373,13 @@ def section_profile(args, device, dtype):
             for _ in range(3):
                 step()
             sync(device)
-        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"  # GPU: kernel time
         table = prof.key_averages().table(sort_by=sort, row_limit=15, max_name_column_width=48)
-        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-        total = sum(e.self_cpu_time_total for e in events)
-        results[str(t)] = [dict(op=e.key, self_share=round(e.self_cpu_time_total / total, 3), calls=e.count // 3)
+        events = sorted(prof.key_averages(), key=lambda e: getattr(e, sort), reverse=True)
+        total = sum(getattr(e, sort) for e in events) or 1
+        results[str(t)] = [dict(op=e.key, self_share=round(getattr(e, sort) / total, 3), calls=e.count // 3)
                            for e in events[:12]]
-        print(f"  segment path, media={t}: share of self CPU time")
+        print(f"  segment path, media={t}: share of {sort}")
         for e in results[str(t)][:8]:
             print(f"    {e['self_share'] * 100:5.1f}%  {e['op']}  ({e['calls']} calls per step)")
         (Path(args.out).parent / f"profile_{device.type}_{args.dtype}_media{t}.txt").write_text(table)
