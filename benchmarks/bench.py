@@ -18,7 +18,9 @@ memory is measured in a fresh process per (module, media count), after one warm-
 resident set size during one forward + backward (VmHWM in /proc/self/status, reset just before by writing 5 to
 /proc/self/clear_refs) minus the resident size just before it, with glibc told to map every block of 64 KiB or
 more on its own (MALLOC_MMAP_THRESHOLD_), so that freed tensors leave the resident size at once and it follows
-the live tensors; on CUDA `torch.cuda.max_memory_allocated` minus the memory allocated before it.
+the live tensors; on CUDA `torch.cuda.max_memory_allocated` minus the memory allocated before it. On the CPU a
+second figure comes from torch.profiler's record of every allocation and free (profile_memory=True), replayed in
+time order.
 
 Results go to a JSON file (`--out`, default benchmarks/results/cpu_fp32.json) with the machine's description;
 `python benchmarks/plot.py` draws time against the number of media from it, and `python benchmarks/report.py` writes
@@ -334,7 +336,27 @@ def memory_child(impl: str, num_media: int, device, dtype) -> None:
         before = status_kib("VmRSS")
         step()
         peak = (status_kib("VmHWM") - before) * 1024
-    print(json.dumps(dict(impl=impl, media=num_media, peak_mib=round(peak / 2**20, 1))))
+    row = dict(impl=impl, media=num_media, peak_mib=round(peak / 2**20, 1))
+    if device.type == "cpu":
+        module.zero_grad(set_to_none=True)
+        for t in inputs:
+            t.grad = None
+        row["profiler_peak_mib"] = round(profiled_peak_bytes(step) / 2**20, 1)
+    print(json.dumps(row))
+
+
+def profiled_peak_bytes(step) -> int:
+    """A second measurement: torch.profiler's record of every allocation and free, replayed in time order."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    live = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        # an operator's own allocations minus its own frees; "[memory]" events are frees outside any operator
+        live += event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak
 
 
 def section_memory(args, device, dtype):
@@ -348,11 +370,17 @@ def section_memory(args, device, dtype):
             # resident size follows the live tensors instead of the allocator's cached heap
             env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
             out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout.strip().splitlines()[-1]
-            row[impl] = json.loads(out)["peak_mib"]
+            child = json.loads(out)
+            row[impl] = child["peak_mib"]
+            if "profiler_peak_mib" in child:
+                row[f"{impl}_profiler"] = child["profiler_peak_mib"]
         row["segments_vs_seed"] = round(row["segments"] / row["seed"], 3)
         results[str(t)] = row
         print(f"  media={t:3d}  peak MiB: seed {row['seed']:8.1f}  masked {row['masked']:8.1f}  segments "
               f"{row['segments']:8.1f}  (segments/seed {row['segments_vs_seed']:.2f})", flush=True)
+        if "seed_profiler" in row:
+            print(f"             profiler: seed {row['seed_profiler']:8.1f}  masked {row['masked_profiler']:8.1f}  "
+                  f"segments {row['segments_profiler']:8.1f}", flush=True)
     return results
 
 

@@ -78,10 +78,12 @@ def tables(r: dict, name: str) -> str:
                          f"{row['segments']['speedup_vs_seed']:.2f}x | {row['projections_only']['speedup_vs_seed']:.2f}x |")
         lines.append("")
     if "memory" in r:
-        lines += ["**Peak memory of one forward + backward, MiB (a fresh process each):**", "",
+        lines += ["**Peak memory of one forward + backward, MiB (a fresh process each; in brackets the same from "
+                  "torch.profiler's allocation record):**", "",
                   "| media | seed | masked path | segment path | segment / seed |", "|---:|---:|---:|---:|---:|"]
         for t, row in r["memory"].items():
-            lines.append(f"| {t} | {row['seed']} | {row['masked']} | {row['segments']} | {row['segments_vs_seed']:.2f} |")
+            cell = lambda impl: f"{row[impl]} ({row[impl + '_profiler']})" if impl + "_profiler" in row else f"{row[impl]}"
+            lines.append(f"| {t} | {cell('seed')} | {cell('masked')} | {cell('segments')} | {row['segments_vs_seed']:.2f} |")
         lines.append("")
     if "auto" in r:
         lines += ["**Small problems (where `auto` switches paths):**", "",
