@@ -8,7 +8,7 @@ The layers import only torch and einops; plots and widgets live in `flamingo_lit
 `flamingo_lite.widgets` and are imported only when asked for.
 """
 from .checker import CheckResult, check_module
-from .cross_attention import MaskedCrossAttention
+from .cross_attention import MaskedCrossAttention, set_attention_path
 from .device import get_device
 from .feedforward import FeedForward
 from .gated import GatedCrossAttentionBlock
@@ -25,4 +25,5 @@ __all__ = [
     "check_module",
     "CheckResult",
     "get_device",
+    "set_attention_path",
 ]
