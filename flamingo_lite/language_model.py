@@ -1,0 +1,115 @@
+"""A small decoder-only language model, the part of Flamingo that writes the text.
+
+Flamingo starts from a large language model pretrained on text alone (Chinchilla) and freezes it (paper,
+Sec. 2.2): the model keeps everything it knows about language, and only the new layers learn to look at
+pictures. Here the same story in miniature: `TinyLM` is a GPT in the style of nanoGPT (token and position
+embeddings, pre-LayerNorm blocks of causal self-attention and an MLP, a final LayerNorm and a linear head),
+trained first on the captions alone. It learns the grammar (`<image> a`, then a colour and a shape, then
+`<eoc>`) and to keep the caption format of the sequence, but it cannot know *which* colour or shape: that
+is in the pictures it never sees.
+
+The model is written as three steps, `embed`, `blocks`, `head`, so that `flamingo_lite.model.Flamingo` can
+run the very same layers with gated cross-attention blocks placed before them.
+
+Shapes: b batch, n tokens, d the width, h heads, e the width of one head, V the vocabulary size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .validation import check_positive_int
+
+
+@dataclass
+class LMConfig:
+    """The sizes of a `TinyLM`."""
+
+    vocab_size: int = 15
+    max_len: int = 32  # the longest sequence the position embedding covers
+    dim: int = 64
+    depth: int = 2  # number of transformer blocks
+    heads: int = 4
+    mlp_mult: int = 4
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention where each token sees itself and the tokens before it: (b, n, d) -> (b, n, d)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+        self.heads = heads
+        self.to_qkv = nn.Linear(dim, 3 * dim)
+        self.to_out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.to_qkv(x).chunk(3, dim=-1)  # 3 x (b, n, d)
+        q, k, v = (rearrange(z, "b n (h e) -> b h n e", h=self.heads) for z in (q, k, v))  # 3 x (b, h, n, e)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (b, h, n, e)
+        return self.to_out(rearrange(out, "b h n e -> b n (h e)"))  # (b, n, d)
+
+
+class Block(nn.Module):
+    """One pre-LayerNorm transformer block: `x + attn(ln(x))`, then `x + mlp(ln(x))`."""
+
+    def __init__(self, dim: int, heads: int, mlp_mult: int = 4):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim)
+        self.attn = CausalSelfAttention(dim, heads)
+        self.ln_2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_mult * dim), nn.GELU(), nn.Linear(mlp_mult * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))  # (b, n, d)
+        x = x + self.mlp(self.ln_2(x))  # (b, n, d)
+        return x
+
+
+class TinyLM(nn.Module):
+    """A decoder-only language model: tokens (b, n) long -> next-token logits (b, n, V)."""
+
+    def __init__(self, config: LMConfig | None = None):
+        super().__init__()
+        self.config = config = config if config is not None else LMConfig()
+        for name in ("vocab_size", "max_len", "dim", "depth", "heads", "mlp_mult"):
+            check_positive_int(f"LMConfig.{name}", getattr(config, name))
+        self.tok_emb = nn.Embedding(config.vocab_size, config.dim)
+        self.pos_emb = nn.Embedding(config.max_len, config.dim)
+        self.blocks = nn.ModuleList([Block(config.dim, config.heads, config.mlp_mult) for _ in range(config.depth)])
+        self.ln_f = nn.LayerNorm(config.dim)
+        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
+
+    def check_tokens(self, tokens) -> torch.Tensor:
+        if not isinstance(tokens, torch.Tensor):
+            raise TypeError(f"tokens must be a torch.Tensor of shape (batch, text), got {type(tokens).__name__}")
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must have shape (batch, text), got shape {tuple(tokens.shape)}")
+        if tokens.dtype not in (torch.long, torch.int, torch.int32, torch.int64):
+            raise TypeError(f"tokens must be integer ids, got dtype {tokens.dtype}")
+        if tokens.shape[1] > self.config.max_len:
+            raise ValueError(f"tokens has {tokens.shape[1]} positions but max_len is {self.config.max_len}")
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.config.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got [{int(tokens.min())}, {int(tokens.max())}]")
+        return tokens
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token plus position embeddings: (b, n) long -> (b, n, d)."""
+        positions = torch.arange(tokens.shape[1], device=tokens.device)  # (n,)
+        return self.tok_emb(tokens) + self.pos_emb(positions)  # (b, n, d)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Final LayerNorm and the linear head: (b, n, d) -> (b, n, V)."""
+        return self.lm_head(self.ln_f(x))  # (b, n, V)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = self.check_tokens(tokens)
+        x = self.embed(tokens)  # (b, n, d)
+        for block in self.blocks:
+            x = block(x)  # (b, n, d)
+        return self.head(x)  # (b, n, V)

@@ -1,0 +1,193 @@
+"""The tiny Flamingo: a frozen vision encoder, a Perceiver Resampler, and a frozen language model with gated
+cross-attention blocks placed before its layers.
+
+Paper, Sec. 2 and Fig. 3 (Alayrac et al. 2022, arXiv 2204.14198). Pictures go through the frozen vision
+encoder (a grid of features each), the Perceiver Resampler turns each picture's grid into `num_latents` visual
+tokens, and the language model reads the text as before, except that before every `cross_attn_every`-th of
+its layers (starting at the first) a `GatedCrossAttentionBlock` lets the text look at the visual tokens of the
+picture it follows. Only the resampler and the gated blocks are trained; the vision encoder and the language
+model stay frozen. Because every gate starts at tanh(0) = 0, the untrained Flamingo computes *exactly* the
+frozen language model's logits (lesson 07 checks this with `torch.equal`).
+
+Shapes, in einops notation: b batch, n tokens, t media, c=3, H=W picture size, g grid cells per picture,
+L latents per picture, d the width, V the vocabulary size.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .gated import GatedCrossAttentionBlock
+from .language_model import LMConfig, TinyLM
+from .perceiver import PerceiverResampler
+from .validation import check_positive_int, check_tensor, shape_str
+from .vision import VisionEncoder
+
+OPEN_GATE = 20.0  # tanh(20) == 1.0 exactly in float32: a gate fixed open, for the "no tanh gating" ablation
+
+
+@dataclass
+class FlamingoConfig:
+    """Every size of the tiny Flamingo, nanoGPT style. The defaults train on a laptop CPU in well under a minute."""
+
+    vocab_size: int = 12  # len(flamingo_lite.data.Tokenizer())
+    max_len: int = 30  # the longest token sequence (5 pictures x 6 tokens)
+    media_token_id: int = 1  # the id of `<image>` in the tokenizer
+    dim: int = 64  # one width for the vision features, the resampler and the language model
+    lm_depth: int = 2
+    lm_heads: int = 4
+    vision_pool: int = 8  # the vision grid has one cell per vision_pool x vision_pool pixels (2 x 2 for 16 px)
+    vision_seed: int = 0  # the frozen vision encoder's random mixing weights are drawn from this seed
+    resampler_depth: int = 2
+    num_latents: int = 8
+    num_media_embeds: int = 5  # the most pictures a sequence may have
+    dim_head: int = 16
+    heads: int = 4
+    ff_mult: int = 2
+    cross_attn_every: int = 1  # a gated block before layer 0, K, 2K, ... (the paper: 1 for 3B, 4 for 9B, 7 for 80B)
+    only_attend_immediate_media: bool = True  # text sees only the picture it follows (the paper's choice)
+    tanh_gate: bool = True  # False: gates fixed open (tanh = 1), the paper's "w/o tanh gating" ablation
+
+    def lm_config(self) -> LMConfig:
+        return LMConfig(vocab_size=self.vocab_size, max_len=self.max_len, dim=self.dim, depth=self.lm_depth, heads=self.lm_heads)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Stop `module` from training: no gradients for its parameters, and eval mode. Returns it."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module.eval()
+
+
+def unfreeze(module: nn.Module) -> nn.Module:
+    """Let `module` train again. Returns it."""
+    for p in module.parameters():
+        p.requires_grad_(True)
+    return module.train()
+
+
+def count_parameters(module: nn.Module) -> dict:
+    """`{'trainable': ..., 'frozen': ..., 'total': ...}`: numbers of parameters (elements) of `module`."""
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
+    return {"trainable": trainable, "frozen": frozen, "total": trainable + frozen}
+
+
+class Flamingo(nn.Module):
+    """forward(tokens (b, n) long, images (b, t, 3, H, W), media_locations (b, n) bool or None) -> logits (b, n, V).
+
+    `media_locations=None` means "True wherever tokens == media_token_id". Pass `lm` (a trained `TinyLM`) and
+    `vision` to reuse pretrained parts; otherwise fresh ones are made from the config.
+    """
+
+    def __init__(self, config: FlamingoConfig | None = None, *, lm: TinyLM | None = None, vision: VisionEncoder | None = None):
+        super().__init__()
+        self.config = config = config if config is not None else FlamingoConfig()
+        check_positive_int("cross_attn_every", config.cross_attn_every)
+        check_positive_int("lm_depth", config.lm_depth)
+        self.vision = vision if vision is not None else VisionEncoder(dim=config.dim, pool=config.vision_pool, seed=config.vision_seed)
+        self.lm = lm if lm is not None else TinyLM(config.lm_config())
+        if self.lm.config.dim != config.dim or self.vision.dim != config.dim:
+            raise ValueError(f"the language model (dim {self.lm.config.dim}) and vision encoder (dim {self.vision.dim}) must have dim={config.dim}")
+        self.resampler = PerceiverResampler(
+            dim=config.dim, depth=config.resampler_depth, dim_head=config.dim_head, heads=config.heads,
+            num_latents=config.num_latents, num_media_embeds=config.num_media_embeds, ff_mult=config.ff_mult,
+        )
+        # one gated block before LM layer i for every i that is a multiple of cross_attn_every (layer 0 included)
+        self.xattn_layers = [i for i in range(len(self.lm.blocks)) if i % config.cross_attn_every == 0]
+        self.xattn = nn.ModuleDict(
+            {
+                str(i): GatedCrossAttentionBlock(
+                    dim=config.dim, dim_head=config.dim_head, heads=config.heads, ff_mult=config.ff_mult,
+                    only_attend_immediate_media=config.only_attend_immediate_media,
+                )
+                for i in self.xattn_layers
+            }
+        )
+        if not config.tanh_gate:
+            for block in self.xattn.values():  # gates fixed open: x + attn(x), x + ff(x), as without gating
+                for gate in (block.attn_gate, block.ff_gate):
+                    gate.data.fill_(OPEN_GATE)
+                    gate.requires_grad_(False)
+        self.freeze_pretrained()
+
+    def freeze_pretrained(self) -> "Flamingo":
+        """Freeze the vision encoder and the language model (the paper's recipe); the rest stays trainable."""
+        freeze(self.vision)
+        freeze(self.lm)
+        return self
+
+    def train(self, mode: bool = True) -> "Flamingo":
+        super().train(mode)
+        self.vision.eval()  # frozen parts always run in eval mode
+        self.lm.eval()
+        return self
+
+    def parameter_counts(self) -> dict:
+        """Trainable and frozen parameter counts, for the whole model and for each part."""
+        parts = {"vision": self.vision, "resampler": self.resampler, "xattn": self.xattn, "lm": self.lm}
+        return {**count_parameters(self), "parts": {name: count_parameters(m) for name, m in parts.items()}}
+
+    def gates(self) -> dict:
+        """tanh of every gate, one float per gated block in layer order: `{'attn': [...], 'ff': [...]}`."""
+        blocks = [self.xattn[str(i)] for i in self.xattn_layers]
+        return {
+            "attn": [float(b.attn_gate.detach().tanh()) for b in blocks],
+            "ff": [float(b.ff_gate.detach().tanh()) for b in blocks],
+        }
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Pictures -> visual tokens: (b, t, 3, H, W) -> (b, t, L, d)."""
+        check_tensor("images", images, ndim=5, layout="(batch, media, 3, height, width)")
+        features = self.vision(images)  # (b, t, g, d), frozen
+        return self.resampler(features)  # (b, t, L, d)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        images: torch.Tensor | None = None,
+        media_locations: torch.Tensor | None = None,
+        *,
+        media: torch.Tensor | None = None,
+        capture: list | None = None,
+    ) -> torch.Tensor:
+        """Next-token logits. Give `images`, or `media` already encoded by `encode_images` (reused when generating).
+
+        `capture`, a list, receives the input of each gated block (b, n, d), for plots of its attention.
+        """
+        tokens = self.lm.check_tokens(tokens)
+        if (images is None) == (media is None):
+            raise ValueError("give exactly one of images (batch, media, 3, H, W) or media (batch, media, latents, dim)")
+        if media is None:
+            media = self.encode_images(images)  # (b, t, L, d)
+        if media.shape[0] != tokens.shape[0]:
+            raise ValueError(f"tokens and images must have the same batch size: tokens {shape_str(tokens)}, media {shape_str(media)}")
+        if media_locations is None:
+            media_locations = tokens == self.config.media_token_id  # (b, n) bool
+
+        x = self.lm.embed(tokens)  # (b, n, d)
+        for i, block in enumerate(self.lm.blocks):
+            if str(i) in self.xattn:
+                if capture is not None:
+                    capture.append(x)
+                x = self.xattn[str(i)](x, media, media_locations)  # (b, n, d): look at the pictures, gated
+            x = block(x)  # (b, n, d): the frozen LM layer, unchanged
+        return self.lm.head(x)  # (b, n, V)
+
+    @torch.no_grad()
+    def cross_attention_weights(self, tokens: torch.Tensor, images: torch.Tensor, media_locations=None) -> list:
+        """The attention of each gated block's cross-attention, for plots: a list of (b, h, n, t*L), one per block."""
+        if media_locations is None:
+            media_locations = tokens == self.config.media_token_id  # (b, n)
+        media = self.encode_images(images)  # (b, t, L, d)
+        inputs: list = []
+        self.forward(tokens, media=media, media_locations=media_locations, capture=inputs)
+        return [
+            self.xattn[str(i)].attn.attention_weights(x, media, media_locations)  # (b, h, n, t*L)
+            for i, x in zip(self.xattn_layers, inputs)
+        ]

@@ -1,0 +1,103 @@
+"""The tiny Flamingo: placement of the gated blocks, freezing, exact equality with the frozen LM at init."""
+import pytest
+import torch
+
+from flamingo_lite import GatedCrossAttentionBlock, PerceiverResampler
+from flamingo_lite.data import make_dataset
+from flamingo_lite.language_model import LMConfig, TinyLM
+from flamingo_lite.model import Flamingo, FlamingoConfig, count_parameters, freeze, unfreeze
+from flamingo_lite.vision import VisionEncoder, edge_filters
+
+TINY = dict(dim=32, dim_head=8, heads=2, lm_depth=3, lm_heads=2, num_latents=4, resampler_depth=1)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return make_dataset(4, seed=1)
+
+
+def test_vision_encoder_grid_and_frozen():
+    enc = VisionEncoder(dim=32, pool=4)
+    out = enc(torch.rand(2, 3, 3, 16, 16))
+    assert out.shape == (2, 3, 16, 32)
+    assert out.shape == enc(torch.rand(2, 3, 3, 16, 16)).shape
+    assert all(not p.requires_grad for p in enc.parameters())
+    assert torch.equal(VisionEncoder(dim=32, seed=0).mix.weight, VisionEncoder(dim=32, seed=0).mix.weight)
+    # an edge filter responds to brightness rising in its direction (filter 0: rightwards)
+    ramp = torch.zeros(1, 1, 5, 5)
+    ramp[..., 3:] = 1.0
+    responses = torch.nn.functional.conv2d(ramp, edge_filters(), padding=0).flatten()
+    assert int(responses.argmax()) == 0
+    with pytest.raises(ValueError, match="colour channels"):
+        enc(torch.rand(2, 1, 4, 16, 16))
+
+
+def test_language_model_is_causal():
+    lm = TinyLM(LMConfig(vocab_size=12, max_len=10, dim=32, depth=2, heads=2))
+    tokens = torch.randint(0, 12, (2, 8))
+    changed = tokens.clone()
+    changed[:, 5:] = (changed[:, 5:] + 1) % 12
+    assert torch.allclose(lm(tokens)[:, :5], lm(changed)[:, :5])
+    with pytest.raises(ValueError, match="max_len"):
+        lm(torch.zeros(1, 11, dtype=torch.long))
+
+
+@pytest.mark.parametrize("every, layers", [(1, [0, 1, 2]), (2, [0, 2]), (3, [0]), (5, [0])])
+def test_gated_blocks_before_every_kth_layer(every, layers):
+    model = Flamingo(FlamingoConfig(**TINY, cross_attn_every=every))
+    assert model.xattn_layers == layers
+    assert all(isinstance(b, GatedCrossAttentionBlock) for b in model.xattn.values())
+    assert isinstance(model.resampler, PerceiverResampler)
+
+
+def test_init_logits_equal_frozen_lm_exactly(batch):
+    torch.manual_seed(0)
+    model = Flamingo(FlamingoConfig(**TINY))
+    gates = model.gates()
+    assert gates["attn"] == [0.0] * 3 and gates["ff"] == [0.0] * 3
+    logits = model(batch.tokens, batch.images, batch.media_locations)
+    assert torch.equal(logits, model.lm(batch.tokens))
+
+
+def test_open_gates_change_logits_and_no_tanh_gate_is_open(batch):
+    torch.manual_seed(0)
+    model = Flamingo(FlamingoConfig(**TINY))
+    with torch.no_grad():
+        model.xattn["0"].attn_gate.fill_(0.5)
+    assert not torch.equal(model(batch.tokens, batch.images), model.lm(batch.tokens))
+    ungated = Flamingo(FlamingoConfig(**TINY, tanh_gate=False))
+    assert ungated.gates()["attn"] == [1.0] * 3 and ungated.gates()["ff"] == [1.0] * 3
+    assert all(not b.attn_gate.requires_grad for b in ungated.xattn.values())
+
+
+def test_freezing_and_parameter_counts(batch):
+    model = Flamingo(FlamingoConfig(**TINY))
+    counts = model.parameter_counts()
+    parts = counts["parts"]
+    assert parts["lm"]["trainable"] == 0 and parts["vision"]["trainable"] == 0
+    assert parts["resampler"]["frozen"] == 0 and parts["xattn"]["frozen"] == 0
+    assert counts["trainable"] == parts["resampler"]["total"] + parts["xattn"]["total"]
+    assert counts["total"] == sum(p.numel() for p in model.parameters())
+    # at init only the gates get gradient: every block's output is multiplied by tanh(0) = 0
+    loss = model(batch.tokens, batch.images).logsumexp(-1).mean()
+    loss.backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad and not name.endswith("_gate"):
+            assert p.grad is None or float(p.grad.abs().max()) == 0.0, name
+    assert any(float(p.grad.abs().max()) > 0 for n, p in model.named_parameters() if n.endswith("_gate"))
+    unfreeze(model.lm)
+    assert count_parameters(model.lm)["frozen"] == 0
+    freeze(model.lm)
+    assert count_parameters(model.lm)["trainable"] == 0 and not model.lm.training
+
+
+def test_bad_inputs_are_clear(batch):
+    model = Flamingo(FlamingoConfig(**TINY))
+    with pytest.raises(ValueError, match="exactly one"):
+        model(batch.tokens)
+    with pytest.raises(ValueError, match="batch size"):
+        model(batch.tokens[:2], batch.images[:3])
+    with pytest.raises(ValueError, match="num_media_embeds"):
+        model(batch.tokens, torch.rand(4, 6, 3, 16, 16))
+    with pytest.raises(ValueError, match="cross_attn_every"):
+        Flamingo(FlamingoConfig(**TINY, cross_attn_every=0))
