@@ -197,11 +197,14 @@ def lab(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser(lab):
+def browser(lab, tmp_path_factory):
     from playwright.sync_api import sync_playwright
 
+    home = tmp_path_factory.mktemp("browser-home")  # Chromium's own files (crash reports, caches) go here
     with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        chromium = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, env={**os.environ, "HOME": str(home)}
+        )
         try:
             yield chromium
         finally:
