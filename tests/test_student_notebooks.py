@@ -124,6 +124,7 @@ def test_student_notebook_keeps_the_text_and_clears_outputs_and_widget_state():
     assert "Student version" in header.source and gen.COMMAND in header.source
     assert 'if "google.colab" in sys.modules:' in colab.source and gen.GITHUB_REPO in colab.source
     assert cells[0].source == lesson.cells[0].source.replace("../assets/", "../../assets/")
+    assert "../../assets/idea.png" in cells[0].source
     assert "**Exercise.** Write `double`." in cells[0].source
     assert gen.STUB in cells[1].source and "2 * x" not in cells[1].source
     assert cells[1].metadata["tags"] == ["solution"]
@@ -133,6 +134,12 @@ def test_student_notebook_keeps_the_text_and_clears_outputs_and_widget_state():
             assert cell.outputs == [] and cell.execution_count is None
     assert set(student.metadata) == {"kernelspec"}
     nbformat.validate(student)
+
+
+def test_paths_into_the_repository_get_one_more_level():
+    src = 'Path("../benchmarks/x.json")  # and ![a](../assets/a.png), not ../../assets/b.png or ../notebooks/'
+    want = 'Path("../../benchmarks/x.json")  # and ![a](../../assets/a.png), not ../../assets/b.png or ../notebooks/'
+    assert gen.one_level_deeper(src) == want
 
 
 def test_output_bytes_are_deterministic(tmp_path):
@@ -155,6 +162,18 @@ def test_student_pictures_resolve():
                 if link.endswith(".ipynb"):
                     continue
                 assert (path.parent / link).exists(), f"{path.name}: {link} does not exist"
+
+
+def test_the_guide_has_a_colab_badge_and_a_link_for_every_lesson():
+    import re
+
+    guide = (ROOT / "docs" / "teaching.md").read_text()
+    for lesson in LESSONS:
+        colab = f"https://colab.research.google.com/github/{gen.GITHUB_REPO}/blob/main/notebooks/student/{lesson.name}"
+        assert colab in guide, f"docs/teaching.md has no Colab badge for {lesson.name}"
+        assert f"](../notebooks/{lesson.name})" in guide, f"docs/teaching.md does not link {lesson.name}"
+    for link in re.findall(r"\]\((\.\./[^)#\s]+)\)", guide):
+        assert (ROOT / "docs" / link).exists(), f"docs/teaching.md links {link}, which does not exist"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -235,7 +254,7 @@ def test_exercise_checks_fail_on_the_stub_and_pass_with_the_solution(lesson_path
                     f"learner their solution is right:\n{cell.source[:400]}"
                 )
                 for j in segment:  # now the lesson's own solution, in the same kernel
-                    solution = lesson.cells[j - offset].source.replace("../assets/", "../../assets/")
+                    solution = gen.one_level_deeper(lesson.cells[j - offset].source)
                     must_pass(j, solution, "the lesson's solution")
                 must_pass(index, why="the check, with the lesson's solution")
                 segment, checked = [], checked + 1

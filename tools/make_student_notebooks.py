@@ -13,7 +13,8 @@ Run it from anywhere; paths are relative to the repository. For every lesson `no
   solution cell without markers keeps its leading comment lines and loses the rest of its body;
 - the exercise text, the check cells and every other cell are kept as they are;
 - all outputs, execution counts and saved widget state are cleared;
-- links to `../assets/` are rewritten to `../../assets/`, since the student folder sits one level deeper;
+- paths into the repository's folders (`../assets/`, `../benchmarks/`, ...) become `../../assets/` etc., since the
+  student folder sits one level deeper;
 - two cells are put in front: a note saying what this version is, and a setup cell that fetches and installs the
   course on Google Colab (it does nothing anywhere else).
 
@@ -38,6 +39,9 @@ COMMAND = "python tools/make_student_notebooks.py"
 
 # Where the course lives on GitHub: the Colab setup cell clones it from here.
 GITHUB_REPO = "flamingo-from-scratch/flamingo-lite"
+
+# A lesson refers to the repository's other folders as "../<folder>/"; from notebooks/student/ that is one more "../".
+UP_ONE = re.compile(r"(?<![\w./])\.\./(?=(?:assets|benchmarks|data|docs|tools|flamingo_lite)/)")
 
 SOLUTION_TAG = "solution"
 BEGIN = re.compile(r"^(?P<indent>[ \t]*)###\s*BEGIN SOLUTION\s*$")
@@ -99,6 +103,11 @@ def stub_source(source: str) -> str:
     return "\n".join(out)
 
 
+def one_level_deeper(source: str) -> str:
+    """`source` with its "../assets/"-style paths made to work from notebooks/student/."""
+    return UP_ONE.sub("../../", source)
+
+
 def _check_compiles(source: str) -> None:
     """Raise SyntaxError if `source` (IPython syntax allowed) is not valid Python."""
     from IPython.core.inputtransformer2 import TransformerManager
@@ -129,7 +138,7 @@ def make_student_notebook(lesson, lesson_name: str = "the lesson"):
                 except (SolutionMarkerError, SyntaxError) as err:
                     raise SolutionMarkerError(f"{lesson_name}, cell {index}: {err}") from None
         if cell.cell_type in ("markdown", "code"):
-            cell.source = cell.source.replace("../assets/", "../../assets/")
+            cell.source = one_level_deeper(cell.source)
         cells.append(cell)
     header = nbformat.v4.new_markdown_cell(
         f"**Student version** of [{lesson_name}](../{lesson_name}): the solutions are taken out. Wherever a cell says "
