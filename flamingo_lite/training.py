@@ -177,8 +177,8 @@ def generate(
     images (b, t, 3, H, W). Decodes until `stop_id` (kept) or `max_new_tokens`; returns the new ids of each row.
     A generated `<image>` (there is no picture for it) ends that row.
     """
-    b = tokens.shape[0]
-    lengths = torch.as_tensor(lengths, dtype=torch.long).clone()
+    b, device = tokens.shape[0], tokens.device
+    lengths = torch.as_tensor(lengths, dtype=torch.long, device=device).clone()  # (b,)
     need = int(lengths.max()) + max_new_tokens
     if need > tokens.shape[1]:
         pad = tokens.new_zeros(b, need - tokens.shape[1])  # (b, extra)
@@ -186,20 +186,20 @@ def generate(
     tokens = tokens.clone()
     tokens = tokens[:, : min(tokens.shape[1], model.config.max_len)]
     media = model.encode_images(images)  # (b, t, L, d), once for all steps
-    rows = torch.arange(b)
+    rows = torch.arange(b, device=device)  # (b,)
     out = [[] for _ in range(b)]
-    done = torch.zeros(b, dtype=torch.bool)
+    done = torch.zeros(b, dtype=torch.bool, device=device)  # (b,)
     for _ in range(max_new_tokens):
         if bool(done.all()) or int(lengths.max()) >= tokens.shape[1]:
             break
         # later positions hold padding or stale ids; the causal LM never lets them affect earlier positions
-        keep = torch.arange(tokens.shape[1]) < lengths[:, None]  # (b, n)
+        keep = torch.arange(tokens.shape[1], device=device) < lengths[:, None]  # (b, n)
         current = torch.where(keep, tokens, torch.zeros_like(tokens))  # (b, n)
         locations = current == model.config.media_token_id  # (b, n)
         logits = model(current, media=media, media_locations=locations)  # (b, n, V)
-        next_ids = logits[rows, lengths - 1].argmax(dim=-1)  # (b,)
+        next_ids = logits[rows, lengths - 1].argmax(dim=-1).tolist()  # b ids, read once
         for i in range(b):
-            if done[i]:
+            if bool(done[i]):
                 continue
             nid = int(next_ids[i])
             if media_id is not None and nid == media_id:
@@ -207,7 +207,7 @@ def generate(
                 out[i].append(nid)
                 continue
             out[i].append(nid)
-            tokens[i, lengths[i]] = nid
+            tokens[i, int(lengths[i])] = nid
             if stop_id is not None and nid == stop_id:
                 done[i] = True
         lengths = torch.where(done, lengths, lengths + 1)
