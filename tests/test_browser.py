@@ -377,3 +377,10 @@ def test_gate_slider_redraws_the_picture_and_the_readout(lab, page):
     third = wait_for_state(cell, lambda s: s == first, "the gate picture and the readout did not come back with the slider")
     assert value.inner_text() == first_value
     assert third == first and second != first
+
+
+def test_without_chromium_and_without_root_the_skip_says_why(monkeypatch, tmp_path):
+    monkeypatch.setitem(globals(), "CHROMIUM", str(tmp_path / "chromium"))  # a path with no browser
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # not root: apt-get cannot install it
+    reason = ensure_chromium()
+    assert reason is not None and "is missing and cannot be installed here" in reason and "chromium-driver" in reason
