@@ -164,7 +164,7 @@ def test_student_pictures_resolve():
                 assert (path.parent / link).exists(), f"{path.name}: {link} does not exist"
 
 
-def test_the_guide_has_a_colab_badge_and_a_link_for_every_lesson():
+def test_the_guide_has_a_colab_badge_and_a_link_for_every_lesson_and_the_colab_cell():
     import re
 
     guide = (ROOT / "docs" / "teaching.md").read_text()
@@ -172,6 +172,9 @@ def test_the_guide_has_a_colab_badge_and_a_link_for_every_lesson():
         colab = f"https://colab.research.google.com/github/{gen.GITHUB_REPO}/blob/main/notebooks/student/{lesson.name}"
         assert colab in guide, f"docs/teaching.md has no Colab badge for {lesson.name}"
         assert f"](../notebooks/{lesson.name})" in guide, f"docs/teaching.md does not link {lesson.name}"
+    for line in gen.COLAB_SETUP.splitlines():  # the Colab cell the guide shows is the one the generator writes
+        if not line.lstrip().startswith("#"):
+            assert line in guide, f"docs/teaching.md shows another Colab setup cell than the generator's: {line!r}"
     for link in re.findall(r"\]\((\.\./[^)#\s]+)\)", guide):
         assert (ROOT / "docs" / link).exists(), f"docs/teaching.md links {link}, which does not exist"
 
