@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from .model import FlamingoConfig
 from .training import TrainingSetup, run_training
 
 DEFAULTS = TrainingSetup()
+DEFAULT_THREADS = min(2, os.cpu_count() or 1)
 
 
 def positive_int(text: str) -> int:
@@ -82,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-every", type=positive_int, default=DEFAULTS.log_every, help=f"log loss and gates every N steps (default {DEFAULTS.log_every})")
     parser.add_argument(
-        "--threads", type=positive_int, default=1,
-        help="CPU threads for PyTorch (default 1: this model is so small that more threads mostly wait on each other)",
+        "--threads", type=positive_int, default=DEFAULT_THREADS,
+        help=f"CPU threads for PyTorch (default {DEFAULT_THREADS}, at most 2: this model is too small to use more; on a "
+        "busy machine use 1, as the lessons do, which also gives the lessons' exact numbers)",
     )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="turn the tqdm progress bars off")
     return parser

@@ -305,7 +305,7 @@ class TrainingSetup:
     batch_size: int = 48
     lr: float = 7e-3
     gate_lr: float = 3e-2
-    weight_decay: float = 0.1  # on the resampler and blocks, not the gates: the gates carry the scale
+    weight_decay: float = 0.3  # on the resampler and blocks, not the gates: the gates carry the scale
     lm_lr: float = 5e-3
     log_every: int = 10
     num_train: int = 3000
