@@ -12,6 +12,7 @@ from .cross_attention import MaskedCrossAttention, set_attention_path
 from .device import get_device
 from .feedforward import FeedForward
 from .gated import GatedCrossAttentionBlock
+from .model import Flamingo, FlamingoConfig
 from .perceiver import PerceiverAttention, PerceiverResampler
 
 __version__ = "0.1.0"
@@ -26,4 +27,6 @@ __all__ = [
     "CheckResult",
     "get_device",
     "set_attention_path",
+    "Flamingo",
+    "FlamingoConfig",
 ]
