@@ -47,6 +47,7 @@ def draw_views(out: Path) -> None:
     left.set_yticks([n - 1 - i + 0.5 for i in range(n)], [f"{'<image>' if locations[0, i] else 'word'} {int(times[i])}"
                                                           for i in range(n)], fontsize=7)
     left.set_title(f"mask view: {n} x {t * m} = {n * t * m} scores,\n{int(mask.sum())} kept, the rest masked", fontsize=9)
+    left.set_ylabel("token (label: its text time)", fontsize=8)
     left.tick_params(length=0)
     for side in left.spines.values():
         side.set_visible(False)
@@ -54,7 +55,6 @@ def draw_views(out: Path) -> None:
     # segment view: each run of text with text time k >= 1 meets only media k's latents
     right.set_xlim(0, 3 * (m + 1.5))
     right.set_ylim(0, n)
-    row = 0
     for i in range(n):
         if times[i] == 0:
             right.add_patch(Rectangle((0, n - 1 - i), m, 1, fc="white", ec="#bbbbbb", lw=1, ls="--"))
@@ -66,7 +66,6 @@ def draw_views(out: Path) -> None:
             for j in range(m):
                 right.add_patch(Rectangle((x0 + j, n - 1 - i), 1, 1, fc=MEDIA_COLORS[k - 1], ec="white", lw=1))
         right.text(x0 + m / 2, n - 1 - rows[-1] - 0.7, f"segment {k}\n{len(rows)} x {m}", ha="center", va="top", fontsize=7)
-        row += len(rows)
     kept = int(mask.sum())
     right.set_title(f"segment view: only the {kept} kept scores are computed,\neach segment against its own media",
                     fontsize=9)
