@@ -131,7 +131,15 @@ class MaskedCrossAttention(nn.Module):
         self.attention_path = check_attention_path(attention_path, only_attend_immediate_media)
 
     def uses_segment_path(self, x: torch.Tensor, media: torch.Tensor, media_locations: torch.Tensor | None) -> bool:
-        """Whether forward(x, media, media_locations) takes the segment path (True) or the masked path (False)."""
+        """Whether forward(x, media, media_locations) takes the segment path (True) or the masked path (False).
+
+        The inputs are checked as forward checks them. Text in which no token sees any media takes the masked path.
+        """
+        media_locations = check_cross_attention_inputs(self.dim, x, media, media_locations)
+        return self._wants_segment_path(x, media, media_locations) and bool(media_locations.any())
+
+    def _wants_segment_path(self, x: torch.Tensor, media: torch.Tensor, media_locations: torch.Tensor | None) -> bool:
+        """The choice for already checked inputs, before looking at where the markers are."""
         path = check_attention_path(self.attention_path, self.only_attend_immediate_media)
         if media_locations is None or not self.only_attend_immediate_media:
             return False  # no mask at all, or all-previous media: only the masked path applies
@@ -146,7 +154,7 @@ class MaskedCrossAttention(nn.Module):
         b, t, m = media.shape[:3]
         h = self.heads
 
-        segments = self.uses_segment_path(x, media, media_locations)
+        segments = self._wants_segment_path(x, media, media_locations)
         if segments:
             layout = segment_layout(media_locations, t)  # index tensors only: no gradient, no weights
             segments = layout.num_chunks > 0  # no text sees any media: the masked path gives the zeros

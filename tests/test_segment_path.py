@@ -284,3 +284,14 @@ def test_gated_block_through_both_paths():
 def test_segment_path_equals_masked_path_cuda(dtype, case):
     tol = FP32 if dtype == torch.float32 else HALF_TOLERANCE[dtype]
     assert_paths_agree(case, dtype=dtype, device="cuda", tol=tol)
+
+
+def test_uses_segment_path_checks_its_inputs_and_says_masked_when_no_text_sees_media():
+    import flamingo_lite as fl
+
+    module = fl.MaskedCrossAttention(dim=16, dim_head=4, heads=2, attention_path="segments")
+    x, media = torch.randn(1, 6, 16), torch.randn(1, 2, 3, 16)
+    with pytest.raises(ValueError, match="media"):
+        module.uses_segment_path(x, media[0], torch.zeros(1, 6, dtype=torch.bool))
+    assert not module.uses_segment_path(x, media, torch.zeros(1, 6, dtype=torch.bool))  # nobody sees media
+    assert module.uses_segment_path(x, media, torch.tensor([[1, 0, 0, 1, 0, 0]], dtype=torch.bool))
