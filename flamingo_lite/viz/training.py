@@ -62,7 +62,7 @@ def plot_gates(history: dict, *, axes=None, upto: int | None = None, absolute: b
         ax.set_title(f"|tanh({name})|" if absolute else f"tanh({name})")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("|tanh(gate)|" if absolute else "tanh(gate)")
-    axes[0].legend(fontsize=8, loc="upper left")
+    axes[0].legend(fontsize=8, loc="center right")  # clear of the curves, which rise fast from 0 on the left
     return axes
 
 
