@@ -5,28 +5,43 @@ with three corrections: text before the first media never sees future media; mor
 is an error; bad input is a clear `ValueError`/`TypeError`. See the README for the course built around it.
 
 The layers import only torch and einops; plots and widgets live in `flamingo_lite.viz` and
-`flamingo_lite.widgets` and are imported only when asked for.
+`flamingo_lite.widgets` and are imported only when asked for. The names below are loaded on first use, so that
+`python -m flamingo_lite.doctor` can start, and say what is missing, even where torch is not installed.
 """
-from .checker import CheckResult, check_module
-from .cross_attention import MaskedCrossAttention, set_attention_path
-from .device import get_device
-from .feedforward import FeedForward
-from .gated import GatedCrossAttentionBlock
-from .model import Flamingo, FlamingoConfig
-from .perceiver import PerceiverAttention, PerceiverResampler
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "FeedForward",
-    "PerceiverAttention",
-    "PerceiverResampler",
-    "MaskedCrossAttention",
-    "GatedCrossAttentionBlock",
-    "check_module",
-    "CheckResult",
-    "get_device",
-    "set_attention_path",
-    "Flamingo",
-    "FlamingoConfig",
-]
+# public name -> the module that defines it
+_EXPORTS = {
+    "FeedForward": ".feedforward",
+    "PerceiverAttention": ".perceiver",
+    "PerceiverResampler": ".perceiver",
+    "MaskedCrossAttention": ".cross_attention",
+    "GatedCrossAttentionBlock": ".gated",
+    "set_attention_path": ".cross_attention",
+    "check_module": ".checker",
+    "CheckResult": ".checker",
+    "get_device": ".device",
+    "Flamingo": ".model",
+    "FlamingoConfig": ".model",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    try:  # a submodule such as flamingo_lite.masks, as if it had been imported
+        return import_module(f".{name}", __name__)
+    except ModuleNotFoundError as missing:
+        if missing.name != f"{__name__}.{name}":
+            raise  # the submodule exists but needs something that is not installed
+    raise AttributeError(f"module 'flamingo_lite' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -103,3 +103,19 @@ def test_the_command_line_exits_non_zero_on_a_failure():
     env = {**os.environ, "FLAMINGO_DEVICE": "nonsense"}
     bad = subprocess.run([sys.executable, "-m", "flamingo_lite.doctor"], capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 1 and "FAIL  device" in bad.stdout
+
+
+def test_the_doctor_starts_and_reports_a_missing_torch():
+    """The package loads its layers lazily, so the doctor itself runs without torch and names it with the fix."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, runpy; sys.modules['torch'] = None\n"
+        "runpy.run_module('flamingo_lite.doctor', run_name='__main__')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 1, out.stderr
+    torch_line = next(line for line in out.stdout.splitlines() if line.split()[1:2] == ["torch"])
+    assert torch_line.split()[0] == "FAIL"
+    assert "course.py setup" in out.stdout
