@@ -49,13 +49,17 @@ class PerceiverAttention(nn.Module):
         self.to_kv = nn.Linear(dim, inner_dim * 2, bias=False)  # keys and values, side by side
         self.to_out = nn.Linear(inner_dim, dim, bias=False)
 
-    def forward(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    def _check_inputs(self, x, latents) -> None:
+        """x (b, t, n, d) and latents (b, t, L, d) with the same b and t; checked before any computation."""
         check_tensor("x", x, ndim=4, dim=self.dim, layout=f"(batch, media, features, {self.dim})")
         check_tensor("latents", latents, ndim=4, dim=self.dim, layout=f"(batch, media, latents, {self.dim})")
         if x.shape[:2] != latents.shape[:2]:
             raise ValueError(
                 f"x and latents must agree in batch and media axes: x is {shape_str(x)}, latents is {shape_str(latents)}"
             )
+
+    def forward(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        self._check_inputs(x, latents)
         check_same_dtype([("x", x), ("latents", latents)])
         b, t = x.shape[:2]
         h = self.heads
@@ -82,12 +86,7 @@ class PerceiverAttention(nn.Module):
 
         Columns 0..n-1 are the media features, n..n+L-1 the latents themselves (the paper's concatenation).
         """
-        check_tensor("x", x, ndim=4, dim=self.dim, layout=f"(batch, media, features, {self.dim})")
-        check_tensor("latents", latents, ndim=4, dim=self.dim, layout=f"(batch, media, latents, {self.dim})")
-        if x.shape[:2] != latents.shape[:2]:
-            raise ValueError(
-                f"x and latents must agree in batch and media axes: x is {shape_str(x)}, latents is {shape_str(latents)}"
-            )
+        self._check_inputs(x, latents)
         x, latents = self.norm_media(x), self.norm_latents(latents)  # (b, t, n, d), (b, t, L, d)
         q = rearrange(self.to_q(latents), "b t L (h e) -> b t h L e", h=self.heads)  # (b, t, h, L, e)
         k = self.to_kv(torch.cat((x, latents), dim=-2)).chunk(2, dim=-1)[0]  # (b, t, n+L, h*e)
