@@ -4,8 +4,14 @@ Paper, Sec. 2.1 and Fig. 3 (Alayrac et al. 2022, arXiv 2204.14198). A small set 
 (64 in the paper) attends to the features of each image or video frame, so the language model's
 cross-attention always sees the same number of tokens per media, however many patches the vision encoder gave.
 One difference from the Perceiver: the keys and values are the visual features *concatenated with the latents*,
-so each latent can also attend to the other latents. A learned time embedding per media is added to its
-features first (`media_pos_emb`), and each layer is attention then feed-forward, both residual.
+so each latent can also attend to the other latents. Each layer is attention then feed-forward, both residual.
+
+Which embedding tells the media apart is a reading, and the readings differ. The paper adds learned temporal
+embeddings to the *frames of one video* (Sec. 2.1, Fig. 3); separate images get none, the cross-attention mask
+tells them apart, so a model trained with 5 images can be prompted with 32. flamingo-pytorch adds a learned
+embedding per *media* (`media_pos_emb`), which caps a sequence at `num_media_embeds` media: that is the default
+here (`media_embedding="per_media"`), for weight compatibility. `media_embedding="none"` is the paper's choice for
+images and OpenFlamingo's released models: no embedding, no cap.
 
 Shapes, in einops notation: b batch, t media (images or frames), n visual features per media,
 L latents, d the model width, h heads, e the width of one head (`dim_head`).
@@ -99,8 +105,12 @@ class PerceiverResampler(nn.Module):
     """Turns visual features into `num_latents` tokens per media.
 
     forward(x (b, n, d) for one media, or (b, t, n, d) for t media) -> (b, t, L, d) with L = num_latents.
-    At most `num_media_embeds` media, one learned time embedding each.
+    With `media_embedding="per_media"` (flamingo-pytorch's reading, the default): at most `num_media_embeds`
+    media, one learned embedding each. With `media_embedding="none"` (the paper's for images, OpenFlamingo's):
+    no embedding and any number of media; there is then no `media_pos_emb` parameter.
     """
+
+    MEDIA_EMBEDDINGS = ("per_media", "none")
 
     def __init__(
         self,
@@ -112,6 +122,7 @@ class PerceiverResampler(nn.Module):
         num_latents: int = 64,
         num_media_embeds: int = 4,
         ff_mult: float = 4,
+        media_embedding: str = "per_media",
     ):
         super().__init__()
         self.dim = check_positive_int("dim", dim)
@@ -121,9 +132,13 @@ class PerceiverResampler(nn.Module):
         self.num_latents = check_positive_int("num_latents", num_latents)
         self.num_media_embeds = check_positive_int("num_media_embeds", num_media_embeds)
         check_positive_number("ff_mult", ff_mult)
+        if media_embedding not in self.MEDIA_EMBEDDINGS:
+            raise ValueError(f"media_embedding must be one of {self.MEDIA_EMBEDDINGS}, got {media_embedding!r}")
+        self.media_embedding = media_embedding
 
         self.latents = nn.Parameter(torch.randn(num_latents, dim))  # (L, d): the learned queries
-        self.media_pos_emb = nn.Parameter(torch.randn(num_media_embeds, 1, dim))  # (T, 1, d): one per media time
+        if media_embedding == "per_media":
+            self.media_pos_emb = nn.Parameter(torch.randn(num_media_embeds, 1, dim))  # (T, 1, d): one per media
 
         self.layers = nn.ModuleList(
             [
@@ -145,7 +160,7 @@ class PerceiverResampler(nn.Module):
         if x.ndim == 3:
             x = rearrange(x, "b n d -> b 1 n d")  # (b, 1, n, d): a single media
         b, t = x.shape[:2]
-        if t > self.num_media_embeds:
+        if self.media_embedding == "per_media" and t > self.num_media_embeds:
             raise ValueError(
                 f"x has {t} media (shape {shape_str(x)}), but this resampler has time embeddings for at most "
                 f"num_media_embeds={self.num_media_embeds}; build it with num_media_embeds >= {t}"
@@ -153,7 +168,8 @@ class PerceiverResampler(nn.Module):
         if x.dtype != self.latents.dtype:
             raise TypeError(f"x has dtype {x.dtype} but the resampler's weights are {self.latents.dtype}; use one dtype")
 
-        x = x + self.media_pos_emb[:t]  # (b, t, n, d): tell the latents which media this is
+        if self.media_embedding == "per_media":
+            x = x + self.media_pos_emb[:t]  # (b, t, n, d): tell the latents which media this is
         latents = repeat(self.latents, "L d -> b t L d", b=b, t=t)  # (b, t, L, d)
 
         for attn, ff in self.layers:
