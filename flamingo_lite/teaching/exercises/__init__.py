@@ -1,0 +1,115 @@
+"""Checks for the lessons' exercises: each one runs the learner's code and says, in one sentence, what is wrong
+and where to look, recognising the usual mistakes by name.
+
+A lesson's checks live in `exercises/lessonNN.py`. They are built from three pieces defined here:
+
+- `run_learner(fn, *args, what=...)` calls the learner's code; if it raises (the student stub's
+  `NotImplementedError` included), the check fails saying which call raised and what it said.
+- `compare(got, want, what=..., mistakes=...)` passes when `got` equals `want` (shape, then values, NaN where and
+  only where `want` has NaN); otherwise it tries each known mistake: a `Mistake` is a name, a wrong result
+  computed on the same input, and the sentence to say when the learner's result matches it.
+- `hint(key)` prints the hint for one step (hidden until asked for).
+
+A failed check raises `ExerciseFailed`, whose message is the sentence; a passed one prints a line starting with
+"OK". Nothing here uses a bare `assert`, so checks keep working under `python -O`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+__all__ = ["ExerciseFailed", "Mistake", "run_learner", "compare", "passed", "fail", "hint", "register_hints"]
+
+
+class ExerciseFailed(Exception):
+    """A check that did not pass. The message says what is wrong and where to look."""
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A usual mistake: its name, what the code computes when it makes it, and what to tell the learner."""
+
+    name: str
+    output: torch.Tensor
+    message: str
+
+
+def fail(message: str) -> None:
+    raise ExerciseFailed(message)
+
+
+def passed(message: str) -> None:
+    print(f"OK: {message}")
+
+
+def run_learner(fn: Callable, *args, what: str, **kwargs):
+    """Call the learner's `fn`; turn any exception into a verdict naming `what` (e.g. "your attention(q, k, v)")."""
+    try:
+        return fn(*args, **kwargs)
+    except NotImplementedError:
+        fail(f"{what} is not written yet: replace the `raise NotImplementedError` in the exercise cell with your code.")
+    except Exception as error:  # the learner's own bug: say where it happened, in their words
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        fail(f"{what} raised {type(error).__name__}: {message}" if message else f"{what} raised {type(error).__name__}.")
+
+
+def _same(got: torch.Tensor, want: torch.Tensor, atol: float, rtol: float) -> bool:
+    if got.shape != want.shape:
+        return False
+    if not torch.equal(torch.isnan(got), torch.isnan(want)):
+        return False
+    return torch.allclose(got.nan_to_num(0.0), want.nan_to_num(0.0), atol=atol, rtol=rtol)
+
+
+def compare(
+    got,
+    want: torch.Tensor,
+    *,
+    what: str,
+    mistakes: list[Mistake] = (),
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+) -> None:
+    """Pass when `got` equals `want`; otherwise fail with the message of the first mistake `got` matches, or with
+    what differs (shape, NaN, or the largest difference and where)."""
+    if not isinstance(got, torch.Tensor):
+        fail(f"{what} returned a {type(got).__name__}, not a tensor: return the result, do not print it.")
+    got = got.detach().to(want.device, torch.float32)
+    want = want.detach().float()
+    if _same(got, want, atol, rtol):
+        return
+    for mistake in mistakes:
+        if _same(got, mistake.output.detach().to(want.device, torch.float32), atol, rtol):
+            fail(f"{what}: {mistake.message}")
+    if got.shape != want.shape:
+        fail(f"{what} has shape {tuple(got.shape)}, expected {tuple(want.shape)}: check the einops patterns and "
+             "which axes you reduce over.")
+    nan_got, nan_want = torch.isnan(got), torch.isnan(want)
+    if (nan_got & ~nan_want).any():
+        where = tuple(int(i) for i in (nan_got & ~nan_want).nonzero()[0])
+        fail(f"{what} has NaN where the answer has a number (first at index {where}): a row with nothing to "
+             "attend to went through softmax; fill it with 0 instead.")
+    if (nan_want & ~nan_got).any():
+        fail(f"{what} has numbers where the answer is NaN: a NaN in the input must reach the outputs that use it.")
+    diff = (got - want).abs().nan_to_num(0.0)
+    where = tuple(int(i) for i in (diff == diff.max()).nonzero()[0])
+    fail(f"{what} differs from the answer by up to {diff.max().item():.3g} (at index {where}); no usual mistake "
+         "matches, so compare your code with the maths above step by step.")
+
+
+_HINTS: dict[str, str] = {}
+
+
+def register_hints(hints: dict[str, str]) -> None:
+    """Add a lesson's hints, keyed like "02.scores"."""
+    _HINTS.update(hints)
+
+
+def hint(key: str) -> None:
+    """Print the hint for one exercise step, e.g. `hint("02.scores")`."""
+    if key not in _HINTS:
+        known = ", ".join(sorted(_HINTS)) or "none yet: import the lesson's checks first"
+        raise KeyError(f"no hint named {key!r}; the hints are: {known}")
+    print(f"Hint ({key}): {_HINTS[key]}")
