@@ -3,7 +3,7 @@
     python benchmarks/ablations.py                  # every variant, seeds 0 1 2, two processes
     python benchmarks/ablations.py --seeds 0 --workers 1
 
-Each run is `flamingo_lite.training.run_training` with the default setup, changing one thing (paper, Table 3):
+Each run is `flamingo_lite.tiny.training.run_training` with the default setup, changing one thing (paper, Table 3):
 only the immediate picture vs all previous pictures, tanh gating vs gates fixed open, a gated block before every
 LM layer vs every 2nd. Results go to benchmarks/ablations.json: per variant and seed the held-out caption
 accuracy, the final tanh(gates), the held-out text loss and the seconds (on a shared machine, inflated by
@@ -37,8 +37,8 @@ PAPER = {  # overall score, Table 3 of Alayrac et al. 2022
 def run_one(job):
     name, seed = job
     torch.set_num_threads(1)
-    from flamingo_lite.model import FlamingoConfig
-    from flamingo_lite.training import TrainingSetup, run_training
+    from flamingo_lite.tiny.model import FlamingoConfig
+    from flamingo_lite.tiny.training import TrainingSetup, run_training
 
     _, h = run_training(TrainingSetup(seed=seed), FlamingoConfig(**VARIANTS[name]), progress=False)
     return {

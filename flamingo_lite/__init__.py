@@ -4,9 +4,15 @@ The same names, arguments, defaults and `state_dict` keys as flamingo-pytorch 0.
 with three corrections: text before the first media never sees future media; more media markers than media
 is an error; bad input is a clear `ValueError`/`TypeError`. See the README for the course built around it.
 
-The layers import only torch and einops; plots and widgets live in `flamingo_lite.viz` and
-`flamingo_lite.widgets` and are imported only when asked for. The names below are loaded on first use, so that
-`python -m flamingo_lite.doctor` can start, and say what is missing, even where torch is not installed.
+The package shows its layering. At the top, the layers a builder depends on, importing only torch and einops:
+`masks` (pure functions: media_locations -> text time -> mask), `attention`, `segments`, `feedforward`,
+`perceiver`, `cross_attention`, `gated`. Below them, `tiny/` is the tiny Flamingo (vision encoder, language
+model, model, data, training, and the `python -m flamingo_lite.train` command line), and `teaching/` is for people
+(the checker, the doctor, plots in `teaching.viz`, widgets), the only place that imports matplotlib or ipywidgets.
+Arrows point one way: `tiny` and `teaching` use the layers, the layers use neither.
+
+The names below are loaded on first use, so that `python -m flamingo_lite.doctor` can start, and say what is
+missing, even where torch is not installed.
 """
 from importlib import import_module
 
@@ -20,11 +26,11 @@ _EXPORTS = {
     "MaskedCrossAttention": ".cross_attention",
     "GatedCrossAttentionBlock": ".gated",
     "set_attention_path": ".cross_attention",
-    "check_module": ".checker",
-    "CheckResult": ".checker",
+    "check_module": ".teaching.checker",
+    "CheckResult": ".teaching.checker",
     "get_device": ".device",
-    "Flamingo": ".model",
-    "FlamingoConfig": ".model",
+    "Flamingo": ".tiny.model",
+    "FlamingoConfig": ".tiny.model",
 }
 
 __all__ = list(_EXPORTS)

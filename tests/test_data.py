@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from flamingo_lite.data import (
+from flamingo_lite.tiny.data import (
     COLOURS, FORMATS, RGB, SHAPES, Tokenizer, caption_words, make_dataset, make_splits, max_sequence_length,
     parse_caption, render_shape,
 )

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from flamingo_lite import doctor
+from flamingo_lite.teaching import doctor
 
 
 def test_every_check_passes_in_the_course_environment(capsys):

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from flamingo_lite import GatedCrossAttentionBlock, PerceiverResampler
-from flamingo_lite.data import make_dataset
-from flamingo_lite.language_model import LMConfig, TinyLM
-from flamingo_lite.model import Flamingo, FlamingoConfig, count_parameters, freeze, unfreeze
-from flamingo_lite.vision import VisionEncoder, edge_filters
+from flamingo_lite.tiny.data import make_dataset
+from flamingo_lite.tiny.language_model import LMConfig, TinyLM
+from flamingo_lite.tiny.model import Flamingo, FlamingoConfig, count_parameters, freeze, unfreeze
+from flamingo_lite.tiny.vision import VisionEncoder, edge_filters
 
 TINY = dict(dim=32, dim_head=8, heads=2, lm_depth=3, lm_heads=2, num_latents=4, resampler_depth=1)
 

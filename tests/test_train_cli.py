@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from flamingo_lite import train as cli
+from flamingo_lite.tiny import train as cli
 
 
 def test_help_explains_every_option(capsys):

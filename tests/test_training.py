@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from flamingo_lite.data import Tokenizer, make_dataset
-from flamingo_lite.language_model import TinyLM
-from flamingo_lite.model import Flamingo, FlamingoConfig
-from flamingo_lite.training import (
+from flamingo_lite.tiny.data import Tokenizer, make_dataset
+from flamingo_lite.tiny.language_model import TinyLM
+from flamingo_lite.tiny.model import Flamingo, FlamingoConfig
+from flamingo_lite.tiny.training import (
     TrainingSetup, caption_images, caption_prompts, evaluate_captions, generate, next_token_loss, run_training,
     train_flamingo, train_language_model,
 )

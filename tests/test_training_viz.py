@@ -7,10 +7,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from flamingo_lite.data import make_dataset  # noqa: E402
-from flamingo_lite.model import Flamingo, FlamingoConfig  # noqa: E402
-from flamingo_lite.training_widgets import frame, render_frame, training_stepper  # noqa: E402
-from flamingo_lite.viz.training import (  # noqa: E402
+from flamingo_lite.tiny.data import make_dataset  # noqa: E402
+from flamingo_lite.tiny.model import Flamingo, FlamingoConfig  # noqa: E402
+from flamingo_lite.teaching.training_widgets import frame, render_frame, training_stepper  # noqa: E402
+from flamingo_lite.teaching.viz.training import (  # noqa: E402
     caption_attention, gate_curves, plot_caption_attention, plot_captioned_images, plot_gates, plot_loss,
 )
 

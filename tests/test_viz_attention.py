@@ -10,7 +10,7 @@ import torch  # noqa: E402
 from einops import rearrange  # noqa: E402
 
 import flamingo_lite  # noqa: E402
-from flamingo_lite.viz.attention import (  # noqa: E402
+from flamingo_lite.teaching.viz.attention import (  # noqa: E402
     cross_attention_score_entries,
     plot_attention,
     plot_cross_attention_cost,

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 import flamingo_lite
 from flamingo_lite.masks import cross_attention_mask, media_locations_from_tokens, tokenize_interleaved
-from flamingo_lite.viz import gates as gate_plots
-from flamingo_lite.viz import masks as mask_plots
+from flamingo_lite.teaching.viz import gates as gate_plots
+from flamingo_lite.teaching.viz import masks as mask_plots
 
 SEQUENCES = [
     "<image> a red circle <image> a blue square",

@@ -8,7 +8,7 @@ import torch  # noqa: E402
 from hypothesis import given, strategies as st  # noqa: E402
 
 from flamingo_lite.masks import cross_attention_mask  # noqa: E402
-from flamingo_lite.viz import segments as viz  # noqa: E402
+from flamingo_lite.teaching.viz import segments as viz  # noqa: E402
 
 
 @given(bits=st.lists(st.booleans(), min_size=1, max_size=16), extra_media=st.integers(0, 2), m=st.integers(1, 3))

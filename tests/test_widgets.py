@@ -11,9 +11,9 @@ import torch
 
 ipywidgets = pytest.importorskip("ipywidgets")
 
-from flamingo_lite import widgets
+from flamingo_lite.teaching import widgets
 from flamingo_lite.masks import cross_attention_mask, media_locations_from_tokens, tokenize_interleaved
-from flamingo_lite.viz import masks as mask_plots
+from flamingo_lite.teaching.viz import masks as mask_plots
 
 SEQ = "<image> a red circle <image> a blue square"
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .cross_attention import MaskedCrossAttention
-from .feedforward import FeedForward
-from .gated import GatedCrossAttentionBlock
-from .perceiver import PerceiverAttention, PerceiverResampler
+from ..cross_attention import MaskedCrossAttention
+from ..feedforward import FeedForward
+from ..gated import GatedCrossAttentionBlock
+from ..perceiver import PerceiverAttention, PerceiverResampler
 
 
 @dataclass

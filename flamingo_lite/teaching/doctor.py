@@ -116,7 +116,7 @@ def check_device() -> Check:
 
     import torch
 
-    from .device import ENV_VAR, get_device
+    from ..device import ENV_VAR, get_device
 
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -141,7 +141,7 @@ def tiny_layers() -> list[tuple[str, object, tuple]]:
     """(name, a small instance of each reference layer, example inputs), all seeded."""
     import torch
 
-    from . import FeedForward, GatedCrossAttentionBlock, MaskedCrossAttention, PerceiverAttention, PerceiverResampler
+    from .. import FeedForward, GatedCrossAttentionBlock, MaskedCrossAttention, PerceiverAttention, PerceiverResampler
 
     torch.manual_seed(0)
     d = 16

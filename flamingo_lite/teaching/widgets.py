@@ -20,8 +20,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .gated import GatedCrossAttentionBlock
-from .masks import media_locations_from_tokens, tokenize_interleaved
+from ..gated import GatedCrossAttentionBlock
+from ..masks import media_locations_from_tokens, tokenize_interleaved
 from .viz import gates as gate_plots
 from .viz import masks as mask_plots
 

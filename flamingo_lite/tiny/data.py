@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .masks import MEDIA_TOKEN, media_locations_from_tokens, tokenize_interleaved
-from .validation import check_positive_int
+from ..masks import MEDIA_TOKEN, media_locations_from_tokens, tokenize_interleaved
+from ..validation import check_positive_int
 
 COLOURS = ("red", "green", "blue", "yellow")
 SHAPES = ("circle", "square", "triangle")

@@ -8,7 +8,7 @@ trained first on the captions alone. It learns the grammar (`<image> a`, then a 
 `<eoc>`) and to keep the caption format of the sequence, but it cannot know *which* colour or shape: that
 is in the pictures it never sees.
 
-The model is written as three steps, `embed`, `blocks`, `head`, so that `flamingo_lite.model.Flamingo` can
+The model is written as three steps, `embed`, `blocks`, `head`, so that `flamingo_lite.tiny.model.Flamingo` can
 run the very same layers with gated cross-attention blocks placed before them.
 
 Shapes: b batch, n tokens, d the width, h heads, e the width of one head, V the vocabulary size.
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .validation import check_positive_int
+from ..validation import check_positive_int
 
 
 @dataclass

@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .gated import GatedCrossAttentionBlock
+from ..gated import GatedCrossAttentionBlock
+from ..perceiver import PerceiverResampler
+from ..validation import check_positive_int, check_tensor, shape_str
 from .language_model import LMConfig, TinyLM
-from .perceiver import PerceiverResampler
-from .validation import check_positive_int, check_tensor, shape_str
 from .vision import VisionEncoder
 
 OPEN_GATE = 20.0  # tanh(20) == 1.0 exactly in float32: a gate fixed open, for the "no tanh gating" ablation
@@ -32,7 +32,7 @@ OPEN_GATE = 20.0  # tanh(20) == 1.0 exactly in float32: a gate fixed open, for t
 class FlamingoConfig:
     """Every size of the tiny Flamingo, nanoGPT style. The defaults train on a laptop CPU in well under a minute."""
 
-    vocab_size: int = 12  # len(flamingo_lite.data.Tokenizer())
+    vocab_size: int = 12  # len(flamingo_lite.tiny.data.Tokenizer())
     max_len: int = 30  # the longest token sequence (5 pictures x 6 tokens)
     media_token_id: int = 1  # the id of `<image>` in the tokenizer
     dim: int = 64  # one width for the vision features, the resampler and the language model

@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..device import get_device
+from ..validation import check_positive_int
 from .data import EOC_TOKEN, MEDIA_TOKEN, InterleavedData, Tokenizer, make_splits, parse_caption
-from .device import get_device
 from .language_model import TinyLM
 from .model import Flamingo, FlamingoConfig
-from .validation import check_positive_int
 
 
 def seed_everything(seed: int) -> None:

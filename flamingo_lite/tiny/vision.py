@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .validation import check_positive_int, check_tensor
+from ..validation import check_positive_int, check_tensor
 
 NUM_DIRECTIONS = 8
 

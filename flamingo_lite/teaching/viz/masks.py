@@ -17,7 +17,7 @@ import torch
 from matplotlib.colors import ListedColormap
 from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
-from ..masks import (
+from ...masks import (
     MEDIA_TOKEN,
     cross_attention_mask,
     media_locations_from_tokens,

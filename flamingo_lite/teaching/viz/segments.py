@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from matplotlib.colors import ListedColormap
 
-from ..masks import cross_attention_mask
-from ..segments import segment_layout
+from ...masks import cross_attention_mask
+from ...segments import segment_layout
 
 NOT_COMPUTED, THROWN_AWAY, USED = 0, 1, 2
 WORK_CMAP = ListedColormap(["#ffffff", "#c9c9c9", "#2a9d8f"])  # not computed, computed then masked, used

@@ -10,8 +10,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from ..data import Tokenizer
-from ..model import Flamingo
+from ...tiny.data import Tokenizer
+from ...tiny.model import Flamingo
 
 DPI = 80
 
