@@ -20,6 +20,12 @@ given and the problem is big enough to pay for the gathering; "masked" or "segme
 a plain attribute, not a weight: `state_dict` keys are the same either way, and it can be changed at any time
 (`module.attention_path = "masked"`).
 
+Variants (constructor arguments; the defaults are flamingo-pytorch's, `state_dict` keys unchanged):
+- `dim_visual`: the width of the media, when it differs from the text's (OpenFlamingo's `dim_visual`, IDEFICS's
+  `vision_config.embed_dim`); only `to_kv` reads the media, so only its input width changes.
+- `norm="rmsnorm"`: the text's pre-norm is an RMSNorm (IDEFICS's `input_layernorm`).
+- `qk_layer_norms=True`: an RMSNorm over each head's queries and keys (IDEFICS's `qk_layer_norms`).
+
 Shapes, in einops notation: b batch, n text tokens, t media, m latents per media, d the model width,
 h heads, e the width of one head (`dim_head`).
 """
@@ -30,25 +36,32 @@ from einops import rearrange
 from torch import nn
 
 from .attention import attend
+from .norms import RMSNorm, make_norm
 from .masks import check_markers_fit_media, check_media_locations, cross_attention_mask, rows_without_media
 from .segments import segment_attend, segment_layout
 from .validation import check_positive_int, check_same_dtype, check_tensor, shape_str
 
 
-def check_cross_attention_inputs(dim: int, x, media, media_locations):
-    """Validate the inputs of a cross-attention layer; return `media_locations` as bool (or None)."""
-    check_tensor("x", x, ndim=3, dim=None, layout=f"(batch, text, {dim})")
+def check_cross_attention_inputs(dim: int, x, media, media_locations, dim_visual: int | None = None):
+    """Validate the inputs of a cross-attention layer; return `media_locations` as bool (or None).
+
+    dim_visual: the media's width when it differs from the text's `dim` (None: the same).
+    """
+    text_dim, dim = dim, dim if dim_visual is None else dim_visual  # `dim` below is the media's width
+    check_tensor("x", x, ndim=3, dim=None, layout=f"(batch, text, {text_dim})")
     if isinstance(media, torch.Tensor) and media.ndim == 3:
         raise ValueError(
             f"media must have a time axis, shape (batch, media, latents, {dim}); got {shape_str(media)}. "
             "For one media per sequence use media.unsqueeze(1)"
         )
     check_tensor("media", media, ndim=4, dim=None, layout=f"(batch, media, latents, {dim})")
-    if x.shape[-1] != dim:
-        raise ValueError(f"x must have width dim={dim} in its last axis, shape (batch, text, {dim}); got {shape_str(x)}")
+    if x.shape[-1] != text_dim:
+        raise ValueError(
+            f"x must have width dim={text_dim} in its last axis, shape (batch, text, {text_dim}); got {shape_str(x)}"
+        )
     if media.shape[-1] != dim:
         raise ValueError(
-            f"media must have width dim={dim} in its last axis, shape (batch, media, latents, {dim}); got {shape_str(media)}"
+            f"media must have width {'dim' if dim_visual is None else 'dim_visual'}={dim} in its last axis, shape (batch, media, latents, {dim}); got {shape_str(media)}"
         )
     if media.shape[0] != x.shape[0]:
         raise ValueError(f"x and media must have the same batch size: x is {shape_str(x)}, media is {shape_str(media)}")
@@ -100,6 +113,8 @@ class MaskedCrossAttention(nn.Module):
     `media_locations=None` lets every token attend to every media. Rows that see no media are exactly zero.
     attention_path (keyword only, not in the original): "auto" (default), "masked" or "segments"; the same
     numbers either way, see the module docstring. `uses_segment_path(x, media, media_locations)` says which.
+    dim_visual, norm, qk_layer_norms (keyword only): the variants in the module docstring; media is then
+    (b, t, m, dim_visual).
     """
 
     def __init__(
@@ -110,9 +125,13 @@ class MaskedCrossAttention(nn.Module):
         heads: int = 8,
         only_attend_immediate_media: bool = True,
         attention_path: str = "auto",
+        dim_visual: int | None = None,
+        norm: str = "layernorm",
+        qk_layer_norms: bool = False,
     ):
         super().__init__()
         self.dim = check_positive_int("dim", dim)
+        self.dim_visual = None if dim_visual is None else check_positive_int("dim_visual", dim_visual)
         self.dim_head = check_positive_int("dim_head", dim_head)
         self.heads = check_positive_int("heads", heads)
         if not isinstance(only_attend_immediate_media, bool):
@@ -120,22 +139,36 @@ class MaskedCrossAttention(nn.Module):
         self.scale = dim_head**-0.5
         inner_dim = dim_head * heads
 
-        self.norm = nn.LayerNorm(dim)
+        self.norm = make_norm(norm, dim)
         self.to_q = nn.Linear(dim, inner_dim, bias=False)
-        self.to_kv = nn.Linear(dim, inner_dim * 2, bias=False)  # keys and values, side by side
+        self.to_kv = nn.Linear(dim_visual or dim, inner_dim * 2, bias=False)  # keys and values, side by side
         self.to_out = nn.Linear(inner_dim, dim, bias=False)
+        # IDEFICS's qk_layer_norms: each head's queries and keys normalised before the scores
+        self.qk_layer_norms = bool(qk_layer_norms)
+        if self.qk_layer_norms:
+            self.q_layer_norm = RMSNorm(dim_head)
+            self.k_layer_norm = RMSNorm(dim_head)
 
         # True: text sees only the latest media before it (the paper's choice); False: every media before it
         self.only_attend_immediate_media = only_attend_immediate_media
         # "auto", "masked" or "segments": how to compute it (same numbers either way; see the module docstring)
         self.attention_path = check_attention_path(attention_path, only_attend_immediate_media)
 
+    def _qk_norm(self, q: torch.Tensor, k: torch.Tensor):
+        """The qk_layer_norms variant on (..., h*e) projections, one norm per head; the identity by default."""
+        if not self.qk_layer_norms:
+            return q, k
+        e = self.dim_head
+        q = rearrange(self.q_layer_norm(rearrange(q, "... (h e) -> ... h e", e=e)), "... h e -> ... (h e)")  # (..., h*e)
+        k = rearrange(self.k_layer_norm(rearrange(k, "... (h e) -> ... h e", e=e)), "... h e -> ... (h e)")  # (..., h*e)
+        return q, k
+
     def uses_segment_path(self, x: torch.Tensor, media: torch.Tensor, media_locations: torch.Tensor | None) -> bool:
         """Whether forward(x, media, media_locations) takes the segment path (True) or the masked path (False).
 
         The inputs are checked as forward checks them. Text in which no token sees any media takes the masked path.
         """
-        media_locations = check_cross_attention_inputs(self.dim, x, media, media_locations)
+        media_locations = check_cross_attention_inputs(self.dim, x, media, media_locations, self.dim_visual)
         return self._wants_segment_path(x, media, media_locations) and bool(media_locations.any())
 
     def _wants_segment_path(self, x: torch.Tensor, media: torch.Tensor, media_locations: torch.Tensor | None) -> bool:
@@ -150,7 +183,7 @@ class MaskedCrossAttention(nn.Module):
         return t > 1 and b * n * t * m >= SEGMENT_PATH_MIN_SCORES
 
     def forward(self, x: torch.Tensor, media: torch.Tensor, media_locations: torch.Tensor | None = None) -> torch.Tensor:
-        media_locations = check_cross_attention_inputs(self.dim, x, media, media_locations)
+        media_locations = check_cross_attention_inputs(self.dim, x, media, media_locations, self.dim_visual)
         b, t, m = media.shape[:3]
         h = self.heads
 
@@ -162,6 +195,7 @@ class MaskedCrossAttention(nn.Module):
         x = self.norm(x)  # (b, n, d)
         q = self.to_q(x)  # (b, n, h*e)
         k, v = self.to_kv(media).chunk(2, dim=-1)  # 2 x (b, t, m, h*e)
+        q, k = self._qk_norm(q, k)  # (b, n, h*e), (b, t, m, h*e)
 
         if segments:
             out = segment_attend(q, k, v, layout, heads=h, scale=self.scale)  # (b, n, h*e)
@@ -190,10 +224,12 @@ class MaskedCrossAttention(nn.Module):
         Computed explicitly (softmax of the masked scores); each row sums to 1, except rows of text that sees no
         media, which are exactly 0. Column j is latent j % m of media j // m.
         """
-        media_locations = check_cross_attention_inputs(self.dim, x, media, media_locations)
+        media_locations = check_cross_attention_inputs(self.dim, x, media, media_locations, self.dim_visual)
         b, t, m = media.shape[:3]
-        q = rearrange(self.to_q(self.norm(x)), "b n (h e) -> b h n e", h=self.heads)  # (b, h, n, e)
+        q = self.to_q(self.norm(x))  # (b, n, h*e)
         k = self.to_kv(rearrange(media, "b t m d -> b (t m) d")).chunk(2, dim=-1)[0]  # (b, t*m, h*e)
+        q, k = self._qk_norm(q, k)  # (b, n, h*e), (b, t*m, h*e)
+        q = rearrange(q, "b n (h e) -> b h n e", h=self.heads)  # (b, h, n, e)
         k = rearrange(k, "b j (h e) -> b h j e", h=self.heads)  # (b, h, t*m, e)
         scores = torch.einsum("b h i e, b h j e -> b h i j", q, k) * self.scale  # (b, h, n, t*m)
         if media_locations is None:

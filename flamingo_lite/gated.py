@@ -6,6 +6,15 @@ gates start at 0, so at initialisation the block is exactly the identity and the
 language model; training opens the gates gradually (the paper's Fig. 6). Without the tanh gating the paper's
 overall score drops from 70.7 to 66.5 (Table 3).
 
+Variants (constructor arguments; the defaults are flamingo-pytorch's, `state_dict` keys unchanged):
+- `dim_visual`: media wider or narrower than the text (OpenFlamingo's `dim_visual`, IDEFICS's vision width).
+- `ff_activation`: "gelu" (flamingo-pytorch, OpenFlamingo), "swiglu" (IDEFICS), "squared_relu" (the paper, Table 4),
+  "relu".
+- `norm="rmsnorm"`: RMSNorm for the two pre-norms (IDEFICS's `input_layernorm`, `post_attention_layernorm`).
+- `qk_layer_norms=True`: per-head RMSNorm on queries and keys (IDEFICS's `qk_layer_norms`).
+- `gate="per_channel"`: gates of shape (d,), one per channel (IDEFICS's `alpha_type="vector"`, stored there as
+  (1, 1, d)); "scalar", shape (1,), is the paper's, flamingo-pytorch's and OpenFlamingo's.
+
 Shapes: b batch, n text tokens, t media, m latents per media, d the model width.
 """
 from __future__ import annotations
@@ -15,6 +24,9 @@ from torch import nn
 
 from .cross_attention import MaskedCrossAttention
 from .feedforward import FeedForward
+from .validation import check_positive_int
+
+GATES = ("scalar", "per_channel")
 
 
 class GatedCrossAttentionBlock(nn.Module):
@@ -22,7 +34,8 @@ class GatedCrossAttentionBlock(nn.Module):
 
     forward(x (b, n, d), media (b, t, m, d), media_locations (b, n) bool or None) -> (b, n, d).
     attention_path (keyword only, not in the original): "auto", "masked" or "segments", passed to the
-    cross-attention (see `flamingo_lite.cross_attention`).
+    cross-attention (see `flamingo_lite.cross_attention`). dim_visual, ff_activation, norm, qk_layer_norms and
+    gate (keyword only): the variants in the module docstring.
     """
 
     def __init__(
@@ -34,18 +47,29 @@ class GatedCrossAttentionBlock(nn.Module):
         ff_mult: float = 4,
         only_attend_immediate_media: bool = True,
         attention_path: str = "auto",
+        dim_visual: int | None = None,
+        ff_activation: str = "gelu",
+        norm: str = "layernorm",
+        qk_layer_norms: bool = False,
+        gate: str = "scalar",
     ):
         super().__init__()
+        if gate not in GATES:
+            raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
+        gate_shape = (1,) if gate == "scalar" else (check_positive_int("dim", dim),)
         self.attn = MaskedCrossAttention(
             dim=dim,
             dim_head=dim_head,
             heads=heads,
             only_attend_immediate_media=only_attend_immediate_media,
             attention_path=attention_path,  # how the cross-attention is computed; the same numbers either way
+            dim_visual=dim_visual,
+            norm=norm,
+            qk_layer_norms=qk_layer_norms,
         )
-        self.attn_gate = nn.Parameter(torch.tensor([0.0]))  # (1,): tanh(0) = 0, the block starts closed
-        self.ff = FeedForward(dim, mult=ff_mult)
-        self.ff_gate = nn.Parameter(torch.tensor([0.0]))  # (1,)
+        self.attn_gate = nn.Parameter(torch.zeros(gate_shape))  # (1,) or (d,): tanh(0) = 0, the block starts closed
+        self.ff = FeedForward(dim, mult=ff_mult, activation=ff_activation, norm=norm)
+        self.ff_gate = nn.Parameter(torch.zeros(gate_shape))  # (1,) or (d,)
 
     def forward(self, x: torch.Tensor, media: torch.Tensor, media_locations: torch.Tensor | None = None) -> torch.Tensor:
         # the cross-attention checks every input before anything is computed

@@ -13,6 +13,14 @@ embedding per *media* (`media_pos_emb`), which caps a sequence at `num_media_emb
 here (`media_embedding="per_media"`), for weight compatibility. `media_embedding="none"` is the paper's choice for
 images and OpenFlamingo's released models: no embedding, no cap.
 
+Variants (constructor arguments; the defaults are flamingo-pytorch's, `state_dict` keys unchanged):
+- `num_frames=F`: a frame axis, the paper's use of temporal embeddings (Sec. 2.1, Fig. 3: one learned embedding per
+  video frame, `frame_embs` (F, d)); the input is then `(b, t, F, v, d)` and the frames of one media are flattened
+  into its features. OpenFlamingo's `max_num_frames` (off in its released models).
+- `ff_activation`: "gelu" (flamingo-pytorch, OpenFlamingo), "relu" (IDEFICS), "squared_relu" (the paper, Table 4).
+- `qk_layer_norms=True`: a LayerNorm over each head's queries and keys before the scores (IDEFICS's
+  `qk_layer_norms_perceiver`).
+
 Shapes, in einops notation: b batch, t media (images or frames), n visual features per media,
 L latents, d the model width, h heads, e the width of one head (`dim_head`).
 """
@@ -40,7 +48,7 @@ class PerceiverAttention(nn.Module):
     forward(x (b, t, n, d), latents (b, t, L, d)) -> (b, t, L, d), the update to add to the latents.
     """
 
-    def __init__(self, *, dim: int, dim_head: int = 64, heads: int = 8):
+    def __init__(self, *, dim: int, dim_head: int = 64, heads: int = 8, qk_layer_norms: bool = False):
         super().__init__()
         self.dim = check_positive_int("dim", dim)
         dim_head = check_positive_int("dim_head", dim_head)
@@ -54,6 +62,17 @@ class PerceiverAttention(nn.Module):
         self.to_q = nn.Linear(dim, inner_dim, bias=False)
         self.to_kv = nn.Linear(dim, inner_dim * 2, bias=False)  # keys and values, side by side
         self.to_out = nn.Linear(inner_dim, dim, bias=False)
+        # IDEFICS's qk_layer_norms_perceiver: each head's queries and keys normalised before the scores
+        self.qk_layer_norms = bool(qk_layer_norms)
+        if self.qk_layer_norms:
+            self.q_layer_norm = nn.LayerNorm(dim_head)
+            self.k_layer_norm = nn.LayerNorm(dim_head)
+
+    def _qk_norm(self, q: torch.Tensor, k: torch.Tensor):
+        """The qk_layer_norms variant on split heads (..., e); the identity by default."""
+        if not self.qk_layer_norms:
+            return q, k
+        return self.q_layer_norm(q), self.k_layer_norm(k)
 
     def _check_inputs(self, x, latents) -> None:
         """x (b, t, n, d) and latents (b, t, L, d) with the same b and t; checked before any computation."""
@@ -81,6 +100,7 @@ class PerceiverAttention(nn.Module):
         q = rearrange(q, "b t L (h e) -> (b t) h L e", h=h)  # (b*t, h, L, e)
         k = rearrange(k, "b t j (h e) -> (b t) h j e", h=h)  # (b*t, h, n+L, e)
         v = rearrange(v, "b t j (h e) -> (b t) h j e", h=h)  # (b*t, h, n+L, e)
+        q, k = self._qk_norm(q, k)  # (b*t, h, L, e), (b*t, h, n+L, e)
 
         out = attend(q, k, v, scale=self.scale)  # (b*t, h, L, e)
         out = rearrange(out, "(b t) h L e -> b t L (h e)", b=b, t=t)  # (b, t, L, h*e)
@@ -97,6 +117,7 @@ class PerceiverAttention(nn.Module):
         q = rearrange(self.to_q(latents), "b t L (h e) -> b t h L e", h=self.heads)  # (b, t, h, L, e)
         k = self.to_kv(torch.cat((x, latents), dim=-2)).chunk(2, dim=-1)[0]  # (b, t, n+L, h*e)
         k = rearrange(k, "b t j (h e) -> b t h j e", h=self.heads)  # (b, t, h, n+L, e)
+        q, k = self._qk_norm(q, k)  # (b, t, h, L, e), (b, t, h, n+L, e)
         scores = torch.einsum("b t h i e, b t h j e -> b t h i j", q, k) * self.scale  # (b, t, h, L, n+L)
         return scores.softmax(dim=-1)  # (b, t, h, L, n+L)
 
@@ -108,6 +129,8 @@ class PerceiverResampler(nn.Module):
     With `media_embedding="per_media"` (flamingo-pytorch's reading, the default): at most `num_media_embeds`
     media, one learned embedding each. With `media_embedding="none"` (the paper's for images, OpenFlamingo's):
     no embedding and any number of media; there is then no `media_pos_emb` parameter.
+    With `num_frames=F` the input is `(b, t, F, v, d)` (or `(b, F, v, d)` for one media), each frame gets its
+    embedding `frame_embs[f]`, and the frames are flattened into the media's features. Variants: module docstring.
     """
 
     MEDIA_EMBEDDINGS = ("per_media", "none")
@@ -123,6 +146,9 @@ class PerceiverResampler(nn.Module):
         num_media_embeds: int = 4,
         ff_mult: float = 4,
         media_embedding: str = "per_media",
+        num_frames: int | None = None,
+        ff_activation: str = "gelu",
+        qk_layer_norms: bool = False,
     ):
         super().__init__()
         self.dim = check_positive_int("dim", dim)
@@ -135,17 +161,20 @@ class PerceiverResampler(nn.Module):
         if media_embedding not in self.MEDIA_EMBEDDINGS:
             raise ValueError(f"media_embedding must be one of {self.MEDIA_EMBEDDINGS}, got {media_embedding!r}")
         self.media_embedding = media_embedding
+        self.num_frames = None if num_frames is None else check_positive_int("num_frames", num_frames)
 
         self.latents = nn.Parameter(torch.randn(num_latents, dim))  # (L, d): the learned queries
         if media_embedding == "per_media":
             self.media_pos_emb = nn.Parameter(torch.randn(num_media_embeds, 1, dim))  # (T, 1, d): one per media
+        if self.num_frames is not None:
+            self.frame_embs = nn.Parameter(torch.randn(self.num_frames, dim))  # (F, d): one per video frame
 
         self.layers = nn.ModuleList(
             [
                 nn.ModuleList(
                     [
-                        PerceiverAttention(dim=dim, dim_head=dim_head, heads=heads),
-                        FeedForward(dim=dim, mult=ff_mult),
+                        PerceiverAttention(dim=dim, dim_head=dim_head, heads=heads, qk_layer_norms=qk_layer_norms),
+                        FeedForward(dim=dim, mult=ff_mult, activation=ff_activation),
                     ]
                 )
                 for _ in range(depth)
@@ -153,7 +182,27 @@ class PerceiverResampler(nn.Module):
         )
         self.norm = nn.LayerNorm(dim)
 
+    def _flatten_frames(self, x: torch.Tensor) -> torch.Tensor:
+        """The frame axis variant: (b, t, F, v, d) or (b, F, v, d) -> (b, t, F*v, d), each frame embedded."""
+        check_tensor(
+            "x", x, ndim=(4, 5), dim=self.dim,
+            layout=f"(batch, frames, features, {self.dim}) or (batch, media, frames, features, {self.dim})",
+        )
+        if x.ndim == 4:
+            x = rearrange(x, "b F v d -> b 1 F v d")  # (b, 1, F, v, d): a single media
+        if x.shape[2] > self.num_frames:
+            raise ValueError(
+                f"x has {x.shape[2]} frames per media (shape {shape_str(x)}), but this resampler has frame embeddings "
+                f"for at most num_frames={self.num_frames}"
+            )
+        if x.dtype != self.frame_embs.dtype:
+            raise TypeError(f"x has dtype {x.dtype} but the resampler's weights are {self.frame_embs.dtype}; use one dtype")
+        x = x + rearrange(self.frame_embs[: x.shape[2]], "F d -> F 1 d")  # (b, t, F, v, d)
+        return rearrange(x, "b t F v d -> b t (F v) d")  # (b, t, F*v, d)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.num_frames is not None:
+            x = self._flatten_frames(x)  # (b, t, F*v, d)
         check_tensor(
             "x", x, ndim=(3, 4), dim=self.dim, layout=f"(batch, features, {self.dim}) or (batch, media, features, {self.dim})"
         )
