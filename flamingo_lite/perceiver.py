@@ -183,13 +183,15 @@ class PerceiverResampler(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def _flatten_frames(self, x: torch.Tensor) -> torch.Tensor:
-        """The frame axis variant: (b, t, F, v, d) or (b, F, v, d) -> (b, t, F*v, d), each frame embedded."""
+        """(b, t, F, v, d) (or (b, F, v, d) with num_frames) -> (b, t, F*v, d), each frame embedded if num_frames."""
         check_tensor(
             "x", x, ndim=(4, 5), dim=self.dim,
             layout=f"(batch, frames, features, {self.dim}) or (batch, media, frames, features, {self.dim})",
         )
         if x.ndim == 4:
             x = rearrange(x, "b F v d -> b 1 F v d")  # (b, 1, F, v, d): a single media
+        if self.num_frames is None:
+            return rearrange(x, "b t F v d -> b t (F v) d")  # (b, t, F*v, d): frames without embeddings
         if x.shape[2] > self.num_frames:
             raise ValueError(
                 f"x has {x.shape[2]} frames per media (shape {shape_str(x)}), but this resampler has frame embeddings "
@@ -201,8 +203,8 @@ class PerceiverResampler(nn.Module):
         return rearrange(x, "b t F v d -> b t (F v) d")  # (b, t, F*v, d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.num_frames is not None:
-            x = self._flatten_frames(x)  # (b, t, F*v, d)
+        if self.num_frames is not None or (isinstance(x, torch.Tensor) and x.ndim == 5):
+            x = self._flatten_frames(x)  # (b, t, F*v, d): OpenFlamingo's 5-D input, frames embedded if num_frames
         check_tensor(
             "x", x, ndim=(3, 4), dim=self.dim, layout=f"(batch, features, {self.dim}) or (batch, media, features, {self.dim})"
         )
