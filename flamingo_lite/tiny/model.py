@@ -47,6 +47,9 @@ class FlamingoConfig:
     heads: int = 4
     ff_mult: int = 2
     cross_attn_every: int = 1  # a gated block before layer 0, K, 2K, ... (the paper: 1 for 3B, 4 for 9B, 7 for 80B)
+    # "first": blocks before layers i % K == 0, the first included (flamingo-pytorch's reading, IDEFICS's
+    # cross_layer_interval); "open_flamingo": before layers (i + 1) % K == 0, the K-th, 2K-th, ... (OpenFlamingo)
+    xattn_placement: str = "first"
     only_attend_immediate_media: bool = True  # text sees only the picture it follows (the paper's choice)
     tanh_gate: bool = True  # False: gates fixed open (tanh = 1), the paper's "w/o tanh gating" ablation
 
@@ -78,6 +81,17 @@ def count_parameters(module: nn.Module) -> dict:
     return {"trainable": trainable, "frozen": frozen, "total": trainable + frozen}
 
 
+XATTN_PLACEMENTS = ("first", "open_flamingo")
+
+
+def xattn_layers(depth: int, every: int, placement: str = "first") -> list:
+    """The LM layers that get a gated block before them: `[0, K, 2K, ...]` ("first") or `[K-1, 2K-1, ...]`."""
+    if placement not in XATTN_PLACEMENTS:
+        raise ValueError(f"xattn_placement must be one of {XATTN_PLACEMENTS}, got {placement!r}")
+    shift = 0 if placement == "first" else 1
+    return [i for i in range(depth) if (i + shift) % every == 0]
+
+
 class Flamingo(nn.Module):
     """forward(tokens (b, n) long, images (b, t, 3, H, W), media_locations (b, n) bool or None) -> logits (b, n, V).
 
@@ -98,8 +112,7 @@ class Flamingo(nn.Module):
             dim=config.dim, depth=config.resampler_depth, dim_head=config.dim_head, heads=config.heads,
             num_latents=config.num_latents, num_media_embeds=config.num_media_embeds, ff_mult=config.ff_mult,
         )
-        # one gated block before LM layer i for every i that is a multiple of cross_attn_every (layer 0 included)
-        self.xattn_layers = [i for i in range(len(self.lm.blocks)) if i % config.cross_attn_every == 0]
+        self.xattn_layers = xattn_layers(len(self.lm.blocks), config.cross_attn_every, config.xattn_placement)
         self.xattn = nn.ModuleDict(
             {
                 str(i): GatedCrossAttentionBlock(
