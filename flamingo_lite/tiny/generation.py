@@ -106,14 +106,15 @@ class CachedDecoder:
             k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)  # (b, h, P+s, e)
         self.cache[i] = (k, v)
         s, total = q.shape[2], k.shape[2]
-        # new token j (at position P+j) sees every key up to P+j: causal, shifted by the P cached positions
-        mask = torch.ones(s, total, dtype=torch.bool, device=x.device).tril(total - s)  # (s, P+s)
+        # new token j (at position P+j) sees every key up to P+j: causal, shifted by the P cached positions;
+        # one new token sees every key, so it needs no mask
+        mask = None if s == 1 else torch.ones(s, total, dtype=torch.bool, device=x.device).tril(total - s)  # (s, P+s)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (b, h, s, e)
         x = x + attn.to_out(rearrange(out, "b h s e -> b s (h e)"))  # (b, s, d)
         return x + block.mlp(block.ln_2(x))  # (b, s, d)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(
     model: Flamingo,
     tokens: torch.Tensor,
@@ -157,7 +158,8 @@ def generate(
         scores, flat = total.topk(min(num_beams, total.numel()))  # (B',), (B',)
         rows, next_ids = flat // logprobs.shape[1], flat % logprobs.shape[1]  # (B',), (B',)
         beams = torch.cat((beams[rows], next_ids[:, None]), dim=1)  # (B', n+1)
-        decoder.reorder(rows)
+        if num_beams > 1:  # greedy keeps its one row as it is
+            decoder.reorder(rows)
         if written == max_new_tokens - 1 or (eoc_id is not None and bool((next_ids == eoc_id).all())):
             break
         logits = decoder.step(next_ids[:, None])  # (B', V)
