@@ -126,6 +126,7 @@ def _open_flamingo_resampler(sd: dict, heads, dim_head) -> PerceiverResampler:
         media_embedding="none" if time is None else "per_media",
         num_media_embeds=1 if time is None else time.shape[0],
         num_frames=None if frames is None else frames.shape[0],
+        frame_axis=True,  # OpenFlamingo's input is (b, T, F, v, d)
     )
     if time is not None:
         sd["media_pos_emb"] = time  # the same (T, 1, d) per-media embedding, added after the frames are flattened

@@ -14,9 +14,10 @@ here (`media_embedding="per_media"`), for weight compatibility. `media_embedding
 images and OpenFlamingo's released models: no embedding, no cap.
 
 Variants (constructor arguments; the defaults are flamingo-pytorch's, `state_dict` keys unchanged):
-- `num_frames=F`: a frame axis, the paper's use of temporal embeddings (Sec. 2.1, Fig. 3: one learned embedding per
-  video frame, `frame_embs` (F, d)); the input is then `(b, t, F, v, d)` and the frames of one media are flattened
-  into its features. OpenFlamingo's `max_num_frames` (off in its released models).
+- `frame_axis=True`: the input may be OpenFlamingo's `(b, t, F, v, d)`, F frames of v features per media, flattened
+  into the media's features (a 4-D input is then one frame per media). `num_frames=F` adds the paper's temporal
+  embeddings (Sec. 2.1, Fig. 3: one learned embedding per video frame, `frame_embs` (F, d)) and implies the frame
+  axis: OpenFlamingo's `max_num_frames` (off in its released models).
 - `ff_activation`: "gelu" (flamingo-pytorch, OpenFlamingo), "relu" (IDEFICS), "squared_relu" (the paper, Table 4).
 - `qk_layer_norms=True`: a LayerNorm over each head's queries and keys before the scores (IDEFICS's
   `qk_layer_norms_perceiver`).
@@ -129,8 +130,8 @@ class PerceiverResampler(nn.Module):
     With `media_embedding="per_media"` (flamingo-pytorch's reading, the default): at most `num_media_embeds`
     media, one learned embedding each. With `media_embedding="none"` (the paper's for images, OpenFlamingo's):
     no embedding and any number of media; there is then no `media_pos_emb` parameter.
-    With `num_frames=F` the input is `(b, t, F, v, d)` (or `(b, F, v, d)` for one media), each frame gets its
-    embedding `frame_embs[f]`, and the frames are flattened into the media's features. Variants: module docstring.
+    With `frame_axis=True` or `num_frames=F` the input may also be `(b, t, F, v, d)`; with `num_frames` each frame
+    gets its embedding `frame_embs[f]`; the frames are flattened into the media's features. Variants: module docstring.
     """
 
     MEDIA_EMBEDDINGS = ("per_media", "none")
@@ -147,6 +148,7 @@ class PerceiverResampler(nn.Module):
         ff_mult: float = 4,
         media_embedding: str = "per_media",
         num_frames: int | None = None,
+        frame_axis: bool = False,
         ff_activation: str = "gelu",
         qk_layer_norms: bool = False,
     ):
@@ -162,6 +164,7 @@ class PerceiverResampler(nn.Module):
             raise ValueError(f"media_embedding must be one of {self.MEDIA_EMBEDDINGS}, got {media_embedding!r}")
         self.media_embedding = media_embedding
         self.num_frames = None if num_frames is None else check_positive_int("num_frames", num_frames)
+        self.frame_axis = bool(frame_axis) or self.num_frames is not None  # a plain attribute, not a weight
 
         self.latents = nn.Parameter(torch.randn(num_latents, dim))  # (L, d): the learned queries
         if media_embedding == "per_media":
@@ -183,13 +186,16 @@ class PerceiverResampler(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def _flatten_frames(self, x: torch.Tensor) -> torch.Tensor:
-        """(b, t, F, v, d) (or (b, F, v, d) with num_frames) -> (b, t, F*v, d), each frame embedded if num_frames."""
+        """The frame axis: (b, t, F, v, d) -> (b, t, F*v, d), each frame embedded if num_frames; fewer axes: F = 1."""
         check_tensor(
-            "x", x, ndim=(4, 5), dim=self.dim,
-            layout=f"(batch, frames, features, {self.dim}) or (batch, media, frames, features, {self.dim})",
+            "x", x, ndim=(3, 4, 5), dim=self.dim,
+            layout=f"(batch, features, {self.dim}), (batch, media, features, {self.dim}) or "
+            f"(batch, media, frames, features, {self.dim})",
         )
-        if x.ndim == 4:
-            x = rearrange(x, "b F v d -> b 1 F v d")  # (b, 1, F, v, d): a single media
+        if x.ndim == 3:
+            x = rearrange(x, "b v d -> b 1 1 v d")  # (b, 1, 1, v, d): one media, one frame
+        elif x.ndim == 4:
+            x = rearrange(x, "b t v d -> b t 1 v d")  # (b, t, 1, v, d): one frame per media
         if self.num_frames is None:
             return rearrange(x, "b t F v d -> b t (F v) d")  # (b, t, F*v, d): frames without embeddings
         if x.shape[2] > self.num_frames:
@@ -203,7 +209,7 @@ class PerceiverResampler(nn.Module):
         return rearrange(x, "b t F v d -> b t (F v) d")  # (b, t, F*v, d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.num_frames is not None or (isinstance(x, torch.Tensor) and x.ndim == 5):
+        if self.frame_axis:
             x = self._flatten_frames(x)  # (b, t, F*v, d): OpenFlamingo's 5-D input, frames embedded if num_frames
         check_tensor(
             "x", x, ndim=(3, 4), dim=self.dim, layout=f"(batch, features, {self.dim}) or (batch, media, features, {self.dim})"

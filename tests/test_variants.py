@@ -85,7 +85,7 @@ def test_frame_embeddings_are_added_per_frame_and_frames_flattened():
     with torch.no_grad():
         want = plain((x + video.frame_embs[:3, None]).flatten(2, 3))  # (b, t, F*v, d) with each frame embedded
         assert torch.allclose(video(x), want, atol=1e-6)
-    with pytest.raises(ValueError, match="num_frames=4"):
+    with pytest.raises(ValueError, match="num_frames=4"):  # 5 frames, embeddings for 4
         video(torch.randn(2, 1, 5, 5, 8))
 
 
