@@ -8,6 +8,8 @@ A lesson's checks live in `exercises/lessonNN.py`. They are built from three pie
 - `compare(got, want, what=..., mistakes=...)` passes when `got` equals `want` (shape, then values, NaN where and
   only where `want` has NaN); otherwise it tries each known mistake: a `Mistake` is a name, a wrong result
   computed on the same input, and the sentence to say when the learner's result matches it.
+- `check_layer(learner, reference, what=..., mistakes=...)` runs `check_module` on the learner's module and, when
+  it differs, tries each known mistake computed with the same weights on the same inputs.
 - `hint(key)` prints the hint for one step (hidden until asked for).
 
 A failed check raises `ExerciseFailed`, whose message is the sentence; a passed one prints a line starting with
@@ -20,7 +22,9 @@ from typing import Callable
 
 import torch
 
-__all__ = ["ExerciseFailed", "Mistake", "run_learner", "compare", "passed", "fail", "hint", "register_hints"]
+__all__ = [
+    "ExerciseFailed", "Mistake", "run_learner", "compare", "check_layer", "passed", "fail", "hint", "register_hints",
+]
 
 
 class ExerciseFailed(Exception):
@@ -97,6 +101,41 @@ def compare(
     where = tuple(int(i) for i in (diff == diff.max()).nonzero()[0])
     fail(f"{what} differs from the answer by up to {diff.max().item():.3g} (at index {where}); no usual mistake "
          "matches, so compare your code with the maths above step by step.")
+
+
+def check_layer(
+    learner,
+    reference,
+    inputs=None,
+    *,
+    what: str,
+    mistakes: Callable | None = None,
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+    **check_kwargs,
+):
+    """Check the learner's module with `check_module` (its weights are put back afterwards).
+
+    reference: a reference class or instance, as for `check_module`.
+    mistakes: `mistakes(reference, *inputs) -> list[Mistake]`, the outputs of the usual wrong implementations with
+        the reference's weights; when the learner's output matches one, the check says that mistake's sentence.
+    Passes with a line starting "OK"; otherwise raises `ExerciseFailed` with `check_module`'s verdict.
+    Returns the `CheckResult`.
+    """
+    from ..checker import check_module  # the checker imports the layers; keep this module light to import
+
+    result = check_module(learner, reference, inputs, atol=atol, rtol=rtol, verbose=False, **check_kwargs)
+    if result.passed:
+        passed(f"{what} matches the reference ({result.message.split(': ', 1)[-1]}).")
+        return result
+    if result.output is not None and mistakes is not None and result.output.shape == result.expected.shape:
+        with torch.no_grad():
+            known = mistakes(result.reference, *result.inputs)
+        got = result.output.float()
+        for mistake in known:
+            if _same(got, mistake.output.detach().to(got.device, torch.float32), atol, rtol):
+                fail(f"{what}: {mistake.message}")
+    fail(result.message.removeprefix("✗ "))
 
 
 _HINTS: dict[str, str] = {}
