@@ -423,3 +423,19 @@ def test_every_step_has_a_hint(capsys):
                 "04.text_time", "04.media_mask", "04.mask", "04.predict", "05.softmax", "05.forward", "05.reached"]:
         hint(key)
         assert capsys.readouterr().out.startswith(f"Hint ({key}):")
+
+
+@pytest.mark.parametrize("lesson", ["01", "02", "03", "04", "05"])
+def test_check_cells_call_a_lesson_check_and_never_a_bare_assert(lesson):
+    import ast
+    from pathlib import Path
+
+    import nbformat
+
+    path = next((Path(__file__).resolve().parent.parent / "notebooks").glob(f"{lesson}_*.ipynb"))
+    checks = [c for c in nbformat.read(path, as_version=4).cells if "check" in c.metadata.get("tags", [])]
+    assert len(checks) >= 2, f"{path.name}: at least two checked steps"
+    for cell in checks:
+        tree = ast.parse(cell.source)
+        assert not any(isinstance(node, ast.Assert) for node in ast.walk(tree)), f"{path.name}: bare assert in\n{cell.source}"
+        assert f"lesson{lesson}.check_" in cell.source, f"{path.name}: a check cell that does not call lesson{lesson}'s checks"
