@@ -439,3 +439,16 @@ def test_check_cells_call_a_lesson_check_and_never_a_bare_assert(lesson):
         tree = ast.parse(cell.source)
         assert not any(isinstance(node, ast.Assert) for node in ast.walk(tree)), f"{path.name}: bare assert in\n{cell.source}"
         assert f"lesson{lesson}.check_" in cell.source, f"{path.name}: a check cell that does not call lesson{lesson}'s checks"
+
+
+def test_common_errors_get_advice():
+    def cat_on_width(layer, x, latents):
+        x, lat = layer.norm_media(x), layer.norm_latents(latents)
+        return (layer.to_q(lat), *layer.to_kv(torch.cat((x, lat), dim=-1)).chunk(2, -1))
+
+    def split_too_early(layer, x, latents):
+        return tuple(rearrange(a, "b t n (h e) -> b t h n e", h=layer.heads) for a in project(layer, x, latents))
+
+    fails_with(lesson02.check_project, cat_on_width, match="along the token axis, dim=-2")
+    fails_with(lesson02.check_project, split_too_early, match="heads split: return them as")
+    fails_with(lesson03.check_forward, make_resampler("3d"), match="rearrange it to \\(b, 1, n, d\\)")

@@ -48,15 +48,22 @@ def passed(message: str) -> None:
     print(f"OK: {message}")
 
 
-def run_learner(fn: Callable, *args, what: str, **kwargs):
-    """Call the learner's `fn`; turn any exception into a verdict naming `what` (e.g. "your attention(q, k, v)")."""
+def run_learner(fn: Callable, *args, what: str, advice: dict[str, str] | None = None, **kwargs):
+    """Call the learner's `fn`; turn any exception into a verdict naming `what` (e.g. "your attention(q, k, v)").
+
+    advice: {text in the error message: what it usually means}, added to the verdict when the error matches.
+    """
     try:
         return fn(*args, **kwargs)
     except NotImplementedError:
         fail(f"{what} is not written yet: replace the `raise NotImplementedError` in the exercise cell with your code.")
     except Exception as error:  # the learner's own bug: say where it happened, in their words
         message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        fail(f"{what} raised {type(error).__name__}: {message}" if message else f"{what} raised {type(error).__name__}.")
+        said = f"{what} raised {type(error).__name__}: {message}" if message else f"{what} raised {type(error).__name__}"
+        for needle, meaning in (advice or {}).items():
+            if needle in message:
+                fail(f"{said.rstrip('.')}; {meaning}")
+        fail(said if said.endswith(".") else said + ".")
 
 
 def _same(got: torch.Tensor, want: torch.Tensor, atol: float, rtol: float) -> bool:

@@ -66,7 +66,10 @@ def check_project(project) -> None:
     layer, (x, latents) = _layer(), _inputs()
     what = "your project(layer, x, latents)"
     with torch.no_grad():
-        got = run_learner(project, layer, x, latents, what=what)
+        got = run_learner(project, layer, x, latents, what=what, advice={
+            "Sizes of tensors must match": "torch.cat joins the features and the latents along the token axis, dim=-2 "
+            "(they have the same width d, not the same count).",
+        })
         if not isinstance(got, (tuple, list)) or len(got) != 3:
             fail(f"{what} must return three tensors, q, k, v; it returned {type(got).__name__}.")
         want = reference_project(layer, x, latents)
@@ -74,6 +77,8 @@ def check_project(project) -> None:
             Mistake("q from the features", layer.to_q(layer.norm_media(x)),
                     "q comes from the features; the queries are the latents: to_q(norm_latents(latents))."),
             Mistake("latents not normalised", layer.to_q(latents), "q is made from the latents before norm_latents."),
+            Mistake("heads already split", rearrange(want[0], "b t n (h e) -> b t h n e", h=layer.heads),
+                    "q, k, v come back with the heads split: return them as (b, t, tokens, h*e); step 2 splits them."),
         ])
         named = [
             ("latents left out", reference_project(layer, x, latents, with_latents=False), _LATENTS_LEFT_OUT),
