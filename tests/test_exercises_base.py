@@ -55,3 +55,8 @@ def test_run_learner_compare_and_hints():
     hint("99.test")
     with pytest.raises(KeyError, match="99.test"):
         hint("99.nope")
+
+
+def test_a_failed_check_shows_one_line_in_jupyter_not_a_traceback():
+    error = ExerciseFailed("your f() is not written yet.")
+    assert error._render_traceback_() == ["✗ your f() is not written yet."]

@@ -30,6 +30,10 @@ __all__ = [
 class ExerciseFailed(Exception):
     """A check that did not pass. The message says what is wrong and where to look."""
 
+    def _render_traceback_(self) -> list[str]:
+        # Jupyter shows this instead of a traceback through the check's own code: the learner's bug is not there.
+        return [f"✗ {self}"]
+
 
 @dataclass(frozen=True)
 class Mistake:
