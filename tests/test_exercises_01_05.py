@@ -373,11 +373,14 @@ def make_cross_attention(bug=None, raises=False):
             t, m = media.shape[1:3]
             pattern = "(e h)" if bug == "order" else "(h e)"
             q = rearrange(self.to_q(self.norm(x)), f"b n {pattern} -> b h n e", h=self.heads)
+            media = self.norm(media) if bug == "norm media" else media
             k, v = self.to_kv(rearrange(media, "b t m d -> b (t m) d")).chunk(2, -1)
             k, v = (rearrange(a, f"b j {pattern} -> b h j e", h=self.heads) for a in (k, v))
             sim = q @ k.transpose(-1, -2) * (1.0 if bug == "scale" else self.scale)
+            if media_locations is None and bug == "zeros without locations":
+                return torch.zeros_like(x)
             if media_locations is not None and bug != "ignored":
-                mode = (not self.only_attend_immediate_media) if bug == "swapped" else self.only_attend_immediate_media
+                mode = {"swapped": not self.only_attend_immediate_media, "fixed": True}.get(bug, self.only_attend_immediate_media)
                 mask = masks.cross_attention_mask(media_locations, t, m, mode)[:, None]
                 attn = masked_softmax(sim, mask, bug if bug in ("inf", "max") else None)
             else:
@@ -389,7 +392,9 @@ def make_cross_attention(bug=None, raises=False):
 
 @pytest.mark.parametrize("bug, named", [("inf", "NaN"), ("max", "uniform average over every image"),
                                         ("scale", "not scaled"), ("order", "wrong order"),
-                                        ("ignored", "every word sees every image"), ("swapped", "modes are swapped")])
+                                        ("ignored", "every word sees every image"), ("swapped", "other mode's"),
+                                        ("fixed", "other mode's"), ("norm media", "media went through self.norm"),
+                                        ("zeros without locations", "without media_locations")])
 def test_05_forward_mistakes(bug, named):
     fails_with(lesson05.check_forward, make_cross_attention(bug), match=named)
 

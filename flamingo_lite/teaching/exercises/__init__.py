@@ -146,7 +146,8 @@ def check_layer(
         for mistake in known:
             if _same(got, mistake.output.detach().to(got.device, torch.float32), atol, rtol):
                 fail(f"{what}: {mistake.message}")
-    fail(result.message.removeprefix("✗ "))
+    fail(f"{what}: {result.message.removeprefix('✗ ')}; no usual mistake matches, so compare each line with the "
+         "steps above.")
 
 
 _HINTS: dict[str, str] = {}

@@ -67,10 +67,11 @@ def check_masked_softmax(masked_softmax) -> None:
 
 
 def reference_cross_attention(layer, x, media, media_locations=None, *, fill="zero", scale=True, order="h e",
-                              use_mask=True, immediate=None):
+                              use_mask=True, immediate=None, norm_media=False):
     b, t, m = media.shape[:3]
     heads = layer.heads
     q = rearrange(layer.to_q(layer.norm(x)), f"b n ({order}) -> b h n e", h=heads)  # (b, h, n, e)
+    media = layer.norm(media) if norm_media else media  # (b, t, m, d)
     k, v = layer.to_kv(rearrange(media, "b t m d -> b (t m) d")).chunk(2, dim=-1)  # 2 x (b, t*m, h*e)
     k, v = (rearrange(a, f"b j ({order}) -> b h j e", h=heads) for a in (k, v))  # (b, h, t*m, e)
     sim = torch.einsum("b h i e, b h j e -> b h i j", q, k)  # (b, h, n, t*m)
@@ -96,8 +97,12 @@ def _cross_attention_mistakes(reference, x, media, media_locations=None):
                 "the heads are split in the wrong order: write '(h e)', not '(e h)', for q, k and v and when merging."),
         Mistake("media_locations ignored", run(use_mask=False),
                 "every word sees every image: with media_locations, build the mask and use masked_softmax."),
-        Mistake("modes swapped", run(immediate=not reference.only_attend_immediate_media),
-                "the modes are swapped: pass self.only_attend_immediate_media to the mask as it is."),
+        Mistake("mode not followed", run(immediate=not reference.only_attend_immediate_media),
+                "the mask is the other mode's: pass self.only_attend_immediate_media to the mask (do not fix it to "
+                "True or False, and do not invert it)."),
+        Mistake("media normalised", run(norm_media=True),
+                "the media went through self.norm too: only the text x is normalised; the media come from the "
+                "resampler, already normalised."),
     ]
 
 
