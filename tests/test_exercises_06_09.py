@@ -54,6 +54,7 @@ BLOCK_MISTAKES = {
     "first residual is missing": lambda s, x, m, l: (lambda y: y + s.ff(y) * s.ff_gate.tanh())(s.attn(x, m, l) * s.attn_gate.tanh()),
     "second residual is missing": lambda s, x, m, l: s.ff(x + s.attn(x, m, l) * s.attn_gate.tanh()) * s.ff_gate.tanh(),
     "feed-forward reads the block's input": lambda s, x, m, l: x + s.attn(x, m, l) * s.attn_gate.tanh() + s.ff(x) * s.ff_gate.tanh(),
+    "without media_locations": lambda s, x, m, l: right(s, x, m, None),
     "gates are swapped": lambda s, x, m, l: (lambda y: y + s.ff(y) * s.attn_gate.tanh())(x + s.attn(x, m, l) * s.ff_gate.tanh()),
 }
 
@@ -297,6 +298,16 @@ def test_09_segment_layer():
     fails(lesson09.check_segment_layer, segment_class(offset=0), match="numbered from 0")
     fails(lesson09.check_segment_layer, segment_class(softmax_dim=-2), match="softmax")
     fails(lesson09.check_segment_layer, segment_class(blind_first=True), match="before the first image")
+
+    class NoOut(segment_class()):
+        def forward(self, x, media, media_locations):
+            to_out, self.to_out = self.to_out, nn.Identity()
+            try:
+                return super().forward(x, media, media_locations)
+            finally:
+                self.to_out = to_out
+
+    fails(lesson09.check_segment_layer, NoOut, match="to_out")
 
     class PlusOne(segment_class()):  # text time k read as media index k: runs past the last media
         def forward(self, x, media, media_locations):

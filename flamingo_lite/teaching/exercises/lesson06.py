@@ -68,6 +68,8 @@ def _variants(reference, x, media, media_locations) -> dict:
     out["gates swapped"] = ys + a.tanh() * ff(ys)
     yn = x + xattn
     out["no gates"] = yn + ff(yn)
+    ya = x + a.tanh() * attn(x, media, None)
+    out["no media_locations"] = ya + f.tanh() * ff(ya)
     return out
 
 
@@ -84,6 +86,8 @@ MESSAGES = {
                "(the two lines run one after the other, not side by side).",
     "gates swapped": "the two gates are swapped: `attn_gate` scales the cross-attention, `ff_gate` the feed-forward.",
     "no gates": "the gates are missing: multiply each layer's output by tanh of its gate before adding it.",
+    "no media_locations": "the cross-attention was called without media_locations, so every word sees every "
+                          "picture: pass them on, `self.attn(x, media, media_locations)`.",
 }
 
 

@@ -66,9 +66,9 @@ def check_forward(flamingo_forward) -> None:
         key = str(error).strip("'\"")
         if key.isdigit() and int(key) in layers and not isinstance(error.args[0], str):
             fail(f"model.xattn is keyed by strings: write `model.xattn[str(i)]`, not `model.xattn[i]`.")
-        fail(f"your loop asked for a gated block before LM layer {key}, but the blocks are before layers {layers}: "
-             "the every-K-th placement is off by one (a block goes before layer i when i % K == 0, the first layer "
-             "included); look at `model.xattn_layers`.")
+        fail(f"your loop asked for a gated block before LM layer {key}, but there are blocks only before layers "
+             f"{layers}: run one only when i is in `model.xattn_layers` (every K-th from the first, i % K == 0; "
+             "`(i + 1) % K` is off by one).")
     except NotImplementedError:
         run_learner(flamingo_forward, model, tokens, images, what="your flamingo_forward(model, tokens, images)")
     except Exception:  # the learner's own error, reported in their words

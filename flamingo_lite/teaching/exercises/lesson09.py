@@ -41,10 +41,11 @@ def example_inputs(seed: int = 0):
 
 
 def segment_reference(layer, x, media, media_locations, *, media_offset=1, blind_sees_first=False, softmax_dim=-1,
-                      scaled=True, all_previous=False, blind_zero=False):
+                      scaled=True, all_previous=False, blind_zero=False,
+                      normed=True, projected=True):
     """The segment view with the usual mistakes as switches: (b, n, d). `media_offset=1` is right (text time k reads
     media k-1); 0 is "media numbered from 0" (text time k reads media k, and text time 0 reads media 0)."""
-    q = rearrange(layer.to_q(layer.norm(x)), "b n (h e) -> b h n e", h=layer.heads)  # (b, h, n, e)
+    q = rearrange(layer.to_q(layer.norm(x) if normed else x), "b n (h e) -> b h n e", h=layer.heads)  # (b, h, n, e)
     k, v = layer.to_kv(media).chunk(2, dim=-1)  # 2 x (b, t, m, h*e)
     k = rearrange(k, "b t m (h e) -> b h t m e", h=layer.heads)  # (b, h, t, m, e)
     v = rearrange(v, "b t m (h e) -> b h t m e", h=layer.heads)  # (b, h, t, m, e)
@@ -69,7 +70,8 @@ def segment_reference(layer, x, media, media_locations, *, media_offset=1, blind
                 k_seg, v_seg = k[row, :, index], v[row, :, index]  # (h, m, e)
             scores = q[row, :, tokens] @ k_seg.transpose(-1, -2) * scale  # (h, s, m)
             out[row, :, tokens] = scores.softmax(dim=softmax_dim) @ v_seg  # (h, s, e)
-    return layer.to_out(rearrange(out, "b h n e -> b n (h e)"))  # (b, n, d)
+    out = rearrange(out, "b h n e -> b n (h e)")  # (b, n, h*e)
+    return layer.to_out(out) if projected else out  # (b, n, d)
 
 
 NUMBERED_FROM_0 = ("media are numbered from 0: a token with text time k belongs to media k - 1 (text time counts "
@@ -106,6 +108,10 @@ def check_segment_layer(layer_class) -> None:
                     "the softmax runs over the segment's tokens: each token's weights must sum to 1 over the image's "
                     "latents (dim=-1)."),
             Mistake("no scale", ref(scaled=False), "the scores are not scaled: multiply them by self.scale (1/sqrt(e))."),
+            Mistake("no norm", ref(normed=False), "the text is not normalised: the queries come from "
+                    "`self.to_q(self.norm(x))`."),
+            Mistake("no to_out", ref(projected=False), "the heads' outputs are returned as they are: merge the heads "
+                    "and pass them through `self.to_out`."),
             Mistake("all previous", ref(all_previous=True),
                     "each segment attends to every image up to its own: in the immediate mode it reads only its own."),
         ]
