@@ -115,6 +115,26 @@ def forward_07(model, tokens, images, *, before=True, shift=0, resampler=True, l
     return model.lm.head(x)
 
 
+def _hidden(model, tokens, images):  # the loop without the head
+    media = model.resampler(model.vision(images))
+    x = model.lm.embed(tokens)
+    for i, lm_block in enumerate(model.lm.blocks):
+        if i in model.xattn_layers:
+            x = model.xattn[str(i)](x, media, tokens == model.config.media_token_id)
+        x = lm_block(x)
+    return x
+
+
+def _by_int_key(model, tokens, images):  # model.xattn[i] instead of model.xattn[str(i)]
+    media = model.resampler(model.vision(images))
+    x = model.lm.embed(tokens)
+    for i, lm_block in enumerate(model.lm.blocks):
+        if i in model.xattn_layers:
+            x = model.xattn[i](x, media, tokens == model.config.media_token_id)
+        x = lm_block(x)
+    return model.lm.head(x)
+
+
 def test_07_forward():
     fails(lesson07.check_forward, stub, match="not written yet")
     lesson07.check_forward(forward_07)
@@ -122,6 +142,8 @@ def test_07_forward():
     fails(lesson07.check_forward, lambda *a: forward_07(*a, shift=1), match="off by one")
     fails(lesson07.check_forward, lambda *a: forward_07(*a, resampler=False), match="resampler")
     fails(lesson07.check_forward, lambda *a: forward_07(*a, locations=False), match="media_locations")
+    fails(lesson07.check_forward, _hidden, match="lm.head")
+    fails(lesson07.check_forward, _by_int_key, match="keyed by strings")
 
     def off_by_one_keys(model, tokens, images):  # (i + 1) % K: asks for a block that is not there
         media = model.resampler(model.vision(images))

@@ -38,7 +38,7 @@ def example_model(seed: int = 1) -> tuple:
     return model, batch.tokens, batch.images
 
 
-def _loop(model, tokens, images, *, before=True, layers=None, resampler=True, locations=True):
+def _loop(model, tokens, images, *, before=True, layers=None, resampler=True, locations=True, head=True):
     """The forward loop with the usual mistakes as switches: (b, n, V)."""
     features = model.vision(images)  # (b, t, g, d)
     media = model.resampler(features) if resampler else features  # (b, t, L, d)
@@ -52,7 +52,7 @@ def _loop(model, tokens, images, *, before=True, layers=None, resampler=True, lo
         x = lm_block(x)  # (b, n, d)
         if not before and i in placed:
             x = placed[i](x, media, media_locations)  # (b, n, d)
-    return model.lm.head(x)  # (b, n, V)
+    return model.lm.head(x) if head else x  # (b, n, V), or the hidden states (b, n, d)
 
 
 def check_forward(flamingo_forward) -> None:
@@ -87,6 +87,8 @@ def check_forward(flamingo_forward) -> None:
             Mistake("no resampler", _loop(model, tokens, images, resampler=False),
                     "the blocks see the vision encoder's features directly: pass them through `model.resampler` "
                     "first."),
+            Mistake("no head", _loop(model, tokens, images, head=False),
+                    "your loop returns the hidden states (b, n, d): finish with `model.lm.head(x)` for the logits."),
             Mistake("no locations", _loop(model, tokens, images, locations=False),
                     "the blocks were given no media_locations, so every word sees every picture: pass "
                     "`tokens == model.config.media_token_id`."),
