@@ -184,6 +184,7 @@ def test_07_exercises():
     lesson07.check_no_gate(differs, tokens.tokens, tokens.images)
     lesson07.check_no_gate(differs_tensor, tokens.tokens, tokens.images)
     fails(lesson07.check_no_gate, lambda c, t, i: differs(FlamingoConfig(), t, i), tokens.tokens, tokens.images, match="given config")
+    fails(lesson07.check_no_gate, lambda c, t, i: not differs(c, t, i), tokens.tokens, tokens.images, match="opposite question")
 
 
 # ---------------------------------------------------------------------------------------------------------- 08

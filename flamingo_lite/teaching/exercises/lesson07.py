@@ -143,7 +143,8 @@ def check_trainable(trainable_names, config, lm_class, vision_class) -> list:
 
 def check_no_gate(differs_from_lm_at_init, tokens, images) -> None:
     """Step "07.no_gate": False for the default config, True with `tanh_gate=False` (a bool or a one-value tensor)."""
-    for gated, want in ((True, False), (False, True)):
+    answers = {}
+    for gated in (True, False):
         torch.manual_seed(0)
         got = run_learner(differs_from_lm_at_init, FlamingoConfig(tanh_gate=gated), tokens, images,
                           what=f"your differs_from_lm_at_init(FlamingoConfig(tanh_gate={gated}), ...)")
@@ -154,10 +155,15 @@ def check_no_gate(differs_from_lm_at_init, tokens, images) -> None:
             got = bool(got)
         if not isinstance(got, bool):
             fail(f"differs_from_lm_at_init returned a {type(got).__name__}: return True or False.")
-        if got != want:
+        answers[gated] = got
+    if answers == {True: True, False: False}:
+        fail("differs_from_lm_at_init answers the opposite question: return True when the logits differ from the "
+             "LM's, that is `not torch.equal(...)`.")
+    for gated, want in ((True, False), (False, True)):
+        if answers[gated] != want:
             why = ("with tanh gates at 0 the logits are exactly the LM's: compare with `torch.equal`, and build the model "
                    "from the given config" if gated else
                    "with the gates fixed open the blocks change the logits from the start: use the given config")
-            fail(f"for tanh_gate={gated} the answer is {want}, yours is {got}: {why}.")
+            fail(f"for tanh_gate={gated} the answer is {want}, yours is {answers[gated]}: {why}.")
     passed("differs_from_lm_at_init is right: with gates fixed open, the model is knocked off the language model "
            "from step 0.")
