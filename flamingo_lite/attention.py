@@ -37,6 +37,12 @@ def nonfinite_rows(x: torch.Tensor, dims=(-1,)) -> torch.Tensor:
     return ~torch.isfinite(x.sum(dim=dims, dtype=torch.float32))
 
 
+def nan_rows(poisoned: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(...) bool -> (..., 1): NaN where poisoned, else 0; added to an output, it poisons those rows and keeps the
+    others exactly (an addition's backward passes the gradient on as it is, no second pass)."""
+    return torch.where(poisoned, float("nan"), 0.0).to(dtype).unsqueeze(-1)  # (..., 1)
+
+
 def settle_rows(out: torch.Tensor, *, sees_nothing: torch.Tensor | None, poisoned: torch.Tensor) -> torch.Tensor:
     """The contract applied to an attention output: (B, i, f) -> (B, i, f), or (i, f) with (i,) flags.
 

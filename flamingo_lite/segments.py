@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .attention import nonfinite_rows, settle_rows
+from .attention import nan_rows, nonfinite_rows
 from .masks import text_time
 
 DEFAULT_MAX_CHUNK = 256  # longest chunk of text given to one SDPA problem; longer segments are cut
@@ -62,9 +62,11 @@ class SegmentLayout:
         token attends to (0 for text that sees none).
     slot_source, token_read: slot_token and token_slot with their one-past-the-end marks replaced by 0, the
         indices the gathers use (what such a slot or token reads is thrown away).
-    all_see, padded: whether every token sees some media, and whether any slot is padding (host bools, read once).
-    media_chunk, media_used, one_chunk_per_media: when no media has more than one chunk (host bool), the chunk of
-        each flat media (0 if unused) and whether it has one: then the key and value gathers are one-to-one too.
+    blind_tokens, padding_slots: (k,) long, the tokens that see no media and the slots that hold no token, or None
+        when there are none (read once, on the host).
+    media_chunk, unused_media, one_chunk_per_media: when no media has more than one chunk (host bool), the chunk of
+        each flat media (0 if unused) and the media with no chunk (or None): the key and value gathers are then
+        one-to-one too.
     batch, text, num_media: b, n and t, checked against the inputs of every layer that is given this layout.
     """
 
@@ -77,10 +79,10 @@ class SegmentLayout:
     token_media: torch.Tensor
     slot_source: torch.Tensor
     token_read: torch.Tensor
-    all_see: bool
-    padded: bool
+    blind_tokens: torch.Tensor | None
+    padding_slots: torch.Tensor | None
     media_chunk: torch.Tensor
-    media_used: torch.Tensor
+    unused_media: torch.Tensor | None
     one_chunk_per_media: bool
     batch: int
     text: int
@@ -157,8 +159,9 @@ def segment_layout(
         slot_token, chunk_media, token_slot, num_chunks, chunk,
         sees=sees.flatten(), token_media=media_of_token.flatten(),
         slot_source=slot_token.masked_fill(slot_token == b * n, 0), token_read=token_slot.masked_fill(~sees.flatten(), 0),
-        all_see=bool(sees.all()), padded=int(sees.sum()) < num_chunks * chunk,
-        media_chunk=first_chunk.masked_fill(chunks_flat == 0, 0), media_used=chunks_flat > 0,
+        blind_tokens=None if bool(sees.all()) else (~sees.flatten()).nonzero().flatten(),
+        padding_slots=None if int(sees.sum()) == num_chunks * chunk else (slot_token == b * n).nonzero().flatten(),
+        media_chunk=first_chunk.masked_fill(chunks_flat == 0, 0), unused_media=None if bool((chunks_flat > 0).all()) else (chunks_flat == 0).nonzero().flatten(),
         one_chunk_per_media=bool((chunks_flat <= 1).all()), batch=b, text=n, num_media=num_media,
     )
 
@@ -166,29 +169,32 @@ def segment_layout(
 class RegroupRows(torch.autograd.Function):
     """`src.index_select(0, index)` whose backward is the inverse gather, for a one-to-one regrouping of rows.
 
-    index: (r,) the source row of each output row; inverse: (src rows,) the output row holding each source row;
-    inverse_valid: (src rows,) bool or None, False for source rows that no output row holds (their gradient is 0).
-    Output rows that hold no source row (padding) must receive a zero gradient: the callers make sure of it.
+    index: (r,) the source row of each output row; inverse: (src rows,) the output row holding each source row.
+    zero_out: (k,) output rows set to exactly 0 (text that sees nothing), or None; zero_grad: (k,) source rows whose
+    gradient is 0 because no output row holds them (padding slots, text that sees nothing), or None. Both are short
+    index lists, filled in place, so neither pass makes another full copy.
     """
 
     @staticmethod
-    def forward(ctx, src, index, inverse, inverse_valid):
-        ctx.save_for_backward(inverse, inverse_valid)
-        return src.index_select(0, index)  # (r, f)
+    def forward(ctx, src, index, inverse, zero_out, zero_grad):
+        ctx.save_for_backward(inverse, zero_grad)
+        out = src.index_select(0, index)  # (r, ...)
+        if zero_out is not None:
+            out.index_fill_(0, zero_out, 0.0)  # (r, ...)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
-        inverse, inverse_valid = ctx.saved_tensors
-        grad_src = grad.index_select(0, inverse)  # (src rows, f)
-        if inverse_valid is not None:
-            keep = inverse_valid.view(-1, *([1] * (grad.ndim - 1)))  # (src rows, 1, ...)
-            grad_src = torch.where(keep, grad_src, 0.0)  # (src rows, f)
-        return grad_src, None, None, None
+        inverse, zero_grad = ctx.saved_tensors
+        grad_src = grad.index_select(0, inverse)  # (src rows, ...)
+        if zero_grad is not None:
+            grad_src.index_fill_(0, zero_grad, 0.0)  # (src rows, ...)
+        return grad_src, None, None, None, None
 
 
-def regroup_rows(src, index, inverse, inverse_valid=None):
+def regroup_rows(src, index, inverse, zero_out=None, zero_grad=None):
     """Rows of `src` (rows, ...) picked by `index`; see `RegroupRows`."""
-    return RegroupRows.apply(src, index, inverse, inverse_valid)
+    return RegroupRows.apply(src, index, inverse, zero_out, zero_grad)
 
 
 class SpreadRows(torch.autograd.Function):
@@ -225,18 +231,17 @@ def segment_attend(
     b, n, inner = q.shape
     c, s = layout.num_chunks, layout.chunk
     slot_token, token_slot = layout.slot_source, layout.token_read  # (c*s,), (b*n,)
-    slot_is_token = (layout.slot_token != b * n) if layout.padded else None  # (c*s,) or None
 
     # queries: each slot takes its token's row (the backward gathers each token's gradient back from its slot)
     q_flat = q.reshape(b * n, inner)  # (b*n, h*e)
-    q_slots = regroup_rows(q_flat, slot_token, token_slot, None if layout.all_see else layout.sees)  # (c*s, h*e)
+    q_slots = regroup_rows(q_flat, slot_token, token_slot, zero_grad=layout.blind_tokens)  # (c*s, h*e)
     q_chunks = rearrange(q_slots, "(c s) (h e) -> c h s e", c=c, h=heads)  # (c, h, s, e)
 
     # keys and values: each chunk takes its own media's m latents (one-to-one when no segment was cut)
     if layout.one_chunk_per_media:
-        used = None if layout.media_used.numel() == layout.num_chunks else layout.media_used  # (b*t,) or None
-        k_chunks = regroup_rows(k.flatten(0, 1), layout.chunk_media, layout.media_chunk, used)  # (c, m, h*e)
-        v_chunks = regroup_rows(v.flatten(0, 1), layout.chunk_media, layout.media_chunk, used)  # (c, m, h*e)
+        used = None if layout.unused_media is None else layout.unused_media  # (k,) or None
+        k_chunks = regroup_rows(k.flatten(0, 1), layout.chunk_media, layout.media_chunk, zero_grad=used)  # (c, m, h*e)
+        v_chunks = regroup_rows(v.flatten(0, 1), layout.chunk_media, layout.media_chunk, zero_grad=used)  # (c, m, h*e)
     else:  # a media with several chunks: the backward adds their gradients up
         k_chunks = SpreadRows.apply(k.flatten(0, 1), layout.chunk_media)  # (c, m, h*e)
         v_chunks = SpreadRows.apply(v.flatten(0, 1), layout.chunk_media)  # (c, m, h*e)
@@ -247,10 +252,12 @@ def segment_attend(
 
     # back to text order: each token reads its slot (the backward gives padding slots a zero gradient)
     out_slots = rearrange(out, "c h s e -> (c s) (h e)")  # (c*s, h*e)
-    out_tokens = regroup_rows(out_slots, token_slot, slot_token, slot_is_token)  # (b*n, h*e)
+    out_tokens = regroup_rows(  # (b*n, h*e): text that sees nothing is exactly 0
+        out_slots, token_slot, slot_token, zero_out=layout.blind_tokens, zero_grad=layout.padding_slots
+    )
 
     # the NaN contract: a token is NaN when its query or its media's keys or values are not finite
     bad_media = (nonfinite_rows(k, dims=(2, 3)) | nonfinite_rows(v, dims=(2, 3))).flatten()  # (b*t,)
-    poisoned = nonfinite_rows(q_flat) | bad_media[layout.token_media]  # (b*n,)
-    out_tokens = settle_rows(out_tokens, sees_nothing=~layout.sees, poisoned=poisoned)  # (b*n, h*e)
+    poisoned = (nonfinite_rows(q_flat) | bad_media[layout.token_media]) & layout.sees  # (b*n,)
+    out_tokens = out_tokens + nan_rows(poisoned, out_tokens.dtype)  # (b*n, h*e): + 0 keeps a row, + NaN poisons it
     return out_tokens.view(b, n, inner)  # (b, n, h*e)
