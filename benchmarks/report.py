@@ -112,8 +112,20 @@ def tables(r: dict, name: str) -> str:
                 f"| {t} | {fmt(row['seed']['median_ms'])} | {fmt(row['masked']['median_ms'])} | "
                 f"{fmt(row['segments']['median_ms'])} | {fmt(comp['median_ms']) if comp else '-'} | "
                 f"{fmt(row['projections_only']['median_ms'])} | {row['masked']['of_floor']:.2f} | "
-                f"{row['segments']['of_floor']:.2f} | {comp['of_floor'] if comp else '-'} | "
+                f"{row['segments']['of_floor']:.2f} | {format(comp['of_floor'], '.2f') if comp else '-'} | "
                 f"{row['nan_contract_forward_ms']:.2f} | {row.get('compile_seconds') or '-'} |")
+        lines.append("")
+    if "before" in r:
+        lines += ["**An earlier version against this one, the training case (`--only before`; before / now > 1 means "
+                  "now is faster):**", "",
+                  "| media | segments before ms | segments now ms | before / now | masked before ms | masked now ms | "
+                  "before / now | projections only ms |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for t, row in r["before"].items():
+            lines.append(
+                f"| {t} | {fmt(row['before_segments']['median_ms'])} | {fmt(row['segments']['median_ms'])} | "
+                f"{row['segments']['speedup_vs_before_segments']:.2f} | {fmt(row['before_masked']['median_ms'])} | "
+                f"{fmt(row['masked']['median_ms'])} | {row['masked']['speedup_vs_before_masked']:.2f} | "
+                f"{fmt(row['projections_only']['median_ms'])} |")
         lines.append("")
     checks = targets(r)
     if checks:
