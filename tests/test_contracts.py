@@ -271,3 +271,15 @@ def test_7_jit_trace_is_refused_loudly():
     x, media = inputs()
     with pytest.raises(RuntimeError, match="torch.jit.trace"):
         torch.jit.trace(xattn(), (x, media, LOC))
+
+
+def test_7_a_layout_made_for_another_batch_is_refused():
+    from flamingo_lite.segments import segment_layout
+
+    x, media = inputs()
+    layout = segment_layout(LOC[:, :6], num_media=2)  # text of 6 tokens, not 8
+    with pytest.raises(ValueError, match="layout was computed for"):
+        xattn("segments")(x, media, LOC, layout=layout)
+    torch.testing.assert_close(  # the right layout, passed in, gives what the layer computes itself
+        xattn("segments")(x, media, LOC, layout=segment_layout(LOC, num_media=2)), xattn("segments")(x, media, LOC)
+    )
