@@ -2,7 +2,9 @@
 """Time flamingo_lite against flamingo-pytorch 0.1.2 (the seed), forward + backward, on the same weights.
 
     python benchmarks/bench.py                      # CPU, fp32: every section, about 3-5 minutes on 2 busy cores
-    python benchmarks/bench.py --only sweep         # one section: modules, sweep, weights_only, uneven, memory, profile, auto
+    python benchmarks/bench.py --only sweep         # one section: modules, sweep, weights_only, uneven, memory, profile, auto, training
+    python benchmarks/bench.py --only training --threads 2 --repeats 15   # issue 13's training case, with the compiled layer
+    python benchmarks/bench.py --only before --before ../old-checkout       # an earlier version against this one
     python benchmarks/bench.py --device cuda --dtype bf16 --out benchmarks/results/cuda_bf16.json   # on a GPU
 
 Method. Each comparison builds the seed module and ours, copies the weights both ways with
@@ -385,6 +387,115 @@ def section_memory(args, device, dtype):
 
 
 # ----------------------------------------------------------------------------------------------- profile
+def nan_contract_ms(num_media: int, device, dtype, repeats: int) -> float:
+    """Median ms of the NaN contract's own work on the segment path at these sizes, forward only: the float32
+    sums over the queries, keys and values and the `where` over the output (its backward is one more `where`)."""
+    from flamingo_lite.attention import nonfinite_rows, settle_rows
+
+    c = XATTN
+    inner = c["heads"] * c["dim_head"]
+    q = torch.randn(c["batch"] * c["text"], inner, device=device, dtype=dtype)  # (b*n, h*e)
+    kv = torch.randn(c["batch"] * num_media, c["latents"], 2 * inner, device=device, dtype=dtype)  # (b*t, m, 2*h*e)
+    sees = torch.ones(c["batch"] * c["text"], dtype=torch.bool, device=device)  # (b*n,)
+    media_of = torch.arange(c["batch"] * c["text"], device=device) % (c["batch"] * num_media)  # (b*n,)
+
+    def contract():
+        bad = nonfinite_rows(kv, dims=(1, 2))  # (b*t,)
+        settle_rows(q, sees_nothing=~sees, poisoned=nonfinite_rows(q) | bad[media_of])  # (b*n, h*e)
+
+    return summarize(interleaved(dict(contract=contract), repeats, device))["contract"]["median_ms"]
+
+
+def section_training(args, device, dtype, media_counts=(4, 32)):
+    """The training case: gradients to the text and to the media (the resampler learns), fwd + bwd, issue 13's sizes.
+
+    Seed, our masked and segment paths, the projections-only floor and, when torch.compile works here, our layer
+    compiled (fullgraph, "auto" takes the masked path under compile), all interleaved in one process. `of_floor`
+    is (seed / ours) / (seed / projections only) = projections-only time / our time, per repeat, median.
+    """
+    results = {}
+    for t in media_counts:
+        reference, masked, segments = xattn_modules(device, dtype)
+        inputs, grad_out = xattn_inputs(t, device, dtype, grad_inputs=True)
+        steps = dict(
+            seed=make_step(reference, inputs, grad_out),
+            masked=make_step(masked, inputs, grad_out),
+            segments=make_step(segments, inputs, grad_out),
+            projections_only=make_step(ProjectionsOnly(segments), inputs, grad_out),
+        )
+        compile_seconds = None
+        if not args.no_compile:
+            compiled_module = fl.MaskedCrossAttention(dim=XATTN["dim"], dim_head=XATTN["dim_head"], heads=XATTN["heads"])
+            compiled_module.load_state_dict(masked.state_dict())
+            compiled_module = compiled_module.to(device, dtype)
+            compiled = torch.compile(compiled_module, fullgraph=True)
+            start = time.perf_counter()
+            make_step(compiled, inputs, grad_out)()  # compiles forward and backward
+            compile_seconds = round(time.perf_counter() - start, 1)
+            steps["compiled_masked"] = make_step(compiled, inputs, grad_out)
+        times = interleaved(steps, args.repeats, device)
+        r = summarize(times)
+        for name in steps:
+            if name not in ("seed", "projections_only"):
+                r[name]["of_floor"] = round(statistics.median(
+                    [p / o for p, o in zip(times["projections_only"], times[name])]), 3)
+        r["compile_seconds"] = compile_seconds
+        r["nan_contract_forward_ms"] = nan_contract_ms(t, device, dtype, args.repeats)
+        results[str(t)] = r
+        line = "  ".join(f"{name} {r[name]['median_ms']:.1f} ms" + (f" ({r[name]['of_floor']:.2f} of floor)"
+                         if "of_floor" in r[name] else "") for name in steps)
+        print(f"  media={t:3d}  {line}  contract {r['nan_contract_forward_ms']:.2f} ms", flush=True)
+    return results
+
+
+def load_package(tree: str, name: str = "flamingo_lite_before"):
+    """Import the `flamingo_lite` package found under `tree` (another checkout) as `name`, beside ours."""
+    import importlib.util
+
+    init = Path(tree) / "flamingo_lite" / "__init__.py"
+    if not init.exists():
+        raise SystemExit(f"--before {tree}: no flamingo_lite/__init__.py there")
+    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(init.parent)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def section_before(args, device, dtype, media_counts=(4, 32)):
+    """The training case, an earlier version of the package (`--before TREE`) against this one, in one process:
+    what this version's changes (the NaN contract, the checks, the gathers) cost or save, as before / now."""
+    old = load_package(args.before)
+    results = {}
+    for t in media_counts:
+        reference, masked, segments = xattn_modules(device, dtype)
+        kwargs = dict(dim=XATTN["dim"], dim_head=XATTN["dim_head"], heads=XATTN["heads"])
+        old_masked = old.MaskedCrossAttention(**kwargs, attention_path="masked")
+        old_segments = old.MaskedCrossAttention(**kwargs, attention_path="segments")
+        for m in (old_masked, old_segments):
+            m.load_state_dict(masked.state_dict())
+        inputs, grad_out = xattn_inputs(t, device, dtype, grad_inputs=True)
+        steps = dict(
+            before_segments=make_step(old_segments.to(device, dtype), inputs, grad_out),
+            segments=make_step(segments, inputs, grad_out),
+            before_masked=make_step(old_masked.to(device, dtype), inputs, grad_out),
+            masked=make_step(masked, inputs, grad_out),
+            projections_only=make_step(ProjectionsOnly(segments), inputs, grad_out),
+        )
+        times = interleaved(steps, args.repeats, device)
+        r = summarize(times, baseline="before_segments")
+        r["masked"]["speedup_vs_before_masked"] = round(statistics.median(
+            [b / o for b, o in zip(times["before_masked"], times["masked"])]), 2)
+        for name in ("before_segments", "segments", "before_masked", "masked"):
+            r[name]["of_floor"] = round(statistics.median(
+                [p / o for p, o in zip(times["projections_only"], times[name])]), 3)
+        results[str(t)] = r
+        print(f"  media={t:3d}  " + "  ".join(f"{k} {r[k]['median_ms']:.1f} ms" for k in steps)
+              + f"  segments before/now {r['segments']['speedup_vs_before_segments']:.2f}"
+              + f"  masked before/now {r['masked']['speedup_vs_before_masked']:.2f}", flush=True)
+    return results
+
+
 def section_profile(args, device, dtype):
     """Where the time of our MaskedCrossAttention goes (segment path, default auto choice), per operator."""
     from torch.profiler import ProfilerActivity, profile
@@ -421,7 +532,10 @@ def main() -> None:
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--only", nargs="*", default=None,
-                        choices=["modules", "sweep", "weights_only", "uneven", "memory", "profile", "auto"])
+                        choices=["modules", "sweep", "weights_only", "uneven", "memory", "profile", "auto", "training", "before"])
+    parser.add_argument("--before", metavar="TREE", help="for --only before: a checkout of an earlier version, e.g. "
+                        "made by `git worktree add TREE <commit>`")
+    parser.add_argument("--no-compile", action="store_true", help="leave the compiled layer out of the training section")
     parser.add_argument("--out", default=None)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: torch's choice); 1 gives steadier ratios on a shared machine")
@@ -436,7 +550,7 @@ def main() -> None:
     args.out = args.out or str(ROOT / "benchmarks" / "results" / f"{device.type}_{args.dtype}.json")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
-    sections = args.only or ["modules", "sweep", "weights_only", "uneven", "memory", "profile", "auto"]
+    sections = args.only or ["modules", "sweep", "weights_only", "uneven", "memory", "profile", "auto", "training"]
     start = time.time()
     record = dict(previous, machine=machine(device), device=str(device), dtype=args.dtype, repeats=args.repeats,
                   sizes=dict(cross_attention=XATTN, resampler=RESAMPLER))
@@ -458,6 +572,12 @@ def main() -> None:
             record["profile"] = section_profile(args, device, dtype)
         elif name == "auto":
             record["auto"] = section_auto(args, device, dtype)
+        elif name == "training":
+            record["training"] = section_training(args, device, dtype)
+        elif name == "before":
+            if not args.before:
+                raise SystemExit("--only before needs --before TREE, a checkout of the earlier version")
+            record["before"] = section_before(args, device, dtype)
         record["section_seconds"][name] = round(time.time() - section_start, 1)
     record["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     record["seconds"] = round(sum(record["section_seconds"].values()), 1)

@@ -99,6 +99,34 @@ def tables(r: dict, name: str) -> str:
             shown = ", ".join(f"{o['op'].replace('aten::', '')} {o['self_share'] * 100:.1f}%" for o in ops[:6])
             lines.append(f"- {t} media: {shown}")
         lines.append("")
+    if "training" in r:
+        lines += ["**The training case (issue 13): gradients to the text and to the media, forward + backward; "
+                  "`of floor` = projections-only time / this time, median over the paired repeats (0.9 is the "
+                  "target); the compiled layer is `torch.compile(fullgraph=True)`, which takes the masked path:**", "",
+                  "| media | seed ms | masked ms | segments ms | compiled ms | projections only ms | masked of floor | "
+                  "segments of floor | compiled of floor | NaN contract, forward ms | compile s |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for t, row in r["training"].items():
+            comp = row.get("compiled_masked")
+            lines.append(
+                f"| {t} | {fmt(row['seed']['median_ms'])} | {fmt(row['masked']['median_ms'])} | "
+                f"{fmt(row['segments']['median_ms'])} | {fmt(comp['median_ms']) if comp else '-'} | "
+                f"{fmt(row['projections_only']['median_ms'])} | {row['masked']['of_floor']:.2f} | "
+                f"{row['segments']['of_floor']:.2f} | {format(comp['of_floor'], '.2f') if comp else '-'} | "
+                f"{row['nan_contract_forward_ms']:.2f} | {row.get('compile_seconds') or '-'} |")
+        lines.append("")
+    if "before" in r:
+        lines += ["**An earlier version against this one, the training case (`--only before`; before / now > 1 means "
+                  "now is faster):**", "",
+                  "| media | segments before ms | segments now ms | before / now | masked before ms | masked now ms | "
+                  "before / now | projections only ms |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for t, row in r["before"].items():
+            lines.append(
+                f"| {t} | {fmt(row['before_segments']['median_ms'])} | {fmt(row['segments']['median_ms'])} | "
+                f"{row['segments']['speedup_vs_before_segments']:.2f} | {fmt(row['before_masked']['median_ms'])} | "
+                f"{fmt(row['masked']['median_ms'])} | {row['masked']['speedup_vs_before_masked']:.2f} | "
+                f"{fmt(row['projections_only']['median_ms'])} |")
+        lines.append("")
     checks = targets(r)
     if checks:
         lines += ["**Issue 5's targets on this run** (floor: the same ratio for the projections alone, the best any exact "

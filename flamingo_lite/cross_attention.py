@@ -18,7 +18,17 @@ Two exact ways to compute it (lesson 09 proves they give the same numbers):
 `attention_path="auto"` (the default) takes the segment path in the immediate mode when `media_locations` is
 given and the problem is big enough to pay for the gathering; "masked" or "segments" forces one. The choice is
 a plain attribute, not a weight: `state_dict` keys are the same either way, and it can be changed at any time
-(`module.attention_path = "masked"`).
+(`module.attention_path = "masked"`). Both paths keep the same NaN contract (`flamingo_lite.attention`).
+
+Checks and compilation. The checks that read only shapes, dtypes and devices run on every call and cost nothing.
+The one that reads values, "no more `<image>` markers in a row than media", runs unless `check_markers=False`,
+which a caller passes after checking once (`Flamingo.forward` checks once per batch, then passes it to every
+block). The segment path's layout holds host values (its chunk count), so it is computed once per batch, by
+`segment_layout`, and can be passed in as `layout=`. Under `torch.compile` "auto" takes the masked path, which
+reads no values on the host: it compiles with `fullgraph=True`, and new marker layouts at the same shapes do not
+recompile; the marker check then becomes `torch._assert_async` (a RuntimeError with the same message).
+`torch.jit.trace` cannot follow the value-dependent choices, so tracing these layers is refused with a
+RuntimeError rather than recording one marker layout; use `torch.compile` or eager mode.
 
 Variants (constructor arguments; the defaults are flamingo-pytorch's, `state_dict` keys unchanged):
 - `dim_visual`: the width of the media, when it differs from the text's (OpenFlamingo's `dim_visual`, IDEFICS's
@@ -38,13 +48,17 @@ from torch import nn
 from .attention import attend
 from .norms import RMSNorm, make_norm
 from .masks import check_markers_fit_media, check_media_locations, cross_attention_mask, rows_without_media
-from .segments import segment_attend, segment_layout
-from .validation import check_positive_int, check_same_dtype, check_tensor, shape_str
+from .segments import SegmentLayout, segment_attend, segment_layout
+from .validation import check_matches_weights, check_positive_int, check_tensor, shape_str
 
 
-def check_cross_attention_inputs(dim: int, x, media, media_locations, dim_visual: int | None = None):
+def check_cross_attention_inputs(
+    dim: int, x, media, media_locations, *, weight=None, check_markers: bool = True, dim_visual: int | None = None
+):
     """Validate the inputs of a cross-attention layer; return `media_locations` as bool (or None).
 
+    weight: a weight of the layer, whose dtype and device the inputs must match (None: only x and media agree).
+    check_markers=False skips the one check that reads values (markers vs media), for callers that checked.
     dim_visual: the media's width when it differs from the text's `dim` (None: the same).
     """
     text_dim, dim = dim, dim if dim_visual is None else dim_visual  # `dim` below is the media's width
@@ -65,11 +79,16 @@ def check_cross_attention_inputs(dim: int, x, media, media_locations, dim_visual
         )
     if media.shape[0] != x.shape[0]:
         raise ValueError(f"x and media must have the same batch size: x is {shape_str(x)}, media is {shape_str(media)}")
-    check_same_dtype([("x", x), ("media", media)])
+    check_matches_weights("cross-attention", x if weight is None else weight, [("x", x), ("media", media)])
     if media_locations is None:
         return None
-    media_locations = check_media_locations(media_locations, batch=x.shape[0], text_len=x.shape[1])
-    check_markers_fit_media(media_locations, num_media=media.shape[1])
+    if isinstance(media_locations, torch.Tensor) and media_locations.device != x.device:
+        raise ValueError(f"media_locations is on device {media_locations.device} but x is on {x.device}; use one device")
+    media_locations = check_media_locations(
+        media_locations, batch=x.shape[0], text_len=x.shape[1], check_values=check_markers
+    )
+    if check_markers:
+        check_markers_fit_media(media_locations, num_media=media.shape[1])
     return media_locations
 
 
@@ -82,6 +101,8 @@ SEGMENT_PATH_MIN_SCORES = 2**16
 
 def check_attention_path(attention_path, only_attend_immediate_media: bool) -> str:
     """`attention_path` is one of "auto", "masked", "segments"; the segment path needs the immediate mode."""
+    if not isinstance(only_attend_immediate_media, bool):  # also when set on the module after construction
+        raise TypeError(f"only_attend_immediate_media must be a bool (True or False), got {only_attend_immediate_media!r}")
     if attention_path not in ATTENTION_PATHS:
         raise ValueError(f"attention_path must be one of {ATTENTION_PATHS}, got {attention_path!r}")
     if attention_path == "segments" and not only_attend_immediate_media:
@@ -168,28 +189,55 @@ class MaskedCrossAttention(nn.Module):
 
         The inputs are checked as forward checks them. Text in which no token sees any media takes the masked path.
         """
-        media_locations = check_cross_attention_inputs(self.dim, x, media, media_locations, self.dim_visual)
-        return self._wants_segment_path(x, media, media_locations) and bool(media_locations.any())
+        media_locations = check_cross_attention_inputs(
+            self.dim, x, media, media_locations, weight=self.to_q.weight, dim_visual=self.dim_visual
+        )
+        return self.wants_segment_path(x.shape, media.shape, media_locations) and bool(media_locations.any())
 
-    def _wants_segment_path(self, x: torch.Tensor, media: torch.Tensor, media_locations: torch.Tensor | None) -> bool:
-        """The choice for already checked inputs, before looking at where the markers are."""
+    def wants_segment_path(self, x_shape, media_shape, media_locations: torch.Tensor | None) -> bool:
+        """The choice for already checked inputs, from the shapes alone (no values are read).
+
+        Under `torch.compile` "auto" takes the masked path, which needs no host values.
+        """
         path = check_attention_path(self.attention_path, self.only_attend_immediate_media)
         if media_locations is None or not self.only_attend_immediate_media:
             return False  # no mask at all, or all-previous media: only the masked path applies
         if path != "auto":
             return path == "segments"
-        b, n = x.shape[:2]
-        t, m = media.shape[1:3]
+        if torch.compiler.is_compiling():
+            return False
+        b, n = x_shape[:2]
+        t, m = media_shape[1:3]
         return t > 1 and b * n * t * m >= SEGMENT_PATH_MIN_SCORES
 
-    def forward(self, x: torch.Tensor, media: torch.Tensor, media_locations: torch.Tensor | None = None) -> torch.Tensor:
-        media_locations = check_cross_attention_inputs(self.dim, x, media, media_locations, self.dim_visual)
+    def forward(
+        self,
+        x: torch.Tensor,
+        media: torch.Tensor,
+        media_locations: torch.Tensor | None = None,
+        *,
+        check_markers: bool = True,
+        layout: SegmentLayout | None = None,
+    ) -> torch.Tensor:
+        """check_markers=False: the caller has checked that no row has more markers than media (no value read).
+        layout: the segment layout of this batch (`segment_layout(media_locations, t)`), shared by the blocks."""
+        if torch.jit.is_tracing():
+            raise RuntimeError(
+                "torch.jit.trace cannot record MaskedCrossAttention: its checks and its choice of path depend on "
+                "media_locations, so a trace would hold one marker layout; use torch.compile or eager mode"
+            )
+        media_locations = check_cross_attention_inputs(
+            self.dim, x, media, media_locations, weight=self.to_q.weight, check_markers=check_markers,
+            dim_visual=self.dim_visual,
+        )
         b, t, m = media.shape[:3]
         h = self.heads
 
-        segments = self._wants_segment_path(x, media, media_locations)
+        segments = self.wants_segment_path(x.shape, media.shape, media_locations)
         if segments:
-            layout = segment_layout(media_locations, t)  # index tensors only: no gradient, no weights
+            if layout is None:
+                layout = segment_layout(media_locations, t)  # index tensors only: no gradient, no weights
+            layout.check_fits(b, x.shape[1], t)
             segments = layout.num_chunks > 0  # no text sees any media: the masked path gives the zeros
 
         x = self.norm(x)  # (b, n, d)
@@ -224,7 +272,9 @@ class MaskedCrossAttention(nn.Module):
         Computed explicitly (softmax of the masked scores); each row sums to 1, except rows of text that sees no
         media, which are exactly 0. Column j is latent j % m of media j // m.
         """
-        media_locations = check_cross_attention_inputs(self.dim, x, media, media_locations, self.dim_visual)
+        media_locations = check_cross_attention_inputs(
+            self.dim, x, media, media_locations, weight=self.to_q.weight, dim_visual=self.dim_visual
+        )
         b, t, m = media.shape[:3]
         q = self.to_q(self.norm(x))  # (b, n, h*e)
         k = self.to_kv(rearrange(media, "b t m d -> b (t m) d")).chunk(2, dim=-1)[0]  # (b, t*m, h*e)

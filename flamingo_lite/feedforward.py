@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .norms import make_norm
-from .validation import check_positive_int, check_positive_number, shape_str
+from .validation import check_matches_weights, check_positive_int, check_positive_number, shape_str
 
 ACTIVATIONS = ("gelu", "squared_relu", "relu", "swiglu")
 
@@ -71,4 +71,5 @@ class FeedForward(nn.Sequential):
             raise TypeError(f"FeedForward input x must be a torch.Tensor of shape (..., {self.dim}), got {type(x).__name__}")
         if x.ndim < 1 or x.shape[-1] != self.dim:
             raise ValueError(f"FeedForward input x must have width dim={self.dim} in its last axis, got shape {shape_str(x)}")
+        check_matches_weights("FeedForward", self[1].weight, [("x", x)])
         return super().forward(x)  # (..., dim)

@@ -24,6 +24,7 @@ from torch import nn
 
 from .cross_attention import MaskedCrossAttention
 from .feedforward import FeedForward
+from .segments import SegmentLayout
 from .validation import check_positive_int
 
 GATES = ("scalar", "per_channel")
@@ -71,8 +72,18 @@ class GatedCrossAttentionBlock(nn.Module):
         self.ff = FeedForward(dim, mult=ff_mult, activation=ff_activation, norm=norm)
         self.ff_gate = nn.Parameter(torch.zeros(gate_shape))  # (1,) or (d,)
 
-    def forward(self, x: torch.Tensor, media: torch.Tensor, media_locations: torch.Tensor | None = None) -> torch.Tensor:
-        # the cross-attention checks every input before anything is computed
-        x = x + self.attn(x, media, media_locations=media_locations) * self.attn_gate.tanh()  # (b, n, d)
+    def forward(
+        self,
+        x: torch.Tensor,
+        media: torch.Tensor,
+        media_locations: torch.Tensor | None = None,
+        *,
+        check_markers: bool = True,
+        layout: SegmentLayout | None = None,
+    ) -> torch.Tensor:
+        """check_markers and layout are passed to the cross-attention (see `MaskedCrossAttention.forward`)."""
+        # the cross-attention checks every input (dtype and device against its weights too) before anything is computed
+        attn = self.attn(x, media, media_locations=media_locations, check_markers=check_markers, layout=layout)  # (b, n, d)
+        x = x + attn * self.attn_gate.tanh()  # (b, n, d)
         x = x + self.ff(x) * self.ff_gate.tanh()  # (b, n, d)
         return x

@@ -22,11 +22,13 @@ from einops import rearrange, repeat
 from .validation import shape_str
 
 
-def check_media_locations(media_locations, *, batch: int, text_len: int) -> torch.Tensor:
+def check_media_locations(media_locations, *, batch: int, text_len: int, check_values: bool = True) -> torch.Tensor:
     """Validate `media_locations` and return it as a bool tensor of shape (batch, text_len).
 
     Accepted: a bool tensor, or an integer tensor holding only 0 and 1 (converted to bool). Anything else is a
     `TypeError` (floats, lists) or a `ValueError` (wrong shape, other integers), raised before any computation.
+    check_values=False skips the one check that reads values (integers other than 0 and 1), for callers that
+    checked already; a bool tensor needs no value check.
     """
     if not isinstance(media_locations, torch.Tensor):
         raise TypeError(
@@ -45,8 +47,13 @@ def check_media_locations(media_locations, *, batch: int, text_len: int) -> torc
             f"media_locations must be bool (or integer 0/1), got dtype {media_locations.dtype}; "
             "use media_locations.bool() if it holds 0.0/1.0"
         )
-    if not bool(((media_locations == 0) | (media_locations == 1)).all()):
-        raise ValueError("media_locations as an integer tensor may hold only 0 and 1 (True marks an <image> token)")
+    if check_values:
+        only_01 = ((media_locations == 0) | (media_locations == 1)).all()  # () bool
+        message = "media_locations as an integer tensor may hold only 0 and 1 (True marks an <image> token)"
+        if torch.compiler.is_compiling():
+            torch._assert_async(only_01, message)  # checked on the device, no host synchronisation
+        elif not bool(only_01):
+            raise ValueError(message)
     return media_locations.bool()
 
 
@@ -102,9 +109,18 @@ def rows_without_media(media_locations: torch.Tensor) -> torch.Tensor:
 def check_markers_fit_media(media_locations: torch.Tensor, num_media: int) -> None:
     """More `<image>` markers in a row than media given is a mistake; say how many of each.
 
-    The original code silently turns such rows into an average over every media instead.
+    The original code silently turns such rows into an average over every media instead. This check reads values,
+    so callers that run it once per batch pass `check_markers=False` to the layers. Under `torch.compile` it is a
+    `torch._assert_async` (a RuntimeError with the message below, no host synchronisation).
     """
     markers = media_locations.long().sum(dim=-1)  # (b,)
+    if torch.compiler.is_compiling():
+        fits = (markers <= num_media).all()  # () bool
+        torch._assert_async(
+            fits, f"media_locations marks more media in a batch row than media holds (media.shape[1] = {num_media}); "
+            "give one media per True in media_locations"
+        )
+        return
     worst = int(markers.max()) if markers.numel() else 0
     if worst > num_media:
         row = int(markers.argmax())

@@ -37,7 +37,7 @@ from .validation import (
     check_non_negative_int,
     check_positive_int,
     check_positive_number,
-    check_same_dtype,
+    check_matches_weights,
     check_tensor,
     shape_str,
 )
@@ -83,10 +83,10 @@ class PerceiverAttention(nn.Module):
             raise ValueError(
                 f"x and latents must agree in batch and media axes: x is {shape_str(x)}, latents is {shape_str(latents)}"
             )
+        check_matches_weights("PerceiverAttention", self.to_q.weight, [("x", x), ("latents", latents)])
 
     def forward(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         self._check_inputs(x, latents)
-        check_same_dtype([("x", x), ("latents", latents)])
         b, t = x.shape[:2]
         h = self.heads
 
@@ -222,8 +222,7 @@ class PerceiverResampler(nn.Module):
                 f"x has {t} media (shape {shape_str(x)}), but this resampler has time embeddings for at most "
                 f"num_media_embeds={self.num_media_embeds}; build it with num_media_embeds >= {t}"
             )
-        if x.dtype != self.latents.dtype:
-            raise TypeError(f"x has dtype {x.dtype} but the resampler's weights are {self.latents.dtype}; use one dtype")
+        check_matches_weights("resampler", self.latents, [("x", x)])
 
         if self.media_embedding == "per_media":
             x = x + self.media_pos_emb[:t]  # (b, t, n, d): tell the latents which media this is

@@ -16,10 +16,17 @@ How, without a Python loop over segments (all index arithmetic on tensors, so it
    which media each chunk attends to, and where each token's output lands.
 2. `segment_attend(q, k, v, layout, heads=h, scale=...)` gathers the queries into (chunks, h, chunk, e), gathers each
    chunk's media keys and values into (chunks, h, m, e), runs one unmasked SDPA call over all chunks, and
-   scatters the outputs back to (b, n, h*e). Tokens before the first media point at a zero row, so their output
-   is exactly zero and no gradient flows through them. Padding slots are computed and thrown away.
+   gathers the outputs back to (b, n, h*e). Padding slots are computed and thrown away. Tokens before the first
+   media get exactly zero output and no gradient; a non-finite query or media gives NaN rows exactly as on the
+   masked path (`flamingo_lite.attention` states the contract).
 
-Both steps are gathers, whose backward pass is a scatter-add, so autograd gives the exact gradients.
+Every token has exactly one slot and every used slot one token, so the query and output gathers are each other's
+inverse: their backward passes are gathers too (`regroup_rows`), not scatter-adds, which is where much of the
+time went. The keys and values are gathered with `index_select`, whose backward adds up the chunks of a media.
+
+The layout holds host values (the number of chunks and the chunk size), so it is computed once per batch, outside
+the layers: `Flamingo.forward` computes it once and passes it to every block. `torch.compile` takes the masked
+path instead (see `flamingo_lite.cross_attention`).
 
 Shapes, in einops notation: b batch, n text tokens, t media, m latents per media, h heads, e head width,
 c chunks in all, s slots per chunk (`chunk`).
@@ -32,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from .attention import nan_rows, nonfinite_rows
 from .masks import text_time
 
 DEFAULT_MAX_CHUNK = 256  # longest chunk of text given to one SDPA problem; longer segments are cut
@@ -50,6 +58,16 @@ class SegmentLayout:
     token_slot: (b*n,) long, the padded slot holding each token's output; `c*s` (one past the end) for text that
         sees no media, whose output is exactly zero.
     num_chunks, chunk: c and s.
+    sees: (b*n,) bool, tokens that attend to some media; token_media: (b*n,) long, the flat media index each
+        token attends to (0 for text that sees none).
+    slot_source, token_read: slot_token and token_slot with their one-past-the-end marks replaced by 0, the
+        indices the gathers use (what such a slot or token reads is thrown away).
+    blind_tokens, padding_slots: (k,) long, the tokens that see no media and the slots that hold no token, or None
+        when there are none (read once, on the host).
+    media_chunk, unused_media, one_chunk_per_media: when no media has more than one chunk (host bool), the chunk of
+        each flat media (0 if unused) and the media with no chunk (or None): the key and value gathers are then
+        one-to-one too.
+    batch, text, num_media: b, n and t, checked against the inputs of every layer that is given this layout.
     """
 
     slot_token: torch.Tensor
@@ -57,6 +75,26 @@ class SegmentLayout:
     token_slot: torch.Tensor
     num_chunks: int
     chunk: int
+    sees: torch.Tensor
+    token_media: torch.Tensor
+    slot_source: torch.Tensor
+    token_read: torch.Tensor
+    blind_tokens: torch.Tensor | None
+    padding_slots: torch.Tensor | None
+    media_chunk: torch.Tensor
+    unused_media: torch.Tensor | None
+    one_chunk_per_media: bool
+    batch: int
+    text: int
+    num_media: int
+
+    def check_fits(self, batch: int, text: int, num_media: int) -> None:
+        """A layout is made for one batch: the same b, n and t, or a ValueError naming both."""
+        if (self.batch, self.text, self.num_media) != (batch, text, num_media):
+            raise ValueError(
+                f"layout was computed for (batch, text, media) = ({self.batch}, {self.text}, {self.num_media}), "
+                f"but the inputs have ({batch}, {text}, {num_media}); compute it with segment_layout for this batch"
+            )
 
 
 def choose_chunk(seg_lengths: torch.Tensor, max_chunk: int = DEFAULT_MAX_CHUNK) -> int:
@@ -93,9 +131,10 @@ def segment_layout(
     sees = times > 0  # (b, n): tokens that attend to some media
 
     # length of each segment, with column 0 holding the text before the first media
-    lengths = torch.zeros(b, num_media + 1, dtype=torch.long, device=device)  # (b, t+1)
-    lengths.scatter_add_(1, times, torch.ones_like(times))  # (b, t+1)
-    starts = lengths.cumsum(dim=1) - lengths  # (b, t+1): segments are contiguous runs in time order
+    # text time never goes down along a row, so each segment starts where its time is first reached
+    bounds = torch.searchsorted(times, torch.arange(num_media + 2, device=device).expand(b, -1).contiguous())  # (b, t+2)
+    starts = bounds[:, :-1]  # (b, t+1): segments are contiguous runs in time order
+    lengths = bounds[:, 1:] - starts  # (b, t+1)
     position = torch.arange(n, device=device) - starts.gather(1, times)  # (b, n): place within the segment
 
     seg_lengths = lengths[:, 1:]  # (b, t): tokens attending to each media
@@ -116,7 +155,69 @@ def segment_layout(
     chunk_media = torch.repeat_interleave(  # (c,): chunk -> flat media index
         torch.arange(b * num_media, device=device), chunks_flat, output_size=num_chunks
     )
-    return SegmentLayout(slot_token, chunk_media, token_slot, num_chunks, chunk)
+    return SegmentLayout(
+        slot_token, chunk_media, token_slot, num_chunks, chunk,
+        sees=sees.flatten(), token_media=media_of_token.flatten(),
+        slot_source=slot_token.masked_fill(slot_token == b * n, 0), token_read=token_slot.masked_fill(~sees.flatten(), 0),
+        blind_tokens=None if bool(sees.all()) else (~sees.flatten()).nonzero().flatten(),
+        padding_slots=None if int(sees.sum()) == num_chunks * chunk else (slot_token == b * n).nonzero().flatten(),
+        media_chunk=first_chunk.masked_fill(chunks_flat == 0, 0), unused_media=None if bool((chunks_flat > 0).all()) else (chunks_flat == 0).nonzero().flatten(),
+        one_chunk_per_media=bool((chunks_flat <= 1).all()), batch=b, text=n, num_media=num_media,
+    )
+
+
+class RegroupRows(torch.autograd.Function):
+    """`src.index_select(0, index)` whose backward is the inverse gather, for a one-to-one regrouping of rows.
+
+    index: (r,) the source row of each output row; inverse: (src rows,) the output row holding each source row.
+    zero_out: (k,) output rows set to exactly 0 (text that sees nothing), or None; zero_grad: (k,) source rows whose
+    gradient is 0 because no output row holds them (padding slots, text that sees nothing), or None. Both are short
+    index lists, filled in place, so neither pass makes another full copy.
+    """
+
+    @staticmethod
+    def forward(ctx, src, index, inverse, zero_out, zero_grad):
+        ctx.save_for_backward(inverse, zero_grad)
+        out = src.index_select(0, index)  # (r, ...)
+        if zero_out is not None:
+            out.index_fill_(0, zero_out, 0.0)  # (r, ...)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        inverse, zero_grad = ctx.saved_tensors
+        grad_src = grad.index_select(0, inverse)  # (src rows, ...)
+        if zero_grad is not None:
+            grad_src.index_fill_(0, zero_grad, 0.0)  # (src rows, ...)
+        return grad_src, None, None, None, None
+
+
+def regroup_rows(src, index, inverse, zero_out=None, zero_grad=None):
+    """Rows of `src` (rows, ...) picked by `index`; see `RegroupRows`."""
+    return RegroupRows.apply(src, index, inverse, zero_out, zero_grad)
+
+
+class SpreadRows(torch.autograd.Function):
+    """`src.index_select(0, index)` for a sorted `index` that may repeat a row (a media cut into several chunks).
+
+    The backward adds up the gradients of the copies of each row with one matrix product against a 0/1 matrix
+    (rows x copies), which on a CPU is many times faster than `index_add_`; the copies of one row are few.
+    """
+
+    @staticmethod
+    def forward(ctx, src, index):
+        ctx.save_for_backward(index)
+        ctx.rows = src.shape[0]
+        return src.index_select(0, index)  # (r, ...)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (index,) = ctx.saved_tensors
+        r = index.shape[0]
+        owner = torch.zeros(ctx.rows, r, dtype=grad.dtype, device=grad.device)  # (rows, r)
+        owner[index, torch.arange(r, device=grad.device)] = 1.0  # (rows, r): which row each copy came from
+        grad_src = owner @ grad.reshape(r, -1)  # (rows, f)
+        return grad_src.view(ctx.rows, *grad.shape[1:]), None
 
 
 def segment_attend(
@@ -125,24 +226,38 @@ def segment_attend(
     """Each chunk of text attends to its own media's latents; returns the same as the masked computation.
 
     q: (b, n, h*e) queries of the text; k, v: (b, t, m, h*e) keys and values of each media's m latents.
-    Returns (b, n, h*e), exactly zero for text that sees no media.
+    Returns (b, n, h*e), exactly zero for text that sees no media, NaN for text whose query or media is not finite.
     """
     b, n, inner = q.shape
     c, s = layout.num_chunks, layout.chunk
+    slot_token, token_slot = layout.slot_source, layout.token_read  # (c*s,), (b*n,)
 
-    # queries: one row per token, plus a zero row that the padding slots copy
-    q_rows = torch.cat((q.reshape(b * n, inner), q.new_zeros(1, inner)), dim=0)  # (b*n + 1, h*e)
-    q_chunks = rearrange(q_rows[layout.slot_token], "(c s) (h e) -> c h s e", c=c, h=heads)  # (c, h, s, e)
+    # queries: each slot takes its token's row (the backward gathers each token's gradient back from its slot)
+    q_flat = q.reshape(b * n, inner)  # (b*n, h*e)
+    q_slots = regroup_rows(q_flat, slot_token, token_slot, zero_grad=layout.blind_tokens)  # (c*s, h*e)
+    q_chunks = rearrange(q_slots, "(c s) (h e) -> c h s e", c=c, h=heads)  # (c, h, s, e)
 
-    # keys and values: each chunk takes its own media's m latents
-    k_chunks = k.flatten(0, 1)[layout.chunk_media]  # (c, m, h*e)
-    v_chunks = v.flatten(0, 1)[layout.chunk_media]  # (c, m, h*e)
+    # keys and values: each chunk takes its own media's m latents (one-to-one when no segment was cut)
+    if layout.one_chunk_per_media:
+        used = None if layout.unused_media is None else layout.unused_media  # (k,) or None
+        k_chunks = regroup_rows(k.flatten(0, 1), layout.chunk_media, layout.media_chunk, zero_grad=used)  # (c, m, h*e)
+        v_chunks = regroup_rows(v.flatten(0, 1), layout.chunk_media, layout.media_chunk, zero_grad=used)  # (c, m, h*e)
+    else:  # a media with several chunks: the backward adds their gradients up
+        k_chunks = SpreadRows.apply(k.flatten(0, 1), layout.chunk_media)  # (c, m, h*e)
+        v_chunks = SpreadRows.apply(v.flatten(0, 1), layout.chunk_media)  # (c, m, h*e)
     k_chunks = rearrange(k_chunks, "c m (h e) -> c h m e", h=heads)  # (c, h, m, e)
     v_chunks = rearrange(v_chunks, "c m (h e) -> c h m e", h=heads)  # (c, h, m, e)
 
     out = F.scaled_dot_product_attention(q_chunks, k_chunks, v_chunks, scale=scale)  # (c, h, s, e): no mask needed
 
-    # back to text order; text that sees no media reads the appended zero row
-    out_rows = rearrange(out, "c h s e -> (c s) (h e)")  # (c*s, h*e)
-    out_rows = torch.cat((out_rows, out_rows.new_zeros(1, inner)), dim=0)  # (c*s + 1, h*e)
-    return out_rows[layout.token_slot].view(b, n, inner)  # (b, n, h*e)
+    # back to text order: each token reads its slot (the backward gives padding slots a zero gradient)
+    out_slots = rearrange(out, "c h s e -> (c s) (h e)")  # (c*s, h*e)
+    out_tokens = regroup_rows(  # (b*n, h*e): text that sees nothing is exactly 0
+        out_slots, token_slot, slot_token, zero_out=layout.blind_tokens, zero_grad=layout.padding_slots
+    )
+
+    # the NaN contract: a token is NaN when its query or its media's keys or values are not finite
+    bad_media = (nonfinite_rows(k, dims=(2, 3)) | nonfinite_rows(v, dims=(2, 3))).flatten()  # (b*t,)
+    poisoned = (nonfinite_rows(q_flat) | bad_media[layout.token_media]) & layout.sees  # (b*n,)
+    out_tokens = out_tokens + nan_rows(poisoned, out_tokens.dtype)  # (b*n, h*e): + 0 keeps a row, + NaN poisons it
+    return out_tokens.view(b, n, inner)  # (b, n, h*e)

@@ -74,3 +74,32 @@ def check_same_dtype(names_and_tensors) -> None:
     for name, t in rest:
         if t.dtype != first.dtype:
             raise TypeError(f"{name} has dtype {t.dtype} but {first_name} has dtype {first.dtype}; use one dtype")
+
+
+def check_matches_weights(module: str, weight: torch.Tensor, names_and_tensors) -> None:
+    """The inputs of a layer live on its weights' device and have their dtype, checked before any computation.
+
+    Under `torch.autocast` for the weights' device type, the autocast dtype is accepted too, and inputs may mix
+    the two dtypes (autocast casts each operation's inputs itself; the previous layer's output is often in the
+    lower precision). Otherwise every input must have the weights' dtype: mixing is a mistake, not a cast.
+    Only metadata is read (no values), so the check costs nothing and `torch.compile` traces it.
+    """
+    device_type = weight.device.type
+    allowed = (weight.dtype,)
+    if torch.is_autocast_enabled(device_type):
+        allowed = (weight.dtype, torch.get_autocast_dtype(device_type))
+    elif len(names_and_tensors) > 1:
+        check_same_dtype(names_and_tensors)  # inputs that disagree with each other: name both
+    for name, t in names_and_tensors:
+        if t.device != weight.device:
+            raise ValueError(
+                f"{name} is on device {t.device} but the {module}'s weights are on {weight.device}; "
+                f"move one of them, e.g. {name}.to({str(weight.device)!r})"
+            )
+        if t.dtype not in allowed:
+            wanted = " or ".join(str(d) for d in allowed)
+            raise TypeError(
+                f"{name} has dtype {t.dtype} but the {module}'s weights are {weight.dtype}"
+                + (f" (under torch.autocast: {wanted})" if len(allowed) > 1 else "")
+                + f"; convert one of them, e.g. {name}.to({weight.dtype}) or module.to({t.dtype})"
+            )

@@ -20,7 +20,9 @@ import torch
 from torch import nn
 
 from ..gated import GatedCrossAttentionBlock
+from ..masks import check_markers_fit_media, check_media_locations
 from ..perceiver import PerceiverResampler
+from ..segments import segment_layout
 from ..validation import check_positive_int, check_tensor, shape_str
 from .language_model import LMConfig, TinyLM
 from .vision import VisionEncoder
@@ -157,6 +159,12 @@ class Flamingo(nn.Module):
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Pictures -> visual tokens: (b, t, 3, H, W) -> (b, t, L, d)."""
         check_tensor("images", images, ndim=5, layout="(batch, media, 3, height, width)")
+        if self.resampler.media_embedding == "per_media" and images.shape[1] > self.config.num_media_embeds:
+            raise ValueError(
+                f"images has {images.shape[1]} pictures per sequence (shape {shape_str(images)}), but this Flamingo "
+                f"takes at most {self.config.num_media_embeds}; build it with "
+                f"FlamingoConfig(num_media_embeds={images.shape[1]}) or more"
+            )
         features = self.vision(images)  # (b, t, g, d), frozen
         return self.resampler(features)  # (b, t, L, d)
 
@@ -173,7 +181,12 @@ class Flamingo(nn.Module):
 
         `capture`, a list, receives the input of each gated block (b, n, d), for plots of its attention.
         """
-        tokens = self.lm.check_tokens(tokens)
+        if torch.compiler.is_compiling():  # the same checks, the one that reads values on the device (no sync)
+            self.lm.check_tokens(tokens[:0])  # type, rank, dtype, length: an empty batch, so no value is read
+            vocab = self.config.vocab_size
+            torch._assert_async(((tokens >= 0) & (tokens < vocab)).all(), f"token ids must lie in [0, {vocab})")
+        else:
+            tokens = self.lm.check_tokens(tokens)
         if (images is None) == (media is None):
             raise ValueError("give exactly one of images (batch, media, 3, H, W) or media (batch, media, latents, dim)")
         if media is None:
@@ -182,13 +195,21 @@ class Flamingo(nn.Module):
             raise ValueError(f"tokens and images must have the same batch size: tokens {shape_str(tokens)}, media {shape_str(media)}")
         if media_locations is None:
             media_locations = tokens == self.config.media_token_id  # (b, n) bool
+        # the checks that read values run once per batch here, not in every block; the segment layout likewise
+        media_locations = check_media_locations(media_locations, batch=tokens.shape[0], text_len=tokens.shape[1])
+        check_markers_fit_media(media_locations, num_media=media.shape[1])
+        blocks = [self.xattn[str(i)] for i in self.xattn_layers]
+        layout = None
+        if any(blk.attn.wants_segment_path((tokens.shape[0], tokens.shape[1]), media.shape, media_locations) for blk in blocks):
+            layout = segment_layout(media_locations, media.shape[1])  # (index tensors): shared by every block
 
         x = self.lm.embed(tokens)  # (b, n, d)
         for i, block in enumerate(self.lm.blocks):
             if str(i) in self.xattn:
                 if capture is not None:
                     capture.append(x)
-                x = self.xattn[str(i)](x, media, media_locations)  # (b, n, d): look at the pictures, gated
+                # look at the pictures, gated: (b, n, d)
+                x = self.xattn[str(i)](x, media, media_locations, check_markers=False, layout=layout)
             x = block(x)  # (b, n, d): the frozen LM layer, unchanged
         return self.lm.head(x)  # (b, n, V)
 

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
 from ..device import get_device
@@ -104,6 +105,17 @@ def text_loss(model, data: InterleavedData, *, batch_size: int = 256, pad_id: in
     return total / count
 
 
+def parameter_groups(model: nn.Module, *, lr: float, gate_lr: float | None = None, weight_decay: float = 0.0) -> list[dict]:
+    """AdamW parameter groups for the trainable parameters of `model`: the weights with `weight_decay`, the tanh
+    gates (names ending in `_gate`) with `gate_lr` (default `lr`) and no weight decay. Frozen parameters are left out."""
+    gates = [p for n, p in model.named_parameters() if p.requires_grad and n.endswith("_gate")]
+    others = [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith("_gate")]
+    groups = [{"params": others, "weight_decay": weight_decay}]
+    if gates:  # the gates get their own learning rate and no weight decay: decay would pull them shut
+        groups.append({"params": gates, "lr": gate_lr if gate_lr is not None else lr, "weight_decay": 0.0})
+    return groups
+
+
 def train_flamingo(
     model: Flamingo,
     data: InterleavedData,
@@ -129,12 +141,7 @@ def train_flamingo(
     log_every = check_positive_int("log_every", log_every)
     device = get_device(device)
     model.to(device).train()
-    gates = [p for n, p in model.named_parameters() if p.requires_grad and n.endswith("_gate")]
-    others = [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith("_gate")]
-    groups = [{"params": others, "weight_decay": weight_decay}]
-    if gates:  # the gates get their own learning rate and no weight decay: decay would pull them shut
-        groups.append({"params": gates, "lr": gate_lr if gate_lr is not None else lr, "weight_decay": 0.0})
-    optimizer = torch.optim.AdamW(groups, lr=lr)
+    optimizer = torch.optim.AdamW(parameter_groups(model, lr=lr, gate_lr=gate_lr, weight_decay=weight_decay), lr=lr)
     # cosine decay to 10% of the starting rate: fast early progress, then the weights (and gates) settle
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
     generator = torch.Generator().manual_seed(seed)

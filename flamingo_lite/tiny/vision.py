@@ -4,8 +4,9 @@ Flamingo's vision encoder is a Normalizer-Free ResNet, pretrained contrastively 
 frozen (paper, Sec. 2.1). Its last feature map, flattened to a list of vectors, is what the Perceiver Resampler
 reads. Here a tiny convolutional encoder plays that part, and it is never trained. Its first layer holds the
 filters the first layer of a trained CNN ends up with: oriented edge detectors (8 directions) beside the colour
-of each pixel. Average pooling turns them into a coarse grid (a 16 px picture gives 4 x 4 cells), and a fixed
-random 1x1 convolution with a GELU mixes each cell's 11 numbers into `dim` features. Colour and the mix of edge
+of each pixel. Average pooling turns them into a coarse grid (the tiny Flamingo pools 8 x 8 pixels, so a 16 px
+picture gives 2 x 2 cells), and a fixed random 1x1 convolution with a GELU mixes each cell's 11 numbers into `dim`
+features. Colour and the mix of edge
 directions in a cell (straight sides for a square, slanted ones for a triangle, every direction for a circle)
 are what the resampler needs to tell the pictures apart.
 

@@ -8,6 +8,8 @@ A lesson's checks live in `exercises/lessonNN.py`. They are built from three pie
 - `compare(got, want, what=..., mistakes=...)` passes when `got` equals `want` (shape, then values, NaN where and
   only where `want` has NaN); otherwise it tries each known mistake: a `Mistake` is a name, a wrong result
   computed on the same input, and the sentence to say when the learner's result matches it.
+- `check_layer(learner, reference, what=..., mistakes=...)` runs `check_module` on the learner's module and, when
+  it differs, tries each known mistake computed with the same weights on the same inputs.
 - `hint(key)` prints the hint for one step (hidden until asked for).
 
 A failed check raises `ExerciseFailed`, whose message is the sentence; a passed one prints a line starting with
@@ -20,11 +22,17 @@ from typing import Callable
 
 import torch
 
-__all__ = ["ExerciseFailed", "Mistake", "run_learner", "compare", "passed", "fail", "hint", "register_hints"]
+__all__ = [
+    "ExerciseFailed", "Mistake", "run_learner", "compare", "check_layer", "passed", "fail", "hint", "register_hints",
+]
 
 
 class ExerciseFailed(Exception):
     """A check that did not pass. The message says what is wrong and where to look."""
+
+    def _render_traceback_(self) -> list[str]:
+        # Jupyter shows this instead of a traceback through the check's own code: the learner's bug is not there.
+        return [f"✗ {self}"]
 
 
 @dataclass(frozen=True)
@@ -44,15 +52,22 @@ def passed(message: str) -> None:
     print(f"OK: {message}")
 
 
-def run_learner(fn: Callable, *args, what: str, **kwargs):
-    """Call the learner's `fn`; turn any exception into a verdict naming `what` (e.g. "your attention(q, k, v)")."""
+def run_learner(fn: Callable, *args, what: str, advice: dict[str, str] | None = None, **kwargs):
+    """Call the learner's `fn`; turn any exception into a verdict naming `what` (e.g. "your attention(q, k, v)").
+
+    advice: {text in the error message: what it usually means}, added to the verdict when the error matches.
+    """
     try:
         return fn(*args, **kwargs)
     except NotImplementedError:
         fail(f"{what} is not written yet: replace the `raise NotImplementedError` in the exercise cell with your code.")
     except Exception as error:  # the learner's own bug: say where it happened, in their words
         message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        fail(f"{what} raised {type(error).__name__}: {message}" if message else f"{what} raised {type(error).__name__}.")
+        said = f"{what} raised {type(error).__name__}: {message}" if message else f"{what} raised {type(error).__name__}"
+        for needle, meaning in (advice or {}).items():
+            if needle in message:
+                fail(f"{said.rstrip('.')}; {meaning}")
+        fail(said if said.endswith(".") else said + ".")
 
 
 def _same(got: torch.Tensor, want: torch.Tensor, atol: float, rtol: float) -> bool:
@@ -97,6 +112,42 @@ def compare(
     where = tuple(int(i) for i in (diff == diff.max()).nonzero()[0])
     fail(f"{what} differs from the answer by up to {diff.max().item():.3g} (at index {where}); no usual mistake "
          "matches, so compare your code with the maths above step by step.")
+
+
+def check_layer(
+    learner,
+    reference,
+    inputs=None,
+    *,
+    what: str,
+    mistakes: Callable | None = None,
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+    **check_kwargs,
+):
+    """Check the learner's module with `check_module` (its weights are put back afterwards).
+
+    reference: a reference class or instance, as for `check_module`.
+    mistakes: `mistakes(reference, *inputs) -> list[Mistake]`, the outputs of the usual wrong implementations with
+        the reference's weights; when the learner's output matches one, the check says that mistake's sentence.
+    Passes with a line starting "OK"; otherwise raises `ExerciseFailed` with `check_module`'s verdict.
+    Returns the `CheckResult`.
+    """
+    from ..checker import check_module  # the checker imports the layers; keep this module light to import
+
+    result = check_module(learner, reference, inputs, atol=atol, rtol=rtol, verbose=False, **check_kwargs)
+    if result.passed:
+        passed(f"{what} matches the reference ({result.message.split(': ', 1)[-1]}).")
+        return result
+    if result.output is not None and mistakes is not None and result.output.shape == result.expected.shape:
+        with torch.no_grad():
+            known = mistakes(result.reference, *result.inputs)
+        got = result.output.float()
+        for mistake in known:
+            if _same(got, mistake.output.detach().to(got.device, torch.float32), atol, rtol):
+                fail(f"{what}: {mistake.message}")
+    fail(f"{what}: {result.message.removeprefix('✗ ')}; no usual mistake matches, so compare each line with the "
+         "steps above.")
 
 
 _HINTS: dict[str, str] = {}

@@ -1,0 +1,179 @@
+"""Lesson 01's checks: attention with a mask, heads split and merged, multi-head attention, a stable softmax and a
+causal mask. Each check runs the learner's function on small seeded inputs, compares with the answer and, when it
+differs, with the usual mistakes, and says which one it looks like."""
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+
+from . import Mistake, compare, fail, passed, register_hints, run_learner
+
+register_hints({
+    "01.attention": "Three lines as above: scores = einsum(q, k) * e**-0.5; fill the masked scores with "
+    "-torch.finfo(scores.dtype).max; softmax over the last axis (the keys). Then give the rows whose mask is all "
+    "False weight 0: weights.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0). A 2-D mask (i, j) needs a batch "
+    "axis first, and every mask a head axis: rearrange(mask, 'b i j -> b 1 i j').",
+    "01.heads": "split: rearrange(x, 'b n (h e) -> b h n e', h=heads). merge: the same pattern with its two sides "
+    "swapped. '(h e)' means h is the outer (slow) axis: head 0 gets the first e numbers.",
+    "01.multihead": "q, k, v = split_heads(to_q(x), heads), split_heads(to_k(context), heads), "
+    "split_heads(to_v(context), heads); then merge_heads(attention(q, k, v, mask)). Your attention takes its scale "
+    "from q.shape[-1], which is e after the split.",
+    "01.softmax": "Subtract the largest score of each row, s.amax(dim=dim, keepdim=True), before exp; then divide "
+    "by the sum along the same dim (keepdim=True).",
+    "01.causal": "Query i may look at keys j <= i: torch.tril(torch.ones(n, n, dtype=torch.bool)), or compare "
+    "torch.arange(n) as a column with torch.arange(n) as a row.",
+})
+
+
+def reference_attention(q, k, v, mask=None, *, scale=True, axis=-1, fill="max_then_zero", use_mask=True):
+    """Attention as the lesson defines it, and the usual mistakes: fill="inf" (NaN rows), "max" (no zeroing:
+    a uniform average), axis=-2 (softmax over the queries), scale=False, use_mask=False or "inverted"."""
+    scores = torch.einsum("b h i e, b h j e -> b h i j", q, k)  # (b, h, i, j)
+    if scale:
+        scores = scores * q.shape[-1] ** -0.5
+    empty = None
+    if mask is not None and use_mask:
+        mask = mask if mask.ndim == 3 else rearrange(mask, "i j -> 1 i j")  # (b or 1, i, j)
+        mask = rearrange(mask, "b i j -> b 1 i j")  # (b or 1, 1, i, j)
+        if use_mask == "inverted":
+            mask = ~mask
+        scores = scores.masked_fill(~mask, float("-inf") if fill == "inf" else -torch.finfo(scores.dtype).max)
+        empty = ~mask.any(dim=-1, keepdim=True)  # (b or 1, 1, i, 1)
+    weights = scores.softmax(dim=axis)  # (b, h, i, j)
+    if empty is not None and fill == "max_then_zero":
+        weights = weights.masked_fill(empty, 0.0)
+    return torch.einsum("b h i j, b h j e -> b h i e", weights, v)  # (b, h, i, e)
+
+
+def _qkv(seed=0, b=2, h=2, i=3, j=5, e=4):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(b, h, n, e, generator=g) for n in (i, j, j))  # (b, h, i|j, e)
+    mask = torch.rand(b, i, j, generator=g) > 0.4  # (b, i, j)
+    mask[0, 1] = False  # a query that may look at nothing
+    mask[1, 0] = True  # one that may look at everything
+    mask[:, 2, 0] = True  # and rows that see something
+    return q, k, v, mask
+
+
+def _attention_mistakes(q, k, v, mask):
+    return [
+        Mistake("-inf fill", reference_attention(q, k, v, mask, fill="inf"),
+                "the query that may see nothing comes out as NaN: a -inf fill makes its softmax 0/0. Fill with "
+                "-torch.finfo(scores.dtype).max and then set the weights of rows whose mask is all False to 0."),
+        Mistake("-finfo.max fill", reference_attention(q, k, v, mask, fill="max"),
+                "the query that may see nothing gets a uniform average of every value (the look into the future of "
+                "the original code): after the softmax, set the weights of rows whose mask is all False to 0."),
+        Mistake("missing scale", reference_attention(q, k, v, mask, scale=False),
+                "the scores are not scaled: multiply q·k by e**-0.5, e = q.shape[-1], before the softmax."),
+        Mistake("softmax over the wrong axis", reference_attention(q, k, v, mask, axis=-2),
+                "the softmax runs over the queries (dim=-2); it must run over the keys, the last axis j."),
+        Mistake("mask ignored", reference_attention(q, k, v, mask, use_mask=False),
+                "the mask has no effect: fill the scores where the mask is False, before the softmax."),
+        Mistake("mask inverted", reference_attention(q, k, v, mask, use_mask="inverted"),
+                "the mask is used the wrong way round: True means 'may attend', so fill where the mask is False (~mask)."),
+    ]
+
+
+def check_attention(attention) -> None:
+    """Step 01.attention: `attention(q, k, v, mask=None)` with a (b, i, j) or (i, j) bool mask."""
+    q, k, v, mask = _qkv()
+    what = "your attention(q, k, v)"
+    got = run_learner(attention, q, k, v, what=what)
+    compare(got, reference_attention(q, k, v), what=what, mistakes=_attention_mistakes(q, k, v, None)[2:4])
+    what = "your attention(q, k, v, mask)"
+    got = run_learner(attention, q, k, v, mask, what=what)
+    compare(got, reference_attention(q, k, v, mask), what=what, mistakes=_attention_mistakes(q, k, v, mask))
+    what = "your attention(q, k, v, mask) with a 2-D (i, j) mask"
+    got = run_learner(attention, q, k, v, mask[0], what=what)
+    compare(got, reference_attention(q, k, v, mask[0]), what=what, mistakes=_attention_mistakes(q, k, v, mask[0]))
+    passed("attention is right, with and without a mask; the query that may see nothing gets exactly 0.")
+
+
+def check_heads(split_heads, merge_heads) -> None:
+    """Step 01.heads: `split_heads(x, heads)` (b, n, h*e) -> (b, h, n, e) and `merge_heads(x)`, its inverse."""
+    x = torch.randn(2, 5, 12, generator=torch.Generator().manual_seed(1))  # (b, n, h*e)
+    what = "your split_heads(x, 3)"
+    got = run_learner(split_heads, x, 3, what=what)
+    compare(got, rearrange(x, "b n (h e) -> b h n e", h=3), what=what, mistakes=[
+        Mistake("heads in the wrong order", rearrange(x, "b n (e h) -> b h n e", h=3),
+                "the heads are split in the wrong order: '(e h)' deals the width out like cards; write '(h e)' so "
+                "head 0 takes the first e numbers."),
+        Mistake("heads not moved", rearrange(x, "b n (h e) -> b n h e", h=3),
+                "the head axis stays after the tokens: the result must be (b, h, n, e), heads before tokens."),
+        Mistake("e taken as h", rearrange(x, "b n (h e) -> b h n e", e=3),
+                "there are 4 heads of width 3 instead of 3 heads of width 4: pass h=heads to rearrange, not e=heads."),
+    ])
+    split = rearrange(x, "b n (h e) -> b h n e", h=3)
+    what = "your merge_heads(split)"
+    got = run_learner(merge_heads, split, what=what)
+    compare(got, x, what=what, mistakes=[
+        Mistake("heads in the wrong order", rearrange(split, "b h n e -> b n (e h)"),
+                "the heads are merged in the wrong order: write '(h e)', the same as in split_heads."),
+    ])
+    passed("split_heads and merge_heads are right: head 2 of token 4 is numbers 8..11 of its width.")
+
+
+def reference_multi_head(x, context, to_q, to_k, to_v, heads, mask=None, *, order="h e", use_mask=True, scale=True):
+    split = lambda t, h: rearrange(t, f"b n ({order}) -> b h n e", h=h)  # noqa: E731
+    q, k, v = split(to_q(x), heads), split(to_k(context), heads), split(to_v(context), heads)  # (b, h, n|j, e)
+    out = reference_attention(q, k, v, mask, use_mask=use_mask, scale=scale)  # (b, h, n, e)
+    return rearrange(out, f"b h n e -> b n ({order})")  # (b, n, h*e)
+
+
+def check_multi_head(multi_head_attention) -> None:
+    """Step 01.multihead: `multi_head_attention(x, context, to_q, to_k, to_v, heads, mask=None)` -> (b, n, h*e)."""
+    torch.manual_seed(2)
+    x, context = torch.randn(2, 3, 8), torch.randn(2, 5, 8)  # (b, n, d), (b, j, d)
+    to_q, to_k, to_v = (torch.nn.Linear(8, 8, bias=False) for _ in range(3))
+    mask = _qkv()[3]  # (b, 3, 5), with a row that sees nothing
+    args = (x, context, to_q, to_k, to_v, 2, mask)
+    what = "your multi_head_attention(x, context, to_q, to_k, to_v, heads=2, mask)"
+    with torch.no_grad():
+        got = run_learner(multi_head_attention, *args, what=what)
+        compare(got, reference_multi_head(*args), what=what, mistakes=[
+            Mistake("heads in the wrong order", reference_multi_head(*args, order="e h"),
+                    "the heads are split (or merged) in the wrong order: use '(h e)' on both sides, as split_heads does."),
+            Mistake("one head", reference_multi_head(x, context, to_q, to_k, to_v, 1, mask),
+                    "this is one head of width 8, not 2 heads of width 4: split q, k and v with split_heads(..., heads) "
+                    "before attention."),
+            Mistake("mask ignored", reference_multi_head(*args, use_mask=False),
+                    "the mask has no effect: pass it on to attention(q, k, v, mask)."),
+            Mistake("missing scale", reference_multi_head(*args, scale=False),
+                    "the scores are not scaled: attention must multiply q·k by e**-0.5."),
+        ])
+    passed("multi_head_attention is right: 2 heads, each its own slice, merged back side by side.")
+
+
+def check_stable_softmax(stable_softmax) -> None:
+    """Step 01.softmax: `stable_softmax(s, dim=-1)` that never overflows."""
+    s = torch.tensor([[1000.0, 1001.0, 1002.0], [-5.0, 0.0, 5.0]])  # (2, 3)
+    what = "your stable_softmax(s)"
+    got = run_learner(stable_softmax, s, what=what)
+    compare(got, s.softmax(dim=-1), what=what, mistakes=[
+        Mistake("no max subtracted", s.exp() / s.exp().sum(dim=-1, keepdim=True),
+                "exp(1000) overflows to inf and inf/inf is NaN: subtract each row's max before exp."),
+        Mistake("max of the whole tensor", (s - s.max()).exp() / (s - s.max()).exp().sum(dim=-1, keepdim=True),
+                "the second row underflows to 0/0: subtract the max of each row (amax(dim=dim, keepdim=True)), not "
+                "of the whole tensor."),
+        Mistake("wrong axis", s.softmax(dim=0),
+                "the weights sum to 1 down the columns: take the max and the sum along `dim`, with keepdim=True."),
+    ])
+    what = "your stable_softmax(s, dim=0)"
+    compare(run_learner(stable_softmax, s.T, 0, what=what), s.T.softmax(dim=0), what=what)
+    passed("stable_softmax is right, and finite for scores around 1000.")
+
+
+def check_causal_mask(causal_mask) -> None:
+    """Step 01.causal: `causal_mask(n)`, (n, n) bool, True where key j <= query i."""
+    what = "your causal_mask(4)"
+    got = run_learner(causal_mask, 4, what=what)
+    want = torch.tril(torch.ones(4, 4, dtype=torch.bool))  # (n, n)
+    if isinstance(got, torch.Tensor) and got.dtype != torch.bool:
+        fail(f"{what} has dtype {got.dtype}: a mask is bool (True = may attend); add dtype=torch.bool or compare with <=.")
+    compare(got, want, what=what, mistakes=[
+        Mistake("transposed", want.T, "query 0 sees every key: that is the mask transposed; query i may see keys j <= i."),
+        Mistake("no diagonal", torch.tril(want, diagonal=-1),
+                "a query cannot see its own position: j <= i includes j == i, the diagonal."),
+    ])
+    compare(run_learner(causal_mask, 1, what="your causal_mask(1)"), torch.ones(1, 1, dtype=torch.bool), what="your causal_mask(1)")
+    passed("causal_mask is right: query i sees keys 0..i.")

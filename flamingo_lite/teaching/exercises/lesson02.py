@@ -1,0 +1,166 @@
+"""Lesson 02's checks: PerceiverAttention in three steps (queries, keys and values; the attention itself; the whole
+forward), and the two exercises on patches and on the image's share of the attention."""
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+
+import flamingo_lite as fl
+
+from . import Mistake, check_layer, compare, fail, passed, register_hints, run_learner
+
+register_hints({
+    "02.project": "Normalise x with layer.norm_media and the latents with layer.norm_latents; q = layer.to_q(latents "
+    "normalised); keys and values come from torch.cat((x normalised, latents normalised), dim=-2), the token axis, "
+    "features first, then layer.to_kv(...).chunk(2, dim=-1) gives k, v.",
+    "02.scores": "rearrange q, k, v with 'b t n (h e) -> b t h n e' (h=layer.heads); scores = einsum('b t h i e, "
+    "b t h j e -> b t h i j') * layer.scale; softmax(dim=-1), over the keys; einsum with v; then 'b t h L e -> b t L "
+    "(h e)' merges the heads.",
+    "02.forward": "forward is two of your functions and to_out: self.to_out(attend_latents(self, *project(self, x, "
+    "latents))).",
+    "02.unpatchify": "The pattern that cut the image was '(gh p1) (gw p2) c -> (gh gw) (p1 p2 c)'; swap its two "
+    "sides and pass gh, gw, p1=p, p2=p.",
+    "02.share": "weights[..., :n] are the weights on the media features; sum them over the last axis.",
+})
+
+
+def _inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 2, 6, 16, generator=g), torch.randn(2, 2, 3, 16, generator=g)  # (b, t, n, d), (b, t, L, d)
+
+
+def _layer(seed=0):
+    torch.manual_seed(seed)
+    return fl.PerceiverAttention(dim=16, dim_head=4, heads=2).eval()
+
+
+def reference_project(layer, x, latents, *, with_latents=True, norm_latents_in_kv=True, latents_first=False, swap=False):
+    """q, k, v of PerceiverAttention before the heads are split, and the usual mistakes."""
+    x_n, lat_n = layer.norm_media(x), layer.norm_latents(latents)  # (b, t, n, d), (b, t, L, d)
+    q = layer.to_q(lat_n)  # (b, t, L, h*e)
+    extra = lat_n if norm_latents_in_kv else latents  # (b, t, L, d)
+    kv_input = (torch.cat((extra, x_n), dim=-2) if latents_first else torch.cat((x_n, extra), dim=-2)) if with_latents else x_n
+    k, v = layer.to_kv(kv_input).chunk(2, dim=-1)  # 2 x (b, t, n+L, h*e)
+    return (q, v, k) if swap else (q, k, v)
+
+
+def reference_attend(layer, q, k, v, *, scale=True, axis=-1, order="h e", heads=None):
+    heads = layer.heads if heads is None else heads
+    qh, kh, vh = (rearrange(a, f"b t n ({order}) -> b t h n e", h=heads) for a in (q, k, v))  # (b, t, h, n, e)
+    scores = torch.einsum("b t h i e, b t h j e -> b t h i j", qh, kh)  # (b, t, h, L, n+L)
+    if scale:
+        scores = scores * (q.shape[-1] // heads) ** -0.5
+    out = torch.einsum("b t h i j, b t h j e -> b t h i e", scores.softmax(dim=axis), vh)  # (b, t, h, L, e)
+    return rearrange(out, f"b t h L e -> b t L ({order})")  # (b, t, L, h*e)
+
+
+_LATENTS_LEFT_OUT = ("the latents are left out of the keys/values: concatenate the normalised features and the "
+                     "normalised latents along the token axis (dim=-2) before to_kv, so the latents see each other too.")
+_NO_SCALE = "the scores are not scaled: multiply them by self.scale (dim_head**-0.5) before the softmax."
+_AXIS = "the softmax runs over the latents (dim=-2); it must run over the keys, the last axis (n+L)."
+_ORDER = "the heads are split in the wrong order: write '(h e)', not '(e h)', so head 0 takes the first e numbers."
+
+
+def check_project(project) -> None:
+    """Step 02.project: `project(layer, x, latents) -> (q, k, v)`, before the heads are split."""
+    layer, (x, latents) = _layer(), _inputs()
+    what = "your project(layer, x, latents)"
+    with torch.no_grad():
+        got = run_learner(project, layer, x, latents, what=what, advice={
+            "Sizes of tensors must match": "torch.cat joins the features and the latents along the token axis, dim=-2 "
+            "(they have the same width d, not the same count).",
+        })
+        if not isinstance(got, (tuple, list)) or len(got) != 3:
+            fail(f"{what} must return three tensors, q, k, v; it returned {type(got).__name__}.")
+        want = reference_project(layer, x, latents)
+        compare(got[0], want[0], what=f"{what}: q", mistakes=[
+            Mistake("q from the features", layer.to_q(layer.norm_media(x)),
+                    "q comes from the features; the queries are the latents: to_q(norm_latents(latents))."),
+            Mistake("latents not normalised", layer.to_q(latents), "q is made from the latents before norm_latents."),
+            Mistake("heads already split", rearrange(want[0], "b t n (h e) -> b t h n e", h=layer.heads),
+                    "q, k, v come back with the heads split: return them as (b, t, tokens, h*e); step 2 splits them."),
+        ])
+        named = [
+            ("latents left out", reference_project(layer, x, latents, with_latents=False), _LATENTS_LEFT_OUT),
+            ("latents not normalised", reference_project(layer, x, latents, norm_latents_in_kv=False),
+             "the latents go into the keys/values without norm_latents: concatenate the normalised latents."),
+            ("latents first", reference_project(layer, x, latents, latents_first=True),
+             "the latents come first among the keys: put the features first, torch.cat((x, latents), dim=-2), so "
+             "columns :n of the attention weights are the image (lesson 02 reads them that way)."),
+            ("k and v swapped", reference_project(layer, x, latents, swap=True),
+             "k and v are swapped: to_kv(...).chunk(2, dim=-1) gives the keys first, then the values."),
+        ]
+        for index, name in ((1, "k"), (2, "v")):
+            compare(got[index], want[index], what=f"{what}: {name}",
+                    mistakes=[Mistake(m, out[index], message) for m, out, message in named])
+    passed(f"project is right: q {tuple(want[0].shape)}, k and v {tuple(want[1].shape)} (n + L = 6 + 3 keys).")
+
+
+def check_attend(attend_latents) -> None:
+    """Step 02.scores: `attend_latents(layer, q, k, v) -> (b, t, L, h*e)`, heads split, attended and merged."""
+    layer, (x, latents) = _layer(), _inputs()
+    with torch.no_grad():
+        q, k, v = reference_project(layer, x, latents)
+        what = "your attend_latents(layer, q, k, v)"
+        got = run_learner(attend_latents, layer, q, k, v, what=what)
+        compare(got, reference_attend(layer, q, k, v), what=what, mistakes=[
+            Mistake("missing scale", reference_attend(layer, q, k, v, scale=False), _NO_SCALE),
+            Mistake("softmax over the wrong axis", reference_attend(layer, q, k, v, axis=-2), _AXIS),
+            Mistake("heads in the wrong order", reference_attend(layer, q, k, v, order="e h"), _ORDER),
+            Mistake("one head", reference_attend(layer, q, k, v, heads=1),
+                    "this is one head of width h*e: split q, k, v with h=layer.heads before the scores."),
+        ])
+    passed("attend_latents is right: every latent's weights sum to 1 over the n+L keys, in each head.")
+
+
+def _perceiver_mistakes(reference, x, latents):
+    def run(**flags):
+        project_flags = {k: flags.pop(k) for k in ("with_latents",) if k in flags}
+        return reference.to_out(reference_attend(reference, *reference_project(reference, x, latents, **project_flags), **flags))
+
+    return [
+        Mistake("latents left out", run(with_latents=False), _LATENTS_LEFT_OUT),
+        Mistake("missing scale", run(scale=False), _NO_SCALE),
+        Mistake("softmax over the wrong axis", run(axis=-2), _AXIS),
+        Mistake("heads in the wrong order", run(order="e h"), _ORDER),
+    ]
+
+
+def check_forward(layer_cls) -> None:
+    """Step 02.forward: `MyPerceiverAttention(dim=..., dim_head=..., heads=...)`'s forward, against the reference."""
+    what = f"your {layer_cls.__name__}"
+    learner = run_learner(layer_cls, dim=16, dim_head=4, heads=2, what=f"{layer_cls.__name__}(dim=16, dim_head=4, heads=2)")
+    check_layer(learner, fl.PerceiverAttention, what=what, mistakes=_perceiver_mistakes)
+
+
+def check_unpatchify(unpatchify, patches, img, grid, p) -> None:
+    """Exercise 1: `unpatchify(patches, grid, p)` inverts the patching."""
+    what = "your unpatchify(patches, grid, p)"
+    compare(run_learner(unpatchify, patches, grid, p, what=what), img, what=what, mistakes=[
+        Mistake("grid axes swapped", rearrange(patches, "(gw gh) (p1 p2 c) -> (gh p1) (gw p2) c", gh=grid[0], gw=grid[1],
+                                                p1=p, p2=p),
+                "the patches are read column by column: they are listed row by row, '(gh gw)'."),
+    ])
+    wide = torch.rand(2 * 3, 2 * 2 * 3, generator=torch.Generator().manual_seed(0))  # a 2 x 3 grid of 2 x 2 patches
+    what = "your unpatchify on a 2 x 3 grid of 2 x 2 patches"
+    want = rearrange(wide, "(gh gw) (p1 p2 c) -> (gh p1) (gw p2) c", gh=2, gw=3, p1=2, p2=2)  # (4, 6, 3)
+    compare(run_learner(unpatchify, wide, (2, 3), 2, what=what), want, what=what)
+    passed("unpatchify inverts the patching, for square and wide grids.")
+
+
+def check_media_share(media_share, weights, n, attention_layer, x, latents) -> None:
+    """Exercise 2: `media_share(weights, n)`, and patch weights / share = media-only attention."""
+    what = "your media_share(weights, n)"
+    got = run_learner(media_share, weights, n, what=what)
+    compare(got, weights[..., :n].sum(dim=-1), what=what, mistakes=[
+        Mistake("the latents' share", weights[..., n:].sum(dim=-1),
+                "that is the share of the latents: the media features are the first n columns, weights[..., :n]."),
+        Mistake("mean, not sum", weights[..., :n].mean(dim=-1), "a share is the sum of the weights on the media, not their mean."),
+    ])
+    layer = attention_layer
+    with torch.no_grad():
+        q = rearrange(layer.to_q(layer.norm_latents(latents)), "b t L (h e) -> b t h L e", h=layer.heads)
+        k = rearrange(layer.to_kv(layer.norm_media(x)).chunk(2, dim=-1)[0], "b t n (h e) -> b t h n e", h=layer.heads)
+        media_only = (torch.einsum("b t h i e, b t h j e -> b t h i j", q, k) * layer.scale).softmax(-1)
+    compare(weights[..., :n] / got[..., None], media_only, what="patch weights / your share")
+    passed("media_share is right: patch weights / share = media-only attention.")

@@ -1,0 +1,149 @@
+"""Lesson 03's checks: PerceiverResampler in three steps (the time embeddings, the residual layers, the whole
+forward with its final norm), and the two exercises (video resampling, counting the parameters)."""
+from __future__ import annotations
+
+import torch
+from einops import rearrange, repeat
+
+import flamingo_lite as fl
+
+from . import ExerciseFailed, Mistake, check_layer, compare, fail, passed, register_hints, run_learner
+
+register_hints({
+    "03.embed": "media_pos_emb[:t] has shape (t, 1, d): adding it to x (b, t, n, d) broadcasts embedding i onto "
+    "every feature of media i, in every sample. t = x.shape[1].",
+    "03.layers": "for attn, ff in layers: z = attn(x, z) + z, then z = ff(z) + z. Each block computes an update; "
+    "the residual adds it to what z already was.",
+    "03.forward": "A (b, n, d) input is one media: rearrange it to (b, 1, n, d). Then x = add_time_embeddings(x, "
+    "self.media_pos_emb), z = repeat(self.latents, 'L d -> b t L d', b=b, t=t), z = resampler_layers(self.layers, "
+    "x, z), and return self.norm(z).",
+    "03.video": "Add media_pos_emb[:T] to the frames first (that is what the embeddings are for in the paper), then "
+    "flatten the frames into one media, 'b T S d -> b 1 (T S) d', and run the latents over it as forward does.",
+    "03.count": "A LayerNorm of width d has 2d parameters; a Linear(a, b, bias=False) has a*b. An attention has two "
+    "LayerNorms, to_q (d -> h*e), to_kv (d -> 2*h*e) and to_out (h*e -> d); a feed-forward a LayerNorm and two "
+    "linears through int(d*ff_mult) hidden units. Add the latents, the time embeddings and the final norm.",
+})
+
+
+def reference_embed(x, media_pos_emb, *, mode="right"):
+    t = x.shape[1]
+    if mode == "forgotten":
+        return x
+    if mode == "first":
+        return x + media_pos_emb[:1]  # every media gets embedding 0
+    if mode == "from 1":
+        return x + media_pos_emb[1 : t + 1]  # media numbered from 1 into a 0-based table
+    return x + media_pos_emb[:t]  # (b, t, n, d)
+
+
+def check_time_embeddings(add_time_embeddings) -> None:
+    """Step 03.embed: `add_time_embeddings(x, media_pos_emb)`, (b, t, n, d) + (T, 1, d) -> (b, t, n, d)."""
+    g = torch.Generator().manual_seed(0)
+    x, table = torch.randn(2, 3, 5, 8, generator=g), torch.randn(4, 1, 8, generator=g)  # (b, t, n, d), (T, 1, d)
+    what = "your add_time_embeddings(x, media_pos_emb)"
+    got = run_learner(add_time_embeddings, x, table, what=what)
+    compare(got, reference_embed(x, table), what=what, mistakes=[
+        Mistake("time embeddings forgotten", reference_embed(x, table, mode="forgotten"),
+                "nothing was added: the time embeddings are forgotten; add media_pos_emb[:t]."),
+        Mistake("one embedding for all", reference_embed(x, table, mode="first"),
+                "every media got embedding 0: media i needs embedding i, media_pos_emb[:t]."),
+        Mistake("media numbered from 1", reference_embed(x, table, mode="from 1"),
+                "media 0 got embedding 1: the table is indexed from 0, media_pos_emb[:t], not [1:t+1]."),
+    ])
+    passed("add_time_embeddings is right: media i got embedding i on every feature.")
+
+
+def reference_layers(layers, x, z, *, attn_residual=True, ff_residual=True):
+    for attn, ff in layers:
+        z = attn(x, z) + z if attn_residual else attn(x, z)  # (b, t, L, d)
+        z = ff(z) + z if ff_residual else ff(z)  # (b, t, L, d)
+    return z
+
+
+_NO_ATTN_RESIDUAL = "the attention's output replaces the latents: add it to them, z = attn(x, z) + z (the residual)."
+_NO_FF_RESIDUAL = "the feed-forward's output replaces the latents: add it to them, z = ff(z) + z (the residual)."
+
+
+def check_layers(resampler_layers) -> None:
+    """Step 03.layers: `resampler_layers(layers, x, z)`, depth x [attention, feed-forward], both residual."""
+    torch.manual_seed(1)
+    layers = fl.PerceiverResampler(dim=16, depth=2, dim_head=4, heads=2, num_latents=3).layers.eval()
+    g = torch.Generator().manual_seed(2)
+    x, z = torch.randn(2, 2, 5, 16, generator=g), torch.randn(2, 2, 3, 16, generator=g)  # (b, t, n, d), (b, t, L, d)
+    what = "your resampler_layers(layers, x, z)"
+    with torch.no_grad():
+        got = run_learner(resampler_layers, layers, x, z.clone(), what=what)
+        compare(got, reference_layers(layers, x, z), what=what, mistakes=[
+            Mistake("missing residual (attention)", reference_layers(layers, x, z, attn_residual=False), _NO_ATTN_RESIDUAL),
+            Mistake("missing residual (feed-forward)", reference_layers(layers, x, z, ff_residual=False), _NO_FF_RESIDUAL),
+            Mistake("no residual at all", reference_layers(layers, x, z, attn_residual=False, ff_residual=False),
+                    "neither block is residual: z = attn(x, z) + z and z = ff(z) + z."),
+            Mistake("one layer", reference_layers(layers[:1], x, z), "only the first layer ran: loop over every layer."),
+        ])
+    passed("resampler_layers is right: two layers, each adding its update to the latents.")
+
+
+def _resampler_mistakes(reference, x):
+    if x.ndim == 3:
+        x = rearrange(x, "b n d -> b 1 n d")  # (b, 1, n, d)
+    b, t = x.shape[:2]
+    z = repeat(reference.latents, "L d -> b t L d", b=b, t=t)  # (b, t, L, d)
+    with_emb = x + reference.media_pos_emb[:t]  # (b, t, n, d)
+    return [
+        Mistake("time embeddings forgotten", reference.norm(reference_layers(reference.layers, x, z)),
+                "the time embeddings are forgotten: add self.media_pos_emb[:t] to x before the layers."),
+        Mistake("missing final norm", reference_layers(reference.layers, with_emb, z),
+                "the final norm is missing: return self.norm(z)."),
+        Mistake("missing residual (attention)", reference.norm(reference_layers(reference.layers, with_emb, z, attn_residual=False)),
+                _NO_ATTN_RESIDUAL),
+        Mistake("missing residual (feed-forward)", reference.norm(reference_layers(reference.layers, with_emb, z, ff_residual=False)),
+                _NO_FF_RESIDUAL),
+    ]
+
+
+def check_forward(resampler_cls) -> None:
+    """Step 03.forward: `MyPerceiverResampler(...)`'s forward, on (b, t, n, d) and on (b, n, d) input."""
+    kwargs = dict(dim=16, depth=2, dim_head=4, heads=2, num_latents=3)
+    learner = run_learner(resampler_cls, **kwargs, what=f"{resampler_cls.__name__}(dim=16, depth=2, ...)")
+    what = f"your {resampler_cls.__name__}"
+    check_layer(learner, fl.PerceiverResampler, what=what, mistakes=_resampler_mistakes)
+    one = (torch.randn(2, 6, 16, generator=torch.Generator().manual_seed(3)),)  # (b, n, d): one media each
+    try:
+        check_layer(learner, fl.PerceiverResampler, one, what=f"{what} on a (b, n, d) input", mistakes=_resampler_mistakes)
+    except ExerciseFailed as failed:
+        if " raised " not in str(failed):
+            raise
+        fail(f"{str(failed).rstrip('.')}; a (b, n, d) input is one media per sample: rearrange it to (b, 1, n, d) "
+             "first, when x.ndim == 3.")
+
+
+def check_video(resample_video, resampler) -> None:
+    """Exercise 1: `resample_video(resampler, frames)`, (b, T, S, d) -> (b, 1, L, d)."""
+    video = torch.randn(2, 3, 7, resampler.latents.shape[1], generator=torch.Generator().manual_seed(5))  # (b, T, S, d)
+    what = "your resample_video(resampler, frames)"
+    with torch.no_grad():
+        got = run_learner(resample_video, resampler, video, what=what)
+        flat = rearrange(video + resampler.media_pos_emb[:3], "b T S d -> b 1 (T S) d")  # (b, 1, T*S, d)
+        want = resampler(flat - resampler.media_pos_emb[0])  # the forward adds embedding 0 to its single media
+        compare(got, want, what=what, mistakes=[
+            Mistake("time embeddings forgotten", resampler(rearrange(video, "b T S d -> b 1 (T S) d") - resampler.media_pos_emb[0]),
+                    "the frames got no time embeddings: add media_pos_emb[:T] before flattening, so their order matters."),
+            Mistake("frames as separate media", resampler(video),
+                    "each frame got its own latents: flatten the frames into one media, 'b T S d -> b 1 (T S) d'."),
+        ])
+    passed("resample_video turns 3 frames x 7 features into one media of latents for the whole video.")
+
+
+def check_param_count(resampler_param_count) -> None:
+    """Exercise 2: `resampler_param_count(...)` equals the module's count for three sizes."""
+    for cfg in [
+        dict(dim=32, depth=2, dim_head=16, heads=2, num_latents=64, num_media_embeds=4, ff_mult=4),
+        dict(dim=24, depth=3, dim_head=8, heads=4, num_latents=5, num_media_embeds=2, ff_mult=2),
+        dict(dim=16, depth=0, dim_head=4, heads=1, num_latents=3, num_media_embeds=1, ff_mult=4),
+    ]:
+        actual = sum(p.numel() for p in fl.PerceiverResampler(**cfg).parameters())
+        got = run_learner(resampler_param_count, **cfg, what=f"your resampler_param_count(**{cfg})")
+        if got != actual:
+            fail(f"for {cfg} you counted {got}, the module has {actual} (off by {got - actual}): print "
+                 "[(n, p.numel()) for n, p in fl.PerceiverResampler(**cfg).named_parameters()] to see each part.")
+    passed("resampler_param_count matches the module for three sizes.")

@@ -1,0 +1,185 @@
+"""Checks for lesson 06: the learner writes `GatedCrossAttentionBlock.forward`, then three exercises about its gates.
+
+Each check runs the learner's code on a small input, compares it with the answer computed from the reference's
+own sub-layers, and when it differs, with the usual mistakes computed on the same input (gates without tanh, a
+residual missing, the feed-forward fed the block's input instead of the cross-attention's output, the two gates
+swapped), so the verdict names the mistake.
+"""
+from __future__ import annotations
+
+import torch
+
+from ... import masks
+from ...gated import GatedCrossAttentionBlock
+from . import Mistake, compare, fail, passed, register_hints, run_learner
+
+DIM, HEADS, DIM_HEAD = 16, 2, 8
+ATTN_GATE, FF_GATE = 0.7, -0.4  # opened, different, and tanh(g) far from g: every mistake gives other numbers
+
+register_hints({
+    "06.forward": "Two lines, each `x = x + <gate> * <layer>(...)`: first the cross-attention `self.attn(x, media, "
+                  "media_locations)` times `self.attn_gate.tanh()`, then `self.ff(x)` on that new x times "
+                  "`self.ff_gate.tanh()`. Keep the `x +` in both: the block adds to the text stream.",
+    "06.slope": "d/da tanh(a) = 1 - tanh(a)^2: take `alpha.tanh()` and square it.",
+    "06.who_learns": "`block.zero_grad()`, then `block(*inputs).pow(2).mean().backward()`, then keep the names from "
+                     "`block.named_parameters()` whose `p.grad` is not None and has a value that is not 0.",
+    "06.gate_gradient": "With both gates at 0: z = x, so dL/dz = 2 * (x - target) / x.numel(); and dz/d attn_gate = "
+                        "block.attn(x, media, media_locations). Multiply them and `.sum()`.",
+})
+
+
+def example_inputs(seed: int = 0):
+    """The sentence of lessons 04-06 with random vectors: (x (1, 11, d), media (1, 2, 3, d), media_locations (1, 11))."""
+    generator = torch.Generator().manual_seed(seed)
+    tokens = "a photo of <image> a red circle <image> a blue square".split()
+    media_locations = masks.media_locations_from_tokens(tokens).unsqueeze(0)  # (1, n)
+    x = torch.randn(1, len(tokens), DIM, generator=generator)  # (1, n, d)
+    media = torch.randn(1, 2, 3, DIM, generator=generator)  # (1, t, m, d)
+    return x, media, media_locations
+
+
+def _opened_reference(only_attend_immediate_media: bool = True) -> GatedCrossAttentionBlock:
+    torch.manual_seed(1)
+    reference = GatedCrossAttentionBlock(dim=DIM, dim_head=DIM_HEAD, heads=HEADS,
+                                         only_attend_immediate_media=only_attend_immediate_media)
+    with torch.no_grad():
+        reference.attn_gate.fill_(ATTN_GATE)
+        reference.ff_gate.fill_(FF_GATE)
+    return reference
+
+
+def _variants(reference, x, media, media_locations) -> dict:
+    """The right output and the usual mistakes', from the reference's own sub-layers (b, n, d) each."""
+    a, f = reference.attn_gate, reference.ff_gate
+    attn, ff = reference.attn, reference.ff
+    xattn = attn(x, media, media_locations)  # (b, n, d)
+    y = x + a.tanh() * xattn  # (b, n, d)
+    out = {"right": y + f.tanh() * ff(y)}
+    y_raw = x + a * xattn
+    out["no tanh"] = y_raw + f * ff(y_raw)
+    out["no tanh on attn_gate"] = y_raw + f.tanh() * ff(y_raw)
+    out["no tanh on ff_gate"] = y + f * ff(y)
+    y0 = a.tanh() * xattn
+    out["no first residual"] = y0 + f.tanh() * ff(y0)
+    out["no second residual"] = f.tanh() * ff(y)
+    out["no residuals"] = f.tanh() * ff(y0)
+    out["ff on x"] = y + f.tanh() * ff(x)
+    ys = x + f.tanh() * xattn
+    out["gates swapped"] = ys + a.tanh() * ff(ys)
+    yn = x + xattn
+    out["no gates"] = yn + ff(yn)
+    ya = x + a.tanh() * attn(x, media, None)
+    out["no media_locations"] = ya + f.tanh() * ff(ya)
+    return out
+
+
+MESSAGES = {
+    "no tanh": "the gates are used without tanh: multiply by `self.attn_gate.tanh()` and `self.ff_gate.tanh()`, "
+               "not by the raw parameters.",
+    "no tanh on attn_gate": "the cross-attention's gate is used without tanh: multiply by `self.attn_gate.tanh()`.",
+    "no tanh on ff_gate": "the feed-forward's gate is used without tanh: multiply by `self.ff_gate.tanh()`.",
+    "no first residual": "the first residual is missing: the cross-attention line must be `x = x + ...`, adding to "
+                         "the text stream instead of replacing it.",
+    "no second residual": "the second residual is missing: the feed-forward line must be `x = x + ...`.",
+    "no residuals": "both residuals are missing: each line must add to x (`x = x + ...`), not replace it.",
+    "ff on x": "the feed-forward reads the block's input: it must read x after the cross-attention was added "
+               "(the two lines run one after the other, not side by side).",
+    "gates swapped": "the two gates are swapped: `attn_gate` scales the cross-attention, `ff_gate` the feed-forward.",
+    "no gates": "the gates are missing: multiply each layer's output by tanh of its gate before adding it.",
+    "no media_locations": "the cross-attention was called without media_locations, so every word sees every "
+                          "picture: pass them on, `self.attn(x, media, media_locations)`.",
+}
+
+
+def check_forward(block_class) -> None:
+    """Step "06.forward": the learner's block, with the reference's weights and opened gates, on both modes."""
+    x, media, media_locations = example_inputs()
+    for mode in (True, False):
+        reference = _opened_reference(mode)
+        mine = run_learner(block_class, dim=DIM, dim_head=DIM_HEAD, heads=HEADS, only_attend_immediate_media=mode,
+                           what="building your block")
+        try:
+            mine.load_state_dict(reference.state_dict())
+        except RuntimeError as error:
+            fail(f"your block's parameters are not the reference's (attn, attn_gate, ff, ff_gate): "
+                 f"{str(error).splitlines()[0]}")
+        with torch.no_grad():
+            got = run_learner(mine, x, media, media_locations, what="your block's forward")
+            variants = _variants(reference, x, media, media_locations)
+        mistakes = [Mistake(name, variants[name], MESSAGES[name]) for name in MESSAGES]
+        compare(got, variants["right"], what=f"your block (gates opened to {ATTN_GATE} and {FF_GATE})", mistakes=mistakes)
+    closed = run_learner(block_class, dim=DIM, dim_head=DIM_HEAD, heads=HEADS, what="building your block")
+    with torch.no_grad():
+        start = run_learner(closed, x, media, media_locations, what="your block's forward")
+    if not torch.equal(start, x):
+        fail("with both gates at 0 your block does not return x bit for bit: the gates must multiply each layer's "
+             "output (tanh(0) = 0), and nothing else may be added.")
+    passed("your GatedCrossAttentionBlock.forward matches the reference in both modes, and is the identity with "
+           "closed gates.")
+
+
+def check_tanh_slope(tanh_slope) -> None:
+    """Exercise "06.slope"."""
+    alpha = torch.tensor([-3.0, -0.5, 0.0, 0.25, 2.0], requires_grad=True)
+    alpha.tanh().sum().backward()
+    a = alpha.detach()
+    got = run_learner(tanh_slope, a.clone(), what="your tanh_slope(alpha)")
+    mistakes = [
+        Mistake("no tanh", 1 - a**2, "this is 1 - alpha^2: the slope is 1 - tanh(alpha)^2, square `alpha.tanh()`."),
+        Mistake("tanh itself", a.tanh(), "this is tanh(alpha) itself, not its slope 1 - tanh(alpha)^2."),
+        Mistake("no square", 1 - a.tanh(), "the square is missing: the slope is 1 - tanh(alpha)**2."),
+    ]
+    compare(got, alpha.grad, what="your tanh_slope", mistakes=mistakes, atol=1e-6)
+    passed("tanh_slope is right: at alpha = 0 the slope is exactly 1.")
+
+
+def check_params_with_gradient(params_with_gradient, block_class) -> list:
+    """Exercise "06.who_learns": at the start only the gates; with the attention gate open, the attention too."""
+    inputs = example_inputs()
+    torch.manual_seed(0)
+    fresh = block_class(dim=DIM, dim_head=DIM_HEAD, heads=HEADS)
+    got = run_learner(params_with_gradient, fresh, inputs, what="your params_with_gradient(block, inputs)")
+    if not isinstance(got, (list, tuple)):
+        fail(f"params_with_gradient returned a {type(got).__name__}: return a sorted list of parameter names.")
+    got = list(got)
+    if got == sorted(n for n, _ in fresh.named_parameters()):
+        fail("every parameter is listed: keep only those whose gradient is not all zeros "
+             "(`p.grad is not None and (p.grad != 0).any()`).")
+    if got != ["attn_gate", "ff_gate"]:
+        fail(f"with closed gates the answer is ['attn_gate', 'ff_gate'], yours is {got}: did you clear the gradients "
+             "first and run backward on `block(*inputs).pow(2).mean()`?")
+    with torch.no_grad():
+        fresh.attn_gate.fill_(0.5)
+    opened = list(run_learner(params_with_gradient, fresh, inputs, what="your params_with_gradient(block, inputs)"))
+    if "attn.to_q.weight" not in opened:
+        fail("with attn_gate opened, the cross-attention's weights must get a gradient too: does your function run a "
+             "new forward and backward pass each time?")
+    if "ff.1.weight" in opened:
+        fail("with ff_gate still closed, ff.1.weight must have no gradient: clear the old gradients "
+             "(`block.zero_grad()`) before the backward pass.")
+    if opened != sorted(opened):
+        fail("the names are right but not sorted: return `sorted(...)`.")
+    passed(f"params_with_gradient is right: with attn_gate opened, {len(opened)} parameters learn.")
+    return opened
+
+
+def check_attn_gate_gradient(attn_gate_gradient, block_class) -> tuple:
+    """Exercise "06.gate_gradient": the chain rule by hand against autograd."""
+    inputs = example_inputs()
+    torch.manual_seed(0)
+    closed = block_class(dim=DIM, dim_head=DIM_HEAD, heads=HEADS)
+    goal = torch.randn(inputs[0].shape, generator=torch.Generator().manual_seed(5))  # (b, n, d)
+    (closed(*inputs) - goal).pow(2).mean().backward()
+    want = closed.attn_gate.grad.reshape(())  # ()
+    got = run_learner(attn_gate_gradient, closed, inputs, goal, what="your attn_gate_gradient(block, inputs, target)")
+    got = torch.as_tensor(got, dtype=torch.float32).reshape(-1)
+    if got.numel() != 1:
+        fail(f"attn_gate_gradient returned {got.numel()} numbers: sum over every number to get one.")
+    mistakes = [
+        Mistake("sign", -want, "the sign is flipped: dL/dz = 2 * (z - target) / N, with z = x."),
+        Mistake("no mean", want * inputs[0].numel(), "the 1/N of the mean is missing: divide by x.numel()."),
+        Mistake("no 2", want / 2, "the factor 2 of the square's derivative is missing."),
+    ]
+    compare(got.reshape(()), want, what="your attn_gate_gradient", mistakes=mistakes, atol=1e-7, rtol=1e-4)
+    passed(f"attn_gate_gradient is right: by hand {float(got):.4f}, autograd {want.item():.4f}")
+    return float(got), want.item()

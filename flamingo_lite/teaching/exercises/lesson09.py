@@ -1,0 +1,160 @@
+"""Checks for lesson 09: the learner writes the segment-view cross-attention's forward, then two counting exercises.
+
+The layer is checked with the reference's weights on a batch with every awkward case (text before the first
+image, a marker at position 0, two markers in a row, a media without a marker), against the usual mistakes
+computed on the same input: media numbered from 0 (each segment reading the next image), text before the first
+image left attending to the first image, the softmax over the wrong axis, the scale forgotten, all previous media.
+"""
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+
+from ... import masks
+from ...cross_attention import MaskedCrossAttention
+from . import Mistake, compare, fail, passed, register_hints, run_learner
+
+DIM, HEADS, DIM_HEAD = 16, 2, 8
+
+register_hints({
+    "09.segments": "For each row and each text time k_time in 1..t: `tokens = (times[row] == k_time).nonzero()"
+                   ".flatten()`; skip it when empty; the segment's image is media k_time - 1 (text time counts from 1, "
+                   "media indices from 0); `softmax(q_seg @ k_segᵀ * scale, dim=-1)` over the image's m latents, then "
+                   "`@ v_seg`. Tokens with text time 0 keep their zeros.",
+    "09.lengths": "`masks.text_time(media_locations)` gives (b, n); compare it with `torch.arange(1, t + 1)` on a new "
+                  "last axis and count along the tokens: `(times[..., None] == arange).sum(dim=1)`.",
+    "09.scores": "The mask view scores every token against every latent: b * heads * n * t * m. The segment view "
+                 "only the tokens that see an image, each against m latents: heads * m * (tokens with text time >= 1).",
+})
+
+
+def example_inputs(seed: int = 0):
+    """x (2, 12, d), media (2, 4, 3, d), media_locations (2, 12): the lesson's awkward rows, plus a 4th media that
+    no marker points at."""
+    generator = torch.Generator().manual_seed(seed)
+    media_locations = torch.zeros(2, 12, dtype=torch.bool)  # (b, n)
+    media_locations[0, [2, 6, 9]] = True
+    media_locations[1, [0, 1, 7]] = True
+    x = torch.randn(2, 12, DIM, generator=generator)  # (b, n, d)
+    media = torch.randn(2, 4, 3, DIM, generator=generator)  # (b, t, m, d)
+    return x, media, media_locations
+
+
+def segment_reference(layer, x, media, media_locations, *, media_offset=1, blind_sees_first=False, softmax_dim=-1,
+                      scaled=True, all_previous=False, blind_zero=False,
+                      normed=True, projected=True):
+    """The segment view with the usual mistakes as switches: (b, n, d). `media_offset=1` is right (text time k reads
+    media k-1); 0 is "media numbered from 0" (text time k reads media k, and text time 0 reads media 0)."""
+    q = rearrange(layer.to_q(layer.norm(x) if normed else x), "b n (h e) -> b h n e", h=layer.heads)  # (b, h, n, e)
+    k, v = layer.to_kv(media).chunk(2, dim=-1)  # 2 x (b, t, m, h*e)
+    k = rearrange(k, "b t m (h e) -> b h t m e", h=layer.heads)  # (b, h, t, m, e)
+    v = rearrange(v, "b t m (h e) -> b h t m e", h=layer.heads)  # (b, h, t, m, e)
+    scale = layer.scale if scaled else 1.0
+    times = masks.text_time(media_locations)  # (b, n)
+    out = torch.zeros_like(q)  # (b, h, n, e)
+    num_media = media.shape[1]
+    for row in range(x.shape[0]):
+        for k_time in range(0, num_media + 1):
+            tokens = (times[row] == k_time).nonzero().flatten()  # (s,)
+            index = k_time - media_offset
+            if k_time == 0:
+                if not (blind_sees_first or (media_offset == 0 and not blind_zero)):
+                    continue  # text before the first image sees nothing
+                index = 0
+            if len(tokens) == 0 or not 0 <= index < num_media:
+                continue
+            if all_previous:
+                k_seg = rearrange(k[row, :, : index + 1], "h t m e -> h (t m) e")  # (h, t'*m, e)
+                v_seg = rearrange(v[row, :, : index + 1], "h t m e -> h (t m) e")  # (h, t'*m, e)
+            else:
+                k_seg, v_seg = k[row, :, index], v[row, :, index]  # (h, m, e)
+            scores = q[row, :, tokens] @ k_seg.transpose(-1, -2) * scale  # (h, s, m)
+            out[row, :, tokens] = scores.softmax(dim=softmax_dim) @ v_seg  # (h, s, e)
+    out = rearrange(out, "b h n e -> b n (h e)")  # (b, n, h*e)
+    return layer.to_out(out) if projected else out  # (b, n, d)
+
+
+NUMBERED_FROM_0 = ("media are numbered from 0: a token with text time k belongs to media k - 1 (text time counts "
+                   "the markers from 1, the media axis from 0), and text time 0 reads no media at all.")
+
+
+def check_segment_layer(layer_class) -> None:
+    """Step "09.segments": the learner's segment-view layer with the reference's weights."""
+    x, media, media_locations = example_inputs()
+    torch.manual_seed(3)
+    reference = MaskedCrossAttention(dim=DIM, dim_head=DIM_HEAD, heads=HEADS)
+    mine = run_learner(layer_class, dim=DIM, dim_head=DIM_HEAD, heads=HEADS, what="building your layer")
+    try:
+        mine.load_state_dict(reference.state_dict())
+    except RuntimeError as error:
+        fail(f"your layer's parameters are not the reference's (norm, to_q, to_kv, to_out): {str(error).splitlines()[0]}")
+    try:
+        with torch.no_grad():
+            got = mine(x, media, media_locations)
+    except IndexError as error:
+        fail(f"your forward indexed past the last media ({str(error).splitlines()[0]}): {NUMBERED_FROM_0}")
+    except Exception:  # the learner's own error (or the stub), reported in their words
+        with torch.no_grad():
+            got = run_learner(mine, x, media, media_locations, what="your layer's forward")
+    with torch.no_grad():
+        want = reference(x, media, media_locations)  # (b, n, d)
+        ref = lambda **kw: segment_reference(reference, x, media, media_locations, **kw)  # noqa: E731
+        mistakes = [
+            Mistake("numbered from 0", ref(media_offset=0), NUMBERED_FROM_0),
+            Mistake("numbered from 0, blind zero", ref(media_offset=0, blind_zero=True), NUMBERED_FROM_0),
+            Mistake("blind sees first", ref(blind_sees_first=True),
+                    "text before the first image attends to the first image: tokens with text time 0 must stay 0."),
+            Mistake("softmax axis", ref(softmax_dim=-2),
+                    "the softmax runs over the segment's tokens: each token's weights must sum to 1 over the image's "
+                    "latents (dim=-1)."),
+            Mistake("no scale", ref(scaled=False), "the scores are not scaled: multiply them by self.scale (1/sqrt(e))."),
+            Mistake("no norm", ref(normed=False), "the text is not normalised: the queries come from "
+                    "`self.to_q(self.norm(x))`."),
+            Mistake("no to_out", ref(projected=False), "the heads' outputs are returned as they are: merge the heads "
+                    "and pass them through `self.to_out`."),
+            Mistake("all previous", ref(all_previous=True),
+                    "each segment attends to every image up to its own: in the immediate mode it reads only its own."),
+        ]
+    compare(got, want, what="your segment layer", mistakes=mistakes)
+    passed("your segment-view layer matches flamingo_lite.MaskedCrossAttention, text before the first image and a "
+           "media without a marker included.")
+
+
+def check_segment_lengths(segment_lengths, media_locations, num_media) -> torch.Tensor:
+    """Exercise "09.lengths" on the lesson's batch and on one marker for three media."""
+    got = run_learner(segment_lengths, media_locations, num_media, what="your segment_lengths(media_locations, num_media)")
+    times = masks.text_time(media_locations)  # (b, n)
+    want = masks.text_to_media_mask(times, num_media, True).sum(dim=1)  # (b, t)
+    from_0 = (times[..., None] == torch.arange(num_media, device=times.device)).sum(dim=1)  # (b, t)
+    compare(got, want, what="your segment_lengths", mistakes=[Mistake("numbered from 0", from_0, NUMBERED_FROM_0)])
+    if got.dtype != torch.long:
+        fail(f"segment_lengths returned {got.dtype}: counts are a long tensor (`.sum()` of a bool tensor gives one).")
+    one_marker = torch.zeros(1, 6, dtype=torch.bool, device=media_locations.device)  # (1, n): one marker, three media
+    one_marker[0, 2] = True
+    other = run_learner(segment_lengths, one_marker, 3, what="your segment_lengths(one marker, 3 media)")
+    compare(other, torch.tensor([[4, 0, 0]]), what="segment_lengths for one marker and three media (a media without a "
+            "marker has length 0)")
+    passed("segment_lengths is right.")
+    return got
+
+
+def check_scores_computed(scores_computed, media_locations, num_media, num_latents, heads) -> None:
+    """Exercise "09.scores": both views, against the lesson's tensors and a large batch."""
+    b, n = media_locations.shape
+    seeing = int((~masks.rows_without_media(media_locations)).sum())
+    cases = [((media_locations, num_media, num_latents, heads, "mask"), b * heads * n * num_media * num_latents),
+             ((media_locations, num_media, num_latents, heads, "segments"), heads * num_latents * seeing)]
+    big = torch.zeros(2, 1024, dtype=torch.bool)
+    big[:, ::256] = True
+    cases += [((big, 4, 64, 8, "mask"), 2 * 8 * 1024 * 4 * 64), ((big, 4, 64, 8, "segments"), 8 * 64 * 2 * 1024)]
+    for args, want in cases:
+        got = run_learner(scores_computed, *args, what=f"your scores_computed(..., view={args[-1]!r})")
+        got = int(got) if isinstance(got, torch.Tensor) and got.numel() == 1 else got
+        if got == want:
+            continue
+        if args[-1] == "segments" and got == args[3] * args[2] * args[0].numel():
+            fail("the segment view counts text before the first image: those tokens compute no scores at all.")
+        if args[-1] == "segments" and got == args[2] * seeing:
+            fail("the heads are missing: every head computes its own scores.")
+        fail(f"scores_computed(..., view={args[-1]!r}) should be {want}, yours is {got!r}.")
+    passed("scores_computed is right: the segment view computes exactly the scores the mask keeps.")

@@ -1,0 +1,459 @@
+"""Mutation tests of lessons 01-05's checks. For every step: the check fails on the stub with a message, passes
+with a right implementation, and for each named mistake, fails on code that makes it with a message naming it.
+
+The wrong implementations here are written as a learner would write them (one flag per bug), independently of
+the lesson modules' own answers."""
+from __future__ import annotations
+
+import pytest
+import torch
+from einops import rearrange, repeat
+from torch import nn
+
+import flamingo_lite as fl
+from flamingo_lite import masks
+from flamingo_lite.teaching.exercises import ExerciseFailed, hint
+from flamingo_lite.teaching.exercises import lesson01, lesson02, lesson03, lesson04, lesson05
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError("Your turn: write this part (see the exercise above), then run the check below")
+
+
+def fails_with(check, *args, match):
+    with pytest.raises(ExerciseFailed, match=match) as caught:
+        check(*args)
+    message = str(caught.value)
+    assert message and "\n" not in message.strip() or "Missing" in message  # one sentence (state-dict lists aside)
+    return message
+
+
+def passes(check, *args, capsys=None):
+    check(*args)
+
+
+# ------------------------------------------------------------------------------------------------------------ 01
+
+
+def attention(q, k, v, mask=None, bug=None):
+    scores = torch.einsum("b h i e, b h j e -> b h i j", q, k)  # (b, h, i, j)
+    if bug != "scale":
+        scores = scores / q.shape[-1] ** 0.5
+    if mask is not None:
+        if mask.ndim == 2:
+            mask = mask[None]
+        mask = mask[:, None]  # (b, 1, i, j)
+        fill = float("-inf") if bug == "inf" else -torch.finfo(scores.dtype).max
+        if bug == "inverted":
+            mask = ~mask
+        if bug != "ignored":
+            scores = scores.masked_fill(~mask, fill)
+    weights = scores.softmax(dim=-2 if bug == "axis" else -1)
+    if mask is not None and bug not in ("inf", "max", "ignored"):
+        weights = weights * mask.any(-1, keepdim=True)
+    return weights @ v  # (b, h, i, e)
+
+
+@pytest.mark.parametrize("bug, named", [
+    ("inf", "NaN"), ("max", "uniform average of every value"), ("scale", "not scaled"),
+    ("axis", "over the queries"), ("ignored", "mask has no effect"), ("inverted", "wrong way round"),
+])
+def test_01_attention_mistakes(bug, named):
+    fails_with(lesson01.check_attention, lambda *a: attention(*a, bug=bug), match=named)
+
+
+def test_01_attention_stub_and_solution(capsys):
+    fails_with(lesson01.check_attention, stub, match="not written yet")
+    lesson01.check_attention(attention)
+    assert capsys.readouterr().out.startswith("OK")
+
+
+def split(x, heads, bug=None):
+    return rearrange(x, "b n (e h) -> b h n e" if bug == "order" else "b n (h e) -> b h n e", h=heads)
+
+
+def merge(x, bug=None):
+    return rearrange(x, "b h n e -> b n (e h)" if bug == "order" else "b h n e -> b n (h e)")
+
+
+def test_01_heads(capsys):
+    fails_with(lesson01.check_heads, stub, merge, match="not written yet")
+    fails_with(lesson01.check_heads, split, stub, match="not written yet")
+    fails_with(lesson01.check_heads, lambda x, h: split(x, h, "order"), merge, match="wrong order")
+    fails_with(lesson01.check_heads, split, lambda x: merge(x, "order"), match="wrong order")
+    fails_with(lesson01.check_heads, lambda x, h: x.view(x.shape[0], x.shape[1], h, -1), merge, match="head axis stays")
+    lesson01.check_heads(split, merge)
+
+
+def multi_head(x, context, to_q, to_k, to_v, heads, mask=None, bug=None):
+    order = "order" if bug == "order" else None
+    h = 1 if bug == "one head" else heads
+    q, k, v = split(to_q(x), h, order), split(to_k(context), h, order), split(to_v(context), h, order)
+    out = attention(q, k, v, None if bug == "mask" else mask, bug="scale" if bug == "scale" else None)
+    return merge(out, order)
+
+
+@pytest.mark.parametrize("bug, named", [("order", "wrong order"), ("one head", "one head of width 8"),
+                                        ("mask", "mask has no effect"), ("scale", "not scaled")])
+def test_01_multi_head_mistakes(bug, named):
+    fails_with(lesson01.check_multi_head, lambda *a: multi_head(*a, bug=bug), match=named)
+
+
+def test_01_multi_head_stub_and_solution():
+    fails_with(lesson01.check_multi_head, stub, match="not written yet")
+    lesson01.check_multi_head(multi_head)
+
+
+def test_01_softmax_and_causal():
+    fails_with(lesson01.check_stable_softmax, stub, match="not written yet")
+    fails_with(lesson01.check_stable_softmax, lambda s, dim=-1: s.exp() / s.exp().sum(dim, keepdim=True), match="overflows")
+    fails_with(lesson01.check_stable_softmax, lambda s, dim=-1: (s - s.max()).exp() / (s - s.max()).exp().sum(dim, keepdim=True),
+               match="not\\s+of the whole tensor")
+    lesson01.check_stable_softmax(lambda s, dim=-1: (s - s.amax(dim, keepdim=True)).exp() / (s - s.amax(dim, keepdim=True)).exp().sum(dim, keepdim=True))
+    fails_with(lesson01.check_causal_mask, stub, match="not written yet")
+    fails_with(lesson01.check_causal_mask, lambda n: torch.ones(n, n).triu().bool(), match="transposed")
+    fails_with(lesson01.check_causal_mask, lambda n: torch.ones(n, n).tril(), match="dtype")
+    fails_with(lesson01.check_causal_mask, lambda n: torch.ones(n, n, dtype=torch.bool).tril(-1), match="diagonal")
+    lesson01.check_causal_mask(lambda n: torch.arange(n)[:, None] >= torch.arange(n))
+
+
+# ------------------------------------------------------------------------------------------------------------ 02
+
+
+def project(layer, x, latents, bug=None):
+    x, lat = layer.norm_media(x), layer.norm_latents(latents)
+    q = layer.to_q(lat)
+    kv_in = x if bug == "no latents" else torch.cat([x, latents if bug == "raw latents" else lat], dim=-2)
+    k, v = layer.to_kv(kv_in).chunk(2, dim=-1)
+    return (q, v, k) if bug == "swap" else (q, k, v)
+
+
+def attend_latents(layer, q, k, v, bug=None):
+    pattern = "b t n (e h) -> b t h n e" if bug == "order" else "b t n (h e) -> b t h n e"
+    q, k, v = (rearrange(a, pattern, h=layer.heads) for a in (q, k, v))
+    scores = q @ k.transpose(-1, -2)
+    if bug != "scale":
+        scores = scores * layer.scale
+    out = scores.softmax(-2 if bug == "axis" else -1) @ v
+    return rearrange(out, "b t h L e -> b t L (e h)" if bug == "order" else "b t h L e -> b t L (h e)")
+
+
+@pytest.mark.parametrize("bug, named", [("no latents", "latents are left out"), ("raw latents", "without norm_latents"),
+                                        ("swap", "k and v are swapped")])
+def test_02_project_mistakes(bug, named):
+    fails_with(lesson02.check_project, lambda *a: project(*a, bug=bug), match=named)
+
+
+@pytest.mark.parametrize("bug, named", [("scale", "not scaled"), ("axis", "over the latents"), ("order", "wrong order")])
+def test_02_attend_mistakes(bug, named):
+    fails_with(lesson02.check_attend, lambda *a: attend_latents(*a, bug=bug), match=named)
+
+
+def make_perceiver_attention(bug=None, raises=False):
+    class MyPerceiverAttention(nn.Module):
+        def __init__(self, *, dim, dim_head=64, heads=8):
+            super().__init__()
+            self.heads, self.scale = heads, dim_head**-0.5
+            self.norm_media, self.norm_latents = nn.LayerNorm(dim), nn.LayerNorm(dim)
+            self.to_q = nn.Linear(dim, dim_head * heads, bias=False)
+            self.to_kv = nn.Linear(dim, 2 * dim_head * heads, bias=False)
+            self.to_out = nn.Linear(dim_head * heads, dim, bias=False)
+
+        def forward(self, x, latents):
+            if raises:
+                stub()
+            q, k, v = project(self, x, latents, bug="no latents" if bug == "no latents" else None)
+            return self.to_out(attend_latents(self, q, k, v, bug=None if bug == "no latents" else bug))
+
+    return MyPerceiverAttention
+
+
+@pytest.mark.parametrize("bug, named", [("no latents", "latents are left out"), ("scale", "not scaled"),
+                                        ("axis", "over the latents"), ("order", "wrong order")])
+def test_02_forward_mistakes(bug, named):
+    fails_with(lesson02.check_forward, make_perceiver_attention(bug), match=named)
+
+
+def test_02_stubs_and_solutions():
+    fails_with(lesson02.check_project, stub, match="not written yet")
+    fails_with(lesson02.check_attend, stub, match="not written yet")
+    fails_with(lesson02.check_forward, make_perceiver_attention(raises=True), match="not written yet")
+    lesson02.check_project(project)
+    lesson02.check_attend(attend_latents)
+    lesson02.check_forward(make_perceiver_attention())
+
+
+def test_02_exercises():
+    img = torch.rand(8, 8, 3)
+    patches = rearrange(img, "(gh p1) (gw p2) c -> (gh gw) (p1 p2 c)", p1=4, p2=4)
+    unpatch = lambda p_, grid, p: rearrange(p_, "(gh gw) (p1 p2 c) -> (gh p1) (gw p2) c", gh=grid[0], gw=grid[1], p1=p, p2=p)  # noqa: E731
+    fails_with(lesson02.check_unpatchify, stub, patches, img, (2, 2), 4, match="not written yet")
+    lesson02.check_unpatchify(unpatch, patches, img, (2, 2), 4)
+    layer = fl.PerceiverAttention(dim=16, dim_head=4, heads=2)
+    x, latents = torch.randn(1, 1, 6, 16), torch.randn(1, 1, 3, 16)
+    weights = layer.attention_weights(x, latents).detach()
+    fails_with(lesson02.check_media_share, stub, weights, 6, layer, x, latents, match="not written yet")
+    fails_with(lesson02.check_media_share, lambda w, n: w[..., n:].sum(-1), weights, 6, layer, x, latents, match="share of the latents")
+    lesson02.check_media_share(lambda w, n: w[..., :n].sum(-1), weights, 6, layer, x, latents)
+
+
+# ------------------------------------------------------------------------------------------------------------ 03
+
+
+def add_time(x, table, bug=None):
+    if bug == "forgotten":
+        return x
+    return x + (table[1 : x.shape[1] + 1] if bug == "from 1" else table[:1] if bug == "first" else table[: x.shape[1]])
+
+
+def layers_fn(layers, x, z, bug=None):
+    for attn, ff in layers:
+        z = attn(x, z) if bug in ("attn", "both") else attn(x, z) + z
+        z = ff(z) if bug in ("ff", "both") else ff(z) + z
+    return z
+
+
+def make_resampler(bug=None, raises=False):
+    class MyPerceiverResampler(nn.Module):
+        def __init__(self, *, dim, depth, dim_head=64, heads=8, num_latents=64, num_media_embeds=4, ff_mult=4):
+            super().__init__()
+            self.latents = nn.Parameter(torch.randn(num_latents, dim))
+            self.media_pos_emb = nn.Parameter(torch.randn(num_media_embeds, 1, dim))
+            self.layers = nn.ModuleList(
+                nn.ModuleList([fl.PerceiverAttention(dim=dim, dim_head=dim_head, heads=heads), fl.FeedForward(dim, ff_mult)])
+                for _ in range(depth)
+            )
+            self.norm = nn.LayerNorm(dim)
+
+        def forward(self, x):
+            if raises:
+                stub()
+            if x.ndim == 3 and bug != "3d":
+                x = x[:, None]
+            x = add_time(x, self.media_pos_emb, "forgotten" if bug == "forgotten" else None)
+            z = repeat(self.latents, "L d -> b t L d", b=x.shape[0], t=x.shape[1])
+            z = layers_fn(self.layers, x, z, bug if bug in ("attn", "ff") else None)
+            return z if bug == "norm" else self.norm(z)
+
+    return MyPerceiverResampler
+
+
+@pytest.mark.parametrize("bug, named", [("forgotten", "forgotten"), ("first", "embedding 0"), ("from 1", "indexed from 0")])
+def test_03_time_embedding_mistakes(bug, named):
+    fails_with(lesson03.check_time_embeddings, lambda x, t: add_time(x, t, bug), match=named)
+
+
+@pytest.mark.parametrize("bug, named", [("attn", "attention's output replaces"), ("ff", "feed-forward's output replaces"),
+                                        ("both", "neither block is residual")])
+def test_03_layers_mistakes(bug, named):
+    fails_with(lesson03.check_layers, lambda *a: layers_fn(*a, bug=bug), match=named)
+
+
+@pytest.mark.parametrize("bug, named", [("forgotten", "time embeddings are forgotten"), ("norm", "final norm is missing"),
+                                        ("attn", "attention's output replaces"), ("ff", "feed-forward's output replaces"),
+                                        ("3d", "raised")])
+def test_03_forward_mistakes(bug, named):
+    fails_with(lesson03.check_forward, make_resampler(bug), match=named)
+
+
+def test_03_stubs_and_solutions():
+    fails_with(lesson03.check_time_embeddings, stub, match="not written yet")
+    fails_with(lesson03.check_layers, stub, match="not written yet")
+    fails_with(lesson03.check_forward, make_resampler(raises=True), match="not written yet")
+    lesson03.check_time_embeddings(add_time)
+    lesson03.check_layers(layers_fn)
+    lesson03.check_forward(make_resampler())
+
+
+def test_03_exercises():
+    torch.manual_seed(0)
+    resampler = fl.PerceiverResampler(dim=16, depth=1, dim_head=4, heads=2, num_latents=5)
+
+    def video(r, frames, forget=False):
+        b, T = frames.shape[:2]
+        x = frames if forget else frames + r.media_pos_emb[:T]
+        x = rearrange(x, "b T S d -> b 1 (T S) d")
+        z = repeat(r.latents, "L d -> b 1 L d", b=b)
+        return r.norm(layers_fn(r.layers, x, z))
+
+    fails_with(lesson03.check_video, stub, resampler, match="not written yet")
+    fails_with(lesson03.check_video, lambda r, f: video(r, f, True), resampler, match="no time embeddings")
+    fails_with(lesson03.check_video, lambda r, f: r(f), resampler, match="each frame got its own latents")
+    lesson03.check_video(video, resampler)
+    fails_with(lesson03.check_param_count, stub, match="not written yet")
+    fails_with(lesson03.check_param_count, lambda **cfg: 0, match="you counted 0")
+
+
+# ------------------------------------------------------------------------------------------------------------ 04
+
+
+def text_time(loc, bug=None):
+    tt = loc.long().cumsum(-1)
+    return tt - 1 if bug == "from 0" else tt - loc.long() if bug == "exclusive" else tt
+
+
+def media_mask(tt, t, immediate, bug=None):
+    mt = torch.arange(0, t) if bug == "from 0" else torch.arange(1, t + 1)
+    if bug == "swapped":
+        immediate = not immediate
+    out = (tt[..., None] == mt) if immediate else (tt[..., None] >= mt)
+    return out | (tt[..., None] == 0) if bug == "future" else out
+
+
+def full_mask(loc, t, m, immediate, bug=None):
+    per_media = media_mask(text_time(loc), t, immediate, None if bug == "interleaved" else bug)
+    return repeat(per_media, "b n t -> b n (m t)" if bug == "interleaved" else "b n t -> b n (t m)", m=m)
+
+
+@pytest.mark.parametrize("bug, named", [("from 0", "one too low"), ("exclusive", "marker gets the count before it")])
+def test_04_text_time_mistakes(bug, named):
+    fails_with(lesson04.check_text_time, lambda loc: text_time(loc, bug), match=named)
+
+
+@pytest.mark.parametrize("bug, named", [("from 0", "numbered from 0"), ("swapped", "modes are swapped"),
+                                        ("future", "look into\\s+the future")])
+def test_04_media_mask_mistakes(bug, named):
+    fails_with(lesson04.check_media_mask, lambda *a: media_mask(*a, bug=bug), match=named)
+
+
+@pytest.mark.parametrize("bug, named", [("from 0", "numbered from 0"), ("swapped", "modes are swapped"),
+                                        ("future", "look into\\s+the future"), ("interleaved", "interleaved")])
+def test_04_full_mask_mistakes(bug, named):
+    fails_with(lesson04.check_cross_attention_mask, lambda *a: full_mask(*a, bug=bug), match=named)
+
+
+def test_04_stubs_and_solutions():
+    for check in (lesson04.check_text_time, lesson04.check_media_mask, lesson04.check_cross_attention_mask,
+                  lesson04.check_predicted_masks):
+        fails_with(check, stub, match="not written yet")
+    lesson04.check_text_time(text_time)
+    lesson04.check_media_mask(media_mask)
+    lesson04.check_cross_attention_mask(full_mask)
+    imm = [[0, 0, 0], [1, 0, 0], [1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1]]
+    prev = [[0, 0, 0], [1, 0, 0], [1, 0, 0], [1, 0, 0], [1, 1, 0], [1, 1, 1], [1, 1, 1]]
+    lesson04.check_predicted_masks(lambda: (imm, prev))
+    fails_with(lesson04.check_predicted_masks, lambda: (imm, imm), match="rows 4 \\(<image>\\), 5")
+
+
+# ------------------------------------------------------------------------------------------------------------ 05
+
+
+def masked_softmax(scores, mask, bug=None):
+    if bug == "ignored":
+        return scores.softmax(-1)
+    if bug == "inf":
+        return scores.masked_fill(~mask, float("-inf")).softmax(-1)
+    if bug == "max":
+        return scores.masked_fill(~mask, -torch.finfo(scores.dtype).max).softmax(-1)
+    nothing = ~mask.any(-1, keepdim=True)
+    w = scores.masked_fill(~mask, float("-inf")).masked_fill(nothing, 0.0).softmax(-2 if bug == "axis" else -1)
+    return w.masked_fill(nothing, 0.0)
+
+
+@pytest.mark.parametrize("bug, named", [("inf", "NaN"), ("max", "uniform average over every image"),
+                                        ("axis", "over the text tokens"), ("ignored", "mask has no effect")])
+def test_05_masked_softmax_mistakes(bug, named):
+    fails_with(lesson05.check_masked_softmax, lambda s, m: masked_softmax(s, m, bug), match=named)
+
+
+def make_cross_attention(bug=None, raises=False):
+    class MyMaskedCrossAttention(nn.Module):
+        def __init__(self, *, dim, dim_head=64, heads=8, only_attend_immediate_media=True):
+            super().__init__()
+            self.heads, self.scale = heads, dim_head**-0.5
+            self.norm = nn.LayerNorm(dim)
+            self.to_q = nn.Linear(dim, dim_head * heads, bias=False)
+            self.to_kv = nn.Linear(dim, 2 * dim_head * heads, bias=False)
+            self.to_out = nn.Linear(dim_head * heads, dim, bias=False)
+            self.only_attend_immediate_media = only_attend_immediate_media
+
+        def forward(self, x, media, media_locations=None):
+            if raises:
+                stub()
+            t, m = media.shape[1:3]
+            pattern = "(e h)" if bug == "order" else "(h e)"
+            q = rearrange(self.to_q(self.norm(x)), f"b n {pattern} -> b h n e", h=self.heads)
+            media = self.norm(media) if bug == "norm media" else media
+            k, v = self.to_kv(rearrange(media, "b t m d -> b (t m) d")).chunk(2, -1)
+            k, v = (rearrange(a, f"b j {pattern} -> b h j e", h=self.heads) for a in (k, v))
+            sim = q @ k.transpose(-1, -2) * (1.0 if bug == "scale" else self.scale)
+            if media_locations is None and bug == "zeros without locations":
+                return torch.zeros_like(x)
+            if media_locations is not None and bug != "ignored":
+                mode = {"swapped": not self.only_attend_immediate_media, "fixed": True}.get(bug, self.only_attend_immediate_media)
+                mask = masks.cross_attention_mask(media_locations, t, m, mode)[:, None]
+                attn = masked_softmax(sim, mask, bug if bug in ("inf", "max") else None)
+            else:
+                attn = sim.softmax(-1)
+            return self.to_out(rearrange(attn @ v, f"b h n e -> b n {pattern}"))
+
+    return MyMaskedCrossAttention
+
+
+@pytest.mark.parametrize("bug, named", [("inf", "NaN"), ("max", "uniform average over every image"),
+                                        ("scale", "not scaled"), ("order", "wrong order"),
+                                        ("ignored", "every word sees every image"), ("swapped", "other mode's"),
+                                        ("fixed", "other mode's"), ("norm media", "media went through self.norm"),
+                                        ("zeros without locations", "without media_locations")])
+def test_05_forward_mistakes(bug, named):
+    fails_with(lesson05.check_forward, make_cross_attention(bug), match=named)
+
+
+def test_05_stubs_and_solutions():
+    fails_with(lesson05.check_masked_softmax, stub, match="not written yet")
+    fails_with(lesson05.check_forward, make_cross_attention(raises=True), match="not written yet")
+    lesson05.check_masked_softmax(masked_softmax)
+    lesson05.check_forward(make_cross_attention())
+
+
+def test_05_tokens_reached():
+    tokens = "a photo of <image> a red circle <image> a blue square".split()
+    loc = masks.media_locations_from_tokens(tokens)[None]
+    x, media = torch.randn(1, len(tokens), 16), torch.randn(1, 2, 3, 16)
+
+    @torch.no_grad()
+    def reached(layer, x, media, loc, k, shift=0):
+        changed = media.clone()
+        changed[:, k - 1 + shift] = torch.randn_like(media[:, 0])
+        return (layer(x, media, loc) - layer(x, changed, loc)).abs().amax(-1) > 1e-6
+
+    fails_with(lesson05.check_tokens_reached, stub, x, media, loc, match="not written yet")
+    fails_with(lesson05.check_tokens_reached, lambda *a: reached(*a).float(), x, media, loc, match="bool")
+    lesson05.check_tokens_reached(reached, x, media, loc)
+
+
+def test_every_step_has_a_hint(capsys):
+    for key in ["01.attention", "01.heads", "01.multihead", "01.softmax", "01.causal", "02.project", "02.scores",
+                "02.forward", "02.unpatchify", "02.share", "03.embed", "03.layers", "03.forward", "03.video", "03.count",
+                "04.text_time", "04.media_mask", "04.mask", "04.predict", "05.softmax", "05.forward", "05.reached"]:
+        hint(key)
+        assert capsys.readouterr().out.startswith(f"Hint ({key}):")
+
+
+@pytest.mark.parametrize("lesson", ["01", "02", "03", "04", "05"])
+def test_check_cells_call_a_lesson_check_and_never_a_bare_assert(lesson):
+    import ast
+    from pathlib import Path
+
+    import nbformat
+
+    path = next((Path(__file__).resolve().parent.parent / "notebooks").glob(f"{lesson}_*.ipynb"))
+    checks = [c for c in nbformat.read(path, as_version=4).cells if "check" in c.metadata.get("tags", [])]
+    assert len(checks) >= 2, f"{path.name}: at least two checked steps"
+    for cell in checks:
+        tree = ast.parse(cell.source)
+        assert not any(isinstance(node, ast.Assert) for node in ast.walk(tree)), f"{path.name}: bare assert in\n{cell.source}"
+        assert f"lesson{lesson}.check_" in cell.source, f"{path.name}: a check cell that does not call lesson{lesson}'s checks"
+
+
+def test_common_errors_get_advice():
+    def cat_on_width(layer, x, latents):
+        x, lat = layer.norm_media(x), layer.norm_latents(latents)
+        return (layer.to_q(lat), *layer.to_kv(torch.cat((x, lat), dim=-1)).chunk(2, -1))
+
+    def split_too_early(layer, x, latents):
+        return tuple(rearrange(a, "b t n (h e) -> b t h n e", h=layer.heads) for a in project(layer, x, latents))
+
+    fails_with(lesson02.check_project, cat_on_width, match="along the token axis, dim=-2")
+    fails_with(lesson02.check_project, split_too_early, match="heads split: return them as")
+    fails_with(lesson03.check_forward, make_resampler("3d"), match="rearrange it to \\(b, 1, n, d\\)")

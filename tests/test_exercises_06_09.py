@@ -1,0 +1,368 @@
+"""Mutation tests of the exercise checks of lessons 06-09: each check fails on the stub with a message, passes
+with the solution, and names each mistake it claims to recognise when fed a wrong implementation."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+import flamingo_lite
+from flamingo_lite import masks
+from flamingo_lite.teaching.exercises import ExerciseFailed, hint
+from flamingo_lite.teaching.exercises import lesson06, lesson07, lesson08, lesson09
+from flamingo_lite.tiny.language_model import TinyLM
+from flamingo_lite.tiny.model import Flamingo, FlamingoConfig
+from flamingo_lite.tiny.vision import VisionEncoder
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError("Your turn")
+
+
+def fails(check, *args, match: str, **kwargs):
+    with pytest.raises(ExerciseFailed, match=match):
+        check(*args, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------- 06
+
+def block_class(body):
+    class Block(nn.Module):
+        def __init__(self, *, dim, dim_head=64, heads=8, ff_mult=4, only_attend_immediate_media=True):
+            super().__init__()
+            self.attn = flamingo_lite.MaskedCrossAttention(dim=dim, dim_head=dim_head, heads=heads,
+                                                           only_attend_immediate_media=only_attend_immediate_media)
+            self.attn_gate = nn.Parameter(torch.tensor([0.0]))
+            self.ff = flamingo_lite.FeedForward(dim, mult=ff_mult)
+            self.ff_gate = nn.Parameter(torch.tensor([0.0]))
+
+        def forward(self, x, media, media_locations=None):
+            return body(self, x, media, media_locations)
+
+    return Block
+
+
+def right(self, x, media, loc):
+    x = x + self.attn(x, media, loc) * self.attn_gate.tanh()
+    return x + self.ff(x) * self.ff_gate.tanh()
+
+
+BLOCK_MISTAKES = {
+    "without tanh": lambda s, x, m, l: (lambda y: y + s.ff(y) * s.ff_gate)(x + s.attn(x, m, l) * s.attn_gate),
+    "first residual is missing": lambda s, x, m, l: (lambda y: y + s.ff(y) * s.ff_gate.tanh())(s.attn(x, m, l) * s.attn_gate.tanh()),
+    "second residual is missing": lambda s, x, m, l: s.ff(x + s.attn(x, m, l) * s.attn_gate.tanh()) * s.ff_gate.tanh(),
+    "feed-forward reads the block's input": lambda s, x, m, l: x + s.attn(x, m, l) * s.attn_gate.tanh() + s.ff(x) * s.ff_gate.tanh(),
+    "without media_locations": lambda s, x, m, l: right(s, x, m, None),
+    "gates are swapped": lambda s, x, m, l: (lambda y: y + s.ff(y) * s.attn_gate.tanh())(x + s.attn(x, m, l) * s.ff_gate.tanh()),
+}
+
+
+def test_06_forward_stub_solution_and_mistakes(capsys):
+    fails(lesson06.check_forward, block_class(lambda s, x, m, l: stub()), match="not written yet")
+    lesson06.check_forward(block_class(right))
+    assert capsys.readouterr().out.startswith("OK")
+    for message, wrong in BLOCK_MISTAKES.items():
+        fails(lesson06.check_forward, block_class(wrong), match=message)
+
+
+def test_06_exercises():
+    fails(lesson06.check_tanh_slope, stub, match="not written yet")
+    lesson06.check_tanh_slope(lambda a: 1 - a.tanh() ** 2)
+    fails(lesson06.check_tanh_slope, lambda a: 1 - a**2, match="1 - alpha")
+    good = block_class(right)
+    fails(lesson06.check_params_with_gradient, stub, good, match="not written yet")
+
+    def who(block, inputs):
+        block.zero_grad()
+        block(*inputs).pow(2).mean().backward()
+        return sorted(n for n, p in block.named_parameters() if p.grad is not None and bool((p.grad != 0).any()))
+
+    def who_no_zero(block, inputs):
+        block(*inputs).pow(2).mean().backward()
+        return sorted(n for n, p in block.named_parameters() if p.grad is not None and bool((p.grad != 0).any()))
+
+    lesson06.check_params_with_gradient(who, good)
+    fails(lesson06.check_params_with_gradient, lambda b, i: sorted(n for n, _ in b.named_parameters()), good, match="every parameter")
+
+    def by_hand(block, inputs, target, sign=1):
+        x, m, l = inputs
+        with torch.no_grad():
+            return sign * (2 * (x - target) / x.numel() * block.attn(x, m, l)).sum()
+
+    fails(lesson06.check_attn_gate_gradient, stub, good, match="not written yet")
+    lesson06.check_attn_gate_gradient(by_hand, good)
+    fails(lesson06.check_attn_gate_gradient, lambda b, i, t: by_hand(b, i, t, -1), good, match="sign")
+    assert who_no_zero  # a second call without zero_grad is caught by the opened-gate case below
+    fails(lesson06.check_params_with_gradient, lambda b, i: who_no_zero(b, i) + ["ff.1.weight"], good, match="ff.1.weight|every")
+
+
+# ---------------------------------------------------------------------------------------------------------- 07
+
+def forward_07(model, tokens, images, *, before=True, shift=0, resampler=True, locations=True, keys=str):
+    feats = model.vision(images)
+    media = model.resampler(feats) if resampler else feats
+    loc = tokens == model.config.media_token_id if locations else None
+    x = model.lm.embed(tokens)
+    every = model.config.cross_attn_every
+    for i, lm_block in enumerate(model.lm.blocks):
+        if before and (i - shift) % every == 0 and i - shift >= 0:
+            x = model.xattn[keys(i - shift)](x, media, loc) if shift == 0 else model.xattn[str(i - shift)](x, media, loc)
+        x = lm_block(x)
+        if not before and i % every == 0:
+            x = model.xattn[str(i)](x, media, loc)
+    return model.lm.head(x)
+
+
+def _hidden(model, tokens, images):  # the loop without the head
+    media = model.resampler(model.vision(images))
+    x = model.lm.embed(tokens)
+    for i, lm_block in enumerate(model.lm.blocks):
+        if i in model.xattn_layers:
+            x = model.xattn[str(i)](x, media, tokens == model.config.media_token_id)
+        x = lm_block(x)
+    return x
+
+
+def _by_int_key(model, tokens, images):  # model.xattn[i] instead of model.xattn[str(i)]
+    media = model.resampler(model.vision(images))
+    x = model.lm.embed(tokens)
+    for i, lm_block in enumerate(model.lm.blocks):
+        if i in model.xattn_layers:
+            x = model.xattn[i](x, media, tokens == model.config.media_token_id)
+        x = lm_block(x)
+    return model.lm.head(x)
+
+
+def test_07_forward():
+    fails(lesson07.check_forward, stub, match="not written yet")
+    lesson07.check_forward(forward_07)
+    fails(lesson07.check_forward, lambda *a: forward_07(*a, before=False), match="after the LM layers")
+    fails(lesson07.check_forward, lambda *a: forward_07(*a, shift=1), match="off by one")
+    fails(lesson07.check_forward, lambda *a: forward_07(*a, resampler=False), match="resampler")
+    fails(lesson07.check_forward, lambda *a: forward_07(*a, locations=False), match="media_locations")
+    fails(lesson07.check_forward, _hidden, match="lm.head")
+    fails(lesson07.check_forward, _by_int_key, match="keyed by strings")
+
+    def off_by_one_keys(model, tokens, images):  # (i + 1) % K: asks for a block that is not there
+        media = model.resampler(model.vision(images))
+        x = model.lm.embed(tokens)
+        for i, lm_block in enumerate(model.lm.blocks):
+            if (i + 1) % model.config.cross_attn_every == 0:
+                x = model.xattn[str(i)](x, media, tokens == 1)
+            x = lm_block(x)
+        return model.lm.head(x)
+
+    fails(lesson07.check_forward, off_by_one_keys, match="off by one")
+
+
+def test_07_exercises():
+    fails(lesson07.check_placement, stub, match="not written yet")
+    assert lesson07.check_placement(lambda d, e: [i for i in range(d) if i % e == 0]) == 12
+    fails(lesson07.check_placement, lambda d, e: [i for i in range(d) if (i + 1) % e == 0], match="off by one")
+    fails(lesson07.check_placement, lambda d, e: [i for i in range(1, d) if i % e == 0], match="layer 0 is missing")
+    config = FlamingoConfig()
+    fails(lesson07.check_trainable, stub, config, TinyLM, VisionEncoder, match="not written yet")
+    lesson07.check_trainable(lambda m: sorted({n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad}),
+                             config, TinyLM, VisionEncoder)
+    fails(lesson07.check_trainable, lambda m: sorted({n.split(".")[0] for n, p in m.named_parameters()}),
+          config, TinyLM, VisionEncoder, match="frozen parts")
+    tokens = flamingo_lite.tiny.data.make_dataset(2, seed=0)
+    fails(lesson07.check_no_gate, stub, tokens.tokens, tokens.images, match="not written yet")
+
+    def differs(cfg, t, i):
+        model = Flamingo(cfg)
+        with torch.no_grad():
+            return not torch.equal(model(t, i), model.lm(t))
+
+    def differs_tensor(cfg, t, i):  # the natural answer that returns a tensor is accepted (no `is False` trap)
+        model = Flamingo(cfg)
+        with torch.no_grad():
+            return (model(t, i) != model.lm(t)).any()
+
+    lesson07.check_no_gate(differs, tokens.tokens, tokens.images)
+    lesson07.check_no_gate(differs_tensor, tokens.tokens, tokens.images)
+    fails(lesson07.check_no_gate, lambda c, t, i: differs(FlamingoConfig(), t, i), tokens.tokens, tokens.images, match="given config")
+    fails(lesson07.check_no_gate, lambda c, t, i: not differs(c, t, i), tokens.tokens, tokens.images, match="opposite question")
+
+
+# ---------------------------------------------------------------------------------------------------------- 08
+
+def loss_08(logits, tokens, pad_id=0):
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), ignore_index=pad_id)
+
+
+def test_08_loss():
+    fails(lesson08.check_loss, stub, match="not written yet")
+    lesson08.check_loss(loss_08)
+    flat = lambda lg, tk, **kw: F.cross_entropy(lg.reshape(-1, lg.shape[-1]), tk.reshape(-1), **kw)  # noqa: E731
+    fails(lesson08.check_loss, lambda lg, tk, p=0: flat(lg, tk, ignore_index=p), match="its own token")
+    fails(lesson08.check_loss, lambda lg, tk, p=0: flat(lg[:, :-1], tk[:, 1:]), match="padding")
+    fails(lesson08.check_loss, lambda lg, tk, p=0: flat(lg[:, 1:], tk[:, :-1], ignore_index=p), match="wrong way")
+
+
+def freeze_08(model):
+    model.vision.requires_grad_(False)
+    model.lm.requires_grad_(False)
+    return model
+
+
+def groups_08(model, *, lr, gate_lr, weight_decay, gate_decay=0.0, frozen=False, gate_rate=True):
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad or frozen]
+    gates = [p for n, p in named if n.endswith("_gate")]
+    others = [p for n, p in named if not n.endswith("_gate")]
+    return [{"params": others, "weight_decay": weight_decay},
+            {"params": gates, "lr": gate_lr if gate_rate else lr, "weight_decay": gate_decay}]
+
+
+def test_08_freeze_and_groups():
+    fails(lesson08.check_freeze, stub, match="not written yet")
+    lesson08.check_freeze(freeze_08)
+    fails(lesson08.check_freeze, lambda m: m, match="frozen parts were left trainable")
+    fails(lesson08.check_freeze, lambda m: m.requires_grad_(False), match="frozen too")
+    fails(lesson08.check_groups, stub, match="not written yet")
+    lesson08.check_groups(groups_08)
+    fails(lesson08.check_groups, lambda m, **kw: groups_08(m, **kw, gate_decay=kw["weight_decay"]), match="gates get weight decay")
+    fails(lesson08.check_groups, lambda m, **kw: groups_08(m, **kw, frozen=True), match="frozen parameters")
+    fails(lesson08.check_groups, lambda m, **kw: groups_08(m, **kw, gate_rate=False), match="gate_lr")
+    fails(lesson08.check_groups, lambda m, **kw: [{"params": [p for p in m.parameters() if p.requires_grad]}],
+          match="weight decay")
+    # the package's own groups (what train_flamingo uses) pass the same check
+    lesson08.check_groups(flamingo_lite.tiny.training.parameter_groups)
+
+
+def greedy_08(model, prompt, images, *, eoc_id, max_new_tokens=5, stop=True, feed=True, position=-1):
+    ids, new = prompt.clone(), []
+    for _ in range(max_new_tokens):
+        nid = int(model(ids[None], images[None])[0, position].argmax())
+        new.append(nid)
+        if feed:
+            ids = torch.cat([ids, torch.tensor([nid])])
+        if stop and nid == eoc_id:
+            break
+    return new
+
+
+def test_08_greedy():
+    fails(lesson08.check_greedy, stub, match="not written yet")
+    lesson08.check_greedy(greedy_08)
+    fails(lesson08.check_greedy, lambda *a, **k: greedy_08(*a, **k, stop=False), match="does not stop at <eoc>")
+    fails(lesson08.check_greedy, lambda *a, **k: greedy_08(*a, **k, feed=False), match="repeats")
+    fails(lesson08.check_greedy, lambda *a, **k: greedy_08(*a, **k, position=0), match="wrong position")
+
+
+def test_08_exercises():
+    def first(history, layer, threshold, use_abs=True):
+        for step, gates in zip(history["step"], history["attn_gate_tanh"]):
+            if (abs(gates[layer]) if use_abs else gates[layer]) > threshold:
+                return step
+        return None
+
+    fails(lesson08.check_first_step_above, stub, match="not written yet")
+    lesson08.check_first_step_above(first)
+    fails(lesson08.check_first_step_above, lambda h, l, t: first(h, l, t, use_abs=False), match="negative")
+    from flamingo_lite.tiny import data as shapes_data
+
+    def fmt(caption):
+        w = caption.split()
+        if len(w) == 3 and w[0] == "a" and w[1] in shapes_data.COLOURS and w[2] in shapes_data.SHAPES:
+            return "colour_first"
+        if len(w) == 4 and w[0] == "a" and w[1] in shapes_data.SHAPES and w[2] == "in" and w[3] in shapes_data.COLOURS:
+            return "shape_first"
+        return None
+
+    fails(lesson08.check_caption_format, stub, match="not written yet")
+    lesson08.check_caption_format(fmt)
+    fails(lesson08.check_caption_format, lambda c: "colour_first" if len(c.split()) == 3 else "shape_first", match="should be")
+
+
+# ---------------------------------------------------------------------------------------------------------- 09
+
+def segment_class(offset=1, softmax_dim=-1, blind_first=False):
+    class Layer(nn.Module):
+        def __init__(self, *, dim, dim_head=64, heads=8):
+            super().__init__()
+            self.heads, self.scale = heads, dim_head**-0.5
+            inner = dim_head * heads
+            self.norm = nn.LayerNorm(dim)
+            self.to_q = nn.Linear(dim, inner, bias=False)
+            self.to_kv = nn.Linear(dim, inner * 2, bias=False)
+            self.to_out = nn.Linear(inner, dim, bias=False)
+
+        def forward(self, x, media, media_locations):
+            q = rearrange(self.to_q(self.norm(x)), "b n (h e) -> b h n e", h=self.heads)
+            k, v = self.to_kv(media).chunk(2, dim=-1)
+            k = rearrange(k, "b t m (h e) -> b h t m e", h=self.heads)
+            v = rearrange(v, "b t m (h e) -> b h t m e", h=self.heads)
+            times = masks.text_time(media_locations)
+            out = torch.zeros_like(q)
+            for row in range(x.shape[0]):
+                for k_time in range(offset, media.shape[1] + offset):
+                    tokens = (times[row] == k_time).nonzero().flatten()
+                    index = k_time - offset
+                    if blind_first and k_time == 1:
+                        tokens = ((times[row] == 0) | (times[row] == 1)).nonzero().flatten()
+                    if len(tokens):
+                        scores = q[row, :, tokens] @ k[row, :, index].transpose(-1, -2) * self.scale
+                        out[row, :, tokens] = scores.softmax(dim=softmax_dim) @ v[row, :, index]
+            return self.to_out(rearrange(out, "b h n e -> b n (h e)"))
+
+    return Layer
+
+
+def test_09_segment_layer():
+    class Stub(segment_class()):
+        def forward(self, x, media, media_locations):
+            raise NotImplementedError
+
+    fails(lesson09.check_segment_layer, Stub, match="not written yet")
+    lesson09.check_segment_layer(segment_class())
+    fails(lesson09.check_segment_layer, segment_class(offset=0), match="numbered from 0")
+    fails(lesson09.check_segment_layer, segment_class(softmax_dim=-2), match="softmax")
+    fails(lesson09.check_segment_layer, segment_class(blind_first=True), match="before the first image")
+
+    class NoOut(segment_class()):
+        def forward(self, x, media, media_locations):
+            to_out, self.to_out = self.to_out, nn.Identity()
+            try:
+                return super().forward(x, media, media_locations)
+            finally:
+                self.to_out = to_out
+
+    fails(lesson09.check_segment_layer, NoOut, match="to_out")
+
+    class PlusOne(segment_class()):  # text time k read as media index k: runs past the last media
+        def forward(self, x, media, media_locations):
+            return media[:, media.shape[1]]
+
+    fails(lesson09.check_segment_layer, PlusOne, match="numbered from 0|indexed past")
+
+
+def test_09_exercises():
+    x, media, loc = lesson09.example_inputs()
+
+    def lengths(ml, t, start=1):
+        times = masks.text_time(ml)
+        return (times[..., None] == torch.arange(start, t + start)).sum(dim=1)
+
+    fails(lesson09.check_segment_lengths, stub, loc, 3, match="not written yet")
+    lesson09.check_segment_lengths(lengths, loc, 3)
+    fails(lesson09.check_segment_lengths, lambda ml, t: lengths(ml, t, 0), loc, 3, match="numbered from 0")
+
+    def scores(ml, t, m, h, view, blind=False):
+        b, n = ml.shape
+        if view == "mask":
+            return b * h * n * t * m
+        return h * m * (ml.numel() if blind else int((~masks.rows_without_media(ml)).sum()))
+
+    fails(lesson09.check_scores_computed, stub, loc, 3, 4, 2, match="not written yet")
+    lesson09.check_scores_computed(scores, loc, 3, 4, 2)
+    fails(lesson09.check_scores_computed, lambda *a: scores(*a, blind=True), loc, 3, 4, 2, match="before the first image")
+
+
+@pytest.mark.parametrize("key", ["06.forward", "07.loop", "07.placement", "08.loss", "08.freeze", "08.groups",
+                                 "08.greedy", "09.segments", "09.lengths", "09.scores"])
+def test_every_step_has_a_hint(key, capsys):
+    hint(key)
+    assert capsys.readouterr().out.startswith(f"Hint ({key}):")

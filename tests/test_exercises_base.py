@@ -1,0 +1,62 @@
+"""The pieces lesson checks are built from: check_layer names a known mistake, passes the right module, and leaves
+the learner's module as it was."""
+import pytest
+import torch
+
+import flamingo_lite as fl
+from flamingo_lite.teaching.exercises import ExerciseFailed, Mistake, check_layer, compare, hint, register_hints, run_learner
+
+
+
+
+def test_check_layer_passes_the_reference_itself(capsys):
+    check_layer(fl.PerceiverAttention(dim=16, dim_head=4, heads=2), fl.PerceiverAttention, what="your layer")
+    assert capsys.readouterr().out.startswith("OK: your layer matches the reference")
+
+
+def test_check_layer_names_the_mistake_the_output_matches():
+    class Doubled(fl.PerceiverAttention):
+        def forward(self, x, latents):
+            return 2 * super().forward(x, latents)
+
+    def mistakes(reference, x, latents):
+        return [Mistake("doubled", 2 * reference(x, latents), "the output is twice the answer: look at the return.")]
+
+    with pytest.raises(ExerciseFailed, match="^your layer: the output is twice the answer"):
+        check_layer(Doubled(dim=16, dim_head=4, heads=2), fl.PerceiverAttention, what="your layer", mistakes=mistakes)
+    with pytest.raises(ExerciseFailed, match="differs from flamingo_lite.PerceiverAttention"):
+        check_layer(Doubled(dim=16, dim_head=4, heads=2), fl.PerceiverAttention, what="your layer")
+
+
+def test_check_layer_on_a_stub_says_it_is_not_written_yet():
+    class Stub(fl.PerceiverAttention):
+        def forward(self, x, latents):
+            raise NotImplementedError("Your turn")
+
+    with pytest.raises(ExerciseFailed, match="Stub is not written yet"):
+        check_layer(Stub(dim=16, dim_head=4, heads=2), fl.PerceiverAttention, what="your layer")
+
+
+def test_run_learner_compare_and_hints():
+    def stub():
+        raise NotImplementedError
+
+    with pytest.raises(ExerciseFailed, match="not written yet"):
+        run_learner(stub, what="your f()")
+    with pytest.raises(ExerciseFailed, match="raised ZeroDivisionError"):
+        run_learner(lambda: 1 / 0, what="your f()")
+    want = torch.tensor([1.0, 0.0])
+    compare(want.clone(), want, what="f")
+    with pytest.raises(ExerciseFailed, match="^f: named"):
+        compare(torch.tensor([0.5, 0.5]), want, what="f", mistakes=[Mistake("m", torch.tensor([0.5, 0.5]), "named")])
+    with pytest.raises(ExerciseFailed, match="NaN where the answer has a number"):
+        compare(torch.tensor([1.0, float("nan")]), want, what="f")
+    register_hints({"99.test": "look here"})
+    hint("99.test")
+    with pytest.raises(KeyError, match="99.test"):
+        hint("99.nope")
+
+
+def test_a_failed_check_shows_one_line_in_jupyter_not_a_traceback():
+    error = ExerciseFailed("your f() is not written yet.")
+    assert error._render_traceback_() == ["✗ your f() is not written yet."]
