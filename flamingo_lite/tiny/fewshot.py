@@ -52,6 +52,7 @@ from .training import seed_everything, train_flamingo, train_language_model
 NAMES = ("dax", "wug", "blick", "fep", "toma", "zup", "kiki", "bouba", "mip", "lorp", "gazz", "vit", "snar", "quib", "jent", "plo")
 CLASSES = tuple((colour, shape) for colour in COLOURS for shape in SHAPES)  # 12 picture classes
 IS = "is"
+TEXT_TASK_SHOTS = 8  # the text task that measures the language model (and its forgetting)
 HELDOUT_NAMES_PER_CLASS = 2  # class c is never called NAMES[c], NAMES[c+1] in training; evaluation uses exactly those
 
 
@@ -345,7 +346,7 @@ def evaluate_shots(
 
 
 @torch.no_grad()
-def text_task_accuracy(lm: TinyLM, episodes: list[Episode], tokenizer: Tokenizer, *, k: int = 8, device=None) -> float:
+def text_task_accuracy(lm: TinyLM, episodes: list[Episode], tokenizer: Tokenizer, *, k: int = TEXT_TASK_SHOTS, device=None) -> float:
     """The language model's own task, in text: k text examples from the pool, then the query's class words and `is`."""
     device = get_device(device)
     rng = np.random.default_rng([k, 99])
@@ -437,7 +438,8 @@ def run_fewshot(setup: FewShotSetup | None = None, *, device=None, progress: boo
     text = make_training_data(setup.num_train, seed=setup.seed * 2, text_only=True, **kwargs)
     train = make_training_data(setup.num_train, seed=setup.seed * 2 + 1, p_next=setup.p_next, **kwargs)
     episodes = make_heldout_episodes(setup.num_heldout, seed=setup.seed)
-    max_len = max(text.tokens.shape[1], train.tokens.shape[1], 4 * max(setup.shots) + 2)
+    # the longest prompt: k pictures (4 tokens each) + `<image> is` + one generated token, or the text task
+    max_len = max(text.tokens.shape[1], train.tokens.shape[1], 4 * max(setup.shots) + 3, 5 * TEXT_TASK_SHOTS + 3)
     lm_losses, lm_seconds = [], 0.0
     if lm is None:
         lm = TinyLM(LMConfig(vocab_size=len(tok), max_len=max_len, token_shift=setup.token_shift))
