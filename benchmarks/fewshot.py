@@ -68,7 +68,26 @@ def write_table(results: dict, path: Path) -> None:
         for seed, h in runs.items():
             lines.append(f"| {name} | {seed} | {fmt(h['lm_text_accuracy_before'])} | {fmt(h['lm_text_accuracy_after'])} | "
                          f"{h['lm_seconds']:.0f} | {h['train_seconds']:.0f} | {h['seconds']:.0f} |")
+    lines += ["", "Issue 12's targets, per run (met / not met):", ""]
+    for name, runs in results["runs"].items():
+        for seed, h in runs.items():
+            lines.append(f"- {name}, seed {seed}: " + "; ".join(f"{what} {'met' if ok else 'NOT met'}" for what, ok in targets(h)))
     path.write_text("\n".join(lines) + "\n")
+
+
+def targets(h: dict) -> list:
+    """The issue's targets as (description, met) pairs, from one run's history."""
+    c, curve, inside, blind = h["chance"], h["shots_curve"], h["in_support_accuracy"], h["text_only_lm_curve"]
+    known = [(int(k), v) for k, v in curve.items() if v is not None]
+    checks = [
+        ("0 shots within 0.03 of chance", "0" in curve and curve["0"] is not None and abs(curve["0"] - c) <= 0.03),
+        ("in support >= 0.95 at 1-4", all(inside.get(k) is not None and inside[k] >= 0.95 for k in ("1", "2", "4") if k in inside)),
+        ("in support >= 0.85 at 16, 32", all(inside.get(k) is not None and inside[k] >= 0.85 for k in ("16", "32") if k in inside)),
+        ("curve rises with k", all(b >= a for (_, a), (_, b) in zip(known, known[1:]))),
+        ("text-only LM within 0.03 of chance", all(abs(v - c) <= 0.03 for v in blind.values())),
+        ("both stages <= 300 s", h["train_seconds"] <= 300),
+    ]
+    return checks
 
 
 def plot(results: dict, path: Path) -> None:
@@ -108,9 +127,14 @@ def main(argv=None) -> int:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "fewshot.json")
+    parser.add_argument("--report-only", action="store_true", help="no training: the table and the picture from the recorded results")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = json.loads(args.out.read_text()) if args.out.exists() else {"runs": {}}
+    if args.report_only:
+        write_table(results, ROOT / "FEWSHOT.md")
+        plot(results, ROOT / "fewshot_curve.png")
+        return 0
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     results["machine"] = f"{platform.processor() or platform.machine()}, {args.threads} torch threads, load average {load:.1f} at start, torch {torch.__version__}"
     for seed in args.seeds:
