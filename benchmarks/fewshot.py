@@ -72,6 +72,8 @@ def write_table(results: dict, path: Path) -> None:
     for name, runs in results["runs"].items():
         for seed, h in runs.items():
             lines.append(f"- {name}, seed {seed}: " + "; ".join(f"{what} {'met' if ok else 'NOT met'}" for what, ok in targets(h)))
+    if results.get("notes"):
+        lines += ["", "Notes recorded with the results:", ""] + [f"- {note}" for note in results["notes"]]
     path.write_text("\n".join(lines) + "\n")
 
 

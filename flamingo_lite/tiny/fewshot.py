@@ -377,10 +377,10 @@ class FewShotSetup:
     """The knobs of a whole few-shot run (`run_fewshot`), recorded in the history's `config`."""
 
     seed: int = 0
-    lm_steps: int = 400
+    lm_steps: int = 1000
     lm_lr: float = 3e-3
     lm_batch_size: int = 32
-    steps: int = 500
+    steps: int = 1500
     batch_size: int = 32
     lr: float = 3e-3
     gate_lr: float = 3e-2
