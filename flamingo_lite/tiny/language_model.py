@@ -8,6 +8,14 @@ trained first on the captions alone. It learns the grammar (`<image> a`, then a 
 `<eoc>`) and to keep the caption format of the sequence, but it cannot know *which* colour or shape: that
 is in the pictures it never sees.
 
+`LMConfig(token_shift=4)` (off by default) puts a causal depthwise convolution of that width before each
+attention layer: a learned *token shift*, so every position also carries the identities of the few tokens just
+before it. In-context copying (`red circle is dax <eoc> ... red circle is` -> `dax`) is an induction circuit: the
+query must find the earlier position whose *previous* tokens match its own, and copy the token there. A plain
+2-layer attention model must first build "what came before me" with one attention layer and only then match on
+it with the next; with the shift, the key of `dax` already holds `is`, `circle`, `red`, and one attention layer
+can match on them. `flamingo_lite.tiny.fewshot` uses it; the captioning model does not.
+
 The model is written as three steps, `embed`, `blocks`, `head`, so that `flamingo_lite.tiny.model.Flamingo` can
 run the very same layers with gated cross-attention blocks placed before them.
 
@@ -15,6 +23,7 @@ Shapes: b batch, n tokens, d the width, h heads, e the width of one head, V the 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +44,7 @@ class LMConfig:
     depth: int = 2  # number of transformer blocks
     heads: int = 4
     mlp_mult: int = 4
+    token_shift: int = 0  # width of a causal depthwise convolution before each attention layer; 0: none
 
 
 class CausalSelfAttention(nn.Module):
@@ -55,18 +65,43 @@ class CausalSelfAttention(nn.Module):
         return self.to_out(rearrange(out, "b h n e -> b n (h e)"))  # (b, n, d)
 
 
-class Block(nn.Module):
-    """One pre-LayerNorm transformer block: `x + attn(ln(x))`, then `x + mlp(ln(x))`."""
+class TokenShift(nn.Module):
+    """`h + sum_j w_j * h[i - j]`, j = 0 .. width-1: a causal depthwise convolution, written as shifted copies
+    (cheaper on a CPU than `nn.Conv1d(groups=dim)`): (b, n, d) -> (b, n, d)."""
 
-    def __init__(self, dim: int, heads: int, mlp_mult: int = 4):
+    def __init__(self, dim: int, width: int):
+        super().__init__()
+        self.width = width
+        self.weight = nn.Parameter(torch.randn(width, dim) / math.sqrt(width))  # (width, d): one filter per channel
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        out = h
+        for j in range(self.width):
+            shifted = F.pad(h, (0, 0, j, 0))[:, : h.shape[1]]  # (b, n, d): position i holds h[i - j], zeros before 0
+            out = out + self.weight[j] * shifted  # (b, n, d)
+        return out
+
+
+class Block(nn.Module):
+    """One pre-LayerNorm transformer block: `x + attn(ln(x))`, then `x + mlp(ln(x))`.
+
+    With `token_shift` > 0 the attention reads `shift(ln(x))`, which mixes in the previous tokens (see the module doc).
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_mult: int = 4, token_shift: int = 0):
         super().__init__()
         self.ln_1 = nn.LayerNorm(dim)
+        if token_shift:
+            self.shift = TokenShift(dim, token_shift)
         self.attn = CausalSelfAttention(dim, heads)
         self.ln_2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_mult * dim), nn.GELU(), nn.Linear(mlp_mult * dim, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))  # (b, n, d)
+        h = self.ln_1(x)  # (b, n, d)
+        if hasattr(self, "shift"):
+            h = self.shift(h)  # (b, n, d): each position also holds its predecessors
+        x = x + self.attn(h)  # (b, n, d)
         x = x + self.mlp(self.ln_2(x))  # (b, n, d)
         return x
 
@@ -79,9 +114,11 @@ class TinyLM(nn.Module):
         self.config = config = config if config is not None else LMConfig()
         for name in ("vocab_size", "max_len", "dim", "depth", "heads", "mlp_mult"):
             check_positive_int(f"LMConfig.{name}", getattr(config, name))
+        if isinstance(config.token_shift, bool) or not isinstance(config.token_shift, int) or config.token_shift < 0:
+            raise ValueError(f"LMConfig.token_shift must be an int >= 0 (0: no shift), got {config.token_shift!r}")
         self.tok_emb = nn.Embedding(config.vocab_size, config.dim)
         self.pos_emb = nn.Embedding(config.max_len, config.dim)
-        self.blocks = nn.ModuleList([Block(config.dim, config.heads, config.mlp_mult) for _ in range(config.depth)])
+        self.blocks = nn.ModuleList([Block(config.dim, config.heads, config.mlp_mult, config.token_shift) for _ in range(config.depth)])
         self.ln_f = nn.LayerNorm(config.dim)
         self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
 

@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog="Example: python -m flamingo_lite.train --out history.json --steps 300 --no-tanh-gate",
     )
+    parser.add_argument(
+        "--task", choices=["caption", "fewshot"], default="caption",
+        help="caption (default): the coloured-shapes captioning run; fewshot: names learnt from the prompt's examples, "
+        "with the shots curve (flamingo_lite.tiny.fewshot)",
+    )
+    parser.add_argument("--shots", default="0,1,2,4,8,16,32", help="--task fewshot: the k of the k-shot prompts evaluated (default 0,1,2,4,8,16,32)")
     parser.add_argument("--out", required=True, type=Path, help="where to write the JSON history (parent folders are created)")
     parser.add_argument("--steps", type=positive_int, default=DEFAULTS.steps, help=f"Flamingo training steps (default {DEFAULTS.steps})")
     parser.add_argument(
@@ -95,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.task == "fewshot":
+        from .fewshot import run_from_command_line
+
+        return run_from_command_line(args, argv)
     setup = TrainingSetup(steps=args.steps, lm_steps=args.lm_steps, seed=args.seed, log_every=args.log_every)
     config = FlamingoConfig(
         cross_attn_every=args.cross_attn_every,

@@ -1,0 +1,511 @@
+"""In-context learning, in miniature: a task only the prompt can solve, and the tiny Flamingo learning it from
+the examples in its prompt.
+
+Flamingo is "a visual language model for few-shot learning" (Alayrac et al. 2022, arXiv 2204.14198): its
+results are accuracies that rise with the number of image-text examples in the prompt (Fig. 2, 0 to 32 shots),
+from a model trained with at most 5 images per sequence (Sec. 2.4). Here every sequence binds *fresh invented
+names* to the 12 picture classes (4 colours x 3 shapes), so no name means anything outside its sequence:
+
+    <image> is dax <eoc> <image> is wug <eoc> <image> is          -> dax   (if the last picture is of the first's class)
+
+The names are not in the pictures; only the support examples of the same sequence say which name a class has.
+
+Training sequences are built like the paper's M3W web pages (Sec. 2.4, App. A.3.3): long text with few images.
+An episode has up to `max_shots` examples; the last 1 to `max_images` - 1 of them and the query are pictures,
+the earlier ones are written as text (`red circle is dax <eoc>`), so text precedes the first image and sees no
+image. `<eoc>` ends each chunk. A share `p_all_picture` of the episodes has pictures only (robustness), and a
+share `p_caption` of the sequences is captioning (`<image> a red circle <eoc>`, the words of `data.caption_words`),
+without which the gates stay shut. `p_next`: with that probability a sequence's text attends to the *next* picture
+instead of the previous one (the paper's p_next): each picture's marker in `media_locations` moves back to the
+first token after the previous picture's `<image>` (position 0 for the first), so the words of a chunk see the
+picture that follows them; the `<image>` tokens stay where they are. It is 0 by default: in these episodes
+the picture comes before its name, so "the next image" is the wrong one.
+
+Evaluation (`fewshot_curve`) is the paper's: k-shot prompts of support pictures with their names, then the query
+picture and `is`; held-out pictures (a separate random stream, new jitter) and held-out name assignments (the
+query's class bound to a name it is never bound to in training). Open-ended greedy generation (the first
+generated token is the name and the next is `<eoc>`) and, beside it, scoring the candidate names by likelihood.
+`retrieval="rices"` picks the k support examples nearest to the query in frozen vision features (RICES, Sec. 3),
+`"random"` picks them at random.
+
+Shapes, in einops notation: N sequences, T media slots, 3 colour channels, H=W picture size, n tokens, V vocabulary.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..device import get_device
+from ..masks import MEDIA_TOKEN, media_locations_from_tokens
+from ..perceiver import PerceiverResampler
+from ..validation import check_positive_int
+from .data import CAPTION_WORDS, COLOURS, EOC_TOKEN, PAD_TOKEN, SHAPES, Tokenizer, caption_words, render_shape
+from .language_model import LMConfig, TinyLM
+from .model import Flamingo, FlamingoConfig, unfreeze
+from .training import seed_everything, train_flamingo, train_language_model
+
+NAMES = ("dax", "wug", "blick", "fep", "toma", "zup", "kiki", "bouba", "mip", "lorp", "gazz", "vit", "snar", "quib", "jent", "plo")
+CLASSES = tuple((colour, shape) for colour in COLOURS for shape in SHAPES)  # 12 picture classes
+IS = "is"
+TEXT_TASK_SHOTS = 8  # the text task that measures the language model (and its forgetting)
+HELDOUT_NAMES_PER_CLASS = 2  # class c is never called NAMES[c], NAMES[c+1] in training; evaluation uses exactly those
+
+
+def fewshot_tokenizer() -> Tokenizer:
+    """`data.Tokenizer` with the task's words added: `is` and the invented names (one token each)."""
+    return Tokenizer(words=CAPTION_WORDS + COLOURS + SHAPES + (IS,) + NAMES)
+
+
+def is_heldout_pair(class_index: int, name_index: int) -> bool:
+    """True if the name is one the class is bound to only at evaluation (never in training)."""
+    return (name_index - class_index) % len(NAMES) < HELDOUT_NAMES_PER_CLASS
+
+
+def draw_assignment(rng: np.random.Generator, *, heldout_class: int | None = None) -> list[int]:
+    """A name index for each of the 12 classes, all different.
+
+    Training (`heldout_class=None`): no class gets one of its held-out names. Evaluation: `heldout_class` gets one
+    of its held-out names, the other classes any free name.
+    """
+    while True:
+        names = list(rng.permutation(len(NAMES)))
+        chosen: list[int | None] = [None] * len(CLASSES)
+        if heldout_class is not None:
+            name = int((heldout_class + rng.integers(HELDOUT_NAMES_PER_CLASS)) % len(NAMES))
+            chosen[heldout_class] = name
+            names.remove(name)
+        ok = True
+        for c in range(len(CLASSES)):
+            if chosen[c] is not None:
+                continue
+            free = [n for n in names if heldout_class is not None or not is_heldout_pair(c, n)]
+            if not free:
+                ok = False
+                break
+            chosen[c] = int(free[0])
+            names.remove(free[0])
+        if ok:
+            return chosen  # type: ignore[return-value]
+
+
+@dataclass
+class FewShotData:
+    """Padded sequences. images (N, T, 3, H, W), zeros in unused slots; tokens (N, n) long, `<pad>` on the right;
+    media_locations (N, n) bool; num_images (N,) long; kinds: 'episode' or 'caption' per sequence."""
+
+    images: torch.Tensor
+    tokens: torch.Tensor
+    media_locations: torch.Tensor
+    num_images: torch.Tensor
+    kinds: list = field(repr=False)
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def __getitem__(self, index) -> "FewShotData":
+        index = torch.as_tensor([index] if isinstance(index, int) else index, dtype=torch.long)
+        return FewShotData(self.images[index], self.tokens[index], self.media_locations[index], self.num_images[index],
+                           [self.kinds[i] for i in index.tolist()])
+
+    def to(self, device) -> "FewShotData":
+        return FewShotData(self.images.to(device), self.tokens.to(device), self.media_locations.to(device), self.num_images.to(device), self.kinds)
+
+
+def class_words(class_index: int) -> list[str]:
+    """`['red', 'circle']`: the words a text example uses for a class."""
+    colour, shape = CLASSES[class_index]
+    return [colour, shape]
+
+
+def shot_words(class_index: int, name: str, *, picture: bool) -> list[str]:
+    """One example: `<image> is dax <eoc>` (picture) or `red circle is dax <eoc>` (text)."""
+    head = [MEDIA_TOKEN] if picture else class_words(class_index)
+    return head + [IS, name, EOC_TOKEN]
+
+
+def next_media_locations(words: list[str]) -> list[bool]:
+    """The p_next markers: each picture's marker at the first token after the previous `<image>` (0 for the first)."""
+    marks = [False] * len(words)
+    start = 0
+    for i, w in enumerate(words):
+        if w == MEDIA_TOKEN:
+            marks[start] = True
+            start = i + 1
+    return marks
+
+
+def make_training_data(
+    num_sequences: int,
+    *,
+    seed: int = 0,
+    image_size: int = 16,
+    max_images: int = 5,
+    max_shots: int = 32,
+    p_all_picture: float = 0.3,
+    p_caption: float = 0.3,
+    p_next: float = 0.0,
+    text_only: bool = False,
+    tokenizer: Tokenizer | None = None,
+) -> FewShotData:
+    """Interleaved training sequences, deterministic from `seed` (see the module doc).
+
+    `text_only=True` gives the language model's pretraining text: the same episodes with every picture replaced
+    by its class words, and captions without their pictures (`<image> a red circle <eoc>`).
+    """
+    num_sequences = check_positive_int("num_sequences", num_sequences)
+    check_positive_int("max_images", max_images)
+    check_positive_int("max_shots", max_shots)
+    if max_images < 2:
+        raise ValueError(f"max_images must be at least 2 (a support picture and the query), got {max_images}")
+    for name, p in (("p_all_picture", p_all_picture), ("p_caption", p_caption), ("p_next", p_next)):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1], got {p}")
+    tok = tokenizer if tokenizer is not None else fewshot_tokenizer()
+    rng = np.random.default_rng(seed)
+    images = np.zeros((num_sequences, max_images, 3, image_size, image_size), dtype=np.float32)  # (N, T, 3, H, W)
+    rows, marks, counts, kinds = [], [], [], []
+    for i in range(num_sequences):
+        pictures: list[int] = []  # the class of each picture, in order
+        if rng.random() < p_caption:
+            kinds.append("caption")
+            words = []
+            for _ in range(int(rng.integers(1, max_images + 1))):
+                c = int(rng.integers(len(CLASSES)))
+                words += [MEDIA_TOKEN, *caption_words(*CLASSES[c]), EOC_TOKEN]
+                pictures.append(c)
+        else:
+            kinds.append("episode")
+            names = draw_assignment(rng)
+            num_pictures = int(rng.integers(2, max_images + 1))  # support pictures and the query
+            if rng.random() < p_all_picture:
+                num_shots = num_pictures - 1
+            else:
+                num_shots = int(rng.integers(num_pictures - 1, max_shots + 1))
+            shots = [int(c) for c in rng.integers(len(CLASSES), size=num_shots)]
+            # the query is usually of a class the examples name, so most episodes can be solved
+            query = shots[int(rng.integers(num_shots))] if shots and rng.random() < 0.9 else int(rng.integers(len(CLASSES)))
+            first_picture = num_shots - (num_pictures - 1)
+            words = []
+            for j, c in enumerate(shots):
+                picture = j >= first_picture and not text_only
+                words += shot_words(c, NAMES[names[c]], picture=picture)
+                if picture:
+                    pictures.append(c)
+            head = class_words(query) if text_only else [MEDIA_TOKEN]
+            words += head + [IS, NAMES[names[query]], EOC_TOKEN]
+            if not text_only:
+                pictures.append(query)
+        if text_only and kinds[-1] == "caption":
+            pictures = []  # the caption's words stay, its pictures go
+        for j, c in enumerate(pictures):
+            images[i, j] = render_shape(CLASSES[c][1], CLASSES[c][0], image_size=image_size, rng=rng)
+        rows.append(words)
+        use_next = not text_only and p_next > 0 and rng.random() < p_next
+        marks.append(next_media_locations(words) if use_next else [w == MEDIA_TOKEN for w in words])
+        counts.append(len(pictures))
+    n = max(len(r) for r in rows)
+    tokens = torch.tensor([tok.encode(r + [PAD_TOKEN] * (n - len(r))) for r in rows], dtype=torch.long)  # (N, n)
+    locations = torch.tensor([m + [False] * (n - len(m)) for m in marks], dtype=torch.bool)  # (N, n)
+    if text_only:
+        locations = torch.zeros_like(locations)  # (N, n): no pictures at all
+    return FewShotData(torch.from_numpy(images), tokens, locations, torch.tensor(counts, dtype=torch.long), kinds)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Evaluation episodes and prompts
+
+
+@dataclass
+class Episode:
+    """A held-out episode: a pool of labelled support pictures and a query picture, with the episode's names.
+
+    pool_images (P, 3, H, W), pool_classes (P,), query_image (3, H, W), query_class, names: name index per class
+    (the query's class bound to one of its held-out names).
+    """
+
+    pool_images: torch.Tensor
+    pool_classes: list
+    query_image: torch.Tensor
+    query_class: int
+    names: list
+
+
+def make_heldout_episodes(num_episodes: int, *, seed: int = 0, pool_size: int = 64, image_size: int = 16) -> list[Episode]:
+    """Held-out episodes from their own random stream (new jitter, held-out name assignments)."""
+    check_positive_int("num_episodes", num_episodes)
+    check_positive_int("pool_size", pool_size)
+    stream = np.random.SeedSequence([seed, 12]).spawn(1)[0]  # independent of every training stream
+    rng = np.random.default_rng(stream)
+    episodes = []
+    for _ in range(num_episodes):
+        query = int(rng.integers(len(CLASSES)))
+        names = draw_assignment(rng, heldout_class=query)
+        pool_classes = [int(c) for c in rng.integers(len(CLASSES), size=pool_size)]
+        pool = np.stack([render_shape(CLASSES[c][1], CLASSES[c][0], image_size=image_size, rng=rng) for c in pool_classes])
+        q = render_shape(CLASSES[query][1], CLASSES[query][0], image_size=image_size, rng=rng)
+        episodes.append(Episode(torch.from_numpy(pool), pool_classes, torch.from_numpy(q), query, names))
+    return episodes
+
+
+def choose_support(episode: Episode, k: int, *, retrieval: str = "random", rng: np.random.Generator | None = None, features=None) -> list[int]:
+    """Indices of k pool pictures: at random, or the k nearest to the query in vision features (RICES).
+
+    RICES orders them from least to most similar, so the most similar example is nearest the query (as the paper).
+    `features`: (P+1, f) vision features of the pool and then the query (needed for "rices").
+    """
+    if k > len(episode.pool_classes):
+        raise ValueError(f"k ({k}) must be at most the pool size ({len(episode.pool_classes)})")
+    if retrieval == "random":
+        rng = rng if rng is not None else np.random.default_rng(0)
+        return [int(i) for i in rng.choice(len(episode.pool_classes), size=k, replace=False)]
+    if retrieval == "rices":
+        if features is None:
+            raise ValueError("retrieval='rices' needs features (P+1, f): the pool's vision features, then the query's")
+        f = F.normalize(features, dim=-1)  # (P+1, f)
+        similarity = f[:-1] @ f[-1]  # (P,)
+        nearest = torch.argsort(similarity, descending=True)[:k].tolist()  # most similar first
+        return [int(i) for i in reversed(nearest)]
+    raise ValueError(f"retrieval must be 'random' or 'rices', got {retrieval!r}")
+
+
+def build_prompt(support_classes, names, tokenizer: Tokenizer) -> list[int]:
+    """The k-shot prompt's ids: `<image> is NAME <eoc>` per support picture, then `<image> is` for the query.
+
+    support_classes: the class index of each support picture, in order; names: the name index of each class.
+    """
+    words = []
+    for c in support_classes:
+        words += shot_words(int(c), NAMES[names[int(c)]], picture=True)
+    words += [MEDIA_TOKEN, IS]
+    return tokenizer.encode(words)
+
+
+def score_candidates(logits_last: torch.Tensor, candidate_ids) -> torch.Tensor:
+    """Log-likelihood of each one-token candidate after the prompt: logits_last (b, V), candidate_ids (C,) -> (b, C).
+
+    Log-softmax over the whole vocabulary, then the candidates' entries: the model's own probabilities, not
+    renormalised over the candidates (the ranking is the same either way).
+    """
+    if logits_last.ndim != 2:
+        raise ValueError(f"logits_last must have shape (batch, vocab), got {tuple(logits_last.shape)}")
+    ids = torch.as_tensor(candidate_ids, dtype=torch.long, device=logits_last.device)  # (C,)
+    return logits_last.log_softmax(dim=-1)[:, ids]  # (b, C)
+
+
+@torch.no_grad()
+def vision_features(model: Flamingo, images: torch.Tensor) -> torch.Tensor:
+    """The frozen vision encoder's features, flattened: (P, 3, H, W) -> (P, g*d), for RICES."""
+    return model.vision(images).flatten(start_dim=1)  # (P, 1*g*d)
+
+
+@torch.no_grad()
+def evaluate_shots(
+    model, episodes: list[Episode], k: int, tokenizer: Tokenizer, *, retrieval: str = "random", seed: int = 0, device=None, lm_only: bool = False,
+) -> dict:
+    """Accuracy of k-shot prompts on `episodes`: `generation` (greedy: the name, then `<eoc>`), `scoring` (the most
+    likely of the 16 names), `in_support` (scoring, on episodes whose query class is among the support pictures,
+    None if none is), `in_support_fraction`. `lm_only`: `model` is a `TinyLM` that reads the same tokens blind."""
+    device = get_device(device)
+    rng = np.random.default_rng([seed, k])
+    prompts, pictures, answers, inside = [], [], [], []
+    for ep in episodes:
+        features = vision_features(model, torch.cat([ep.pool_images, ep.query_image[None]]).to(device)) if retrieval == "rices" else None
+        chosen = choose_support(ep, k, retrieval=retrieval, rng=rng, features=features)
+        classes = [ep.pool_classes[i] for i in chosen]
+        prompts.append(build_prompt(classes, ep.names, tokenizer))
+        pictures.append(torch.cat([ep.pool_images[chosen], ep.query_image[None]]))  # (k+1, 3, H, W)
+        answers.append(tokenizer.index[NAMES[ep.names[ep.query_class]]])
+        inside.append(ep.query_class in classes)
+    tokens = torch.tensor(prompts, dtype=torch.long, device=device)  # (E, n): every prompt has the same length
+    images = torch.stack(pictures).to(device)  # (E, k+1, 3, H, W)
+    name_ids = [tokenizer.index[name] for name in NAMES]
+    answers_t = torch.tensor(answers, device=device)  # (E,)
+    gen_ok, score_ok = [], []
+    for start in range(0, len(episodes), 64):
+        part = slice(start, start + 64)
+        run = (lambda t: model(t)) if lm_only else (lambda t, media=model.encode_images(images[part]): model(t, media=media))
+        logits = run(tokens[part])[:, -1]  # (b, V)
+        scores = score_candidates(logits, name_ids)  # (b, 16)
+        score_ok.append(torch.tensor(name_ids, device=device)[scores.argmax(-1)] == answers_t[part])
+        first = logits.argmax(-1)  # (b,)
+        after = run(torch.cat([tokens[part], first[:, None]], dim=1))[:, -1].argmax(-1)  # (b,)
+        gen_ok.append((first == answers_t[part]) & (after == tokenizer.eoc_id))
+    score_ok_t, gen_ok_t = torch.cat(score_ok).float(), torch.cat(gen_ok).float()  # (E,)
+    inside_t = torch.tensor(inside, device=device)
+    return {
+        "generation": float(gen_ok_t.mean()),
+        "scoring": float(score_ok_t.mean()),
+        "in_support": float(score_ok_t[inside_t].mean()) if bool(inside_t.any()) else None,
+        "in_support_fraction": float(inside_t.float().mean()),
+    }
+
+
+@torch.no_grad()
+def text_task_accuracy(lm: TinyLM, episodes: list[Episode], tokenizer: Tokenizer, *, k: int = TEXT_TASK_SHOTS, device=None) -> float:
+    """The language model's own task, in text: k text examples from the pool, then the query's class words and `is`."""
+    device = get_device(device)
+    rng = np.random.default_rng([k, 99])
+    prompts, answers = [], []
+    for ep in episodes:
+        chosen = choose_support(ep, k, rng=rng)
+        words = []
+        for i in chosen:
+            c = ep.pool_classes[i]
+            words += shot_words(c, NAMES[ep.names[c]], picture=False)
+        words += class_words(ep.query_class) + [IS]
+        prompts.append(tokenizer.encode(words))
+        answers.append(tokenizer.index[NAMES[ep.names[ep.query_class]]])
+        if ep.query_class not in [ep.pool_classes[i] for i in chosen]:
+            prompts.pop(), answers.pop()  # only episodes the text says the answer for
+    logits = lm.to(device).eval()(torch.tensor(prompts, device=device))[:, -1]  # (E, V)
+    name_ids = torch.tensor([tokenizer.index[name] for name in NAMES], device=device)
+    predicted = name_ids[score_candidates(logits, name_ids).argmax(-1)]  # (E,)
+    return float((predicted == torch.tensor(answers, device=device)).float().mean())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The recipe
+
+
+@dataclass
+class FewShotSetup:
+    """The knobs of a whole few-shot run (`run_fewshot`), recorded in the history's `config`."""
+
+    seed: int = 0
+    lm_steps: int = 1000
+    lm_lr: float = 3e-3
+    lm_batch_size: int = 32
+    steps: int = 1500
+    batch_size: int = 32
+    lr: float = 3e-3
+    gate_lr: float = 3e-2
+    weight_decay: float = 0.1
+    num_train: int = 4000
+    num_heldout: int = 300
+    max_shots: int = 16
+    max_images: int = 5
+    p_all_picture: float = 0.3
+    p_caption: float = 0.3
+    p_next: float = 0.0
+    token_shift: int = 4
+    media_embedding: str = "none"  # "per_media": the comparison with a per-image embedding (caps k + 1 at max_images)
+    only_attend_immediate_media: bool = True
+    freeze_lm: bool = True
+    log_every: int = 25
+    shots: tuple = (0, 1, 2, 4, 8, 16, 32)
+
+
+def build_model(setup: FewShotSetup, lm: TinyLM, tokenizer: Tokenizer) -> Flamingo:
+    """The tiny Flamingo on top of `lm`, with the resampler's media embedding as `setup` says."""
+    config = FlamingoConfig(
+        vocab_size=len(tokenizer), max_len=lm.config.max_len, media_token_id=tokenizer.media_id,
+        num_media_embeds=setup.max_images, only_attend_immediate_media=setup.only_attend_immediate_media,
+    )
+    model = Flamingo(config, lm=lm)
+    model.resampler = PerceiverResampler(
+        dim=config.dim, depth=config.resampler_depth, dim_head=config.dim_head, heads=config.heads,
+        num_latents=config.num_latents, num_media_embeds=config.num_media_embeds, ff_mult=config.ff_mult,
+        media_embedding=setup.media_embedding,
+    )
+    if not setup.freeze_lm:
+        unfreeze(model.lm)
+    return model
+
+
+def fewshot_curve(model: Flamingo, episodes, tokenizer, shots, *, retrieval="random", device=None, lm_only=False, max_media=None) -> dict:
+    """k -> `evaluate_shots` result for every k in `shots`; k with k + 1 > `max_media` pictures map to None."""
+    return {
+        str(k): (None if max_media is not None and k + 1 > max_media else
+                 evaluate_shots(model, episodes, k, tokenizer, retrieval=retrieval, device=device, lm_only=lm_only))
+        for k in shots
+    }
+
+
+def run_fewshot(setup: FewShotSetup | None = None, *, device=None, progress: bool = True, lm: TinyLM | None = None):
+    """The whole recipe: the LM on text alone (or the given `lm`), frozen, then Flamingo on interleaved sequences,
+    then the shots curves. Returns `(model, history)`."""
+    setup = setup if setup is not None else FewShotSetup()
+    device = get_device(device)
+    start = time.perf_counter()
+    tok = fewshot_tokenizer()
+    seed_everything(setup.seed)
+    kwargs = dict(max_images=setup.max_images, max_shots=setup.max_shots, p_all_picture=setup.p_all_picture, p_caption=setup.p_caption, tokenizer=tok)
+    text = make_training_data(setup.num_train, seed=setup.seed * 2, text_only=True, **kwargs)
+    train = make_training_data(setup.num_train, seed=setup.seed * 2 + 1, p_next=setup.p_next, **kwargs)
+    episodes = make_heldout_episodes(setup.num_heldout, seed=setup.seed)
+    # the longest prompt: k pictures (4 tokens each) + `<image> is` + one generated token, or the text task
+    max_len = max(text.tokens.shape[1], train.tokens.shape[1], 4 * max(setup.shots) + 3, 5 * TEXT_TASK_SHOTS + 3)
+    lm_losses, lm_seconds = [], 0.0
+    if lm is None:
+        lm = TinyLM(LMConfig(vocab_size=len(tok), max_len=max_len, token_shift=setup.token_shift))
+        lm_losses = train_language_model(lm, text, steps=setup.lm_steps, batch_size=setup.lm_batch_size, lr=setup.lm_lr,
+                                         seed=setup.seed, device=device, progress=progress, pad_id=tok.pad_id)
+        lm_seconds = time.perf_counter() - start
+    text_before = text_task_accuracy(lm, episodes, tok, device=device)
+    seed_everything(setup.seed + 1)
+    model = build_model(setup, lm, tok).to(device)
+    history = train_flamingo(
+        model, train, steps=setup.steps, batch_size=setup.batch_size, lr=setup.lr, gate_lr=setup.gate_lr,
+        weight_decay=setup.weight_decay, log_every=setup.log_every, seed=setup.seed, device=device, progress=progress, pad_id=tok.pad_id,
+    )
+    train_seconds = time.perf_counter() - start
+    max_media = setup.max_images if setup.media_embedding == "per_media" else None
+    curve = fewshot_curve(model, episodes, tok, setup.shots, device=device, max_media=max_media)
+    rices = fewshot_curve(model, episodes, tok, [k for k in setup.shots if k > 0], retrieval="rices", device=device, max_media=max_media)
+    blind = fewshot_curve(model.lm, episodes, tok, setup.shots, device=device, lm_only=True)
+    history.update(
+        shots_curve={k: (v["scoring"] if v else None) for k, v in curve.items()},
+        shots_curve_generation={k: (v["generation"] if v else None) for k, v in curve.items()},
+        in_support_accuracy={k: (v["in_support"] if v else None) for k, v in curve.items()},
+        in_support_fraction={k: (v["in_support_fraction"] if v else None) for k, v in curve.items()},
+        rices_curve={k: (v["scoring"] if v else None) for k, v in rices.items()},
+        text_only_lm_curve={k: v["scoring"] for k, v in blind.items()},
+        chance=1.0 / len(NAMES),
+        lm_text_accuracy_before=text_before,
+        lm_text_accuracy_after=text_task_accuracy(model.lm, episodes, tok, device=device),
+        lm_loss=lm_losses,
+        lm_seconds=lm_seconds,
+        train_seconds=train_seconds,
+        seconds=time.perf_counter() - start,
+        device=str(device),
+        config={"fewshot": {**asdict(setup), "shots": list(setup.shots)}, "lm_max_len": max_len},
+    )
+    return model, history
+
+
+def run_from_command_line(args, argv=None) -> int:
+    """`python -m flamingo_lite.train --task fewshot --out FILE [--seed S] [--shots 0,1,2,...]`: train, write the JSON.
+
+    `--steps` and `--lm-steps` set the two stages when given; otherwise this task's own defaults (`FewShotSetup`).
+    """
+    import json
+    import os
+    import sys
+    from pathlib import Path
+
+    given = {a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv) if a.startswith("--")}
+    shots = tuple(int(k) for k in str(args.shots).split(",") if k.strip() != "")
+    if not shots or any(k < 0 or k > 64 for k in shots):
+        raise SystemExit(f"--shots must be a comma-separated list of integers in [0, 64], got {args.shots!r}")
+    setup = FewShotSetup(seed=args.seed, shots=shots, log_every=args.log_every)
+    if "--steps" in given:
+        setup = replace(setup, steps=args.steps)
+    if "--lm-steps" in given:
+        setup = replace(setup, lm_steps=args.lm_steps)
+    setup = replace(setup, only_attend_immediate_media=args.only_attend_immediate_media)
+    _, history = run_fewshot(setup, device=args.device, progress=args.progress)
+    history.pop("loss_every_step", None)
+    history["config"]["threads"] = args.threads
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(history, indent=1))
+    os.replace(tmp, out)  # atomic: a reader never sees half a file
+    curve = " ".join(f"{k}:{v:.2f}" for k, v in history["shots_curve"].items() if v is not None)
+    print(f"shots curve {curve} (chance {history['chance']:.3f}), {history['seconds']:.1f} s; wrote {out}")
+    return 0

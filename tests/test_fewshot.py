@@ -1,0 +1,154 @@
+"""The few-shot task: its data's invariants and determinism, the prompt builder, the scorer, the curve's keys,
+the token shift, and the command line (tiny step counts)."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from flamingo_lite.masks import MEDIA_TOKEN
+from flamingo_lite.tiny import fewshot as fs
+from flamingo_lite.tiny.language_model import LMConfig, TinyLM
+
+TOK = fs.fewshot_tokenizer()
+
+
+def test_names_are_single_tokens_and_not_picture_words():
+    for name in fs.NAMES:
+        assert TOK.encode([name]) == [TOK.index[name]]
+        assert all(name not in c for c in fs.CLASSES)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_training_data_invariants(seed):
+    data = fs.make_training_data(200, seed=seed, max_shots=8)
+    assert data.num_images.max() <= 5 and data.images.shape[1] == 5
+    for i in range(len(data)):
+        words = TOK.words(data.tokens[i])
+        k = int(data.num_images[i])
+        assert words.count(MEDIA_TOKEN) == k == int(data.media_locations[i].sum())
+        assert words[-1] == fs.EOC_TOKEN
+        assert data.images[i, k:].abs().sum() == 0 and bool((data.images[i, :k].flatten(1).abs().sum(1) > 0).all())
+        if data.kinds[i] == "episode":
+            assert words[-4:-2] == [MEDIA_TOKEN, fs.IS] and words[-2] in fs.NAMES  # the query is a picture
+    # text may precede the first image in some episodes (it sees no image)
+    assert any(data.kinds[i] == "episode" and TOK.words(data.tokens[i])[0] != MEDIA_TOKEN for i in range(len(data)))
+
+
+def test_training_names_avoid_the_heldout_pairs():
+    data = fs.make_training_data(300, seed=3, max_shots=8, p_caption=0.0, text_only=True)
+    for i in range(len(data)):
+        words = TOK.words(data.tokens[i])
+        for j, w in enumerate(words):
+            if w in fs.NAMES:
+                c = fs.CLASSES.index((words[j - 3], words[j - 2]))
+                assert not fs.is_heldout_pair(c, fs.NAMES.index(w))
+
+
+def test_names_are_bound_consistently_within_a_sequence():
+    data = fs.make_training_data(100, seed=4, max_shots=12, p_caption=0.0, text_only=True)
+    for i in range(len(data)):
+        words, bound = TOK.words(data.tokens[i]), {}
+        for j, w in enumerate(words):
+            if w in fs.NAMES:
+                cls = (words[j - 3], words[j - 2])
+                assert bound.setdefault(cls, w) == w
+        assert len(set(bound.values())) == len(bound)
+
+
+def test_text_only_data_has_no_pictures_and_same_episode_shape():
+    data = fs.make_training_data(50, seed=5, max_shots=8, text_only=True)
+    assert data.num_images.sum() == 0 and not data.media_locations.any() and data.images.abs().sum() == 0
+
+
+def test_p_next_moves_markers_before_their_pictures():
+    data = fs.make_training_data(60, seed=6, max_shots=8, p_next=1.0)
+    for i in range(len(data)):
+        media = (data.tokens[i] == TOK.media_id).nonzero().flatten().tolist()
+        marks = data.media_locations[i].nonzero().flatten().tolist()
+        assert len(marks) == len(media)
+        assert marks[0] == 0 and all(m <= p for m, p in zip(marks, media))
+        assert all(m == p + 1 for m, p in zip(marks[1:], media[:-1]))
+
+
+def test_data_is_deterministic_and_seeds_differ():
+    a, b, c = (fs.make_training_data(40, seed=s, max_shots=8) for s in (7, 7, 8))
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.images, b.images)
+    assert not torch.equal(a.tokens[:, :10], c.tokens[:, :10])
+    e1, e2 = fs.make_heldout_episodes(5, seed=1, pool_size=8), fs.make_heldout_episodes(5, seed=1, pool_size=8)
+    assert all(torch.equal(x.pool_images, y.pool_images) and x.names == y.names for x, y in zip(e1, e2))
+
+
+def test_heldout_episodes_use_heldout_names_and_new_pictures():
+    episodes = fs.make_heldout_episodes(20, seed=0, pool_size=8)
+    for ep in episodes:
+        assert fs.is_heldout_pair(ep.query_class, ep.names[ep.query_class])
+        assert len(set(ep.names)) == len(fs.CLASSES)
+    train = fs.make_training_data(200, seed=0, max_shots=4)
+    pictures = train.images.flatten(2)[train.images.flatten(2).abs().sum(-1) > 0]  # (P, 3*H*W)
+    query = episodes[0].query_image.flatten()
+    assert not bool((pictures == query).all(-1).any())
+
+
+def test_build_prompt_writes_each_support_picture_then_the_query():
+    names = list(range(12))
+    ids = fs.build_prompt([0, 5], names, TOK)
+    assert TOK.words(ids) == [MEDIA_TOKEN, "is", fs.NAMES[0], "<eoc>", MEDIA_TOKEN, "is", fs.NAMES[5], "<eoc>", MEDIA_TOKEN, "is"]
+    assert TOK.words(fs.build_prompt([], names, TOK)) == [MEDIA_TOKEN, "is"]
+
+
+def test_score_candidates_is_log_softmax_at_the_candidates():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0], [3.0, 0.0, 0.0, 0.0]])
+    got = fs.score_candidates(logits, [3, 0])
+    torch.testing.assert_close(got, logits.log_softmax(-1)[:, [3, 0]])
+    assert got.argmax(-1).tolist() == [0, 1]
+    with pytest.raises(ValueError, match="logits_last"):
+        fs.score_candidates(logits[0], [0])
+
+
+def test_rices_picks_the_nearest_pictures_last():
+    ep = fs.make_heldout_episodes(1, seed=2, pool_size=6)[0]
+    features = torch.tensor([[1.0, 0], [0, 1.0], [0.9, 0.1], [-1.0, 0], [0.5, 0.5], [0.99, 0.01], [1.0, 0.0]])  # pool, then query
+    assert fs.choose_support(ep, 3, retrieval="rices", features=features) == [2, 5, 0]
+    with pytest.raises(ValueError, match="retrieval"):
+        fs.choose_support(ep, 1, retrieval="nearest")
+
+
+def test_token_shift_is_causal_and_off_by_default():
+    assert not any("shift" in k for k in TinyLM(LMConfig()).state_dict())
+    torch.manual_seed(0)
+    lm = TinyLM(LMConfig(vocab_size=20, max_len=12, token_shift=4)).eval()
+    x = torch.randint(0, 20, (2, 12))
+    y = x.clone()
+    y[:, 7:] = (y[:, 7:] + 1) % 20
+    assert torch.equal(lm(x)[:, :7], lm(y)[:, :7]) and not torch.equal(lm(x)[:, 7:], lm(y)[:, 7:])
+    with pytest.raises(ValueError, match="token_shift"):
+        TinyLM(LMConfig(token_shift=-1))
+
+
+def test_run_fewshot_returns_the_curve_keys():
+    setup = fs.FewShotSetup(lm_steps=2, steps=2, num_train=64, num_heldout=8, max_shots=4, shots=(0, 1, 4), log_every=1)
+    _, history = fs.run_fewshot(setup, progress=False)
+    assert set(history["shots_curve"]) == {"0", "1", "4"}
+    assert all(0.0 <= v <= 1.0 for v in history["shots_curve"].values())
+    assert history["chance"] == pytest.approx(1 / 16)
+    assert set(history["rices_curve"]) == {"1", "4"} and set(history["text_only_lm_curve"]) == {"0", "1", "4"}
+    assert history["in_support_fraction"]["0"] == 0.0 and history["in_support_accuracy"]["0"] is None
+    assert len(history["attn_gate_tanh"]) == 3 and history["attn_gate_tanh"][0] == [0.0, 0.0]
+    per_media = fs.FewShotSetup(**{**setup.__dict__, "media_embedding": "per_media", "max_images": 2})
+    _, capped = fs.run_fewshot(per_media, progress=False)
+    assert capped["shots_curve"]["4"] is None and capped["shots_curve"]["1"] is not None
+
+
+def test_command_line_writes_the_shots_curve(tmp_path):
+    out = tmp_path / "fewshot.json"
+    subprocess.run(
+        [sys.executable, "-m", "flamingo_lite.train", "--task", "fewshot", "--out", str(out), "--steps", "2", "--lm-steps", "2",
+         "--shots", "0,1", "--threads", "1", "--no-progress"],
+        check=True, capture_output=True, text=True, timeout=300,
+    )
+    history = json.loads(out.read_text())
+    assert set(history["shots_curve"]) == {"0", "1"} and "chance" in history and "seconds" in history
+    assert history["config"]["fewshot"]["steps"] == 2 and len(history["attn_gate_tanh"]) >= 2
