@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from flamingo_lite.files import check_output_path, write_text_atomic
+
 VARIANTS = {
     "flamingo (immediate media, tanh gates, every layer)": {},
     "all previous media": {"only_attend_immediate_media": False},
@@ -61,6 +63,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("ablations.json"))
     args = parser.parse_args()
+    try:  # before minutes of training
+        check_output_path(args.out, "--out")
+    except ValueError as err:
+        parser.error(str(err))
     jobs = [(name, seed) for seed in args.seeds for name in VARIANTS]
     start = time.perf_counter()
     with get_context("spawn").Pool(args.workers) as pool:
@@ -84,7 +90,7 @@ def main() -> None:
         "summary": summary,
         "runs": runs,
     }
-    args.out.write_text(json.dumps(record, indent=1))
+    write_text_atomic(args.out, json.dumps(record, indent=1))
     for name, s in summary.items():
         print(f"{name:55s} paper {s['paper_overall_score']:5.1f}   toy accuracy {s['mean_heldout_caption_accuracy']:.3f} "
               f"(min {s['min_heldout_caption_accuracy']:.3f}, max {s['max_heldout_caption_accuracy']:.3f})")

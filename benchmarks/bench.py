@@ -47,6 +47,7 @@ import torch  # noqa: E402
 from flamingo_pytorch import flamingo_pytorch as seed  # noqa: E402
 
 import flamingo_lite as fl  # noqa: E402
+from flamingo_lite.files import check_output_path, write_text_atomic  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -521,7 +522,7 @@ def section_profile(args, device, dtype):
         print(f"  segment path, media={t}: share of {sort}")
         for e in results[str(t)][:8]:
             print(f"    {e['self_share'] * 100:5.1f}%  {e['op']}  ({e['calls']} calls per step)")
-        (Path(args.out).parent / f"profile_{device.type}_{args.dtype}_media{t}.txt").write_text(table)
+        write_text_atomic(Path(args.out).parent / f"profile_{device.type}_{args.dtype}_media{t}.txt", table)
     return results
 
 
@@ -548,6 +549,10 @@ def main() -> None:
         memory_child(args.memory_child[0], int(args.memory_child[1]), device, dtype)
         return
     args.out = args.out or str(ROOT / "benchmarks" / "results" / f"{device.type}_{args.dtype}.json")
+    try:  # before minutes of timing
+        check_output_path(args.out, "--out")
+    except ValueError as err:
+        parser.error(str(err))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
     sections = args.only or ["modules", "sweep", "weights_only", "uneven", "memory", "profile", "auto", "training"]
@@ -581,7 +586,7 @@ def main() -> None:
         record["section_seconds"][name] = round(time.time() - section_start, 1)
     record["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     record["seconds"] = round(sum(record["section_seconds"].values()), 1)
-    Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
+    write_text_atomic(args.out, json.dumps(record, indent=1) + "\n")
     print(f"wrote {os.path.relpath(args.out, ROOT)} in {round(time.time() - start, 1)} s")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import io
 import json
 import os
 import platform
@@ -27,6 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
+from flamingo_lite.files import write_bytes_atomic, write_text_atomic  # noqa: E402
 from flamingo_lite.tiny.fewshot import FewShotSetup, run_fewshot  # noqa: E402
 
 CONFIGS = {
@@ -40,9 +42,7 @@ KEEP = ("shots_curve", "shots_curve_generation", "in_support_accuracy", "in_supp
 
 
 def write_json(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1))
 
 
 def fmt(v) -> str:
@@ -74,7 +74,7 @@ def write_table(results: dict, path: Path) -> None:
             lines.append(f"- {name}, seed {seed}: " + "; ".join(f"{what} {'met' if ok else 'NOT met'}" for what, ok in targets(h)))
     if results.get("notes"):
         lines += ["", "Notes recorded with the results:", ""] + [f"- {note}" for note in results["notes"]]
-    path.write_text("\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def targets(h: dict) -> list:
@@ -120,7 +120,9 @@ def plot(results: dict, path: Path) -> None:
     ax.set_title("The tiny Flamingo learns names from its prompt")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    picture = io.BytesIO()
+    fig.savefig(picture, format="png", dpi=110)
+    write_bytes_atomic(path, picture.getvalue())
 
 
 def main(argv=None) -> int:

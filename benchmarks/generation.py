@@ -28,6 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from flamingo_lite.files import write_text_atomic  # noqa: E402
 from flamingo_lite.tiny.data import Tokenizer  # noqa: E402
 from flamingo_lite.tiny.generation import generate  # noqa: E402
 from flamingo_lite.tiny.model import Flamingo, FlamingoConfig  # noqa: E402
@@ -82,10 +83,7 @@ def main() -> None:
         "torch": torch.__version__,
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
     }
-    out = Path(args.out)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out)  # atomic: a reader never sees half a file
+    out = write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

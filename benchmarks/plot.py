@@ -9,6 +9,7 @@ recorded numbers, and says in its title which machine they came from.
 """
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
@@ -19,6 +20,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from flamingo_lite.files import write_bytes_atomic  # noqa: E402
+
 LABELS = {
     "seed": "flamingo-pytorch 0.1.2 (masks every media)",
     "masked": "flamingo_lite, masked path",
@@ -53,7 +58,9 @@ def plot(path: Path) -> Path:
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     out = path.with_name(path.stem + "_media_sweep.png")
-    fig.savefig(out)
+    picture = io.BytesIO()
+    fig.savefig(picture, format="png")
+    write_bytes_atomic(out, picture.getvalue())
     plt.close(fig)
     return out
 

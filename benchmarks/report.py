@@ -14,6 +14,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from flamingo_lite.files import write_text_atomic  # noqa: E402
+
 README = ROOT / "benchmarks" / "README.md"
 
 
@@ -155,7 +159,7 @@ def main(argv: list[str]) -> None:
         text = f"{before}{start}\n{block}\n{end}{after}"
     else:
         text = text.rstrip("\n") + f"\n\n## Results: {name}\n\n{start}\n{block}\n{end}\n"
-    README.write_text(text)
+    write_text_atomic(README, text)
     print(f"wrote the {name} tables into benchmarks/README.md")
 
 

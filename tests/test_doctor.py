@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +16,8 @@ from flamingo_lite.teaching import doctor
 def test_every_check_passes_in_the_course_environment(capsys):
     checks = doctor.run_checks()
     names = [c.name for c in checks]
-    for wanted in ("Python", "torch", "einops", "matplotlib", "ipywidgets", "jupyterlab", "widgets extension", "device"):
+    for wanted in ("Python", "torch", "einops", "numpy", "tqdm", "matplotlib", "ipywidgets", "jupyterlab", "ipykernel",
+                   "widgets extension", "device"):
         assert wanted in names
     assert sum(n.startswith("forward ") for n in names) == 5  # one forward pass per reference layer
     assert [c for c in checks if not c.ok] == []
@@ -119,3 +121,38 @@ def test_the_doctor_starts_and_reports_a_missing_torch():
     torch_line = next(line for line in out.stdout.splitlines() if line.split()[1:2] == ["torch"])
     assert torch_line.split()[0] == "FAIL"
     assert "course.py setup" in out.stdout
+
+
+@pytest.mark.parametrize("missing", ["numpy", "tqdm"])
+def test_a_missing_training_dependency_fails(missing, monkeypatch, capsys):
+    """With only torch and einops the layers run, but the training needs numpy and tqdm: the doctor says so."""
+    real_import = importlib.import_module
+
+    def import_without(name, *args, **kwargs):
+        if name == missing:
+            raise ModuleNotFoundError(f"No module named {missing!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(doctor.importlib, "import_module", import_without)
+    assert doctor.main([]) == 1
+    out = capsys.readouterr().out
+    assert f"FAIL  {missing}" in out and f'pip install "{missing}>=' in out
+
+
+def test_the_doctor_checks_every_dependency_with_the_minimum_pyproject_names():
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    wanted = {}
+    for spec in project["dependencies"] + project["optional-dependencies"]["course"]:
+        name, minimum = re.fullmatch(r"([\w-]+)>=([\d.]+)", spec.replace(" ", "")).groups()
+        wanted[name] = minimum
+    assert {dist: minimum for _, dist, minimum, _ in doctor.PACKAGES} == wanted
+
+
+@pytest.mark.parametrize("argv", [["--bogus"], ["extra"], ["--verbose", "--help"]])
+def test_an_unknown_argument_is_refused_with_exit_code_2(argv, monkeypatch, capsys):
+    monkeypatch.setattr(doctor, "run_checks", lambda: pytest.fail("the checks ran despite the unknown argument"))
+    assert doctor.main(argv) == 2
+    captured = capsys.readouterr()
+    assert f"unknown argument {argv[0]!r}" in captured.err and captured.out == ""

@@ -1,7 +1,9 @@
 """The command line: options, the JSON it writes, clear errors for bad options."""
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +58,115 @@ def test_cli_writes_history_json(tmp_path):
     assert 0.0 <= history["heldout_caption_accuracy"] <= 1.0 and history["seconds"] > 0
     assert history["config"]["model"]["tanh_gate"] is False and history["config"]["model"]["cross_attn_every"] == 2
     assert "held-out caption accuracy" in result.stdout
+
+
+# ------------------------------------------------------------------ --out and --threads, checked before any work
+FAKE_HISTORY = {"loss": [2.0, 1.0], "attn_gate_tanh": [[0.0], [0.5]], "ff_gate_tanh": [[0.0], [0.25]],
+                "heldout_caption_accuracy": 0.5, "seconds": 1.5, "config": {}}
+
+
+@pytest.fixture
+def fake_training(monkeypatch):
+    """run_training replaced by one that returns a fixed history at once; `calls` counts the runs."""
+    calls = []
+
+    def run_training(setup, config, device, progress):
+        calls.append(setup)
+        return None, json.loads(json.dumps(FAKE_HISTORY))
+
+    monkeypatch.setattr(cli, "run_training", run_training)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "out, message",
+    [
+        ("", "--out is empty"),
+        (".", "is a folder"),
+        ("existing_folder", "is a folder"),
+        ("a_file/history.json", "is a file, not a folder"),
+    ],
+)
+def test_a_bad_out_is_refused_before_any_training(out, message, tmp_path, monkeypatch, fake_training, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "existing_folder").mkdir()
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--out", out, "--no-progress"])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert fake_training == []  # refused before the training started
+
+
+def test_an_unwritable_folder_is_refused_before_any_training(tmp_path, monkeypatch, fake_training, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.geteuid() == 0:  # root may write anywhere: answer as the kernel answers everyone else
+        from flamingo_lite import files
+
+        real_access = os.access
+        monkeypatch.setattr(files.os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["--out", str(locked / "history.json"), "--no-progress"])
+    finally:
+        locked.chmod(0o755)
+    assert exit_info.value.code == 2
+    assert "no permission to write into" in capsys.readouterr().err
+    assert fake_training == []
+
+
+def test_out_dash_writes_the_json_to_stdout_and_no_file(tmp_path, monkeypatch, fake_training, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["--out", "-", "--no-progress", "--threads", "1"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {**FAKE_HISTORY, "config": {"threads": 1}}  # only the JSON on stdout
+    assert "held-out caption accuracy 0.500" in captured.err and "wrote the standard output" in captured.err
+    assert list(tmp_path.iterdir()) == []  # no file named '-'
+    assert "standard output" in cli.build_parser().format_help()
+
+
+def test_a_failed_write_keeps_the_old_history_and_prints_the_new_one(tmp_path, monkeypatch, fake_training, capsys):
+    from flamingo_lite import files
+
+    out = tmp_path / "history.json"
+    out.write_text('{"earlier": "run"}')
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files.os, "replace", full_disk)
+    assert cli.main(["--out", str(out), "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert out.read_text() == '{"earlier": "run"}'  # intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.json"]  # no temporary file left
+    assert "could not write" in captured.err and "No space left on device" in captured.err
+    assert json.loads(captured.out)["loss"] == FAKE_HISTORY["loss"]  # the run is not lost
+
+
+def test_the_history_replaces_an_earlier_file_and_creates_its_folders(tmp_path, fake_training):
+    out = tmp_path / "runs" / "one" / "history.json"
+    assert cli.main(["--out", str(out), "--no-progress"]) == 0
+    assert json.loads(out.read_text())["heldout_caption_accuracy"] == 0.5
+    out.write_text("old")
+    assert cli.main(["--out", str(out), "--no-progress"]) == 0
+    assert json.loads(out.read_text())["loss"] == FAKE_HISTORY["loss"]
+
+
+@pytest.mark.parametrize("threads, message", [("64", "at most 2"), ("3", "at most 2"), ("0", "positive integer")])
+def test_threads_are_bounded_as_the_help_says(threads, message, tmp_path, fake_training, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--out", str(tmp_path / "x.json"), "--threads", threads, "--no-progress"])
+    assert exit_info.value.code == 2
+    assert fake_training == []
+    assert message in capsys.readouterr().err
+    assert "1 to 2" in cli.build_parser().format_help()
+    assert cli.build_parser().parse_args(["--out", "x.json", "--threads", "2"]).threads == 2
+
+
+def test_the_command_line_refuses_a_folder_with_exit_code_2(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "flamingo_lite.train", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "is a folder" in result.stderr and "Traceback" not in result.stderr

@@ -2,10 +2,11 @@
 
     python -m flamingo_lite.doctor
 
-It reports the versions of Python, torch, einops, ipywidgets, matplotlib and JupyterLab, the device the lessons
-will use, whether JupyterLab can draw the widgets (the `jupyterlab_widgets` extension), and runs a tiny forward
-pass through each reference layer. Every failure comes with the command that fixes it. The exit code is 0 when
-everything passed and 1 otherwise, so a script (or a teacher with a room of laptops) can rely on it.
+It reports the versions of Python, torch, einops, numpy, tqdm, ipywidgets, matplotlib, JupyterLab and ipykernel, the
+device the lessons will use, whether JupyterLab can draw the widgets (the `jupyterlab_widgets` extension), and runs
+a tiny forward pass through each reference layer. Every failure comes with the command that fixes it. The exit code is 0 when
+everything passed and 1 otherwise, so a script (or a teacher with a room of laptops) can rely on it; an unknown
+argument is refused with exit code 2.
 
 Each check is a plain function that returns a `Check`, so each can be tested on its own.
 """
@@ -24,9 +25,12 @@ SETUP = "python3 course.py setup"  # the course's one-command setup, from the re
 PACKAGES = [
     ("torch", "torch", "2.1", "the layers"),
     ("einops", "einops", "0.7", "the layers"),
+    ("numpy", "numpy", "1.24", "the data and the training"),
+    ("tqdm", "tqdm", "4.60", "the training's progress bars"),
     ("matplotlib", "matplotlib", "3.7", "the plots"),
     ("ipywidgets", "ipywidgets", "8.0", "the interactive widgets"),
     ("jupyterlab", "jupyterlab", "4.0", "the course itself"),
+    ("ipykernel", "ipykernel", "6.0", "the Python kernel the notebooks run in"),
 ]
 MIN_PYTHON = (3, 10)
 WIDGETS_EXTENSION = "@jupyter-widgets/jupyterlab-manager"
@@ -221,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     if args and args[0] in ("-h", "--help"):
         print(__doc__)
         return 0
+    if args:
+        print(f"unknown argument {args[0]!r}: the doctor takes none (python -m flamingo_lite.doctor, or --help)", file=sys.stderr)
+        return 2
     checks = run_checks()
     print(report(checks))
     return 0 if all(c.ok for c in checks) else 1

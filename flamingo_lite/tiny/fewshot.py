@@ -478,21 +478,17 @@ def run_fewshot(setup: FewShotSetup | None = None, *, device=None, progress: boo
     return model, history
 
 
-def run_from_command_line(args, argv=None) -> int:
-    """`python -m flamingo_lite.train --task fewshot --out FILE [--seed S] [--shots 0,1,2,...]`: train, write the JSON.
+def run_from_command_line(args, argv=None) -> tuple[dict, str]:
+    """`python -m flamingo_lite.train --task fewshot --out FILE [--seed S] [--shots 0,1,2,...]`: train and evaluate.
+
+    Returns the JSON history and a one-line summary; `flamingo_lite.tiny.train` writes them.
 
     `--steps` and `--lm-steps` set the two stages when given; otherwise this task's own defaults (`FewShotSetup`).
     """
-    import json
-    import os
     import sys
-    from pathlib import Path
 
     given = {a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv) if a.startswith("--")}
-    shots = tuple(int(k) for k in str(args.shots).split(",") if k.strip() != "")
-    if not shots or any(k < 0 or k > 64 for k in shots):
-        raise SystemExit(f"--shots must be a comma-separated list of integers in [0, 64], got {args.shots!r}")
-    setup = FewShotSetup(seed=args.seed, shots=shots, log_every=args.log_every)
+    setup = FewShotSetup(seed=args.seed, shots=tuple(args.shots), log_every=args.log_every)
     if "--steps" in given:
         setup = replace(setup, steps=args.steps)
     if "--lm-steps" in given:
@@ -501,11 +497,5 @@ def run_from_command_line(args, argv=None) -> int:
     _, history = run_fewshot(setup, device=args.device, progress=args.progress)
     history.pop("loss_every_step", None)
     history["config"]["threads"] = args.threads
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(history, indent=1))
-    os.replace(tmp, out)  # atomic: a reader never sees half a file
     curve = " ".join(f"{k}:{v:.2f}" for k, v in history["shots_curve"].items() if v is not None)
-    print(f"shots curve {curve} (chance {history['chance']:.3f}), {history['seconds']:.1f} s; wrote {out}")
-    return 0
+    return history, f"shots curve {curve} (chance {history['chance']:.3f}), {history['seconds']:.1f} s"

@@ -2,11 +2,14 @@
 
     python -m flamingo_lite.train --out history.json
     python -m flamingo_lite.train --out ablation.json --no-tanh-gate --steps 300 --seed 1
+    python -m flamingo_lite.train --out - | python -m json.tool      # the JSON to the standard output
 
 The run: draw the coloured-shapes data, train the language model on the text alone, freeze it, train Flamingo
 (resampler and gated cross-attention blocks), caption the held-out pictures. The JSON holds `loss` (the loss at
 each logged step, step 0 first, before any update), `attn_gate_tanh` and `ff_gate_tanh` (per logged step, a list
 over the cross-attention layers), `heldout_caption_accuracy` (0-1), `seconds`, `config`, and a few more.
+`--out` is checked before any training (exit code 2 with the reason when no file can be written there), and the
+file is replaced atomically: a failed write leaves an earlier history as it was.
 """
 from __future__ import annotations
 
@@ -18,11 +21,13 @@ from pathlib import Path
 
 import torch
 
+from ..files import check_output_path, write_text_atomic
 from .model import FlamingoConfig
 from .training import TrainingSetup, run_training
 
 DEFAULTS = TrainingSetup()
-DEFAULT_THREADS = min(2, os.cpu_count() or 1)
+MAX_THREADS = 2  # the model is too small to gain from more
+DEFAULT_THREADS = min(MAX_THREADS, os.cpu_count() or 1)
 
 
 def positive_int(text: str) -> int:
@@ -33,6 +38,25 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def shot_counts(text: str) -> tuple[int, ...]:
+    """argparse type: comma-separated numbers of shots, each 0 to 64, such as 0,1,2,4."""
+    try:
+        shots = tuple(int(k) for k in text.split(",") if k.strip() != "")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1,2,4, got {text!r}") from None
+    if not shots or any(k < 0 or k > 64 for k in shots):
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers in [0, 64], got {text!r}")
+    return shots
+
+
+def thread_count(text: str) -> int:
+    """argparse type: a number of CPU threads, 1 to MAX_THREADS."""
+    value = positive_int(text)
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_THREADS} (this model is too small to gain from more), got {value}")
     return value
 
 
@@ -63,8 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="caption (default): the coloured-shapes captioning run; fewshot: names learnt from the prompt's examples, "
         "with the shots curve (flamingo_lite.tiny.fewshot)",
     )
-    parser.add_argument("--shots", default="0,1,2,4,8,16,32", help="--task fewshot: the k of the k-shot prompts evaluated (default 0,1,2,4,8,16,32)")
-    parser.add_argument("--out", required=True, type=Path, help="where to write the JSON history (parent folders are created)")
+    parser.add_argument("--shots", type=shot_counts, default=(0, 1, 2, 4, 8, 16, 32), help="--task fewshot: the k of the k-shot prompts evaluated (default 0,1,2,4,8,16,32)")
+    parser.add_argument(
+        "--out", required=True,
+        help="where to write the JSON history (parent folders are created; an earlier file is replaced only once the "
+        "new one is complete), or - for the standard output (the summary line then goes to the standard error)",
+    )
     parser.add_argument("--steps", type=positive_int, default=DEFAULTS.steps, help=f"Flamingo training steps (default {DEFAULTS.steps})")
     parser.add_argument(
         "--lm-steps", type=positive_int, default=DEFAULTS.lm_steps,
@@ -90,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-every", type=positive_int, default=DEFAULTS.log_every, help=f"log loss and gates every N steps (default {DEFAULTS.log_every})")
     parser.add_argument(
-        "--threads", type=positive_int, default=DEFAULT_THREADS,
-        help=f"CPU threads for PyTorch (default {DEFAULT_THREADS}, at most 2: this model is too small to use more; on a "
+        "--threads", type=thread_count, default=DEFAULT_THREADS,
+        help=f"CPU threads for PyTorch, 1 to {MAX_THREADS} (default {DEFAULT_THREADS}; this model is too small to use more; on a "
         "busy machine use 1, as the lessons do, which also gives the lessons' exact numbers)",
     )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="turn the tqdm progress bars off")
@@ -99,12 +127,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:  # before any work: a bad --out found after the training would lose the results
+        out = None if args.out == "-" else check_output_path(args.out, "--out")
+    except ValueError as err:
+        parser.error(str(err))  # exit code 2
     torch.set_num_threads(args.threads)
     if args.task == "fewshot":
         from .fewshot import run_from_command_line
 
-        return run_from_command_line(args, argv)
+        history, summary = run_from_command_line(args, argv)
+        return write_history(history, out, summary)
     setup = TrainingSetup(steps=args.steps, lm_steps=args.lm_steps, seed=args.seed, log_every=args.log_every)
     config = FlamingoConfig(
         cross_attn_every=args.cross_attn_every,
@@ -113,17 +147,34 @@ def main(argv=None) -> int:
     )
     _, history = run_training(setup, config, device=args.device, progress=args.progress)
     history["config"]["threads"] = args.threads
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(history, indent=1))
-    print(
+    summary = (
         f"held-out caption accuracy {history['heldout_caption_accuracy']:.3f}, "
         f"final loss {history['loss'][-1]:.3f}, "
         f"tanh(attn_gate) per layer {[round(g, 3) for g in history['attn_gate_tanh'][-1]]}, "
-        f"{history['seconds']:.1f} s; wrote {args.out}",
-        file=sys.stderr if args.out == Path("/dev/stdout") else sys.stdout,
+        f"{history['seconds']:.1f} s"
+    )
+    return write_history(history, out, summary)
+
+
+def write_history(history: dict, out: Path | None, summary: str) -> int:
+    """Write the JSON history to `out` atomically (None: the standard output), then the one-line summary."""
+    text = json.dumps(history, indent=1)
+    if out is None:
+        print(text, flush=True)
+    else:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(out, text)
+        except OSError as err:
+            print(f"error: could not write {out} ({err.__class__.__name__}: {err}); an earlier file there is unchanged. "
+                  "The history follows on the standard output, so this run is not lost.", file=sys.stderr)
+            print(text, flush=True)
+            return 1
+    print(
+        f"{summary}; wrote {'the standard output' if out is None else out}",
+        file=sys.stderr if out is None or out == Path("/dev/stdout") else sys.stdout,
     )
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
