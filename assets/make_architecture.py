@@ -4,6 +4,7 @@ Vision encoder -> Perceiver Resampler -> gated cross-attention blocks interleave
 `media_locations` deciding which text sees which image. Frozen parts are blue, trained parts are orange, as in
 the paper's Fig. 3, redrawn from scratch so it can be changed.
 """
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +12,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from flamingo_lite.files import write_figure_atomic  # noqa: E402
 
 FROZEN, TRAINED, DATA, TEXT = "#cfe2f3", "#f9cb9c", "#eeeeee", "#333333"
 OUT = Path(__file__).resolve().parent / "flamingo_architecture.png"
@@ -80,7 +84,7 @@ def draw():
     box(ax, 1.9, 5.75, 0.45, 0.3, "", TRAINED)
     ax.text(2.45, 5.9, "trained", va="center", fontsize=8.5)
     ax.set_title("Flamingo: a frozen vision encoder and a frozen language model, joined by trained parts", fontsize=10.5)
-    fig.savefig(OUT, bbox_inches="tight", metadata={"Software": None})
+    write_figure_atomic(fig, OUT, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
     return OUT
 

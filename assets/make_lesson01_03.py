@@ -5,6 +5,7 @@
 - perceiver_resampler.png: t media of n features each in, t x L latents out, `depth` layers (lesson 03).
 Colours as in flamingo_architecture.png: frozen parts blue, trained parts orange, data grey.
 """
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +13,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from flamingo_lite.files import write_figure_atomic  # noqa: E402
 
 FROZEN, TRAINED, DATA, TEXT = "#cfe2f3", "#f9cb9c", "#eeeeee", "#333333"
 MEDIA, LATENT = "#9fc5e8", "#e69138"
@@ -140,6 +144,6 @@ if __name__ == "__main__":
         ("perceiver_resampler", perceiver_resampler),
     ]:
         fig = draw()
-        fig.savefig(HERE / f"{name}.png", bbox_inches="tight", metadata={"Software": None})
+        write_figure_atomic(fig, HERE / f"{name}.png", bbox_inches="tight", metadata={"Software": None})
         plt.close(fig)
         print("wrote", f"assets/{name}.png")

@@ -22,6 +22,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from flamingo_lite.masks import cross_attention_mask, text_time  # noqa: E402
+from flamingo_lite.files import write_figure_atomic, write_text_atomic  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MEDIA_COLORS = ["#4e79a7", "#f28e2b", "#59a14f"]
@@ -71,7 +72,7 @@ def draw_views(out: Path) -> None:
                     fontsize=9)
     right.axis("off")
     fig.tight_layout()
-    fig.savefig(out)
+    write_figure_atomic(fig, out)
     plt.close(fig)
 
 
@@ -82,7 +83,7 @@ def copy_benchmark() -> None:
         return
     record = json.loads(source.read_text())
     keep = {k: record[k] for k in ("machine", "device", "dtype", "repeats", "sizes", "sweep", "memory") if k in record}
-    (HERE / "lesson09_benchmark_cpu.json").write_text(json.dumps(keep, indent=1) + "\n")
+    write_text_atomic(HERE / "lesson09_benchmark_cpu.json", json.dumps(keep, indent=1) + "\n")
     plot = source.with_name(source.stem + "_media_sweep.png")
     if plot.exists():
         shutil.copyfile(plot, HERE / "lesson09_benchmark_cpu.png")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
 import json
 import os
 import platform
@@ -28,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
-from flamingo_lite.files import write_bytes_atomic, write_text_atomic  # noqa: E402
+from flamingo_lite.files import write_figure_atomic, write_text_atomic  # noqa: E402
 from flamingo_lite.tiny.fewshot import FewShotSetup, run_fewshot  # noqa: E402
 
 CONFIGS = {
@@ -120,9 +119,7 @@ def plot(results: dict, path: Path) -> None:
     ax.set_title("The tiny Flamingo learns names from its prompt")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    picture = io.BytesIO()
-    fig.savefig(picture, format="png", dpi=110)
-    write_bytes_atomic(path, picture.getvalue())
+    write_figure_atomic(fig, path, dpi=110)
 
 
 def main(argv=None) -> int:

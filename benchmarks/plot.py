@@ -9,7 +9,6 @@ recorded numbers, and says in its title which machine they came from.
 """
 from __future__ import annotations
 
-import io
 import json
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from flamingo_lite.files import write_bytes_atomic  # noqa: E402
+from flamingo_lite.files import write_figure_atomic  # noqa: E402
 
 LABELS = {
     "seed": "flamingo-pytorch 0.1.2 (masks every media)",
@@ -58,9 +57,7 @@ def plot(path: Path) -> Path:
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     out = path.with_name(path.stem + "_media_sweep.png")
-    picture = io.BytesIO()
-    fig.savefig(picture, format="png")
-    write_bytes_atomic(out, picture.getvalue())
+    write_figure_atomic(fig, out)
     plt.close(fig)
     return out
 

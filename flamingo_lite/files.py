@@ -8,12 +8,13 @@ left as it was. `check_output_path` finds a target that cannot be written before
 """
 from __future__ import annotations
 
+import io
 import os
 import stat
 import tempfile
 from pathlib import Path
 
-__all__ = ["check_output_path", "write_bytes_atomic", "write_text_atomic"]
+__all__ = ["check_output_path", "write_bytes_atomic", "write_figure_atomic", "write_text_atomic"]
 
 
 def _default_mode() -> int:
@@ -68,6 +69,17 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
 def write_text_atomic(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
     """Write `text` to `path` atomically (see `write_bytes_atomic`). Returns the path written."""
     return write_bytes_atomic(path, text.encode(encoding))
+
+
+def write_figure_atomic(fig, path: str | os.PathLike, **savefig_kwargs) -> Path:
+    """Save a matplotlib figure to `path` atomically: drawn into memory, then written by `write_bytes_atomic`.
+
+    The format is the file's suffix (png unless told); `savefig_kwargs` go to `fig.savefig` as they are.
+    """
+    savefig_kwargs.setdefault("format", Path(path).suffix.lstrip(".") or "png")
+    picture = io.BytesIO()
+    fig.savefig(picture, **savefig_kwargs)
+    return write_bytes_atomic(path, picture.getvalue())
 
 
 def check_output_path(path: str | os.PathLike, what: str = "the output file") -> Path:

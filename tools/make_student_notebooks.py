@@ -32,6 +32,9 @@ from pathlib import Path
 import nbformat
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from flamingo_lite.files import write_bytes_atomic  # noqa: E402  (standard library only, no torch)
+
 LESSONS_DIR = ROOT / "notebooks"
 STUDENT_DIR = LESSONS_DIR / "student"
 LESSON_GLOB = "[0-9][0-9]_*.ipynb"
@@ -199,7 +202,7 @@ def write(lessons_dir: Path = LESSONS_DIR, student_dir: Path = STUDENT_DIR) -> l
             path.unlink()
     for path, data in want.items():
         if not path.exists() or path.read_bytes() != data:
-            path.write_bytes(data)
+            write_bytes_atomic(path, data)
     return list(want)
 
 
