@@ -1,0 +1,61 @@
+"""Mutation tests of lesson 10's check: it fails on the stub with a message, passes with the solution, and names
+each mistake it claims to recognise when fed a wrong implementation."""
+from __future__ import annotations
+
+import pytest
+
+from flamingo_lite.teaching.exercises import ExerciseFailed, hint, lesson10
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError("Your turn")
+
+
+def fails(check, *args, match: str):
+    with pytest.raises(ExerciseFailed, match=match):
+        check(*args)
+
+
+def solution(depth, every, codebase):
+    shift = 1 if codebase == "open_flamingo" else 0
+    return [i for i in range(depth) if (i + shift) % every == 0]
+
+
+def test_the_stub_fails_saying_it_is_not_written():
+    fails(lesson10.check_gated_layers, stub, match="not written yet")
+
+
+def test_the_solution_passes(capsys):
+    got = lesson10.check_gated_layers(solution)
+    assert got[(8, 4, "idefics")] == [0, 4] and got[(8, 4, "open_flamingo")] == [3, 7]
+    assert capsys.readouterr().out.startswith("OK")
+
+
+@pytest.mark.parametrize("wrong,match", [
+    (lambda d, k, cb: solution(d, k, "idefics" if cb == "open_flamingo" else "open_flamingo"), "swapped"),
+    (lambda d, k, cb: solution(d, k, "idefics"), r"OpenFlamingo's rule is shifted by one"),
+    (lambda d, k, cb: solution(d, k, "open_flamingo"), r"IDEFICS's rule is `i % every == 0`"),
+    (lambda d, k, cb: [i for i in range(1, d + 1) if (i + (cb == "open_flamingo")) % k == 0], "counted from 1"),
+    (lambda d, k, cb: [i for i in range(d) if (i - (cb == "open_flamingo")) % k == 0], "wrong way"),
+    (lambda d, k, cb: list(range(d)), "every layer gets a block"),
+    (lambda d, k, cb: solution(d, k, cb)[:-1], "no usual mistake matches"),
+])
+def test_each_mistake_is_named(wrong, match):
+    fails(lesson10.check_gated_layers, wrong, match=match)
+
+
+def test_not_a_list_of_ints_is_named():
+    fails(lesson10.check_gated_layers, lambda d, k, cb: "0, 4", match="return a list of layer indices")
+    fails(lesson10.check_gated_layers, lambda d, k, cb: [float(i) for i in solution(d, k, cb)], match="ints")
+
+
+def test_the_mistakes_differ_from_the_answer_and_from_each_other():
+    right = {key: solution(*key) for key in lesson10._rule(lambda *a: True)}
+    outputs = [wrong for _, wrong in lesson10._mistakes()]
+    assert all(out != right for out in outputs)
+    assert all(a != b for i, a in enumerate(outputs) for b in outputs[i + 1:])
+
+
+def test_the_hint_exists(capsys):
+    hint("10.placement")
+    assert "(i + 1) % every == 0" in capsys.readouterr().out
