@@ -42,7 +42,6 @@ import torch.nn.functional as F
 
 from ..device import get_device
 from ..masks import MEDIA_TOKEN, media_locations_from_tokens
-from ..perceiver import PerceiverResampler
 from ..validation import check_positive_int
 from .data import CAPTION_WORDS, COLOURS, EOC_TOKEN, PAD_TOKEN, SHAPES, Tokenizer, caption_words, render_shape
 from .language_model import LMConfig, TinyLM
@@ -405,13 +404,9 @@ def build_model(setup: FewShotSetup, lm: TinyLM, tokenizer: Tokenizer) -> Flamin
     config = FlamingoConfig(
         vocab_size=len(tokenizer), max_len=lm.config.max_len, media_token_id=tokenizer.media_id,
         num_media_embeds=setup.max_images, only_attend_immediate_media=setup.only_attend_immediate_media,
-    )
-    model = Flamingo(config, lm=lm)
-    model.resampler = PerceiverResampler(
-        dim=config.dim, depth=config.resampler_depth, dim_head=config.dim_head, heads=config.heads,
-        num_latents=config.num_latents, num_media_embeds=config.num_media_embeds, ff_mult=config.ff_mult,
         media_embedding=setup.media_embedding,
     )
+    model = Flamingo(config, lm=lm)
     if not setup.freeze_lm:
         unfreeze(model.lm)
     return model

@@ -44,7 +44,8 @@ class FlamingoConfig:
     vision_seed: int = 0  # the frozen vision encoder's random mixing weights are drawn from this seed
     resampler_depth: int = 2
     num_latents: int = 8
-    num_media_embeds: int = 5  # the most pictures a sequence may have
+    num_media_embeds: int = 5  # the most pictures a sequence may have, with the per-media embedding
+    media_embedding: str = "per_media"  # or "none": the paper's reading for images, no cap (PerceiverResampler)
     dim_head: int = 16
     heads: int = 4
     ff_mult: int = 2
@@ -113,6 +114,7 @@ class Flamingo(nn.Module):
         self.resampler = PerceiverResampler(
             dim=config.dim, depth=config.resampler_depth, dim_head=config.dim_head, heads=config.heads,
             num_latents=config.num_latents, num_media_embeds=config.num_media_embeds, ff_mult=config.ff_mult,
+            media_embedding=config.media_embedding,
         )
         self.xattn_layers = xattn_layers(len(self.lm.blocks), config.cross_attn_every, config.xattn_placement)
         self.xattn = nn.ModuleDict(
