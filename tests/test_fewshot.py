@@ -37,14 +37,24 @@ def test_training_data_invariants(seed):
     assert any(data.kinds[i] == "episode" and TOK.words(data.tokens[i])[0] != MEDIA_TOKEN for i in range(len(data)))
 
 
-def test_training_names_avoid_the_heldout_pairs():
-    data = fs.make_training_data(300, seed=3, max_shots=8, p_caption=0.0, text_only=True)
-    for i in range(len(data)):
-        words = TOK.words(data.tokens[i])
-        for j, w in enumerate(words):
-            if w in fs.NAMES:
-                c = fs.CLASSES.index((words[j - 3], words[j - 2]))
-                assert not fs.is_heldout_pair(c, fs.NAMES.index(w))
+def test_assignments_are_uniform_so_no_pair_is_unlikely():
+    rng = np.random.default_rng(0)
+    counts = np.zeros((len(fs.CLASSES), len(fs.NAMES)))
+    for _ in range(4000):
+        names = fs.draw_assignment(rng)
+        assert len(set(names)) == len(fs.CLASSES) and all(0 <= n < len(fs.NAMES) for n in names)
+        counts[np.arange(len(fs.CLASSES)), names] += 1
+    expected = 4000 / len(fs.NAMES)  # 250 per class-name pair
+    assert counts.min() > 0.75 * expected and counts.max() < 1.25 * expected  # about 8 standard errors apart
+
+
+def test_evaluation_assignments_never_occur_in_training():
+    train = fs.make_training_data(2000, seed=0, max_shots=4, p_caption=0.3)
+    seen = {a for a in train.assignments if a is not None}
+    assert len(seen) == sum(k == "episode" for k in train.kinds)  # each episode binds names afresh
+    assert all(a is None for a, k in zip(train.assignments, train.kinds) if k == "caption")
+    episodes = fs.make_heldout_episodes(300, seed=0, pool_size=4)
+    assert not {tuple(ep.names) for ep in episodes} & seen
 
 
 def test_names_are_bound_consistently_within_a_sequence():
@@ -81,10 +91,9 @@ def test_data_is_deterministic_and_seeds_differ():
     assert all(torch.equal(x.pool_images, y.pool_images) and x.names == y.names for x, y in zip(e1, e2))
 
 
-def test_heldout_episodes_use_heldout_names_and_new_pictures():
+def test_heldout_episodes_use_new_pictures():
     episodes = fs.make_heldout_episodes(20, seed=0, pool_size=8)
     for ep in episodes:
-        assert fs.is_heldout_pair(ep.query_class, ep.names[ep.query_class])
         assert len(set(ep.names)) == len(fs.CLASSES)
     train = fs.make_training_data(200, seed=0, max_shots=4)
     pictures = train.images.flatten(2)[train.images.flatten(2).abs().sum(-1) > 0]  # (P, 3*H*W)
@@ -126,6 +135,62 @@ def test_token_shift_is_causal_and_off_by_default():
     assert torch.equal(lm(x)[:, :7], lm(y)[:, :7]) and not torch.equal(lm(x)[:, 7:], lm(y)[:, 7:])
     with pytest.raises(ValueError, match="token_shift"):
         TinyLM(LMConfig(token_shift=-1))
+
+
+def test_positions_none_has_no_position_embedding_and_reads_any_length():
+    assert "pos_emb.weight" in TinyLM(LMConfig()).state_dict()
+    torch.manual_seed(0)
+    lm = TinyLM(LMConfig(vocab_size=20, max_len=40, token_shift=4, positions="none")).eval()
+    assert not any("pos_emb" in k for k in lm.state_dict())
+    x = torch.randint(0, 20, (2, 8))
+    shifted = torch.cat([torch.randint(0, 20, (2, 30)), x], dim=1)  # the same 8 tokens after 30 others
+    # no position signal: the last token's logits depend only on what it reads, and a prefix changes them, not its length
+    assert lm(x).shape == (2, 8, 20) and lm(shifted).shape == (2, 38, 20)
+    with pytest.raises(ValueError, match="LMConfig.positions"):
+        TinyLM(LMConfig(positions="rotary"))
+
+
+def test_cached_generation_matches_with_the_token_shift_and_no_positions():
+    from flamingo_lite.tiny.generation import generate
+
+    torch.manual_seed(0)
+    setup = fs.FewShotSetup(max_images=3)
+    lm = TinyLM(LMConfig(vocab_size=len(TOK), max_len=30, token_shift=4, positions="none"))
+    model = fs.build_model(setup, lm, TOK).eval()
+    ep = fs.make_heldout_episodes(1, seed=0, pool_size=4)[0]
+    prompt = torch.tensor([fs.build_prompt(ep.pool_classes[:2], ep.names, TOK)])  # (1, 10)
+    images = torch.cat([ep.pool_images[:2], ep.query_image[None]])[None]  # (1, 3, 3, H, W)
+    cached = generate(model, prompt, images, max_new_tokens=4, eoc_id=None, use_cache=True)
+    plain = generate(model, prompt, images, max_new_tokens=4, eoc_id=None, use_cache=False)
+    assert torch.equal(cached, plain)
+    beams = [generate(model, prompt, images, max_new_tokens=4, eoc_id=None, num_beams=3, use_cache=c) for c in (True, False)]
+    assert torch.equal(beams[0], beams[1])  # the token shift's rows follow the beams
+
+
+def test_bucketed_batches_cover_each_epoch_and_group_similar_lengths():
+    from flamingo_lite.tiny.training import batches
+
+    lengths = torch.randint(1, 200, (640,))
+    plain = list(batches(640, 32, 20, torch.Generator().manual_seed(0)))
+    bucketed = list(batches(640, 32, 20, torch.Generator().manual_seed(0), lengths))
+    assert sorted(torch.cat(bucketed).tolist()) == list(range(640))  # one epoch: every item once
+    spread = lambda bs: float(np.mean([int(lengths[b].max() - lengths[b].min()) for b in bs]))
+    assert spread(bucketed) < 0.25 * spread(plain)
+
+
+def test_bucketing_trims_padding_without_changing_the_loss():
+    from flamingo_lite.tiny.training import next_token_loss
+
+    torch.manual_seed(0)
+    data = fs.make_training_data(16, seed=0, max_shots=8, tokenizer=TOK)
+    lm = TinyLM(LMConfig(vocab_size=len(TOK), max_len=data.tokens.shape[1], token_shift=4, positions="none")).eval()
+    lengths = (data.tokens != TOK.pad_id).sum(1)  # (16,)
+    short = data.tokens[torch.argsort(lengths)[:4]]  # (4, n): the four shortest, padded to the longest of all
+    n = int(lengths.sort().values[3])
+    assert n < short.shape[1]
+    padded = next_token_loss(lm(short), short, TOK.pad_id)
+    trimmed = next_token_loss(lm(short[:, :n]), short[:, :n], TOK.pad_id)
+    torch.testing.assert_close(trimmed, padded)
 
 
 def test_run_fewshot_returns_the_curve_keys():

@@ -65,6 +65,7 @@ class CachedDecoder:
         if bool((media_locations.sum(dim=1) != count).any()):
             raise ValueError("cached generation needs the same number of <image> tokens in every prompt row")
         self.cache = [None] * len(model.lm.blocks)
+        self.shift_cache = [None] * len(model.lm.blocks)  # per LM layer: the last ln_1 rows the token shift needs
         logits = self._run(tokens, self.media, media_locations)  # (b, n, V)
         self.sees_nothing = count == 0
         if count == 0 or not model.config.only_attend_immediate_media:
@@ -80,6 +81,7 @@ class CachedDecoder:
 
     def reorder(self, rows: torch.Tensor) -> None:
         self.cache = [(k[rows], v[rows]) for k, v in self.cache]
+        self.shift_cache = [None if h is None else h[rows] for h in self.shift_cache]
         self.media, self.seen_media = self.media[rows], self.seen_media[rows]
 
     def _run(self, tokens: torch.Tensor, media: torch.Tensor, media_locations) -> torch.Tensor:
@@ -87,8 +89,7 @@ class CachedDecoder:
         lm, s = self.model.lm, tokens.shape[1]
         if self.length + s > lm.config.max_len:
             raise ValueError(f"the sequence would have {self.length + s} tokens but the LM's max_len is {lm.config.max_len}")
-        positions = torch.arange(self.length, self.length + s, device=tokens.device)  # (s,)
-        x = lm.tok_emb(tokens) + lm.pos_emb(positions)  # (b, s, d)
+        x = lm.embed(tokens, start=self.length)  # (b, s, d)
         for i, block in enumerate(lm.blocks):
             if str(i) in self.model.xattn:
                 x = self.model.xattn[str(i)](x, media, media_locations)  # (b, s, d)
@@ -99,7 +100,13 @@ class CachedDecoder:
     def _block(self, i: int, block, x: torch.Tensor) -> torch.Tensor:
         """One LM block on the new tokens, with the stored keys and values of the earlier ones."""
         attn = block.attn
-        q, k, v = attn.to_qkv(block.ln_1(x)).chunk(3, dim=-1)  # 3 x (b, s, d)
+        h = block.ln_1(x)  # (b, s, d)
+        if hasattr(block, "shift"):  # the token shift reads the width-1 positions before the new ones: keep them
+            before = self.shift_cache[i]
+            h_all = h if before is None else torch.cat((before, h), dim=1)  # (b, <=w-1+s, d)
+            self.shift_cache[i] = h_all[:, -(block.shift.width - 1) :] if block.shift.width > 1 else h_all[:, :0]
+            h = block.shift(h_all)[:, -h.shape[1] :]  # (b, s, d): zeros before position 0, as in the full forward
+        q, k, v = attn.to_qkv(h).chunk(3, dim=-1)  # 3 x (b, s, d)
         q, k, v = (rearrange(z, "b s (h e) -> b h s e", h=attn.heads) for z in (q, k, v))  # 3 x (b, h, s, e)
         past = self.cache[i]
         if past is not None:

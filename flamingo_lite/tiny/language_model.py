@@ -16,6 +16,11 @@ query must find the earlier position whose *previous* tokens match its own, and 
 it with the next; with the shift, the key of `dax` already holds `is`, `circle`, `red`, and one attention layer
 can match on them. `flamingo_lite.tiny.fewshot` uses it; the captioning model does not.
 
+`LMConfig(positions="none")` drops the position embedding. A causal model still knows the order of its tokens
+(each one sees only those before it, and the token shift says which came just before), and an induction match
+needs no absolute position at all. So a model trained on sequences of 200 tokens works unchanged on longer
+prompts, where a learned position embedding would meet rows it never trained.
+
 The model is written as three steps, `embed`, `blocks`, `head`, so that `flamingo_lite.tiny.model.Flamingo` can
 run the very same layers with gated cross-attention blocks placed before them.
 
@@ -45,6 +50,7 @@ class LMConfig:
     heads: int = 4
     mlp_mult: int = 4
     token_shift: int = 0  # width of a causal depthwise convolution before each attention layer; 0: none
+    positions: str = "learned"  # "learned": a position embedding up to max_len; "none": no position signal at all
 
 
 class CausalSelfAttention(nn.Module):
@@ -117,7 +123,10 @@ class TinyLM(nn.Module):
         if isinstance(config.token_shift, bool) or not isinstance(config.token_shift, int) or config.token_shift < 0:
             raise ValueError(f"LMConfig.token_shift must be an int >= 0 (0: no shift), got {config.token_shift!r}")
         self.tok_emb = nn.Embedding(config.vocab_size, config.dim)
-        self.pos_emb = nn.Embedding(config.max_len, config.dim)
+        if config.positions not in ("learned", "none"):
+            raise ValueError(f"LMConfig.positions must be 'learned' or 'none', got {config.positions!r}")
+        if config.positions == "learned":
+            self.pos_emb = nn.Embedding(config.max_len, config.dim)
         self.blocks = nn.ModuleList([Block(config.dim, config.heads, config.mlp_mult, config.token_shift) for _ in range(config.depth)])
         self.ln_f = nn.LayerNorm(config.dim)
         self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
@@ -135,10 +144,13 @@ class TinyLM(nn.Module):
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got [{int(tokens.min())}, {int(tokens.max())}]")
         return tokens
 
-    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Token plus position embeddings: (b, n) long -> (b, n, d)."""
-        positions = torch.arange(tokens.shape[1], device=tokens.device)  # (n,)
-        return self.tok_emb(tokens) + self.pos_emb(positions)  # (b, n, d)
+    def embed(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Token plus position embeddings of positions start, start+1, ...: (b, n) long -> (b, n, d)."""
+        x = self.tok_emb(tokens)  # (b, n, d)
+        if self.config.positions == "none":
+            return x
+        positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)  # (n,)
+        return x + self.pos_emb(positions)  # (b, n, d)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Final LayerNorm and the linear head: (b, n, d) -> (b, n, V)."""

@@ -46,15 +46,31 @@ def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor, pad_id: int = 0)
     return F.cross_entropy(predictions.reshape(-1, predictions.shape[-1]), targets.reshape(-1), ignore_index=pad_id)
 
 
-def batches(num_items: int, batch_size: int, steps: int, generator: torch.Generator):
-    """`steps` index tensors of `batch_size`, walking through shuffled epochs."""
-    order = torch.randperm(num_items, generator=generator)
-    position = 0
+def batches(num_items: int, batch_size: int, steps: int, generator: torch.Generator, lengths: torch.Tensor | None = None):
+    """`steps` index tensors of `batch_size`, walking through shuffled epochs.
+
+    With `lengths` (num_items,), each epoch's batches are made of sequences of similar length (bucketing): the
+    shuffled epoch is cut into pools of 16 batches, each pool sorted by length and cut into batches, and the batches
+    are visited in random order. A batch then wastes little on padding once it is trimmed to its longest sequence.
+    """
+    def epoch() -> list[torch.Tensor]:
+        order = torch.randperm(num_items, generator=generator)  # (num_items,)
+        usable = order[: num_items - num_items % batch_size]  # whole batches only
+        if lengths is None:
+            return list(usable.split(batch_size))
+        pool = 16 * batch_size
+        grouped = []
+        for start in range(0, len(usable), pool):
+            part = usable[start : start + pool]  # (<= pool,)
+            part = part[torch.argsort(lengths[part], stable=True)]  # shortest first
+            grouped += list(part.split(batch_size))
+        return [grouped[i] for i in torch.randperm(len(grouped), generator=generator).tolist()]
+
+    queue: list[torch.Tensor] = []
     for _ in range(steps):
-        if position + batch_size > num_items:
-            order, position = torch.randperm(num_items, generator=generator), 0
-        yield order[position : position + batch_size]  # (batch_size,)
-        position += batch_size
+        if not queue:
+            queue = epoch()
+        yield queue.pop(0)  # (batch_size,)
 
 
 def train_language_model(
@@ -68,18 +84,26 @@ def train_language_model(
     device=None,
     progress: bool = True,
     pad_id: int = 0,
+    bucket_by_length: bool = False,
 ) -> list[float]:
-    """Train `lm` on the token sequences of `data` alone (no pictures). Returns the loss of every step."""
+    """Train `lm` on the token sequences of `data` alone (no pictures). Returns the loss of every step.
+
+    `bucket_by_length`: batches of similar length, trimmed to their longest sequence (`batches`); the loss is the
+    same, padding columns cost nothing. The sequences must be padded on the right."""
     steps = check_positive_int("steps", steps)
     device = get_device(device)
     lm.to(device).train()
     optimizer = torch.optim.AdamW(lm.parameters(), lr=lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     tokens_all = data.tokens.to(device)  # (N, n)
+    lengths = (data.tokens != pad_id).sum(dim=1)  # (N,)
     losses = []
-    bar = tqdm(batches(len(data), batch_size, steps, generator), total=steps, desc="language model", disable=not progress)
+    order = batches(len(data), batch_size, steps, generator, lengths if bucket_by_length else None)
+    bar = tqdm(order, total=steps, desc="language model", disable=not progress)
     for idx in bar:
         tokens = tokens_all[idx.to(device)]  # (B, n)
+        if bucket_by_length:
+            tokens = tokens[:, : int(lengths[idx].max())]  # (B, n'): trailing padding cut, the same loss
         loss = next_token_loss(lm(tokens), tokens, pad_id)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -130,8 +154,11 @@ def train_flamingo(
     device=None,
     progress: bool = True,
     pad_id: int = 0,
+    bucket_by_length: bool = False,
 ) -> dict:
     """Train the trainable parts of `model` (resampler, gated blocks) on `data`.
+
+    `bucket_by_length`: as in `train_language_model`.
 
     Returns a history: `step` (the logged steps, 0 first), `loss` (the batch loss at each logged step; at step 0
     the loss of the first batch before any update), `attn_gate_tanh` and `ff_gate_tanh` (per logged step, a
@@ -154,11 +181,15 @@ def train_flamingo(
         history["attn_gate_tanh"].append(g["attn"])
         history["ff_gate_tanh"].append(g["ff"])
 
-    bar = tqdm(batches(len(data), batch_size, steps, generator), total=steps, desc="flamingo", disable=not progress)
+    lengths = (data.tokens != pad_id).sum(dim=1)  # (N,)
+    order = batches(len(data), batch_size, steps, generator, lengths if bucket_by_length else None)
+    bar = tqdm(order, total=steps, desc="flamingo", disable=not progress)
     for step, idx in enumerate(bar):
         part = data[idx].to(device)
-        logits = model(part.tokens, part.images, part.media_locations)  # (B, n, V)
-        loss = next_token_loss(logits, part.tokens, pad_id)
+        n = int(lengths[idx].max()) if bucket_by_length else part.tokens.shape[1]  # trailing padding cut: the same loss
+        tokens, media_locations = part.tokens[:, :n], part.media_locations[:, :n]  # (B, n'), (B, n')
+        logits = model(tokens, part.images, media_locations)  # (B, n', V)
+        loss = next_token_loss(logits, tokens, pad_id)
         if step == 0:
             log(0, loss.item())  # before any update: gates exactly 0, the loss of the frozen LM
         optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,125 @@
+"""Checks for lesson 12's two exercises: the k-shot prompt builder and the likelihood scorer.
+
+- `build_prompt(support_classes, names, tokenizer)`: the ids of `<image> is NAME <eoc>` for each support picture,
+  then `<image> is` for the query. The answer is `fewshot.build_prompt`; a wrong prompt is compared with the usual
+  mistakes on the same episode (the `<eoc>` left out, the query's `is` or its `<image>` left out, a class's own
+  index used as its name instead of the episode's assignment, the support written as words instead of pictures,
+  the support in reverse order), so the verdict names the mistake.
+- `score_names(logits, candidate_ids)`: from the model's logits over the whole prompt (b, n, V), the
+  log-probability of each candidate name as the next token (b, C). The answer is `fewshot.score_candidates` at the
+  last position; the usual mistakes (the first position instead of the last, raw logits, probabilities instead of
+  log-probabilities, log_softmax over positions, renormalised over the candidates only, the first C vocabulary
+  entries instead of the candidates' ids) are computed on the same logits.
+"""
+from __future__ import annotations
+
+import torch
+
+from ...tiny import fewshot
+from . import Mistake, compare, fail, passed, register_hints, run_learner
+
+register_hints({
+    "12.prompt": "Start with `words = []`; for each class `c` in `support_classes` add `['<image>', 'is', "
+                 "NAMES[names[c]], '<eoc>']` (the episode's name for that class, not `NAMES[c]`); then add "
+                 "`['<image>', 'is']` for the query and return `tokenizer.encode(words)`.",
+    "12.score": "The prediction for the token after the prompt is at the *last* position: `logits[:, -1]` (b, V). "
+                "Take `log_softmax(dim=-1)` over the whole vocabulary, then the candidates' columns: "
+                "`[:, candidate_ids]` -> (b, C).",
+})
+
+SUPPORT = [3, 7, 3, 0]  # classes of four support pictures: one class twice, so a name recurs
+NAMES_OF_CLASSES = [5, 9, 14, 2, 11, 0, 7, 13, 4, 1, 8, 3]  # the episode's name index for each of the 12 classes
+
+
+def _words_prompt(shots, query) -> list:
+    """The ids of a prompt written from word lists."""
+    tok = fewshot.fewshot_tokenizer()
+    return tok.encode([w for shot in shots for w in shot] + query)
+
+
+def _prompt_mistakes(support, names) -> list[tuple[str, list]]:
+    media, is_, eoc = fewshot.MEDIA_TOKEN, fewshot.IS, fewshot.EOC_TOKEN
+    name = lambda c: fewshot.NAMES[names[c]]  # noqa: E731
+    return [
+        ("each support example must end with `<eoc>`: `<image> is NAME <eoc>`, so the model knows where one example "
+         "stops (every training chunk ends with it).",
+         _words_prompt([[media, is_, name(c)] for c in support], [media, is_])),
+        ("the query must end with `is`: the model writes the name right after `<image> is`, so the prompt stops "
+         "there.", _words_prompt([[media, is_, name(c), eoc] for c in support], [media])),
+        ("the query's `<image>` is missing: the prompt ends with `<image> is` for the query picture (its marker is "
+         "what lets the text see it).", _words_prompt([[media, is_, name(c), eoc] for c in support], [is_])),
+        ("the names come from the class index (`NAMES[c]`): use the episode's assignment, `NAMES[names[c]]`; every "
+         "episode binds the names afresh.", _words_prompt([[media, is_, fewshot.NAMES[c], eoc] for c in support], [media, is_])),
+        ("the support examples are written as words (`red circle is NAME`): in this prompt each one is a picture, "
+         "`<image> is NAME <eoc>`, and the model has to see what it shows.",
+         _words_prompt([[*fewshot.class_words(c), is_, name(c), eoc] for c in support], [media, is_])),
+        ("the support examples are in reverse order: keep the order of `support_classes`, which is the order of "
+         "the pictures given with the prompt.",
+         _words_prompt([[media, is_, name(c), eoc] for c in reversed(support)], [media, is_])),
+    ]
+
+
+def check_build_prompt(build_prompt) -> list:
+    """Step "12.prompt": the k-shot prompt of a fixed episode, and the 0-shot prompt."""
+    tok = fewshot.fewshot_tokenizer()
+    for support in (SUPPORT, []):
+        got = run_learner(build_prompt, list(support), list(NAMES_OF_CLASSES), tok,
+                          what=f"your build_prompt({support}, names, tokenizer)")
+        if isinstance(got, torch.Tensor):
+            got = got.tolist()
+        if not isinstance(got, (list, tuple)) or not all(isinstance(i, int) for i in got):
+            fail(f"your build_prompt returned {type(got).__name__}: return the list of token ids, "
+                 "`tokenizer.encode(words)`.")
+        want = fewshot.build_prompt(support, NAMES_OF_CLASSES, tok)
+        if list(got) == want:
+            continue
+        for message, wrong in _prompt_mistakes(support, NAMES_OF_CLASSES):
+            if list(got) == wrong:
+                fail(f"your build_prompt({support}, ...): {message}")
+        fail(f"your build_prompt({support}, ...) gives {' '.join(tok.words(got))!r}, expected "
+             f"{' '.join(tok.words(want))!r}; no usual mistake matches, so compare word by word.")
+    passed(f"build_prompt is right: {' '.join(tok.words(want_k := fewshot.build_prompt(SUPPORT, NAMES_OF_CLASSES, tok)))!r} "
+           f"({len(want_k)} tokens for {len(SUPPORT)} shots; 0 shots is just '<image> is').")
+    return want_k
+
+
+def example_logits(seed: int = 0):
+    """Logits (3, 6, V) over the few-shot vocabulary and the 16 name ids."""
+    tok = fewshot.fewshot_tokenizer()
+    generator = torch.Generator().manual_seed(seed)
+    logits = 3 * torch.randn(3, 6, len(tok), generator=generator)  # (b, n, V)
+    return logits, [tok.index[name] for name in fewshot.NAMES]
+
+
+def score_mistakes(logits: torch.Tensor, ids: list) -> list[Mistake]:
+    last = logits[:, -1]  # (b, V)
+    return [
+        Mistake("first position", logits[:, 0].log_softmax(-1)[:, ids],
+                "these are the scores at the first position: the next token after the prompt is predicted at the "
+                "*last* position, `logits[:, -1]`."),
+        Mistake("second to last", logits[:, -2].log_softmax(-1)[:, ids],
+                "these are the scores one position too early: the prediction after the prompt is `logits[:, -1]`."),
+        Mistake("raw logits", last[:, ids],
+                "these are raw logits, not log-probabilities: apply `log_softmax(dim=-1)` over the vocabulary first."),
+        Mistake("probabilities", last.softmax(-1)[:, ids],
+                "these are probabilities: the scorer returns *log*-probabilities, `log_softmax(dim=-1)`."),
+        Mistake("over positions", logits.log_softmax(dim=1)[:, -1][:, ids],
+                "the log_softmax runs over the positions (dim=1): normalise over the vocabulary, `dim=-1`."),
+        Mistake("renormalised", last[:, ids].log_softmax(-1),
+                "the scores are renormalised over the candidates only: take log_softmax over the whole vocabulary, "
+                "then the candidates' columns (the ranking is the same, but these are not the model's probabilities)."),
+        Mistake("first C entries", last.log_softmax(-1)[:, : len(ids)],
+                "these are the first C vocabulary entries, not the candidates: index the columns with "
+                "`candidate_ids`."),
+    ]
+
+
+def check_score_names(score_names) -> torch.Tensor:
+    """Step "12.score": log p(candidate | prompt) at the last position, on random logits."""
+    logits, ids = example_logits()
+    got = run_learner(score_names, logits.clone(), list(ids), what="your score_names(logits, candidate_ids)")
+    want = fewshot.score_candidates(logits[:, -1], ids)  # (b, C)
+    compare(got, want, what="your score_names", mistakes=score_mistakes(logits, ids))
+    passed(f"score_names is right: (batch, candidates) = {tuple(want.shape)} log-probabilities, each row's best "
+           f"candidate {want.argmax(-1).tolist()}.")
+    return want

@@ -1,0 +1,104 @@
+"""Lesson 12's checks: the stub fails saying it is not written, the solution passes, and every usual mistake the
+checks claim to recognise is fed to them and named in the verdict."""
+import pytest
+import torch
+
+from flamingo_lite.teaching.exercises import ExerciseFailed, hint, lesson12
+from flamingo_lite.tiny import fewshot
+
+
+def fails(check, fn, match):
+    with pytest.raises(ExerciseFailed, match=match):
+        check(fn)
+
+
+def stub(*args):
+    raise NotImplementedError
+
+
+def prompt_solution(support_classes, names, tokenizer):
+    words = []
+    for c in support_classes:
+        words += ["<image>", "is", fewshot.NAMES[names[c]], "<eoc>"]
+    return tokenizer.encode(words + ["<image>", "is"])
+
+
+def wrong_prompt(shot, query, order=lambda s: s):
+    def build(support_classes, names, tokenizer):
+        words = [w for c in order(list(support_classes)) for w in shot(c, names)]
+        return tokenizer.encode(words + query)
+    return build
+
+
+NAME = lambda c, names: fewshot.NAMES[names[c]]  # noqa: E731
+
+
+def test_the_prompt_stub_fails_saying_it_is_not_written():
+    fails(lesson12.check_build_prompt, stub, match="not written yet")
+
+
+def test_the_prompt_solution_passes(capsys):
+    ids = lesson12.check_build_prompt(prompt_solution)
+    assert ids == fewshot.build_prompt(lesson12.SUPPORT, lesson12.NAMES_OF_CLASSES, fewshot.fewshot_tokenizer())
+    assert capsys.readouterr().out.startswith("OK")
+
+
+@pytest.mark.parametrize("wrong, match", [
+    (wrong_prompt(lambda c, n: ["<image>", "is", NAME(c, n)], ["<image>", "is"]), "must end with `<eoc>`"),
+    (wrong_prompt(lambda c, n: ["<image>", "is", NAME(c, n), "<eoc>"], ["<image>"]), "must end with `is`"),
+    (wrong_prompt(lambda c, n: ["<image>", "is", NAME(c, n), "<eoc>"], ["is"]), "query's `<image>` is missing"),
+    (wrong_prompt(lambda c, n: ["<image>", "is", fewshot.NAMES[c], "<eoc>"], ["<image>", "is"]), "from the class index"),
+    (wrong_prompt(lambda c, n: [*fewshot.class_words(c), "is", NAME(c, n), "<eoc>"], ["<image>", "is"]), "written as words"),
+    (wrong_prompt(lambda c, n: ["<image>", "is", NAME(c, n), "<eoc>"], ["<image>", "is"], order=lambda s: s[::-1]), "reverse order"),
+])
+def test_each_prompt_mistake_is_named(wrong, match):
+    fails(lesson12.check_build_prompt, wrong, match=match)
+
+
+def test_a_prompt_that_is_not_ids_or_unknown_is_named():
+    fails(lesson12.check_build_prompt, lambda s, n, t: " ".join(map(str, prompt_solution(s, n, t))), match="list of token ids")
+    fails(lesson12.check_build_prompt, lambda s, n, t: prompt_solution(s, n, t)[:-1] + [0], match="no usual mistake matches")
+
+
+def test_the_prompt_mistakes_differ_from_the_answer_and_each_other():
+    tok = fewshot.fewshot_tokenizer()
+    right = fewshot.build_prompt(lesson12.SUPPORT, lesson12.NAMES_OF_CLASSES, tok)
+    wrongs = [w for _, w in lesson12._prompt_mistakes(lesson12.SUPPORT, lesson12.NAMES_OF_CLASSES)]
+    assert all(w != right for w in wrongs) and len({tuple(w) for w in wrongs}) == len(wrongs)
+
+
+def score_solution(logits, candidate_ids):
+    return logits[:, -1].log_softmax(dim=-1)[:, candidate_ids]
+
+
+def test_the_score_stub_fails_and_the_solution_passes(capsys):
+    fails(lesson12.check_score_names, stub, match="not written yet")
+    got = lesson12.check_score_names(score_solution)
+    assert got.shape == (3, 16) and "OK" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong, match", [
+    (lambda lg, ids: lg[:, 0].log_softmax(-1)[:, ids], "first position"),
+    (lambda lg, ids: lg[:, -2].log_softmax(-1)[:, ids], "one position too early"),
+    (lambda lg, ids: lg[:, -1][:, ids], "raw logits"),
+    (lambda lg, ids: lg[:, -1].softmax(-1)[:, ids], "these are probabilities"),
+    (lambda lg, ids: lg.log_softmax(1)[:, -1][:, ids], "over the positions"),
+    (lambda lg, ids: lg[:, -1][:, ids].log_softmax(-1), "renormalised over the candidates"),
+    (lambda lg, ids: lg[:, -1].log_softmax(-1)[:, : len(ids)], "first C vocabulary entries"),
+])
+def test_each_score_mistake_is_named(wrong, match):
+    fails(lesson12.check_score_names, wrong, match=match)
+
+
+def test_the_score_mistakes_differ_from_the_answer_and_each_other():
+    logits, ids = lesson12.example_logits()
+    right = score_solution(logits, ids)
+    outs = [m.output for m in lesson12.score_mistakes(logits, ids)]
+    assert all(not torch.allclose(o, right, atol=1e-3) for o in outs)
+    assert all(not torch.allclose(a, b, atol=1e-3) for i, a in enumerate(outs) for b in outs[i + 1:])
+
+
+def test_the_hints_exist(capsys):
+    for key in ("12.prompt", "12.score"):
+        hint(key)
+        assert key in capsys.readouterr().out
