@@ -1,4 +1,4 @@
-"""The paper's three ablations on the tiny Flamingo, recorded for lesson 08.
+"""The paper's three ablations on the tiny Flamingo, recorded for lesson 09.
 
     python benchmarks/ablations.py                  # every variant, seeds 0 1 2, two processes
     python benchmarks/ablations.py --seeds 0 --workers 1

@@ -7,7 +7,7 @@ is decided by `media_locations` (True at each `<image>` token) through the pure 
 media before it; with False it sees every media before it. Text before the first media sees none and gets
 exactly zero output, in both modes (the original code lets it average over all media, future ones included).
 
-Two exact ways to compute it (lesson 09 proves they give the same numbers):
+Two exact ways to compute it (lesson 10 proves they give the same numbers):
 
 * the *masked path* (lesson 05): score every token against the latents of every media, mask, softmax. Its cost
   grows with the number of media t. It serves the all-previous mode and small inputs.

@@ -6,7 +6,7 @@ masked path, lesson 05) still scores every token against the latents of *every* 
 one media away, so its cost grows with the number of media t: n * (t*m) scores per head. But the text that
 shares a text time is one contiguous *segment* (text time is a running count, so it never goes down), and a
 segment attends to exactly one media. Cutting the text into its segments and attending each segment to its own
-media gives the same numbers with n * m scores per head, whatever t is (lesson 09 proves the two are equal).
+media gives the same numbers with n * m scores per head, whatever t is (lesson 10 proves the two are equal).
 
 How, without a Python loop over segments (all index arithmetic on tensors, so it runs on any device):
 

@@ -1,4 +1,4 @@
-"""The work picture of lesson 09: the segment view's cells, read off its layout, are exactly the mask's kept cells."""
+"""The work picture of lesson 10: the segment view's cells, read off its layout, are exactly the mask's kept cells."""
 import matplotlib
 
 matplotlib.use("Agg")

@@ -1,6 +1,6 @@
 """A widget to step through a recorded training run: the loss so far and how far each gate has opened.
 
-Lesson 08 uses it after training: drag the slider (or press play) to move through the logged steps; the
+Lesson 09 uses it after training: drag the slider (or press play) to move through the logged steps; the
 left plot draws the loss up to that step, the right one a bar per cross-attention layer with tanh of its
 attention and feed-forward gates. The callbacks are plain functions (`frame`, `render_frame`) so tests can
 check the numbers shown are the ones in the history.

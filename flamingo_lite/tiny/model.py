@@ -7,7 +7,7 @@ tokens, and the language model reads the text as before, except that before ever
 its layers (starting at the first) a `GatedCrossAttentionBlock` lets the text look at the visual tokens of the
 picture it follows. Only the resampler and the gated blocks are trained; the vision encoder and the language
 model stay frozen. Because every gate starts at tanh(0) = 0, the untrained Flamingo computes *exactly* the
-frozen language model's logits (lesson 07 checks this with `torch.equal`).
+frozen language model's logits (lesson 08 checks this with `torch.equal`).
 
 Shapes, in einops notation: b batch, n tokens, t media, c=3, H=W picture size, g grid cells per picture,
 L latents per picture, d the width, V the vocabulary size.

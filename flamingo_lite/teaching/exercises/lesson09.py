@@ -1,160 +1,232 @@
-"""Checks for lesson 09: the learner writes the segment-view cross-attention's forward, then two counting exercises.
+"""Checks for lesson 09: the learner writes the pieces of the training step (the next-token loss, freezing, the
+AdamW parameter groups) and greedy decoding, then two exercises that read the training's results.
 
-The layer is checked with the reference's weights on a batch with every awkward case (text before the first
-image, a marker at position 0, two markers in a row, a media without a marker), against the usual mistakes
-computed on the same input: media numbered from 0 (each segment reading the next image), text before the first
-image left attending to the first image, the softmax over the wrong axis, the scale forgotten, all previous media.
+The loss is checked on logits and tokens with padding, against the loss not shifted (scoring each position's
+own token), shifted the wrong way, and counted on padding. Freezing and the parameter groups are read off the
+learner's model and groups. Greedy decoding runs on a scripted model whose next token is known at every
+position, so a decoder that does not stop at `<eoc>`, reads the wrong position or never feeds its own word back
+gives a recognisable answer.
 """
 from __future__ import annotations
 
 import torch
-from einops import rearrange
+import torch.nn.functional as F
+from torch import nn
 
-from ... import masks
-from ...cross_attention import MaskedCrossAttention
+from ...tiny import data as shapes_data
+from ...tiny import training
+from ...tiny.model import Flamingo, FlamingoConfig
 from . import Mistake, compare, fail, passed, register_hints, run_learner
 
-DIM, HEADS, DIM_HEAD = 16, 2, 8
-
 register_hints({
-    "09.segments": "For each row and each text time k_time in 1..t: `tokens = (times[row] == k_time).nonzero()"
-                   ".flatten()`; skip it when empty; the segment's image is media k_time - 1 (text time counts from 1, "
-                   "media indices from 0); `softmax(q_seg @ k_segᵀ * scale, dim=-1)` over the image's m latents, then "
-                   "`@ v_seg`. Tokens with text time 0 keep their zeros.",
-    "09.lengths": "`masks.text_time(media_locations)` gives (b, n); compare it with `torch.arange(1, t + 1)` on a new "
-                  "last axis and count along the tokens: `(times[..., None] == arange).sum(dim=1)`.",
-    "09.scores": "The mask view scores every token against every latent: b * heads * n * t * m. The segment view "
-                 "only the tokens that see an image, each against m latents: heads * m * (tokens with text time >= 1).",
+    "09.loss": "The prediction at position i is for token i+1: take `logits[:, :-1]` and `tokens[:, 1:]`, flatten "
+               "both (`.reshape(-1, V)` and `.reshape(-1)`), and call `F.cross_entropy(..., ignore_index=pad_id)` so "
+               "padding targets are left out of the mean.",
+    "09.freeze": "`model.vision.requires_grad_(False)` and `model.lm.requires_grad_(False)`; the resampler and the "
+                 "gated blocks keep `requires_grad=True`. Return the model.",
+    "09.groups": "Walk `model.named_parameters()`, skip `not p.requires_grad`, put names ending in `_gate` in "
+                 "`{'params': gates, 'lr': gate_lr, 'weight_decay': 0.0}` and the rest in "
+                 "`{'params': others, 'weight_decay': weight_decay}`.",
+    "09.greedy": "Loop `max_new_tokens` times: `logits = model(ids[None], images[None])`, the next id is "
+                 "`logits[0, -1].argmax()`; append it to `ids` (`torch.cat`) and to your answer, and `break` after "
+                 "appending `eoc_id`.",
+    "09.first_step": "Walk `zip(history['step'], history['attn_gate_tanh'])` and return the first step where "
+                     "`abs(gates[layer]) > threshold`; after the loop return None.",
+    "09.format": "`caption.split()`: 3 words `a COLOUR SHAPE` is colour first, 4 words `a SHAPE in COLOUR` is shape "
+                 "first; check each word against `shapes_data.COLOURS` / `shapes_data.SHAPES`.",
 })
 
 
-def example_inputs(seed: int = 0):
-    """x (2, 12, d), media (2, 4, 3, d), media_locations (2, 12): the lesson's awkward rows, plus a 4th media that
-    no marker points at."""
+def example_batch(seed: int = 0):
+    """Logits (3, 8, 12) and tokens (3, 8) whose rows end in different amounts of padding (id 0)."""
     generator = torch.Generator().manual_seed(seed)
-    media_locations = torch.zeros(2, 12, dtype=torch.bool)  # (b, n)
-    media_locations[0, [2, 6, 9]] = True
-    media_locations[1, [0, 1, 7]] = True
-    x = torch.randn(2, 12, DIM, generator=generator)  # (b, n, d)
-    media = torch.randn(2, 4, 3, DIM, generator=generator)  # (b, t, m, d)
-    return x, media, media_locations
+    tokens = torch.randint(3, 12, (3, 8), generator=generator)  # (b, n)
+    tokens[:, 0] = 1  # every row starts with <image>
+    tokens[1, 5:] = 0  # padding
+    tokens[2, 3:] = 0
+    logits = torch.randn(3, 8, 12, generator=generator) * 2  # (b, n, V)
+    return logits, tokens
 
 
-def segment_reference(layer, x, media, media_locations, *, media_offset=1, blind_sees_first=False, softmax_dim=-1,
-                      scaled=True, all_previous=False, blind_zero=False,
-                      normed=True, projected=True):
-    """The segment view with the usual mistakes as switches: (b, n, d). `media_offset=1` is right (text time k reads
-    media k-1); 0 is "media numbered from 0" (text time k reads media k, and text time 0 reads media 0)."""
-    q = rearrange(layer.to_q(layer.norm(x) if normed else x), "b n (h e) -> b h n e", h=layer.heads)  # (b, h, n, e)
-    k, v = layer.to_kv(media).chunk(2, dim=-1)  # 2 x (b, t, m, h*e)
-    k = rearrange(k, "b t m (h e) -> b h t m e", h=layer.heads)  # (b, h, t, m, e)
-    v = rearrange(v, "b t m (h e) -> b h t m e", h=layer.heads)  # (b, h, t, m, e)
-    scale = layer.scale if scaled else 1.0
-    times = masks.text_time(media_locations)  # (b, n)
-    out = torch.zeros_like(q)  # (b, h, n, e)
-    num_media = media.shape[1]
-    for row in range(x.shape[0]):
-        for k_time in range(0, num_media + 1):
-            tokens = (times[row] == k_time).nonzero().flatten()  # (s,)
-            index = k_time - media_offset
-            if k_time == 0:
-                if not (blind_sees_first or (media_offset == 0 and not blind_zero)):
-                    continue  # text before the first image sees nothing
-                index = 0
-            if len(tokens) == 0 or not 0 <= index < num_media:
-                continue
-            if all_previous:
-                k_seg = rearrange(k[row, :, : index + 1], "h t m e -> h (t m) e")  # (h, t'*m, e)
-                v_seg = rearrange(v[row, :, : index + 1], "h t m e -> h (t m) e")  # (h, t'*m, e)
-            else:
-                k_seg, v_seg = k[row, :, index], v[row, :, index]  # (h, m, e)
-            scores = q[row, :, tokens] @ k_seg.transpose(-1, -2) * scale  # (h, s, m)
-            out[row, :, tokens] = scores.softmax(dim=softmax_dim) @ v_seg  # (h, s, e)
-    out = rearrange(out, "b h n e -> b n (h e)")  # (b, n, h*e)
-    return layer.to_out(out) if projected else out  # (b, n, d)
+def check_loss(next_token_loss) -> None:
+    """Step "09.loss": the shifted, padding-free mean cross-entropy, on a padded batch."""
+    logits, tokens = example_batch()
+    got = run_learner(next_token_loss, logits.clone(), tokens.clone(), 0, what="your next_token_loss(logits, tokens, pad_id)")
+    if isinstance(got, torch.Tensor) and got.numel() == 1:
+        got = got.reshape(())
+    want = training.next_token_loss(logits, tokens, 0)  # ()
+    flat = lambda lg, tk, **kw: F.cross_entropy(lg.reshape(-1, lg.shape[-1]), tk.reshape(-1), **kw)  # noqa: E731
+    mistakes = [
+        Mistake("not shifted, padding left out", flat(logits, tokens, ignore_index=0),
+                "each position is scored against its own token: the prediction at position i is for token i+1, so "
+                "compare `logits[:, :-1]` with `tokens[:, 1:]`."),
+        Mistake("not shifted", flat(logits, tokens),
+                "each position is scored against its own token (and padding is counted): compare `logits[:, :-1]` "
+                "with `tokens[:, 1:]`, with `ignore_index=pad_id`."),
+        Mistake("padding counted", flat(logits[:, :-1], tokens[:, 1:]),
+                "the loss counts the padding targets: pass `ignore_index=pad_id` to `F.cross_entropy` so only real "
+                "tokens are scored."),
+        Mistake("shifted the wrong way", flat(logits[:, 1:], tokens[:, :-1], ignore_index=0),
+                "the shift goes the wrong way: position i predicts token i+1, so drop the *last* logits "
+                "(`logits[:, :-1]`) and the *first* tokens (`tokens[:, 1:]`)."),
+        Mistake("sum", flat(logits[:, :-1], tokens[:, 1:], ignore_index=0, reduction="sum"),
+                "the loss is a sum: take the mean over the real target tokens (the default `reduction='mean'`)."),
+    ]
+    compare(got, want, what="your next_token_loss", mistakes=mistakes)
+    passed(f"next_token_loss is right: {want.item():.4f} on a batch with padding, only the {int((tokens[:, 1:] != 0).sum())} "
+           "real next tokens counted.")
 
 
-NUMBERED_FROM_0 = ("media are numbered from 0: a token with text time k belongs to media k - 1 (text time counts "
-                   "the markers from 1, the media axis from 0), and text time 0 reads no media at all.")
+def check_freeze(freeze_pretrained, config: FlamingoConfig | None = None) -> None:
+    """Step "09.freeze": after the learner's function only the resampler and the gated blocks train."""
+    model = Flamingo(config if config is not None else FlamingoConfig()).requires_grad_(True)  # all trainable first
+    out = run_learner(freeze_pretrained, model, what="your freeze_pretrained(model)")
+    if out is not model:
+        fail("freeze_pretrained must return the model it was given (`return model`), after freezing its parts in place.")
+    parts = {part: [p.requires_grad for n, p in model.named_parameters() if n.split(".")[0] == part]
+             for part in ("vision", "lm", "resampler", "xattn")}
+    left = [part for part in ("vision", "lm") if any(parts[part])]
+    if left:
+        fail(f"the frozen parts were left trainable ({', '.join(left)} still has requires_grad=True): call "
+             "`.requires_grad_(False)` on `model.vision` and `model.lm`.")
+    shut = [part for part in ("resampler", "xattn") if not all(parts[part])]
+    if shut:
+        fail(f"{' and '.join(shut)} was frozen too: only the pretrained parts (vision, lm) are frozen; the new parts "
+             "must learn.")
+    passed("freeze_pretrained is right: the vision encoder and the language model are frozen, the resampler and the "
+           "gated blocks learn.")
 
 
-def check_segment_layer(layer_class) -> None:
-    """Step "09.segments": the learner's segment-view layer with the reference's weights."""
-    x, media, media_locations = example_inputs()
-    torch.manual_seed(3)
-    reference = MaskedCrossAttention(dim=DIM, dim_head=DIM_HEAD, heads=HEADS)
-    mine = run_learner(layer_class, dim=DIM, dim_head=DIM_HEAD, heads=HEADS, what="building your layer")
+def check_groups(parameter_groups, model: Flamingo | None = None, *, lr=7e-3, gate_lr=3e-2, weight_decay=0.3) -> list:
+    """Step "09.groups": every trainable parameter in exactly one group; the gates with their learning rate and no
+    weight decay, the other weights with weight decay; nothing frozen. Returns the learner's groups."""
+    model = model if model is not None else Flamingo(FlamingoConfig())
+    groups = run_learner(parameter_groups, model, lr=lr, gate_lr=gate_lr, weight_decay=weight_decay,
+                         what="your parameter_groups(model, lr=..., gate_lr=..., weight_decay=...)")
+    if isinstance(groups, dict) or not isinstance(groups, (list, tuple)) or not all(isinstance(g, dict) for g in groups):
+        fail("parameter_groups must return a list of dicts, each with a 'params' list (AdamW's parameter groups).")
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen = {}
+    for g in groups:
+        for p in list(g.get("params", [])):
+            if id(p) in seen:
+                fail(f"{names.get(id(p), 'a parameter')} is in two groups: put each parameter in exactly one.")
+            seen[id(p)] = g
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad and id(p) in seen]
+    if frozen:
+        fail(f"frozen parameters are in the groups ({frozen[0]}, ...): leave out every parameter with "
+             "requires_grad=False.")
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
+    if missing:
+        fail(f"{len(missing)} trainable parameters are in no group ({missing[0]}, ...): every trainable one must be in one.")
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        g = seen[id(p)]
+        decay, rate = g.get("weight_decay", None), g.get("lr", lr)
+        if n.endswith("_gate"):
+            if decay is None or decay != 0.0:
+                fail(f"the gates get weight decay ({n} in a group with weight_decay={decay if decay is not None else 'AdamW default 0.01'}): "
+                     "decay would pull them shut, so give their group 'weight_decay': 0.0.")
+            if rate != gate_lr:
+                fail(f"the gates train at lr={rate}, not at gate_lr={gate_lr}: give their group 'lr': gate_lr.")
+        else:
+            if decay != weight_decay:
+                fail(f"{n} has weight_decay={decay}, not {weight_decay}: the weights (not the gates) get weight decay.")
+            if rate != lr:
+                fail(f"{n} trains at lr={rate}: the weights use the base learning rate lr={lr}.")
     try:
-        mine.load_state_dict(reference.state_dict())
-    except RuntimeError as error:
-        fail(f"your layer's parameters are not the reference's (norm, to_q, to_kv, to_out): {str(error).splitlines()[0]}")
-    try:
-        with torch.no_grad():
-            got = mine(x, media, media_locations)
-    except IndexError as error:
-        fail(f"your forward indexed past the last media ({str(error).splitlines()[0]}): {NUMBERED_FROM_0}")
-    except Exception:  # the learner's own error (or the stub), reported in their words
-        with torch.no_grad():
-            got = run_learner(mine, x, media, media_locations, what="your layer's forward")
-    with torch.no_grad():
-        want = reference(x, media, media_locations)  # (b, n, d)
-        ref = lambda **kw: segment_reference(reference, x, media, media_locations, **kw)  # noqa: E731
-        mistakes = [
-            Mistake("numbered from 0", ref(media_offset=0), NUMBERED_FROM_0),
-            Mistake("numbered from 0, blind zero", ref(media_offset=0, blind_zero=True), NUMBERED_FROM_0),
-            Mistake("blind sees first", ref(blind_sees_first=True),
-                    "text before the first image attends to the first image: tokens with text time 0 must stay 0."),
-            Mistake("softmax axis", ref(softmax_dim=-2),
-                    "the softmax runs over the segment's tokens: each token's weights must sum to 1 over the image's "
-                    "latents (dim=-1)."),
-            Mistake("no scale", ref(scaled=False), "the scores are not scaled: multiply them by self.scale (1/sqrt(e))."),
-            Mistake("no norm", ref(normed=False), "the text is not normalised: the queries come from "
-                    "`self.to_q(self.norm(x))`."),
-            Mistake("no to_out", ref(projected=False), "the heads' outputs are returned as they are: merge the heads "
-                    "and pass them through `self.to_out`."),
-            Mistake("all previous", ref(all_previous=True),
-                    "each segment attends to every image up to its own: in the immediate mode it reads only its own."),
-        ]
-    compare(got, want, what="your segment layer", mistakes=mistakes)
-    passed("your segment-view layer matches flamingo_lite.MaskedCrossAttention, text before the first image and a "
-           "media without a marker included.")
+        torch.optim.AdamW(groups, lr=lr)
+    except Exception as error:  # a group AdamW itself refuses
+        fail(f"AdamW does not accept your groups: {str(error).splitlines()[0]}")
+    passed(f"parameter_groups is right: {sum(1 for n, p in model.named_parameters() if p.requires_grad and n.endswith('_gate'))} "
+           "gates at gate_lr without weight decay, the other trainable weights with weight decay, nothing frozen.")
+    return list(groups)
 
 
-def check_segment_lengths(segment_lengths, media_locations, num_media) -> torch.Tensor:
-    """Exercise "09.lengths" on the lesson's batch and on one marker for three media."""
-    got = run_learner(segment_lengths, media_locations, num_media, what="your segment_lengths(media_locations, num_media)")
-    times = masks.text_time(media_locations)  # (b, n)
-    want = masks.text_to_media_mask(times, num_media, True).sum(dim=1)  # (b, t)
-    from_0 = (times[..., None] == torch.arange(num_media, device=times.device)).sum(dim=1)  # (b, t)
-    compare(got, want, what="your segment_lengths", mistakes=[Mistake("numbered from 0", from_0, NUMBERED_FROM_0)])
-    if got.dtype != torch.long:
-        fail(f"segment_lengths returned {got.dtype}: counts are a long tensor (`.sum()` of a bool tensor gives one).")
-    one_marker = torch.zeros(1, 6, dtype=torch.bool, device=media_locations.device)  # (1, n): one marker, three media
-    one_marker[0, 2] = True
-    other = run_learner(segment_lengths, one_marker, 3, what="your segment_lengths(one marker, 3 media)")
-    compare(other, torch.tensor([[4, 0, 0]]), what="segment_lengths for one marker and three media (a media without a "
-            "marker has length 0)")
-    passed("segment_lengths is right.")
-    return got
+class ScriptedModel(nn.Module):
+    """A stand-in for Flamingo whose greedy next token is known: after a prompt of `prompt_len` tokens, position
+    `prompt_len - 1 + j` predicts `script[j]`; earlier positions predict `early`, later ones `late`."""
+
+    def __init__(self, script, prompt_len, vocab=12, early=11, late=6):
+        super().__init__()
+        self.script, self.prompt_len, self.vocab, self.early, self.late = list(script), prompt_len, vocab, early, late
+
+    def forward(self, tokens, images=None, media_locations=None, **kwargs):
+        if images is None and kwargs.get("media") is None:
+            raise ValueError("give the pictures: model(tokens, images)")
+        b, n = tokens.shape
+        ids = []
+        for i in range(n):
+            j = i - (self.prompt_len - 1)
+            ids.append(self.early if j < 0 else self.script[j] if j < len(self.script) else self.late)
+        return F.one_hot(torch.tensor(ids), self.vocab).float().expand(b, n, self.vocab) * 5.0  # (b, n, V)
 
 
-def check_scores_computed(scores_computed, media_locations, num_media, num_latents, heads) -> None:
-    """Exercise "09.scores": both views, against the lesson's tensors and a large batch."""
-    b, n = media_locations.shape
-    seeing = int((~masks.rows_without_media(media_locations)).sum())
-    cases = [((media_locations, num_media, num_latents, heads, "mask"), b * heads * n * num_media * num_latents),
-             ((media_locations, num_media, num_latents, heads, "segments"), heads * num_latents * seeing)]
-    big = torch.zeros(2, 1024, dtype=torch.bool)
-    big[:, ::256] = True
-    cases += [((big, 4, 64, 8, "mask"), 2 * 8 * 1024 * 4 * 64), ((big, 4, 64, 8, "segments"), 8 * 64 * 2 * 1024)]
-    for args, want in cases:
-        got = run_learner(scores_computed, *args, what=f"your scores_computed(..., view={args[-1]!r})")
-        got = int(got) if isinstance(got, torch.Tensor) and got.numel() == 1 else got
+def check_greedy(greedy_decode) -> None:
+    """Step "09.greedy": the learner's decoder on scripted models, stopping at `<eoc>` and at `max_new_tokens`."""
+    tok = shapes_data.Tokenizer()
+    prompt = torch.tensor(tok.encode("<image> a"))  # (p,)
+    images = torch.zeros(1, 3, 16, 16)  # (t, 3, H, W): the scripted model does not look at them
+    red, circle, blue, square = (tok.index[w] for w in ("red", "circle", "blue", "square"))
+    cases = [([red, circle, tok.eoc_id, blue, square], 5, [red, circle, tok.eoc_id]),
+             ([blue, square, red, circle, tok.eoc_id], 3, [blue, square, red])]
+    for script, max_new, want in cases:
+        model = ScriptedModel(script, len(prompt))
+        got = run_learner(greedy_decode, model, prompt.clone(), images, eoc_id=tok.eoc_id, max_new_tokens=max_new,
+                          what="your greedy_decode(model, prompt, images, eoc_id=..., max_new_tokens=...)")
+        if isinstance(got, torch.Tensor):
+            got = got.flatten().tolist()
+        if not isinstance(got, (list, tuple)):
+            fail(f"greedy_decode returned a {type(got).__name__}: return the list of new token ids.")
+        got = [int(i) for i in got]
         if got == want:
             continue
-        if args[-1] == "segments" and got == args[3] * args[2] * args[0].numel():
-            fail("the segment view counts text before the first image: those tokens compute no scores at all.")
-        if args[-1] == "segments" and got == args[2] * seeing:
-            fail("the heads are missing: every head computes its own scores.")
-        fail(f"scores_computed(..., view={args[-1]!r}) should be {want}, yours is {got!r}.")
-    passed("scores_computed is right: the segment view computes exactly the scores the mask keeps.")
+        words = lambda ids: " ".join(tok.vocab[i] if 0 <= i < len(tok.vocab) else str(i) for i in ids)  # noqa: E731
+        if got[: len(prompt)] == prompt.tolist() and got[len(prompt):] == want:
+            fail("greedy_decode returned the prompt too: return only the new ids.")
+        if tok.eoc_id in want and got[: len(want)] == want and len(got) > len(want):
+            fail(f"greedy decoding does not stop at <eoc> ({words(got)!r}): `break` right after appending eoc_id.")
+        if tok.eoc_id in want and got == want[:-1]:
+            fail("greedy_decode stops at <eoc> but leaves it out: append eoc_id, then stop.")
+        if len(got) > max_new:
+            fail(f"greedy_decode made {len(got)} tokens with max_new_tokens={max_new}: stop after that many.")
+        if got and all(i == got[0] for i in got) and got[0] == script[0]:
+            fail("greedy_decode repeats its first word: append each new id to the input before the next step.")
+        if got and got[0] == model.early:
+            fail("greedy_decode reads the wrong position: the next token is predicted at the last position, "
+                 "`logits[0, -1]`.")
+        fail(f"greedy_decode gave {words(got)!r}, the scripted model's greedy answer is {words(want)!r}.")
+    passed("greedy_decode is right: it reads the last position, feeds each word back, and stops at <eoc> or "
+           "max_new_tokens.")
+
+
+def check_first_step_above(first_step_above) -> None:
+    """Exercise "09.first_step" on a small made-up history (negative gates included)."""
+    toy = {"step": [0, 10, 20, 30], "attn_gate_tanh": [[0.0, 0.0], [0.01, -0.2], [0.04, -0.3], [0.06, -0.3]]}
+    for layer, threshold, want in [(0, 0.05, 30), (1, 0.05, 10), (0, 0.5, None)]:
+        got = run_learner(first_step_above, toy, layer, threshold, what=f"your first_step_above(history, {layer}, {threshold})")
+        if got == want and (want is not None or got is None):
+            continue
+        if (layer, want) == (1, 10) and got is None:
+            fail("first_step_above misses gates that open negative: compare `abs(gate)` with the threshold.")
+        if want is None:
+            fail(f"when no gate passes the threshold the answer is None, yours is {got!r}: return None after the loop.")
+        if got == toy["step"].index(want):
+            fail(f"first_step_above returned the index {got} of the logged step, not the training step {want}: read "
+                 "history['step'].")
+        fail(f"first_step_above(history, {layer}, {threshold}) should be {want}, yours is {got!r}.")
+    passed("first_step_above is right.")
+
+
+def check_caption_format(caption_format) -> None:
+    """Exercise "09.format"."""
+    cases = [("a red circle", "colour_first"), ("a circle in red", "shape_first"), ("a yellow triangle", "colour_first"),
+             ("a square in blue", "shape_first"), ("a circle red", None), ("a red", None), ("", None),
+             ("a red circle in blue", None), ("a circle in square", None), ("the red circle", None)]
+    for caption, want in cases:
+        got = run_learner(caption_format, caption, what=f"your caption_format({caption!r})")
+        if got != want:
+            fail(f"caption_format({caption!r}) should be {want!r}, yours is {got!r}: check the number of words and that "
+                 "each word is from the right list.")
+    passed("caption_format is right.")

@@ -1,160 +1,160 @@
-"""Checks for lesson 10's two exercises.
+"""Checks for lesson 10: the learner writes the segment-view cross-attention's forward, then two counting exercises.
 
-- `gated_layers(depth, every, codebase)`: the language-model layers that get a gated cross-attention block in
-  front of them in IDEFICS (`i % K == 0`) and in OpenFlamingo (`(i + 1) % K == 0`). The answer comes from the tiny
-  model's own `xattn_layers`; a wrong answer is compared with the usual mistakes on the same cases (the two
-  codebases swapped, both given the same rule, layers counted from 1, OpenFlamingo's shift taken the wrong way,
-  every layer gated).
-- `from_idefics_keys(sd)`: an IDEFICS gated layer's `state_dict` renamed into flamingo_lite's. The answer is
-  `interop.from_idefics(sd).state_dict()`; a wrong answer is compared with the usual mistakes on the same weights
-  (keys and values swapped in `to_kv`, SwiGLU's halves swapped, the two norms swapped, per-channel gates left
-  `(1, 1, d)`), so the verdict names the mistake.
+The layer is checked with the reference's weights on a batch with every awkward case (text before the first
+image, a marker at position 0, two markers in a row, a media without a marker), against the usual mistakes
+computed on the same input: media numbered from 0 (each segment reading the next image), text before the first
+image left attending to the first image, the softmax over the wrong axis, the scale forgotten, all previous media.
 """
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 
-from ... import interop
-from ...tiny.model import xattn_layers
-from . import fail, passed, register_hints, run_learner
+from ... import masks
+from ...cross_attention import MaskedCrossAttention
+from . import Mistake, compare, fail, passed, register_hints, run_learner
 
-CODEBASES = {"idefics": "first", "open_flamingo": "open_flamingo"}  # codebase -> the tiny model's xattn_placement
-CASES = [(8, 4), (7, 3), (6, 1), (5, 2), (3, 4)]  # (depth, every): one with K = 1, one with K > depth
+DIM, HEADS, DIM_HEAD = 16, 2, 8
 
 register_hints({
-    "10.keys": "Start from `{}` and fill it key by key with the table above: e.g. `out['attn.norm.weight'] = "
-               "sd['input_layernorm.weight']`. `to_kv` is `torch.cat([k_proj, v_proj])` (keys first, along dim 0), "
-               "`ff.1` is `torch.cat([gate_proj, up_proj])`, and each gate becomes 1-D with `.reshape(-1)`.",
-    "10.placement": "Loop over the layer indices `i` in `range(depth)` (they start at 0). IDEFICS keeps `i` when "
-                    "`i % every == 0`; OpenFlamingo when `(i + 1) % every == 0`. Return a list of ints.",
+    "10.segments": "For each row and each text time k_time in 1..t: `tokens = (times[row] == k_time).nonzero()"
+                   ".flatten()`; skip it when empty; the segment's image is media k_time - 1 (text time counts from 1, "
+                   "media indices from 0); `softmax(q_seg @ k_segᵀ * scale, dim=-1)` over the image's m latents, then "
+                   "`@ v_seg`. Tokens with text time 0 keep their zeros.",
+    "10.lengths": "`masks.text_time(media_locations)` gives (b, n); compare it with `torch.arange(1, t + 1)` on a new "
+                  "last axis and count along the tokens: `(times[..., None] == arange).sum(dim=1)`.",
+    "10.scores": "The mask view scores every token against every latent: b * heads * n * t * m. The segment view "
+                 "only the tokens that see an image, each against m latents: heads * m * (tokens with text time >= 1).",
 })
 
 
-def _rule(keep, start: int = 0) -> dict:
-    """{(depth, every, codebase): indices i in start .. start + depth - 1 with keep(i, every, codebase)}."""
-    return {(depth, every, cb): [i for i in range(start, start + depth) if keep(i, every, cb)]
-            for depth, every in CASES for cb in CODEBASES}
-
-
-def _mistakes() -> list[tuple[str, dict]]:
-    return [
-        ("the two codebases are swapped: IDEFICS puts a block before layers 0, K, 2K, ... (`i % every == 0`), "
-         "OpenFlamingo before layers K-1, 2K-1, ... (`(i + 1) % every == 0`).",
-         _rule(lambda i, k, cb: (i + (cb == "idefics")) % k == 0)),
-        ("both codebases give the same layers: OpenFlamingo's rule is shifted by one, `(i + 1) % every == 0`.",
-         _rule(lambda i, k, cb: i % k == 0)),
-        ("both codebases give the same layers: IDEFICS's rule is `i % every == 0`, with a block before layer 0.",
-         _rule(lambda i, k, cb: (i + 1) % k == 0)),
-        ("the indices are counted from 1: layer indices run over `range(depth)`, 0 to depth - 1.",
-         _rule(lambda i, k, cb: (i + (cb == "open_flamingo")) % k == 0, start=1)),
-        ("OpenFlamingo's shift goes the wrong way: it is `(i + 1) % every == 0` (layers K-1, 2K-1, ...), not "
-         "`(i - 1) % every == 0` (layers 1, K+1, ...).",
-         _rule(lambda i, k, cb: (i - (cb == "open_flamingo")) % k == 0)),
-        ("every layer gets a block: keep only the layers whose index passes the `% every` test.",
-         _rule(lambda i, k, cb: True)),
-    ]
-
-
-def check_gated_layers(fn) -> dict:
-    """fn(depth, every, codebase) -> list of layer indices; passes when it agrees with the tiny model on every case."""
-    want = {(depth, every, cb): xattn_layers(depth, every, placement)
-            for depth, every in CASES for cb, placement in CODEBASES.items()}
-    got = {}
-    for depth, every, cb in want:
-        out = run_learner(fn, depth, every, cb, what=f"your gated_layers({depth}, {every}, {cb!r})")
-        if not isinstance(out, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in out):
-            fail(f"gated_layers({depth}, {every}, {cb!r}) returned {out!r}: return a list of layer indices (ints).")
-        got[(depth, every, cb)] = sorted(out)
-    if got == want:
-        passed("gated_layers is right: with depth 8 and every 4, IDEFICS gates layers [0, 4], OpenFlamingo [3, 7].")
-        return got
-    for message, wrong in _mistakes():
-        if got == wrong:
-            fail(f"gated_layers: {message}")
-    key = next(k for k in want if got[k] != want[k])
-    fail(f"gated_layers{key} returned {got[key]}, expected {want[key]}; no usual mistake matches, so check the "
-         "rule for that codebase and the range of i.")
-
-
-# ---------------------------------------------------------------- the IDEFICS key map
-
-DIM, DIM_VISUAL, HEADS, DIM_HEAD, HIDDEN = 16, 24, 2, 8, 40
-
-
-def idefics_state_dict(seed: int = 0) -> dict:
-    """A random IDEFICS gated-layer state_dict (per-channel gates, width 16, 2 heads of 8, media 24, MLP 40)."""
-    shapes = {
-        "input_layernorm.weight": (DIM,),
-        "cross_attn.q_proj.weight": (HEADS * DIM_HEAD, DIM),
-        "cross_attn.k_proj.weight": (HEADS * DIM_HEAD, DIM_VISUAL),
-        "cross_attn.v_proj.weight": (HEADS * DIM_HEAD, DIM_VISUAL),
-        "cross_attn.o_proj.weight": (DIM, HEADS * DIM_HEAD),
-        "alpha_cross_attn": (1, 1, DIM),
-        "alpha_dense": (1, 1, DIM),
-        "post_attention_layernorm.weight": (DIM,),
-        "mlp.gate_proj.weight": (HIDDEN, DIM),
-        "mlp.up_proj.weight": (HIDDEN, DIM),
-        "mlp.down_proj.weight": (DIM, HIDDEN),
-    }
+def example_inputs(seed: int = 0):
+    """x (2, 12, d), media (2, 4, 3, d), media_locations (2, 12): the lesson's awkward rows, plus a 4th media that
+    no marker points at."""
     generator = torch.Generator().manual_seed(seed)
-    return {name: torch.randn(shape, generator=generator) for name, shape in shapes.items()}
+    media_locations = torch.zeros(2, 12, dtype=torch.bool)  # (b, n)
+    media_locations[0, [2, 6, 9]] = True
+    media_locations[1, [0, 1, 7]] = True
+    x = torch.randn(2, 12, DIM, generator=generator)  # (b, n, d)
+    media = torch.randn(2, 4, 3, DIM, generator=generator)  # (b, t, m, d)
+    return x, media, media_locations
 
 
-def _key_mistakes(sd: dict, right: dict) -> list[tuple[str, dict]]:
-    k, v = sd["cross_attn.k_proj.weight"], sd["cross_attn.v_proj.weight"]
-    gate, up = sd["mlp.gate_proj.weight"], sd["mlp.up_proj.weight"]
-    return [
-        ("`attn.to_kv` has the values first: it is `torch.cat([k_proj, v_proj])`, keys then values (the layer splits "
-         "it in two halves, keys first).", dict(right, **{"attn.to_kv.weight": torch.cat([v, k])})),
-        ("`ff.1` has `up_proj` first: SwiGLU's weight is `torch.cat([gate_proj, up_proj])`, the gate half first.",
-         dict(right, **{"ff.1.weight": torch.cat([up, gate])})),
-        ("the two norms are swapped: `input_layernorm` is the cross-attention's norm (`attn.norm`), "
-         "`post_attention_layernorm` the feed-forward's (`ff.0`).",
-         dict(right, **{"attn.norm.weight": sd["post_attention_layernorm.weight"],
-                        "ff.0.weight": sd["input_layernorm.weight"]})),
-        ("the gates are swapped: `alpha_cross_attn` is `attn_gate`, `alpha_dense` is `ff_gate`.",
-         dict(right, **{"attn_gate": right["ff_gate"], "ff_gate": right["attn_gate"]})),
-    ]
+def segment_reference(layer, x, media, media_locations, *, media_offset=1, blind_sees_first=False, softmax_dim=-1,
+                      scaled=True, all_previous=False, blind_zero=False,
+                      normed=True, projected=True):
+    """The segment view with the usual mistakes as switches: (b, n, d). `media_offset=1` is right (text time k reads
+    media k-1); 0 is "media numbered from 0" (text time k reads media k, and text time 0 reads media 0)."""
+    q = rearrange(layer.to_q(layer.norm(x) if normed else x), "b n (h e) -> b h n e", h=layer.heads)  # (b, h, n, e)
+    k, v = layer.to_kv(media).chunk(2, dim=-1)  # 2 x (b, t, m, h*e)
+    k = rearrange(k, "b t m (h e) -> b h t m e", h=layer.heads)  # (b, h, t, m, e)
+    v = rearrange(v, "b t m (h e) -> b h t m e", h=layer.heads)  # (b, h, t, m, e)
+    scale = layer.scale if scaled else 1.0
+    times = masks.text_time(media_locations)  # (b, n)
+    out = torch.zeros_like(q)  # (b, h, n, e)
+    num_media = media.shape[1]
+    for row in range(x.shape[0]):
+        for k_time in range(0, num_media + 1):
+            tokens = (times[row] == k_time).nonzero().flatten()  # (s,)
+            index = k_time - media_offset
+            if k_time == 0:
+                if not (blind_sees_first or (media_offset == 0 and not blind_zero)):
+                    continue  # text before the first image sees nothing
+                index = 0
+            if len(tokens) == 0 or not 0 <= index < num_media:
+                continue
+            if all_previous:
+                k_seg = rearrange(k[row, :, : index + 1], "h t m e -> h (t m) e")  # (h, t'*m, e)
+                v_seg = rearrange(v[row, :, : index + 1], "h t m e -> h (t m) e")  # (h, t'*m, e)
+            else:
+                k_seg, v_seg = k[row, :, index], v[row, :, index]  # (h, m, e)
+            scores = q[row, :, tokens] @ k_seg.transpose(-1, -2) * scale  # (h, s, m)
+            out[row, :, tokens] = scores.softmax(dim=softmax_dim) @ v_seg  # (h, s, e)
+    out = rearrange(out, "b h n e -> b n (h e)")  # (b, n, h*e)
+    return layer.to_out(out) if projected else out  # (b, n, d)
 
 
-def _same_dict(got: dict, want: dict) -> bool:
-    return set(got) == set(want) and all(
-        isinstance(got[k], torch.Tensor) and got[k].shape == want[k].shape and torch.equal(got[k], want[k]) for k in want
-    )
+NUMBERED_FROM_0 = ("media are numbered from 0: a token with text time k belongs to media k - 1 (text time counts "
+                   "the markers from 1, the media axis from 0), and text time 0 reads no media at all.")
 
 
-def check_from_idefics_keys(fn) -> dict:
-    """fn(IDEFICS state_dict) -> flamingo_lite state_dict; passes when a GatedCrossAttentionBlock loads it strictly
-    and it holds what `interop.from_idefics` puts there."""
-    sd = idefics_state_dict()
-    got = run_learner(fn, dict(sd), what="your from_idefics_keys(sd)")
-    if not isinstance(got, dict):
-        fail(f"from_idefics_keys returned a {type(got).__name__}: return a dict of tensors, flamingo_lite key -> tensor.")
-    layer = interop.from_idefics(dict(sd), heads=HEADS)  # the reference conversion, with per-channel gates
-    right = {k: v.detach() for k, v in layer.state_dict().items()}
-    missing, unknown = sorted(set(right) - set(got)), sorted(set(got) - set(right))
-    if unknown:
-        fail(f"from_idefics_keys returned key {unknown[0]!r}, which a flamingo_lite GatedCrossAttentionBlock does not "
-             "have: use the names in the table's right-hand column.")
-    if missing:
-        fail(f"from_idefics_keys has no {missing[0]!r}: every flamingo_lite key needs a value (see the table).")
-    for key in right:
-        if not isinstance(got[key], torch.Tensor):
-            fail(f"from_idefics_keys: {key!r} is a {type(got[key]).__name__}, not a tensor.")
-        if got[key].shape != right[key].shape:
-            extra = (" the per-channel gates are (1, 1, d) in IDEFICS and (d,) in flamingo_lite: `.reshape(-1)`."
-                     if key in ("attn_gate", "ff_gate") else " check which tensors you concatenate, and along dim 0.")
-            fail(f"from_idefics_keys: {key!r} has shape {tuple(got[key].shape)}, expected {tuple(right[key].shape)};"
-                 + extra)
-    got = {k: v.detach() for k, v in got.items()}
-    if _same_dict(got, right):
-        layer.load_state_dict(got, strict=True)
-        passed("from_idefics_keys is right: a GatedCrossAttentionBlock(norm='rmsnorm', ff_activation='swiglu', "
-               "gate='per_channel') loads it with strict=True.")
-        return got
-    for message, wrong in _key_mistakes(sd, right):
-        if _same_dict(got, wrong):
-            fail(f"from_idefics_keys: {message}")
-    key = next(k for k in right if not torch.equal(got[k], right[k]))
-    fail(f"from_idefics_keys: {key!r} holds other numbers than the answer; no usual mistake matches, so check which "
-         "IDEFICS tensor the table maps to it.")
+def check_segment_layer(layer_class) -> None:
+    """Step "10.segments": the learner's segment-view layer with the reference's weights."""
+    x, media, media_locations = example_inputs()
+    torch.manual_seed(3)
+    reference = MaskedCrossAttention(dim=DIM, dim_head=DIM_HEAD, heads=HEADS)
+    mine = run_learner(layer_class, dim=DIM, dim_head=DIM_HEAD, heads=HEADS, what="building your layer")
+    try:
+        mine.load_state_dict(reference.state_dict())
+    except RuntimeError as error:
+        fail(f"your layer's parameters are not the reference's (norm, to_q, to_kv, to_out): {str(error).splitlines()[0]}")
+    try:
+        with torch.no_grad():
+            got = mine(x, media, media_locations)
+    except IndexError as error:
+        fail(f"your forward indexed past the last media ({str(error).splitlines()[0]}): {NUMBERED_FROM_0}")
+    except Exception:  # the learner's own error (or the stub), reported in their words
+        with torch.no_grad():
+            got = run_learner(mine, x, media, media_locations, what="your layer's forward")
+    with torch.no_grad():
+        want = reference(x, media, media_locations)  # (b, n, d)
+        ref = lambda **kw: segment_reference(reference, x, media, media_locations, **kw)  # noqa: E731
+        mistakes = [
+            Mistake("numbered from 0", ref(media_offset=0), NUMBERED_FROM_0),
+            Mistake("numbered from 0, blind zero", ref(media_offset=0, blind_zero=True), NUMBERED_FROM_0),
+            Mistake("blind sees first", ref(blind_sees_first=True),
+                    "text before the first image attends to the first image: tokens with text time 0 must stay 0."),
+            Mistake("softmax axis", ref(softmax_dim=-2),
+                    "the softmax runs over the segment's tokens: each token's weights must sum to 1 over the image's "
+                    "latents (dim=-1)."),
+            Mistake("no scale", ref(scaled=False), "the scores are not scaled: multiply them by self.scale (1/sqrt(e))."),
+            Mistake("no norm", ref(normed=False), "the text is not normalised: the queries come from "
+                    "`self.to_q(self.norm(x))`."),
+            Mistake("no to_out", ref(projected=False), "the heads' outputs are returned as they are: merge the heads "
+                    "and pass them through `self.to_out`."),
+            Mistake("all previous", ref(all_previous=True),
+                    "each segment attends to every image up to its own: in the immediate mode it reads only its own."),
+        ]
+    compare(got, want, what="your segment layer", mistakes=mistakes)
+    passed("your segment-view layer matches flamingo_lite.MaskedCrossAttention, text before the first image and a "
+           "media without a marker included.")
+
+
+def check_segment_lengths(segment_lengths, media_locations, num_media) -> torch.Tensor:
+    """Exercise "10.lengths" on the lesson's batch and on one marker for three media."""
+    got = run_learner(segment_lengths, media_locations, num_media, what="your segment_lengths(media_locations, num_media)")
+    times = masks.text_time(media_locations)  # (b, n)
+    want = masks.text_to_media_mask(times, num_media, True).sum(dim=1)  # (b, t)
+    from_0 = (times[..., None] == torch.arange(num_media, device=times.device)).sum(dim=1)  # (b, t)
+    compare(got, want, what="your segment_lengths", mistakes=[Mistake("numbered from 0", from_0, NUMBERED_FROM_0)])
+    if got.dtype != torch.long:
+        fail(f"segment_lengths returned {got.dtype}: counts are a long tensor (`.sum()` of a bool tensor gives one).")
+    one_marker = torch.zeros(1, 6, dtype=torch.bool, device=media_locations.device)  # (1, n): one marker, three media
+    one_marker[0, 2] = True
+    other = run_learner(segment_lengths, one_marker, 3, what="your segment_lengths(one marker, 3 media)")
+    compare(other, torch.tensor([[4, 0, 0]]), what="segment_lengths for one marker and three media (a media without a "
+            "marker has length 0)")
+    passed("segment_lengths is right.")
+    return got
+
+
+def check_scores_computed(scores_computed, media_locations, num_media, num_latents, heads) -> None:
+    """Exercise "10.scores": both views, against the lesson's tensors and a large batch."""
+    b, n = media_locations.shape
+    seeing = int((~masks.rows_without_media(media_locations)).sum())
+    cases = [((media_locations, num_media, num_latents, heads, "mask"), b * heads * n * num_media * num_latents),
+             ((media_locations, num_media, num_latents, heads, "segments"), heads * num_latents * seeing)]
+    big = torch.zeros(2, 1024, dtype=torch.bool)
+    big[:, ::256] = True
+    cases += [((big, 4, 64, 8, "mask"), 2 * 8 * 1024 * 4 * 64), ((big, 4, 64, 8, "segments"), 8 * 64 * 2 * 1024)]
+    for args, want in cases:
+        got = run_learner(scores_computed, *args, what=f"your scores_computed(..., view={args[-1]!r})")
+        got = int(got) if isinstance(got, torch.Tensor) and got.numel() == 1 else got
+        if got == want:
+            continue
+        if args[-1] == "segments" and got == args[3] * args[2] * args[0].numel():
+            fail("the segment view counts text before the first image: those tokens compute no scores at all.")
+        if args[-1] == "segments" and got == args[2] * seeing:
+            fail("the heads are missing: every head computes its own scores.")
+        fail(f"scores_computed(..., view={args[-1]!r}) should be {want}, yours is {got!r}.")
+    passed("scores_computed is right: the segment view computes exactly the scores the mask keeps.")

@@ -1,4 +1,4 @@
-"""The work each view of immediate-media cross-attention does, drawn for one row of a batch (lesson 09).
+"""The work each view of immediate-media cross-attention does, drawn for one row of a batch (lesson 10).
 
 Two grids of text tokens (rows) against media latents (columns, `j % m` of media `j // m`):
 

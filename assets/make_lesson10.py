@@ -1,9 +1,9 @@
-"""Draw lesson 09's pictures and copy its benchmark numbers: `python assets/make_lesson09.py`.
+"""Draw lesson 10's pictures and copy its benchmark numbers: `python assets/make_lesson10.py`.
 
-1. `lesson09_mask_vs_segments.png`: the mask view (every text token scored against every media latent, most of
+1. `lesson10_mask_vs_segments.png`: the mask view (every text token scored against every media latent, most of
    it masked away) beside the segment view (each run of text scored against its own media only), for a tiny
    example whose mask comes from `flamingo_lite.masks`, the function the model uses.
-2. `lesson09_benchmark_cpu.json` and `lesson09_benchmark_cpu.png`: a frozen copy of the recorded CPU benchmark
+2. `lesson10_benchmark_cpu.json` and `lesson10_benchmark_cpu.png`: a frozen copy of the recorded CPU benchmark
    (benchmarks/results/cpu_fp32.json, made by benchmarks/bench.py) and its plot, so the lesson shows recorded
    numbers and does not change when someone re-runs the benchmark. Run this script again to refresh them.
 """
@@ -83,13 +83,13 @@ def copy_benchmark() -> None:
         return
     record = json.loads(source.read_text())
     keep = {k: record[k] for k in ("machine", "device", "dtype", "repeats", "sizes", "sweep", "memory") if k in record}
-    write_text_atomic(HERE / "lesson09_benchmark_cpu.json", json.dumps(keep, indent=1) + "\n")
+    write_text_atomic(HERE / "lesson10_benchmark_cpu.json", json.dumps(keep, indent=1) + "\n")
     plot = source.with_name(source.stem + "_media_sweep.png")
     if plot.exists():
-        shutil.copyfile(plot, HERE / "lesson09_benchmark_cpu.png")
+        shutil.copyfile(plot, HERE / "lesson10_benchmark_cpu.png")
 
 
 if __name__ == "__main__":
-    draw_views(HERE / "lesson09_mask_vs_segments.png")
+    draw_views(HERE / "lesson10_mask_vs_segments.png")
     copy_benchmark()
-    print("wrote assets/lesson09_*")
+    print("wrote assets/lesson10_*")

@@ -1,11 +1,11 @@
-"""Mutation tests of lesson 10's check: it fails on the stub with a message, passes with the solution, and names
+"""Mutation tests of lesson 11's check: it fails on the stub with a message, passes with the solution, and names
 each mistake it claims to recognise when fed a wrong implementation."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from flamingo_lite.teaching.exercises import ExerciseFailed, hint, lesson10
+from flamingo_lite.teaching.exercises import ExerciseFailed, hint, lesson11
 
 
 def stub(*args, **kwargs):
@@ -23,11 +23,11 @@ def solution(depth, every, codebase):
 
 
 def test_the_stub_fails_saying_it_is_not_written():
-    fails(lesson10.check_gated_layers, stub, match="not written yet")
+    fails(lesson11.check_gated_layers, stub, match="not written yet")
 
 
 def test_the_solution_passes(capsys):
-    got = lesson10.check_gated_layers(solution)
+    got = lesson11.check_gated_layers(solution)
     assert got[(8, 4, "idefics")] == [0, 4] and got[(8, 4, "open_flamingo")] == [3, 7]
     assert capsys.readouterr().out.startswith("OK")
 
@@ -42,23 +42,23 @@ def test_the_solution_passes(capsys):
     (lambda d, k, cb: solution(d, k, cb)[:-1], "no usual mistake matches"),
 ])
 def test_each_mistake_is_named(wrong, match):
-    fails(lesson10.check_gated_layers, wrong, match=match)
+    fails(lesson11.check_gated_layers, wrong, match=match)
 
 
 def test_not_a_list_of_ints_is_named():
-    fails(lesson10.check_gated_layers, lambda d, k, cb: "0, 4", match="return a list of layer indices")
-    fails(lesson10.check_gated_layers, lambda d, k, cb: [float(i) for i in solution(d, k, cb)], match="ints")
+    fails(lesson11.check_gated_layers, lambda d, k, cb: "0, 4", match="return a list of layer indices")
+    fails(lesson11.check_gated_layers, lambda d, k, cb: [float(i) for i in solution(d, k, cb)], match="ints")
 
 
 def test_the_mistakes_differ_from_the_answer_and_from_each_other():
-    right = {key: solution(*key) for key in lesson10._rule(lambda *a: True)}
-    outputs = [wrong for _, wrong in lesson10._mistakes()]
+    right = {key: solution(*key) for key in lesson11._rule(lambda *a: True)}
+    outputs = [wrong for _, wrong in lesson11._mistakes()]
     assert all(out != right for out in outputs)
     assert all(a != b for i, a in enumerate(outputs) for b in outputs[i + 1:])
 
 
 def test_the_hint_exists(capsys):
-    hint("10.placement")
+    hint("11.placement")
     assert "(i + 1) % every == 0" in capsys.readouterr().out
 
 
@@ -90,12 +90,12 @@ def mutate(**changes):
 
 
 def test_the_key_map_stub_fails_saying_it_is_not_written():
-    fails(lesson10.check_from_idefics_keys, stub, match="not written yet")
+    fails(lesson11.check_from_idefics_keys, stub, match="not written yet")
 
 
 def test_the_key_map_solution_passes(capsys):
-    got = lesson10.check_from_idefics_keys(key_solution)
-    assert got["attn_gate"].shape == (lesson10.DIM,)
+    got = lesson11.check_from_idefics_keys(key_solution)
+    assert got["attn_gate"].shape == (lesson11.DIM,)
     assert capsys.readouterr().out.startswith("OK")
 
 
@@ -113,17 +113,17 @@ def test_the_key_map_solution_passes(capsys):
     (mutate(**{"attn.to_q.weight": lambda sd, o: sd["cross_attn.o_proj.weight"]}), "no usual mistake matches"),
 ])
 def test_each_key_map_mistake_is_named(wrong, match):
-    fails(lesson10.check_from_idefics_keys, wrong, match=match)
+    fails(lesson11.check_from_idefics_keys, wrong, match=match)
 
 
 def test_missing_and_unknown_keys_are_named():
-    fails(lesson10.check_from_idefics_keys, lambda sd: {k: v for k, v in key_solution(sd).items() if k != "ff.3.weight"},
+    fails(lesson11.check_from_idefics_keys, lambda sd: {k: v for k, v in key_solution(sd).items() if k != "ff.3.weight"},
           match="has no 'ff.3.weight'")
-    fails(lesson10.check_from_idefics_keys, lambda sd: dict(key_solution(sd), **{"mlp.up_proj.weight": sd["mlp.up_proj.weight"]}),
+    fails(lesson11.check_from_idefics_keys, lambda sd: dict(key_solution(sd), **{"mlp.up_proj.weight": sd["mlp.up_proj.weight"]}),
           match="'mlp.up_proj.weight', which a flamingo_lite")
-    fails(lesson10.check_from_idefics_keys, lambda sd: list(sd), match="return a dict")
+    fails(lesson11.check_from_idefics_keys, lambda sd: list(sd), match="return a dict")
 
 
 def test_the_key_map_hint_exists(capsys):
-    hint("10.keys")
+    hint("11.keys")
     assert "torch.cat([k_proj, v_proj])" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Mutation tests of the exercise checks of lessons 06-09: each check fails on the stub with a message, passes
+"""Mutation tests of the exercise checks of lessons 06-10: each check fails on the stub with a message, passes
 with the solution, and names each mistake it claims to recognise when fed a wrong implementation."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import nn
 import flamingo_lite
 from flamingo_lite import masks
 from flamingo_lite.teaching.exercises import ExerciseFailed, hint
-from flamingo_lite.teaching.exercises import lesson06, lesson07, lesson08, lesson09
+from flamingo_lite.teaching.exercises import lesson06, lesson08, lesson09, lesson10
 from flamingo_lite.tiny.language_model import TinyLM
 from flamingo_lite.tiny.model import Flamingo, FlamingoConfig
 from flamingo_lite.tiny.vision import VisionEncoder
@@ -136,14 +136,14 @@ def _by_int_key(model, tokens, images):  # model.xattn[i] instead of model.xattn
 
 
 def test_07_forward():
-    fails(lesson07.check_forward, stub, match="not written yet")
-    lesson07.check_forward(forward_07)
-    fails(lesson07.check_forward, lambda *a: forward_07(*a, before=False), match="after the LM layers")
-    fails(lesson07.check_forward, lambda *a: forward_07(*a, shift=1), match="off by one")
-    fails(lesson07.check_forward, lambda *a: forward_07(*a, resampler=False), match="resampler")
-    fails(lesson07.check_forward, lambda *a: forward_07(*a, locations=False), match="media_locations")
-    fails(lesson07.check_forward, _hidden, match="lm.head")
-    fails(lesson07.check_forward, _by_int_key, match="keyed by strings")
+    fails(lesson08.check_forward, stub, match="not written yet")
+    lesson08.check_forward(forward_07)
+    fails(lesson08.check_forward, lambda *a: forward_07(*a, before=False), match="after the LM layers")
+    fails(lesson08.check_forward, lambda *a: forward_07(*a, shift=1), match="off by one")
+    fails(lesson08.check_forward, lambda *a: forward_07(*a, resampler=False), match="resampler")
+    fails(lesson08.check_forward, lambda *a: forward_07(*a, locations=False), match="media_locations")
+    fails(lesson08.check_forward, _hidden, match="lm.head")
+    fails(lesson08.check_forward, _by_int_key, match="keyed by strings")
 
     def off_by_one_keys(model, tokens, images):  # (i + 1) % K: asks for a block that is not there
         media = model.resampler(model.vision(images))
@@ -154,22 +154,22 @@ def test_07_forward():
             x = lm_block(x)
         return model.lm.head(x)
 
-    fails(lesson07.check_forward, off_by_one_keys, match="off by one")
+    fails(lesson08.check_forward, off_by_one_keys, match="off by one")
 
 
 def test_07_exercises():
-    fails(lesson07.check_placement, stub, match="not written yet")
-    assert lesson07.check_placement(lambda d, e: [i for i in range(d) if i % e == 0]) == 12
-    fails(lesson07.check_placement, lambda d, e: [i for i in range(d) if (i + 1) % e == 0], match="off by one")
-    fails(lesson07.check_placement, lambda d, e: [i for i in range(1, d) if i % e == 0], match="layer 0 is missing")
+    fails(lesson08.check_placement, stub, match="not written yet")
+    assert lesson08.check_placement(lambda d, e: [i for i in range(d) if i % e == 0]) == 12
+    fails(lesson08.check_placement, lambda d, e: [i for i in range(d) if (i + 1) % e == 0], match="off by one")
+    fails(lesson08.check_placement, lambda d, e: [i for i in range(1, d) if i % e == 0], match="layer 0 is missing")
     config = FlamingoConfig()
-    fails(lesson07.check_trainable, stub, config, TinyLM, VisionEncoder, match="not written yet")
-    lesson07.check_trainable(lambda m: sorted({n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad}),
+    fails(lesson08.check_trainable, stub, config, TinyLM, VisionEncoder, match="not written yet")
+    lesson08.check_trainable(lambda m: sorted({n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad}),
                              config, TinyLM, VisionEncoder)
-    fails(lesson07.check_trainable, lambda m: sorted({n.split(".")[0] for n, p in m.named_parameters()}),
+    fails(lesson08.check_trainable, lambda m: sorted({n.split(".")[0] for n, p in m.named_parameters()}),
           config, TinyLM, VisionEncoder, match="frozen parts")
     tokens = flamingo_lite.tiny.data.make_dataset(2, seed=0)
-    fails(lesson07.check_no_gate, stub, tokens.tokens, tokens.images, match="not written yet")
+    fails(lesson08.check_no_gate, stub, tokens.tokens, tokens.images, match="not written yet")
 
     def differs(cfg, t, i):
         model = Flamingo(cfg)
@@ -181,10 +181,10 @@ def test_07_exercises():
         with torch.no_grad():
             return (model(t, i) != model.lm(t)).any()
 
-    lesson07.check_no_gate(differs, tokens.tokens, tokens.images)
-    lesson07.check_no_gate(differs_tensor, tokens.tokens, tokens.images)
-    fails(lesson07.check_no_gate, lambda c, t, i: differs(FlamingoConfig(), t, i), tokens.tokens, tokens.images, match="given config")
-    fails(lesson07.check_no_gate, lambda c, t, i: not differs(c, t, i), tokens.tokens, tokens.images, match="opposite question")
+    lesson08.check_no_gate(differs, tokens.tokens, tokens.images)
+    lesson08.check_no_gate(differs_tensor, tokens.tokens, tokens.images)
+    fails(lesson08.check_no_gate, lambda c, t, i: differs(FlamingoConfig(), t, i), tokens.tokens, tokens.images, match="given config")
+    fails(lesson08.check_no_gate, lambda c, t, i: not differs(c, t, i), tokens.tokens, tokens.images, match="opposite question")
 
 
 # ---------------------------------------------------------------------------------------------------------- 08
@@ -194,12 +194,12 @@ def loss_08(logits, tokens, pad_id=0):
 
 
 def test_08_loss():
-    fails(lesson08.check_loss, stub, match="not written yet")
-    lesson08.check_loss(loss_08)
+    fails(lesson09.check_loss, stub, match="not written yet")
+    lesson09.check_loss(loss_08)
     flat = lambda lg, tk, **kw: F.cross_entropy(lg.reshape(-1, lg.shape[-1]), tk.reshape(-1), **kw)  # noqa: E731
-    fails(lesson08.check_loss, lambda lg, tk, p=0: flat(lg, tk, ignore_index=p), match="its own token")
-    fails(lesson08.check_loss, lambda lg, tk, p=0: flat(lg[:, :-1], tk[:, 1:]), match="padding")
-    fails(lesson08.check_loss, lambda lg, tk, p=0: flat(lg[:, 1:], tk[:, :-1], ignore_index=p), match="wrong way")
+    fails(lesson09.check_loss, lambda lg, tk, p=0: flat(lg, tk, ignore_index=p), match="its own token")
+    fails(lesson09.check_loss, lambda lg, tk, p=0: flat(lg[:, :-1], tk[:, 1:]), match="padding")
+    fails(lesson09.check_loss, lambda lg, tk, p=0: flat(lg[:, 1:], tk[:, :-1], ignore_index=p), match="wrong way")
 
 
 def freeze_08(model):
@@ -217,19 +217,19 @@ def groups_08(model, *, lr, gate_lr, weight_decay, gate_decay=0.0, frozen=False,
 
 
 def test_08_freeze_and_groups():
-    fails(lesson08.check_freeze, stub, match="not written yet")
-    lesson08.check_freeze(freeze_08)
-    fails(lesson08.check_freeze, lambda m: m, match="frozen parts were left trainable")
-    fails(lesson08.check_freeze, lambda m: m.requires_grad_(False), match="frozen too")
-    fails(lesson08.check_groups, stub, match="not written yet")
-    lesson08.check_groups(groups_08)
-    fails(lesson08.check_groups, lambda m, **kw: groups_08(m, **kw, gate_decay=kw["weight_decay"]), match="gates get weight decay")
-    fails(lesson08.check_groups, lambda m, **kw: groups_08(m, **kw, frozen=True), match="frozen parameters")
-    fails(lesson08.check_groups, lambda m, **kw: groups_08(m, **kw, gate_rate=False), match="gate_lr")
-    fails(lesson08.check_groups, lambda m, **kw: [{"params": [p for p in m.parameters() if p.requires_grad]}],
+    fails(lesson09.check_freeze, stub, match="not written yet")
+    lesson09.check_freeze(freeze_08)
+    fails(lesson09.check_freeze, lambda m: m, match="frozen parts were left trainable")
+    fails(lesson09.check_freeze, lambda m: m.requires_grad_(False), match="frozen too")
+    fails(lesson09.check_groups, stub, match="not written yet")
+    lesson09.check_groups(groups_08)
+    fails(lesson09.check_groups, lambda m, **kw: groups_08(m, **kw, gate_decay=kw["weight_decay"]), match="gates get weight decay")
+    fails(lesson09.check_groups, lambda m, **kw: groups_08(m, **kw, frozen=True), match="frozen parameters")
+    fails(lesson09.check_groups, lambda m, **kw: groups_08(m, **kw, gate_rate=False), match="gate_lr")
+    fails(lesson09.check_groups, lambda m, **kw: [{"params": [p for p in m.parameters() if p.requires_grad]}],
           match="weight decay")
     # the package's own groups (what train_flamingo uses) pass the same check
-    lesson08.check_groups(flamingo_lite.tiny.training.parameter_groups)
+    lesson09.check_groups(flamingo_lite.tiny.training.parameter_groups)
 
 
 def greedy_08(model, prompt, images, *, eoc_id, max_new_tokens=5, stop=True, feed=True, position=-1):
@@ -245,11 +245,11 @@ def greedy_08(model, prompt, images, *, eoc_id, max_new_tokens=5, stop=True, fee
 
 
 def test_08_greedy():
-    fails(lesson08.check_greedy, stub, match="not written yet")
-    lesson08.check_greedy(greedy_08)
-    fails(lesson08.check_greedy, lambda *a, **k: greedy_08(*a, **k, stop=False), match="does not stop at <eoc>")
-    fails(lesson08.check_greedy, lambda *a, **k: greedy_08(*a, **k, feed=False), match="repeats")
-    fails(lesson08.check_greedy, lambda *a, **k: greedy_08(*a, **k, position=0), match="wrong position")
+    fails(lesson09.check_greedy, stub, match="not written yet")
+    lesson09.check_greedy(greedy_08)
+    fails(lesson09.check_greedy, lambda *a, **k: greedy_08(*a, **k, stop=False), match="does not stop at <eoc>")
+    fails(lesson09.check_greedy, lambda *a, **k: greedy_08(*a, **k, feed=False), match="repeats")
+    fails(lesson09.check_greedy, lambda *a, **k: greedy_08(*a, **k, position=0), match="wrong position")
 
 
 def test_08_exercises():
@@ -259,9 +259,9 @@ def test_08_exercises():
                 return step
         return None
 
-    fails(lesson08.check_first_step_above, stub, match="not written yet")
-    lesson08.check_first_step_above(first)
-    fails(lesson08.check_first_step_above, lambda h, l, t: first(h, l, t, use_abs=False), match="negative")
+    fails(lesson09.check_first_step_above, stub, match="not written yet")
+    lesson09.check_first_step_above(first)
+    fails(lesson09.check_first_step_above, lambda h, l, t: first(h, l, t, use_abs=False), match="negative")
     from flamingo_lite.tiny import data as shapes_data
 
     def fmt(caption):
@@ -272,9 +272,9 @@ def test_08_exercises():
             return "shape_first"
         return None
 
-    fails(lesson08.check_caption_format, stub, match="not written yet")
-    lesson08.check_caption_format(fmt)
-    fails(lesson08.check_caption_format, lambda c: "colour_first" if len(c.split()) == 3 else "shape_first", match="should be")
+    fails(lesson09.check_caption_format, stub, match="not written yet")
+    lesson09.check_caption_format(fmt)
+    fails(lesson09.check_caption_format, lambda c: "colour_first" if len(c.split()) == 3 else "shape_first", match="should be")
 
 
 # ---------------------------------------------------------------------------------------------------------- 09
@@ -316,11 +316,11 @@ def test_09_segment_layer():
         def forward(self, x, media, media_locations):
             raise NotImplementedError
 
-    fails(lesson09.check_segment_layer, Stub, match="not written yet")
-    lesson09.check_segment_layer(segment_class())
-    fails(lesson09.check_segment_layer, segment_class(offset=0), match="numbered from 0")
-    fails(lesson09.check_segment_layer, segment_class(softmax_dim=-2), match="softmax")
-    fails(lesson09.check_segment_layer, segment_class(blind_first=True), match="before the first image")
+    fails(lesson10.check_segment_layer, Stub, match="not written yet")
+    lesson10.check_segment_layer(segment_class())
+    fails(lesson10.check_segment_layer, segment_class(offset=0), match="numbered from 0")
+    fails(lesson10.check_segment_layer, segment_class(softmax_dim=-2), match="softmax")
+    fails(lesson10.check_segment_layer, segment_class(blind_first=True), match="before the first image")
 
     class NoOut(segment_class()):
         def forward(self, x, media, media_locations):
@@ -330,25 +330,25 @@ def test_09_segment_layer():
             finally:
                 self.to_out = to_out
 
-    fails(lesson09.check_segment_layer, NoOut, match="to_out")
+    fails(lesson10.check_segment_layer, NoOut, match="to_out")
 
     class PlusOne(segment_class()):  # text time k read as media index k: runs past the last media
         def forward(self, x, media, media_locations):
             return media[:, media.shape[1]]
 
-    fails(lesson09.check_segment_layer, PlusOne, match="numbered from 0|indexed past")
+    fails(lesson10.check_segment_layer, PlusOne, match="numbered from 0|indexed past")
 
 
 def test_09_exercises():
-    x, media, loc = lesson09.example_inputs()
+    x, media, loc = lesson10.example_inputs()
 
     def lengths(ml, t, start=1):
         times = masks.text_time(ml)
         return (times[..., None] == torch.arange(start, t + start)).sum(dim=1)
 
-    fails(lesson09.check_segment_lengths, stub, loc, 3, match="not written yet")
-    lesson09.check_segment_lengths(lengths, loc, 3)
-    fails(lesson09.check_segment_lengths, lambda ml, t: lengths(ml, t, 0), loc, 3, match="numbered from 0")
+    fails(lesson10.check_segment_lengths, stub, loc, 3, match="not written yet")
+    lesson10.check_segment_lengths(lengths, loc, 3)
+    fails(lesson10.check_segment_lengths, lambda ml, t: lengths(ml, t, 0), loc, 3, match="numbered from 0")
 
     def scores(ml, t, m, h, view, blind=False):
         b, n = ml.shape
@@ -356,13 +356,13 @@ def test_09_exercises():
             return b * h * n * t * m
         return h * m * (ml.numel() if blind else int((~masks.rows_without_media(ml)).sum()))
 
-    fails(lesson09.check_scores_computed, stub, loc, 3, 4, 2, match="not written yet")
-    lesson09.check_scores_computed(scores, loc, 3, 4, 2)
-    fails(lesson09.check_scores_computed, lambda *a: scores(*a, blind=True), loc, 3, 4, 2, match="before the first image")
+    fails(lesson10.check_scores_computed, stub, loc, 3, 4, 2, match="not written yet")
+    lesson10.check_scores_computed(scores, loc, 3, 4, 2)
+    fails(lesson10.check_scores_computed, lambda *a: scores(*a, blind=True), loc, 3, 4, 2, match="before the first image")
 
 
-@pytest.mark.parametrize("key", ["06.forward", "07.loop", "07.placement", "08.loss", "08.freeze", "08.groups",
-                                 "08.greedy", "09.segments", "09.lengths", "09.scores"])
+@pytest.mark.parametrize("key", ["06.forward", "08.loop", "08.placement", "09.loss", "09.freeze", "09.groups",
+                                 "09.greedy", "10.segments", "10.lengths", "10.scores"])
 def test_every_step_has_a_hint(key, capsys):
     hint(key)
     assert capsys.readouterr().out.startswith(f"Hint ({key}):")
