@@ -8,7 +8,7 @@ from flamingo_lite.tiny.language_model import LMConfig, TinyLM
 from flamingo_lite.tiny.model import Flamingo, FlamingoConfig, count_parameters, freeze, unfreeze
 from flamingo_lite.tiny.vision import VisionEncoder, edge_filters
 
-TINY = dict(dim=32, dim_head=8, heads=2, lm_depth=3, lm_heads=2, num_latents=4, resampler_depth=1)
+TINY = dict(dim=32, dim_head=8, heads=2, lm_depth=3, lm_heads=2, num_latents=4, resampler_depth=1, vision="handmade")
 
 
 @pytest.fixture(scope="module")

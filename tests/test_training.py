@@ -12,7 +12,7 @@ from flamingo_lite.tiny.training import (
     train_flamingo, train_language_model,
 )
 
-TINY = dict(dim=32, dim_head=8, heads=2, lm_depth=2, lm_heads=2, num_latents=4, resampler_depth=1)
+TINY = dict(dim=32, dim_head=8, heads=2, lm_depth=2, lm_heads=2, num_latents=4, resampler_depth=1, vision="handmade")
 
 
 @pytest.fixture(scope="module")

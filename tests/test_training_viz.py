@@ -14,7 +14,7 @@ from flamingo_lite.teaching.viz.training import (  # noqa: E402
     caption_attention, gate_curves, plot_caption_attention, plot_captioned_images, plot_gates, plot_loss,
 )
 
-TINY = dict(dim=32, dim_head=8, heads=2, lm_depth=2, lm_heads=2, num_latents=4, resampler_depth=1)
+TINY = dict(dim=32, dim_head=8, heads=2, lm_depth=2, lm_heads=2, num_latents=4, resampler_depth=1, vision="handmade")
 HISTORY = {
     "step": [0, 10, 20],
     "loss": [2.0, 1.0, 0.5],

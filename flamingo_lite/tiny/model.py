@@ -27,6 +27,8 @@ from ..validation import check_positive_int, check_tensor, shape_str
 from .language_model import LMConfig, TinyLM
 from .vision import VisionEncoder
 
+VISION_ENCODERS = ("pretrained", "handmade", "random")
+
 OPEN_GATE = 20.0  # tanh(20) == 1.0 exactly in float32: a gate fixed open, for the "no tanh gating" ablation
 
 
@@ -40,8 +42,13 @@ class FlamingoConfig:
     dim: int = 64  # one width for the vision features, the resampler and the language model
     lm_depth: int = 2
     lm_heads: int = 4
+    # "pretrained": the ConvVisionEncoder pretrained contrastively (flamingo_lite.tiny.contrastive), its committed
+    # weights (dim 64, vision_pool 8); "handmade": fixed edge filters and a fixed random mix (flamingo_lite.tiny.vision);
+    # "random": the ConvVisionEncoder architecture at its random initialisation from vision_seed (the ablation)
+    vision: str = "pretrained"
+    vision_frozen: bool = True  # False: the vision encoder trains together with Flamingo (an ablation)
     vision_pool: int = 8  # the vision grid has one cell per vision_pool x vision_pool pixels (2 x 2 for 16 px)
-    vision_seed: int = 0  # the frozen vision encoder's random mixing weights are drawn from this seed
+    vision_seed: int = 0  # the random weights of the "handmade" and "random" encoders are drawn from this seed
     resampler_depth: int = 2
     num_latents: int = 8
     num_media_embeds: int = 5  # the most pictures a sequence may have, with the per-media embedding
@@ -61,6 +68,26 @@ class FlamingoConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def make_vision_encoder(config: FlamingoConfig) -> nn.Module:
+    """The vision encoder `config.vision` names: (b, t, 3, H, W) -> (b, t, g, d) for each of them."""
+    from .contrastive import ConvVisionEncoder, load_encoders  # the pretraining module imports nothing from here
+
+    if config.vision == "handmade":
+        return VisionEncoder(dim=config.dim, pool=config.vision_pool, seed=config.vision_seed)
+    if config.vision == "random":
+        return ConvVisionEncoder(dim=config.dim, pool=config.vision_pool, seed=config.vision_seed)
+    if config.vision != "pretrained":
+        raise ValueError(f"vision must be one of {VISION_ENCODERS}, got {config.vision!r}")
+    vision, _, _ = load_encoders()
+    if (vision.dim, vision.pool) != (config.dim, config.vision_pool):
+        raise ValueError(
+            f"the pretrained vision encoder has dim={vision.dim} and vision_pool={vision.pool}, but the config asks for "
+            f"dim={config.dim} and vision_pool={config.vision_pool}; use FlamingoConfig(vision='handmade') or "
+            f"vision='random' for other sizes, or pretrain one with python -m flamingo_lite.tiny.contrastive"
+        )
+    return vision
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -99,15 +126,16 @@ class Flamingo(nn.Module):
     """forward(tokens (b, n) long, images (b, t, 3, H, W), media_locations (b, n) bool or None) -> logits (b, n, V).
 
     `media_locations=None` means "True wherever tokens == media_token_id". Pass `lm` (a trained `TinyLM`) and
-    `vision` to reuse pretrained parts; otherwise fresh ones are made from the config.
+    `vision` to reuse pretrained parts; otherwise they are made from the config (`config.vision` names the encoder:
+    by default the contrastively pretrained one, loaded from its committed weights).
     """
 
-    def __init__(self, config: FlamingoConfig | None = None, *, lm: TinyLM | None = None, vision: VisionEncoder | None = None):
+    def __init__(self, config: FlamingoConfig | None = None, *, lm: TinyLM | None = None, vision: nn.Module | None = None):
         super().__init__()
         self.config = config = config if config is not None else FlamingoConfig()
         check_positive_int("cross_attn_every", config.cross_attn_every)
         check_positive_int("lm_depth", config.lm_depth)
-        self.vision = vision if vision is not None else VisionEncoder(dim=config.dim, pool=config.vision_pool, seed=config.vision_seed)
+        self.vision = vision if vision is not None else make_vision_encoder(config)
         self.lm = lm if lm is not None else TinyLM(config.lm_config())
         if self.lm.config.dim != config.dim or self.vision.dim != config.dim:
             raise ValueError(f"the language model (dim {self.lm.config.dim}) and vision encoder (dim {self.vision.dim}) must have dim={config.dim}")
@@ -134,8 +162,12 @@ class Flamingo(nn.Module):
         self.freeze_pretrained()
 
     def freeze_pretrained(self) -> "Flamingo":
-        """Freeze the vision encoder and the language model (the paper's recipe); the rest stays trainable."""
-        freeze(self.vision)
+        """Freeze the vision encoder (unless `config.vision_frozen` is False) and the language model (the paper's
+        recipe); the rest stays trainable."""
+        if self.config.vision_frozen:
+            freeze(self.vision)
+        else:
+            unfreeze(self.vision)
         freeze(self.lm)
         return self
 
