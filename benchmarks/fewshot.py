@@ -6,7 +6,8 @@
 For each seed the language model is trained once on text alone (inside the default run, whose time is both
 stages); the comparisons reuse a copy of it. Configs: `default` (no per-image embedding, immediate media, frozen
 LM), `per_media` (flamingo-pytorch's per-image embedding: no prompt past 5 pictures), `all_previous` (text sees every
-earlier picture), `unfrozen_lm` (the LM trains along; its text-task accuracy before and after). The text-only LM
+earlier picture), `unfrozen_lm` (the LM trains along; its text-task accuracy before and after), `handmade_vision`
+(lesson 08's fixed, hand-made encoder instead of the contrastively pretrained one). The text-only LM
 (blind) is evaluated inside every run. Writes benchmarks/results/fewshot.json after every run (atomically), the
 table benchmarks/FEWSHOT.md and the picture benchmarks/fewshot_curve.png.
 """
@@ -35,6 +36,7 @@ CONFIGS = {
     "per_media": {"media_embedding": "per_media"},
     "all_previous": {"only_attend_immediate_media": False},
     "unfrozen_lm": {"freeze_lm": False},
+    "handmade_vision": {"vision": "handmade"},
 }
 KEEP = ("shots_curve", "shots_curve_generation", "in_support_accuracy", "in_support_fraction", "rices_curve", "text_only_lm_curve",
         "chance", "lm_text_accuracy_before", "lm_text_accuracy_after", "lm_seconds", "train_seconds", "seconds", "attn_gate_tanh", "step")
@@ -98,7 +100,7 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    colours = {"default": "C0", "per_media": "C1", "all_previous": "C2", "unfrozen_lm": "C3"}
+    colours = {"default": "C0", "per_media": "C1", "all_previous": "C2", "unfrozen_lm": "C3", "handmade_vision": "C4"}
     chance = None
     for name, runs in results["runs"].items():
         for i, (seed, h) in enumerate(runs.items()):

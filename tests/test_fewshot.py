@@ -207,13 +207,44 @@ def test_run_fewshot_returns_the_curve_keys():
     assert capped["shots_curve"]["4"] is None and capped["shots_curve"]["1"] is not None
 
 
-def test_command_line_writes_the_shots_curve(tmp_path):
-    out = tmp_path / "fewshot.json"
+def test_command_line_writes_the_shots_curve_and_the_model(tmp_path):
+    out, saved = tmp_path / "fewshot.json", tmp_path / "models" / "fewshot.pt"
     subprocess.run(
         [sys.executable, "-m", "flamingo_lite.train", "--task", "fewshot", "--out", str(out), "--steps", "2", "--lm-steps", "2",
-         "--shots", "0,1", "--threads", "1", "--no-progress"],
+         "--shots", "0,1", "--threads", "1", "--no-progress", "--save-model", str(saved)],
         check=True, capture_output=True, text=True, timeout=300,
     )
     history = json.loads(out.read_text())
     assert set(history["shots_curve"]) == {"0", "1"} and "chance" in history and "seconds" in history
     assert history["config"]["fewshot"]["steps"] == 2 and len(history["attn_gate_tanh"]) >= 2
+    model, setup = fs.load_model(saved)
+    assert setup.steps == 2 and setup.shots == (0, 1) and not model.training
+    episodes = fs.make_heldout_episodes(history["config"]["fewshot"]["num_heldout"], seed=setup.seed)
+    again = fs.evaluate_shots(model, episodes, 1, TOK)["scoring"]
+    assert again == pytest.approx(history["shots_curve"]["1"])  # the saved model is the evaluated one
+
+
+def test_save_model_is_refused_before_work_when_it_cannot_be_written(tmp_path):
+    for extra, match in ((["--save-model", str(tmp_path)], "--save-model"), (["--task", "caption", "--save-model", str(tmp_path / "m.pt")], "--task fewshot")):
+        args = ["--out", str(tmp_path / "h.json")] + (extra if "--task" in extra else ["--task", "fewshot"] + extra)
+        run = subprocess.run([sys.executable, "-m", "flamingo_lite.train", *args], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 2 and match in run.stderr
+        assert not (tmp_path / "h.json").exists()
+
+
+def test_cached_vision_features_train_the_same_model():
+    from flamingo_lite.tiny.training import train_flamingo
+
+    data = fs.make_training_data(64, seed=0, max_shots=6, tokenizer=TOK)
+    runs = []
+    for cache in (False, True):
+        torch.manual_seed(0)
+        lm = TinyLM(LMConfig(vocab_size=len(TOK), max_len=data.tokens.shape[1], token_shift=4, positions="none"))
+        model = fs.build_model(fs.FewShotSetup(), lm, TOK)
+        history = train_flamingo(model, data, steps=3, batch_size=8, log_every=1, progress=False, pad_id=TOK.pad_id, cache_vision=cache)
+        runs.append((history["loss_every_step"], model.resampler.latents.detach().clone()))
+    assert runs[0][0] == pytest.approx(runs[1][0], rel=1e-5)
+    torch.testing.assert_close(runs[0][1], runs[1][1], atol=1e-5, rtol=1e-4)
+    model.vision.requires_grad_(True)
+    with pytest.raises(ValueError, match="cache_vision"):
+        train_flamingo(model, data, steps=1, progress=False, pad_id=TOK.pad_id, cache_vision=True)

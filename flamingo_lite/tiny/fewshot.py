@@ -281,8 +281,10 @@ def score_candidates(logits_last: torch.Tensor, candidate_ids) -> torch.Tensor:
 
 @torch.no_grad()
 def vision_features(model: Flamingo, images: torch.Tensor) -> torch.Tensor:
-    """The frozen vision encoder's features, flattened: (P, 3, H, W) -> (P, g*d), for RICES."""
-    return model.vision(images).flatten(start_dim=1)  # (P, 1*g*d)
+    """The frozen vision encoder's features, mean-pooled over the grid: (P, 3, H, W) -> (P, d), for RICES.
+
+    Pooled as the contrastive pretraining pools them (App. B.1.3), so where the object sits does not count."""
+    return model.vision(images).mean(dim=(1, 2))  # (P, 1, g, d) -> (P, d)
 
 
 @torch.no_grad()
@@ -374,11 +376,13 @@ class FewShotSetup:
     p_all_picture: float = 0.3
     p_caption: float = 0.3
     p_next: float = 0.0
+    vision: str = "pretrained"  # FlamingoConfig.vision: the contrastively pretrained encoder, or "handmade"
     token_shift: int = 4
     positions: str = "none"  # the LM's position signal: "none" lets prompts grow past the training length
     media_embedding: str = "none"  # "per_media": the comparison with a per-image embedding (caps k + 1 at max_images)
     only_attend_immediate_media: bool = True
     freeze_lm: bool = True
+    bucket_flamingo: bool = False  # length-bucketed batches for the Flamingo stage too (faster, but learned less)
     log_every: int = 25
     shots: tuple = (0, 1, 2, 4, 8, 16, 32)
 
@@ -388,7 +392,7 @@ def build_model(setup: FewShotSetup, lm: TinyLM, tokenizer: Tokenizer) -> Flamin
     config = FlamingoConfig(
         vocab_size=len(tokenizer), max_len=lm.config.max_len, media_token_id=tokenizer.media_id,
         num_media_embeds=setup.max_images, only_attend_immediate_media=setup.only_attend_immediate_media,
-        media_embedding=setup.media_embedding,
+        media_embedding=setup.media_embedding, vision=setup.vision,
     )
     model = Flamingo(config, lm=lm)
     if not setup.freeze_lm:
@@ -431,7 +435,7 @@ def run_fewshot(setup: FewShotSetup | None = None, *, device=None, progress: boo
     history = train_flamingo(
         model, train, steps=setup.steps, batch_size=setup.batch_size, lr=setup.lr, gate_lr=setup.gate_lr,
         weight_decay=setup.weight_decay, log_every=setup.log_every, seed=setup.seed, device=device, progress=progress, pad_id=tok.pad_id,
-        bucket_by_length=True,
+        bucket_by_length=setup.bucket_flamingo, cache_vision=True,
     )
     train_seconds = time.perf_counter() - start
     max_media = setup.max_images if setup.media_embedding == "per_media" else None
@@ -458,8 +462,34 @@ def run_fewshot(setup: FewShotSetup | None = None, *, device=None, progress: boo
     return model, history
 
 
+def save_model(model: Flamingo, history: dict, path) -> None:
+    """Write the trained few-shot model to `path` atomically: its weights (the frozen vision encoder's too), the
+    language model's config and the run's `FewShotSetup`, so `load_model` rebuilds exactly this model."""
+    import io
+    from pathlib import Path
+
+    from ..files import write_bytes_atomic
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save({"setup": history["config"]["fewshot"], "lm_config": asdict(model.lm.config),
+                "state_dict": model.state_dict(), "shots_curve": history.get("shots_curve")}, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def load_model(path, *, device=None) -> tuple[Flamingo, FewShotSetup]:
+    """The model `save_model` wrote, in eval mode, and the setup it was trained with."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    setup = FewShotSetup(**{**saved["setup"], "shots": tuple(saved["setup"]["shots"])})
+    tok = fewshot_tokenizer()
+    model = build_model(setup, TinyLM(LMConfig(**saved["lm_config"])), tok)
+    model.load_state_dict(saved["state_dict"])
+    return model.to(get_device(device)).eval(), setup
+
+
 def run_from_command_line(args, argv=None) -> tuple[dict, str]:
-    """`python -m flamingo_lite.train --task fewshot --out FILE [--seed S] [--shots 0,1,2,...]`: train and evaluate.
+    """`python -m flamingo_lite.train --task fewshot --out FILE [--seed S] [--shots 0,1,2,...] [--save-model PT]`:
+    train and evaluate (and keep the model, for lesson 12).
 
     Returns the JSON history and a one-line summary; `flamingo_lite.tiny.train` writes them.
 
@@ -474,7 +504,9 @@ def run_from_command_line(args, argv=None) -> tuple[dict, str]:
     if "--lm-steps" in given:
         setup = replace(setup, lm_steps=args.lm_steps)
     setup = replace(setup, only_attend_immediate_media=args.only_attend_immediate_media)
-    _, history = run_fewshot(setup, device=args.device, progress=args.progress)
+    model, history = run_fewshot(setup, device=args.device, progress=args.progress)
+    if args.save_model is not None:
+        save_model(model.cpu(), history, args.save_model)
     history.pop("loss_every_step", None)
     history["config"]["threads"] = args.threads
     curve = " ".join(f"{k}:{v:.2f}" for k, v in history["shots_curve"].items() if v is not None)

@@ -122,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"CPU threads for PyTorch, 1 to {MAX_THREADS} (default {DEFAULT_THREADS}; this model is too small to use more; on a "
         "busy machine use 1, as the lessons do, which also gives the lessons' exact numbers)",
     )
+    parser.add_argument(
+        "--save-model", default=None,
+        help="--task fewshot: also write the trained model there (torch.save, atomically); "
+        "flamingo_lite.tiny.fewshot.load_model reads it back",
+    )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="turn the tqdm progress bars off")
     return parser
 
@@ -131,6 +136,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:  # before any work: a bad --out found after the training would lose the results
         out = None if args.out == "-" else check_output_path(args.out, "--out")
+        if args.save_model is not None:
+            if args.task != "fewshot":
+                raise ValueError("--save-model is for --task fewshot (the captioning run does not save its model)")
+            args.save_model = check_output_path(args.save_model, "--save-model")
     except ValueError as err:
         parser.error(str(err))  # exit code 2
     torch.set_num_threads(args.threads)

@@ -155,10 +155,13 @@ def train_flamingo(
     progress: bool = True,
     pad_id: int = 0,
     bucket_by_length: bool = False,
+    cache_vision: bool = False,
 ) -> dict:
     """Train the trainable parts of `model` (resampler, gated blocks) on `data`.
 
-    `bucket_by_length`: as in `train_language_model`.
+    `bucket_by_length`: as in `train_language_model`. `cache_vision`: run the frozen vision encoder once over every
+    picture of `data` before training, instead of again at every step (the same features; the encoder's forward
+    would otherwise cost more than the rest of a step). Refused if the encoder trains.
 
     Returns a history: `step` (the logged steps, 0 first), `loss` (the batch loss at each logged step; at step 0
     the loss of the first batch before any update), `attn_gate_tanh` and `ff_gate_tanh` (per logged step, a
@@ -181,6 +184,12 @@ def train_flamingo(
         history["attn_gate_tanh"].append(g["attn"])
         history["ff_gate_tanh"].append(g["ff"])
 
+    features = None
+    if cache_vision:
+        if any(p.requires_grad for p in model.vision.parameters()):
+            raise ValueError("cache_vision=True needs a frozen vision encoder, but model.vision has trainable parameters")
+        with torch.no_grad():
+            features = torch.cat([model.vision(data.images[i : i + 256].to(device)) for i in range(0, len(data), 256)])  # (N, T, g, d)
     lengths = (data.tokens != pad_id).sum(dim=1)  # (N,)
     order = batches(len(data), batch_size, steps, generator, lengths if bucket_by_length else None)
     bar = tqdm(order, total=steps, desc="flamingo", disable=not progress)
@@ -188,7 +197,11 @@ def train_flamingo(
         part = data[idx].to(device)
         n = int(lengths[idx].max()) if bucket_by_length else part.tokens.shape[1]  # trailing padding cut: the same loss
         tokens, media_locations = part.tokens[:, :n], part.media_locations[:, :n]  # (B, n'), (B, n')
-        logits = model(tokens, part.images, media_locations)  # (B, n', V)
+        if features is None:
+            logits = model(tokens, part.images, media_locations)  # (B, n', V)
+        else:
+            media = model.resampler(features[idx.to(device)])  # (B, T, L, d): only the resampler runs
+            logits = model(tokens, media=media, media_locations=media_locations)  # (B, n', V)
         loss = next_token_loss(logits, tokens, pad_id)
         if step == 0:
             log(0, loss.item())  # before any update: gates exactly 0, the loss of the frozen LM
