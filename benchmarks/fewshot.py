@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 from flamingo_lite.files import write_figure_atomic, write_text_atomic  # noqa: E402
-from flamingo_lite.tiny.fewshot import FewShotSetup, run_fewshot  # noqa: E402
+from flamingo_lite.tiny.fewshot import FewShotSetup, run_fewshot, save_model  # noqa: E402
 
 CONFIGS = {
     "default": {},
@@ -131,6 +131,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "fewshot.json")
     parser.add_argument("--report-only", action="store_true", help="no training: the table and the picture from the recorded results")
+    parser.add_argument("--save-model", type=Path, default=None,
+                        help="also write the default seed-0 model there (what the lesson-12 command makes; see tests/test_fewshot_model.py)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = json.loads(args.out.read_text()) if args.out.exists() else {"runs": {}}
@@ -148,6 +150,8 @@ def main(argv=None) -> int:
             model, h = run_fewshot(setup, progress=False, lm=None if lm is None else copy.deepcopy(lm))
             if lm is None:
                 lm = copy.deepcopy(model.lm)
+            if name == "default" and seed == 0 and args.save_model is not None:
+                save_model(model, h, args.save_model)
             if name not in args.configs:
                 continue
             results["runs"].setdefault(name, {})[str(seed)] = {k: h[k] for k in KEEP}

@@ -248,3 +248,26 @@ def test_cached_vision_features_train_the_same_model():
     model.vision.requires_grad_(True)
     with pytest.raises(ValueError, match="cache_vision"):
         train_flamingo(model, data, steps=1, progress=False, pad_id=TOK.pad_id, cache_vision=True)
+
+
+def test_evaluation_with_shared_vision_grids_matches_running_the_model_on_pictures():
+    torch.manual_seed(0)
+    lm = TinyLM(LMConfig(vocab_size=len(TOK), max_len=40, token_shift=4, positions="none"))
+    model = fs.build_model(fs.FewShotSetup(), lm, TOK).eval()
+    with torch.no_grad():
+        for block in model.xattn.values():
+            block.attn_gate.fill_(1.0), block.ff_gate.fill_(1.0)  # open, so the pictures matter
+    episodes = fs.make_heldout_episodes(12, seed=3, pool_size=8)
+    got = fs.evaluate_shots(model, episodes, 3, TOK)
+    rng = np.random.default_rng([0, 3])
+    right = []
+    for ep in episodes:
+        chosen = fs.choose_support(ep, 3, rng=rng)
+        tokens = torch.tensor([fs.build_prompt([ep.pool_classes[i] for i in chosen], ep.names, TOK)])
+        images = torch.cat([ep.pool_images[chosen], ep.query_image[None]])[None]
+        with torch.no_grad():
+            scores = fs.score_candidates(model(tokens, images)[:, -1], [TOK.index[n] for n in fs.NAMES])
+        right.append(int(scores.argmax()) == ep.names[ep.query_class])
+    assert got["scoring"] == pytest.approx(float(np.mean(right)))
+    with pytest.raises(ValueError, match="retrieval must be 'random'"):
+        fs.evaluate_shots(model.lm, episodes, 1, TOK, lm_only=True, retrieval="rices")

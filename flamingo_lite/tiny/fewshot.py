@@ -280,39 +280,51 @@ def score_candidates(logits_last: torch.Tensor, candidate_ids) -> torch.Tensor:
 
 
 @torch.no_grad()
-def vision_features(model: Flamingo, images: torch.Tensor) -> torch.Tensor:
-    """The frozen vision encoder's features, mean-pooled over the grid: (P, 3, H, W) -> (P, d), for RICES.
+@torch.no_grad()
+def episode_grids(model: Flamingo, episodes: list[Episode], *, device=None) -> list[torch.Tensor]:
+    """The frozen vision encoder's grid of every pool picture and the query, once per episode: (P+1, g, d) each.
 
-    Pooled as the contrastive pretraining pools them (App. B.1.3), so where the object sits does not count."""
-    return model.vision(images).mean(dim=(1, 2))  # (P, 1, g, d) -> (P, d)
+    Every k and both retrievals reuse them, so the encoder runs once per picture, not once per prompt."""
+    device = get_device(device)
+    return [model.vision(torch.cat([ep.pool_images, ep.query_image[None]]).to(device))[:, 0] for ep in episodes]  # (P+1, g, d)
 
 
 @torch.no_grad()
 def evaluate_shots(
-    model, episodes: list[Episode], k: int, tokenizer: Tokenizer, *, retrieval: str = "random", seed: int = 0, device=None, lm_only: bool = False,
+    model, episodes: list[Episode], k: int, tokenizer: Tokenizer, *, retrieval: str = "random", seed: int = 0, device=None,
+    lm_only: bool = False, grids: list | None = None,
 ) -> dict:
     """Accuracy of k-shot prompts on `episodes`: `generation` (greedy: the name, then `<eoc>`), `scoring` (the most
     likely of the 16 names), `in_support` (scoring, on episodes whose query class is among the support pictures,
-    None if none is), `in_support_fraction`. `lm_only`: `model` is a `TinyLM` that reads the same tokens blind."""
+    None if none is), `in_support_fraction`. `lm_only`: `model` is a `TinyLM` that reads the same tokens blind.
+    `grids`: `episode_grids(model, episodes)`, computed here when not given.
+
+    RICES compares the pictures' features mean-pooled over the grid, as the contrastive pretraining pools them
+    (App. B.1.3), so where the object sits does not count."""
     device = get_device(device)
+    if lm_only and retrieval != "random":
+        raise ValueError(f"the blind language model has no vision features to retrieve with: retrieval must be 'random', got {retrieval!r}")
+    if not lm_only and grids is None:
+        grids = episode_grids(model, episodes, device=device)
     rng = np.random.default_rng([seed, k])
     prompts, pictures, answers, inside = [], [], [], []
-    for ep in episodes:
-        features = vision_features(model, torch.cat([ep.pool_images, ep.query_image[None]]).to(device)) if retrieval == "rices" else None
+    for i, ep in enumerate(episodes):
+        features = grids[i].mean(dim=1) if retrieval == "rices" else None  # (P+1, d)
         chosen = choose_support(ep, k, retrieval=retrieval, rng=rng, features=features)
         classes = [ep.pool_classes[i] for i in chosen]
         prompts.append(build_prompt(classes, ep.names, tokenizer))
-        pictures.append(torch.cat([ep.pool_images[chosen], ep.query_image[None]]))  # (k+1, 3, H, W)
+        if not lm_only:
+            pictures.append(grids[i][chosen + [len(ep.pool_classes)]])  # (k+1, g, d): the support, then the query
         answers.append(tokenizer.index[NAMES[ep.names[ep.query_class]]])
         inside.append(ep.query_class in classes)
     tokens = torch.tensor(prompts, dtype=torch.long, device=device)  # (E, n): every prompt has the same length
-    images = torch.stack(pictures).to(device)  # (E, k+1, 3, H, W)
+    features = None if lm_only else torch.stack(pictures)  # (E, k+1, g, d)
     name_ids = [tokenizer.index[name] for name in NAMES]
     answers_t = torch.tensor(answers, device=device)  # (E,)
     gen_ok, score_ok = [], []
     for start in range(0, len(episodes), 64):
         part = slice(start, start + 64)
-        run = (lambda t: model(t)) if lm_only else (lambda t, media=model.encode_images(images[part]): model(t, media=media))
+        run = (lambda t: model(t)) if lm_only else (lambda t, media=model.resampler(features[part]): model(t, media=media))
         logits = run(tokens[part])[:, -1]  # (b, V)
         scores = score_candidates(logits, name_ids)  # (b, 16)
         score_ok.append(torch.tensor(name_ids, device=device)[scores.argmax(-1)] == answers_t[part])
@@ -400,11 +412,13 @@ def build_model(setup: FewShotSetup, lm: TinyLM, tokenizer: Tokenizer) -> Flamin
     return model
 
 
-def fewshot_curve(model: Flamingo, episodes, tokenizer, shots, *, retrieval="random", device=None, lm_only=False, max_media=None) -> dict:
+def fewshot_curve(model: Flamingo, episodes, tokenizer, shots, *, retrieval="random", device=None, lm_only=False, max_media=None, grids=None) -> dict:
     """k -> `evaluate_shots` result for every k in `shots`; k with k + 1 > `max_media` pictures map to None."""
+    if not lm_only and grids is None:
+        grids = episode_grids(model, episodes, device=device)
     return {
         str(k): (None if max_media is not None and k + 1 > max_media else
-                 evaluate_shots(model, episodes, k, tokenizer, retrieval=retrieval, device=device, lm_only=lm_only))
+                 evaluate_shots(model, episodes, k, tokenizer, retrieval=retrieval, device=device, lm_only=lm_only, grids=grids))
         for k in shots
     }
 
@@ -439,8 +453,9 @@ def run_fewshot(setup: FewShotSetup | None = None, *, device=None, progress: boo
     )
     train_seconds = time.perf_counter() - start
     max_media = setup.max_images if setup.media_embedding == "per_media" else None
-    curve = fewshot_curve(model, episodes, tok, setup.shots, device=device, max_media=max_media)
-    rices = fewshot_curve(model, episodes, tok, [k for k in setup.shots if k > 0], retrieval="rices", device=device, max_media=max_media)
+    grids = episode_grids(model, episodes, device=device)
+    curve = fewshot_curve(model, episodes, tok, setup.shots, device=device, max_media=max_media, grids=grids)
+    rices = fewshot_curve(model, episodes, tok, [k for k in setup.shots if k > 0], retrieval="rices", device=device, max_media=max_media, grids=grids)
     blind = fewshot_curve(model.lm, episodes, tok, setup.shots, device=device, lm_only=True)
     history.update(
         shots_curve={k: (v["scoring"] if v else None) for k, v in curve.items()},
@@ -493,12 +508,14 @@ def run_from_command_line(args, argv=None) -> tuple[dict, str]:
 
     Returns the JSON history and a one-line summary; `flamingo_lite.tiny.train` writes them.
 
-    `--steps` and `--lm-steps` set the two stages when given; otherwise this task's own defaults (`FewShotSetup`).
+    `--steps`, `--lm-steps` and `--log-every` are used when given; otherwise this task's own defaults (`FewShotSetup`).
     """
     import sys
 
     given = {a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv) if a.startswith("--")}
-    setup = FewShotSetup(seed=args.seed, shots=tuple(args.shots), log_every=args.log_every)
+    setup = FewShotSetup(seed=args.seed, shots=tuple(args.shots))
+    if "--log-every" in given:
+        setup = replace(setup, log_every=args.log_every)
     if "--steps" in given:
         setup = replace(setup, steps=args.steps)
     if "--lm-steps" in given:
