@@ -213,3 +213,14 @@ def test_bad_vision_choices_are_refused():
         Flamingo(FlamingoConfig(vision="clip"))
     with pytest.raises(ValueError, match=r"pretrained vision encoder has dim=64.*dim=32.*vision='handmade'"):
         Flamingo(FlamingoConfig(dim=32))
+
+
+def test_the_captioning_command_line_chooses_the_encoder():
+    from flamingo_lite.tiny.train import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["--out", "h.json"]).vision == "pretrained"
+    assert parser.parse_args(["--out", "h.json", "--vision", "handmade"]).vision == "handmade"
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--out", "h.json", "--vision", "clip"])
+    assert exit_info.value.code == 2

@@ -27,7 +27,7 @@ diagonal. (Soft targets over same-class pairs would allow larger batches; distin
 of the paper.)
 
 Training runs in float64: different x86 CPUs sum in different orders (AVX2 vs AVX-512 kernels), and in float32
-those rounding differences grow over hundreds of Adam steps. In float64 they start 10^9 times smaller, so the
+those rounding differences grow over hundreds of Adam steps. In float64 they start about 5 x 10^8 times smaller, so the
 weights the command writes (`python -m flamingo_lite.tiny.contrastive --out ...`, stored in float32) are the same
 on any x86 CPU to far better than the tolerance the test uses.
 

@@ -116,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-tanh-gate", dest="tanh_gate", action="store_false",
         help="ablation: gates fixed open (tanh = 1), so the blocks add their full output from the start (the paper: 70.7 -> 66.5)",
     )
+    parser.add_argument(
+        "--vision", choices=["pretrained", "handmade", "random"], default=FlamingoConfig.vision,
+        help="the frozen vision encoder: pretrained (default; contrastively, flamingo_lite.tiny.contrastive), handmade "
+        "(fixed edge filters), or random (the pretrained one's architecture at random initialisation)",
+    )
     parser.add_argument("--log-every", type=positive_int, default=DEFAULTS.log_every, help=f"log loss and gates every N steps (default {DEFAULTS.log_every})")
     parser.add_argument(
         "--threads", type=thread_count, default=DEFAULT_THREADS,
@@ -153,6 +158,7 @@ def main(argv=None) -> int:
         cross_attn_every=args.cross_attn_every,
         only_attend_immediate_media=args.only_attend_immediate_media,
         tanh_gate=args.tanh_gate,
+        vision=args.vision,
     )
     _, history = run_training(setup, config, device=args.device, progress=args.progress)
     history["config"]["threads"] = args.threads

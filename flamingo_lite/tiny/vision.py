@@ -2,7 +2,8 @@
 
 Flamingo's vision encoder is a Normalizer-Free ResNet, pretrained contrastively on image-text pairs and then
 frozen (paper, Sec. 2.1). Its last feature map, flattened to a list of vectors, is what the Perceiver Resampler
-reads. Here a tiny convolutional encoder plays that part, and it is never trained. Its first layer holds the
+reads. This hand-made encoder plays that part without ever being trained (`FlamingoConfig(vision="handmade")`; the
+default is the encoder pretrained contrastively in `flamingo_lite.tiny.contrastive`). Its first layer holds the
 filters the first layer of a trained CNN ends up with: oriented edge detectors (8 directions) beside the colour
 of each pixel. Average pooling turns them into a coarse grid (the tiny Flamingo pools 8 x 8 pixels, so a 16 px
 picture gives 2 x 2 cells), and a fixed random 1x1 convolution with a GELU mixes each cell's 11 numbers into `dim`

@@ -1,0 +1,199 @@
+"""Checks for lesson 07: the learner writes the symmetric contrastive loss and one step of contrastive pretraining.
+
+`check_loss` runs the learner's loss on small embeddings and compares it with the reference
+(`flamingo_lite.tiny.contrastive.contrastive_loss`) and with the usual mistakes computed on the same input: labels
+not on the diagonal, only one direction, features not normalised, the temperature not clamped or multiplied
+instead of divided, the two terms added instead of averaged; then it checks that the temperature is learned (it
+gets a gradient). `check_training_step` runs two steps of the learner's `training_step` and of the usual wrong
+steps on copies of the same small encoders, and names the mistake whose weights the learner's match.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ...tiny import contrastive
+from ...tiny.contrastive import MAX_LOG_TEMPERATURE, MIN_LOG_TEMPERATURE, CaptionEncoder, ConvVisionEncoder
+from . import Mistake, compare, fail, passed, register_hints, run_learner
+
+register_hints({
+    "07.loss": "Normalise both with `F.normalize(x, dim=-1)`; the temperature is "
+               "`log_temperature.clamp(MIN_LOG_TEMPERATURE, MAX_LOG_TEMPERATURE).exp()`; `logits = image @ text.T / "
+               "temperature` is (B, B); `labels = torch.arange(B)`; the loss is the mean of "
+               "`F.cross_entropy(logits, labels)` and `F.cross_entropy(logits.T, labels)`.",
+    "07.step": "Embed the pictures with `vision.embed(batch['images'].to(log_temperature.dtype))` and the captions with "
+               "`text(batch['tokens'])`, take your loss, then `optimizer.zero_grad()`, `loss.backward()`, "
+               "`optimizer.step()`, and return `loss.item()`.",
+})
+
+
+def _logits(image, text, log_t, *, normalise=True, clamp=True, divide=True):
+    if normalise:
+        image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)  # (B, e) each
+    log_t = log_t.clamp(MIN_LOG_TEMPERATURE, MAX_LOG_TEMPERATURE) if clamp else log_t
+    t = log_t.exp()  # ()
+    return image @ text.T / t if divide else image @ text.T * t  # (B, B)
+
+
+def _loss_variants(image, text, log_t) -> dict:
+    """The right loss and the usual mistakes', each a 0-d tensor, on the same input."""
+    b = image.shape[0]
+    diagonal = torch.arange(b)  # (B,)
+    logits = _logits(image, text, log_t)  # (B, B)
+    i2t, t2i = F.cross_entropy(logits, diagonal), F.cross_entropy(logits.T, diagonal)
+    out = {"right": (i2t + t2i) / 2}
+    first = torch.zeros(b, dtype=torch.long)  # (B,): every row's label is pair 0
+    out["labels not on the diagonal"] = (F.cross_entropy(logits, first) + F.cross_entropy(logits.T, first)) / 2
+    flipped = diagonal.flip(0)  # (B,): the anti-diagonal
+    out["labels on the anti-diagonal"] = (F.cross_entropy(logits, flipped) + F.cross_entropy(logits.T, flipped)) / 2
+    out["only image to text"] = i2t
+    out["only text to image"] = t2i
+    out["the two terms added"] = i2t + t2i
+    raw = _logits(image, text, log_t, normalise=False)  # (B, B)
+    out["features not normalised"] = (F.cross_entropy(raw, diagonal) + F.cross_entropy(raw.T, diagonal)) / 2
+    free = _logits(image, text, log_t, clamp=False)  # (B, B)
+    out["temperature not clamped"] = (F.cross_entropy(free, diagonal) + F.cross_entropy(free.T, diagonal)) / 2
+    times = _logits(image, text, log_t, divide=False)  # (B, B)
+    out["temperature multiplied"] = (F.cross_entropy(times, diagonal) + F.cross_entropy(times.T, diagonal)) / 2
+    no_t = _logits(image, text, torch.zeros(()))  # (B, B): cosines alone, temperature 1
+    out["no temperature"] = (F.cross_entropy(no_t, diagonal) + F.cross_entropy(no_t.T, diagonal)) / 2
+    return out
+
+
+LOSS_MESSAGES = {
+    "labels not on the diagonal": "the labels are not on the diagonal: picture i matches caption i, so the labels are "
+                                  "`torch.arange(B)`, not zeros.",
+    "labels on the anti-diagonal": "the labels are not on the diagonal (yours are reversed): picture i matches caption "
+                                   "i, so the labels are `torch.arange(B)`.",
+    "only image to text": "only one direction: you have the image-to-text term; add the text-to-image one, the cross-"
+                          "entropy of `logits.T`, and average the two.",
+    "only text to image": "only one direction: you have the text-to-image term; add the image-to-text one, the cross-"
+                          "entropy of `logits`, and average the two.",
+    "the two terms added": "the two directions are added: take their mean, `(image_to_text + text_to_image) / 2`.",
+    "features not normalised": "the features are not normalised: apply `F.normalize(..., dim=-1)` to both embeddings, "
+                               "so `image @ text.T` is a cosine similarity.",
+    "temperature not clamped": "the temperature is not clamped: with a very small log_temperature your logits blow "
+                               "up; clamp it with `log_temperature.clamp(MIN_LOG_TEMPERATURE, MAX_LOG_TEMPERATURE)` "
+                               "before `.exp()` (1/T at most 100, as CLIP).",
+    "temperature multiplied": "the logits are multiplied by the temperature: divide by it, `image @ text.T / "
+                              "temperature` (a small temperature sharpens the softmax).",
+    "no temperature": "the temperature is missing: divide the cosine similarities by "
+                      "`log_temperature.clamp(...).exp()`.",
+}
+
+
+def loss_inputs(seed: int = 0):
+    """Small embeddings and three temperatures: one inside the clamp, one below it, one above it."""
+    g = torch.Generator().manual_seed(seed)
+    image = 3 * torch.randn(6, 5, generator=g)  # (B, e): not unit length, so a missing normalisation shows
+    text = 0.5 * torch.randn(6, 5, generator=g)  # (B, e)
+    return image, text, [math.log(0.2), MIN_LOG_TEMPERATURE - 3.0, MAX_LOG_TEMPERATURE + 1.0]
+
+
+def check_loss(loss_fn) -> None:
+    """Step "07.loss": the learner's contrastive_loss(image_emb, text_emb, log_temperature) on three temperatures,
+    then whether the temperature gets a gradient."""
+    image, text, temperatures = loss_inputs()
+    for log_t in temperatures:
+        t = torch.tensor(log_t)
+        with torch.no_grad():
+            got = run_learner(loss_fn, image, text, t, what=f"your contrastive_loss(image_emb, text_emb, log_temperature={log_t:.2f})")
+            variants = _loss_variants(image, text, t)
+        if not isinstance(got, torch.Tensor):
+            fail(f"contrastive_loss returned a {type(got).__name__}: return the loss as a 0-d tensor (no `.item()`), so "
+                 "it can be backpropagated.")
+        mistakes = [Mistake(name, variants[name], LOSS_MESSAGES[name]) for name in LOSS_MESSAGES]
+        compare(got.reshape(()), variants["right"], what=f"your loss (log_temperature {log_t:.2f})", mistakes=mistakes)
+    log_t = torch.tensor(math.log(0.2), requires_grad=True)
+    loss = run_learner(loss_fn, image, text, log_t, what="your contrastive_loss with a learned log_temperature")
+    if not loss.requires_grad:
+        fail("the temperature is not learned: the loss has no gradient for log_temperature; keep it a tensor in the "
+             "computation (no `.item()`, `float()` or `.detach()`).")
+    loss.backward()
+    if log_t.grad is None or float(log_t.grad.abs()) == 0.0:
+        fail("the temperature is not learned: log_temperature gets no gradient; compute the temperature from it with "
+             "tensor operations (clamp, exp), not from a number.")
+    passed("your contrastive loss matches the reference: normalised features, labels on the diagonal, both "
+           "directions, a clamped temperature that learns.")
+
+
+def _small_setup(seed: int = 0):
+    vision = ConvVisionEncoder(dim=16, channels=8, embed_dim=8, seed=seed).double()
+    text = CaptionEncoder(dim=16, embed_dim=8, seed=seed).double()
+    log_t = torch.nn.Parameter(torch.tensor(math.log(0.07), dtype=torch.float64))
+    return vision, text, log_t
+
+
+def _params(vision, text, log_t) -> torch.Tensor:
+    """Every weight in one vector (P,), the temperature last."""
+    return torch.cat([p.detach().flatten() for p in [*vision.parameters(), *text.parameters()]] + [log_t.detach().reshape(1)])
+
+
+def _run_steps(step_fn, *, what: str, learner: bool) -> tuple[torch.Tensor, list]:
+    """Two steps of `step_fn` from the same start and batches -> (the weights after, the returned losses)."""
+    vision, text, log_t = _small_setup()
+    optimizer = torch.optim.Adam([*vision.parameters(), *text.parameters(), log_t], lr=1e-2)
+    rng, _ = contrastive.streams(0)
+    losses = []
+    for _ in range(2):
+        batch = contrastive.draw_pairs(rng)
+        if learner:
+            losses.append(run_learner(step_fn, vision, text, log_t, optimizer, batch, what=what))
+        else:
+            losses.append(step_fn(vision, text, log_t, optimizer, batch))
+    return _params(vision, text, log_t), losses
+
+
+def _embed(vision, text, log_t, batch):
+    return vision.embed(batch["images"].to(log_t.dtype)), text(batch["tokens"])  # (B, e) each
+
+
+def _no_zero_grad(vision, text, log_t, optimizer, batch):
+    loss = contrastive.contrastive_loss(*_embed(vision, text, log_t, batch), log_t)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def _no_step(vision, text, log_t, optimizer, batch):
+    loss = contrastive.contrastive_loss(*_embed(vision, text, log_t, batch), log_t)
+    optimizer.zero_grad()
+    loss.backward()
+    return loss.item()
+
+
+def _detached_temperature(vision, text, log_t, optimizer, batch):
+    loss = contrastive.contrastive_loss(*_embed(vision, text, log_t, batch), log_t.detach())
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+STEP_MISTAKES = {
+    "no zero_grad": (_no_zero_grad, "the gradients are not cleared: call `optimizer.zero_grad()` before "
+                     "`loss.backward()`, or each step adds the previous step's gradient to its own."),
+    "no update": (_no_step, "the weights do not change: call `optimizer.zero_grad()` first, then `loss.backward()`, then "
+                  "`optimizer.step()` (without the step, or with the gradients cleared after backward, nothing moves)."),
+    "temperature not learned": (_detached_temperature, "the temperature is not learned: pass `log_temperature` itself "
+                                "to the loss (not `.detach()`, `.item()` or a number), so it gets a gradient."),
+}
+
+
+def check_training_step(step_fn) -> None:
+    """Step "07.step": two steps of the learner's training_step(vision, text, log_temperature, optimizer, batch)."""
+    got, losses = _run_steps(step_fn, what="your training_step(vision, text, log_temperature, optimizer, batch)", learner=True)
+    if not all(isinstance(loss, float) for loss in losses):
+        kinds = sorted({type(loss).__name__ for loss in losses})
+        fail(f"training_step returned {', '.join(kinds)}: return the loss as a Python float, `loss.item()`.")
+    want, want_losses = _run_steps(contrastive.training_step, what="", learner=False)
+    mistakes = [Mistake(name, _run_steps(fn, what="", learner=False)[0], message) for name, (fn, message) in STEP_MISTAKES.items()]
+    compare(got, want, what="the weights after two of your training steps", mistakes=mistakes)
+    if abs(losses[0] - want_losses[0]) > 1e-6 * max(1.0, abs(want_losses[0])):
+        fail(f"training_step returned {losses[0]:.6f} for the first batch, the loss is {want_losses[0]:.6f}: return the "
+             "loss of this batch, computed before the step.")
+    passed("your training step matches the reference: gradients cleared, backward, one optimizer step, and the "
+           "temperature learns with the encoders.")

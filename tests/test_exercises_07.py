@@ -1,0 +1,122 @@
+"""Mutation tests of lesson 07's checks: each fails on the stub with a message, passes with the solution, and names
+each mistake it claims to recognise when fed a wrong implementation."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from flamingo_lite.teaching.exercises import ExerciseFailed, hint, lesson07
+from flamingo_lite.tiny.contrastive import MAX_LOG_TEMPERATURE, MIN_LOG_TEMPERATURE, contrastive_loss, training_step
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError("Your turn")
+
+
+def fails(check, *args, match: str):
+    with pytest.raises(ExerciseFailed, match=match):
+        check(*args)
+
+
+def make_loss(*, normalise=True, clamp=True, labels="diagonal", directions="both", divide=True, detach=False):
+    def loss(image, text, log_t):
+        if normalise:
+            image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+        if detach:
+            log_t = torch.tensor(float(log_t.detach()))
+        t = (log_t.clamp(MIN_LOG_TEMPERATURE, MAX_LOG_TEMPERATURE) if clamp else log_t).exp()
+        logits = image @ text.T / t if divide else image @ text.T * t
+        y = torch.arange(len(logits)) if labels == "diagonal" else torch.zeros(len(logits), dtype=torch.long)
+        i2t, t2i = F.cross_entropy(logits, y), F.cross_entropy(logits.T, y)
+        return {"both": (i2t + t2i) / 2, "i2t": i2t, "t2i": t2i, "sum": i2t + t2i}[directions]
+
+    return loss
+
+
+def test_loss_check_passes_the_solution_and_the_reference():
+    lesson07.check_loss(make_loss())
+    lesson07.check_loss(contrastive_loss)
+
+
+@pytest.mark.parametrize("wrong, match", [
+    (dict(labels="zeros"), "labels are not on the diagonal"),
+    (dict(directions="i2t"), "only one direction: you have the image-to-text term"),
+    (dict(directions="t2i"), "only one direction: you have the text-to-image term"),
+    (dict(directions="sum"), "two directions are added"),
+    (dict(normalise=False), "features are not normalised"),
+    (dict(clamp=False), "temperature is not clamped"),
+    (dict(divide=False), "multiplied by the temperature"),
+    (dict(detach=True), "temperature is not learned"),
+])
+def test_loss_check_names_each_mistake(wrong, match):
+    fails(lesson07.check_loss, make_loss(**wrong), match=match)
+
+
+def test_loss_check_on_the_stub_and_on_a_number():
+    fails(lesson07.check_loss, stub, match="not written yet")
+    fails(lesson07.check_loss, lambda i, t, l: make_loss()(i, t, l).item(), match="return the loss as a 0-d tensor")
+    fails(lesson07.check_loss, lambda i, t, l: make_loss()(i, t, l) + 0.3, match="differs from the answer")
+
+
+def embed(vision, text, log_t, batch):
+    return vision.embed(batch["images"].to(log_t.dtype)), text(batch["tokens"])
+
+
+def step_no_zero_grad(vision, text, log_t, optimizer, batch):
+    loss = contrastive_loss(*embed(vision, text, log_t, batch), log_t)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def step_zero_grad_late(vision, text, log_t, optimizer, batch):
+    loss = contrastive_loss(*embed(vision, text, log_t, batch), log_t)
+    loss.backward()
+    optimizer.zero_grad()
+    optimizer.step()
+    return loss.item()
+
+
+def step_without_step(vision, text, log_t, optimizer, batch):
+    optimizer.zero_grad()
+    loss = contrastive_loss(*embed(vision, text, log_t, batch), log_t)
+    loss.backward()
+    return loss.item()
+
+
+def step_detached(vision, text, log_t, optimizer, batch):
+    optimizer.zero_grad()
+    loss = contrastive_loss(*embed(vision, text, log_t, batch), torch.tensor(log_t.item(), dtype=log_t.dtype))
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def step_returns_tensor(vision, text, log_t, optimizer, batch):
+    training_step(vision, text, log_t, optimizer, batch)
+    return torch.tensor(0.0)
+
+
+def test_step_check_passes_the_reference():
+    lesson07.check_training_step(training_step)
+
+
+@pytest.mark.parametrize("wrong, match", [
+    (step_no_zero_grad, "gradients are not cleared"),
+    (step_zero_grad_late, "weights do not change"),
+    (step_without_step, "weights do not change"),
+    (step_detached, "temperature is not learned"),
+    (step_returns_tensor, "return the loss as a Python float"),
+    (stub, "not written yet"),
+])
+def test_step_check_names_each_mistake(wrong, match):
+    fails(lesson07.check_training_step, wrong, match=match)
+
+
+def test_hints_exist(capsys):
+    for key in ("07.loss", "07.step"):
+        hint(key)
+    assert capsys.readouterr().out.count("Hint (07.") == 2
