@@ -149,6 +149,7 @@ ALLOWED = {  # (file, the line) that write on purpose without flamingo_lite.file
     ("benchmarks/bench.py", 'Path("/proc/self/clear_refs").write_text("5")'),  # a kernel control file, not data
     ("flamingo_lite/teaching/widgets.py", 'fig.savefig(buffer, format="png", dpi=fig.dpi)'),  # into memory
     ("flamingo_lite/tiny/contrastive.py", "torch.save(state, buffer)  # into memory; the file itself is written atomically"),
+    ("flamingo_lite/tiny/fewshot.py", "torch.save(saved, buffer)  # into memory; the file itself is written atomically"),
 }
 
 
