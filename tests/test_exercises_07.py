@@ -100,6 +100,14 @@ def step_returns_tensor(vision, text, log_t, optimizer, batch):
     return torch.tensor(0.0)
 
 
+def step_images_not_cast(vision, text, log_t, optimizer, batch):
+    optimizer.zero_grad()
+    loss = contrastive_loss(vision.embed(batch["images"]), text(batch["tokens"]), log_t)  # float32 pictures, float64 weights
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 def test_step_check_passes_the_reference():
     lesson07.check_training_step(training_step)
 
@@ -110,6 +118,7 @@ def test_step_check_passes_the_reference():
     (step_without_step, "weights do not change"),
     (step_detached, "temperature is not learned"),
     (step_returns_tensor, "return the loss as a Python float"),
+    (step_images_not_cast, r"cast the images with `\.to\(log_temperature\.dtype\)`"),
     (stub, "not written yet"),
 ])
 def test_step_check_names_each_mistake(wrong, match):

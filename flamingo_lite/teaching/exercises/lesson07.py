@@ -141,7 +141,9 @@ def _run_steps(step_fn, *, what: str, learner: bool) -> tuple[torch.Tensor, list
     for _ in range(2):
         batch = contrastive.draw_pairs(rng)
         if learner:
-            losses.append(run_learner(step_fn, vision, text, log_t, optimizer, batch, what=what))
+            losses.append(run_learner(step_fn, vision, text, log_t, optimizer, batch, what=what, advice={
+                "should be the same": "the pictures and the encoder have different dtypes: cast the images with "
+                                      "`.to(log_temperature.dtype)` before the encoder (training runs in float64)"}))
         else:
             losses.append(step_fn(vision, text, log_t, optimizer, batch))
     return _params(vision, text, log_t), losses
