@@ -2,21 +2,22 @@
 the examples in its prompt.
 
 Flamingo is "a visual language model for few-shot learning" (Alayrac et al. 2022, arXiv 2204.14198): its
-results are accuracies that rise with the number of image-text examples in the prompt (Fig. 2, 0 to 32 shots),
-from a model trained with at most 5 images per sequence (Sec. 2.4). Here every sequence binds *fresh invented
+results are accuracies that rise with the number of image-text examples in the prompt (Fig. 2, right; up to 32
+shots) from a model trained with at most 5 images per sequence (Sec. 2.3, 2.4). Here every sequence binds *fresh invented
 names* to the 12 picture classes (4 colours x 3 shapes), so no name means anything outside its sequence:
 
     <image> is dax <eoc> <image> is wug <eoc> <image> is          -> dax   (if the last picture is of the first's class)
 
 The names are not in the pictures; only the support examples of the same sequence say which name a class has.
 
-Training sequences are built like the paper's M3W web pages (Sec. 2.4, App. A.3.3): long text with few images.
-An episode has up to `max_shots` examples; the last 1 to `max_images` - 1 of them and the query are pictures,
+Training sequences are built like the paper's M3W web pages (Sec. 2.4: "a random subsequence of L = 256 tokens
+and ... up to the first N = 5 images"): long text with few images. An episode has up to `max_shots` examples; the last 1 to `max_images` - 1 of them and the query are pictures,
 the earlier ones are written as text (`red circle is dax <eoc>`), so text precedes the first image and sees no
 image. `<eoc>` ends each chunk. A share `p_all_picture` of the episodes has pictures only (robustness), and a
 share `p_caption` of the sequences is captioning (`<image> a red circle <eoc>`, the words of `data.caption_words`),
 without which the gates stay shut. `p_next`: with that probability a sequence's text attends to the *next* picture
-instead of the previous one (the paper's p_next): each picture's marker in `media_locations` moves back to the
+instead of the previous one (the paper's p_next, drawn once per web page, 1/2 there; App. A.3.2, ablated in
+Table 10): each picture's marker in `media_locations` moves back to the
 first token after the previous picture's `<image>` (position 0 for the first), so the words of a chunk see the
 picture that follows them; the `<image>` tokens stay where they are. It is 0 by default: in these episodes
 the picture comes before its name, so "the next image" is the wrong one.
