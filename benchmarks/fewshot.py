@@ -69,8 +69,10 @@ def write_table(results: dict, path: Path) -> None:
         for seed, h in runs.items():
             lines.append(f"| {name} | {seed} | {fmt(h['lm_text_accuracy_before'])} | {fmt(h['lm_text_accuracy_after'])} | "
                          f"{h['lm_seconds']:.0f} | {h['train_seconds']:.0f} | {h['seconds']:.0f} |")
-    lines += ["", "Issue 12's targets, per run (met / not met):", ""]
+    lines += ["", "Issue 12's targets, per run of the default (met / not met):", ""]
     for name, runs in results["runs"].items():
+        if name != "default":
+            continue  # the comparisons are there to differ, and reuse the default's language model
         for seed, h in runs.items():
             lines.append(f"- {name}, seed {seed}: " + "; ".join(f"{what} {'met' if ok else 'NOT met'}" for what, ok in targets(h)))
     if results.get("notes"):
@@ -142,22 +144,22 @@ def main(argv=None) -> int:
         return 0
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     results["machine"] = f"{platform.processor() or platform.machine()}, {args.threads} torch threads, load average {load:.1f} at start, torch {torch.__version__}"
-    for seed in args.seeds:
-        lm = None
-        for name in ["default"] + [c for c in args.configs if c != "default"]:
-            setup = replace(FewShotSetup(seed=seed), **CONFIGS[name])
-            start = time.perf_counter()
-            model, h = run_fewshot(setup, progress=False, lm=None if lm is None else copy.deepcopy(lm))
-            if lm is None:
-                lm = copy.deepcopy(model.lm)
-            if name == "default" and seed == 0 and args.save_model is not None:
-                save_model(model, h, args.save_model)
-            if name not in args.configs:
-                continue
-            results["runs"].setdefault(name, {})[str(seed)] = {k: h[k] for k in KEEP}
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            write_json(args.out, results)
-            print(f"{name} seed {seed}: {h['shots_curve']} ({time.perf_counter() - start:.0f} s)", flush=True)
+    # the default for every seed first (each trains its seed's language model), then the comparisons, which reuse it
+    lms = {}
+    plan = [(seed, "default") for seed in args.seeds] + [(seed, c) for seed in args.seeds for c in args.configs if c != "default"]
+    for seed, name in plan:
+        setup = replace(FewShotSetup(seed=seed), **CONFIGS[name])
+        start = time.perf_counter()
+        model, h = run_fewshot(setup, progress=False, lm=copy.deepcopy(lms[seed]) if seed in lms else None)
+        lms.setdefault(seed, copy.deepcopy(model.lm))
+        if name == "default" and seed == 0 and args.save_model is not None:
+            save_model(model, h, args.save_model)
+        if name not in args.configs:
+            continue
+        results["runs"].setdefault(name, {})[str(seed)] = {k: h[k] for k in KEEP}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(args.out, results)
+        print(f"{name} seed {seed}: {h['shots_curve']} ({time.perf_counter() - start:.0f} s)", flush=True)
     write_table(results, ROOT / "FEWSHOT.md")
     plot(results, ROOT / "fewshot_curve.png")
     return 0
