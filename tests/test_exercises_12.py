@@ -58,6 +58,12 @@ def test_each_prompt_mistake_is_named(wrong, match):
 def test_a_prompt_that_is_not_ids_or_unknown_is_named():
     fails(lesson12.check_build_prompt, lambda s, n, t: " ".join(map(str, prompt_solution(s, n, t))), match="list of token ids")
     fails(lesson12.check_build_prompt, lambda s, n, t: prompt_solution(s, n, t)[:-1] + [0], match="no usual mistake matches")
+    fails(lesson12.check_build_prompt, lambda s, n, t: torch.tensor(prompt_solution(s, n, t)), match="returned a tensor")
+
+
+def test_a_score_of_the_wrong_shape_says_which_axes():
+    fails(lesson12.check_score_names, lambda lg, ids: lg[:, -1].log_softmax(-1), match=r"the last position .* the candidates' columns")
+    fails(lesson12.check_score_names, lambda lg, ids: lg[0, -1].log_softmax(-1)[ids], match="keep the batch axis")
 
 
 def test_the_prompt_mistakes_differ_from_the_answer_and_each_other():

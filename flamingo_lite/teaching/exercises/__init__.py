@@ -86,9 +86,10 @@ def compare(
     mistakes: list[Mistake] = (),
     atol: float = 1e-5,
     rtol: float = 1e-4,
+    shape_advice: str = "check the einops patterns and which axes you reduce over.",
 ) -> None:
     """Pass when `got` equals `want`; otherwise fail with the message of the first mistake `got` matches, or with
-    what differs (shape, NaN, or the largest difference and where)."""
+    what differs (shape, NaN, or the largest difference and where). `shape_advice` ends a wrong-shape verdict."""
     if not isinstance(got, torch.Tensor):
         fail(f"{what} returned a {type(got).__name__}, not a tensor: return the result, do not print it.")
     got = got.detach().to(want.device, torch.float32)
@@ -99,8 +100,7 @@ def compare(
         if _same(got, mistake.output.detach().to(want.device, torch.float32), atol, rtol):
             fail(f"{what}: {mistake.message}")
     if got.shape != want.shape:
-        fail(f"{what} has shape {tuple(got.shape)}, expected {tuple(want.shape)}: check the einops patterns and "
-             "which axes you reduce over.")
+        fail(f"{what} has shape {tuple(got.shape)}, expected {tuple(want.shape)}: {shape_advice}")
     nan_got, nan_want = torch.isnan(got), torch.isnan(want)
     if (nan_got & ~nan_want).any():
         where = tuple(int(i) for i in (nan_got & ~nan_want).nonzero()[0])

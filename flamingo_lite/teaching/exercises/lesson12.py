@@ -66,7 +66,8 @@ def check_build_prompt(build_prompt) -> list:
         got = run_learner(build_prompt, list(support), list(NAMES_OF_CLASSES), tok,
                           what=f"your build_prompt({support}, names, tokenizer)")
         if isinstance(got, torch.Tensor):
-            got = got.tolist()
+            fail("your build_prompt returned a tensor: return the list of token ids, `tokenizer.encode(words)` "
+                 "(the evaluation below makes one tensor of all the prompts with `torch.tensor(prompts)`).")
         if not isinstance(got, (list, tuple)) or not all(isinstance(i, int) for i in got):
             fail(f"your build_prompt returned {type(got).__name__}: return the list of token ids, "
                  "`tokenizer.encode(words)`.")
@@ -119,7 +120,9 @@ def check_score_names(score_names) -> torch.Tensor:
     logits, ids = example_logits()
     got = run_learner(score_names, logits.clone(), list(ids), what="your score_names(logits, candidate_ids)")
     want = fewshot.score_candidates(logits[:, -1], ids)  # (b, C)
-    compare(got, want, what="your score_names", mistakes=score_mistakes(logits, ids))
+    compare(got, want, what="your score_names", mistakes=score_mistakes(logits, ids),
+            shape_advice="keep the batch axis, take the last position (`logits[:, -1]`, (b, V)), then the candidates' "
+                         "columns (`[:, candidate_ids]`, (b, C)).")
     passed(f"score_names is right: (batch, candidates) = {tuple(want.shape)} log-probabilities, each row's best "
            f"candidate {want.argmax(-1).tolist()}.")
     return want
