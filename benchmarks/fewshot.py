@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 from flamingo_lite.files import write_figure_atomic, write_text_atomic  # noqa: E402
-from flamingo_lite.tiny.fewshot import FewShotSetup, run_fewshot, save_model  # noqa: E402
+from flamingo_lite.tiny.fewshot import FewShotSetup, load_model, run_fewshot, save_model  # noqa: E402
 
 CONFIGS = {
     "default": {},
@@ -135,6 +135,8 @@ def main(argv=None) -> int:
     parser.add_argument("--report-only", action="store_true", help="no training: the table and the picture from the recorded results")
     parser.add_argument("--save-model", type=Path, default=None,
                         help="also write the default seed-0 model there (what the lesson-12 command makes; see tests/test_fewshot_model.py)")
+    parser.add_argument("--lm-from", type=Path, default=None,
+                        help="a model written by --save-model: its seed's comparisons reuse its language model instead of training the default again")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = json.loads(args.out.read_text()) if args.out.exists() else {"runs": {}}
@@ -146,7 +148,11 @@ def main(argv=None) -> int:
     results["machine"] = f"{platform.processor() or platform.machine()}, {args.threads} torch threads, load average {load:.1f} at start, torch {torch.__version__}"
     # the default for every seed first (each trains its seed's language model), then the comparisons, which reuse it
     lms = {}
-    plan = [(seed, "default") for seed in args.seeds] + [(seed, c) for seed in args.seeds for c in args.configs if c != "default"]
+    if args.lm_from is not None:  # a saved default model: its language model, for comparisons without retraining it
+        model, setup = load_model(args.lm_from)
+        lms[setup.seed] = model.lm
+    plan = ([(seed, "default") for seed in args.seeds if "default" in args.configs or seed not in lms]
+            + [(seed, c) for seed in args.seeds for c in args.configs if c != "default"])
     for seed, name in plan:
         setup = replace(FewShotSetup(seed=seed), **CONFIGS[name])
         start = time.perf_counter()

@@ -271,3 +271,15 @@ def test_evaluation_with_shared_vision_grids_matches_running_the_model_on_pictur
     assert got["scoring"] == pytest.approx(float(np.mean(right)))
     with pytest.raises(ValueError, match="retrieval must be 'random'"):
         fs.evaluate_shots(model.lm, episodes, 1, TOK, lm_only=True, retrieval="rices")
+
+
+def test_a_generated_image_token_is_not_a_picture():
+    torch.manual_seed(0)
+    lm = TinyLM(LMConfig(vocab_size=len(TOK), max_len=40, token_shift=4, positions="none"))
+    with torch.no_grad():
+        lm.lm_head.weight.zero_()
+        lm.lm_head.weight[TOK.media_id] = 1.0  # the model writes <image> after every prompt
+        lm.ln_f.bias.fill_(1.0)
+    model = fs.build_model(fs.FewShotSetup(), lm, TOK).eval()
+    result = fs.evaluate_shots(model, fs.make_heldout_episodes(4, seed=0, pool_size=4), 2, TOK)
+    assert result["generation"] == 0.0

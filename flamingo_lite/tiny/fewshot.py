@@ -325,7 +325,16 @@ def evaluate_shots(
     gen_ok, score_ok = [], []
     for start in range(0, len(episodes), 64):
         part = slice(start, start + 64)
-        run = (lambda t: model(t)) if lm_only else (lambda t, media=model.resampler(features[part]): model(t, media=media))
+        prompt_marks = tokens[part] == tokenizer.media_id  # (b, n): the prompt's pictures
+        media = None if lm_only else model.resampler(features[part])  # (b, k+1, L, d)
+
+        def run(t):
+            if lm_only:
+                return model(t)
+            # a generated token is never a picture, even if the model writes `<image>`
+            marks = torch.cat([prompt_marks, torch.zeros_like(t[:, prompt_marks.shape[1]:], dtype=torch.bool)], dim=1)  # (b, n')
+            return model(t, media=media, media_locations=marks)
+
         logits = run(tokens[part])[:, -1]  # (b, V)
         scores = score_candidates(logits, name_ids)  # (b, 16)
         score_ok.append(torch.tensor(name_ids, device=device)[scores.argmax(-1)] == answers_t[part])
