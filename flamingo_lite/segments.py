@@ -17,16 +17,16 @@ How, without a Python loop over segments (all index arithmetic on tensors, so it
 2. `segment_attend(q, k, v, layout, heads=h, scale=...)` gathers the queries into (chunks, h, chunk, e), gathers each
    chunk's media keys and values into (chunks, h, m, e), runs one unmasked SDPA call over all chunks, and
    gathers the outputs back to (b, n, h*e). Padding slots are computed and thrown away. Tokens before the first
-   media get exactly zero output and no gradient; a non-finite query or media gives NaN rows exactly as on the
-   masked path (`flamingo_lite.attention` states the contract).
+   media get exactly zero output and no gradient. The attention itself is `flamingo_lite.attention.attend`, so a
+   non-finite query or media gives NaN rows exactly as on the masked path (one contract, stated there).
 
 Every token has exactly one slot and every used slot one token, so the query and output gathers are each other's
 inverse: their backward passes are gathers too (`regroup_rows`), not scatter-adds, which is where much of the
 time went. The keys and values are gathered with `index_select`, whose backward adds up the chunks of a media.
 
-The layout holds host values (the number of chunks and the chunk size), so it is computed once per batch, outside
-the layers: `Flamingo.forward` computes it once and passes it to every block. `torch.compile` takes the masked
-path instead (see `flamingo_lite.cross_attention`).
+The layout holds host values (the number of chunks and the chunk size), so it is made once per batch: the
+`MediaLocations` a model gives every gated block makes it on first use and keeps it. `torch.compile` takes the
+masked path instead (see `flamingo_lite.cross_attention`).
 
 Shapes, in einops notation: b batch, n text tokens, t media, m latents per media, h heads, e head width,
 c chunks in all, s slots per chunk (`chunk`).
