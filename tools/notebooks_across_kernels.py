@@ -59,15 +59,17 @@ def largest_number_difference(committed: str, fresh: str) -> float | None:
     return max((abs(float(x) - float(y)) for x, y in zip(a[1::2], b[1::2])), default=0.0)
 
 
-def execute(notebook: Path, env: dict, out_dir: Path) -> tuple[Path, float]:
-    """Run `notebook` top to bottom in a fresh kernel with `env` added; the executed copy and the seconds taken."""
+def execute(notebook: Path, env: dict, out_dir: Path) -> tuple[Path | None, float, str]:
+    """Run `notebook` top to bottom in a fresh kernel with `env` added: the executed copy (None if a cell raised),
+    the seconds taken, and the end of what nbconvert printed."""
     start = time.perf_counter()
-    subprocess.run(
+    run = subprocess.run(
         [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--output-dir", str(out_dir),
          "--ExecutePreprocessor.timeout=900", str(notebook)],
-        check=True, capture_output=True, env={**os.environ, "FLAMINGO_DEVICE": "cpu", **env}, cwd=notebook.parent,
+        capture_output=True, text=True, env={**os.environ, "FLAMINGO_DEVICE": "cpu", **env}, cwd=notebook.parent,
     )
-    return out_dir / notebook.name, time.perf_counter() - start
+    executed = out_dir / notebook.name if run.returncode == 0 else None
+    return executed, time.perf_counter() - start, run.stderr[-2000:]
 
 
 def compare(committed_path: Path, fresh_path: Path) -> list[str]:
@@ -101,8 +103,8 @@ def main(argv=None) -> int:
             out_dir = (args.keep or Path(tmp)) / name
             out_dir.mkdir(parents=True, exist_ok=True)
             for notebook in notebooks:
-                fresh, seconds = execute(notebook.resolve(), SETTINGS[name], out_dir)
-                lines = compare(notebook, fresh)
+                fresh, seconds, log = execute(notebook.resolve(), SETTINGS[name], out_dir)
+                lines = compare(notebook, fresh) if fresh else ["  FAIL: a cell raised\n" + log]
                 failed |= any("FAIL" in line for line in lines)
                 print(f" {notebook.name} ({seconds:.0f} s): {'same text' if not lines else ''}", flush=True)
                 for line in lines:
