@@ -200,6 +200,7 @@ class PerceiverResampler(nn.Module):
         else:
             ranks, layout = (3, 4), f"(batch, features, {d}) or (batch, media, features, {d})"
         check_tensor("x", x, ndim=ranks, dim=d, layout=layout)
+        given = shape_str(x)  # the messages name the shape the caller gave
         if x.ndim == 3:
             x = rearrange(x, "b v d -> b 1 1 v d")  # (b, 1, 1, v, d): one media, one frame
         elif x.ndim == 4:
@@ -207,12 +208,12 @@ class PerceiverResampler(nn.Module):
         t, frames = x.shape[1:3]
         if self.media_embedding == "per_media" and t > self.num_media_embeds:
             raise ValueError(
-                f"x has {t} media (shape {shape_str(x)}), but this resampler has time embeddings for at most "
+                f"x has {t} media (shape {given}), but this resampler has time embeddings for at most "
                 f"num_media_embeds={self.num_media_embeds}; build it with num_media_embeds >= {t}"
             )
         if self.num_frames is not None and frames > self.num_frames:
             raise ValueError(
-                f"x has {frames} frames per media (shape {shape_str(x)}), but this resampler has frame embeddings "
+                f"x has {frames} frames per media (shape {given}), but this resampler has frame embeddings "
                 f"for at most num_frames={self.num_frames}"
             )
         check_matches_weights("resampler", self.latents, [("x", x)])
