@@ -177,7 +177,7 @@ def test_10_only_attend_immediate_media_set_later_to_a_non_bool_is_refused():
 
 
 def test_10_too_many_images_names_the_flamingo_config():
-    model = Flamingo(FlamingoConfig(num_media_embeds=2))
+    model = Flamingo(FlamingoConfig(num_media_embeds=2, media_embedding="per_media"))  # flamingo-pytorch's cap
     data = make_dataset(2, seed=0)
     assert data.images.shape[1] > 2
     with pytest.raises(ValueError, match=r"FlamingoConfig\(num_media_embeds="):
