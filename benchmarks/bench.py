@@ -276,9 +276,8 @@ def section_modules(args, device, dtype):
 
 
 def section_auto(args, device, dtype):
-    """Small problems around the threshold where "auto" switches from the masked to the segment path."""
+    """Small problems: the two paths cost alike there, so "auto" needs no size threshold."""
     results = {}
-    from flamingo_lite.cross_attention import SEGMENT_PATH_MIN_SCORES
 
     for b, n, t, m in [(1, 64, 2, 64), (1, 128, 4, 16), (1, 256, 4, 64), (2, 512, 8, 64)]:
         torch.manual_seed(0)
@@ -295,7 +294,8 @@ def section_auto(args, device, dtype):
                      segments=make_step(segments, (x, media, locations.to(device)), grad_out))
         s = summarize(interleaved(steps, args.repeats, device), baseline="masked")
         key = f"b={b} n={n} t={t} m={m} scores={b * n * t * m}"
-        s["auto_takes"] = "segments" if t > 1 and b * n * t * m >= SEGMENT_PATH_MIN_SCORES else "masked"
+        auto = fl.MaskedCrossAttention(dim=512).to(device, dtype)
+        s["auto_takes"] = "segments" if auto.uses_segment_path(x, media, locations.to(device)) else "masked"
         results[key] = s
         print(f"  {key:40s} masked {s['masked']['median_ms']:7.2f} ms  segments {s['segments']['median_ms']:7.2f} ms "
               f"(masked/segments {s['segments']['speedup_vs_masked']:.2f})  auto: {s['auto_takes']}", flush=True)
@@ -390,19 +390,17 @@ def section_memory(args, device, dtype):
 # ----------------------------------------------------------------------------------------------- profile
 def nan_contract_ms(num_media: int, device, dtype, repeats: int) -> float:
     """Median ms of the NaN contract's own work on the segment path at these sizes, forward only: the float32
-    sums over the queries, keys and values and the `where` over the output (its backward is one more `where`)."""
-    from flamingo_lite.attention import nonfinite_rows, settle_rows
+    sums over the queries, keys and values of every chunk and the `where` over its output."""
+    from flamingo_lite.attention import nan_contract, settle_rows
 
     c = XATTN
-    inner = c["heads"] * c["dim_head"]
-    q = torch.randn(c["batch"] * c["text"], inner, device=device, dtype=dtype)  # (b*n, h*e)
-    kv = torch.randn(c["batch"] * num_media, c["latents"], 2 * inner, device=device, dtype=dtype)  # (b*t, m, 2*h*e)
-    sees = torch.ones(c["batch"] * c["text"], dtype=torch.bool, device=device)  # (b*n,)
-    media_of = torch.arange(c["batch"] * c["text"], device=device) % (c["batch"] * num_media)  # (b*n,)
+    chunks, slots = c["batch"] * num_media, c["text"] // num_media  # one chunk a media: equal segments
+    q = torch.randn(chunks, c["heads"], slots, c["dim_head"], device=device, dtype=dtype)  # (c, h, s, e)
+    kv = torch.randn(chunks, c["heads"], c["latents"], c["dim_head"], device=device, dtype=dtype)  # (c, h, m, e)
 
     def contract():
-        bad = nonfinite_rows(kv, dims=(1, 2))  # (b*t,)
-        settle_rows(q, sees_nothing=~sees, poisoned=nonfinite_rows(q) | bad[media_of])  # (b*n, h*e)
+        poisoned, _, _ = nan_contract(q, kv, kv)  # (c, s)
+        settle_rows(q, poisoned=poisoned)  # (c, h, s, e)
 
     return summarize(interleaved(dict(contract=contract), repeats, device))["contract"]["median_ms"]
 

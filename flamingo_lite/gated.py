@@ -13,7 +13,9 @@ Variants (constructor arguments; the defaults are flamingo-pytorch's, `state_dic
 - `norm="rmsnorm"`: RMSNorm for the two pre-norms (IDEFICS's `input_layernorm`, `post_attention_layernorm`).
 - `qk_layer_norms=True`: per-head RMSNorm on queries and keys (IDEFICS's `qk_layer_norms`).
 - `gate="per_channel"`: gates of shape (d,), one per channel (IDEFICS's `alpha_type="vector"`, stored there as
-  (1, 1, d)); "scalar", shape (1,), is the paper's, flamingo-pytorch's and OpenFlamingo's.
+  (1, 1, d)); "scalar", shape (1,), is the paper's, flamingo-pytorch's and OpenFlamingo's. `gate="none"` is the
+  paper's "w/o tanh gating" ablation (Table 3): no gate parameters; `attn_gate` and `ff_gate` are then fixed
+  buffers holding +inf, and tanh(+inf) = 1 exactly, so the block adds both outputs as they are.
 
 Shapes: b batch, n text tokens, t media, m latents per media, d the model width.
 """
@@ -24,10 +26,9 @@ from torch import nn
 
 from .cross_attention import MaskedCrossAttention
 from .feedforward import FeedForward
-from .segments import SegmentLayout
 from .validation import check_positive_int
 
-GATES = ("scalar", "per_channel")
+GATES = ("scalar", "per_channel", "none")
 
 
 class GatedCrossAttentionBlock(nn.Module):
@@ -57,7 +58,7 @@ class GatedCrossAttentionBlock(nn.Module):
         super().__init__()
         if gate not in GATES:
             raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
-        gate_shape = (1,) if gate == "scalar" else (check_positive_int("dim", dim),)
+        gate_shape = (check_positive_int("dim", dim),) if gate == "per_channel" else (1,)
         self.attn = MaskedCrossAttention(
             dim=dim,
             dim_head=dim_head,
@@ -68,22 +69,20 @@ class GatedCrossAttentionBlock(nn.Module):
             norm=norm,
             qk_layer_norms=qk_layer_norms,
         )
-        self.attn_gate = nn.Parameter(torch.zeros(gate_shape))  # (1,) or (d,): tanh(0) = 0, the block starts closed
+        self.set_gate("attn_gate", gate, gate_shape)  # (1,) or (d,)
         self.ff = FeedForward(dim, mult=ff_mult, activation=ff_activation, norm=norm)
-        self.ff_gate = nn.Parameter(torch.zeros(gate_shape))  # (1,) or (d,)
+        self.set_gate("ff_gate", gate, gate_shape)  # (1,) or (d,)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        media: torch.Tensor,
-        media_locations: torch.Tensor | None = None,
-        *,
-        check_markers: bool = True,
-        layout: SegmentLayout | None = None,
-    ) -> torch.Tensor:
-        """check_markers and layout are passed to the cross-attention (see `MaskedCrossAttention.forward`)."""
-        # the cross-attention checks every input (dtype and device against its weights too) before anything is computed
-        attn = self.attn(x, media, media_locations=media_locations, check_markers=check_markers, layout=layout)  # (b, n, d)
-        x = x + attn * self.attn_gate.tanh()  # (b, n, d)
+    def set_gate(self, name: str, gate: str, shape: tuple) -> None:
+        """A gate that starts closed, tanh(0) = 0, so the block starts as the identity; with gate="none" a fixed
+        buffer of +inf instead, tanh(inf) = 1 exactly, so the block adds its outputs ungated."""
+        if gate == "none":
+            self.register_buffer(name, torch.full(shape, float("inf")), persistent=False)
+        else:
+            self.register_parameter(name, nn.Parameter(torch.zeros(shape)))
+
+    def forward(self, x: torch.Tensor, media: torch.Tensor, media_locations=None) -> torch.Tensor:
+        # the cross-attention checks every input (dtype and device against its weights too) before computing
+        x = x + self.attn(x, media, media_locations) * self.attn_gate.tanh()  # (b, n, d)
         x = x + self.ff(x) * self.ff_gate.tanh()  # (b, n, d)
         return x

@@ -31,7 +31,7 @@ import torch
 from einops import rearrange, repeat
 from torch import nn
 
-from .attention import attend
+from .attention import attend, attention_weights
 from .feedforward import FeedForward
 from .validation import (
     check_non_negative_int,
@@ -69,13 +69,24 @@ class PerceiverAttention(nn.Module):
             self.q_layer_norm = nn.LayerNorm(dim_head)
             self.k_layer_norm = nn.LayerNorm(dim_head)
 
-    def _qk_norm(self, q: torch.Tensor, k: torch.Tensor):
-        """The qk_layer_norms variant on split heads (..., e); the identity by default."""
-        if not self.qk_layer_norms:
-            return q, k
-        return self.q_layer_norm(q), self.k_layer_norm(k)
+    def forward(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        self.check_inputs(x, latents)
+        q, k, v = self.project(x, latents)  # (b*t, h, L, e), 2 x (b*t, h, n+L, e)
+        out = attend(q, k, v, scale=self.scale)  # (b*t, h, L, e): softmax(q k^T / sqrt(e)) v
+        return self.to_out(rearrange(out, "(b t) h L e -> b t L (h e)", b=x.shape[0]))  # (b, t, L, d)
 
-    def _check_inputs(self, x, latents) -> None:
+    @torch.no_grad()
+    def attention_weights(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """The attention probabilities the forward pass uses, for plots: (b, t, h, L, n+L).
+
+        Columns 0..n-1 are the media features, n..n+L-1 the latents themselves (the paper's concatenation).
+        """
+        self.check_inputs(x, latents)
+        q, k, _ = self.project(x, latents)  # (b*t, h, L, e), (b*t, h, n+L, e)
+        weights = attention_weights(q, k, scale=self.scale)  # (b*t, h, L, n+L)
+        return rearrange(weights, "(b t) h L j -> b t h L j", b=x.shape[0])  # (b, t, h, L, n+L)
+
+    def check_inputs(self, x, latents) -> None:
         """x (b, t, n, d) and latents (b, t, L, d) with the same b and t; checked before any computation."""
         check_tensor("x", x, ndim=4, dim=self.dim, layout=f"(batch, media, features, {self.dim})")
         check_tensor("latents", latents, ndim=4, dim=self.dim, layout=f"(batch, media, latents, {self.dim})")
@@ -85,42 +96,20 @@ class PerceiverAttention(nn.Module):
             )
         check_matches_weights("PerceiverAttention", self.to_q.weight, [("x", x), ("latents", latents)])
 
-    def forward(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-        self._check_inputs(x, latents)
-        b, t = x.shape[:2]
-        h = self.heads
-
+    def project(self, x: torch.Tensor, latents: torch.Tensor):
+        """Queries from the latents, keys and values from [features; latents], one attention problem per
+        (batch, media): (b*t, h, L, e), 2 x (b*t, h, n+L, e)."""
         x = self.norm_media(x)  # (b, t, n, d)
         latents = self.norm_latents(latents)  # (b, t, L, d)
-
         q = self.to_q(latents)  # (b, t, L, h*e)
         kv_input = torch.cat((x, latents), dim=-2)  # (b, t, n+L, d): the paper's concatenation
         k, v = self.to_kv(kv_input).chunk(2, dim=-1)  # 2 x (b, t, n+L, h*e)
-
-        # each (batch, media) pair is an independent attention problem: fold media into the batch
-        q = rearrange(q, "b t L (h e) -> (b t) h L e", h=h)  # (b*t, h, L, e)
-        k = rearrange(k, "b t j (h e) -> (b t) h j e", h=h)  # (b*t, h, n+L, e)
-        v = rearrange(v, "b t j (h e) -> (b t) h j e", h=h)  # (b*t, h, n+L, e)
-        q, k = self._qk_norm(q, k)  # (b*t, h, L, e), (b*t, h, n+L, e)
-
-        out = attend(q, k, v, scale=self.scale)  # (b*t, h, L, e)
-        out = rearrange(out, "(b t) h L e -> b t L (h e)", b=b, t=t)  # (b, t, L, h*e)
-        return self.to_out(out)  # (b, t, L, d)
-
-    @torch.no_grad()
-    def attention_weights(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-        """The attention probabilities the forward pass uses, for plots: (b, t, h, L, n+L).
-
-        Columns 0..n-1 are the media features, n..n+L-1 the latents themselves (the paper's concatenation).
-        """
-        self._check_inputs(x, latents)
-        x, latents = self.norm_media(x), self.norm_latents(latents)  # (b, t, n, d), (b, t, L, d)
-        q = rearrange(self.to_q(latents), "b t L (h e) -> b t h L e", h=self.heads)  # (b, t, h, L, e)
-        k = self.to_kv(torch.cat((x, latents), dim=-2)).chunk(2, dim=-1)[0]  # (b, t, n+L, h*e)
-        k = rearrange(k, "b t j (h e) -> b t h j e", h=self.heads)  # (b, t, h, n+L, e)
-        q, k = self._qk_norm(q, k)  # (b, t, h, L, e), (b, t, h, n+L, e)
-        scores = torch.einsum("b t h i e, b t h j e -> b t h i j", q, k) * self.scale  # (b, t, h, L, n+L)
-        return scores.softmax(dim=-1)  # (b, t, h, L, n+L)
+        q = rearrange(q, "b t L (h e) -> (b t) h L e", h=self.heads)  # (b*t, h, L, e)
+        k = rearrange(k, "b t j (h e) -> (b t) h j e", h=self.heads)  # (b*t, h, n+L, e)
+        v = rearrange(v, "b t j (h e) -> (b t) h j e", h=self.heads)  # (b*t, h, n+L, e)
+        if self.qk_layer_norms:  # IDEFICS's LayerNorm over each head's queries and keys
+            q, k = self.q_layer_norm(q), self.k_layer_norm(k)  # (b*t, h, L, e), (b*t, h, n+L, e)
+        return q, k, v
 
 
 class PerceiverResampler(nn.Module):
@@ -185,51 +174,47 @@ class PerceiverResampler(nn.Module):
         )
         self.norm = nn.LayerNorm(dim)
 
-    def _flatten_frames(self, x: torch.Tensor) -> torch.Tensor:
-        """The frame axis: (b, t, F, v, d) -> (b, t, F*v, d), each frame embedded if num_frames; fewer axes: F = 1."""
-        check_tensor(
-            "x", x, ndim=(3, 4, 5), dim=self.dim,
-            layout=f"(batch, features, {self.dim}), (batch, media, features, {self.dim}) or "
-            f"(batch, media, frames, features, {self.dim})",
-        )
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.check_inputs(x)  # (b, t, F, v, d): a single media, or a single frame, gets its axis
+        b, t = x.shape[:2]
+        if self.num_frames is not None:
+            x = x + rearrange(self.frame_embs[: x.shape[2]], "F d -> F 1 d")  # (b, t, F, v, d): the paper's, per frame
+        x = rearrange(x, "b t F v d -> b t (F v) d")  # (b, t, n, d): a media's frames are its features
+        if self.media_embedding == "per_media":
+            x = x + self.media_pos_emb[:t]  # (b, t, n, d): which media this is, flamingo-pytorch's reading
+
+        latents = repeat(self.latents, "L d -> b t L d", b=b, t=t)  # (b, t, L, d)
+        for attn, ff in self.layers:
+            latents = attn(x, latents) + latents  # (b, t, L, d)
+            latents = ff(latents) + latents  # (b, t, L, d)
+        return self.norm(latents)  # (b, t, L, d)
+
+    def check_inputs(self, x) -> torch.Tensor:
+        """x checked before any computation and given its media and frame axes: (b, t, F, v, d).
+
+        Accepted: (b, n, d), one media; (b, t, n, d), one frame per media; with the frame axis also (b, t, F, v, d).
+        """
+        d = self.dim
+        if self.frame_axis:
+            ranks, layout = (3, 4, 5), f"(batch, features, {d}), (batch, media, features, {d}) or (batch, media, frames, features, {d})"
+        else:
+            ranks, layout = (3, 4), f"(batch, features, {d}) or (batch, media, features, {d})"
+        check_tensor("x", x, ndim=ranks, dim=d, layout=layout)
+        given = shape_str(x)  # the messages name the shape the caller gave
         if x.ndim == 3:
             x = rearrange(x, "b v d -> b 1 1 v d")  # (b, 1, 1, v, d): one media, one frame
         elif x.ndim == 4:
             x = rearrange(x, "b t v d -> b t 1 v d")  # (b, t, 1, v, d): one frame per media
-        if self.num_frames is None:
-            return rearrange(x, "b t F v d -> b t (F v) d")  # (b, t, F*v, d): frames without embeddings
-        if x.shape[2] > self.num_frames:
-            raise ValueError(
-                f"x has {x.shape[2]} frames per media (shape {shape_str(x)}), but this resampler has frame embeddings "
-                f"for at most num_frames={self.num_frames}"
-            )
-        if x.dtype != self.frame_embs.dtype:
-            raise TypeError(f"x has dtype {x.dtype} but the resampler's weights are {self.frame_embs.dtype}; use one dtype")
-        x = x + rearrange(self.frame_embs[: x.shape[2]], "F d -> F 1 d")  # (b, t, F, v, d)
-        return rearrange(x, "b t F v d -> b t (F v) d")  # (b, t, F*v, d)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.frame_axis:
-            x = self._flatten_frames(x)  # (b, t, F*v, d): OpenFlamingo's 5-D input, frames embedded if num_frames
-        check_tensor(
-            "x", x, ndim=(3, 4), dim=self.dim, layout=f"(batch, features, {self.dim}) or (batch, media, features, {self.dim})"
-        )
-        if x.ndim == 3:
-            x = rearrange(x, "b n d -> b 1 n d")  # (b, 1, n, d): a single media
-        b, t = x.shape[:2]
+        t, frames = x.shape[1:3]
         if self.media_embedding == "per_media" and t > self.num_media_embeds:
             raise ValueError(
-                f"x has {t} media (shape {shape_str(x)}), but this resampler has time embeddings for at most "
+                f"x has {t} media (shape {given}), but this resampler has time embeddings for at most "
                 f"num_media_embeds={self.num_media_embeds}; build it with num_media_embeds >= {t}"
             )
+        if self.num_frames is not None and frames > self.num_frames:
+            raise ValueError(
+                f"x has {frames} frames per media (shape {given}), but this resampler has frame embeddings "
+                f"for at most num_frames={self.num_frames}"
+            )
         check_matches_weights("resampler", self.latents, [("x", x)])
-
-        if self.media_embedding == "per_media":
-            x = x + self.media_pos_emb[:t]  # (b, t, n, d): tell the latents which media this is
-        latents = repeat(self.latents, "L d -> b t L d", b=b, t=t)  # (b, t, L, d)
-
-        for attn, ff in self.layers:
-            latents = attn(x, latents) + latents  # (b, t, L, d)
-            latents = ff(latents) + latents  # (b, t, L, d)
-
-        return self.norm(latents)  # (b, t, L, d)
+        return x  # (b, t, F, v, d)

@@ -17,16 +17,16 @@ How, without a Python loop over segments (all index arithmetic on tensors, so it
 2. `segment_attend(q, k, v, layout, heads=h, scale=...)` gathers the queries into (chunks, h, chunk, e), gathers each
    chunk's media keys and values into (chunks, h, m, e), runs one unmasked SDPA call over all chunks, and
    gathers the outputs back to (b, n, h*e). Padding slots are computed and thrown away. Tokens before the first
-   media get exactly zero output and no gradient; a non-finite query or media gives NaN rows exactly as on the
-   masked path (`flamingo_lite.attention` states the contract).
+   media get exactly zero output and no gradient. The attention itself is `flamingo_lite.attention.attend`, so a
+   non-finite query or media gives NaN rows exactly as on the masked path (one contract, stated there).
 
 Every token has exactly one slot and every used slot one token, so the query and output gathers are each other's
 inverse: their backward passes are gathers too (`regroup_rows`), not scatter-adds, which is where much of the
 time went. The keys and values are gathered with `index_select`, whose backward adds up the chunks of a media.
 
-The layout holds host values (the number of chunks and the chunk size), so it is computed once per batch, outside
-the layers: `Flamingo.forward` computes it once and passes it to every block. `torch.compile` takes the masked
-path instead (see `flamingo_lite.cross_attention`).
+The layout holds host values (the number of chunks and the chunk size), so it is made once per batch: the
+`MediaLocations` a model gives every gated block makes it on first use and keeps it. `torch.compile` takes the
+masked path instead (see `flamingo_lite.cross_attention`).
 
 Shapes, in einops notation: b batch, n text tokens, t media, m latents per media, h heads, e head width,
 c chunks in all, s slots per chunk (`chunk`).
@@ -36,15 +36,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 
-from .attention import nan_rows, nonfinite_rows
+from .attention import attend
 from .masks import text_time
 
 DEFAULT_MAX_CHUNK = 256  # longest chunk of text given to one SDPA problem; longer segments are cut
-# one more chunk costs about as much as this many more padded query slots (it gathers its own m keys and values);
-# measured on a CPU with benchmarks/bench.py, it only steers the choice of the chunk size, never the result
+# one more chunk costs about as much as this many more padded query slots (it gathers its own m keys and values).
+# It only steers the chunk size, never the result, and it earns its place: with markers at random places (8 and
+# 32 media, 1024 tokens) padding every segment to the longest instead made a training step 6-15% slower.
 CHUNK_COST_IN_SLOTS = 24
 
 
@@ -58,8 +58,6 @@ class SegmentLayout:
     token_slot: (b*n,) long, the padded slot holding each token's output; `c*s` (one past the end) for text that
         sees no media, whose output is exactly zero.
     num_chunks, chunk: c and s.
-    sees: (b*n,) bool, tokens that attend to some media; token_media: (b*n,) long, the flat media index each
-        token attends to (0 for text that sees none).
     slot_source, token_read: slot_token and token_slot with their one-past-the-end marks replaced by 0, the
         indices the gathers use (what such a slot or token reads is thrown away).
     blind_tokens, padding_slots: (k,) long, the tokens that see no media and the slots that hold no token, or None
@@ -75,8 +73,6 @@ class SegmentLayout:
     token_slot: torch.Tensor
     num_chunks: int
     chunk: int
-    sees: torch.Tensor
-    token_media: torch.Tensor
     slot_source: torch.Tensor
     token_read: torch.Tensor
     blind_tokens: torch.Tensor | None
@@ -157,7 +153,6 @@ def segment_layout(
     )
     return SegmentLayout(
         slot_token, chunk_media, token_slot, num_chunks, chunk,
-        sees=sees.flatten(), token_media=media_of_token.flatten(),
         slot_source=slot_token.masked_fill(slot_token == b * n, 0), token_read=token_slot.masked_fill(~sees.flatten(), 0),
         blind_tokens=None if bool(sees.all()) else (~sees.flatten()).nonzero().flatten(),
         padding_slots=None if int(sees.sum()) == num_chunks * chunk else (slot_token == b * n).nonzero().flatten(),
@@ -248,16 +243,12 @@ def segment_attend(
     k_chunks = rearrange(k_chunks, "c m (h e) -> c h m e", h=heads)  # (c, h, m, e)
     v_chunks = rearrange(v_chunks, "c m (h e) -> c h m e", h=heads)  # (c, h, m, e)
 
-    out = F.scaled_dot_product_attention(q_chunks, k_chunks, v_chunks, scale=scale)  # (c, h, s, e): no mask needed
+    # each chunk attends to its own media alone: no mask, and the NaN contract of `attend` holds per chunk
+    out = attend(q_chunks, k_chunks, v_chunks, scale=scale)  # (c, h, s, e)
 
     # back to text order: each token reads its slot (the backward gives padding slots a zero gradient)
     out_slots = rearrange(out, "c h s e -> (c s) (h e)")  # (c*s, h*e)
     out_tokens = regroup_rows(  # (b*n, h*e): text that sees nothing is exactly 0
         out_slots, token_slot, slot_token, zero_out=layout.blind_tokens, zero_grad=layout.padding_slots
     )
-
-    # the NaN contract: a token is NaN when its query or its media's keys or values are not finite
-    bad_media = (nonfinite_rows(k, dims=(2, 3)) | nonfinite_rows(v, dims=(2, 3))).flatten()  # (b*t,)
-    poisoned = (nonfinite_rows(q_flat) | bad_media[layout.token_media]) & layout.sees  # (b*n,)
-    out_tokens = out_tokens + nan_rows(poisoned, out_tokens.dtype)  # (b*n, h*e): + 0 keeps a row, + NaN poisons it
     return out_tokens.view(b, n, inner)  # (b, n, h*e)

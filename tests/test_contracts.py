@@ -177,7 +177,7 @@ def test_10_only_attend_immediate_media_set_later_to_a_non_bool_is_refused():
 
 
 def test_10_too_many_images_names_the_flamingo_config():
-    model = Flamingo(FlamingoConfig(num_media_embeds=2))
+    model = Flamingo(FlamingoConfig(num_media_embeds=2, media_embedding="per_media"))  # flamingo-pytorch's cap
     data = make_dataset(2, seed=0)
     assert data.images.shape[1] > 2
     with pytest.raises(ValueError, match=r"FlamingoConfig\(num_media_embeds="):
@@ -241,12 +241,13 @@ def test_7_tiny_flamingo_forward_compiles_whole_without_recompiling():
 
 
 def test_7_the_model_checks_markers_and_builds_the_segment_layout_once_per_forward(monkeypatch):
+    """Three gated blocks, one forward: the markers are read once and the segment layout made once, by the one
+    MediaLocations the model gives every block."""
     model = tiny_flamingo(lm_depth=3)
     fl.set_attention_path(model, "segments")
     calls = {"layout": 0, "markers": 0}
     import flamingo_lite.cross_attention as xa
-    import flamingo_lite.tiny.model as tm
-    real_layout, real_markers = tm.segment_layout, xa.check_markers_fit_media
+    real_layout, real_markers = xa.segment_layout, xa.check_markers_fit_media
 
     def counting_layout(*a, **k):
         calls["layout"] += 1
@@ -256,14 +257,14 @@ def test_7_the_model_checks_markers_and_builds_the_segment_layout_once_per_forwa
         calls["markers"] += 1
         return real_markers(*a, **k)
 
-    monkeypatch.setattr(tm, "segment_layout", counting_layout)
     monkeypatch.setattr(xa, "segment_layout", counting_layout)
     monkeypatch.setattr(xa, "check_markers_fit_media", counting_markers)
     data = make_dataset(2, seed=0)
     with torch.no_grad():
         want = fl.set_attention_path(tiny_flamingo(lm_depth=3), "masked")(data.tokens, data.images)
+        calls.update(layout=0, markers=0)
         got = model(data.tokens, data.images)
-    assert len(model.xattn) == 3 and calls == {"layout": 1, "markers": 0}
+    assert len(model.xattn) == 3 and calls == {"layout": 1, "markers": 1}
     torch.testing.assert_close(got, want)
 
 
@@ -273,13 +274,15 @@ def test_7_jit_trace_is_refused_loudly():
         torch.jit.trace(xattn(), (x, media, LOC))
 
 
-def test_7_a_layout_made_for_another_batch_is_refused():
-    from flamingo_lite.segments import segment_layout
+def test_7_media_locations_checked_for_another_batch_are_refused():
+    from flamingo_lite.cross_attention import MediaLocations
 
     x, media = inputs()
-    layout = segment_layout(LOC[:, :6], num_media=2)  # text of 6 tokens, not 8
-    with pytest.raises(ValueError, match="layout was computed for"):
-        xattn("segments")(x, media, LOC, layout=layout)
-    torch.testing.assert_close(  # the right layout, passed in, gives what the layer computes itself
-        xattn("segments")(x, media, LOC, layout=segment_layout(LOC, num_media=2)), xattn("segments")(x, media, LOC)
-    )
+    other = MediaLocations.check(LOC[:, :6], batch=2, text=6, num_media=2)  # text of 6 tokens, not 8
+    with pytest.raises(ValueError, match=r"checked for \(batch, text, media\) = \(2, 6, 2\)"):
+        xattn("segments")(x, media, other)
+    with pytest.raises(ValueError, match="checked for"):
+        xattn("segments")(x, media[:, :1], MediaLocations.check(LOC, batch=2, text=8, num_media=2))  # other media
+    checked = MediaLocations.check(LOC, batch=2, text=8, num_media=2)
+    torch.testing.assert_close(xattn("segments")(x, media, checked), xattn("segments")(x, media, LOC))
+    assert checked.layout is not None  # made on first use and kept for the next layer

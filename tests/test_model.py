@@ -32,6 +32,22 @@ def test_vision_encoder_grid_and_frozen():
         enc(torch.rand(2, 1, 4, 16, 16))
 
 
+def test_the_default_follows_the_paper_no_per_image_embedding_and_per_frame_embeddings_for_video(batch):
+    """Sec. 2.1: separate images get no embedding (so a prompt may hold more than training's 5), video frames do."""
+    model = Flamingo(FlamingoConfig(**TINY))
+    assert not hasattr(model.resampler, "media_pos_emb") and not hasattr(model.resampler, "frame_embs")
+    many = torch.rand(1, 8, 3, 16, 16)  # more pictures than any training sequence holds
+    assert model.encode_images(many).shape == (1, 8, TINY["num_latents"], TINY["dim"])
+    video = Flamingo(FlamingoConfig(**TINY, num_frames=3))
+    assert video.resampler.frame_embs.shape == (3, TINY["dim"])
+    clips = torch.rand(2, 2, 3, 3, 16, 16)  # (b, t, F, 3, H, W): two videos of three frames each
+    media = video.encode_images(clips)  # (b, t, L, d)
+    assert media.shape == (2, 2, TINY["num_latents"], TINY["dim"])
+    with torch.no_grad():  # the frames are told apart: swapping two frames changes the visual tokens
+        video.resampler.frame_embs.normal_()
+        assert not torch.allclose(video.encode_images(clips[:, :, [1, 0, 2]]), video.encode_images(clips))
+
+
 def test_language_model_is_causal():
     lm = TinyLM(LMConfig(vocab_size=12, max_len=10, dim=32, depth=2, heads=2))
     tokens = torch.randint(0, 12, (2, 8))
@@ -97,7 +113,9 @@ def test_bad_inputs_are_clear(batch):
         model(batch.tokens)
     with pytest.raises(ValueError, match="batch size"):
         model(batch.tokens[:2], batch.images[:3])
-    with pytest.raises(ValueError, match="num_media_embeds"):
-        model(batch.tokens, torch.rand(4, 6, 3, 16, 16))
+    with pytest.raises(ValueError, match="num_media_embeds"):  # flamingo-pytorch's per-image embedding caps them
+        Flamingo(FlamingoConfig(**TINY, media_embedding="per_media"))(batch.tokens, torch.rand(4, 6, 3, 16, 16))
+    with pytest.raises(ValueError, match=r"frames, 3, height, width"):
+        Flamingo(FlamingoConfig(**TINY, num_frames=2))(batch.tokens, batch.images)
     with pytest.raises(ValueError, match="cross_attn_every"):
         Flamingo(FlamingoConfig(**TINY, cross_attn_every=0))

@@ -19,17 +19,14 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from ..cross_attention import MediaLocations
 from ..gated import GatedCrossAttentionBlock
-from ..masks import check_markers_fit_media, check_media_locations
 from ..perceiver import PerceiverResampler
-from ..segments import segment_layout
 from ..validation import check_positive_int, check_tensor, shape_str
 from .language_model import LMConfig, TinyLM
 from .vision import VisionEncoder
 
 VISION_ENCODERS = ("pretrained", "handmade", "random")
-
-OPEN_GATE = 20.0  # tanh(20) == 1.0 exactly in float32: a gate fixed open, for the "no tanh gating" ablation
 
 
 @dataclass
@@ -51,8 +48,15 @@ class FlamingoConfig:
     vision_seed: int = 0  # the random weights of the "handmade" and "random" encoders are drawn from this seed
     resampler_depth: int = 2
     num_latents: int = 8
-    num_media_embeds: int = 5  # the most pictures a sequence may have, with the per-media embedding
-    media_embedding: str = "per_media"  # or "none": the paper's reading for images, no cap (PerceiverResampler)
+    # the most pictures in a training sequence (M3W's 5, paper Sec. 2.4); with media_embedding="per_media" also the
+    # most any sequence may have, one learned embedding each
+    num_media_embeds: int = 5
+    # "none": the paper's reading (Sec. 2.1): separate images get no embedding, the mask tells them apart, so a
+    # prompt may hold more pictures than training did. "per_media": flamingo-pytorch's one embedding per picture
+    media_embedding: str = "none"
+    # None: still pictures, (b, t, 3, H, W). F: each media is a video of up to F frames, (b, t, F, 3, H, W), with the
+    # paper's learned per-frame time embeddings (Sec. 2.1, Fig. 3) added before the resampler
+    num_frames: int | None = None
     dim_head: int = 16
     heads: int = 4
     ff_mult: int = 2
@@ -61,7 +65,7 @@ class FlamingoConfig:
     # cross_layer_interval); "open_flamingo": before layers (i + 1) % K == 0, the K-th, 2K-th, ... (OpenFlamingo)
     xattn_placement: str = "first"
     only_attend_immediate_media: bool = True  # text sees only the picture it follows (the paper's choice)
-    tanh_gate: bool = True  # False: gates fixed open (tanh = 1), the paper's "w/o tanh gating" ablation
+    tanh_gate: bool = True  # False: no gates, the blocks add their outputs as they are (the paper's "w/o tanh gating")
 
     def lm_config(self) -> LMConfig:
         return LMConfig(vocab_size=self.vocab_size, max_len=self.max_len, dim=self.dim, depth=self.lm_depth, heads=self.lm_heads)
@@ -142,7 +146,7 @@ class Flamingo(nn.Module):
         self.resampler = PerceiverResampler(
             dim=config.dim, depth=config.resampler_depth, dim_head=config.dim_head, heads=config.heads,
             num_latents=config.num_latents, num_media_embeds=config.num_media_embeds, ff_mult=config.ff_mult,
-            media_embedding=config.media_embedding,
+            media_embedding=config.media_embedding, num_frames=config.num_frames,
         )
         self.xattn_layers = xattn_layers(len(self.lm.blocks), config.cross_attn_every, config.xattn_placement)
         self.xattn = nn.ModuleDict(
@@ -150,15 +154,11 @@ class Flamingo(nn.Module):
                 str(i): GatedCrossAttentionBlock(
                     dim=config.dim, dim_head=config.dim_head, heads=config.heads, ff_mult=config.ff_mult,
                     only_attend_immediate_media=config.only_attend_immediate_media,
+                    gate="scalar" if config.tanh_gate else "none",
                 )
                 for i in self.xattn_layers
             }
         )
-        if not config.tanh_gate:
-            for block in self.xattn.values():  # gates fixed open: x + attn(x), x + ff(x), as without gating
-                for gate in (block.attn_gate, block.ff_gate):
-                    gate.data.fill_(OPEN_GATE)
-                    gate.requires_grad_(False)
         self.freeze_pretrained()
 
     def freeze_pretrained(self) -> "Flamingo":
@@ -191,30 +191,39 @@ class Flamingo(nn.Module):
         }
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Pictures -> visual tokens: (b, t, 3, H, W) -> (b, t, L, d)."""
-        check_tensor("images", images, ndim=5, layout="(batch, media, 3, height, width)")
+        """Pictures -> visual tokens: (b, t, 3, H, W) -> (b, t, L, d); videos (b, t, F, 3, H, W) -> (b, t, L, d)."""
+        video = self.config.num_frames is not None
+        layout = "(batch, media, frames, 3, height, width)" if video else "(batch, media, 3, height, width)"
+        check_tensor("images", images, ndim=6 if video else 5, layout=layout)
         if self.resampler.media_embedding == "per_media" and images.shape[1] > self.config.num_media_embeds:
             raise ValueError(
                 f"images has {images.shape[1]} pictures per sequence (shape {shape_str(images)}), but this Flamingo "
                 f"takes at most {self.config.num_media_embeds}; build it with "
                 f"FlamingoConfig(num_media_embeds={images.shape[1]}) or more"
             )
-        features = self.vision(images)  # (b, t, g, d), frozen
-        return self.resampler(features)  # (b, t, L, d)
+        if not video:
+            return self.resampler(self.vision(images))  # (b, t, g, d) frozen -> (b, t, L, d)
+        b, t = images.shape[:2]
+        frames = self.vision(images.flatten(1, 2))  # (b, t*F, g, d), frozen: every frame on its own
+        return self.resampler(frames.unflatten(1, (t, -1)))  # (b, t, F, g, d) -> (b, t, L, d), frames embedded
 
-    def forward(
-        self,
-        tokens: torch.Tensor,
-        images: torch.Tensor | None = None,
-        media_locations: torch.Tensor | None = None,
-        *,
-        media: torch.Tensor | None = None,
-        capture: list | None = None,
-    ) -> torch.Tensor:
-        """Next-token logits. Give `images`, or `media` already encoded by `encode_images` (reused when generating).
+    def forward(self, tokens: torch.Tensor, images=None, media_locations=None, *, media=None) -> torch.Tensor:
+        """Next-token logits. Give `images`, or `media` already encoded by `encode_images` (reused when generating)."""
+        tokens, media_locations = self.check_inputs(tokens, images, media_locations, media)
+        if media is None:
+            media = self.encode_images(images)  # (b, t, L, d)
+        locations = MediaLocations.check(media_locations, batch=tokens.shape[0], text=tokens.shape[1], num_media=media.shape[1])
 
-        `capture`, a list, receives the input of each gated block (b, n, d), for plots of its attention.
-        """
+        x = self.lm.embed(tokens)  # (b, n, d)
+        for i, block in enumerate(self.lm.blocks):
+            if str(i) in self.xattn:
+                x = self.xattn[str(i)](x, media, locations)  # (b, n, d): look at the pictures, gated
+            x = block(x)  # (b, n, d): the frozen LM layer, unchanged
+        return self.lm.head(x)  # (b, n, V)
+
+    def check_inputs(self, tokens, images, media_locations, media):
+        """The tokens, exactly one of images or media, and media_locations (None: True wherever tokens is the
+        <image> id), checked before any computation; the markers themselves are checked once, by MediaLocations."""
         if torch.compiler.is_compiling():  # the same checks, the one that reads values on the device (no sync)
             self.lm.check_tokens(tokens[:0])  # type, rank, dtype, length: an empty batch, so no value is read
             vocab = self.config.vocab_size
@@ -223,39 +232,29 @@ class Flamingo(nn.Module):
             tokens = self.lm.check_tokens(tokens)
         if (images is None) == (media is None):
             raise ValueError("give exactly one of images (batch, media, 3, H, W) or media (batch, media, latents, dim)")
-        if media is None:
-            media = self.encode_images(images)  # (b, t, L, d)
-        if media.shape[0] != tokens.shape[0]:
-            raise ValueError(f"tokens and images must have the same batch size: tokens {shape_str(tokens)}, media {shape_str(media)}")
+        pictures = images if media is None else media
+        if isinstance(pictures, torch.Tensor) and pictures.ndim >= 1 and pictures.shape[0] != tokens.shape[0]:
+            raise ValueError(f"tokens and images must have the same batch size: tokens {shape_str(tokens)}, images {shape_str(pictures)}")
         if media_locations is None:
             media_locations = tokens == self.config.media_token_id  # (b, n) bool
-        # the checks that read values run once per batch here, not in every block; the segment layout likewise
-        media_locations = check_media_locations(media_locations, batch=tokens.shape[0], text_len=tokens.shape[1])
-        check_markers_fit_media(media_locations, num_media=media.shape[1])
-        blocks = [self.xattn[str(i)] for i in self.xattn_layers]
-        layout = None
-        if any(blk.attn.wants_segment_path((tokens.shape[0], tokens.shape[1]), media.shape, media_locations) for blk in blocks):
-            layout = segment_layout(media_locations, media.shape[1])  # (index tensors): shared by every block
+        return tokens, media_locations
 
-        x = self.lm.embed(tokens)  # (b, n, d)
-        for i, block in enumerate(self.lm.blocks):
-            if str(i) in self.xattn:
-                if capture is not None:
-                    capture.append(x)
-                # look at the pictures, gated: (b, n, d)
-                x = self.xattn[str(i)](x, media, media_locations, check_markers=False, layout=layout)
-            x = block(x)  # (b, n, d): the frozen LM layer, unchanged
-        return self.lm.head(x)  # (b, n, V)
+    @torch.no_grad()
+    def block_inputs(self, tokens: torch.Tensor, images=None, media_locations=None, *, media=None) -> list:
+        """What each gated block is given in one forward pass, for looking inside: a list, one per block in layer
+        order, of (x (b, n, d), media (b, t, L, d), media_locations), caught by forward pre-hooks."""
+        blocks = [self.xattn[str(i)] for i in self.xattn_layers]
+        caught = {}
+        hooks = [block.register_forward_pre_hook(lambda block, args: caught.setdefault(block, args)) for block in blocks]
+        try:
+            self.forward(tokens, images, media_locations, media=media)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return [caught[block] for block in blocks]
 
     @torch.no_grad()
     def cross_attention_weights(self, tokens: torch.Tensor, images: torch.Tensor, media_locations=None) -> list:
         """The attention of each gated block's cross-attention, for plots: a list of (b, h, n, t*L), one per block."""
-        if media_locations is None:
-            media_locations = tokens == self.config.media_token_id  # (b, n)
-        media = self.encode_images(images)  # (b, t, L, d)
-        inputs: list = []
-        self.forward(tokens, media=media, media_locations=media_locations, capture=inputs)
-        return [
-            self.xattn[str(i)].attn.attention_weights(x, media, media_locations)  # (b, h, n, t*L)
-            for i, x in zip(self.xattn_layers, inputs)
-        ]
+        inputs = self.block_inputs(tokens, images, media_locations)
+        return [self.xattn[str(i)].attn.attention_weights(*args) for i, args in zip(self.xattn_layers, inputs)]
