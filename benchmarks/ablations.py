@@ -14,13 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from multiprocessing import get_context
 from pathlib import Path
 
 import torch
 
-from flamingo_lite.files import check_output_path, write_text_atomic
+from flamingo_lite.files import RunOutputs
+from flamingo_lite.options import check_outputs, positive_int, seed_int
 
 VARIANTS = {
     "flamingo (immediate media, tanh gates, every layer)": {},
@@ -57,16 +59,18 @@ def run_one(job):
     }
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seeds", type=seed_int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--workers", type=positive_int, default=2)
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("ablations.json"))
-    args = parser.parse_args()
-    try:  # before minutes of training
-        check_output_path(args.out, "--out")
-    except ValueError as err:
-        parser.error(str(err))
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_outputs(parser, {"--out": args.out})  # before minutes of training: exit status 2
     jobs = [(name, seed) for seed in args.seeds for name in VARIANTS]
     start = time.perf_counter()
     with get_context("spawn").Pool(args.workers) as pool:
@@ -90,11 +94,13 @@ def main() -> None:
         "summary": summary,
         "runs": runs,
     }
-    write_text_atomic(args.out, json.dumps(record, indent=1))
+    outputs = RunOutputs()
+    outputs.write("--out", args.out, json.dumps(record, indent=1))
     for name, s in summary.items():
         print(f"{name:55s} paper {s['paper_overall_score']:5.1f}   toy accuracy {s['mean_heldout_caption_accuracy']:.3f} "
               f"(min {s['min_heldout_caption_accuracy']:.3f}, max {s['max_heldout_caption_accuracy']:.3f})")
+    return outputs.exit_code()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -47,7 +47,8 @@ import torch  # noqa: E402
 from flamingo_pytorch import flamingo_pytorch as seed  # noqa: E402
 
 import flamingo_lite as fl  # noqa: E402
-from flamingo_lite.files import check_output_path, write_text_atomic  # noqa: E402
+from flamingo_lite.files import RunOutputs  # noqa: E402
+from flamingo_lite.options import check_inputs, check_outputs, positive_int, read_json_inputs  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -520,40 +521,60 @@ def section_profile(args, device, dtype):
         print(f"  segment path, media={t}: share of {sort}")
         for e in results[str(t)][:8]:
             print(f"    {e['self_share'] * 100:5.1f}%  {e['op']}  ({e['calls']} calls per step)")
-        write_text_atomic(Path(args.out).parent / f"profile_{device.type}_{args.dtype}_media{t}.txt", table)
+        args.outputs.write("the profile table", Path(args.out).parent / f"profile_{device.type}_{args.dtype}_media{t}.txt", table)
     return results
 
 
 # ----------------------------------------------------------------------------------------------- main
-def main() -> None:
+SECTIONS = ["modules", "sweep", "weights_only", "uneven", "memory", "profile", "auto", "training", "before"]
+
+
+def device_name(text: str) -> torch.device:
+    """argparse type: a device torch knows (cpu, cuda, cuda:1, ...) that this machine has."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"expected a device such as cpu or cuda, got {text!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r} asked for, but torch sees no CUDA device here")
+    return device
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", type=device_name, default=torch.device("cpu"))
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--only", nargs="*", default=None,
-                        choices=["modules", "sweep", "weights_only", "uneven", "memory", "profile", "auto", "training", "before"])
+    parser.add_argument("--repeats", type=positive_int, default=5)
+    parser.add_argument("--only", nargs="*", default=None, choices=SECTIONS)
     parser.add_argument("--before", metavar="TREE", help="for --only before: a checkout of an earlier version, e.g. "
                         "made by `git worktree add TREE <commit>`")
     parser.add_argument("--no-compile", action="store_true", help="leave the compiled layer out of the training section")
     parser.add_argument("--out", default=None)
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch.set_num_threads (default: torch's choice); 1 gives steadier ratios on a shared machine")
     parser.add_argument("--memory-child", nargs=2, metavar=("IMPL", "MEDIA"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    device, dtype = args.device, DTYPES[args.dtype]
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_child:
         memory_child(args.memory_child[0], int(args.memory_child[1]), device, dtype)
-        return
+        return 0
+    # before minutes of timing: every option and path that could fail later
     args.out = args.out or str(ROOT / "benchmarks" / "results" / f"{device.type}_{args.dtype}.json")
-    try:  # before minutes of timing
-        check_output_path(args.out, "--out")
-    except ValueError as err:
-        parser.error(str(err))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    previous = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
-    sections = args.only or ["modules", "sweep", "weights_only", "uneven", "memory", "profile", "auto", "training"]
+    check_outputs(parser, {"--out": args.out})
+    sections = args.only or [name for name in SECTIONS if name != "before"]
+    if "before" in sections:
+        if not args.before:
+            parser.error("--only before needs --before TREE, a checkout of the earlier version")
+        check_inputs(parser, {"--before": Path(args.before) / "flamingo_lite" / "__init__.py"})
+    previous = read_json_inputs(parser, {"--out": args.out})["--out"] if Path(args.out).exists() else {}  # extended
+    args.outputs = RunOutputs()
     start = time.time()
     record = dict(previous, machine=machine(device), device=str(device), dtype=args.dtype, repeats=args.repeats,
                   sizes=dict(cross_attention=XATTN, resampler=RESAMPLER))
@@ -578,15 +599,14 @@ def main() -> None:
         elif name == "training":
             record["training"] = section_training(args, device, dtype)
         elif name == "before":
-            if not args.before:
-                raise SystemExit("--only before needs --before TREE, a checkout of the earlier version")
             record["before"] = section_before(args, device, dtype)
         record["section_seconds"][name] = round(time.time() - section_start, 1)
     record["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     record["seconds"] = round(sum(record["section_seconds"].values()), 1)
-    write_text_atomic(args.out, json.dumps(record, indent=1) + "\n")
-    print(f"wrote {os.path.relpath(args.out, ROOT)} in {round(time.time() - start, 1)} s")
+    if args.outputs.write("--out", args.out, json.dumps(record, indent=1) + "\n"):
+        print(f"wrote {os.path.relpath(args.out, ROOT)} in {round(time.time() - start, 1)} s")
+    return args.outputs.exit_code()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -28,19 +28,26 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flamingo_lite.files import write_text_atomic  # noqa: E402
+from flamingo_lite.files import RunOutputs  # noqa: E402
+from flamingo_lite.options import check_outputs, positive_int  # noqa: E402
 from flamingo_lite.tiny.data import Tokenizer  # noqa: E402
 from flamingo_lite.tiny.generation import generate  # noqa: E402
 from flamingo_lite.tiny.model import Flamingo, FlamingoConfig  # noqa: E402
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--new-tokens", type=int, default=100)
+    parser.add_argument("--threads", type=positive_int, default=1)
+    parser.add_argument("--repeats", type=positive_int, default=3)
+    parser.add_argument("--new-tokens", type=positive_int, default=100)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "generation_cpu.json"))
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_outputs(parser, {"--out": args.out})  # before the timing: exit status 2
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -83,9 +90,11 @@ def main() -> None:
         "torch": torch.__version__,
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
     }
-    out = write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    outputs = RunOutputs()
+    if outputs.write("--out", args.out, json.dumps(result, indent=2) + "\n"):
+        print(json.dumps(result, indent=2))
+    return outputs.exit_code()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -9,6 +9,7 @@ recorded numbers, and says in its title which machine they came from.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -21,7 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from flamingo_lite.files import write_figure_atomic  # noqa: E402
+from flamingo_lite.files import RunOutputs, figure_bytes, write_figure_atomic  # noqa: E402
+from flamingo_lite.options import check_outputs, read_json_inputs  # noqa: E402
 
 LABELS = {
     "seed": "flamingo-pytorch 0.1.2 (masks every media)",
@@ -34,8 +36,21 @@ STYLES = {"seed": dict(color="0.4", marker="s"), "masked": dict(color="tab:orang
           "projections_only": dict(color="0.6", linestyle="--", marker="")}
 
 
+def picture_path(record_path: Path) -> Path:
+    """Where the picture of a record goes: beside it, `<name>_media_sweep.png`."""
+    return record_path.with_name(record_path.stem + "_media_sweep.png")
+
+
 def plot(path: Path) -> Path:
-    record = json.loads(path.read_text())
+    """Draw the record at `path` and write the picture beside it (atomically); returns the picture's path."""
+    fig = draw(json.loads(path.read_text()))
+    out = write_figure_atomic(fig, picture_path(path))
+    plt.close(fig)
+    return out
+
+
+def draw(record: dict):
+    """The media sweep of a record bench.py wrote, as a matplotlib figure."""
     sweep = record["sweep"]
     media = sorted(int(t) for t in sweep)
     fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=80)
@@ -56,13 +71,25 @@ def plot(path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    out = path.with_name(path.stem + "_media_sweep.png")
-    write_figure_atomic(fig, out)
+    return fig
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("record", nargs="?", type=Path, default=ROOT / "benchmarks" / "results" / "cpu_fp32.json",
+                        help="a JSON record bench.py wrote (default benchmarks/results/cpu_fp32.json); the picture goes beside it")
+    args = parser.parse_args(argv)
+    record = read_json_inputs(parser, {"record": args.record})["record"]  # before any drawing: exit status 2
+    if "sweep" not in record:
+        parser.error(f"record {str(args.record)!r} has no media sweep: run python benchmarks/bench.py --only sweep")
+    out = check_outputs(parser, {"the picture": picture_path(args.record)})["the picture"]
+    fig = draw(record)
+    outputs = RunOutputs()
+    if outputs.write("the picture", out, figure_bytes(fig, out)):
+        print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     plt.close(fig)
-    return out
+    return outputs.exit_code()
 
 
 if __name__ == "__main__":
-    source = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "benchmarks" / "results" / "cpu_fp32.json"
-    out = plot(source)
-    print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    sys.exit(main())

@@ -9,14 +9,15 @@ JSON file's stem, e.g. cpu_fp32); the block is added at the end if it is not the
 """
 from __future__ import annotations
 
-import json
+import argparse
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from flamingo_lite.files import write_text_atomic  # noqa: E402
+from flamingo_lite.files import RunOutputs  # noqa: E402
+from flamingo_lite.options import check_outputs, read_json_inputs  # noqa: E402
 
 README = ROOT / "benchmarks" / "README.md"
 
@@ -141,16 +142,20 @@ def tables(r: dict, name: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> None:
-    printing = "--print" in argv
-    paths = [a for a in argv if a != "--print"]
-    source = Path(paths[0]) if paths else ROOT / "benchmarks" / "results" / "cpu_fp32.json"
-    record = json.loads(source.read_text())
-    name = source.stem
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("record", nargs="?", type=Path, default=ROOT / "benchmarks" / "results" / "cpu_fp32.json",
+                        help="a JSON record bench.py wrote (default benchmarks/results/cpu_fp32.json)")
+    parser.add_argument("--print", dest="printing", action="store_true", help="print the tables instead of writing the README")
+    args = parser.parse_args(argv)
+    record = read_json_inputs(parser, {"record": args.record})["record"]  # before any work: exit status 2
+    if not args.printing:
+        check_outputs(parser, {"the README": README})
+    name = args.record.stem
     block = tables(record, name)
-    if printing:
+    if args.printing:
         print(block)
-        return
+        return 0
     start, end = f"<!-- results:{name} -->", f"<!-- end results:{name} -->"
     text = README.read_text() if README.exists() else "# Benchmarks\n"
     if start in text and end in text:
@@ -159,9 +164,11 @@ def main(argv: list[str]) -> None:
         text = f"{before}{start}\n{block}\n{end}{after}"
     else:
         text = text.rstrip("\n") + f"\n\n## Results: {name}\n\n{start}\n{block}\n{end}\n"
-    write_text_atomic(README, text)
-    print(f"wrote the {name} tables into benchmarks/README.md")
+    outputs = RunOutputs()
+    if outputs.write("the README", README, text):  # printed on the standard output if it cannot be written
+        print(f"wrote the {name} tables into benchmarks/README.md")
+    return outputs.exit_code()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main())

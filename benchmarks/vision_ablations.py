@@ -19,12 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from flamingo_lite.files import check_output_path, write_text_atomic
+from flamingo_lite.files import RunOutputs
+from flamingo_lite.options import check_outputs, positive_int, seed_int
 
 VARIANTS = {
     "pretrained, frozen (default)": {"vision": "pretrained"},
@@ -55,16 +57,18 @@ def run_one(name: str, seed: int, steps: int) -> dict:
     }
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--budgets", type=int, nargs="+", default=[150, 800], help="Flamingo training steps (default 150 800)")
+    parser.add_argument("--seeds", type=seed_int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--budgets", type=positive_int, nargs="+", default=[150, 800], help="Flamingo training steps (default 150 800)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    args = parser.parse_args()
-    try:  # before many minutes of training
-        check_output_path(args.out, "--out")
-    except ValueError as err:
-        parser.error(str(err))
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_outputs(parser, {"--out": args.out})  # before many minutes of training: exit status 2
     torch.set_num_threads(1)  # one heavy job on a shared machine; the lessons' setting
     start = time.perf_counter()
     runs = []
@@ -96,12 +100,13 @@ def main() -> None:
         "summary": summary,
         "runs": runs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out, json.dumps(record, indent=1))
+    outputs = RunOutputs()
+    outputs.write("--out", args.out, json.dumps(record, indent=1))
     for key, s in summary.items():
         print(f"{key:62s} caption {s['mean_heldout_caption_accuracy']:.3f} (min {s['min_heldout_caption_accuracy']:.3f})  "
               f"exact {s['mean_heldout_exact_accuracy']:.3f}  text loss {s['mean_heldout_text_loss']:.4f}")
+    return outputs.exit_code()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

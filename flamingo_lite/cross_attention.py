@@ -51,7 +51,7 @@ from .attention import attend, attention_weights
 from .masks import check_markers_fit_media, check_media_locations, cross_attention_mask, rows_without_media
 from .norms import RMSNorm, make_norm
 from .segments import SegmentLayout, segment_attend, segment_layout
-from .validation import check_matches_weights, check_positive_int, check_tensor, shape_str
+from .validation import check_bool, check_matches_weights, check_positive_int, check_tensor, shape_str
 
 
 @dataclass(eq=False)
@@ -191,8 +191,7 @@ class MaskedCrossAttention(nn.Module):
         self.dim_visual = None if dim_visual is None else check_positive_int("dim_visual", dim_visual)
         self.dim_head = check_positive_int("dim_head", dim_head)
         self.heads = check_positive_int("heads", heads)
-        if not isinstance(only_attend_immediate_media, bool):
-            raise TypeError(f"only_attend_immediate_media must be a bool, got {only_attend_immediate_media!r}")
+        check_bool("only_attend_immediate_media", only_attend_immediate_media)
         self.scale = dim_head**-0.5
         inner_dim = dim_head * heads
 
@@ -201,7 +200,7 @@ class MaskedCrossAttention(nn.Module):
         self.to_kv = nn.Linear(dim_visual or dim, inner_dim * 2, bias=False)  # keys and values, side by side
         self.to_out = nn.Linear(inner_dim, dim, bias=False)
         # IDEFICS's qk_layer_norms: each head's queries and keys normalised before the scores
-        self.qk_layer_norms = bool(qk_layer_norms)
+        self.qk_layer_norms = check_bool("qk_layer_norms", qk_layer_norms)
         if self.qk_layer_norms:
             self.q_layer_norm = RMSNorm(dim_head)
             self.k_layer_norm = RMSNorm(dim_head)

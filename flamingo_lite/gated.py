@@ -26,7 +26,7 @@ from torch import nn
 
 from .cross_attention import MaskedCrossAttention
 from .feedforward import FeedForward
-from .validation import check_positive_int
+from .validation import check_positive_int, check_positive_number
 
 GATES = ("scalar", "per_channel", "none")
 
@@ -58,6 +58,7 @@ class GatedCrossAttentionBlock(nn.Module):
         super().__init__()
         if gate not in GATES:
             raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
+        check_positive_number("ff_mult", ff_mult)  # named as the caller wrote it, before FeedForward calls it mult
         gate_shape = (check_positive_int("dim", dim),) if gate == "per_channel" else (1,)
         self.attn = MaskedCrossAttention(
             dim=dim,

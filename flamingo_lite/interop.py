@@ -10,8 +10,8 @@ layer loads with `strict=True`, where the layer has only what OpenFlamingo has. 
 the behaviours that stay different. Neither peer is imported here: modules are read through their attributes and
 `state_dict()`.
 
-A checkpoint that does not fit (a missing key, a key nobody maps, a shape that disagrees) is a ValueError naming
-the key.
+A checkpoint that does not fit (a missing key, a key nobody maps, a tensor of the wrong rank or shape, latents
+included) is a ValueError naming the key.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from torch import nn
 from .gated import GatedCrossAttentionBlock
 from .norms import RMSNorm
 from .perceiver import PerceiverResampler
+from .validation import check_positive_int
 
 
 def _state_dict(obj) -> dict:
@@ -33,11 +34,21 @@ def _state_dict(obj) -> dict:
     raise TypeError(f"expected an nn.Module or a state_dict (dict of tensors), got {type(obj).__name__}")
 
 
-def _take(sd: dict, key: str, who: str) -> torch.Tensor:
-    """Remove and return `sd[key]`; a missing key is a ValueError that names it."""
+def _tensor(sd: dict, key: str, who: str, rank: int | None = None) -> torch.Tensor:
+    """`sd[key]`, left in place; a missing key, or a tensor whose rank is not `rank`, is a ValueError naming the key."""
     if key not in sd:
         raise ValueError(f"{who} checkpoint has no key {key!r}, which the conversion needs")
-    return sd.pop(key)
+    value = sd[key]
+    if rank is not None and value.ndim != rank:
+        raise ValueError(f"{who} checkpoint key {key!r} must have rank {rank}, got shape {tuple(value.shape)}")
+    return value
+
+
+def _take(sd: dict, key: str, who: str, rank: int | None = None) -> torch.Tensor:
+    """Remove and return `sd[key]`, checked as `_tensor` checks it."""
+    value = _tensor(sd, key, who, rank)
+    del sd[key]
+    return value
 
 
 def _check_consumed(sd: dict, who: str) -> None:
@@ -55,7 +66,8 @@ def _heads(heads, dim_head, inner: int, who: str) -> tuple[int, int]:
     """Heads and head width: from the module where it has them, else the keywords (a state_dict does not say)."""
     if heads is None:
         raise ValueError(f"{who}: a state_dict does not say how many heads it has; pass heads=...")
-    dim_head = inner // heads if dim_head is None else dim_head
+    check_positive_int("heads", heads)
+    dim_head = inner // heads if dim_head is None else check_positive_int("dim_head", dim_head)
     if heads * dim_head != inner:
         raise ValueError(f"{who}: heads={heads} x dim_head={dim_head} != the projections' width {inner}")
     return heads, dim_head
@@ -112,13 +124,13 @@ def from_open_flamingo(obj, *, heads: int | None = None, dim_head: int | None = 
 
 def _open_flamingo_resampler(sd: dict, heads, dim_head) -> PerceiverResampler:
     who = "OpenFlamingo PerceiverResampler"
-    num_latents, dim = sd["latents"].shape
+    num_latents, dim = _tensor(sd, "latents", who, rank=2).shape
     depth = _depth(sd, "layers")
-    time = sd.pop("media_time_embs", None)  # (T, 1, d) or absent (OpenFlamingo's released models)
-    frames = sd.get("frame_embs")  # (F, d) or absent
+    time = _take(sd, "media_time_embs", who, rank=3) if "media_time_embs" in sd else None  # (T, 1, d) or absent
+    frames = _tensor(sd, "frame_embs", who, rank=2) if "frame_embs" in sd else None  # (F, d) or absent
     if depth:
-        heads, dim_head = _heads(heads, dim_head, sd["layers.0.0.to_q.weight"].shape[0], who)
-        ff_mult = _ff_mult(dim, sd["layers.0.1.1.weight"].shape[0], who)
+        heads, dim_head = _heads(heads, dim_head, _tensor(sd, "layers.0.0.to_q.weight", who, rank=2).shape[0], who)
+        ff_mult = _ff_mult(dim, _tensor(sd, "layers.0.1.1.weight", who, rank=2).shape[0], who)
     else:
         heads, dim_head, ff_mult = heads or 1, dim_head or 1, 4
     layer = PerceiverResampler(
@@ -135,12 +147,12 @@ def _open_flamingo_resampler(sd: dict, heads, dim_head) -> PerceiverResampler:
 
 def _open_flamingo_block(sd: dict, heads, dim_head, immediate) -> GatedCrossAttentionBlock:
     who = "OpenFlamingo GatedCrossAttentionBlock"
-    inner, dim = _take(dict(sd), "attn.to_q.weight", who).shape
-    dim_visual = _take(dict(sd), "attn.to_kv.weight", who).shape[1]
+    inner, dim = _tensor(sd, "attn.to_q.weight", who, rank=2).shape
+    dim_visual = _tensor(sd, "attn.to_kv.weight", who, rank=2).shape[1]
     heads, dim_head = _heads(heads, dim_head, inner, who)
     layer = GatedCrossAttentionBlock(
         dim=dim, dim_head=dim_head, heads=heads,
-        ff_mult=_ff_mult(dim, _take(dict(sd), "ff.1.weight", who).shape[0], who),
+        ff_mult=_ff_mult(dim, _tensor(sd, "ff.1.weight", who, rank=2).shape[0], who),
         only_attend_immediate_media=True if immediate is None else immediate,
         dim_visual=None if dim_visual == dim else dim_visual,
     )
@@ -199,14 +211,14 @@ def from_idefics(obj, *, heads: int | None = None) -> nn.Module:
 
 def _idefics_resampler(sd: dict, heads) -> PerceiverResampler:
     who = "IdeficsPerceiverResampler"
-    latents = _take(sd, "latents", who)
+    latents = _take(sd, "latents", who, rank=2)
     num_latents, dim = latents.shape
     depth = _depth(sd, "blocks")
     out = {"latents": latents}
     qk = depth > 0 and "blocks.0.0.q_layer_norm.weight" in sd
-    inner = sd["blocks.0.0.q_proj.weight"].shape[0] if depth else heads or 1
+    inner = _tensor(sd, "blocks.0.0.q_proj.weight", who, rank=2).shape[0] if depth else heads or 1
     heads, dim_head = _heads(heads, None, inner, who) if depth else (heads or 1, 1)
-    ff_mult = _ff_mult(dim, sd["blocks.0.1.fc.weight"].shape[0], who) if depth else 4
+    ff_mult = _ff_mult(dim, _tensor(sd, "blocks.0.1.fc.weight", who, rank=2).shape[0], who) if depth else 4
     for i in range(depth):
         a, f, o = f"blocks.{i}.0.", f"blocks.{i}.1.", f"layers.{i}."
         for part in ("weight", "bias"):
@@ -235,14 +247,14 @@ def _idefics_gated(sd: dict, heads, eps) -> GatedCrossAttentionBlock:
     who = "IdeficsGatedCrossAttentionLayer"
     sd = {k: v for k, v in sd.items() if not k.startswith("cross_attn.rotary_emb.")}  # unused by cross-attention
     c = "cross_attn."
-    q = _take(sd, f"{c}q_proj.weight", who)
+    q = _take(sd, f"{c}q_proj.weight", who, rank=2)
     inner, dim = q.shape
     heads, dim_head = _heads(heads, None, inner, who)
-    k, v = _take(sd, f"{c}k_proj.weight", who), _take(sd, f"{c}v_proj.weight", who)
+    k, v = _take(sd, f"{c}k_proj.weight", who, rank=2), _take(sd, f"{c}v_proj.weight", who, rank=2)
     qk = f"{c}q_layer_norm.weight" in sd
     alpha_attn, alpha_ff = _take(sd, "alpha_cross_attn", who), _take(sd, "alpha_dense", who)
     gate = "scalar" if alpha_attn.numel() == 1 else "per_channel"
-    gate_proj, up_proj = _take(sd, "mlp.gate_proj.weight", who), _take(sd, "mlp.up_proj.weight", who)
+    gate_proj, up_proj = _take(sd, "mlp.gate_proj.weight", who, rank=2), _take(sd, "mlp.up_proj.weight", who, rank=2)
     out = {
         "attn.norm.weight": _take(sd, "input_layernorm.weight", who),
         "attn.to_q.weight": q,

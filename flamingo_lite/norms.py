@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .validation import check_positive_int, check_non_negative_number, check_positive_number
+
 NORMS = ("layernorm", "rmsnorm")
 
 
@@ -20,7 +22,8 @@ class RMSNorm(nn.Module):
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
-        self.eps = eps
+        check_positive_int("dim", dim)
+        self.eps = check_non_negative_number("eps", eps)  # 0 is the exact formula; positive guards all-zero rows
         self.weight = nn.Parameter(torch.ones(dim))  # (dim,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,7 @@ from torch import nn
 from .attention import attend, attention_weights
 from .feedforward import FeedForward
 from .validation import (
+    check_bool,
     check_non_negative_int,
     check_positive_int,
     check_positive_number,
@@ -64,7 +65,7 @@ class PerceiverAttention(nn.Module):
         self.to_kv = nn.Linear(dim, inner_dim * 2, bias=False)  # keys and values, side by side
         self.to_out = nn.Linear(inner_dim, dim, bias=False)
         # IDEFICS's qk_layer_norms_perceiver: each head's queries and keys normalised before the scores
-        self.qk_layer_norms = bool(qk_layer_norms)
+        self.qk_layer_norms = check_bool("qk_layer_norms", qk_layer_norms)
         if self.qk_layer_norms:
             self.q_layer_norm = nn.LayerNorm(dim_head)
             self.k_layer_norm = nn.LayerNorm(dim_head)
@@ -153,7 +154,7 @@ class PerceiverResampler(nn.Module):
             raise ValueError(f"media_embedding must be one of {self.MEDIA_EMBEDDINGS}, got {media_embedding!r}")
         self.media_embedding = media_embedding
         self.num_frames = None if num_frames is None else check_positive_int("num_frames", num_frames)
-        self.frame_axis = bool(frame_axis) or self.num_frames is not None  # a plain attribute, not a weight
+        self.frame_axis = check_bool("frame_axis", frame_axis) or self.num_frames is not None  # a plain attribute, not a weight
 
         self.latents = nn.Parameter(torch.randn(num_latents, dim))  # (L, d): the learned queries
         if media_embedding == "per_media":

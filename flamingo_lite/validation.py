@@ -6,6 +6,7 @@ never as an einops or broadcasting error from deep inside.
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -34,12 +35,51 @@ def check_non_negative_int(name: str, value) -> int:
     return int(value)
 
 
-def check_positive_number(name: str, value) -> float:
-    """A multiplier such as `ff_mult`: a real number greater than 0."""
+def check_bool(name: str, value) -> bool:
+    """A switch such as `qk_layer_norms`: True or False, not a string or a number that happens to be truthy."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool (True or False), got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_finite_number(name: str, value) -> float:
+    """A real number (an int or a float, not a bool) that is neither infinite nor NaN, such as a gain."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    if not value > 0:
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    return value
+
+
+def check_positive_number(name: str, value) -> float:
+    """A multiplier or a rate such as `ff_mult` or `lr`: a finite real number greater than 0."""
+    if not check_finite_number(name, value) > 0:
         raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+def check_non_negative_number(name: str, value) -> float:
+    """A weight such as `weight_decay`: a finite real number of at least 0."""
+    if not check_finite_number(name, value) >= 0:
+        raise ValueError(f"{name} must be at least 0, got {value}")
+    return value
+
+
+def check_probability(name: str, value) -> float:
+    """A probability such as `p_next`: a finite real number from 0 to 1."""
+    if not 0 <= check_finite_number(name, value) <= 1:
+        raise ValueError(f"{name} must be a probability, from 0 to 1, got {value}")
+    return value
+
+
+MAX_SEED = 2**32 - 1  # numpy's limit (np.random.seed); torch and Python's random take these seeds too
+
+
+def check_seed(name: str, value) -> int:
+    """A random seed: an int from 0 to MAX_SEED = 2**32 - 1, which every generator here (numpy's too) accepts."""
+    value = check_non_negative_int(name, value)
+    if value > MAX_SEED:
+        raise ValueError(f"{name} must be at most 2**32 - 1 = {MAX_SEED} (numpy's largest seed), got {value}")
     return value
 
 
@@ -86,7 +126,7 @@ def check_matches_weights(module: str, weight: torch.Tensor, names_and_tensors) 
     """
     device_type = weight.device.type
     allowed = (weight.dtype,)
-    if torch.is_autocast_enabled(device_type):
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):  # not on "meta"
         allowed = (weight.dtype, torch.get_autocast_dtype(device_type))
     elif len(names_and_tensors) > 1:
         check_same_dtype(names_and_tensors)  # inputs that disagree with each other: name both

@@ -130,3 +130,101 @@ def test_depth_zero_is_allowed_and_gives_normalised_latents():
     resampler = fl.PerceiverResampler(dim=16, depth=0, num_latents=3)
     out = resampler(torch.randn(2, 7, 16))  # (b, n, d) -> (b, 1, L, d)
     assert out.shape == (2, 1, 3, 16)
+
+
+# ------------------------------------------------------------ numbers that are not finite or not in range
+INF, NAN = float("inf"), float("nan")
+
+
+def tiny_config(**kwargs):
+    from flamingo_lite.tiny.model import FlamingoConfig
+
+    return FlamingoConfig(vision="handmade", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "make, error, name",
+    [
+        (lambda: fl.FeedForward(16, mult=INF), ValueError, "mult must be a finite number, got inf"),
+        (lambda: fl.FeedForward(16, mult=NAN), ValueError, "mult must be a finite number, got nan"),
+        (lambda: fl.GatedCrossAttentionBlock(dim=16, ff_mult=INF), ValueError, "mult must be a finite number"),
+        (lambda: fl.PerceiverResampler(dim=16, depth=1, ff_mult=NAN), ValueError, "ff_mult must be a finite number"),
+        (lambda: fl.PerceiverResampler(dim=16, depth=1, ff_mult=-INF), ValueError, "ff_mult must be a finite number"),
+        (lambda: fl.norms.RMSNorm(16, eps=NAN), ValueError, "eps must be a finite number"),
+        (lambda: fl.norms.RMSNorm(16, eps=-1e-6), ValueError, "eps must be"),
+        (lambda: fl.norms.RMSNorm(-2), ValueError, "dim must be a positive int"),
+        (lambda: tiny_config(ff_mult=INF), ValueError, "FlamingoConfig.ff_mult must be a finite number"),
+        (lambda: tiny_config(dim=0), ValueError, "FlamingoConfig.dim"),
+        (lambda: tiny_config(media_token_id=12), ValueError, r"FlamingoConfig.media_token_id .* \[0, vocab_size=12\)"),
+        (lambda: tiny_config(vision_seed=2**32), ValueError, "FlamingoConfig.vision_seed must be at most 2\\*\\*32 - 1"),
+        (lambda: tiny_config(num_latents=2.5), TypeError, "FlamingoConfig.num_latents must be an int"),
+        (lambda: tiny_config(resampler_depth=-1), ValueError, "FlamingoConfig.resampler_depth"),
+        (lambda: tiny_config(lm_heads=3), ValueError, r"FlamingoConfig.dim \(64\) must be divisible by FlamingoConfig.lm_heads \(3\)"),
+        (lambda: fl.tiny.language_model.LMConfig(dim=64, heads=3), ValueError, r"LMConfig.dim \(64\) must be divisible"),
+        (lambda: fl.tiny.language_model.CausalSelfAttention(32, 0), ValueError, "heads must be a positive int"),
+        (lambda: fl.tiny.language_model.Block(32, 2, mlp_mult=-1), ValueError, "mlp_mult must be a positive int"),
+        (lambda: fl.tiny.vision.VisionEncoder(edge_gain=INF), ValueError, "edge_gain must be a finite number"),
+        (lambda: fl.tiny.vision.VisionEncoder(seed=-1), ValueError, "seed must be a non-negative int"),
+        (lambda: fl.tiny.contrastive.ConvVisionEncoder(depth=-1), ValueError, "depth must be a non-negative int"),
+        (lambda: fl.tiny.contrastive.ConvVisionEncoder(seed=2**64), ValueError, "seed must be at most"),
+        (lambda: fl.tiny.contrastive.NFBlock(8, alpha=NAN), ValueError, "alpha must be a finite number"),
+        (lambda: fl.tiny.contrastive.CaptionEncoder(pad_id=12), ValueError, r"pad_id must be a token id in \[0, vocab_size=12\)"),
+        (lambda: fl.tiny.contrastive.CaptionEncoder(embed_dim=0), ValueError, "embed_dim must be a positive int"),
+        (lambda: fl.tiny.training.TrainingSetup(lr=NAN), ValueError, "TrainingSetup.lr must be a finite number"),
+        (lambda: fl.tiny.training.TrainingSetup(weight_decay=-0.1), ValueError, "TrainingSetup.weight_decay must be at least 0"),
+        (lambda: fl.tiny.training.TrainingSetup(seed=2**32), ValueError, "TrainingSetup.seed must be at most"),
+        (lambda: fl.tiny.training.TrainingSetup(steps=0), ValueError, "TrainingSetup.steps"),
+        (lambda: fl.tiny.fewshot.FewShotSetup(p_next=1.5), ValueError, "FewShotSetup.p_next must be a probability"),
+        (lambda: fl.tiny.fewshot.FewShotSetup(gate_lr=INF), ValueError, "FewShotSetup.gate_lr must be a finite number"),
+        (lambda: fl.tiny.fewshot.FewShotSetup(shots=(0, 64)), ValueError, "FewShotSetup.shots .* pool_size=48"),
+        (lambda: fl.tiny.fewshot.FewShotSetup(max_images=1), ValueError, "FewShotSetup.max_images must be at least 2"),
+    ],
+)
+def test_every_constructor_refuses_numbers_out_of_range_naming_the_argument(make, error, name):
+    """Never an OverflowError from int(dim * inf), a ZeroDivisionError, a numpy traceback after the run started."""
+    import flamingo_lite.norms  # noqa: F401  (the modules the lambdas reach through fl.)
+    import flamingo_lite.tiny.contrastive  # noqa: F401
+    import flamingo_lite.tiny.fewshot  # noqa: F401
+
+    with pytest.raises(error, match=name):
+        make()
+
+
+def test_validation_refuses_what_is_not_a_finite_number_in_range():
+    from flamingo_lite import validation as v
+
+    assert v.check_positive_number("lr", 3e-3) == 3e-3 and v.check_probability("p", 1) == 1
+    assert v.check_seed("seed", 2**32 - 1) == 2**32 - 1
+    for check, value, error in [(v.check_positive_number, INF, ValueError), (v.check_positive_number, NAN, ValueError),
+                                (v.check_non_negative_number, -INF, ValueError), (v.check_probability, NAN, ValueError),
+                                (v.check_finite_number, True, TypeError), (v.check_seed, 2**32, ValueError)]:
+        with pytest.raises(error, match="^x "):
+            check("x", value)
+
+
+# ------------------------------------------------------------ pictures of the wrong dtype or device, at the model's door
+def test_pictures_of_another_dtype_are_refused_at_the_model_entrance_in_the_layers_words():
+    from flamingo_lite.tiny.model import Flamingo
+
+    model = Flamingo(tiny_config(dim=32, dim_head=8, heads=2, lm_heads=2, num_latents=4))
+    tokens = torch.tensor([[1, 4, 5, 6]])
+    message = assert_nothing_computed(model, lambda: model(tokens, torch.rand(1, 1, 3, 16, 16, dtype=torch.float64)))
+    assert message.startswith("images has dtype torch.float64 but the vision encoder's weights are torch.float32")
+    bf16 = Flamingo(tiny_config(dim=32, dim_head=8, heads=2, lm_heads=2, num_latents=4)).to(torch.bfloat16)
+    message = assert_nothing_computed(bf16, lambda: bf16(tokens, torch.rand(1, 1, 3, 16, 16)))
+    assert "images has dtype torch.float32 but the vision encoder's weights are torch.bfloat16" in message
+    assert "images.to(torch.bfloat16)" in message
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast's dtype is accepted, as by every layer
+        assert model(tokens, torch.rand(1, 1, 3, 16, 16).bfloat16()).shape == (1, 4, 12)
+
+
+def test_pictures_and_tokens_on_another_device_are_refused_before_any_computation():
+    """A model on the `meta` device stands in for a GPU: the devices differ, which is all the check reads."""
+    from flamingo_lite.tiny.model import Flamingo
+
+    model = Flamingo(tiny_config(dim=32, dim_head=8, heads=2, lm_heads=2, num_latents=4)).to("meta")
+    tokens, images = torch.tensor([[1, 4, 5, 6]]), torch.rand(1, 1, 3, 16, 16)
+    message = assert_nothing_computed(model, lambda: model.encode_images(images))
+    assert message.startswith("images is on device cpu but the vision encoder's weights are on meta")
+    with pytest.raises(ValueError, match="tokens is on device cpu but the language model's weights are on meta"):
+        model(tokens, images.to("meta"))

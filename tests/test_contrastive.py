@@ -184,6 +184,24 @@ def test_the_command_checks_its_output_path_before_training(tmp_path):
     assert run.returncode == 2 and "is a folder" in run.stderr
 
 
+def test_the_command_prints_its_summary_and_exits_3_when_the_weights_cannot_be_written(tmp_path, monkeypatch, capsys):
+    from flamingo_lite import files
+    from flamingo_lite.tiny import contrastive
+
+    out = tmp_path / "encoder.pt"
+    monkeypatch.setattr(contrastive, "pretrain_vision", lambda seed, steps: pretrain_vision(seed=seed, steps=2))
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files.os, "replace", full_disk)
+    assert contrastive.main(["--out", str(out), "--steps", "5"]) == 3
+    captured = capsys.readouterr()
+    assert "zero-shot accuracy" in captured.out and "wrote nothing" in captured.out
+    assert f"could not write --out {out}" in captured.err and f"not written: --out {out}" in captured.err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_flamingo_uses_the_pretrained_frozen_encoder_by_default():
     model = Flamingo()
     assert FlamingoConfig().vision == "pretrained" and isinstance(model.vision, ConvVisionEncoder)

@@ -7,7 +7,11 @@ makes:
 The test runs that command (a few minutes on 2 CPU cores) and compares the two models. Training 1500 steps in
 float32 on another x86 CPU (other vector kernels, other summation orders) need not give the same bits, so the
 models are compared by what they do: the same setup, the same shots curve on held-out episodes to within 0.05
-at every k, and gates that agree to within 0.05."""
+at every k, and gates that opened the same way (same sign, beyond 0.2) to within 0.15.
+
+Measured: three retrains on an AMD EPYC (native kernels on 2 threads, ATEN_CPU_CAPABILITY=avx2, and =default on
+1 thread) against the committed model, made on another CPU: shots curves within 0.015 at every k, gates within
+0.069."""
 import json
 import subprocess
 import sys
@@ -19,6 +23,7 @@ from flamingo_lite.tiny import fewshot as fs
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "assets" / "fewshot_model.pt"
+GATE_TOL = 0.15  # about twice the widest gap measured across kernels (0.069)
 
 
 def test_the_committed_model_loads_and_says_how_it_was_made():
@@ -44,6 +49,9 @@ def test_the_documented_command_reproduces_the_committed_model(tmp_path):
         b = fs.evaluate_shots(fresh, episodes, k, tok)["scoring"]
         assert abs(a - b) <= 0.05, f"k={k}: committed {a:.3f}, reproduced {b:.3f}"
     gates_a, gates_b = committed.gates(), fresh.gates()
-    assert all(abs(x - y) <= 0.05 for x, y in zip(gates_a["attn"] + gates_a["ff"], gates_b["attn"] + gates_b["ff"]))
+    for name in ("attn", "ff"):
+        for layer, (a, b) in enumerate(zip(gates_a[name], gates_b[name])):
+            assert abs(a) > 0.2 and abs(b) > 0.2 and (a > 0) == (b > 0), f"{name} gate {layer}: {a:.3f} vs {b:.3f}"
+            assert abs(a - b) <= GATE_TOL, f"{name} gate {layer}: committed {a:.3f}, reproduced {b:.3f}"
     history = json.loads(history_file.read_text())
     assert set(history["shots_curve"]) == {str(k) for k in setup.shots}

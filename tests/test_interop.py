@@ -229,3 +229,72 @@ def test_from_peers_refuse_what_is_not_a_peer_layer():
         interop.from_open_flamingo({"w": torch.zeros(1)})
     with pytest.raises(TypeError, match="state_dict"):
         interop.from_idefics(3)
+
+
+# ---------------------------------------------------------------- checkpoints that do not fit, without the peers
+def open_flamingo_state_dicts() -> dict:
+    """OpenFlamingo-shaped state_dicts made by to_open_flamingo (the keys OpenFlamingo loads with strict=True)."""
+    from flamingo_lite import GatedCrossAttentionBlock, PerceiverResampler
+
+    torch.manual_seed(0)
+    resampler = PerceiverResampler(dim=16, depth=1, dim_head=8, heads=2, num_latents=4, media_embedding="none")
+    block = GatedCrossAttentionBlock(dim=16, dim_head=8, heads=2)
+    return {"resampler": interop.to_open_flamingo(resampler), "block": interop.to_open_flamingo(block)}
+
+
+def without(sd: dict, key: str) -> dict:
+    return {k: v for k, v in sd.items() if k != key}
+
+
+@pytest.mark.parametrize(
+    "layer, change, message",
+    [
+        ("resampler", lambda sd: without(sd, "layers.0.0.to_q.weight"), "no key 'layers.0.0.to_q.weight'"),
+        ("resampler", lambda sd: without(sd, "layers.0.1.1.weight"), "no key 'layers.0.1.1.weight'"),
+        ("resampler", lambda sd: {**sd, "latents": sd["latents"][None]}, r"'latents' must have rank 2, got shape \(1, 4, 16\)"),
+        ("resampler", lambda sd: {**sd, "latents": sd["latents"][0]}, r"'latents' must have rank 2, got shape \(16,\)"),
+        ("resampler", lambda sd: {**sd, "media_time_embs": torch.zeros(3, 16)}, "'media_time_embs' must have rank 3"),
+        ("resampler", lambda sd: {**sd, "layers.0.0.to_q.weight": torch.zeros(16)}, "'layers.0.0.to_q.weight' must have rank 2"),
+        ("resampler", lambda sd: {**sd, "layers.0.0.to_out.weight": torch.zeros(16, 8)}, r"'layers.0.0.to_out.weight' has shape \(16, 8\)"),
+        ("block", lambda sd: without(sd, "attn.to_q.weight"), "no key 'attn.to_q.weight'"),
+        ("block", lambda sd: without(sd, "attn.to_kv.weight"), "no key 'attn.to_kv.weight'"),
+        ("block", lambda sd: without(sd, "ff.1.weight"), "no key 'ff.1.weight'"),
+        ("block", lambda sd: {**sd, "attn.to_q.weight": sd["attn.to_q.weight"].flatten()}, "'attn.to_q.weight' must have rank 2"),
+        ("block", lambda sd: {**sd, "attn_gate": torch.zeros(2)}, r"'attn_gate' has shape \(2,\)"),
+    ],
+)
+def test_an_open_flamingo_checkpoint_that_does_not_fit_is_a_value_error_naming_the_key(layer, change, message):
+    """Never a KeyError or an unpacking error from inside the conversion: the key, and what is wrong with it."""
+    with pytest.raises(ValueError, match=message):
+        interop.from_open_flamingo(change(open_flamingo_state_dicts()[layer]), heads=2)
+
+
+@pytest.mark.parametrize("keywords, message", [({"heads": 0}, "heads must be a positive int"),
+                                               ({"heads": 2, "dim_head": -8}, "dim_head must be a positive int"),
+                                               ({"heads": 2.0}, "heads must be an int")])
+def test_heads_and_dim_head_given_for_a_state_dict_are_checked(keywords, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        interop.from_open_flamingo(open_flamingo_state_dicts()["block"], **keywords)
+
+
+@needs_idefics
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda sd: without(sd, "blocks.0.0.q_proj.weight"), "no key 'blocks.0.0.q_proj.weight'"),
+        (lambda sd: without(sd, "blocks.0.1.fc.weight"), "no key 'blocks.0.1.fc.weight'"),
+        (lambda sd: {**sd, "latents": sd["latents"][None]}, "'latents' must have rank 2"),
+    ],
+)
+def test_an_idefics_resampler_checkpoint_that_does_not_fit_names_the_key(change, message):
+    peer = IDEFICS.IdeficsPerceiverResampler(idefics_config(vision_config={"embed_dim": 16}), embed_dim=16, depth=1,
+                                             n_heads=2, head_dim=8, n_latents=4)
+    with pytest.raises(ValueError, match=message):
+        interop.from_idefics(change(peer.state_dict()), heads=2)
+
+
+@needs_idefics
+def test_an_idefics_gated_checkpoint_of_the_wrong_rank_names_the_key():
+    sd = IDEFICS.IdeficsGatedCrossAttentionLayer(idefics_config(), layer_idx=0).state_dict()
+    with pytest.raises(ValueError, match="'cross_attn.q_proj.weight' must have rank 2"):
+        interop.from_idefics({**sd, "cross_attn.q_proj.weight": sd["cross_attn.q_proj.weight"].flatten()}, heads=2)

@@ -119,3 +119,74 @@ def test_bad_inputs_are_clear(batch):
         Flamingo(FlamingoConfig(**TINY, num_frames=2))(batch.tokens, batch.images)
     with pytest.raises(ValueError, match="cross_attn_every"):
         Flamingo(FlamingoConfig(**TINY, cross_attn_every=0))
+
+
+# ------------------------------------------------------------------ the NaN contract through the whole tiny model
+def open_model(only_attend_immediate_media: bool) -> Flamingo:
+    """A Flamingo with its gates half open, so the pictures reach the text (at init tanh(0) = 0 would hide them)."""
+    torch.manual_seed(0)
+    model = Flamingo(FlamingoConfig(**TINY, only_attend_immediate_media=only_attend_immediate_media)).eval()
+    with torch.no_grad():
+        for block in model.xattn.values():
+            block.attn_gate.fill_(0.5)
+            block.ff_gate.fill_(0.5)
+    return model
+
+
+# two rows, three pictures slots each; <image> (id 1) at 0, 5, 10 in row 0 and at 2, 7 in row 1 (its 3rd picture unused)
+NAN_TOKENS = torch.tensor([[1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1, 2, 3, 4, 5],
+                           [2, 3, 1, 4, 5, 6, 7, 1, 2, 3, 4, 5, 6, 7, 8]])
+
+
+@pytest.mark.parametrize("immediate", [True, False], ids=["immediate", "all-previous"])
+@pytest.mark.parametrize("row, picture, first_row_that_sees_it", [(0, 1, 5), (0, 0, 0), (1, 1, 7), (1, 2, None)],
+                         ids=["2nd-picture", "1st-picture", "other-row", "picture-without-marker"])
+def test_a_nan_picture_reaches_only_the_rows_allowed_to_see_it(immediate, row, picture, first_row_that_sees_it):
+    """A NaN in one picture reaches the rows that see it (through the cross-attention) and every row after them
+    (through the causal self-attention), and no other row: not the text before it, not the other sequence."""
+    model = open_model(immediate)
+    images = torch.rand(2, 3, 3, 16, 16)
+    clean = model(NAN_TOKENS, images)  # (2, 15, V)
+    images[row, picture, 1, 4, 7] = float("nan")  # one pixel
+    out = model(NAN_TOKENS, images)  # (2, 15, V)
+    poisoned = torch.zeros(2, 15, dtype=torch.bool)
+    if first_row_that_sees_it is not None:
+        poisoned[row, first_row_that_sees_it:] = True
+    assert torch.equal(out.isnan().all(dim=-1), poisoned)  # those rows NaN in every logit ...
+    assert not out[~poisoned].isnan().any()  # ... and no NaN anywhere else
+    torch.testing.assert_close(out[~poisoned], clean[~poisoned], rtol=1e-5, atol=1e-5)  # the rest as without it
+
+
+@pytest.mark.parametrize("position", [0, 3, 7])
+def test_a_nan_token_reaches_its_own_row_and_the_later_ones_only(position):
+    """A non-finite hidden state at one position (here: a token whose embedding is NaN) poisons that row and every
+    later one, and leaves every earlier row exactly as it was: on the CPU the fused causal kernel alone would
+    spread a NaN value to the earlier rows too."""
+    torch.manual_seed(0)
+    lm = TinyLM(LMConfig(vocab_size=12, max_len=10, dim=32, depth=2, heads=2)).eval()
+    tokens = torch.randint(1, 12, (2, 8))
+    clean = lm(tokens)  # (2, 8, V)
+    tokens[0, position] = 0
+    with torch.no_grad():
+        lm.tok_emb.weight[0] = float("nan")
+    out = lm(tokens)  # (2, 8, V)
+    assert out[0, position:].isnan().all() and not out[0, :position].isnan().any()
+    assert torch.equal(out[0, :position], clean[0, :position]) and torch.equal(out[1], clean[1])
+
+
+def test_cached_generation_keeps_the_nan_contract():
+    """The KV-cached decoder attends through the same function: a NaN picture gives the same NaN rows with the
+    cache as without it, and a clean picture the same logits."""
+    from flamingo_lite.tiny.generation import CachedDecoder, UncachedDecoder
+
+    model = open_model(True)
+    images = torch.rand(2, 3, 3, 16, 16)
+    images[1, 0, 0, 0, 0] = float("nan")  # row 1's first picture: every token after its marker (2) is NaN
+    prompt, new = NAN_TOKENS[:, :10], torch.tensor([[2], [3]])  # two <image> in each prompt row; then a word
+    steps = []
+    for decoder in (UncachedDecoder(model, images), CachedDecoder(model, images)):
+        steps.append((decoder.prefill(prompt), decoder.step(new)))  # (2, V) each
+    for uncached, cached in zip(*steps):
+        assert torch.equal(cached.isnan(), uncached.isnan())
+        assert cached[1].isnan().all() and not cached[0].isnan().any()
+        torch.testing.assert_close(cached[0], uncached[0], rtol=1e-5, atol=1e-5)

@@ -137,11 +137,12 @@ def test_a_failed_write_keeps_the_old_history_and_prints_the_new_one(tmp_path, m
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(files.os, "replace", full_disk)
-    assert cli.main(["--out", str(out), "--no-progress"]) == 1
+    assert cli.main(["--out", str(out), "--no-progress"]) == 3  # not 1, the status of a run that failed
     captured = capsys.readouterr()
     assert out.read_text() == '{"earlier": "run"}'  # intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["history.json"]  # no temporary file left
-    assert "could not write" in captured.err and "No space left on device" in captured.err
+    assert "could not write --out" in captured.err and "No space left on device" in captured.err
+    assert f"not written: --out {out}" in captured.err
     assert json.loads(captured.out)["loss"] == FAKE_HISTORY["loss"]  # the run is not lost
 
 
@@ -170,3 +171,70 @@ def test_the_command_line_refuses_a_folder_with_exit_code_2(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "is a folder" in result.stderr and "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------ --task fewshot: the model file and the history
+@pytest.fixture
+def fake_fewshot(monkeypatch):
+    """run_from_command_line replaced by one that returns a history, a summary and the model file's bytes at once."""
+    calls = []
+
+    def run_from_command_line(args, argv=None):
+        calls.append(args)
+        return json.loads(json.dumps(FAKE_HISTORY)), "shots curve 0:0.06", None if args.save_model is None else b"the model"
+
+    monkeypatch.setattr(cli, "run_from_command_line", run_from_command_line)
+    return calls
+
+
+def failing_for(suffixes):
+    """os.replace that fails (a full disk) for targets with these suffixes and works for the others."""
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(dst).suffix in suffixes:
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    return replace
+
+
+def test_a_model_that_cannot_be_written_loses_neither_the_history_nor_the_message(tmp_path, monkeypatch, fake_fewshot, capsys):
+    from flamingo_lite import files
+
+    out, model = tmp_path / "fewshot.json", tmp_path / "models" / "model.pt"
+    monkeypatch.setattr(files.os, "replace", failing_for({".pt"}))
+    assert cli.main(["--task", "fewshot", "--out", str(out), "--save-model", str(model), "--no-progress"]) == 3
+    captured = capsys.readouterr()
+    assert json.loads(out.read_text())["loss"] == FAKE_HISTORY["loss"]  # the history is written all the same
+    assert not model.exists() and list(model.parent.iterdir()) == []  # no half file, no temporary file
+    assert f"could not write --save-model {model}" in captured.err and f"not written: --save-model {model}" in captured.err
+    assert f"wrote {out}" in captured.out
+
+
+def test_when_both_writes_fail_the_history_is_printed_and_both_are_named(tmp_path, monkeypatch, fake_fewshot, capsys):
+    from flamingo_lite import files
+
+    out, model = tmp_path / "fewshot.json", tmp_path / "model.pt"
+    monkeypatch.setattr(files.os, "replace", failing_for({".pt", ".json"}))
+    assert cli.main(["--task", "fewshot", "--out", str(out), "--save-model", str(model), "--no-progress"]) == 3
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["loss"] == FAKE_HISTORY["loss"]  # only the JSON on the standard output
+    assert f"not written: --save-model {model}; --out {out}" in captured.err and "wrote nothing" in captured.err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_model_and_the_history_are_both_written_when_they_can_be(tmp_path, fake_fewshot):
+    out, model = tmp_path / "fewshot.json", tmp_path / "model.pt"
+    assert cli.main(["--task", "fewshot", "--out", str(out), "--save-model", str(model), "--no-progress"]) == 0
+    assert model.read_bytes() == b"the model" and json.loads(out.read_text())["seconds"] == 1.5
+
+
+def test_shots_beyond_the_pool_and_a_save_model_without_fewshot_are_refused_before_any_work(tmp_path, fake_fewshot, fake_training, capsys):
+    for argv, message in [(["--task", "fewshot", "--shots", "0,4,49"], "in [0, 48]"),
+                          (["--save-model", str(tmp_path / "m.pt")], "--save-model is for --task fewshot")]:
+        with pytest.raises(SystemExit) as refused:
+            cli.main(["--out", str(tmp_path / "x.json"), *argv])
+        assert refused.value.code == 2 and message in capsys.readouterr().err
+    assert fake_fewshot == [] and fake_training == []
+    assert "each 0 to 48" in cli.build_parser().format_help() and "Exit status" in cli.build_parser().format_help()

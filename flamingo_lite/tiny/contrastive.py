@@ -38,7 +38,6 @@ cells, d the feature width, e the embedding width, n words, V the vocabulary siz
 from __future__ import annotations
 
 import argparse
-import io
 import math
 import sys
 import time
@@ -50,8 +49,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..files import check_output_path, write_bytes_atomic
-from ..validation import check_positive_int, check_tensor, shape_str
+from ..files import RunOutputs, load_model_file, model_file_bytes, model_file_error, write_bytes_atomic
+from ..options import check_outputs, positive_int, seed_int
+from ..validation import check_finite_number, check_non_negative_int, check_positive_int, check_seed, check_tensor, shape_str
 from .data import COLOURS, FORMATS, SHAPES, Tokenizer, caption_words, render_shape
 
 CLASSES = tuple((colour, shape) for colour in COLOURS for shape in SHAPES)  # the 12 (colour, shape) pairs
@@ -80,7 +80,8 @@ class NFBlock(nn.Module):
 
     def __init__(self, channels: int, alpha: float = 0.2):
         super().__init__()
-        self.alpha = alpha  # small, so each block changes the signal a little and its variance grows slowly
+        check_positive_int("channels", channels)
+        self.alpha = check_finite_number("alpha", alpha)  # small, so each block changes the signal a little and its variance grows slowly
         self.conv1 = WSConv2d(channels, channels, 3, padding=1)
         self.conv2 = WSConv2d(channels, channels, 3, padding=1)
 
@@ -119,6 +120,8 @@ class ConvVisionEncoder(nn.Module):
             raise ValueError(f"pool must be even (the stem halves the resolution, so a cell is pool/2 feature pixels), got {pool}")
         check_positive_int("channels", channels)
         check_positive_int("embed_dim", embed_dim)
+        check_non_negative_int("depth", depth)
+        check_seed("seed", seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.stem = WSConv2d(3, channels, 3, stride=2, padding=1)  # halves the resolution, as a ResNet stem does
@@ -151,6 +154,11 @@ class CaptionEncoder(nn.Module):
     def __init__(self, *, vocab_size: int = 12, dim: int = 64, embed_dim: int = 32, pad_id: int = 0, seed: int = 0):
         super().__init__()
         check_positive_int("vocab_size", vocab_size)
+        check_positive_int("dim", dim)
+        check_positive_int("embed_dim", embed_dim)
+        check_seed("seed", seed)
+        if not 0 <= check_non_negative_int("pad_id", pad_id) < vocab_size:
+            raise ValueError(f"pad_id must be a token id in [0, vocab_size={vocab_size}), got {pad_id}")
         self.pad_id = pad_id
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 1)  # not the vision encoder's stream
@@ -321,53 +329,69 @@ def retrieval_recall(vision: ConvVisionEncoder, text: CaptionEncoder, *, seed: i
     return {"image_to_text": hits_i2t / total, "text_to_image": hits_t2i / total}
 
 
-def save_encoders(path, vision: ConvVisionEncoder, text: CaptionEncoder, history: dict) -> Path:
-    """Write both encoders' weights (float32) and the run's config atomically to `path`."""
+def encoders_bytes(vision: ConvVisionEncoder, text: CaptionEncoder, history: dict) -> bytes:
+    """Both encoders' weights (float32) and the run's config, as the bytes of the file `load_encoders` reads."""
     state = {
         "vision": {k: v.detach().float().clone() for k, v in vision.state_dict().items()},
         "text": {k: v.detach().float().clone() for k, v in text.state_dict().items()},
         "log_temperature": history["log_temperature"],
         "config": history["config"],
     }
-    buffer = io.BytesIO()
-    torch.save(state, buffer)  # into memory; the file itself is written atomically
-    return write_bytes_atomic(path, buffer.getvalue())
+    return model_file_bytes(state)
+
+
+def save_encoders(path, vision: ConvVisionEncoder, text: CaptionEncoder, history: dict) -> Path:
+    """Write both encoders' weights (float32) and the run's config atomically to `path`."""
+    return write_bytes_atomic(path, encoders_bytes(vision, text, history))
+
+
+ENCODERS_FILE = "a vision-encoder file written by python -m flamingo_lite.tiny.contrastive (save_encoders)"
 
 
 def load_encoders(path=WEIGHTS) -> tuple[ConvVisionEncoder, CaptionEncoder, dict]:
-    """The encoders stored at `path` (default: the committed weights), float32, eval mode: (vision, text, state)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    config = state["config"]
-    vision = ConvVisionEncoder(dim=config["dim"], pool=config["pool"], channels=config["channels"], seed=config["seed"])
-    vision.load_state_dict(state["vision"])
-    text = CaptionEncoder(vocab_size=state["text"]["embedding.weight"].shape[0], seed=config["seed"])
-    text.load_state_dict(state["text"])
+    """The encoders stored at `path` (default: the committed weights), float32, eval mode: (vision, text, state).
+
+    A file that is not one `save_encoders` wrote is a ValueError naming the path (`flamingo_lite.files.load_model_file`).
+    """
+    state = load_model_file(path, ENCODERS_FILE, keys=("vision", "text", "config"))
+    try:
+        config = state["config"]
+        vision = ConvVisionEncoder(dim=config["dim"], pool=config["pool"], channels=config["channels"], seed=config["seed"])
+        vision.load_state_dict(state["vision"])
+        text = CaptionEncoder(vocab_size=state["text"]["embedding.weight"].shape[0], seed=config["seed"])
+        text.load_state_dict(state["text"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:  # the weights do not fit the encoders
+        raise model_file_error(path, ENCODERS_FILE, f"its contents do not fit the encoders ({err.__class__.__name__}: {err})") from None
     return vision.eval(), text.eval(), state
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m flamingo_lite.tiny.contrastive",
         description="Pretrain the tiny Flamingo's vision encoder contrastively and write its weights.",
-        epilog="The committed weights: python -m flamingo_lite.tiny.contrastive --out flamingo_lite/tiny/vision_encoder.pt --seed 0",
+        epilog="The committed weights: python -m flamingo_lite.tiny.contrastive --out flamingo_lite/tiny/vision_encoder.pt "
+        "--seed 0. Exit status: 0 done; 2 a bad option, nothing run; 3 the weights could not be written (the summary "
+        "is still printed); 1 any other failure.",
     )
     parser.add_argument("--out", required=True, help="where to write the weights (checked before training; replaced atomically)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the weights and the pictures (default 0)")
-    parser.add_argument("--steps", type=int, default=1500, help="training steps, 12 pairs each (default 1500)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed for the weights and the pictures, 0 to 2**32 - 1 (default 0)")
+    parser.add_argument("--steps", type=positive_int, default=1500, help="training steps, 12 pairs each (default 1500)")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        out = check_output_path(args.out, "--out")
-    except ValueError as err:
-        parser.error(str(err))  # exit code 2, before any training
+    out = check_outputs(parser, {"--out": args.out})["--out"]  # exit status 2, before any training
     torch.set_num_threads(1)  # the model is tiny: one thread is fastest, and the numbers do not depend on the count
     vision, text, history = pretrain_vision(seed=args.seed, steps=args.steps)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_encoders(out, vision, text, history)
+    outputs = RunOutputs()
+    written = outputs.write("--out", out, encoders_bytes(vision, text, history))
     print(
         f"zero-shot accuracy {zero_shot_accuracy(vision, text, seed=args.seed):.3f}, final loss {history['loss'][-1]:.3f}, "
-        f"temperature {history['temperature'][-1]:.3f}, {history['seconds']:.1f} s; wrote {out}"
+        f"temperature {history['temperature'][-1]:.3f}, {history['seconds']:.1f} s; " + (f"wrote {out}" if written else "wrote nothing")
     )
-    return 0
+    return outputs.exit_code()
 
 
 if __name__ == "__main__":

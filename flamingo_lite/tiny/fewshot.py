@@ -36,14 +36,18 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..device import get_device
+from ..files import load_model_file, model_file_bytes, model_file_error, write_bytes_atomic
 from ..masks import MEDIA_TOKEN, media_locations_from_tokens
-from ..validation import check_positive_int
+from ..validation import (
+    check_non_negative_int, check_non_negative_number, check_positive_int, check_positive_number, check_probability, check_seed,
+)
 from .data import CAPTION_WORDS, COLOURS, EOC_TOKEN, PAD_TOKEN, SHAPES, Tokenizer, caption_words, render_shape
 from .language_model import LMConfig, TinyLM
 from .model import Flamingo, FlamingoConfig, unfreeze
@@ -409,6 +413,24 @@ class FewShotSetup:
     log_every: int = 25
     shots: tuple = (0, 1, 2, 4, 8, 16, 32)
 
+    def __post_init__(self):  # every number in range, named, before any work
+        for name in ("lm_steps", "lm_batch_size", "steps", "batch_size", "num_train", "num_heldout", "pool_size",
+                     "max_shots", "max_images", "log_every"):
+            check_positive_int(f"FewShotSetup.{name}", getattr(self, name))
+        for name in ("lm_lr", "lr", "gate_lr"):
+            check_positive_number(f"FewShotSetup.{name}", getattr(self, name))
+        check_non_negative_number("FewShotSetup.weight_decay", self.weight_decay)
+        for name in ("p_all_picture", "p_caption", "p_next"):
+            check_probability(f"FewShotSetup.{name}", getattr(self, name))
+        check_non_negative_int("FewShotSetup.token_shift", self.token_shift)
+        check_seed("FewShotSetup.seed", self.seed)
+        if self.max_images < 2:
+            raise ValueError(f"FewShotSetup.max_images must be at least 2 (a support picture and the query), got {self.max_images}")
+        shots = tuple(self.shots)
+        if not shots or any(isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= self.pool_size for k in shots):
+            raise ValueError(f"FewShotSetup.shots must be numbers of shots from 0 to pool_size={self.pool_size} "
+                             f"(each prompt draws its support pictures from the pool), got {self.shots!r}")
+
 
 def build_model(setup: FewShotSetup, lm: TinyLM, tokenizer: Tokenizer) -> Flamingo:
     """The tiny Flamingo on top of `lm`, with the resampler's media embedding as `setup` says."""
@@ -488,37 +510,44 @@ def run_fewshot(setup: FewShotSetup | None = None, *, device=None, progress: boo
     return model, history
 
 
-def save_model(model: Flamingo, history: dict, path) -> None:
-    """Write the trained few-shot model to `path` atomically: its weights (the frozen vision encoder's too), the
+MODEL_FILE = "a few-shot model file written by python -m flamingo_lite.train --task fewshot --save-model (save_model)"
+
+
+def model_bytes(model: Flamingo, history: dict) -> bytes:
+    """The trained few-shot model as the bytes of its file: its weights (the frozen vision encoder's too), the
     language model's config and the run's `FewShotSetup`, so `load_model` rebuilds exactly this model."""
-    import io
-    from pathlib import Path
-
-    from ..files import write_bytes_atomic
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
     saved = {"setup": history["config"]["fewshot"], "lm_config": asdict(model.lm.config),
              "state_dict": model.state_dict(), "shots_curve": history.get("shots_curve")}
-    torch.save(saved, buffer)  # into memory; the file itself is written atomically
-    write_bytes_atomic(path, buffer.getvalue())
+    return model_file_bytes(saved)
+
+
+def save_model(model: Flamingo, history: dict, path) -> None:
+    """Write the trained few-shot model to `path` atomically (`model_bytes`), its folders made."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, model_bytes(model, history))
 
 
 def load_model(path, *, device=None) -> tuple[Flamingo, FewShotSetup]:
-    """The model `save_model` wrote, in eval mode, and the setup it was trained with."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    setup = FewShotSetup(**{**saved["setup"], "shots": tuple(saved["setup"]["shots"])})
-    tok = fewshot_tokenizer()
-    model = build_model(setup, TinyLM(LMConfig(**saved["lm_config"])), tok)
-    model.load_state_dict(saved["state_dict"])
+    """The model `save_model` wrote, in eval mode, and the setup it was trained with.
+
+    A file that is not one `save_model` wrote is a ValueError naming the path (`flamingo_lite.files.load_model_file`).
+    """
+    saved = load_model_file(path, MODEL_FILE, keys=("setup", "lm_config", "state_dict"))
+    try:
+        setup = FewShotSetup(**{**saved["setup"], "shots": tuple(saved["setup"]["shots"])})
+        model = build_model(setup, TinyLM(LMConfig(**saved["lm_config"])), fewshot_tokenizer())
+        model.load_state_dict(saved["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:  # contents that do not fit the model
+        raise model_file_error(path, MODEL_FILE, f"its contents do not fit the model ({err.__class__.__name__}: {err})") from None
     return model.to(get_device(device)).eval(), setup
 
 
-def run_from_command_line(args, argv=None) -> tuple[dict, str]:
+def run_from_command_line(args, argv=None) -> tuple[dict, str, bytes | None]:
     """`python -m flamingo_lite.train --task fewshot --out FILE [--seed S] [--shots 0,1,2,...] [--save-model PT]`:
     train and evaluate (and keep the model, for lesson 12).
 
-    Returns the JSON history and a one-line summary; `flamingo_lite.tiny.train` writes them.
+    Returns the JSON history, a one-line summary and the model file's bytes (None without `--save-model`);
+    `flamingo_lite.tiny.train` writes them.
 
     `--steps`, `--lm-steps`, `--log-every` and `--vision` are used when given; otherwise this task's own defaults (`FewShotSetup`).
     """
@@ -536,9 +565,8 @@ def run_from_command_line(args, argv=None) -> tuple[dict, str]:
         setup = replace(setup, lm_steps=args.lm_steps)
     setup = replace(setup, only_attend_immediate_media=args.only_attend_immediate_media)
     model, history = run_fewshot(setup, device=args.device, progress=args.progress)
-    if args.save_model is not None:
-        save_model(model.cpu(), history, args.save_model)
+    model_file = None if args.save_model is None else model_bytes(model.cpu(), history)
     history.pop("loss_every_step", None)
     history["config"]["threads"] = args.threads
     curve = " ".join(f"{k}:{v:.2f}" for k, v in history["shots_curve"].items() if v is not None)
-    return history, f"shots curve {curve} (chance {history['chance']:.3f}), {history['seconds']:.1f} s"
+    return history, f"shots curve {curve} (chance {history['chance']:.3f}), {history['seconds']:.1f} s", model_file

@@ -20,9 +20,9 @@ Shapes: b batch (or beams), n tokens, s new tokens, t media, L latents, d width,
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 
+from .language_model import causal_attention
 from .model import Flamingo
 
 
@@ -112,11 +112,7 @@ class CachedDecoder:
         if past is not None:
             k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)  # (b, h, P+s, e)
         self.cache[i] = (k, v)
-        s, total = q.shape[2], k.shape[2]
-        # new token j (at position P+j) sees every key up to P+j: causal, shifted by the P cached positions;
-        # one new token sees every key, so it needs no mask
-        mask = None if s == 1 else torch.ones(s, total, dtype=torch.bool, device=x.device).tril(total - s)  # (s, P+s)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (b, h, s, e)
+        out = causal_attention(q, k, v)  # (b, h, s, e): new token j, at position P+j, sees every key up to P+j
         x = x + attn.to_out(rearrange(out, "b h s e -> b s (h e)"))  # (b, s, d)
         return x + block.mlp(block.ln_2(x))  # (b, s, d)
 

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..validation import check_positive_int
+from ..attention import attend
+from ..validation import check_non_negative_int, check_positive_int
 
 
 @dataclass
@@ -52,12 +53,44 @@ class LMConfig:
     token_shift: int = 0  # width of a causal depthwise convolution before each attention layer; 0: none
     positions: str = "learned"  # "learned": a position embedding up to max_len; "none": no position signal at all
 
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> "LMConfig":
+        """Every size in range, named in the error (run when the config is made, and again by `TinyLM`)."""
+        for name in ("vocab_size", "max_len", "dim", "depth", "heads", "mlp_mult"):
+            check_positive_int(f"LMConfig.{name}", getattr(self, name))
+        if isinstance(self.token_shift, bool) or not isinstance(self.token_shift, int) or self.token_shift < 0:
+            raise ValueError(f"LMConfig.token_shift must be an int >= 0 (0: no shift), got {self.token_shift!r}")
+        if self.positions not in ("learned", "none"):
+            raise ValueError(f"LMConfig.positions must be 'learned' or 'none', got {self.positions!r}")
+        if self.dim % self.heads:
+            raise ValueError(f"LMConfig.dim ({self.dim}) must be divisible by LMConfig.heads ({self.heads})")
+        return self
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention of the last s positions over all P + s: q (b, h, s, e), k and v (b, h, P+s, e) -> (b, h, s, e).
+
+    Query j sits at position P + j and sees the keys 0 .. P + j (P = 0: the whole sequence; P > 0: new tokens
+    after a KV cache). It is the package's one attention computation, `flamingo_lite.attention.attend`, with the
+    causal mask, so its NaN contract holds here too: a NaN or Inf reaches exactly the rows allowed to see it, its
+    own row and every later one, and never an earlier row (the CPU kernel alone would spread a NaN value to every
+    row, and give a NaN query an output of 0).
+    """
+    b, _, s, e = q.shape
+    total = k.shape[2]
+    causal = torch.ones(s, total, dtype=torch.bool, device=q.device).tril(total - s)  # (s, P+s): j sees keys <= P + j
+    return attend(q, k, v, scale=e**-0.5, mask=causal.expand(b, s, total))  # (b, h, s, e)
+
 
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention where each token sees itself and the tokens before it: (b, n, d) -> (b, n, d)."""
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
+        check_positive_int("dim", dim)
+        check_positive_int("heads", heads)
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
         self.heads = heads
@@ -67,7 +100,7 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.to_qkv(x).chunk(3, dim=-1)  # 3 x (b, n, d)
         q, k, v = (rearrange(z, "b n (h e) -> b h n e", h=self.heads) for z in (q, k, v))  # 3 x (b, h, n, e)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (b, h, n, e)
+        out = causal_attention(q, k, v)  # (b, h, n, e)
         return self.to_out(rearrange(out, "b h n e -> b n (h e)"))  # (b, n, d)
 
 
@@ -77,7 +110,8 @@ class TokenShift(nn.Module):
 
     def __init__(self, dim: int, width: int):
         super().__init__()
-        self.width = width
+        check_positive_int("dim", dim)
+        self.width = check_positive_int("width", width)
         self.weight = nn.Parameter(torch.randn(width, dim) / math.sqrt(width))  # (width, d): one filter per channel
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -96,6 +130,8 @@ class Block(nn.Module):
 
     def __init__(self, dim: int, heads: int, mlp_mult: int = 4, token_shift: int = 0):
         super().__init__()
+        check_positive_int("mlp_mult", mlp_mult)
+        check_non_negative_int("token_shift", token_shift)
         self.ln_1 = nn.LayerNorm(dim)
         if token_shift:
             self.shift = TokenShift(dim, token_shift)
@@ -117,14 +153,8 @@ class TinyLM(nn.Module):
 
     def __init__(self, config: LMConfig | None = None):
         super().__init__()
-        self.config = config = config if config is not None else LMConfig()
-        for name in ("vocab_size", "max_len", "dim", "depth", "heads", "mlp_mult"):
-            check_positive_int(f"LMConfig.{name}", getattr(config, name))
-        if isinstance(config.token_shift, bool) or not isinstance(config.token_shift, int) or config.token_shift < 0:
-            raise ValueError(f"LMConfig.token_shift must be an int >= 0 (0: no shift), got {config.token_shift!r}")
+        self.config = config = (config if config is not None else LMConfig()).check()  # again: fields may have changed
         self.tok_emb = nn.Embedding(config.vocab_size, config.dim)
-        if config.positions not in ("learned", "none"):
-            raise ValueError(f"LMConfig.positions must be 'learned' or 'none', got {config.positions!r}")
         if config.positions == "learned":
             self.pos_emb = nn.Embedding(config.max_len, config.dim)
         self.blocks = nn.ModuleList([Block(config.dim, config.heads, config.mlp_mult, config.token_shift) for _ in range(config.depth)])
@@ -138,6 +168,11 @@ class TinyLM(nn.Module):
             raise ValueError(f"tokens must have shape (batch, text), got shape {tuple(tokens.shape)}")
         if tokens.dtype not in (torch.long, torch.int, torch.int32, torch.int64):
             raise TypeError(f"tokens must be integer ids, got dtype {tokens.dtype}")
+        if tokens.device != self.tok_emb.weight.device:
+            raise ValueError(
+                f"tokens is on device {tokens.device} but the language model's weights are on "
+                f"{self.tok_emb.weight.device}; move one of them, e.g. tokens.to({str(self.tok_emb.weight.device)!r})"
+            )
         if tokens.shape[1] > self.config.max_len:
             raise ValueError(f"tokens has {tokens.shape[1]} positions but max_len is {self.config.max_len}")
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.config.vocab_size):

@@ -22,7 +22,10 @@ from torch import nn
 from ..cross_attention import MediaLocations
 from ..gated import GatedCrossAttentionBlock
 from ..perceiver import PerceiverResampler
-from ..validation import check_positive_int, check_tensor, shape_str
+from ..validation import (
+    check_matches_weights, check_non_negative_int, check_positive_int, check_positive_number, check_seed, check_tensor,
+    shape_str,
+)
 from .language_model import LMConfig, TinyLM
 from .vision import VisionEncoder
 
@@ -66,6 +69,26 @@ class FlamingoConfig:
     xattn_placement: str = "first"
     only_attend_immediate_media: bool = True  # text sees only the picture it follows (the paper's choice)
     tanh_gate: bool = True  # False: no gates, the blocks add their outputs as they are (the paper's "w/o tanh gating")
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> "FlamingoConfig":
+        """Every number in range, named in the error (run when the config is made, and again by `Flamingo`)."""
+        for name in ("vocab_size", "max_len", "dim", "lm_depth", "lm_heads", "vision_pool", "num_latents",
+                     "num_media_embeds", "dim_head", "heads", "cross_attn_every"):
+            check_positive_int(f"FlamingoConfig.{name}", getattr(self, name))
+        check_non_negative_int("FlamingoConfig.resampler_depth", self.resampler_depth)
+        check_positive_number("FlamingoConfig.ff_mult", self.ff_mult)
+        check_seed("FlamingoConfig.vision_seed", self.vision_seed)
+        if self.num_frames is not None:
+            check_positive_int("FlamingoConfig.num_frames", self.num_frames)
+        if self.dim % self.lm_heads:
+            raise ValueError(f"FlamingoConfig.dim ({self.dim}) must be divisible by FlamingoConfig.lm_heads ({self.lm_heads})")
+        if not 0 <= check_non_negative_int("FlamingoConfig.media_token_id", self.media_token_id) < self.vocab_size:
+            raise ValueError(f"FlamingoConfig.media_token_id must be a token id in [0, vocab_size={self.vocab_size}), "
+                             f"got {self.media_token_id}")
+        return self
 
     def lm_config(self) -> LMConfig:
         return LMConfig(vocab_size=self.vocab_size, max_len=self.max_len, dim=self.dim, depth=self.lm_depth, heads=self.lm_heads)
@@ -137,8 +160,7 @@ class Flamingo(nn.Module):
     def __init__(self, config: FlamingoConfig | None = None, *, lm: TinyLM | None = None, vision: nn.Module | None = None):
         super().__init__()
         self.config = config = config if config is not None else FlamingoConfig()
-        check_positive_int("cross_attn_every", config.cross_attn_every)
-        check_positive_int("lm_depth", config.lm_depth)
+        config.check()  # again: a config's fields may have been changed after it was made
         self.vision = vision if vision is not None else make_vision_encoder(config)
         self.lm = lm if lm is not None else TinyLM(config.lm_config())
         if self.lm.config.dim != config.dim or self.vision.dim != config.dim:
@@ -195,6 +217,9 @@ class Flamingo(nn.Module):
         video = self.config.num_frames is not None
         layout = "(batch, media, frames, 3, height, width)" if video else "(batch, media, 3, height, width)"
         check_tensor("images", images, ndim=6 if video else 5, layout=layout)
+        weight = next(self.vision.parameters(), None)  # the vision encoder's dtype and device, the model's entrance
+        if weight is not None:
+            check_matches_weights("vision encoder", weight, [("images", images)])
         if self.resampler.media_embedding == "per_media" and images.shape[1] > self.config.num_media_embeds:
             raise ValueError(
                 f"images has {images.shape[1]} pictures per sequence (shape {shape_str(images)}), but this Flamingo "

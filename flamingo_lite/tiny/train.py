@@ -8,8 +8,10 @@ The run: draw the coloured-shapes data, train the language model on the text alo
 (resampler and gated cross-attention blocks), caption the held-out pictures. The JSON holds `loss` (the loss at
 each logged step, step 0 first, before any update), `attn_gate_tanh` and `ff_gate_tanh` (per logged step, a list
 over the cross-attention layers), `heldout_caption_accuracy` (0-1), `seconds`, `config`, and a few more.
-`--out` is checked before any training (exit code 2 with the reason when no file can be written there), and the
-file is replaced atomically: a failed write leaves an earlier history as it was.
+`--out` and `--save-model` are checked before any training, and every integer option has its range checked by the
+parser (exit status 2 with the reason). Each file is replaced atomically: a failed write leaves an earlier file as it
+was, the other output is still written, and a history that could not be written is printed on the standard output;
+the exit status is then 3 and the standard error names what was not written (`flamingo_lite.options`).
 """
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ from pathlib import Path
 
 import torch
 
-from ..files import check_output_path, write_text_atomic
+from ..files import RunOutputs
+from ..options import check_outputs, positive_int, seed_int
+from .fewshot import FewShotSetup, run_from_command_line
 from .model import FlamingoConfig
 from .training import TrainingSetup, run_training
 
@@ -30,25 +34,15 @@ MAX_THREADS = 2  # the model is too small to gain from more
 DEFAULT_THREADS = min(MAX_THREADS, os.cpu_count() or 1)
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def shot_counts(text: str) -> tuple[int, ...]:
-    """argparse type: comma-separated numbers of shots, each 0 to 64, such as 0,1,2,4."""
+    """argparse type: comma-separated numbers of shots, each 0 to the few-shot pool's size, such as 0,1,2,4."""
+    most = FewShotSetup.pool_size  # each prompt draws its support pictures from the episode's pool
     try:
         shots = tuple(int(k) for k in text.split(",") if k.strip() != "")
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1,2,4, got {text!r}") from None
-    if not shots or any(k < 0 or k > 64 for k in shots):
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers in [0, 64], got {text!r}")
+    if not shots or any(k < 0 or k > most for k in shots):
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers in [0, {most}] (the pool of pictures a prompt draws from), got {text!r}")
     return shots
 
 
@@ -56,18 +50,7 @@ def thread_count(text: str) -> int:
     """argparse type: a number of CPU threads, 1 to MAX_THREADS."""
     value = positive_int(text)
     if value > MAX_THREADS:
-        raise argparse.ArgumentTypeError(f"at most {MAX_THREADS} (this model is too small to gain from more), got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer of at least 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_THREADS} (this model is too small to gain from more), got {value}")
     return value
 
 
@@ -80,14 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
             "loss and tanh(gate) of every cross-attention layer at each logged step, and the held-out caption "
             "accuracy, to a JSON file."
         ),
-        epilog="Example: python -m flamingo_lite.train --out history.json --steps 300 --no-tanh-gate",
+        epilog="Example: python -m flamingo_lite.train --out history.json --steps 300 --no-tanh-gate. Exit status: 0 done; "
+        "2 a bad option, nothing run; 3 the run finished but an output could not be written (the standard error names "
+        "it; a history is then printed on the standard output); 1 any other failure.",
     )
     parser.add_argument(
         "--task", choices=["caption", "fewshot"], default="caption",
         help="caption (default): the coloured-shapes captioning run; fewshot: names learnt from the prompt's examples, "
         "with the shots curve (flamingo_lite.tiny.fewshot)",
     )
-    parser.add_argument("--shots", type=shot_counts, default=(0, 1, 2, 4, 8, 16, 32), help="--task fewshot: the k of the k-shot prompts evaluated (default 0,1,2,4,8,16,32)")
+    parser.add_argument("--shots", type=shot_counts, default=(0, 1, 2, 4, 8, 16, 32), help=f"--task fewshot: the k of the k-shot prompts evaluated, each 0 to {FewShotSetup.pool_size} (default 0,1,2,4,8,16,32)")
     parser.add_argument(
         "--out", required=True,
         help="where to write the JSON history (parent folders are created; an earlier file is replaced only once the "
@@ -98,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--lm-steps", type=positive_int, default=DEFAULTS.lm_steps,
         help=f"steps of training the language model on text alone, before it is frozen (default {DEFAULTS.lm_steps})",
     )
-    parser.add_argument("--seed", type=non_negative_int, default=DEFAULTS.seed, help=f"seed for data, weights and batches (default {DEFAULTS.seed})")
+    parser.add_argument("--seed", type=seed_int, default=DEFAULTS.seed, help=f"seed for data, weights and batches, 0 to 2**32 - 1 (default {DEFAULTS.seed})")
     parser.add_argument(
         "--device", choices=["cpu", "cuda"], default="cpu",
         help="where to train: cpu (default) or cuda (falls back to the CPU with a warning when no GPU is present)",
@@ -139,20 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:  # before any work: a bad --out found after the training would lose the results
-        out = None if args.out == "-" else check_output_path(args.out, "--out")
-        if args.save_model is not None:
-            if args.task != "fewshot":
-                raise ValueError("--save-model is for --task fewshot (the captioning run does not save its model)")
-            args.save_model = check_output_path(args.save_model, "--save-model")
-    except ValueError as err:
-        parser.error(str(err))  # exit code 2
+    if args.save_model is not None and args.task != "fewshot":  # before any work: found after the run, it would lose it
+        parser.error("--save-model is for --task fewshot (the captioning run does not save its model)")
+    paths = check_outputs(parser, {"--out": None if args.out == "-" else args.out, "--save-model": args.save_model})
     torch.set_num_threads(args.threads)
     if args.task == "fewshot":
-        from .fewshot import run_from_command_line
-
-        history, summary = run_from_command_line(args, argv)
-        return write_history(history, out, summary)
+        history, summary, model_file = run_from_command_line(args, argv)
+        return write_outputs(history, paths["--out"], summary, model_file, paths["--save-model"])
     setup = TrainingSetup(steps=args.steps, lm_steps=args.lm_steps, seed=args.seed, log_every=args.log_every)
     config = FlamingoConfig(
         cross_attn_every=args.cross_attn_every,
@@ -168,28 +146,33 @@ def main(argv=None) -> int:
         f"tanh(attn_gate) per layer {[round(g, 3) for g in history['attn_gate_tanh'][-1]]}, "
         f"{history['seconds']:.1f} s"
     )
-    return write_history(history, out, summary)
+    return write_outputs(history, paths["--out"], summary)
 
 
-def write_history(history: dict, out: Path | None, summary: str) -> int:
-    """Write the JSON history to `out` atomically (None: the standard output), then the one-line summary."""
+def write_outputs(history: dict, out: Path | None, summary: str, model_file: bytes | None = None, model_path: Path | None = None) -> int:
+    """Write every output of the run, each atomically, then the one-line summary; returns the exit status.
+
+    The JSON history goes to `out` (None: the standard output), the model file (if any) to `model_path`. A write
+    that fails is named on the standard error and the other is still written; a history that could not be written
+    is printed on the standard output instead. Exit status 0, or 3 (`flamingo_lite.files.NOT_WRITTEN`).
+    """
+    outputs = RunOutputs()
+    wrote = []
+    if model_file is not None and outputs.write("--save-model", model_path, model_file):
+        wrote.append(str(model_path))
     text = json.dumps(history, indent=1)
     if out is None:
         print(text, flush=True)
+        wrote.append("the standard output")
+        history_on_stdout = True
     else:
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(out, text)
-        except OSError as err:
-            print(f"error: could not write {out} ({err.__class__.__name__}: {err}); an earlier file there is unchanged. "
-                  "The history follows on the standard output, so this run is not lost.", file=sys.stderr)
-            print(text, flush=True)
-            return 1
-    print(
-        f"{summary}; wrote {'the standard output' if out is None else out}",
-        file=sys.stderr if out is None or out == Path("/dev/stdout") else sys.stdout,
-    )
-    return 0
+        written = outputs.write("--out", out, text)  # printed on the standard output when it fails
+        wrote += [str(out)] if written else []
+        history_on_stdout = not written or out == Path("/dev/stdout")
+    # the summary goes beside the JSON, never into it
+    print(f"{summary}; wrote {' and '.join(wrote) or 'nothing'}", file=sys.stderr if history_on_stdout else sys.stdout)
+    return outputs.exit_code()
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..device import get_device
-from ..validation import check_positive_int
+from ..validation import check_non_negative_number, check_positive_int, check_positive_number, check_seed
 from .data import EOC_TOKEN, MEDIA_TOKEN, InterleavedData, Tokenizer, make_splits, parse_caption
 from .language_model import TinyLM
 from .model import Flamingo, FlamingoConfig
@@ -32,7 +32,7 @@ from .model import Flamingo, FlamingoConfig
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and PyTorch, so a run is repeatable."""
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed % 2**32)  # numpy's seeds stop at 2**32 - 1, and a run of seed S also seeds S + 1
     torch.manual_seed(seed)
 
 
@@ -362,6 +362,14 @@ class TrainingSetup:
     num_train: int = 3000
     num_heldout: int = 200
     seed: int = 0
+
+    def __post_init__(self):  # every number in range, named, before any work
+        for name in ("steps", "lm_steps", "batch_size", "log_every", "num_train", "num_heldout"):
+            check_positive_int(f"TrainingSetup.{name}", getattr(self, name))
+        for name in ("lr", "gate_lr", "lm_lr"):
+            check_positive_number(f"TrainingSetup.{name}", getattr(self, name))
+        check_non_negative_number("TrainingSetup.weight_decay", self.weight_decay)
+        check_seed("TrainingSetup.seed", self.seed)
 
 
 def run_training(

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..validation import check_positive_int, check_tensor
+from ..validation import check_finite_number, check_positive_int, check_seed, check_tensor
 
 NUM_DIRECTIONS = 8
 
@@ -55,7 +55,9 @@ class VisionEncoder(nn.Module):
         super().__init__()
         self.dim = check_positive_int("dim", dim)
         self.pool = check_positive_int("pool", pool)
-        self.edge_gain = float(edge_gain)
+        self.edge_gain = float(check_finite_number("edge_gain", edge_gain))
+        if seed is not None:
+            check_seed("seed", seed)
         self.register_buffer("edges", edge_filters(), persistent=False)  # (k, 1, 5, 5)
         generator = torch.Generator().manual_seed(0 if seed is None else seed)  # the caller's random stream stays untouched
         channels = 3 + NUM_DIRECTIONS
