@@ -305,3 +305,15 @@ def test_badges_become_plain_links_and_the_ci_badge_goes():
     readme = ("[![CI](https://github.com/o/r/actions/workflows/ci.yml/badge.svg)](https://github.com/o/r/actions/workflows/ci.yml)\n"
               "[![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/o/r/HEAD)")  # fmt: skip
     assert book.badges_as_links(readme) == "\n[Binder](https://mybinder.org/v2/gh/o/r/HEAD)"
+
+
+def test_course_py_book_sets_up_then_builds_with_the_courses_python(monkeypatch, tmp_path):
+    spec = importlib.util.spec_from_file_location("course_for_book", ROOT / "course.py")
+    course = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(course)
+    python, calls = tmp_path / "python", []
+    monkeypatch.setattr(course, "setup", lambda: python)
+    monkeypatch.setattr(course, "call", lambda cmd, env=None: calls.append([str(c) for c in cmd]) or 0)
+    assert course.main(["book", "--out", "site"]) == 0
+    assert calls == [[str(python), str(ROOT / "tools" / "build_book.py"), "--out", "site"]]
+    assert "course.py book" in course.__doc__
