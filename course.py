@@ -5,6 +5,7 @@
     python3 course.py test       set everything up, then run every test (unit, property, parity, notebooks)
     python3 course.py test-gpu   the same on a CUDA GPU: tests on CUDA, notebooks with --nbval-lax
     python3 course.py test-lessons   only the lesson notebooks against their committed outputs (strict nbval)
+    python3 course.py book       set everything up, then build the course's website into build/book/
     python3 course.py setup      only set up (a virtual environment in .venv with everything installed)
 
 Extra arguments after `test` go to pytest (`python3 course.py test -k parity`), after `lab` to JupyterLab
@@ -123,7 +124,7 @@ def setup_fingerprint(torch_index: str) -> str:
 
 
 def setup() -> Path:
-    """Create .venv and install torch, then the package with its course and test extras (skipped if current)."""
+    """Create .venv and install torch, then the package with its course, test and book extras (skipped if current)."""
     if sys.version_info < (3, 10):
         sys.exit(f"Python 3.10 or newer is needed, this is {sys.version.split()[0]}")
     torch_index = os.environ.get("FLAMINGO_TORCH_INDEX", "")
@@ -147,7 +148,7 @@ def setup() -> Path:
     STAMP.unlink(missing_ok=True)  # written again only when every step below has succeeded
     pip = [python, "-m", "pip", "install", "--disable-pip-version-check"]
     run(*pip, TORCH, *(["--extra-index-url", torch_index] if torch_index else []))
-    run(*pip, "-e", ".[dev]")
+    run(*pip, "-e", ".[dev,book]")
     run(*pip, "--no-deps", *NO_DEPS)
     write_text_atomic(STAMP, wanted + "\n")
     return python
@@ -182,6 +183,11 @@ def lab(args: list[str]) -> int:
     return call(lab_command(setup(), args))
 
 
+def book(args: list[str]) -> int:
+    """Build the website from the committed notebooks (tools/build_book.py; `--out DIR` puts it elsewhere)."""
+    return call([setup(), ROOT / "tools" / "build_book.py", *args])
+
+
 def setup_only(args: list[str]) -> int:
     if args:
         print(f"unknown argument {args[0]!r}: setup takes none", file=sys.stderr)
@@ -196,6 +202,7 @@ COMMANDS = {
     "test": test,
     "test-gpu": lambda rest: test(rest, gpu=True),
     "test-lessons": lambda rest: test(rest, lessons_only=True),
+    "book": book,
 }
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from .files import check_output_path
 from .validation import MAX_SEED
 
-__all__ = ["check_inputs", "check_outputs", "int_in_range", "non_negative_int", "positive_int", "read_json_inputs", "seed_int"]
+__all__ = ["check_inputs", "check_outputs", "int_in_range", "non_negative_int", "positive_int", "positive_seconds", "read_json_inputs", "seed_int"]
 
 
 def int_in_range(low: int, high: int | None = None, *, name: str = "int"):
@@ -47,6 +47,17 @@ def int_in_range(low: int, high: int | None = None, *, name: str = "int"):
 positive_int = int_in_range(1, name="positive_int")
 non_negative_int = int_in_range(0, name="non_negative_int")
 seed_int = int_in_range(0, MAX_SEED, name="seed")  # numpy's largest seed is 2**32 - 1
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds above 0, else a usage error saying so."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}") from None
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {value}")
+    return value
 
 
 def check_outputs(parser: argparse.ArgumentParser, paths: dict) -> dict:

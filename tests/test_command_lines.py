@@ -16,6 +16,7 @@ from flamingo_lite.tiny import contrastive, train
 from test_files import ROOT, load_script
 
 INTEGER_TYPES = {options.positive_int, options.non_negative_int, options.seed_int, train.thread_count, train.shot_counts}
+CHECKED_TYPES = INTEGER_TYPES | {options.positive_seconds}  # every numeric option's type
 
 
 def parser_of(name: str) -> argparse.ArgumentParser:
@@ -34,7 +35,8 @@ REQUIRED = {"train": ["--out", "x.json"], "contrastive": ["--out", "x.pt"]}
 OUT_OF_RANGE = [
     ("train", "--steps", "0"), ("train", "--lm-steps", "-3"), ("train", "--seed", "4294967296"), ("train", "--seed", "-1"),
     ("train", "--cross-attn-every", "0"), ("train", "--log-every", "0"), ("train", "--threads", "3"),
-    ("train", "--shots", "0,49"),
+    ("train", "--shots", "0,49"), ("train", "--batch-size", "0"),
+    ("train", "--rendezvous-timeout", "0"), ("train", "--rendezvous-timeout", "nan"),
     ("contrastive", "--seed", "4294967296"), ("contrastive", "--steps", "0"),
     ("ablations", "--seeds", "-1"), ("ablations", "--seeds", "4294967296"), ("ablations", "--workers", "0"),
     ("vision_ablations", "--seeds", "4294967296"), ("vision_ablations", "--budgets", "0"),
@@ -55,10 +57,10 @@ def test_an_integer_option_out_of_range_is_refused_by_the_parser(script, option,
 
 @pytest.mark.parametrize("script", ["train", "contrastive", "ablations", "vision_ablations", "generation", "bench"])
 def test_every_integer_option_has_a_checked_range_and_a_case_above(script):
-    """No option is parsed by plain `int`, and the table above covers each integer option of each command line."""
+    """No option is parsed by plain `int` or `float`, and the table above covers each numeric option of each command line."""
     actions = [a for a in parser_of(script)._actions if a.option_strings and a.help != argparse.SUPPRESS]
-    assert [a.option_strings for a in actions if a.type is int] == []
-    integer = {a.option_strings[-1] for a in actions if a.type in INTEGER_TYPES}
+    assert [a.option_strings for a in actions if a.type in (int, float)] == []
+    integer = {a.option_strings[-1] for a in actions if a.type in CHECKED_TYPES}
     assert integer == {option for s, option, _ in OUT_OF_RANGE if s == script}
 
 

@@ -72,7 +72,7 @@ def assert_set_up(course):
     m = course.module
     assert m.venv_python().exists()
     assert m.STAMP.read_text().strip() == course.wanted_stamp()
-    assert [cmd[-1] for cmd in course.installed] == [m.TORCH, ".[dev]", *m.NO_DEPS]
+    assert [cmd[-1] for cmd in course.installed] == [m.TORCH, ".[dev,book]", *m.NO_DEPS]
     assert course.installed[-1][-1 - len(m.NO_DEPS)] == "--no-deps"  # their declared dependencies pull another torch
 
 

@@ -70,7 +70,7 @@ def fake_training(monkeypatch):
     """run_training replaced by one that returns a fixed history at once; `calls` counts the runs."""
     calls = []
 
-    def run_training(setup, config, device, progress):
+    def run_training(setup, config, device, progress, world=None):
         calls.append(setup)
         return None, json.loads(json.dumps(FAKE_HISTORY))
 

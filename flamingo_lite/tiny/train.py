@@ -3,6 +3,7 @@
     python -m flamingo_lite.train --out history.json
     python -m flamingo_lite.train --out ablation.json --no-tanh-gate --steps 300 --seed 1
     python -m flamingo_lite.train --out - | python -m json.tool      # the JSON to the standard output
+    torchrun --nproc_per_node 2 -m flamingo_lite.train --out history.json   # data-parallel (tiny/distributed.py)
 
 The run: draw the coloured-shapes data, train the language model on the text alone, freeze it, train Flamingo
 (resampler and gated cross-attention blocks), caption the held-out pictures. The JSON holds `loss` (the loss at
@@ -24,7 +25,8 @@ from pathlib import Path
 import torch
 
 from ..files import RunOutputs
-from ..options import check_outputs, positive_int, seed_int
+from ..options import check_outputs, positive_int, positive_seconds, seed_int
+from . import distributed
 from .fewshot import FewShotSetup, run_from_command_line
 from .model import FlamingoConfig
 from .training import TrainingSetup, run_training
@@ -118,6 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
         "flamingo_lite.tiny.fewshot.load_model reads it back",
     )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="turn the tqdm progress bars off")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=DEFAULTS.batch_size,
+        help=f"sequences per Flamingo training step, in all processes together under torchrun (default {DEFAULTS.batch_size})",
+    )
+    parser.add_argument(
+        "--fsdp", action="store_true",
+        help="under torchrun: shard the model with torch's fully_shard (each frozen language-model layer its own group) "
+        "instead of copying it into every process (DDP)",
+    )
+    parser.add_argument(
+        "--rendezvous-timeout", type=positive_seconds, default=distributed.RENDEZVOUS_TIMEOUT_S,
+        help=f"under torchrun or another launcher: seconds to wait for MASTER_ADDR:MASTER_PORT to answer (default "
+        f"{distributed.RENDEZVOUS_TIMEOUT_S:g})",
+    )
     return parser
 
 
@@ -127,18 +143,37 @@ def main(argv=None) -> int:
     if args.save_model is not None and args.task != "fewshot":  # before any work: found after the run, it would lose it
         parser.error("--save-model is for --task fewshot (the captioning run does not save its model)")
     paths = check_outputs(parser, {"--out": None if args.out == "-" else args.out, "--save-model": args.save_model})
+    try:
+        processes = distributed.world_size_from_environment()
+        if processes > 1 and args.task != "caption":
+            raise ValueError(f"--task {args.task} runs in one process; under torchrun use the default --task caption")
+        if args.fsdp and processes == 1:
+            raise ValueError("--fsdp shards the model across processes: start them with " + distributed.TORCHRUN.format(n=2) + " --fsdp")
+        distributed.check_batch_split(args.batch_size, processes, "--batch-size")
+    except ValueError as err:
+        parser.error(str(err))  # exit status 2, nothing run
     torch.set_num_threads(args.threads)
     if args.task == "fewshot":
         history, summary, model_file = run_from_command_line(args, argv)
         return write_outputs(history, paths["--out"], summary, model_file, paths["--save-model"])
-    setup = TrainingSetup(steps=args.steps, lm_steps=args.lm_steps, seed=args.seed, log_every=args.log_every)
+    setup = TrainingSetup(steps=args.steps, lm_steps=args.lm_steps, seed=args.seed, log_every=args.log_every, batch_size=args.batch_size)
     config = FlamingoConfig(
         cross_attn_every=args.cross_attn_every,
         only_attend_immediate_media=args.only_attend_immediate_media,
         tanh_gate=args.tanh_gate,
         vision=args.vision,
     )
-    _, history = run_training(setup, config, device=args.device, progress=args.progress)
+    try:
+        world = distributed.start(args.device, fsdp=args.fsdp, timeout_s=args.rendezvous_timeout)
+    except distributed.RendezvousError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    try:
+        _, history = run_training(setup, config, device=args.device, progress=args.progress, world=world)
+    finally:
+        distributed.stop(world)
+    if not world.is_main:
+        return 0  # the main process writes
     history["config"]["threads"] = args.threads
     summary = (
         f"held-out caption accuracy {history['heldout_caption_accuracy']:.3f}, "

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..device import get_device
 from ..validation import check_non_negative_number, check_positive_int, check_positive_number, check_seed
+from . import distributed
 from .data import EOC_TOKEN, MEDIA_TOKEN, InterleavedData, Tokenizer, make_splits, parse_caption
 from .language_model import TinyLM
 from .model import Flamingo, FlamingoConfig
@@ -44,6 +45,23 @@ def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor, pad_id: int = 0)
     predictions = logits[:, :-1]  # (b, n-1, V): the prediction made at each position ...
     targets = tokens[:, 1:]  # (b, n-1): ... is scored against the next token
     return F.cross_entropy(predictions.reshape(-1, predictions.shape[-1]), targets.reshape(-1), ignore_index=pad_id)
+
+
+def next_token_loss_sum(logits: torch.Tensor, tokens: torch.Tensor, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The summed cross-entropy of `next_token_loss` and the number of targets it sums over (two scalars): a
+    process's share of a batch split across processes (`distributed.mean_loss` turns them into the batch's mean)."""
+    targets = tokens[:, 1:]  # (b, n-1)
+    total = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=pad_id, reduction="sum")
+    return total, (targets != pad_id).sum()
+
+
+def batch_loss(world: distributed.World, logits: torch.Tensor, tokens: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, float]:
+    """(loss to call backward on, the whole batch's mean loss): `next_token_loss` in one process; across
+    processes, each one's share of the batch's mean (`distributed.mean_loss`)."""
+    if not world.distributed:
+        loss = next_token_loss(logits, tokens, pad_id)
+        return loss, loss.item()
+    return distributed.mean_loss(world, *next_token_loss_sum(logits, tokens, pad_id))
 
 
 def batches(num_items: int, batch_size: int, steps: int, generator: torch.Generator, lengths: torch.Tensor | None = None):
@@ -85,30 +103,35 @@ def train_language_model(
     progress: bool = True,
     pad_id: int = 0,
     bucket_by_length: bool = False,
+    world: distributed.World | None = None,
 ) -> list[float]:
     """Train `lm` on the token sequences of `data` alone (no pictures). Returns the loss of every step.
 
     `bucket_by_length`: batches of similar length, trimmed to their longest sequence (`batches`); the loss is the
-    same, padding columns cost nothing. The sequences must be padded on the right."""
+    same, padding columns cost nothing. The sequences must be padded on the right. `world`: the processes that
+    share each batch (`flamingo_lite.tiny.distributed`; None: this one alone)."""
     steps = check_positive_int("steps", steps)
-    device = get_device(device)
+    device = get_device(device) if world is None else world.device
+    world = world if world is not None else distributed.World(device=device)
+    distributed.check_batch_split(batch_size, world.world_size)
     lm.to(device).train()
+    runner = distributed.wrap(replace(world, fsdp=False), lm)  # DDP: FSDP is for the LM once it is frozen
     optimizer = torch.optim.AdamW(lm.parameters(), lr=lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     tokens_all = data.tokens.to(device)  # (N, n)
     lengths = (data.tokens != pad_id).sum(dim=1)  # (N,)
     losses = []
     order = batches(len(data), batch_size, steps, generator, lengths if bucket_by_length else None)
-    bar = tqdm(order, total=steps, desc="language model", disable=not progress)
+    bar = tqdm(order, total=steps, desc="language model", disable=not (progress and world.is_main))
     for idx in bar:
-        tokens = tokens_all[idx.to(device)]  # (B, n)
+        tokens = tokens_all[distributed.shard(world, idx).to(device)]  # (B / processes, n)
         if bucket_by_length:
             tokens = tokens[:, : int(lengths[idx].max())]  # (B, n'): trailing padding cut, the same loss
-        loss = next_token_loss(lm(tokens), tokens, pad_id)
+        loss, batch_mean = batch_loss(world, runner(tokens), tokens, pad_id)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(loss.item())
+        losses.append(batch_mean)
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
     lm.eval()
     return losses
@@ -156,12 +179,14 @@ def train_flamingo(
     pad_id: int = 0,
     bucket_by_length: bool = False,
     cache_vision: bool = False,
+    world: distributed.World | None = None,
 ) -> dict:
     """Train the trainable parts of `model` (resampler, gated blocks) on `data`.
 
     `bucket_by_length`: as in `train_language_model`. `cache_vision`: run the frozen vision encoder once over every
     picture of `data` before training, instead of again at every step (the same features; the encoder's forward
-    would otherwise cost more than the rest of a step). Refused if the encoder trains.
+    would otherwise cost more than the rest of a step). Refused if the encoder trains. `world`: the processes that
+    share each batch (`flamingo_lite.tiny.distributed`; None: this one alone); the history is the same.
 
     Returns a history: `step` (the logged steps, 0 first), `loss` (the batch loss at each logged step; at step 0
     the loss of the first batch before any update), `attn_gate_tanh` and `ff_gate_tanh` (per logged step, a
@@ -169,8 +194,13 @@ def train_flamingo(
     """
     steps = check_positive_int("steps", steps)
     log_every = check_positive_int("log_every", log_every)
-    device = get_device(device)
+    device = get_device(device) if world is None else world.device
+    world = world if world is not None else distributed.World(device=device)
+    distributed.check_batch_split(batch_size, world.world_size)
+    if cache_vision and world.distributed:
+        raise ValueError("cache_vision=True runs in one process only (it calls the resampler outside the model)")
     model.to(device).train()
+    runner = distributed.wrap(world, model, layers=list(model.lm.blocks))  # with FSDP: one group per LM layer
     optimizer = torch.optim.AdamW(parameter_groups(model, lr=lr, gate_lr=gate_lr, weight_decay=weight_decay), lr=lr)
     # cosine decay to 10% of the starting rate: fast early progress, then the weights (and gates) settle
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
@@ -178,7 +208,8 @@ def train_flamingo(
     history = {"step": [], "loss": [], "attn_gate_tanh": [], "ff_gate_tanh": [], "loss_every_step": []}
 
     def log(step: int, loss: float) -> None:
-        g = model.gates()
+        with distributed.gathered(world, model):
+            g = model.gates()
         history["step"].append(step)
         history["loss"].append(loss)
         history["attn_gate_tanh"].append(g["attn"])
@@ -192,27 +223,27 @@ def train_flamingo(
             features = torch.cat([model.vision(data.images[i : i + 256].to(device)) for i in range(0, len(data), 256)])  # (N, T, g, d)
     lengths = (data.tokens != pad_id).sum(dim=1)  # (N,)
     order = batches(len(data), batch_size, steps, generator, lengths if bucket_by_length else None)
-    bar = tqdm(order, total=steps, desc="flamingo", disable=not progress)
+    bar = tqdm(order, total=steps, desc="flamingo", disable=not (progress and world.is_main))
     for step, idx in enumerate(bar):
-        part = data[idx].to(device)
+        part = data[distributed.shard(world, idx)].to(device)  # this process's share of the batch
         n = int(lengths[idx].max()) if bucket_by_length else part.tokens.shape[1]  # trailing padding cut: the same loss
         tokens, media_locations = part.tokens[:, :n], part.media_locations[:, :n]  # (B, n'), (B, n')
         if features is None:
-            logits = model(tokens, part.images, media_locations)  # (B, n', V)
+            logits = runner(tokens, part.images, media_locations)  # (B, n', V)
         else:
             media = model.resampler(features[idx.to(device)])  # (B, T, L, d): only the resampler runs
             logits = model(tokens, media=media, media_locations=media_locations)  # (B, n', V)
-        loss = next_token_loss(logits, tokens, pad_id)
+        loss, batch_mean = batch_loss(world, logits, tokens, pad_id)
         if step == 0:
-            log(0, loss.item())  # before any update: gates exactly 0, the loss of the frozen LM
+            log(0, batch_mean)  # before any update: gates exactly 0, the loss of the frozen LM
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
-        history["loss_every_step"].append(loss.item())
+        history["loss_every_step"].append(batch_mean)
         if (step + 1) % log_every == 0 or step + 1 == steps:
-            log(step + 1, loss.item())
-            bar.set_postfix(loss=f"{loss.item():.3f}", attn_gate=" ".join(f"{a:.2f}" for a in history["attn_gate_tanh"][-1]))
+            log(step + 1, batch_mean)
+            bar.set_postfix(loss=f"{batch_mean:.3f}", attn_gate=" ".join(f"{a:.2f}" for a in history["attn_gate_tanh"][-1]))
     model.eval()
     return history
 
@@ -374,14 +405,19 @@ class TrainingSetup:
 
 def run_training(
     setup: TrainingSetup | None = None, config: FlamingoConfig | None = None, *, device=None, progress: bool = True, lm: TinyLM | None = None,
+    world: distributed.World | None = None,
 ):
     """The whole recipe: data, the language model on text alone (or the given `lm`), then Flamingo, then the
     held-out captions. Returns `(model, history)`; `history` holds the logged losses and gates,
     `heldout_caption_accuracy`, `heldout_format_accuracy`, `lm_loss`, `seconds` and `config`.
+
+    `world` (`flamingo_lite.tiny.distributed.start()`): the processes that share each batch; every one trains, the
+    main one evaluates and returns the model and the whole history, the others return (None, the training history).
     """
     setup = setup if setup is not None else TrainingSetup()
     config = config if config is not None else FlamingoConfig()
-    device = get_device(device)
+    device = get_device(device) if world is None else world.device
+    world = world if world is not None else distributed.World(device=device)
     start = time.perf_counter()
     seed_everything(setup.seed)
     tok = Tokenizer()
@@ -390,14 +426,26 @@ def run_training(
     if lm is None:
         lm = TinyLM(config.lm_config())
         lm_losses = train_language_model(
-            lm, train, steps=setup.lm_steps, lr=setup.lm_lr, seed=setup.seed, device=device, progress=progress, pad_id=tok.pad_id
+            lm, train, steps=setup.lm_steps, lr=setup.lm_lr, seed=setup.seed, device=device, progress=progress, pad_id=tok.pad_id,
+            world=world,
         )
     seed_everything(setup.seed + 1)
     model = Flamingo(config, lm=lm).to(device)
+    if world.distributed:
+        distributed.seed_rank(world, setup.seed + 1)
     history = train_flamingo(
         model, train, steps=setup.steps, batch_size=setup.batch_size, lr=setup.lr, gate_lr=setup.gate_lr,
         weight_decay=setup.weight_decay, log_every=setup.log_every, seed=setup.seed, device=device, progress=progress, pad_id=tok.pad_id,
+        world=world,
     )
+    if world.fsdp and world.distributed:  # the weights are in shards: put them together in a plain model to evaluate
+        state = distributed.full_state_dict(world, model)
+        model = None
+        if world.is_main:
+            model = Flamingo(config, lm=TinyLM(config.lm_config())).to(device)
+            model.load_state_dict(state)
+    if not world.is_main:
+        return None, history
     scores = evaluate_captions(model, heldout, tok, device=device)
     history.update(
         lm_loss=lm_losses,
@@ -408,6 +456,7 @@ def run_training(
         heldout_flamingo_text_loss=text_loss(model, heldout, device=device),
         seconds=time.perf_counter() - start,
         device=str(device),
+        processes=world.world_size,
         config={"model": config.to_dict(), "training": asdict(setup), "xattn_layers": list(model.xattn_layers)},
     )
     return model, history
