@@ -15,8 +15,10 @@ The same here, with flamingo_lite's `GatedCrossAttentionBlock` (used through its
   come in as `media_locations` columns *in front of* the text: `media_locations` (b, k + n) for text (b, n). The
   wrapper gives those k columns k stand-in rows (zeros), so the block's own text-time count runs over the earlier
   markers, and drops them after. A token written after the prompt then sees what the prompt's last token saw, in
-  both modes, as in a forward pass over the whole sequence. (OpenFlamingo's `use_cached_media` gives generated
-  text the same media; but a generated `<image>` there starts the count again and sees the *first* picture.)
+  both modes, as in a forward pass over the whole sequence. (In the immediate mode a call without markers, every
+  step of generate, needs no stand-ins: the model conditions the layers on just the picture each row sees.
+  OpenFlamingo's `use_cached_media` gives generated text the same media; but a generated `<image>` there starts the
+  count again and sees the *first* picture.)
 * **The NaN contract** (README, "The package", item 5) through the language model. A causal self-attention layer
   spreads a NaN row *backwards*: a NaN key of a later token poisons the scores of earlier tokens that must not see
   it (NaN + -inf is NaN), in every LM and attention implementation measured (GPT-2, GPT-NeoX, Llama, OPT, MPT; SDPA

@@ -104,16 +104,28 @@ class Conditioning:
         self.markers, self.poisoned = repeat(self.markers), repeat(self.poisoned)
 
     def read(self, markers: torch.Tensor, only_attend_immediate_media: bool):
-        """The next tokens' markers (B, n) bool -> (media_locations (B, k + n), nonfinite_rows (B, n) or None).
+        """The next tokens' markers (B, n) bool -> (media (B, t', m, d_v), media_locations (B, k + n),
+        nonfinite_rows (B, n) or None): what the layers are conditioned on for this call.
 
-        The k leading columns stand for the markers already read (row b: its first markers[b] columns True).
+        The k leading columns of media_locations stand for the markers already read (row b: its first markers[b]
+        columns True). In the immediate mode, a call without markers (every step of generate after the prompt) sees
+        only the picture each row saw last: media is then that picture, (B, 1, m, d_v), marked at the call's first
+        token (k = 0), so the blocks project the keys and values of one picture per step, not of all of them
+        (OpenFlamingo's use_cached_media does the same).
         """
         t = self.media.shape[1]
         before = self.markers  # (B,)
-        k = int(before.max()) if before.numel() else 0
-        history = torch.arange(k, device=markers.device) < before[:, None]  # (B, k)
-        locations = torch.cat((history, markers), dim=1)  # (B, k + n)
-        check_markers_fit(locations, t, "the language model's input (with the tokens it read before)")
+        if only_attend_immediate_media and markers.shape[1] and not bool(markers.any()):
+            rows = torch.arange(before.shape[0], device=before.device)
+            media = self.media[rows, (before - 1).clamp(min=0)][:, None]  # (B, 1, m, d_v): the latest picture
+            locations = torch.zeros_like(markers)  # (B, n)
+            locations[:, 0] = before > 0  # a row that has seen no picture sees none
+        else:
+            media = self.media  # (B, T_img, m, d_v)
+            k = int(before.max()) if before.numel() else 0
+            history = torch.arange(k, device=markers.device) < before[:, None]  # (B, k)
+            locations = torch.cat((history, markers), dim=1)  # (B, k + n)
+        check_markers_fit(locations, media.shape[1], "the language model's input (with the tokens it read before)")
         nonfinite_rows = None
         if self.nonfinite_media is not None:
             time = before[:, None] + markers.long().cumsum(dim=1)  # (B, n): each token's text time
@@ -124,7 +136,7 @@ class Conditioning:
             self.poisoned = nonfinite_rows[:, -1] if nonfinite_rows.shape[1] else self.poisoned
         self.markers = before + markers.sum(dim=1)  # (B,)
         self.tokens_seen += markers.shape[1]
-        return locations, nonfinite_rows
+        return media, locations, nonfinite_rows
 
 
 def check_markers_fit(media_locations: torch.Tensor, num_pictures: int, where: str = "lang_x") -> None:
@@ -348,9 +360,9 @@ class Flamingo(nn.Module):
                 f"the language model's cache holds {past} tokens, but Flamingo's pictures were read with {state.tokens_seen}: "
                 "continue a sequence with the cache of the call that read its pictures (clear_conditioned_layers=False)"
             )
-        locations, nonfinite_rows = state.read(input_ids == self.media_token_id, self.only_attend_immediate_media)
+        media, locations, nonfinite_rows = state.read(input_ids == self.media_token_id, self.only_attend_immediate_media)
         for layer in self.decoder_layers():
-            layer.condition(state.media, locations, nonfinite_rows)
+            layer.condition(media, locations, nonfinite_rows)
 
     @contextmanager
     def _lm_reads_pictures(self):
