@@ -4,6 +4,7 @@
     python3 course.py lab        set everything up, then open the course in JupyterLab
     python3 course.py test       set everything up, then run every test (unit, property, parity, notebooks)
     python3 course.py test-gpu   the same on a CUDA GPU: tests on CUDA, notebooks with --nbval-lax
+    python3 course.py test-lessons   only the lesson notebooks against their committed outputs (strict nbval)
     python3 course.py setup      only set up (a virtual environment in .venv with everything installed)
 
 Extra arguments after `test` go to pytest (`python3 course.py test -k parity`), after `lab` to JupyterLab
@@ -157,7 +158,7 @@ def lessons() -> list[str]:
     return sorted(glob.glob("notebooks/[0-9][0-9]_*.ipynb", root_dir=ROOT))
 
 
-def test(args: list[str], gpu: bool = False) -> int:
+def test(args: list[str], gpu: bool = False, lessons_only: bool = False) -> int:
     python = setup()
     env = dict(os.environ)
     if gpu:
@@ -166,7 +167,8 @@ def test(args: list[str], gpu: bool = False) -> int:
     else:
         env["FLAMINGO_DEVICE"] = "cpu"  # the committed outputs were made on the CPU
         nb = ["--nbval", "--nbval-current-env", "--nbval-sanitize-with", "tests/sanitize.cfg"]
-    return call([python, "-m", "pytest", "tests", *lessons(), *nb, *args], env=env)
+    targets = lessons() if lessons_only else ["tests", *lessons()]
+    return call([python, "-m", "pytest", *targets, *nb, *args], env=env)
 
 
 def lab_command(python: Path, args: list[str]) -> list:
@@ -193,6 +195,7 @@ COMMANDS = {
     "lab": lab,
     "test": test,
     "test-gpu": lambda rest: test(rest, gpu=True),
+    "test-lessons": lambda rest: test(rest, lessons_only=True),
 }
 
 
