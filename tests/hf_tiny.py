@@ -114,3 +114,12 @@ def interleaved_batch(*, pictures: int = 3, seed: int = 0, image_size: int = 16)
     row1 = [m] + words(4) + [e, m] + words(6) + [e]  # 2 markers for 3 pictures
     lang_x = torch.tensor([row0[:14], row1[:14]])
     return vision_x, lang_x
+
+
+def one_thread():
+    """A fixture body: these models are tiny, and on a busy machine a second thread only waits (torch's count is
+    put back afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

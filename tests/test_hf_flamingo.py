@@ -17,7 +17,9 @@ pytest.importorskip("transformers", reason="flamingo_lite.hf needs transformers 
 from flamingo_lite import hf  # noqa: E402
 from flamingo_lite.tiny.contrastive import load_encoders  # noqa: E402
 
-from hf_tiny import EOC_ID, LM_KINDS, MEDIA_ID, PAD_ID, OpenClipLike, TinyVisual, interleaved_batch, language_model, randomise  # noqa: E402
+from hf_tiny import EOC_ID, LM_KINDS, MEDIA_ID, PAD_ID, OpenClipLike, TinyVisual, interleaved_batch, language_model, one_thread, randomise  # noqa: E402
+
+one_thread = pytest.fixture(autouse=True)(one_thread)
 
 PATHS = {"gpt2": "transformer.h", "gpt_neox": "gpt_neox.layers", "llama": "model.layers",
          "opt": "model.decoder.layers", "mpt": "transformer.blocks"}

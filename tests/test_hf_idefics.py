@@ -12,6 +12,10 @@ pytest.importorskip("transformers", reason="flamingo_lite.hf needs transformers 
 
 from flamingo_lite import hf  # noqa: E402
 
+from hf_tiny import one_thread  # noqa: E402
+
+one_thread = pytest.fixture(autouse=True)(one_thread)
+
 VOCAB, EXTRA = 40, 2
 IMAGE, END = VOCAB, VOCAB + 1  # IDEFICS's added tokens live after the vocabulary, in their own matrices
 

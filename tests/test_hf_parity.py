@@ -20,7 +20,10 @@ pytest.importorskip("transformers", reason="flamingo_lite.hf needs transformers 
 from flamingo_lite import hf  # noqa: E402
 
 from hf_tiny import EOC_ID, MEDIA_ID, PAD_ID, OpenClipLike, TinyVisual, interleaved_batch, language_model, open_flamingo_around, randomise  # noqa: E402
+from hf_tiny import one_thread  # noqa: E402
 from peers import open_flamingo_model  # noqa: E402
+
+one_thread = pytest.fixture(autouse=True)(one_thread)
 
 OF, OF_MISSING = open_flamingo_model()
 pytestmark = pytest.mark.skipif(OF is None, reason=f"OpenFlamingo parity skipped: {OF_MISSING}")

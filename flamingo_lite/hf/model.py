@@ -171,7 +171,9 @@ class Flamingo(nn.Module):
     Keyword only: decoder_layers_attr_name (where the LM's decoder layers are, e.g. "model.layers", when they are not
     found), xattn_placement ("open_flamingo" or "first"), only_attend_immediate_media, freeze_lm_embeddings,
     perceiver_kwargs and xattn_kwargs (more arguments for `PerceiverResampler` and `GatedCrossAttentionBlock`, such
-    as IDEFICS's variants; they override OpenFlamingo's sizes).
+    as IDEFICS's variants; they override OpenFlamingo's sizes), decoder_layer_class (the wrapper, by default
+    `FlamingoDecoderLayer`; another one, lesson 13's, takes `(gated_cross_attn_layer, decoder_layer)`, keeps them under
+    those names, and has `condition(media, media_locations, nonfinite_rows=None)` and `clear()`).
     """
 
     def __init__(
@@ -190,6 +192,7 @@ class Flamingo(nn.Module):
         freeze_lm_embeddings: bool = False,
         perceiver_kwargs: dict | None = None,
         xattn_kwargs: dict | None = None,
+        decoder_layer_class: type = FlamingoDecoderLayer,
     ):
         super().__init__()
         if not isinstance(lang_encoder, nn.Module) or not hasattr(lang_encoder, "config"):
@@ -229,7 +232,7 @@ class Flamingo(nn.Module):
         self.xattn_layers = xattn_layer_indices(len(layers), cross_attn_every_n_layers, xattn_placement)
         self.xattn_config = {**OPEN_FLAMINGO_XATTN, **(xattn_kwargs or {})}
         wrapped = nn.ModuleList(
-            FlamingoDecoderLayer(
+            decoder_layer_class(
                 GatedCrossAttentionBlock(
                     dim=self.lang_dim, dim_visual=None if vis_dim == self.lang_dim else vis_dim,
                     only_attend_immediate_media=only_attend_immediate_media, **self.xattn_config,
