@@ -220,6 +220,15 @@ def test_generation_encodes_the_pictures_once_and_never_writes_image():
     assert out.shape == (2, 19) and (out[:, 14:] != MEDIA_ID).all()
 
 
+def test_sampling_returns_several_sequences_per_row_from_pictures_encoded_once():
+    model, visual = counting_flamingo("gpt_neox")
+    vision_x, lang_x = interleaved_batch()
+    torch.manual_seed(0)
+    out = model.generate(vision_x, lang_x, max_new_tokens=3, do_sample=True, num_return_sequences=2, pad_token_id=PAD_ID)
+    assert out.shape[0] == 4 and torch.equal(out[::2, :14], lang_x) and torch.equal(out[1::2, :14], lang_x)
+    assert visual.calls == 1 and visual.pictures == 2 * 3
+
+
 def test_beam_search_with_the_cache_equals_beam_search_without():
     model, _ = flamingo("gpt_neox", layers=3)
     vision_x, lang_x = interleaved_batch()
