@@ -5,6 +5,7 @@ The command lines: python -m flamingo_lite.train, python -m flamingo_lite.tiny.c
 benchmarks/ (fewshot.py has its own tests).
 """
 import argparse
+import functools
 import errno
 import json
 
@@ -16,6 +17,8 @@ from flamingo_lite.tiny import contrastive, train
 from test_files import ROOT, load_script
 
 INTEGER_TYPES = {options.positive_int, options.non_negative_int, options.seed_int, train.thread_count, train.shot_counts}
+script_module = functools.lru_cache(load_script)  # one module per script, so that its own types compare equal
+INTEGER_TYPES |= {script_module("hf").thread_count}
 CHECKED_TYPES = INTEGER_TYPES | {options.positive_seconds}  # every numeric option's type
 
 
@@ -26,7 +29,7 @@ def parser_of(name: str) -> argparse.ArgumentParser:
         return contrastive.build_parser()
     if name == "bench":
         pytest.importorskip("flamingo_pytorch")  # the benchmark times it
-    return load_script(name).build_parser()
+    return script_module(name).build_parser()
 
 
 REQUIRED = {"train": ["--out", "x.json"], "contrastive": ["--out", "x.pt"]}
@@ -42,6 +45,7 @@ OUT_OF_RANGE = [
     ("vision_ablations", "--seeds", "4294967296"), ("vision_ablations", "--budgets", "0"),
     ("generation", "--threads", "0"), ("generation", "--repeats", "0"), ("generation", "--new-tokens", "0"),
     ("bench", "--repeats", "0"), ("bench", "--threads", "-2"),
+    ("hf", "--repeats", "0"), ("hf", "--threads", "3"),
 ]
 
 
@@ -55,7 +59,7 @@ def test_an_integer_option_out_of_range_is_refused_by_the_parser(script, option,
     assert f"argument {option}" in err and "expected" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("script", ["train", "contrastive", "ablations", "vision_ablations", "generation", "bench"])
+@pytest.mark.parametrize("script", ["train", "contrastive", "ablations", "vision_ablations", "generation", "bench", "hf"])
 def test_every_integer_option_has_a_checked_range_and_a_case_above(script):
     """No option is parsed by plain `int` or `float`, and the table above covers each numeric option of each command line."""
     actions = [a for a in parser_of(script)._actions if a.option_strings and a.help != argparse.SUPPRESS]

@@ -1,0 +1,299 @@
+"""Checks for lesson 13: the learner's decoder-layer wrapper around a transformers GPT-2, and captions by beam search.
+
+The wrapper is checked inside `flamingo_lite.hf.Flamingo` (`decoder_layer_class=` the learner's class) against the
+same model built with `flamingo_lite.hf.FlamingoDecoderLayer`, around copies of one random 3-layer GPT-2 and a random
+`ConvVisionEncoder`, blocks before layers 0 and 2 (so layer 1 has none), gates opened to different values, the
+same weights. Each usual mistake is built as a wrapper class of its own (`_wrong_layer`), run with the same weights on
+the same batch, so the verdict can name it:
+
+- `check_layer` (step "13.layer"): one forward pass over a batch with text before the first picture and a padded row
+  (the padding mask reaches GPT-2's blocks positionally): the block after the GPT-2 block, `media_locations` left
+  out, the block never run, GPT-2's arguments not passed on; then one backward pass: every trainable parameter must
+  get a gradient (a block run under `torch.no_grad()` or on a detached input would never train).
+- `check_cache` (step "13.cache"): a sequence read in two calls with the KV cache, the second with markers, and
+  greedy generation, in both modes, against the forward pass over the whole sequence: the stand-in rows left out,
+  put at the end, kept in the output, the earlier markers dropped.
+- `check_captions` (step "13.beams"): captions of pictures by beam search, num_beams=3 (the paper's App. A.2), the
+  prompt and `<eoc>` left out.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from . import Mistake, compare, fail, passed, register_hints, run_learner
+
+IMAGE, EOC, PAD, VOCAB = 1, 2, 0, 12  # the course's tokenizer: <pad> 0, <image> 1, <eoc> 2, 12 words
+
+register_hints({
+    "13.layer": "In forward: `x = hidden_states`; if `self.gated_cross_attn_layer is not None`, "
+                "`x = self.gated_cross_attn_layer(x, self.media, self.media_locations)`; then "
+                "`return self.decoder_layer(x, *args, **kwargs)`. condition() only stores media and media_locations.",
+    "13.cache": "`k = self.media_locations.shape[1] - hidden_states.shape[1]`; put `x.new_zeros(b, k, d)` in front "
+                "of x (`torch.cat(..., dim=1)`), run the block on the k + n rows, keep `[:, k:]`, then the GPT-2 block.",
+    "13.beams": "`model.generate(pictures[:, None, None], prompt, num_beams=3, max_new_tokens=5, pad_token_id=0)` "
+                "with `prompt` = one `<image>` id per picture, shape (k, 1); the new tokens are `out[:, 1:]`; stop "
+                "each caption before its `<eoc>`.",
+})
+
+
+def _gpt2(seed: int = 0):
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    config = tf.GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=3, n_head=4, resid_pdrop=0.0,
+                           embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=EOC, eos_token_id=EOC, pad_token_id=PAD)
+    return tf.GPT2LMHeadModel(config).eval()
+
+
+def _flamingo(layer_class, lm, eyes, *, immediate: bool):
+    from ...hf import Flamingo
+
+    return Flamingo(copy.deepcopy(eyes), copy.deepcopy(lm), EOC, IMAGE, vis_dim=32, cross_attn_every_n_layers=2,
+                    xattn_placement="first", only_attend_immediate_media=immediate, freeze_lm_embeddings=True,
+                    perceiver_kwargs=dict(depth=1, dim_head=8, heads=2, num_latents=4),
+                    xattn_kwargs=dict(dim_head=8, heads=2, ff_mult=2), decoder_layer_class=layer_class).eval()
+
+
+def example(layer_class=None, *, immediate: bool = True):
+    """The reference Flamingo (gates opened, seeded) and, when `layer_class` is given, a copy with that wrapper."""
+    from ...hf import FlamingoDecoderLayer
+    from ...tiny.contrastive import ConvVisionEncoder
+
+    lm, eyes = _gpt2(), ConvVisionEncoder(dim=32, pool=8, seed=3)
+    torch.manual_seed(1)
+    reference = _flamingo(FlamingoDecoderLayer, lm, eyes, immediate=immediate)
+    with torch.no_grad():
+        for j, block in enumerate(reference.xattn_blocks()):
+            block.attn_gate.fill_(0.7 - 0.3 * j)
+            block.ff_gate.fill_(-0.4 + 0.2 * j)
+    if layer_class is None:
+        return reference, None
+    learner = _flamingo(layer_class, lm, eyes, immediate=immediate)
+    try:
+        learner.load_state_dict(reference.state_dict())
+    except RuntimeError:
+        fail("your layer's weights are not where flamingo_lite's are: keep `self.gated_cross_attn_layer` and "
+             "`self.decoder_layer` as the constructor given in the lesson stores them.")
+    return reference, learner
+
+
+def batch(padded: bool = True):
+    """vision_x (2, 3, 1, 3, 16, 16), lang_x (2, 12) and an attention mask: row 0 has two words before its first
+    picture and 3 pictures, row 1 has 2 pictures and, when `padded`, 2 padding tokens on the left (generate numbers
+    the positions of a padded row from its mask, a plain forward does not, so the cache check goes without)."""
+    gen = torch.Generator().manual_seed(5)
+    vision_x = torch.rand(2, 3, 1, 3, 16, 16, generator=gen)
+    w = lambda n: torch.randint(3, VOCAB, (n,), generator=gen).tolist()  # noqa: E731
+    row0 = w(2) + [IMAGE] + w(2) + [EOC, IMAGE] + w(2) + [EOC, IMAGE, w(1)[0]]
+    row1 = ([PAD, PAD] if padded else w(2)) + [IMAGE] + w(3) + [EOC, IMAGE] + w(4)
+    lang_x = torch.tensor([row0, row1])  # (2, 12)
+    mask = (lang_x != PAD).long()  # (2, 12)
+    return vision_x, lang_x, mask
+
+
+class Remembering(nn.Module):
+    """The part of the lesson's wrapper that is given, and a right `condition`: it keeps the block and the layer under
+    OpenFlamingo's names and remembers what it is conditioned on. Wrappers made here to show mistakes build on it."""
+
+    def __init__(self, gated_cross_attn_layer, decoder_layer):
+        super().__init__()
+        self.gated_cross_attn_layer = gated_cross_attn_layer
+        self.decoder_layer = decoder_layer
+        self.clear()
+
+    def clear(self):
+        self.media = self.media_locations = None
+
+    def condition(self, media, media_locations, nonfinite_rows=None):
+        self.media, self.media_locations = media, media_locations
+
+
+def _wrong_layer(*, before=True, locations=True, runs=True, passes_args=True, stand_ins="front"):
+    """A wrapper class with one usual mistake switched on (the defaults make the right one)."""
+
+    class Wrong(Remembering):
+        def attend(self, x):
+            b, n, d = x.shape
+            k = self.media_locations.shape[1] - n
+            if not locations:  # the block without media_locations: every word sees every picture
+                return self.gated_cross_attn_layer(x, self.media, None)
+            if stand_ins == "dropped":
+                return self.gated_cross_attn_layer(x, self.media, self.media_locations[:, k:])
+            pad = x.new_zeros(b, k, d)  # (b, k, d)
+            if stand_ins == "end":
+                return self.gated_cross_attn_layer(torch.cat((x, pad), dim=1), self.media, self.media_locations)[:, :n]
+            out = self.gated_cross_attn_layer(torch.cat((pad, x), dim=1), self.media, self.media_locations)  # (b, k + n, d)
+            return out[:, k:]  # (b, n, d)
+
+        def forward(self, hidden_states, *args, **kwargs):
+            x = hidden_states
+            call = (lambda h: self.decoder_layer(h, *args, **kwargs)) if passes_args else self.decoder_layer
+            if self.gated_cross_attn_layer is None or not runs:
+                return call(x)
+            if not before:
+                return self.attend(call(x))
+            return call(self.attend(x))
+
+    return Wrong
+
+
+def _logits(model, vision_x, lang_x, mask=None) -> torch.Tensor:
+    with torch.no_grad():
+        return model(vision_x, lang_x, attention_mask=mask).logits  # (b, n, V)
+
+
+def _with_weights(layer_class, reference, *, immediate=True):
+    _, model = example(layer_class, immediate=immediate)
+    model.load_state_dict(reference.state_dict())
+    return model
+
+
+LAYER_MISTAKES = {
+    "after": (dict(before=False), "the gated block runs after the GPT-2 block: it goes before it (`x = block(x, media, "
+              "media_locations)` first, then `self.decoder_layer(x, ...)`)."),
+    "no locations": (dict(locations=False), "the block was given no media_locations, so every word sees every picture: "
+                     "pass `self.media_locations`."),
+    "not run": (dict(runs=False), "the gated block never runs, so your Flamingo is its language model: call "
+                "`self.gated_cross_attn_layer(x, self.media, self.media_locations)` when the layer has one."),
+    "arguments dropped": (dict(passes_args=False), "GPT-2's arguments do not reach its block (the padding mask, the "
+                          "KV cache): pass them on, `self.decoder_layer(x, *args, **kwargs)`."),
+}
+
+
+def check_layer(layer_class) -> None:
+    """Step "13.layer": the learner's wrapper in a forward pass, and whether everything that trains gets a gradient."""
+    reference, learner = example(layer_class)
+    vision_x, lang_x, mask = batch()
+    want = _logits(reference, vision_x, lang_x, mask)
+    got = run_learner(_logits, learner, vision_x, lang_x, mask, what="Flamingo with your layer (a forward pass)",
+                      advice={"NoneType": "a layer without a block has gated_cross_attn_layer None: run the GPT-2 "
+                                          "block alone there."})
+    mistakes = [Mistake(name, _logits(_with_weights(_wrong_layer(**switch), reference), vision_x, lang_x, mask), message)
+                for name, (switch, message) in LAYER_MISTAKES.items()]
+    compare(got, want, what="Flamingo's logits with your layer (blocks before layers 0 and 2 of 3, gates open)",
+            mistakes=mistakes)
+    learner.train()
+    learner.zero_grad(set_to_none=True)
+    loss = run_learner(lambda: learner(vision_x, lang_x, attention_mask=mask, labels=lang_x).loss,
+                       what="Flamingo with your layer (a training step)")
+    never = ("so it would never train: run the gated block with gradients (no torch.no_grad() and no .detach() in "
+             "forward).")
+    if not loss.requires_grad:
+        fail(f"the loss gets no gradient from any parameter, {never}")
+    loss.backward()
+    for name, p in learner.named_parameters():
+        if p.requires_grad and (p.grad is None or not bool(p.grad.any())):
+            fail(f"the parameter {name} gets no gradient, {never}")
+    passed("your layer gives flamingo_lite.hf's logits, and every trainable parameter gets a gradient.")
+
+
+CACHE_MISTAKES = {
+    "dropped": (dict(stand_ins="dropped"), "the markers of the tokens already read were dropped "
+                "(`media_locations[:, k:]`), so the new text counts its pictures from 0 again: keep every column and "
+                "give the k earlier markers k stand-in rows in front of x."),
+    "end": (dict(stand_ins="end"), "the stand-in rows went after the text: the k extra columns of media_locations "
+            "come first, so the zeros go in front (`torch.cat((zeros, x), dim=1)`)."),
+}
+
+
+def _continued(model, vision_x, lang_x, split: int) -> torch.Tensor:
+    """The logits of lang_x read in two calls, the second continuing the first's KV cache: (b, n, V)."""
+    with torch.no_grad():
+        first = model(vision_x, lang_x[:, :split], use_cache=True, clear_conditioned_layers=False)
+        rest = model(None, lang_x[:, split:], past_key_values=first.past_key_values, use_cache=True)
+    return torch.cat((first.logits, rest.logits), dim=1)
+
+
+def _generated(model, vision_x, lang_x) -> torch.Tensor:
+    """The logits greedy generation computed with the cache, 4 new tokens: (b, 4, V)."""
+    out = model.generate(vision_x, lang_x, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=PAD,
+                         output_logits=True, return_dict_in_generate=True)
+    return torch.stack(out.logits, dim=1)
+
+
+KEPT = "return only the text's rows: drop the k stand-in rows after the block (`[:, k:]`)."
+
+
+def check_cache(layer_class) -> None:
+    """Step "13.cache": the learner's wrapper continuing a sequence from the KV cache, in both modes."""
+    vision_x, lang_x, _ = batch(padded=False)
+    for immediate in (True, False):
+        mode = "the immediate mode" if immediate else "the all-previous mode"
+        reference, learner = example(layer_class, immediate=immediate)
+        want = _logits(reference, vision_x, lang_x)
+        got = run_learner(_continued, learner, vision_x, lang_x, 5, what=f"your layer, reading a sequence in two calls ({mode})",
+                          advice={"media_locations must have shape": "media_locations has k more columns than the text "
+                                  "(the markers of the tokens in the cache): put k stand-in rows of zeros in front of x "
+                                  "before the block, and keep only the text's rows after it.",
+                                  "must match the size of tensor": KEPT, "Sizes of tensors must match": KEPT})
+        if got.shape != want.shape:
+            fail(f"your layer, continuing from the cache, gave logits of shape {tuple(got.shape)} instead of "
+                 f"{tuple(want.shape)}: return only the text's rows, dropping the k stand-ins (`[:, k:]`).")
+        mistakes = [Mistake(name, _continued(_with_weights(_wrong_layer(**switch), reference, immediate=immediate), vision_x, lang_x, 5), message)
+                    for name, (switch, message) in CACHE_MISTAKES.items()]
+        mistakes.append(Mistake("arguments dropped", _continued(_with_weights(_wrong_layer(passes_args=False), reference,
+                                                                              immediate=immediate), vision_x, lang_x, 5),
+                                LAYER_MISTAKES["arguments dropped"][1]))
+        compare(got, want, what=f"the logits of a sequence read in two calls with your layer ({mode})", mistakes=mistakes)
+        full = _logits(reference, *_prompt_and_generated(reference, vision_x, lang_x))
+        generated = run_learner(_generated, learner, vision_x, lang_x, what=f"your layer in generate ({mode})")
+        compare(generated, full[:, lang_x.shape[1] - 1 : -1], what=f"the logits of generation with your layer ({mode})")
+    passed("your layer continues from the KV cache exactly as a forward pass over the whole sequence, in both modes.")
+
+
+def _prompt_and_generated(model, vision_x, lang_x):
+    sequences = model.generate(vision_x, lang_x, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=PAD)
+    return vision_x, sequences
+
+
+def captions_by_beam_search(model, pictures: torch.Tensor, tokenizer) -> list[str]:
+    """The answer to step "13.beams": pictures (k, 3, H, W) -> k captions, by beam search with 3 beams."""
+    prompt = torch.full((pictures.shape[0], 1), tokenizer.media_id)  # (k, 1): one <image> each
+    out = model.generate(pictures[:, None, None], prompt, num_beams=3, max_new_tokens=5, pad_token_id=tokenizer.pad_id)
+    captions = []
+    for row in out[:, 1:].tolist():  # the new tokens
+        words = tokenizer.words(row)
+        captions.append(" ".join(words[: words.index("<eoc>")] if "<eoc>" in words else words))
+    return captions
+
+
+def check_captions(caption_fn, model, pictures: torch.Tensor, tokenizer) -> list[str]:
+    """Step "13.beams": the learner's `caption_fn(model, pictures)` against the same beam search; returns the captions."""
+    calls = []
+    generate = model.generate
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs)
+        return generate(*args, **kwargs)
+
+    model.generate = recording
+    try:
+        got = run_learner(caption_fn, model, pictures, what="your captions(model, pictures)",
+                          advice={"rank 6": "vision_x is (pictures, 1 picture each, 1 frame, 3, H, W): "
+                                            "`pictures[:, None, None]`."})
+    finally:
+        del model.generate  # the instance attribute goes; the method is the class's again
+    if not calls:
+        fail("your captions(model, pictures) never called model.generate: let transformers' generate write them.")
+    beams = calls[-1].get("num_beams", 1)
+    if beams != 3:
+        fail(f"your captions searched with num_beams={beams}: the paper decodes with beam search of 3 beams "
+             "(App. A.2), `num_beams=3`.")
+    if not isinstance(got, (list, tuple)) or not all(isinstance(c, str) for c in got):
+        fail(f"your captions(model, pictures) returned a {type(got).__name__}: return a list of strings, one per picture.")
+    want = captions_by_beam_search(model, pictures, tokenizer)
+    if len(got) != len(want):
+        fail(f"your captions gave {len(got)} captions for {len(want)} pictures: one caption per picture.")
+    for mine, right in zip(got, want):
+        if mine == right:
+            continue
+        if "<image>" in mine:
+            fail(f"your caption {mine!r} starts with the prompt: keep only the new tokens (`out[:, 1:]`).")
+        if "<eoc>" in mine:
+            fail(f"your caption {mine!r} keeps the end-of-chunk token: stop each caption before its `<eoc>`.")
+        fail(f"your caption {mine!r} should be {right!r}: decode the new tokens of each row with tokenizer.words.")
+    passed(f"your captions are the beam search's ({len(got)} pictures, 3 beams).")
+    return list(got)

@@ -1,0 +1,175 @@
+"""Mutation tests of lesson 13's checks: each fails on the stub, passes with the solution, and names each mistake it
+claims to recognise when fed a wrapper (or a captioning function) that makes it."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformers", reason="lesson 13 needs transformers")
+
+from flamingo_lite.teaching.exercises import ExerciseFailed, hint, lesson13  # noqa: E402
+from flamingo_lite.tiny.data import Tokenizer  # noqa: E402
+
+from hf_tiny import one_thread  # noqa: E402
+
+one_thread = pytest.fixture(autouse=True)(one_thread)
+
+
+def fails(check, *args, match: str):
+    with pytest.raises(ExerciseFailed, match=match):
+        check(*args)
+
+
+def layer(forward, condition=None):
+    """A learner's wrapper class: the lesson's constructor, with `forward(self, x, args, kwargs)` and `condition`."""
+
+    class Layer(lesson13.Remembering):
+        def condition(self, media, media_locations, nonfinite_rows=None):
+            if condition is not None:
+                return condition(self)
+            super().condition(media, media_locations, nonfinite_rows)
+
+        def forward(self, hidden_states, *args, **kwargs):
+            return forward(self, hidden_states, args, kwargs)
+
+    return Layer
+
+
+def right(self, x, args, kwargs):
+    if self.gated_cross_attn_layer is not None:
+        x = self.gated_cross_attn_layer(x, self.media, self.media_locations)
+    return self.decoder_layer(x, *args, **kwargs)
+
+
+def cached(self, x, args, kwargs):
+    if self.gated_cross_attn_layer is not None:
+        b, n, d = x.shape
+        k = self.media_locations.shape[1] - n
+        x = self.gated_cross_attn_layer(torch.cat((x.new_zeros(b, k, d), x), dim=1), self.media, self.media_locations)[:, k:]
+    return self.decoder_layer(x, *args, **kwargs)
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError("Your turn")
+
+
+LAYER_MISTAKES = {
+    "runs after the GPT-2 block": lambda s, x, a, k: (lambda h: s.gated_cross_attn_layer(h, s.media, s.media_locations)
+                                                      if s.gated_cross_attn_layer is not None else h)(s.decoder_layer(x, *a, **k)),
+    "given no media_locations": lambda s, x, a, k: s.decoder_layer(
+        s.gated_cross_attn_layer(x, s.media, None) if s.gated_cross_attn_layer is not None else x, *a, **k),
+    "never runs": lambda s, x, a, k: s.decoder_layer(x, *a, **k),
+    r"pass them on, `self.decoder_layer\(x, \*args, \*\*kwargs\)`": lambda s, x, a, k: s.decoder_layer(
+        s.gated_cross_attn_layer(x, s.media, s.media_locations) if s.gated_cross_attn_layer is not None else x),
+    "gets no gradient.*would never train": lambda s, x, a, k: s.decoder_layer(
+        s.gated_cross_attn_layer(x, s.media, s.media_locations).detach() if s.gated_cross_attn_layer is not None else x, *a, **k),
+    "run the GPT-2 block alone there": lambda s, x, a, k: s.decoder_layer(s.gated_cross_attn_layer(x, s.media, s.media_locations), *a, **k),
+}
+
+
+def test_13_layer_stub_solution_and_mistakes(capsys):
+    fails(lesson13.check_layer, layer(right, condition=stub), match="not written yet")
+    fails(lesson13.check_layer, layer(stub), match="not written yet")
+    lesson13.check_layer(layer(right))
+    assert capsys.readouterr().out.startswith("OK")
+    for message, wrong in LAYER_MISTAKES.items():
+        fails(lesson13.check_layer, layer(wrong), match=message)
+
+
+def no_grad(self, x, args, kwargs):
+    with torch.no_grad():
+        if self.gated_cross_attn_layer is not None:
+            x = self.gated_cross_attn_layer(x, self.media, self.media_locations)
+    return self.decoder_layer(x, *args, **kwargs)
+
+
+def test_13_layer_refuses_a_layer_that_would_never_train():
+    fails(lesson13.check_layer, layer(no_grad), match="gets no gradient.*would never train")
+
+
+def test_13_layer_says_where_the_weights_must_be():
+    class Renamed(layer(right)):
+        def __init__(self, gated_cross_attn_layer, decoder_layer):
+            super().__init__(gated_cross_attn_layer, decoder_layer)
+            self.block = self.gated_cross_attn_layer
+            del self.gated_cross_attn_layer
+            self.gated_cross_attn_layer = None
+
+    fails(lesson13.check_layer, Renamed, match="keep `self.gated_cross_attn_layer` and `self.decoder_layer`")
+
+
+def stand_ins(where):
+    def forward(self, x, args, kwargs):
+        if self.gated_cross_attn_layer is not None:
+            b, n, d = x.shape
+            k = self.media_locations.shape[1] - n
+            pad = x.new_zeros(b, k, d)
+            if where == "none":
+                x = self.gated_cross_attn_layer(x, self.media, self.media_locations)
+            elif where == "dropped":
+                x = self.gated_cross_attn_layer(x, self.media, self.media_locations[:, k:])
+            elif where == "end":
+                x = self.gated_cross_attn_layer(torch.cat((x, pad), dim=1), self.media, self.media_locations)[:, :n]
+            elif where == "kept":
+                x = self.gated_cross_attn_layer(torch.cat((pad, x), dim=1), self.media, self.media_locations)
+        return self.decoder_layer(x, *args, **kwargs)
+
+    return forward
+
+
+def test_13_cache_stub_solution_and_mistakes(capsys):
+    fails(lesson13.check_cache, layer(stub), match="not written yet")
+    lesson13.check_cache(layer(cached))
+    assert capsys.readouterr().out.startswith("OK")
+    fails(lesson13.check_cache, layer(right), match="media_locations has k more columns than the text")
+    fails(lesson13.check_cache, layer(stand_ins("none")), match="put k stand-in rows of zeros in front")
+    fails(lesson13.check_cache, layer(stand_ins("dropped")), match="markers of the tokens already read were dropped")
+    fails(lesson13.check_cache, layer(stand_ins("end")), match="the stand-in rows went after the text")
+    fails(lesson13.check_cache, layer(stand_ins("kept")), match=r"drop the k stand-in rows|dropping the k stand-ins")
+    fails(lesson13.check_cache, layer(LAYER_MISTAKES[r"pass them on, `self.decoder_layer\(x, \*args, \*\*kwargs\)`"]),
+          match=r"pass them on, `self.decoder_layer\(x, \*args, \*\*kwargs\)`")
+
+
+@pytest.fixture(scope="module")
+def captioning():
+    """A random Flamingo whose <eoc> comes early, and 4 pictures (it never trained: its captions are arbitrary)."""
+    model, _ = lesson13.example()
+    with torch.no_grad():
+        model.lang_encoder.lm_head.weight[lesson13.EOC] *= 8  # <eoc> likelier, so some captions end before 5 words
+    pictures = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    return model, pictures, Tokenizer()
+
+
+def test_13_beams_stub_solution_and_mistakes(captioning, capsys):
+    model, pictures, tok = captioning
+    want = lesson13.captions_by_beam_search(model, pictures, tok)
+    assert any(len(c.split()) < 5 for c in want)  # some caption ended at <eoc>, so keeping it would show
+    fails(lesson13.check_captions, stub, model, pictures, tok, match="not written yet")
+    assert lesson13.check_captions(lambda m, p: lesson13.captions_by_beam_search(m, p, tok), model, pictures, tok) == want
+    assert capsys.readouterr().out.startswith("OK")
+    assert "generate" not in vars(model)  # the recording wrapper is gone again
+
+    def decoded(num_beams=3, keep_prompt=False, keep_eoc=False, shape=lambda p: p[:, None, None]):
+        def captions(m, p):
+            prompt = torch.full((p.shape[0], 1), tok.media_id)
+            out = m.generate(shape(p), prompt, num_beams=num_beams, max_new_tokens=5, pad_token_id=tok.pad_id)
+            rows = out.tolist() if keep_prompt else out[:, 1:].tolist()
+            texts = []
+            for row in rows:
+                words = tok.words(row)
+                texts.append(" ".join(words if keep_eoc or "<eoc>" not in words else words[: words.index("<eoc>")]))
+            return texts
+        return captions
+
+    fails(lesson13.check_captions, decoded(num_beams=1), model, pictures, tok, match="num_beams=1: the paper decodes")
+    fails(lesson13.check_captions, decoded(keep_prompt=True), model, pictures, tok, match="starts with the prompt")
+    fails(lesson13.check_captions, decoded(keep_eoc=True), model, pictures, tok, match="keeps the end-of-chunk token")
+    fails(lesson13.check_captions, decoded(shape=lambda p: p[:, None]), model, pictures, tok, match=r"pictures\[:, None, None\]")
+    fails(lesson13.check_captions, lambda m, p: ["a red circle"] * len(p), model, pictures, tok, match="never called model.generate")
+    fails(lesson13.check_captions, lambda m, p: "".join(decoded()(m, p)), model, pictures, tok, match="return a list of strings")
+
+
+def test_13_hints_exist(capsys):
+    for key in ("13.layer", "13.cache", "13.beams"):
+        hint(key)
+    assert capsys.readouterr().out.count("Hint (13.") == 3
