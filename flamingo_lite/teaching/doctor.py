@@ -31,6 +31,7 @@ PACKAGES = [
     ("ipywidgets", "ipywidgets", "8.0", "the interactive widgets"),
     ("jupyterlab", "jupyterlab", "4.0", "the course itself"),
     ("ipykernel", "ipykernel", "6.0", "the Python kernel the notebooks run in"),
+    ("transformers", "transformers", "5.24", "lesson 13, Flamingo around a Hugging Face language model"),
 ]
 MIN_PYTHON = (3, 10)
 WIDGETS_EXTENSION = "@jupyter-widgets/jupyterlab-manager"
