@@ -432,3 +432,29 @@ def test_the_layers_never_import_transformers():
             "flamingo_lite.tiny.model; print('transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_markers_are_read_once_per_call_of_the_language_model_not_once_per_layer(monkeypatch):
+    """The model checks media_locations once and every decoder layer's block shares that MediaLocations (and its
+    segment layout), as the tiny Flamingo's blocks do: four layers cost what one does."""
+    import flamingo_lite.cross_attention as xa
+
+    counts = {"markers": 0, "layout": 0}
+    real_markers, real_layout = xa.check_markers_fit_media, xa.segment_layout
+
+    def counting_markers(*args, **kwargs):
+        counts["markers"] += 1
+        return real_markers(*args, **kwargs)
+
+    def counting_layout(*args, **kwargs):
+        counts["layout"] += 1
+        return real_layout(*args, **kwargs)
+
+    monkeypatch.setattr(xa, "check_markers_fit_media", counting_markers)
+    monkeypatch.setattr(xa, "segment_layout", counting_layout)
+    model, _ = flamingo("gpt_neox", layers=4)
+    vision_x, lang_x = interleaved_batch()
+    with torch.no_grad():
+        model(vision_x, lang_x)
+    assert counts["markers"] == 2  # forward's own check of lang_x, then the one the layers share
+    assert counts["layout"] <= 1

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..cross_attention import MediaLocations
 from ..validation import shape_str
 
 # Where the decoder layers are, tried in this order; the first nn.ModuleList found is used (OpenFlamingo's factory
@@ -111,7 +112,7 @@ class FlamingoDecoderLayer(nn.Module):
         self.gradient_checkpointing = False  # recompute the block in the backward pass (saves its activations)
         self.clear()
 
-    def condition(self, media: torch.Tensor, media_locations: torch.Tensor, nonfinite_rows: torch.Tensor | None = None) -> None:
+    def condition(self, media: torch.Tensor, media_locations: torch.Tensor | MediaLocations, nonfinite_rows: torch.Tensor | None = None) -> None:
         """media (b, t, m, d_visual); media_locations (b, k + n) bool: the k markers of tokens already in the cache,
         then the n tokens of the next call; nonfinite_rows (b, n) bool or None: rows with a non-finite picture in
         their past (the NaN contract)."""
@@ -138,13 +139,14 @@ class FlamingoDecoderLayer(nn.Module):
                 "Flamingo.generate (or call condition(media, media_locations) on every layer first)"
             )
         b, n = x.shape[:2]
-        locations = self.media_locations  # (b, k + n)
-        if locations.ndim != 2 or locations.shape[0] != b or locations.shape[1] < n:
+        locations = self.media_locations  # (b, k + n), or the MediaLocations the model checked once for all layers
+        markers = locations.markers if isinstance(locations, MediaLocations) else locations  # (b, k + n)
+        if markers.ndim != 2 or markers.shape[0] != b or markers.shape[1] < n:
             raise ValueError(
                 f"media_locations must be (batch, earlier markers + text) with at least the text's {n} columns; "
-                f"the text is {shape_str(x)}, media_locations is {shape_str(locations)}"
+                f"the text is {shape_str(x)}, media_locations is {shape_str(markers)}"
             )
-        k = locations.shape[1] - n
+        k = markers.shape[1] - n
         if k:
             x = torch.cat((x.new_zeros(b, k, x.shape[2]), x), dim=1)  # (b, k + n, d): stand-ins for earlier markers
         if self.gradient_checkpointing and torch.is_grad_enabled():

@@ -45,8 +45,9 @@ from einops import rearrange
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from ..cross_attention import MediaLocations
 from ..gated import GatedCrossAttentionBlock
-from ..masks import check_markers_fit_media, text_to_media_mask
+from ..masks import text_to_media_mask
 from ..perceiver import PerceiverResampler
 from ..validation import check_positive_int, check_tensor, shape_str
 from .decoder import FlamingoDecoderLayer, find_decoder_layers, set_decoder_layers
@@ -125,7 +126,8 @@ class Conditioning:
             k = int(before.max()) if before.numel() else 0
             history = torch.arange(k, device=markers.device) < before[:, None]  # (B, k)
             locations = torch.cat((history, markers), dim=1)  # (B, k + n)
-        check_markers_fit(locations, media.shape[1], "the language model's input (with the tokens it read before)")
+        # checked once here: every decoder layer's block reads this one MediaLocations (and its segment layout)
+        locations = checked_locations(locations, media.shape[1], "the language model's input (with the tokens it read before)")
         nonfinite_rows = None
         if self.nonfinite_media is not None:
             time = before[:, None] + markers.long().cumsum(dim=1)  # (B, n): each token's text time
@@ -139,11 +141,12 @@ class Conditioning:
         return media, locations, nonfinite_rows
 
 
-def check_markers_fit(media_locations: torch.Tensor, num_pictures: int, where: str = "lang_x") -> None:
-    """No row may have more `<image>` tokens than pictures: the package's check (its correction 2), said in lang_x's
-    words. media_locations (B, n) bool."""
+def checked_locations(media_locations: torch.Tensor, num_pictures: int, where: str = "lang_x") -> MediaLocations:
+    """media_locations (B, n) bool as a checked `MediaLocations`. No row may have more `<image>` tokens than
+    pictures: the package's check (its correction 2), said in lang_x's words."""
     try:
-        check_markers_fit_media(media_locations, num_media=num_pictures)
+        return MediaLocations.check(media_locations, batch=media_locations.shape[0], text=media_locations.shape[1],
+                                    num_media=num_pictures)
     except ValueError as err:
         raise ValueError(
             f"{where} has more <image> tokens than vision_x has pictures (vision_x.shape[1] = {num_pictures}), "
@@ -320,7 +323,7 @@ class Flamingo(nn.Module):
                 f"vision_x is {vision_x.dtype} on {vision_x.device}, the vision encoder's weights {params.dtype} on "
                 f"{params.device}; convert one of them, e.g. vision_x.to({params.dtype})"
             )
-        check_markers_fit(lang_x == self.media_token_id, vision_x.shape[1])
+        checked_locations(lang_x == self.media_token_id, vision_x.shape[1])
 
     # ------------------------------------------------------------------ pictures
     def encode_vision_x(self, vision_x: torch.Tensor) -> torch.Tensor:
@@ -365,7 +368,9 @@ class Flamingo(nn.Module):
             )
         media, locations, nonfinite_rows = state.read(input_ids == self.media_token_id, self.only_attend_immediate_media)
         for layer in self.decoder_layers():
-            layer.condition(media, locations, nonfinite_rows)
+            # the package's layers share the checked MediaLocations; a layer class of one's own gets the plain tensor
+            shared = locations if isinstance(layer, FlamingoDecoderLayer) else locations.markers  # (B, k + n)
+            layer.condition(media, shared, nonfinite_rows)
 
     @contextmanager
     def _lm_reads_pictures(self):
