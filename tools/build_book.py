@@ -29,6 +29,7 @@ import nbformat
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_student_notebooks import GITHUB_REPO, LESSON_GLOB  # noqa: E402  (the repository the badges point at)
+from flamingo_lite.files import write_text_atomic  # noqa: E402
 
 CONF_DIR = ROOT / "book"
 SOURCE = ROOT / "build" / "book-src"
@@ -221,11 +222,11 @@ def stage(source: Path = SOURCE, root: Path = ROOT) -> dict:
         target = source / site_path
         target.parent.mkdir(parents=True, exist_ok=True)
         if repo_path == "README.md":
-            target.write_text(home_page(pages, copied, root))
+            write_text_atomic(target, home_page(pages, copied, root))
         elif repo_path.endswith(".ipynb"):
             nbformat.write(lesson_page(repo_path, pages, copied, root), target)
         else:
-            target.write_text(rewrite_links(badges_as_links((root / repo_path).read_text()), repo_path, pages, copied, root))
+            write_text_atomic(target, rewrite_links(badges_as_links((root / repo_path).read_text()), repo_path, pages, copied, root))
     return {"pages": pages, "copied": copied}
 
 

@@ -368,8 +368,10 @@ class Flamingo(nn.Module):
             )
         media, locations, nonfinite_rows = state.read(input_ids == self.media_token_id, self.only_attend_immediate_media)
         for layer in self.decoder_layers():
-            # the package's layers share the checked MediaLocations; a layer class of one's own gets the plain tensor
-            shared = locations if isinstance(layer, FlamingoDecoderLayer) else locations.markers  # (B, k + n)
+            # the package's layers share the checked MediaLocations; a layer with a condition() of its own (lesson
+            # 13's) gets the plain tensor it documents
+            own = type(layer).condition is not FlamingoDecoderLayer.condition
+            shared = locations.markers if own else locations  # (B, k + n)
             layer.condition(media, shared, nonfinite_rows)
 
     @contextmanager
@@ -440,7 +442,7 @@ class Flamingo(nn.Module):
     # ------------------------------------------------------------------ weights
     def load_open_flamingo(self, state_dict: dict) -> LoadResult:
         """Load an OpenFlamingo model's weights: its whole `state_dict()`, or a released `checkpoint.pt` (the trained
-        part; load it with `torch.load(path, map_location="cpu")`). See `flamingo_lite.hf.checkpoints`."""
+        part: the dict such a file holds, read with torch.load on the CPU)."""
         from .checkpoints import load_open_flamingo
 
         return load_open_flamingo(self, state_dict)
