@@ -414,7 +414,7 @@ def check_module(
         learner.eval()
         reference.eval()
         mine = _cloned(inputs)  # the learner's own copies, so a forward that changes its inputs changes nothing else
-        versions = [v._version if isinstance(v, torch.Tensor) else None for v in mine]
+        versions = [_version(v) for v in mine]
         with torch.no_grad():
             try:
                 expected = reference(*_cloned(inputs))
@@ -461,6 +461,14 @@ def check_module(
             p.grad = None
 
 
+def _version(value):
+    """A tensor's version counter (bumped by every in-place op), or None (not a tensor, or an inference tensor)."""
+    try:
+        return value._version if isinstance(value, torch.Tensor) else None
+    except RuntimeError:
+        return None
+
+
 def _cloned(inputs) -> tuple:
     return tuple(v.detach().clone() if isinstance(v, torch.Tensor) else v for v in inputs)
 
@@ -505,7 +513,7 @@ def _changed_inputs_problem(learner, name, inputs, mine, versions):
     names = _arg_names(learner, len(inputs))
     changed = [
         names[i] for i, (given, used, version) in enumerate(zip(inputs, mine, versions))
-        if isinstance(given, torch.Tensor) and (used._version != version or not _same_values(used, given.detach()))
+        if isinstance(given, torch.Tensor) and (_version(used) != version or not _same_values(used, given.detach()))
     ]
     if not changed:
         return None
