@@ -526,7 +526,7 @@ def _changed_inputs_problem(learner, name, inputs, mine, versions):
 
 def _differences(got, want, atol, rtol):
     """(values off, largest difference, its index, new non-finite values, the first of them) of got against want."""
-    got64, want64 = got.double(), want.double()
+    got64, want64 = got.double(), want.double()  # the output's shape
     bad_finite = ~torch.isfinite(got64) & torch.isfinite(want64)
     diff = (got64 - want64).abs().nan_to_num(0.0, posinf=0.0, neginf=0.0)  # same shape as the output
     too_far = (diff > atol + rtol * want64.abs()) | bad_finite
@@ -654,7 +654,7 @@ def _gradient_problem(learner, reference, name, ref_name, inputs, seed, atol, rt
             out = learner(*args)
             if isinstance(out, torch.Tensor) and out.requires_grad:
                 what_failed = "backward"
-                g = torch.randn(want_out.shape, generator=torch.Generator().manual_seed(seed + 1)).to(out)
+                g = torch.randn(want_out.shape, generator=torch.Generator().manual_seed(seed + 1)).to(out)  # like the output
                 (out * g).sum().backward()
     except Exception as error:
         said = str(error).strip().splitlines()[0] if str(error).strip() else ""
@@ -741,12 +741,13 @@ def _gradient_problem(learner, reference, name, ref_name, inputs, seed, atol, rt
 def _gradient_differs(have: torch.Tensor, want: torch.Tensor, atol: float, rtol: float):
     """(differs, index of the largest difference, that difference): within 10x the forward's tolerances, on the
     gradient's own scale (gradients add up more rounding than outputs)."""
-    have64, want64 = have.detach().double(), want.detach().double()
+    have64, want64 = have.detach().double(), want.detach().double()  # the parameter's (or input's) shape
     if have64.shape != want64.shape:
         return True, None, float("inf")
     scale = float(want64.abs().max()) if want64.numel() else 0.0
-    diff = (have64 - want64).abs()
-    diff = torch.where(torch.isfinite(have64) == torch.isfinite(want64), diff.nan_to_num(0.0), torch.full_like(diff, float("inf")))
+    diff = (have64 - want64).abs()  # same shape
+    finite_alike = torch.isfinite(have64) == torch.isfinite(want64)  # same shape
+    diff = torch.where(finite_alike, diff.nan_to_num(0.0), torch.full_like(diff, float("inf")))  # same shape
     bad = diff > 10 * atol * max(1.0, scale) + 10 * rtol * want64.abs()
     if not bool(bad.any()):
         return False, None, 0.0
