@@ -1,6 +1,8 @@
 """The learner's checker: copies reference weights in, compares outputs, says what is wrong in plain words."""
 import pytest
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 import flamingo_lite as fl
@@ -197,3 +199,235 @@ def test_a_wrong_head_count_is_diagnosed_as_that():
     result = fl.check_module(learner, fl.PerceiverAttention, verbose=False)
     assert not result.passed and "heads=3" in result.message and "8 numbers per token" in result.message
     assert "Wrong shape" not in result.message
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# code that matches on the example but would never train: each mistake is caught and named
+
+
+class DetachedWeight(fl.FeedForward):
+    """Uses a detached copy of the widening weight: the same numbers, but that weight never learns."""
+
+    def forward(self, x):
+        h = F.linear(self[0](x), self[1].weight.detach())  # (b, n, mult*d)
+        return self[3](self[2](h))  # (b, n, d)
+
+
+class NoGradKeysValues(fl.MaskedCrossAttention):
+    """Projects the media under torch.no_grad(): to_kv and the media get no gradient."""
+
+    def project(self, x, media):
+        q = self.to_q(self.norm(x))  # (b, n, h*e)
+        with torch.no_grad():
+            k, v = self.to_kv(media).chunk(2, dim=-1)  # 2 x (b, t, m, h*e)
+        return q, k, v
+
+
+class _HalfGradient(torch.autograd.Function):
+    """The identity forward, half the gradient backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * 0.5
+
+
+class HalvesMediaGradient(fl.MaskedCrossAttention):
+    def forward(self, x, media, media_locations=None):
+        return super().forward(x, _HalfGradient.apply(media), media_locations)
+
+
+class DetachedAttentionInput(fl.GatedCrossAttentionBlock):
+    """The attention reads a detached x: the residual still carries a gradient to x, but not the right one."""
+
+    def forward(self, x, media, media_locations=None):
+        x = self.attn(x.detach(), media, media_locations) * self.attn_gate.tanh() + x  # (b, n, d)
+        return self.ff(x) * self.ff_gate.tanh() + x  # (b, n, d)
+
+
+class ZeroesSavedTensor(fl.FeedForward):
+    """Zeroes the hidden activations after use, 'to save memory': GELU saved them for its gradient."""
+
+    def forward(self, x):
+        h = self[1](self[0](x))  # (b, n, mult*d)
+        out = self[3](self[2](h))  # (b, n, d)
+        h.zero_()
+        return out
+
+
+class BatchOfTwo(fl.PerceiverAttention):
+    """Hard-codes the example's batch size of 2."""
+
+    def forward(self, x, latents):
+        q, k, v = self.project(x, latents)  # (b*t, h, L, e), 2 x (b*t, h, n+L, e)
+        out = fl.attention.attend(q, k, v, scale=self.scale)  # (b*t, h, L, e)
+        return self.to_out(rearrange(out, "(b t) h L e -> b t L (h e)", b=2))  # (b, t, L, d)
+
+
+class LastMedia(fl.MaskedCrossAttention):
+    """Keeps the last media, as many as a row has markers: right only when t equals the number of markers."""
+
+    def forward(self, x, media, media_locations=None):
+        if media_locations is not None:
+            markers = int(media_locations.sum(dim=-1).max())
+            media = media[:, media.shape[1] - markers:]  # (b, markers, m, d)
+        return super().forward(x, media, media_locations)
+
+
+class ArgmaxFirstMarker(fl.MaskedCrossAttention):
+    """Finds the text before the first marker with argmax, which says 0 for a row without any marker."""
+
+    def forward(self, x, media, media_locations=None):
+        if media_locations is None:
+            return super().forward(x, media)
+        locations = self.check_inputs(x, media, media_locations)
+        q, k, v, mask, _ = self.masked_view(*self.project(x, media), locations)  # (b, h, n, e), 2 x (b, h, t*m, e)
+        scores = q @ k.transpose(-1, -2) * self.scale  # (b, h, n, t*m)
+        if mask is not None:
+            scores = scores.masked_fill(~mask[:, None], -torch.finfo(scores.dtype).max)  # (b, h, n, t*m)
+        out = scores.softmax(dim=-1) @ v  # (b, h, n, e)
+        first = media_locations.float().argmax(dim=-1)  # (b,): the first marker, or 0 in a row without any
+        before = torch.arange(x.shape[1]) < first[:, None]  # (b, n)
+        out = out.masked_fill(before[:, None, :, None], 0.0)  # (b, h, n, e)
+        return self.to_out(rearrange(out, "b h n e -> b n (h e)"))  # (b, n, d)
+
+
+class UnstableSoftmax(fl.PerceiverAttention):
+    """exp(scores) / sum without subtracting the row's max: overflows on large scores."""
+
+    def forward(self, x, latents):
+        q, k, v = self.project(x, latents)  # (b*t, h, L, e), 2 x (b*t, h, n+L, e)
+        weights = (q @ k.transpose(-1, -2) * self.scale).exp()  # (b*t, h, L, n+L)
+        out = (weights / weights.sum(dim=-1, keepdim=True)) @ v  # (b*t, h, L, e)
+        return self.to_out(rearrange(out, "(b t) h L e -> b t L (h e)", b=x.shape[0]))  # (b, t, L, d)
+
+
+class Float64(fl.FeedForward):
+    def forward(self, x):
+        return super().forward(x.double().float()).double()  # (b, n, d) in float64
+
+
+class AddsIntoX(fl.GatedCrossAttentionBlock):
+    """Adds the updates into its argument x: the right numbers, but the caller's x is changed."""
+
+    def forward(self, x, media, media_locations=None):
+        x += self.attn(x.clone(), media, media_locations) * self.attn_gate.tanh()  # (b, n, d)
+        x += self.ff(x.clone()) * self.ff_gate.tanh()  # (b, n, d)
+        return x
+
+
+class ScalesMediaInPlace(fl.MaskedCrossAttention):
+    def forward(self, x, media, media_locations=None):
+        media.mul_(1.0)  # the same values, but an in-place op on the caller's tensor
+        return super().forward(x, media, media_locations)
+
+
+def _trainable(cls, **kwargs):
+    torch.manual_seed(5)
+    module = cls(**kwargs)
+    module.train()
+    for m in list(module.modules())[1::2]:
+        m.eval()  # a mixed mode, kept as it is
+    for i, p in enumerate(module.parameters()):
+        if i % 2 == 0:
+            p.grad = torch.full_like(p, 3.0)  # some gradients the learner already had
+    return module
+
+
+@pytest.mark.parametrize(
+    "learner, reference, check, named",
+    [
+        (_trainable(DetachedWeight, dim=16, mult=2), fl.FeedForward, "gradient",
+         ["parameter 1.weight gets no gradient", "detach()", "never train"]),
+        (_trainable(NoGradKeysValues, dim=16, dim_head=4, heads=2), fl.MaskedCrossAttention, "gradient",
+         ["parameter to_kv.weight gets no gradient", "torch.no_grad()", "no gradient reaches the input media"]),
+        (_trainable(HalvesMediaGradient, dim=16, dim_head=4, heads=2), fl.MaskedCrossAttention, "gradient",
+         ["gradient with respect to the input media differs", "autograd.Function"]),
+        (_trainable(DetachedAttentionInput, dim=16, dim_head=4, heads=2), fl.GatedCrossAttentionBlock, "gradient",
+         ["gradient with respect to the input x differs", ".detach()"]),
+        (_trainable(ZeroesSavedTensor, dim=16, mult=2), fl.FeedForward, "backward",
+         ["breaks backward", "in-place op", "modified by an inplace operation"]),
+        (_trainable(BatchOfTwo, dim=16, dim_head=4, heads=2), fl.PerceiverAttention, "case",
+         ["right on the example but raises on a batch of 3 with one media", "b=2"]),
+        (_trainable(LastMedia, dim=16, dim_head=4, heads=2), fl.MaskedCrossAttention, "case",
+         ["right on the example but not on more media than markers"]),
+        (_trainable(ArgmaxFirstMarker, dim=16, dim_head=4, heads=2), fl.MaskedCrossAttention, "case",
+         ["right on the example but not on a row with no marker at all"]),
+        (_trainable(UnstableSoftmax, dim=16, dim_head=4, heads=2), fl.PerceiverAttention, "case",
+         ["right on the example but not on large attention scores", "NaN or inf", "amax"]),
+        (_trainable(Float64, dim=16, mult=2), fl.FeedForward, "dtype", ["returns float64 where", "returns float32"]),
+        (_trainable(AddsIntoX, dim=16, dim_head=4, heads=2), fl.GatedCrossAttentionBlock, "inputs",
+         ["modifies its input x in place"]),
+        (_trainable(ScalesMediaInPlace, dim=16, dim_head=4, heads=2), fl.MaskedCrossAttention, "inputs",
+         ["modifies its input media in place"]),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, nn.Module) else None,
+)
+def test_a_mistake_that_matches_on_the_example_is_caught_and_named(learner, reference, check, named):
+    before = {k: v.clone() for k, v in learner.state_dict().items()}
+    grads = [p.grad for p in learner.parameters()]
+    modes = [m.training for m in learner.modules()]
+    quiet = fl.check_module(learner, reference, check_gradients=False, check_cases=False, verbose=False)
+    assert quiet.passed == (check not in ("dtype", "inputs"))  # the outputs match on the example
+    assert quiet.failed_check in (None, "dtype", "inputs")
+    result = fl.check_module(learner, reference, verbose=False)
+    assert not result.passed and result.failed_check == check, result.message
+    for words in named:
+        assert words in result.message, result.message
+    assert "\n" not in result.message  # one sentence, not a report
+    # the learner's module is left exactly as it was: weights, the gradients it had, modes
+    assert all(torch.equal(before[k], v) for k, v in learner.state_dict().items())
+    assert all(p.grad is g for p, g in zip(learner.parameters(), grads))
+    assert [m.training for m in learner.modules()] == modes
+
+
+def test_opting_out_of_the_gradient_check():
+    learner = DetachedWeight(dim=16, mult=2)
+    assert not fl.check_module(learner, fl.FeedForward, verbose=False)
+    assert fl.check_module(learner, fl.FeedForward, check_gradients=False, verbose=False)
+
+
+def test_the_result_names_what_it_found():
+    result = fl.check_module(NoGradKeysValues(dim=16, dim_head=4, heads=2), fl.MaskedCrossAttention, verbose=False)
+    assert result.no_gradient == ["to_kv.weight", "media"] and result.wrong_gradient == []
+    result = fl.check_module(LastMedia(dim=16, dim_head=4, heads=2), fl.MaskedCrossAttention, verbose=False)
+    assert result.case.startswith("more media than markers") and result.inputs[1].shape[1] == 4
+    assert result.output.shape == result.expected.shape == (2, 8, 16)
+    assert fl.check_module(Float64(dim=16, mult=2), fl.FeedForward, verbose=False).dtype == torch.float64
+    assert fl.check_module(AddsIntoX(dim=16, dim_head=4, heads=2), fl.GatedCrossAttentionBlock,
+                           verbose=False).changed_inputs == ["x"]
+
+
+def test_the_callers_inputs_are_never_changed():
+    x, media, locations = fl.teaching.checker.example_inputs(fl.GatedCrossAttentionBlock(dim=16, dim_head=4, heads=2))
+    kept = x.clone()
+    fl.check_module(AddsIntoX(dim=16, dim_head=4, heads=2), fl.GatedCrossAttentionBlock, (x, media, locations), verbose=False)
+    assert torch.equal(x, kept)
+
+
+def test_a_correct_module_passes_every_check_and_is_left_as_it_was(capsys):
+    learner = _trainable(fl.GatedCrossAttentionBlock, dim=16, dim_head=4, heads=2)
+    before = {k: v.clone() for k, v in learner.state_dict().items()}
+    grads = [p.grad for p in learner.parameters()]
+    modes = [m.training for m in learner.modules()]
+    result = fl.check_module(learner, fl.GatedCrossAttentionBlock)
+    assert result.passed and result.failed_check is None
+    assert capsys.readouterr().out == (
+        "✓ GatedCrossAttentionBlock matches flamingo_lite.GatedCrossAttentionBlock: output (2, 8, 16), every value "
+        "within 1e-05 of the reference\n  (gates attn_gate, ff_gate set to 0.5 so the check sees through them)\n")
+    assert all(torch.equal(before[k], v) for k, v in learner.state_dict().items())
+    assert all(p.grad is g for p, g in zip(learner.parameters(), grads))
+    assert [m.training for m in learner.modules()] == modes
+
+
+def test_a_parameter_the_reference_freezes_is_not_compared():
+    reference = fl.FeedForward(16, mult=2)
+    reference[1].weight.requires_grad_(False)
+    assert fl.check_module(DetachedWeight(dim=16, mult=2), reference, verbose=False)
+    learner = fl.FeedForward(16, mult=2)
+    learner[1].weight.requires_grad_(False)
+    result = fl.check_module(learner, fl.FeedForward, verbose=False)
+    assert not result.passed and "parameter 1.weight has requires_grad=False" in result.message

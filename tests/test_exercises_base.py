@@ -60,3 +60,31 @@ def test_run_learner_compare_and_hints():
 def test_a_failed_check_shows_one_line_in_jupyter_not_a_traceback():
     error = ExerciseFailed("your f() is not written yet.")
     assert error._render_traceback_() == ["✗ your f() is not written yet."]
+
+
+def test_check_layer_names_what_a_forward_match_cannot_see():
+    class DetachedQueries(fl.PerceiverAttention):
+        def project(self, x, latents):
+            q, k, v = super().project(x, latents)  # (b*t, h, L, e), 2 x (b*t, h, n+L, e)
+            return q.detach(), k, v
+
+    with pytest.raises(ExerciseFailed, match=r"^your layer: DetachedQueries: parameter to_q.weight gets no gradient") as failed:
+        check_layer(DetachedQueries(dim=16, dim_head=4, heads=2), fl.PerceiverAttention, what="your layer")
+    assert "no usual mistake matches" not in str(failed.value)
+
+
+def test_check_layer_names_a_known_mistake_on_the_case_where_it_shows():
+    class NoZeroRows(fl.MaskedCrossAttention):
+        """Right while every row has a marker; a row without any gets the average of every media."""
+
+        def forward(self, x, media, media_locations=None):
+            if media_locations is not None and not bool(media_locations.any(dim=-1).all()):
+                return super().forward(x, media, None)
+            return super().forward(x, media, media_locations)
+
+    def mistakes(reference, x, media, media_locations=None):
+        return [Mistake("mask ignored", reference(x, media, None), "every word sees every image.")]
+
+    with pytest.raises(ExerciseFailed, match="^your layer is right on the example but not on a row with no marker at "
+                                             "all: every word sees every image.$"):
+        check_layer(NoZeroRows(dim=16, dim_head=4, heads=2), fl.MaskedCrossAttention, what="your layer", mistakes=mistakes)

@@ -8,11 +8,18 @@ inputs, and prints a verdict a person can read: a match, or the largest differen
 It never leaves the learner stranded: when their forward raises (the student stub's `NotImplementedError`
 included) the verdict says which call raised and what; NaN in their output is reported as NaN; a forward that
 splits into a different number of heads than the module's `heads` is diagnosed as that; and the learner's module
-is left exactly as it was (weights, and the train/eval mode of every submodule), whatever happens.
+is left exactly as it was (weights, gradients, and the train/eval mode of every submodule), whatever happens.
+
+Matching outputs on one example is not enough for code that has to train, so once the outputs match it also checks
+that the output has the reference's dtype, that the forward leaves its inputs as they were, that it is right on
+inputs beyond the example (a batch of 3; for the cross-attention layers more media than markers, a row with no
+marker; large attention scores, where an exp() without the max subtracted overflows) and that a backward pass gives
+every parameter and every float input the reference's gradient. Each of these failures is named in one sentence.
 """
 from __future__ import annotations
 
 import copy
+import inspect
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +55,12 @@ class CheckResult:
     expected: torch.Tensor | None = field(default=None, repr=False)  # the reference's output
     reference: nn.Module | None = field(default=None, repr=False)  # the reference as run (gates opened)
     inputs: tuple | None = field(default=None, repr=False)  # the inputs both were run on
+    failed_check: str | None = None  # which check failed: "forward", "dtype", "inputs", "case", "backward", "gradient"
+    case: str | None = None  # the input set beyond the example that the learner's output is wrong on
+    dtype: torch.dtype | None = None  # the learner's output dtype, when it is not the reference's
+    changed_inputs: list = field(default_factory=list)  # the arguments the learner's forward modified in place
+    no_gradient: list = field(default_factory=list)  # parameters (or inputs) the reference trains but the learner's forward cuts off
+    wrong_gradient: list = field(default_factory=list)  # parameters (or inputs) whose gradient differs from the reference's
 
     def __bool__(self) -> bool:
         return self.passed
@@ -162,6 +175,77 @@ def example_inputs(module: nn.Module, *, seed: int = 0, batch: int = 2) -> tuple
     raise TypeError(f"no example inputs for {type(module).__name__}: pass inputs=(...) to check_module")
 
 
+@dataclass
+class Case:
+    """One input set beyond the example: what it is (for the verdict), the inputs, and optionally other weights."""
+
+    label: str  # "a batch of 3": the verdict says "right on the example but not on a batch of 3"
+    inputs: tuple
+    scale_weights: dict | None = None  # {state_dict key suffix: factor}, e.g. large attention scores
+    advice: str = ""  # what a mismatch on this case usually means
+    loose: bool = False  # large values: compare within 1e-3 of the largest output value, NaN and Inf exactly
+
+
+LARGE = 1000.0  # how much the large-scores cases scale the media or the queries' weights
+_UNSTABLE = ("An exp() of the scores without subtracting each row's largest score first overflows to inf (inf / inf "
+             "is NaN): use scores.softmax(dim=-1), or subtract scores.amax(dim=-1, keepdim=True) before the exp.")
+
+
+def extra_cases(module: nn.Module, *, seed: int = 0) -> list:
+    """The input sets `check_module` runs after the example, each a `Case`: shapes and values the example lacks.
+
+    Recognised by parameter names, as in `example_inputs`; an unknown module gets none.
+    """
+    sd = module.state_dict()
+    if not sd:
+        return []
+    first = next(iter(sd.values()))
+    device, dtype = first.device, first.dtype
+    g = torch.Generator().manual_seed(seed + 7)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
+
+    def marks(*rows):
+        return torch.tensor(rows, dtype=torch.bool, device=device)  # (b, n)
+
+    if "attn.norm.weight" in sd or ("norm.weight" in sd and "to_kv.weight" in sd):  # (gated) cross-attention
+        dim = sd.get("attn.norm.weight", sd.get("norm.weight")).shape[0]
+        dim_media = sd.get("attn.to_kv.weight", sd.get("to_kv.weight")).shape[1]
+        x, media, locations = example_inputs(module, seed=seed)  # (b, n, d), (b, t, m, d), (b, n)
+        return [
+            Case("a batch of 3", (randn(3, 8, dim), randn(3, 3, 4, dim_media), marks(
+                [0, 1, 0, 0, 1, 0, 1, 0], [1, 0, 1, 1, 0, 0, 0, 0], [0, 0, 1, 0, 1, 0, 0, 1]))),
+            Case("more media than markers (4 media, rows with 2 and 1 markers)", (randn(2, 8, dim), randn(2, 4, 4, dim_media), marks(
+                [0, 1, 0, 0, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0, 0, 0])),
+                advice="The media axis has t = media.shape[1] entries, which can be more than the markers in a row: "
+                       "take t from media, and a token's media from the count of markers up to it."),
+            Case("a row with no marker at all", (randn(2, 8, dim), randn(2, 2, 4, dim_media), marks(
+                [0, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 1, 0, 0, 1, 0])),
+                advice="Text that sees no media (here a whole row) must come out exactly 0."),
+            Case("one media after several words of text", (randn(2, 8, dim), randn(2, 1, 4, dim_media), marks(
+                [0, 0, 0, 1, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1, 0, 0])),
+                advice="The words before the first image see no media and come out exactly 0."),
+            Case(f"large attention scores (media x {LARGE:g})", (x, media * LARGE, locations), advice=_UNSTABLE, loose=True),
+        ]
+    if "latents" in sd and "media_pos_emb" in sd:  # PerceiverResampler
+        return [
+            Case("a batch of 3 with one media", (randn(3, 1, 5, sd["latents"].shape[1]),)),
+            Case(f"large attention scores (to_q weights x {LARGE:g})", example_inputs(module, seed=seed),
+                 scale_weights={"to_q.weight": LARGE}, advice=_UNSTABLE, loose=True),
+        ]
+    if "norm_media.weight" in sd:  # PerceiverAttention
+        dim = sd["norm_media.weight"].shape[0]
+        return [
+            Case("a batch of 3 with one media", (randn(3, 1, 5, dim), randn(3, 1, 3, dim))),
+            Case(f"large attention scores (to_q weights x {LARGE:g})", example_inputs(module, seed=seed),
+                 scale_weights={"to_q.weight": LARGE}, advice=_UNSTABLE, loose=True),
+        ]
+    if set(sd) == {"0.weight", "0.bias", "1.weight", "3.weight"}:  # FeedForward
+        return [Case("a batch of 3 with 7 tokens", (randn(3, 7, sd["0.weight"].shape[0]),))]
+    return []
+
+
 def _compare_state_dicts(learner: nn.Module, reference: nn.Module):
     mine, ref = learner.state_dict(), reference.state_dict()
     missing = [k for k in ref if k not in mine]
@@ -254,6 +338,8 @@ def check_module(
     open_gates: bool = True,
     raise_on_mismatch: bool = False,
     verbose: bool = True,
+    check_gradients: bool = True,
+    check_cases: bool = True,
 ) -> CheckResult:
     """Copy the reference's weights into `learner`, run both, and say whether the outputs match.
 
@@ -264,6 +350,11 @@ def check_module(
     inputs: a tuple of positional arguments for both modules; small seeded ones are made if None.
     open_gates: gates that are exactly zero make a gated block the identity, which would hide mistakes, so
         the reference's zero gates are set to 0.5 before copying (the verdict says so).
+    Once the outputs match it also checks that the output's dtype is the reference's, that your forward leaves its
+    inputs as they were, that it is right on the input sets of `extra_cases` (`check_cases=False` skips them), and
+    that a backward pass gives every parameter the reference trains, and every float input, the reference's
+    gradient (`check_gradients=False` skips it). Parameters the reference does not train (requires_grad=False)
+    are not compared.
     Returns a `CheckResult` (also when your forward raises: the verdict says which call raised and what);
     with `raise_on_mismatch=True` a mismatch raises `AssertionError` with that verdict instead.
     """
@@ -317,20 +408,23 @@ def check_module(
 
     saved_state = {k: v.detach().clone() for k, v in learner.state_dict().items()}
     saved_modes = {m: m.training for m in learner.modules()}
+    saved_grads = {p: p.grad for p in learner.parameters()}  # the tensors themselves, put back as they were
     try:
         learner.load_state_dict(reference.state_dict(), strict=True)
         learner.eval()
         reference.eval()
+        mine = _cloned(inputs)  # the learner's own copies, so a forward that changes its inputs changes nothing else
+        versions = [_version(v) for v in mine]
         with torch.no_grad():
             try:
-                expected = reference(*inputs)
+                expected = reference(*_cloned(inputs))
             except Exception as error:
                 said = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 message = (f"✗ the reference {ref_name} cannot run on these inputs ({_shapes(inputs)}): {said}. "
                            "The inputs passed to check_module do not fit the layer.")
                 return _finish(CheckResult(False, name, message), verbose, raise_on_mismatch)
             try:
-                got = learner(*inputs)
+                got = learner(*mine)
             except Exception as error:  # the learner's bug, the stub's NotImplementedError included
                 message = _raised(name, inputs, error)
                 result = CheckResult(False, name, message, error=f"{type(error).__name__}: {error}")
@@ -339,11 +433,326 @@ def check_module(
         if isinstance(got, torch.Tensor):
             result.output, result.expected = got.detach(), expected.detach()
         result.reference, result.inputs = reference, tuple(inputs)
+        if not result.passed:
+            result.failed_check = "forward"
+            return _finish(result, verbose, raise_on_mismatch)
+        checks = [
+            lambda: _dtype_problem(name, ref_name, got, expected),
+            lambda: _changed_inputs_problem(learner, name, inputs, mine, versions),
+            lambda: _cases_problem(learner, reference, name, ref_name, seed, atol, rtol) if check_cases else None,
+            lambda: _gradient_problem(learner, reference, name, ref_name, inputs, seed, atol, rtol) if check_gradients else None,
+        ]
+        for check in checks:  # a failed CheckResult is falsy, so each is compared with None
+            problem = check()
+            if problem is not None:
+                for key in ("output", "expected", "reference", "inputs"):  # the failing case's, else the example's
+                    if getattr(problem, key) is None:
+                        setattr(problem, key, getattr(result, key))
+                result = problem
+                break
         return _finish(result, verbose, raise_on_mismatch)
     finally:
         learner.load_state_dict(saved_state, strict=True)
+        for p, grad in saved_grads.items():
+            p.grad = grad
         for module, training in saved_modes.items():
             module.training = training
+        for p in reference.parameters():
+            p.grad = None
+
+
+def _version(value):
+    """A tensor's version counter (bumped by every in-place op), or None (not a tensor, or an inference tensor)."""
+    try:
+        return value._version if isinstance(value, torch.Tensor) else None
+    except RuntimeError:
+        return None
+
+
+def _cloned(inputs) -> tuple:
+    return tuple(v.detach().clone() if isinstance(v, torch.Tensor) else v for v in inputs)
+
+
+def _arg_names(module: nn.Module, count: int) -> list:
+    """The names of forward's first `count` positional arguments, as the learner wrote them."""
+    names = []
+    try:
+        for param in inspect.signature(module.forward).parameters.values():
+            if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+                names.append(param.name)
+    except (TypeError, ValueError):
+        pass
+    return [names[i] if i < len(names) else f"argument {i + 1}" for i in range(count)]
+
+
+def _listed(names: list) -> str:
+    names = [str(n) for n in names]
+    if len(names) > 5:
+        names = names[:4] + [f"{len(names) - 4} more"]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _dtype_problem(name, ref_name, got, expected):
+    if got.dtype == expected.dtype:
+        return None
+    message = (f"✗ {name} returns {str(got.dtype).removeprefix('torch.')} where {ref_name} returns "
+               f"{str(expected.dtype).removeprefix('torch.')}: a cast inside forward (.double(), .half(), .float(), "
+               "or a dtype= argument) changes the output's dtype; compute in the dtype of the inputs and weights.")
+    return CheckResult(False, name, message, failed_check="dtype", dtype=got.dtype)
+
+
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.is_floating_point() or a.is_complex():
+        return torch.equal(torch.isnan(a), torch.isnan(b)) and torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0))
+    return torch.equal(a, b)
+
+
+def _changed_inputs_problem(learner, name, inputs, mine, versions):
+    names = _arg_names(learner, len(inputs))
+    changed = [
+        names[i] for i, (given, used, version) in enumerate(zip(inputs, mine, versions))
+        if isinstance(given, torch.Tensor) and (_version(used) != version or not _same_values(used, given.detach()))
+    ]
+    if not changed:
+        return None
+    what = f"its input {changed[0]}" if len(changed) == 1 else f"its inputs {_listed(changed)}"
+    message = (f"✗ {name}.forward modifies {what} in place (an in-place op such as `x += ...`, `x.mul_(...)` or "
+               "`x[...] = ...` on an argument): the caller's tensor changes, and autograd cannot train through it; "
+               "write `x = x + ...` to make a new tensor instead.")
+    return CheckResult(False, name, message, failed_check="inputs", changed_inputs=changed)
+
+
+def _differences(got, want, atol, rtol):
+    """(values off, largest difference, its index, new non-finite values, the first of them) of got against want."""
+    got64, want64 = got.double(), want.double()  # the output's shape
+    bad_finite = ~torch.isfinite(got64) & torch.isfinite(want64)
+    diff = (got64 - want64).abs().nan_to_num(0.0, posinf=0.0, neginf=0.0)  # same shape as the output
+    too_far = (diff > atol + rtol * want64.abs()) | bad_finite
+    where = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape)) if diff.numel() else ()
+    first = tuple(int(i) for i in bad_finite.nonzero()[0]) if bool(bad_finite.any()) else None
+    return int(too_far.sum()), float(diff.max()) if diff.numel() else 0.0, where, int(bad_finite.sum()), first
+
+
+def _with_scaled_weights(state: dict, scale: dict | None) -> dict:
+    if not scale:
+        return state
+    return {k: v * next((f for suffix, f in scale.items() if k.endswith(suffix)), 1.0) for k, v in state.items()}
+
+
+def _cases_problem(learner, reference, name, ref_name, seed, atol, rtol):
+    """The first input set beyond the example on which the learner's output differs from the reference's."""
+    try:
+        cases = extra_cases(reference, seed=seed)
+    except Exception:  # a reference we cannot make inputs for: only the example is checked
+        return None
+    state = reference.state_dict()
+    for case in cases:
+        if case.loose and next(iter(state.values())).element_size() < 4:
+            continue  # half precision rounds large scores too coarsely for two correct layers to agree
+        case_ref = reference
+        if case.scale_weights:
+            case_ref = copy.deepcopy(reference)
+            case_ref.load_state_dict(_with_scaled_weights(state, case.scale_weights), strict=True)
+            learner.load_state_dict(case_ref.state_dict(), strict=True)
+        try:
+            with torch.no_grad():
+                try:
+                    want = case_ref(*_cloned(case.inputs))
+                except Exception:  # this reference cannot take the case (the original code, a narrower variant)
+                    continue
+                if not isinstance(want, torch.Tensor) or not bool(torch.isfinite(want).all()):
+                    continue
+                try:
+                    got = learner(*_cloned(case.inputs))
+                except Exception as error:
+                    said = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                    what = f"{type(error).__name__}: {said}" if said else type(error).__name__
+                    message = (f"✗ {name} is right on the example but raises on {case.label}: "
+                               f"{name}.forward({_shapes(case.inputs)}) raised {what}{_learner_line(error)}. "
+                               "Take every size from the inputs' shapes, not from the example's.")
+                    return CheckResult(False, name, message, error=f"{type(error).__name__}: {error}",
+                                       failed_check="case", case=case.label, inputs=tuple(case.inputs))
+        finally:
+            if case.scale_weights:
+                learner.load_state_dict(state, strict=True)
+        verdict = _case_verdict(name, ref_name, case, got, want, atol, rtol)
+        if verdict is not None:
+            verdict.reference, verdict.inputs = case_ref, tuple(case.inputs)
+            return verdict
+    return None
+
+
+def _case_verdict(name, ref_name, case, got, want, atol, rtol):
+    head = f"✗ {name} is right on the example but not on {case.label}:"
+    advice = f" {case.advice}" if case.advice else ""
+    if not isinstance(got, torch.Tensor):
+        return CheckResult(False, name, f"{head} it returned {type(got).__name__}, not a tensor.", failed_check="case", case=case.label)
+    if got.shape != want.shape:
+        message = f"{head} it returned shape {tuple(got.shape)}, but {ref_name} returns {tuple(want.shape)}.{advice}"
+        return CheckResult(False, name, message, output_shape=tuple(got.shape), failed_check="case", case=case.label)
+    largest = float(want.double().abs().max()) if want.numel() else 0.0
+    tol = atol * max(1.0, largest)  # the example's tolerance, on the scale of this case's values
+    if case.loose:
+        tol = max(tol, 1e-3 * largest)  # large scores: rounding in the scores moves the weights a little
+    num_bad, max_diff, where, num_nonfinite, first = _differences(got, want, tol, rtol)
+    if num_bad == 0:
+        return None
+    result = dict(max_abs_diff=max_diff, where=where, num_mismatched=num_bad, num_values=want.numel(),
+                  output_shape=tuple(got.shape), failed_check="case", case=case.label,
+                  output=got.detach(), expected=want.detach())
+    if num_nonfinite:
+        message = (f"{head} it returns NaN or inf where {ref_name} has numbers, {num_nonfinite} of {want.numel()} "
+                   f"values, the first at index {first}.{advice}")
+        return CheckResult(False, name, message, num_nan=num_nonfinite, **{**result, "where": first})
+    message = (f"{head} {num_bad} of {want.numel()} values are off by more than {tol:.3g}; the largest difference is "
+               f"{max_diff:.3g} at index {where} (yours {float(got.double()[where]):.4f}, reference "
+               f"{float(want.double()[where]):.4f}).{advice}")
+    return CheckResult(False, name, message, **result)
+
+
+def _backward(module, inputs, cotangent_seed: int):
+    """Forward and backward with gradients on: (output, cotangent, {parameter name: grad}, [input grads]).
+
+    The float inputs are fresh leaves that require grad; the cotangent is seeded, the same for every module.
+    """
+    args = [v.detach().clone().requires_grad_(True) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+            for v in inputs]
+    for p in module.parameters():
+        p.grad = None
+    with torch.enable_grad():
+        out = module(*args)
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(cotangent_seed)).to(out)  # like the output
+        if out.requires_grad:
+            (out * g).sum().backward()
+    grads = {k: p.grad for k, p in module.named_parameters(remove_duplicate=False)}
+    return out, grads, [a.grad if isinstance(a, torch.Tensor) and a.requires_grad else None for a in args]
+
+
+_NEVER_TRAINS = ("the output does not reach it through autograd (e.g. a .detach(), torch.no_grad(), or it is never "
+                 "used), so it would never train")
+_CHANGED_GRADIENT = ("something changes the gradient but not the values, such as a .detach() on part of an expression "
+                     "or a custom autograd.Function")
+
+
+def _gradient_problem(learner, reference, name, ref_name, inputs, seed, atol, rtol):
+    """Whether a backward pass gives the learner's parameters and float inputs the reference's gradients."""
+    try:
+        want_out, want_grads, want_input_grads = _backward(reference, inputs, seed + 1)
+    except Exception:  # the reference itself cannot be differentiated here: nothing to compare with
+        return None
+    if not isinstance(want_out, torch.Tensor) or not want_out.requires_grad:
+        return None
+    what_failed = "forward"
+    try:
+        args = [v.detach().clone().requires_grad_(True) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+                for v in inputs]
+        for p in learner.parameters():
+            p.grad = None
+        with torch.enable_grad():
+            out = learner(*args)
+            if isinstance(out, torch.Tensor) and out.requires_grad:
+                what_failed = "backward"
+                g = torch.randn(want_out.shape, generator=torch.Generator().manual_seed(seed + 1)).to(out)  # like the output
+                (out * g).sum().backward()
+    except Exception as error:
+        said = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        what = f"{type(error).__name__}: {said}" if said else type(error).__name__
+        if what_failed == "forward":
+            message = (f"✗ {name}.forward raises when gradients are on ({what}{_learner_line(error)}), though it runs "
+                       "under torch.no_grad(): an in-place op on a tensor that requires grad is the usual cause; use "
+                       "the out-of-place form (`x = x * s`, not `x.mul_(s)`).")
+        else:
+            message = (f"✗ {name}'s forward breaks backward: the backward pass raised {what}. An in-place op (such "
+                       "as `h.mul_(...)`, `h += ...` or `.relu_()`) changed a tensor autograd saved for the gradient, "
+                       "after it was used; use the out-of-place form.")
+        return CheckResult(False, name, message, error=f"{type(error).__name__}: {error}", failed_check="backward")
+    if not isinstance(out, torch.Tensor):
+        return None  # the forward check already said what it returned
+    mine = dict(learner.named_parameters(remove_duplicate=False))
+    trained = {k: g for k, p in reference.named_parameters(remove_duplicate=False)
+               if p.requires_grad and (g := want_grads.get(k)) is not None}
+    if not out.requires_grad and trained:
+        message = (f"✗ {name}: its output carries no gradient at all, to no parameter: the whole forward ran under "
+                   "torch.no_grad(), or the output was detached, so it would never train.")
+        return CheckResult(False, name, message, failed_check="gradient", no_gradient=list(trained))
+    frozen, buffers, none, wrong = [], [], [], []
+    worst = None  # (name, largest difference, index) of the first wrong gradient
+    for key, want in trained.items():
+        p = mine.get(key)
+        if p is None:
+            buffers.append(key)
+        elif not p.requires_grad:
+            frozen.append(key)
+        elif p.grad is None:
+            if bool(want.any()):  # an all-zero gradient lost is no training lost
+                none.append(key)
+        else:
+            bad, where, diff = _gradient_differs(p.grad, want, atol, rtol)
+            if bad:
+                wrong.append(key)
+                worst = worst or (key, diff, where)
+    arg_names = _arg_names(learner, len(inputs))
+    input_none, input_wrong = [], []
+    for i, want in enumerate(want_input_grads):
+        if want is None or not bool(want.any()):
+            continue
+        have = args[i].grad if isinstance(args[i], torch.Tensor) and args[i].requires_grad else None
+        if have is None:
+            input_none.append(arg_names[i])
+        else:
+            bad, where, diff = _gradient_differs(have, want, atol, rtol)
+            if bad:
+                input_wrong.append(arg_names[i])
+                worst = worst or (f"input {arg_names[i]}", diff, where)
+    sentences = []
+    if frozen:
+        sentences.append(f"parameter{'s' if len(frozen) > 1 else ''} {_listed(frozen)} "
+                         f"{'have' if len(frozen) > 1 else 'has'} requires_grad=False, but {ref_name} trains "
+                         f"{'them' if len(frozen) > 1 else 'it'}: do not freeze {'them' if len(frozen) > 1 else 'it'} in your module.")
+    if buffers:
+        sentences.append(f"{_listed(buffers)} {'are buffers' if len(buffers) > 1 else 'is a buffer'} in your module, "
+                         f"not {'nn.Parameters' if len(buffers) > 1 else 'an nn.Parameter'}, so "
+                         f"{'they' if len(buffers) > 1 else 'it'} would never train: wrap it in nn.Parameter(...).")
+    if none:
+        sentences.append(f"parameter{'s' if len(none) > 1 else ''} {_listed(none)} "
+                         f"get{'' if len(none) > 1 else 's'} no gradient: {_NEVER_TRAINS}.")
+    if input_none:
+        sentences.append(f"no gradient reaches the input {_listed(input_none)}: the output does not depend on it through "
+                         "autograd (e.g. a .detach() or torch.no_grad() on it), so whatever feeds it would never train.")
+    if wrong:
+        key, diff, where = worst if not worst[0].startswith("input ") else (wrong[0], None, None)
+        extent = f" (by up to {diff:.3g}, at index {where})" if diff is not None else ""
+        sentences.append(f"the gradient of parameter{'s' if len(wrong) > 1 else ''} {_listed(wrong)} differs from "
+                         f"{ref_name}'s{extent} though the outputs match: {_CHANGED_GRADIENT}.")
+    if input_wrong:
+        key, diff, where = worst if worst[0].startswith("input ") else (None, None, None)
+        extent = f" (by up to {diff:.3g}, at index {where})" if diff is not None else ""
+        sentences.append(f"the gradient with respect to the input {_listed(input_wrong)} differs from {ref_name}'s"
+                         f"{extent} though the outputs match: {_CHANGED_GRADIENT}.")
+    if not sentences:
+        return None
+    message = f"✗ {name}: " + " Also, ".join(sentences)
+    return CheckResult(False, name, message, failed_check="gradient", no_gradient=frozen + buffers + none + input_none,
+                       wrong_gradient=wrong + input_wrong)
+
+
+def _gradient_differs(have: torch.Tensor, want: torch.Tensor, atol: float, rtol: float):
+    """(differs, index of the largest difference, that difference): within 10x the forward's tolerances, on the
+    gradient's own scale (gradients add up more rounding than outputs)."""
+    have64, want64 = have.detach().double(), want.detach().double()  # the parameter's (or input's) shape
+    if have64.shape != want64.shape:
+        return True, None, float("inf")
+    scale = float(want64.abs().max()) if want64.numel() else 0.0
+    diff = (have64 - want64).abs()  # same shape
+    finite_alike = torch.isfinite(have64) == torch.isfinite(want64)  # same shape
+    diff = torch.where(finite_alike, diff.nan_to_num(0.0), torch.full_like(diff, float("inf")))  # same shape
+    bad = diff > 10 * atol * max(1.0, scale) + 10 * rtol * want64.abs()
+    if not bool(bad.any()):
+        return False, None, 0.0
+    where = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
+    return True, where, float(diff.max())
 
 
 def _verdict(name, ref_name, got, expected, inputs, kwargs, reference_cls, reference, atol, rtol, notes_line):

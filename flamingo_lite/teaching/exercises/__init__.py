@@ -129,7 +129,8 @@ def check_layer(
 
     reference: a reference class or instance, as for `check_module`.
     mistakes: `mistakes(reference, *inputs) -> list[Mistake]`, the outputs of the usual wrong implementations with
-        the reference's weights; when the learner's output matches one, the check says that mistake's sentence.
+        the reference's weights; when the learner's output matches one, the check says that mistake's sentence
+        (on the input set beyond the example where the output went wrong, when it was right on the example).
     Passes with a line starting "OK"; otherwise raises `ExerciseFailed` with `check_module`'s verdict.
     Returns the `CheckResult`.
     """
@@ -139,13 +140,21 @@ def check_layer(
     if result.passed:
         passed(f"{what} matches the reference ({result.message.split(': ', 1)[-1]}).")
         return result
-    if result.output is not None and mistakes is not None and result.output.shape == result.expected.shape:
-        with torch.no_grad():
-            known = mistakes(result.reference, *result.inputs)
+    forward_wrong = result.failed_check in (None, "forward", "case")  # the values differ, on the example or a case
+    if forward_wrong and result.output is not None and mistakes is not None and result.output.shape == result.expected.shape:
+        try:
+            with torch.no_grad():
+                known = mistakes(result.reference, *result.inputs)
+        except Exception:  # the usual mistakes cannot be computed on this case: the checker's verdict stands
+            known = []
         got = result.output.float()
         for mistake in known:
             if _same(got, mistake.output.detach().to(got.device, torch.float32), atol, rtol):
+                if result.case is not None:
+                    fail(f"{what} is right on the example but not on {result.case}: {mistake.message}")
                 fail(f"{what}: {mistake.message}")
+    if not forward_wrong:  # the values match; the verdict names what else is wrong (dtype, inputs, gradients)
+        fail(f"{what}: {result.message.removeprefix('✗ ')}")
     fail(f"{what}: {result.message.removeprefix('✗ ')}; no usual mistake matches, so compare each line with the "
          "steps above.")
 
