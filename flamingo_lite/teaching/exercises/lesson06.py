@@ -17,6 +17,10 @@ DIM, HEADS, DIM_HEAD = 16, 2, 8
 ATTN_GATE, FF_GATE = 0.7, -0.4  # opened, different, and tanh(g) far from g: every mistake gives other numbers
 
 register_hints({
+    "06.init": "After super().__init__(): self.attn = MyMaskedCrossAttention(dim=dim, dim_head=dim_head, heads=heads, "
+               "only_attend_immediate_media=only_attend_immediate_media), self.ff = MyFeedForward(dim, mult=ff_mult), "
+               "and two gates, self.attn_gate and self.ff_gate, each nn.Parameter(torch.tensor([0.0])): shape (1,), "
+               "starting closed.",
     "06.forward": "Two lines, each `x = x + <gate> * <layer>(...)`: first the cross-attention `self.attn(x, media, "
                   "media_locations)` times `self.attn_gate.tanh()`, then `self.ff(x)` on that new x times "
                   "`self.ff_gate.tanh()`. Keep the `x +` in both: the block adds to the text stream.",
@@ -114,8 +118,8 @@ def check_forward(block_class) -> None:
     if not torch.equal(start, x):
         fail("with both gates at 0 your block does not return x bit for bit: the gates must multiply each layer's "
              "output (tanh(0) = 0), and nothing else may be added.")
-    passed("your GatedCrossAttentionBlock.forward matches the reference in both modes, and is the identity with "
-           "closed gates.")
+    passed("your GatedCrossAttentionBlock, constructor and forward, matches the reference in both modes, and is the "
+           "identity with closed gates.")
 
 
 def check_tanh_slope(tanh_slope) -> None:
