@@ -67,6 +67,9 @@ FALLBACKS = {
     "MyMaskedCrossAttention": ("flamingo_lite", "MaskedCrossAttention"),
 }
 
+# The start of the line that stands in for a solution in the student notebooks (tools/make_student_notebooks.py).
+UNWRITTEN = 'raise NotImplementedError("Your turn'
+
 _state = {"lesson": None}
 
 
@@ -172,13 +175,18 @@ def load_earlier(lesson: str, namespace: dict, *, path=None, needs=()) -> list[s
             by_lesson.setdefault(s.lesson, []).extend(s.names)
         for les, names in by_lesson.items():
             lines.append(f"from your {path.name}, lesson {les}: {', '.join(names)}")
-    defined = {n for s in sections for n in s.names}
+    written = {n: s for s in sections for n in s.names}
     for name in needs:
-        if name not in defined:
-            module_name, attr = FALLBACKS[name]
-            module = __import__(module_name, fromlist=[attr])
-            namespace[name] = getattr(module, attr)
-            lines.append(f"{path.name} has no {name} yet: using {module_name}.{attr} in its place")
+        module_name, attr = FALLBACKS[name]
+        if name not in written:
+            why = f"{path.name} has no {name} yet"
+        elif UNWRITTEN in written[name].body:  # the student version's stub, still there
+            why = f"your {name} in {path.name} is not written yet (lesson {written[name].lesson})"
+        else:
+            continue
+        module = __import__(module_name, fromlist=[attr])
+        namespace[name] = getattr(module, attr)
+        lines.append(f"{why}: using {module_name}.{attr} in its place")
     for line in lines:
         print(line)
     return lines

@@ -102,11 +102,17 @@ def check_forward(block_class) -> None:
         reference = _opened_reference(mode)
         mine = run_learner(block_class, dim=DIM, dim_head=DIM_HEAD, heads=HEADS, only_attend_immediate_media=mode,
                            what="building your block")
+        want, have = set(reference.state_dict()), set(mine.state_dict())
+        if want != have:  # a missing or misnamed parameter, said in words before load_state_dict's own report
+            said = [f"missing {', '.join(sorted(want - have))}" if want - have else "",
+                    f"not in the reference {', '.join(sorted(have - want))}" if have - want else ""]
+            fail(f"your block's parameters are not the reference's (attn, attn_gate, ff, ff_gate): "
+                 f"{'; '.join(part for part in said if part)}.")
         try:
             mine.load_state_dict(reference.state_dict())
-        except RuntimeError as error:
-            fail(f"your block's parameters are not the reference's (attn, attn_gate, ff, ff_gate): "
-                 f"{str(error).splitlines()[0]}")
+        except RuntimeError as error:  # the names agree, a shape does not
+            fail(f"your block's parameters have the reference's names but not its shapes: "
+                 f"{' '.join(str(error).split())}")
         with torch.no_grad():
             got = run_learner(mine, x, media, media_locations, what="your block's forward")
             variants = _variants(reference, x, media, media_locations)
