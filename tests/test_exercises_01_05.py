@@ -457,3 +457,94 @@ def test_common_errors_get_advice():
     fails_with(lesson02.check_project, cat_on_width, match="along the token axis, dim=-2")
     fails_with(lesson02.check_project, split_too_early, match="heads split: return them as")
     fails_with(lesson03.check_forward, make_resampler("3d"), match="rearrange it to \\(b, 1, n, d\\)")
+
+
+# ------------------------------------------------------------------------------------- the learner's constructors
+
+def make_feedforward(bug=None, raises_in=None):
+    """A learner's MyFeedForward; `bug` is one usual mistake, `raises_in` "__init__" or "forward" for a stub."""
+    activations = {"ReLU": nn.ReLU(), "squared ReLU": None, "tanh GELU": nn.GELU(approximate="tanh"),
+                   "no activation": nn.Identity()}
+
+    class MyFeedForward(nn.Sequential):
+        def __init__(self, dim, mult=4):
+            super().__init__()
+            if raises_in == "__init__":
+                stub()
+            inner = int(dim * mult)
+            self.append(nn.LayerNorm(dim))
+            self.append(nn.Linear(dim, inner, bias=bug == "bias"))
+            self.append(activations.get(bug) or nn.GELU())
+            self.append(nn.Linear(inner, dim, bias=False))
+
+        def forward(self, x):
+            if raises_in == "forward":
+                stub()
+            h = self[1](x if bug == "no LayerNorm" else self[0](x))  # (..., inner)
+            if bug == "squared ReLU":
+                return self[3](torch.relu(h).square())  # (..., dim)
+            return self[3](self[2](h))  # (..., dim)
+
+    return MyFeedForward
+
+
+@pytest.mark.parametrize("bug, named", [
+    ("no LayerNorm", "not normalised"), ("ReLU", "this is ReLU"), ("squared ReLU", "paper's Squared ReLU"),
+    ("tanh GELU", "tanh approximation"), ("no activation", "no non-linearity"),
+])
+def test_03_feedforward_mistakes(bug, named):
+    fails_with(lesson03.check_feedforward, make_feedforward(bug), match=named)
+
+
+def test_03_feedforward_constructor_stub_names_and_solution(capsys):
+    fails_with(lesson03.check_feedforward, make_feedforward(raises_in="__init__"), match="MyFeedForward\\(16, mult=2\\) is not written yet")
+    fails_with(lesson03.check_feedforward, make_feedforward(raises_in="forward"), match="not written yet")
+    with pytest.raises(ExerciseFailed, match="do not line up with the reference") as caught:  # a bias the reference lacks
+        lesson03.check_feedforward(make_feedforward("bias"))
+    assert "Unexpected (your module has them, the reference does not): 1.bias" in str(caught.value)
+
+    class Named(nn.Module):  # a feed-forward with names of its own: the reference's weights cannot load
+        def __init__(self, dim, mult=4):
+            super().__init__()
+            self.norm, self.fc1, self.fc2 = nn.LayerNorm(dim), nn.Linear(dim, dim * mult), nn.Linear(dim * mult, dim)
+
+        def forward(self, x):
+            return self.fc2(nn.functional.gelu(self.fc1(self.norm(x))))
+
+    fails_with(lesson03.check_feedforward, Named, match="no parameter '0.weight'.*table lists the names")
+    lesson03.check_feedforward(make_feedforward())
+    assert capsys.readouterr().out.startswith("OK: your MyFeedForward matches the reference")
+
+
+def test_02_and_05_constructor_stubs_and_misnamed_parameters():
+    class Stubbed(make_perceiver_attention()):
+        def __init__(self, **kwargs):
+            super(nn.Module, self).__init__()
+            stub()
+
+    fails_with(lesson02.check_forward, Stubbed, match="Stubbed\\(dim=16, dim_head=4, heads=2\\) is not written yet")
+
+    class SeparateKV(make_perceiver_attention()):  # to_k and to_v instead of the reference's one to_kv
+        def __init__(self, *, dim, dim_head=64, heads=8):
+            super().__init__(dim=dim, dim_head=dim_head, heads=heads)
+            del self.to_kv
+            self.to_k = nn.Linear(dim, dim_head * heads, bias=False)
+            self.to_v = nn.Linear(dim, dim_head * heads, bias=False)
+
+    message = fails_with(lesson02.check_forward, SeparateKV, match="do not line up with the reference")
+    assert "Missing" in message and "to_kv.weight" in message and "to_k.weight" in message
+
+    class NoNorm(make_cross_attention()):  # the text LayerNorm named otherwise
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.norm_text = self.norm
+            del self.norm
+
+    fails_with(lesson05.check_forward, NoNorm, match="no parameter 'norm.weight'")
+
+
+def test_the_constructor_hints(capsys):
+    for key in ["02.init", "03.feedforward", "03.init", "05.init"]:
+        hint(key)
+        assert capsys.readouterr().out.startswith(f"Hint ({key}): After super().__init__()" if key != "03.feedforward"
+                                                  else f"Hint ({key}): In __init__, after super().__init__()")

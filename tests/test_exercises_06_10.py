@@ -67,6 +67,25 @@ def test_06_forward_stub_solution_and_mistakes(capsys):
         fails(lesson06.check_forward, block_class(wrong), match=message)
 
 
+def test_06_constructor_stub_and_misnamed_gate(capsys):
+    class Stubbed(block_class(right)):
+        def __init__(self, **kwargs):
+            nn.Module.__init__(self)
+            stub()
+
+    fails(lesson06.check_forward, Stubbed, match="building your block is not written yet")
+
+    class OneGate(block_class(right)):  # one gate named `gate` instead of the reference's attn_gate
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.gate = self.attn_gate
+            del self.attn_gate
+
+    fails(lesson06.check_forward, OneGate, match="not the reference's \\(attn, attn_gate, ff, ff_gate\\): missing attn_gate; not in the reference gate")
+    hint("06.init")
+    assert capsys.readouterr().out.startswith("Hint (06.init): After super().__init__()")
+
+
 def test_06_exercises():
     fails(lesson06.check_tanh_slope, stub, match="not written yet")
     lesson06.check_tanh_slope(lambda a: 1 - a.tanh() ** 2)

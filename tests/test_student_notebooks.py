@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -211,7 +212,7 @@ def test_every_lesson_with_exercises_is_covered():
 
 
 @pytest.mark.parametrize("lesson_path", lessons_with_exercises(), ids=lambda p: p.stem)
-def test_exercise_checks_fail_on_the_stub_and_pass_with_the_solution(lesson_path):
+def test_exercise_checks_fail_on_the_stub_and_pass_with_the_solution(lesson_path, tmp_path):
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
@@ -241,7 +242,13 @@ def test_exercise_checks_fail_on_the_stub_and_pass_with_the_solution(lesson_path
         assert error is None, f"{lesson_path.name}, cell {index - offset} ({why}) raised {error}:\n{cells[index].source[:400]}"
 
     checked = 0
-    with client.setup_kernel():
+    # The learner's own my_flamingo.py: a copy of the course's, so the earlier lessons' code is there, and the
+    # %%my_flamingo cells write to it, not into the repository.
+    own_file = tmp_path / "my_flamingo.py"
+    shutil.copyfile(ROOT / "notebooks" / "my_flamingo.py", own_file)
+    # The kernel runs in notebooks/student/: put this checkout first on its path, whatever else is installed.
+    path = os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    with client.setup_kernel(env={**os.environ, "MY_FLAMINGO_FILE": str(own_file), "PYTHONPATH": path}):
         segment = []  # code cells from an exercise's first solution cell to its check cell
         for index, cell in enumerate(cells[: last_check + 1]):
             if cell.cell_type != "code" or not cell.source.strip():

@@ -16,6 +16,9 @@ register_hints({
     "02.scores": "rearrange q, k, v with 'b t n (h e) -> b t h n e' (h=layer.heads); scores = einsum('b t h i e, "
     "b t h j e -> b t h i j') * layer.scale; softmax(dim=-1), over the keys; einsum with v; then 'b t h L e -> b t L "
     "(h e)' merges the heads.",
+    "02.init": "After super().__init__(): self.heads = heads, self.scale = dim_head ** -0.5, inner = dim_head * heads; "
+    "self.norm_media and self.norm_latents are nn.LayerNorm(dim); self.to_q = nn.Linear(dim, inner, bias=False), "
+    "self.to_kv = nn.Linear(dim, 2 * inner, bias=False), self.to_out = nn.Linear(inner, dim, bias=False).",
     "02.forward": "forward is two of your functions and to_out: self.to_out(attend_latents(self, *project(self, x, "
     "latents))).",
     "02.unpatchify": "The pattern that cut the image was '(gh p1) (gw p2) c -> (gh gw) (p1 p2 c)'; swap its two "

@@ -14,6 +14,13 @@ register_hints({
     "every feature of media i, in every sample. t = x.shape[1].",
     "03.layers": "for attn, ff in layers: z = attn(x, z) + z, then z = ff(z) + z. Each block computes an update; "
     "the residual adds it to what z already was.",
+    "03.feedforward": "In __init__, after super().__init__(): inner = int(dim * mult), then self.append(...) four "
+    "times: nn.LayerNorm(dim), nn.Linear(dim, inner, bias=False), nn.GELU(), nn.Linear(inner, dim, bias=False). In "
+    "forward, run them in order: self[3](self[2](self[1](self[0](x)))).",
+    "03.init": "After super().__init__(): self.latents = nn.Parameter(torch.randn(num_latents, dim)), "
+    "self.media_pos_emb = nn.Parameter(torch.randn(num_media_embeds, 1, dim)), self.layers = nn.ModuleList() with "
+    "depth times self.layers.append(nn.ModuleList([MyPerceiverAttention(dim=dim, dim_head=dim_head, heads=heads), "
+    "MyFeedForward(dim, mult=ff_mult)])), and self.norm = nn.LayerNorm(dim).",
     "03.forward": "A (b, n, d) input is one media: rearrange it to (b, 1, n, d). Then x = add_time_embeddings(x, "
     "self.media_pos_emb), z = repeat(self.latents, 'L d -> b t L d', b=b, t=t), z = resampler_layers(self.layers, "
     "x, z), and return self.norm(z).",
@@ -51,6 +58,32 @@ def check_time_embeddings(add_time_embeddings) -> None:
                 "media 0 got embedding 1: the table is indexed from 0, media_pos_emb[:t], not [1:t+1]."),
     ])
     passed("add_time_embeddings is right: media i got embedding i on every feature.")
+
+
+def _feedforward_mistakes(reference, x):
+    norm, widen, _, narrow = reference
+    gelu = torch.nn.functional.gelu
+    return [
+        Mistake("no LayerNorm", narrow(gelu(widen(x))),
+                "the input is not normalised: the first layer, self[0], is nn.LayerNorm(dim), run before widening."),
+        Mistake("ReLU", narrow(torch.relu(widen(norm(x)))),
+                "this is ReLU: use nn.GELU() between the two linear layers, as fl.FeedForward and flamingo-pytorch do."),
+        Mistake("squared ReLU", narrow(torch.relu(widen(norm(x))).square()),
+                "this is the paper's Squared ReLU (Table 4): here use nn.GELU(), so that the reference's weights give "
+                "the reference's numbers."),
+        Mistake("tanh GELU", narrow(gelu(widen(norm(x)), approximate="tanh")),
+                "this is the tanh approximation of GELU: use nn.GELU() with its default (exact) form."),
+        Mistake("no activation", narrow(widen(norm(x))),
+                "there is no non-linearity between the two linear layers: put nn.GELU() between them."),
+    ]
+
+
+def check_feedforward(feedforward_cls) -> None:
+    """Step 03.feedforward: `MyFeedForward(dim, mult)`, constructor and forward, against fl.FeedForward."""
+    learner = run_learner(feedforward_cls, 16, mult=2, what=f"{feedforward_cls.__name__}(16, mult=2)")
+    what = f"your {feedforward_cls.__name__}"
+    x = (torch.randn(2, 3, 5, 16, generator=torch.Generator().manual_seed(4)),)  # (b, t, L, d)
+    check_layer(learner, fl.FeedForward, x, what=what, mistakes=_feedforward_mistakes)
 
 
 def reference_layers(layers, x, z, *, attn_residual=True, ff_residual=True):

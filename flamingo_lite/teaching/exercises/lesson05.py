@@ -14,6 +14,10 @@ register_hints({
     "05.softmax": "Find the rows that see nothing, empty = ~mask.any(dim=-1, keepdim=True). Fill the masked scores "
     "with -inf and the empty rows with 0 (so no row is all -inf), softmax over the last axis, then set the empty "
     "rows to 0 again.",
+    "05.init": "After super().__init__(): self.heads = heads, self.scale = dim_head ** -0.5, inner = dim_head * heads; "
+    "self.norm = nn.LayerNorm(dim) (for the text only); self.to_q = nn.Linear(dim, inner, bias=False), "
+    "self.to_kv = nn.Linear(dim, 2 * inner, bias=False), self.to_out = nn.Linear(inner, dim, bias=False); and keep "
+    "self.only_attend_immediate_media = only_attend_immediate_media for the mask.",
     "05.forward": "q from to_q(norm(x)) split into heads; k, v from to_kv(media flattened 'b t m d -> b (t m) d'), "
     "each split into heads; sim = einsum(q, k) * self.scale; with media_locations, the mask is "
     "masks.cross_attention_mask(media_locations, t, m, self.only_attend_immediate_media) with a head axis, "

@@ -17,6 +17,10 @@ DIM, HEADS, DIM_HEAD = 16, 2, 8
 ATTN_GATE, FF_GATE = 0.7, -0.4  # opened, different, and tanh(g) far from g: every mistake gives other numbers
 
 register_hints({
+    "06.init": "After super().__init__(): self.attn = MyMaskedCrossAttention(dim=dim, dim_head=dim_head, heads=heads, "
+               "only_attend_immediate_media=only_attend_immediate_media), self.ff = MyFeedForward(dim, mult=ff_mult), "
+               "and two gates, self.attn_gate and self.ff_gate, each nn.Parameter(torch.tensor([0.0])): shape (1,), "
+               "starting closed.",
     "06.forward": "Two lines, each `x = x + <gate> * <layer>(...)`: first the cross-attention `self.attn(x, media, "
                   "media_locations)` times `self.attn_gate.tanh()`, then `self.ff(x)` on that new x times "
                   "`self.ff_gate.tanh()`. Keep the `x +` in both: the block adds to the text stream.",
@@ -98,11 +102,17 @@ def check_forward(block_class) -> None:
         reference = _opened_reference(mode)
         mine = run_learner(block_class, dim=DIM, dim_head=DIM_HEAD, heads=HEADS, only_attend_immediate_media=mode,
                            what="building your block")
+        want, have = set(reference.state_dict()), set(mine.state_dict())
+        if want != have:  # a missing or misnamed parameter, said in words before load_state_dict's own report
+            said = [f"missing {', '.join(sorted(want - have))}" if want - have else "",
+                    f"not in the reference {', '.join(sorted(have - want))}" if have - want else ""]
+            fail(f"your block's parameters are not the reference's (attn, attn_gate, ff, ff_gate): "
+                 f"{'; '.join(part for part in said if part)}.")
         try:
             mine.load_state_dict(reference.state_dict())
-        except RuntimeError as error:
-            fail(f"your block's parameters are not the reference's (attn, attn_gate, ff, ff_gate): "
-                 f"{str(error).splitlines()[0]}")
+        except RuntimeError as error:  # the names agree, a shape does not
+            fail(f"your block's parameters have the reference's names but not its shapes: "
+                 f"{' '.join(str(error).split())}")
         with torch.no_grad():
             got = run_learner(mine, x, media, media_locations, what="your block's forward")
             variants = _variants(reference, x, media, media_locations)
@@ -114,8 +124,8 @@ def check_forward(block_class) -> None:
     if not torch.equal(start, x):
         fail("with both gates at 0 your block does not return x bit for bit: the gates must multiply each layer's "
              "output (tanh(0) = 0), and nothing else may be added.")
-    passed("your GatedCrossAttentionBlock.forward matches the reference in both modes, and is the identity with "
-           "closed gates.")
+    passed("your GatedCrossAttentionBlock, constructor and forward, matches the reference in both modes, and is the "
+           "identity with closed gates.")
 
 
 def check_tanh_slope(tanh_slope) -> None:

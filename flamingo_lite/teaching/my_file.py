@@ -1,0 +1,240 @@
+"""`%%my_flamingo`: the learner's own Flamingo, gathered into one file as they write it.
+
+A lesson's setup cell calls `my_file.start("03")`. That registers the cell magic `%%my_flamingo` in the running
+IPython, says which lesson is running, and loads the definitions of the earlier lessons from the learner's file
+into the notebook, so lesson 03's resampler is built from the learner's own lesson-02 attention.
+
+A cell that starts with `%%my_flamingo` runs in the notebook's namespace exactly as it would without the line.
+When it ran without an error, its source (solution markers taken out) is written into the file `my_flamingo.py`
+in the current folder (or the path in the environment variable `MY_FLAMINGO_FILE`), as a section headed by a
+comment naming the lesson and the names the cell defines:
+
+    # === lesson 02: project ===
+    def project(layer, x, latents):
+        ...
+
+Running the cell again replaces its section in place (a section of the same lesson that defines one of the same
+names is the same cell); a new cell's section is appended. The file starts with `PREAMBLE`, a docstring and the
+imports every section may use (torch, nn, F, rearrange, repeat, math), so it imports on its own:
+`from my_flamingo import MyPerceiverResampler`. It is written atomically, so an interrupted write never leaves
+half a file.
+
+`tools/make_my_flamingo.py` assembles the course's own `notebooks/my_flamingo.py` from the lessons' cells with the
+same functions, so running a solution lesson leaves that file byte for byte as it is.
+"""
+from __future__ import annotations
+
+import ast
+import os
+import re
+from pathlib import Path
+
+from ..files import write_text_atomic
+
+__all__ = [
+    "ENV_VAR", "FALLBACKS", "PREAMBLE", "Section", "clean_source", "defined_names", "file_path", "load_earlier",
+    "parse", "record", "register", "render", "start",
+]
+
+ENV_VAR = "MY_FLAMINGO_FILE"
+FILE_NAME = "my_flamingo.py"
+
+PREAMBLE = '''\
+"""My Flamingo: the modules I wrote in the flamingo_lite course, one section per lesson cell.
+
+Written by the `%%my_flamingo` cells of the lessons: each section is a cell as it last ran without an error, and
+running that cell again replaces its section. It needs only torch and einops:
+
+    from my_flamingo import MyPerceiverResampler, MyGatedCrossAttentionBlock
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+'''
+
+HEADER = re.compile(r"^# === lesson (?P<lesson>[0-9A-Za-z_]+): (?P<names>[^=]*?) ===$", re.M)
+_BEGIN = re.compile(r"^[ \t]*###\s*BEGIN SOLUTION\s*$")
+_END = re.compile(r"^[ \t]*###\s*END SOLUTION\s*$")
+
+# What a lesson uses in place of an earlier lesson's definition that the learner's file does not have yet.
+FALLBACKS = {
+    "MyPerceiverAttention": ("flamingo_lite", "PerceiverAttention"),
+    "MyFeedForward": ("flamingo_lite", "FeedForward"),
+    "my_cross_attention_mask": ("flamingo_lite.masks", "cross_attention_mask"),
+    "MyMaskedCrossAttention": ("flamingo_lite", "MaskedCrossAttention"),
+}
+
+# The start of the line that stands in for a solution in the student notebooks (tools/make_student_notebooks.py).
+UNWRITTEN = 'raise NotImplementedError("Your turn'
+
+_state = {"lesson": None}
+
+
+class Section:
+    """One cell's part of the file: its lesson, the names it defines, and its source."""
+
+    def __init__(self, lesson: str, names: tuple[str, ...], body: str):
+        self.lesson, self.names, self.body = str(lesson), tuple(names), body.strip("\n").rstrip()
+
+    def header(self) -> str:
+        return f"# === lesson {self.lesson}: {', '.join(self.names) or '(no names)'} ==="
+
+    def __eq__(self, other):
+        return isinstance(other, Section) and (self.lesson, self.names, self.body) == (other.lesson, other.names, other.body)
+
+    def __repr__(self):
+        return f"Section(lesson={self.lesson!r}, names={self.names!r})"
+
+
+def file_path() -> Path:
+    """Where the learner's file is: $MY_FLAMINGO_FILE, or my_flamingo.py in the current folder."""
+    return Path(os.environ.get(ENV_VAR) or Path.cwd() / FILE_NAME)
+
+
+def clean_source(cell: str) -> str:
+    """A cell's source as the file holds it: without `### BEGIN/END SOLUTION` lines and trailing blank lines."""
+    if not isinstance(cell, str):
+        raise TypeError(f"a cell's source must be a str, got {type(cell).__name__}")
+    return "\n".join(line for line in cell.splitlines() if not (_BEGIN.match(line) or _END.match(line))).strip("\n").rstrip()
+
+
+def defined_names(source: str) -> tuple[str, ...]:
+    """The names a cell defines at its top level (functions, classes, assigned names), in order."""
+    names = []
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            found = [node.name]
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            found = [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+        else:
+            found = []
+        names += [n for n in found if n not in names]
+    return tuple(names)
+
+
+def render(sections: list[Section]) -> str:
+    """The file's text: the preamble, then each section under its header."""
+    return PREAMBLE + "".join(f"\n\n{s.header()}\n{s.body}\n" for s in sections)
+
+
+def parse(text: str) -> list[Section]:
+    """The sections of a file written by `render` (text before the first header is the preamble, not kept)."""
+    headers = list(HEADER.finditer(text))
+    sections = []
+    for i, match in enumerate(headers):
+        end = headers[i + 1].start() if i + 1 < len(headers) else len(text)
+        names = tuple(n.strip() for n in match["names"].split(",") if n.strip() and n.strip() != "(no names)")
+        sections.append(Section(match["lesson"], names, text[match.end():end]))
+    return sections
+
+
+def merge(sections: list[Section], new: Section) -> list[Section]:
+    """`sections` with `new` in place of the same cell's old section (same lesson, a name in common), or appended."""
+    same = [i for i, s in enumerate(sections) if s.lesson == new.lesson and set(s.names) & set(new.names)]
+    if not same:
+        return sections + [new]
+    kept = [s for i, s in enumerate(sections) if i not in same[1:]]
+    kept[same[0]] = new
+    return kept
+
+
+def record(lesson: str, cell: str, path: str | os.PathLike | None = None) -> Path:
+    """Write one cell of `lesson` into the file at `path` (default `file_path()`), replacing its old section."""
+    path = Path(path) if path is not None else file_path()
+    body = clean_source(cell)
+    new = Section(lesson, defined_names(body), body)
+    old = parse(path.read_text(encoding="utf-8")) if path.exists() else []
+    text = render(merge(old, new))
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        write_text_atomic(path, text)
+    return path
+
+
+def load_earlier(lesson: str, namespace: dict, *, path=None, needs=()) -> list[str]:
+    """Run the preamble and the sections of the lessons before `lesson` from the file, in `namespace`.
+
+    needs: names this lesson uses (nothing is loaded when it is empty); each one the file does not define is taken
+    from flamingo_lite (`FALLBACKS`), with a line saying so. The sections are all loaded, since a later lesson's
+    code calls the earlier ones' (lesson 05's layer calls lesson 04's mask). Returns the lines printed.
+    """
+    path = Path(path) if path is not None else file_path()
+    if not needs:
+        return []
+    sections = [s for s in (parse(path.read_text(encoding="utf-8")) if path.exists() else []) if s.lesson < str(lesson)]
+    lines = []
+    if sections:
+        exec(compile(PREAMBLE, str(path), "exec"), namespace)
+        for s in sections:
+            exec(compile(s.body, f"{path.name}, lesson {s.lesson}", "exec"), namespace)
+        by_lesson = {}
+        for s in sections:
+            by_lesson.setdefault(s.lesson, []).extend(s.names)
+        for les, names in by_lesson.items():
+            lines.append(f"from your {path.name}, lesson {les}: {', '.join(names)}")
+    written = {n: s for s in sections for n in s.names}
+    for name in needs:
+        module_name, attr = FALLBACKS[name]
+        if name not in written:
+            why = f"{path.name} has no {name} yet"
+        elif UNWRITTEN in written[name].body:  # the student version's stub, still there
+            why = f"your {name} in {path.name} is not written yet (lesson {written[name].lesson})"
+        else:
+            continue
+        module = __import__(module_name, fromlist=[attr])
+        namespace[name] = getattr(module, attr)
+        lines.append(f"{why}: using {module_name}.{attr} in its place")
+    for line in lines:
+        print(line)
+    return lines
+
+
+def _magic(line: str, cell: str):
+    """The cell magic: run the cell as usual; if it raised nothing, record it in the learner's file."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    lesson = _state["lesson"]
+    if lesson is None:
+        raise RuntimeError("%%my_flamingo needs to know the lesson: run the lesson's setup cell (my_file.start) first")
+    code = shell.transform_cell(cell)
+    exec(compile(code, shell.compile.cache(cell), "exec"), shell.user_ns)  # an error propagates: nothing is written
+    record(lesson, cell)
+
+
+def register(shell=None) -> None:
+    """Register `%%my_flamingo` in `shell` (default: the running IPython; nothing happens outside IPython)."""
+    if shell is None:
+        try:
+            from IPython import get_ipython
+        except ImportError:
+            return
+        shell = get_ipython()
+    if shell is not None:
+        shell.register_magic_function(_magic, magic_kind="cell", magic_name="my_flamingo")
+
+
+def start(lesson: str, namespace: dict | None = None, *, needs=()) -> None:
+    """A lesson's setup: register the magic, set the lesson, and load the earlier lessons' definitions.
+
+    lesson: "02", "03", ... (the lesson's number). namespace: where to load them (default: the notebook's).
+    needs: names of earlier lessons this lesson uses (see `load_earlier`); none: nothing is loaded.
+    """
+    if not isinstance(lesson, str) or not re.fullmatch(r"[0-9A-Za-z_]+", lesson):
+        raise ValueError(f"lesson must be a lesson number such as '03', got {lesson!r}")
+    _state["lesson"] = lesson
+    register()
+    if namespace is None:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is None:
+            raise ValueError("outside IPython, pass the namespace to load the earlier lessons into")
+        namespace = shell.user_ns
+    load_earlier(lesson, namespace, needs=needs)
+
+
+register()

@@ -1,0 +1,195 @@
+"""My Flamingo: the modules I wrote in the flamingo_lite course, one section per lesson cell.
+
+Written by the `%%my_flamingo` cells of the lessons: each section is a cell as it last ran without an error, and
+running that cell again replaces its section. It needs only torch and einops:
+
+    from my_flamingo import MyPerceiverResampler, MyGatedCrossAttentionBlock
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+
+
+# === lesson 02: project ===
+def project(layer, x, latents):
+    """x (b, t, n, d), latents (b, t, L, d) -> q (b, t, L, h*e), k, v (b, t, n+L, h*e)."""
+    x = layer.norm_media(x)  # (b, t, n, d)
+    latents = layer.norm_latents(latents)  # (b, t, L, d)
+    q = layer.to_q(latents)  # (b, t, L, h*e)
+    kv_input = torch.cat((x, latents), dim=-2)  # (b, t, n+L, d): the twist
+    k, v = layer.to_kv(kv_input).chunk(2, dim=-1)  # 2 x (b, t, n+L, h*e)
+    return q, k, v
+
+
+# === lesson 02: attend_latents ===
+def attend_latents(layer, q, k, v):
+    """q (b, t, L, h*e), k, v (b, t, n+L, h*e) -> (b, t, L, h*e): every latent's weighted sum of the values."""
+    q = rearrange(q, "b t L (h e) -> b t h L e", h=layer.heads)  # (b, t, h, L, e)
+    k = rearrange(k, "b t j (h e) -> b t h j e", h=layer.heads)  # (b, t, h, n+L, e)
+    v = rearrange(v, "b t j (h e) -> b t h j e", h=layer.heads)  # (b, t, h, n+L, e)
+    scores = torch.einsum("b t h i e, b t h j e -> b t h i j", q, k) * layer.scale  # (b, t, h, L, n+L)
+    attn = scores.softmax(dim=-1)  # (b, t, h, L, n+L): over the keys
+    out = torch.einsum("b t h i j, b t h j e -> b t h i e", attn, v)  # (b, t, h, L, e)
+    return rearrange(out, "b t h L e -> b t L (h e)")  # (b, t, L, h*e)
+
+
+# === lesson 02: MyPerceiverAttention ===
+class MyPerceiverAttention(nn.Module):
+    """Latents (queries) attend to [media features; latents] (keys, values). (b,t,n,d), (b,t,L,d) -> (b,t,L,d)."""
+
+    def __init__(self, *, dim, dim_head=64, heads=8):
+        super().__init__()
+        self.heads = heads
+        self.scale = dim_head**-0.5
+        inner = dim_head * heads
+        self.norm_media = nn.LayerNorm(dim)
+        self.norm_latents = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_kv = nn.Linear(dim, inner * 2, bias=False)
+        self.to_out = nn.Linear(inner, dim, bias=False)
+
+    def forward(self, x, latents):
+        q, k, v = project(self, x, latents)  # (b, t, L, h*e), 2 x (b, t, n+L, h*e)
+        return self.to_out(attend_latents(self, q, k, v))  # (b, t, L, d)
+
+
+# === lesson 03: add_time_embeddings ===
+def add_time_embeddings(x, media_pos_emb):
+    """x (b, t, n, d) + the first t of media_pos_emb (T, 1, d) -> (b, t, n, d)."""
+    t = x.shape[1]
+    return x + media_pos_emb[:t]  # (b, t, n, d) + (t, 1, d) -> (b, t, n, d)
+
+
+# === lesson 03: MyFeedForward ===
+class MyFeedForward(nn.Sequential):
+    """LayerNorm, widen, GELU, narrow, on each position on its own. (..., dim) -> (..., dim)."""
+
+    def __init__(self, dim, mult=4):
+        super().__init__()
+        inner = int(dim * mult)
+        self.append(nn.LayerNorm(dim))  # 0
+        self.append(nn.Linear(dim, inner, bias=False))  # 1: widen
+        self.append(nn.GELU())  # 2
+        self.append(nn.Linear(inner, dim, bias=False))  # 3: narrow
+
+    def forward(self, x):
+        h = self[1](self[0](x))  # (..., inner): normalise, widen
+        return self[3](self[2](h))  # (..., dim): GELU, narrow
+
+
+# === lesson 03: resampler_layers ===
+def resampler_layers(layers, x, z):
+    """Run the latents z (b, t, L, d) through every [attention, feed-forward] pair, over the features x (b, t, n, d)."""
+    for attn, ff in layers:
+        z = attn(x, z) + z  # (b, t, L, d): latents read the features (and each other)
+        z = ff(z) + z  # (b, t, L, d): each latent thinks on its own
+    return z
+
+
+# === lesson 03: MyPerceiverResampler ===
+class MyPerceiverResampler(nn.Module):
+    """Any number of visual features per media in, num_latents tokens per media out. (b,[t,]n,d) -> (b,t,L,d)."""
+
+    def __init__(self, *, dim, depth, dim_head=64, heads=8, num_latents=64, num_media_embeds=4, ff_mult=4):
+        super().__init__()
+        self.latents = nn.Parameter(torch.randn(num_latents, dim))  # (L, d)
+        self.media_pos_emb = nn.Parameter(torch.randn(num_media_embeds, 1, dim))  # (T, 1, d)
+        self.layers = nn.ModuleList()  # depth x [attention, feed-forward]
+        for _ in range(depth):
+            attn = MyPerceiverAttention(dim=dim, dim_head=dim_head, heads=heads)  # lesson 02's, yours
+            ff = MyFeedForward(dim, mult=ff_mult)
+            self.layers.append(nn.ModuleList([attn, ff]))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x):
+        if x.ndim == 3:
+            x = rearrange(x, "b n d -> b 1 n d")  # (b, 1, n, d): one media
+        b, t = x.shape[:2]
+        x = add_time_embeddings(x, self.media_pos_emb)  # (b, t, n, d)
+        z = repeat(self.latents, "L d -> b t L d", b=b, t=t)  # (b, t, L, d)
+        z = resampler_layers(self.layers, x, z)  # (b, t, L, d)
+        return self.norm(z)  # (b, t, L, d)
+
+
+# === lesson 04: my_text_time ===
+def my_text_time(media_locations):
+    """(b, n) bool -> (b, n) long: how many <image> markers are at or before each token."""
+    return media_locations.long().cumsum(dim=-1)  # (b, n)
+
+
+# === lesson 04: my_text_to_media_mask ===
+def my_text_to_media_mask(text_time, num_media, only_attend_immediate_media):
+    """(b, n) text time -> (b, n, t) bool: True where a token may look at image 1..t."""
+    media_time = torch.arange(1, num_media + 1, device=text_time.device)  # (t,) = [1, 2, ...]
+    tt = rearrange(text_time, "b n -> b n 1")  # (b, n, 1)
+    mt = rearrange(media_time, "t -> 1 1 t")  # (1, 1, t)
+    return (tt == mt) if only_attend_immediate_media else (tt >= mt)  # (b, n, t)
+
+
+# === lesson 04: my_cross_attention_mask ===
+def my_cross_attention_mask(media_locations, num_media, num_latents, only_attend_immediate_media=True):
+    """(b, n) bool -> (b, n, t*m) bool, True = this token may attend to this media latent."""
+    per_media = my_text_to_media_mask(my_text_time(media_locations), num_media, only_attend_immediate_media)  # (b, n, t)
+    return repeat(per_media, "b n t -> b n (t m)", m=num_latents)  # (b, n, t*m)
+
+
+# === lesson 05: masked_softmax ===
+def masked_softmax(scores, mask):
+    """softmax(scores) over the last axis, only where mask is True; all-False rows give zeros."""
+    empty = ~mask.any(dim=-1, keepdim=True)  # (..., 1): rows that see nothing
+    filled = scores.masked_fill(~mask, float("-inf")).masked_fill(empty, 0.0)  # no all -inf row
+    return filled.softmax(dim=-1).masked_fill(empty, 0.0)
+
+
+# === lesson 05: MyMaskedCrossAttention ===
+class MyMaskedCrossAttention(nn.Module):
+    """Text (queries) attends to media latents (keys, values) under the media_locations mask."""
+
+    def __init__(self, *, dim, dim_head=64, heads=8, only_attend_immediate_media=True):
+        super().__init__()
+        self.heads = heads
+        self.scale = dim_head**-0.5
+        inner = dim_head * heads
+        self.norm = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_kv = nn.Linear(dim, inner * 2, bias=False)
+        self.to_out = nn.Linear(inner, dim, bias=False)
+        self.only_attend_immediate_media = only_attend_immediate_media
+
+    def forward(self, x, media, media_locations=None):
+        b, t, m = media.shape[:3]
+        q = rearrange(self.to_q(self.norm(x)), "b n (h e) -> b h n e", h=self.heads)  # (b, h, n, e)
+        k, v = self.to_kv(rearrange(media, "b t m d -> b (t m) d")).chunk(2, dim=-1)  # 2 x (b, t*m, h*e)
+        k = rearrange(k, "b j (h e) -> b h j e", h=self.heads)  # (b, h, t*m, e)
+        v = rearrange(v, "b j (h e) -> b h j e", h=self.heads)  # (b, h, t*m, e)
+        sim = torch.einsum("b h i e, b h j e -> b h i j", q, k) * self.scale  # (b, h, n, t*m)
+        if media_locations is None:
+            attn = sim.softmax(dim=-1)  # (b, h, n, t*m): no mask
+        else:
+            mask = my_cross_attention_mask(media_locations, t, m, self.only_attend_immediate_media)  # (b, n, t*m)
+            attn = masked_softmax(sim, rearrange(mask, "b i j -> b 1 i j"))  # (b, h, n, t*m)
+        out = torch.einsum("b h i j, b h j e -> b h i e", attn, v)  # (b, h, n, e)
+        return self.to_out(rearrange(out, "b h n e -> b n (h e)"))  # (b, n, d)
+
+
+# === lesson 06: MyGatedCrossAttentionBlock ===
+class MyGatedCrossAttentionBlock(nn.Module):
+    """x + tanh(attn_gate) * xattn(x, media), then + tanh(ff_gate) * ff(.)."""
+
+    def __init__(self, *, dim, dim_head=64, heads=8, ff_mult=4, only_attend_immediate_media=True):
+        super().__init__()
+        self.attn = MyMaskedCrossAttention(
+            dim=dim, dim_head=dim_head, heads=heads, only_attend_immediate_media=only_attend_immediate_media
+        )
+        self.attn_gate = nn.Parameter(torch.tensor([0.0]))  # (1,): closed at the start
+        self.ff = MyFeedForward(dim, mult=ff_mult)
+        self.ff_gate = nn.Parameter(torch.tensor([0.0]))  # (1,)
+
+    def forward(self, x, media, media_locations=None):
+        # x (b, n, d), media (b, t, m, d), media_locations (b, n) bool -> (b, n, d)
+        x = x + self.attn(x, media, media_locations) * self.attn_gate.tanh()  # (b, n, d)
+        x = x + self.ff(x) * self.ff_gate.tanh()  # (b, n, d)
+        return x

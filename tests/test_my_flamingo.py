@@ -1,0 +1,265 @@
+"""The learner's own file, `my_flamingo.py`, and the course's, `notebooks/my_flamingo.py`.
+
+* The committed file is what `tools/make_my_flamingo.py` makes from the lessons' `%%my_flamingo` cells, and
+  writing those cells again, as running the solution lessons does, leaves it byte for byte as it is.
+* It imports on its own, with torch and einops only (no flamingo_lite), and its modules are flamingo_lite's and
+  flamingo-pytorch 0.1.2's layers: the same weights load by name and give the same outputs.
+* The magic: it runs the cell, writes its section, replaces a re-run cell's section in place, appends a new one,
+  and writes nothing when the cell raises.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import flamingo_lite as fl
+from flamingo_lite import masks
+from flamingo_lite.teaching import my_file
+from flamingo_lite.teaching.checker import check_module
+
+ROOT = Path(__file__).resolve().parent.parent
+FILE = ROOT / "notebooks" / "my_flamingo.py"
+_spec = importlib.util.spec_from_file_location("make_my_flamingo", ROOT / "tools" / "make_my_flamingo.py")
+tool = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tool)
+
+WHOLE_MODULES = ["MyPerceiverAttention", "MyFeedForward", "MyPerceiverResampler", "MyMaskedCrossAttention",
+                 "MyGatedCrossAttentionBlock"]
+
+
+@pytest.fixture(scope="module")
+def mine():
+    """notebooks/my_flamingo.py, imported as a module of its own."""
+    spec = importlib.util.spec_from_file_location("my_flamingo_under_test", FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ----------------------------------------------------------------------------------------------------- in sync
+
+def test_the_committed_file_is_what_the_tool_makes(capsys):
+    assert FILE.read_text(encoding="utf-8") == tool.assemble(), f"notebooks/my_flamingo.py is out of date: run {tool.COMMAND}"
+    assert tool.main(["--check"]) == 0
+    assert "is up to date" in capsys.readouterr().out
+
+
+def test_running_the_solution_lessons_leaves_the_file_byte_for_byte(tmp_path):
+    """Every %%my_flamingo cell recorded again, lesson by lesson, as the magic does when a lesson runs."""
+    copy = tmp_path / "my_flamingo.py"
+    copy.write_bytes(FILE.read_bytes())
+    cells = 0
+    for lesson in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        for body in tool.magic_cells(lesson):
+            my_file.record(lesson.name[:2], body, copy)
+            cells += 1
+            assert copy.read_bytes() == FILE.read_bytes(), f"{lesson.name}: a %%my_flamingo cell changed the file"
+    assert cells >= 10
+
+
+def test_the_lessons_mark_every_cell_the_model_needs():
+    sections = my_file.parse(FILE.read_text(encoding="utf-8"))
+    names = [n for s in sections for n in s.names]
+    for name in WHOLE_MODULES + ["project", "attend_latents", "add_time_embeddings", "resampler_layers",
+                                 "my_text_time", "my_text_to_media_mask", "my_cross_attention_mask", "masked_softmax"]:
+        assert names.count(name) == 1, f"{name} is defined {names.count(name)} times in my_flamingo.py"
+    assert [s.lesson for s in sections] == sorted(s.lesson for s in sections)
+    assert "### BEGIN SOLUTION" not in FILE.read_text() and "NotImplementedError" not in FILE.read_text()
+
+
+def test_the_check_mode_says_when_the_file_is_stale(tmp_path, monkeypatch, capsys):
+    stale = tmp_path / "my_flamingo.py"
+    stale.write_text(FILE.read_text().replace("class MyFeedForward", "class TheirFeedForward"))
+    monkeypatch.setattr(tool, "TARGET", stale)
+    assert tool.main(["--check"]) == 1
+    assert "out of date" in capsys.readouterr().out
+    assert tool.main([]) == 0 and stale.read_text() == FILE.read_text()
+
+
+# -------------------------------------------------------------------------------------------------- standalone
+
+def test_it_imports_only_torch_einops_and_math():
+    tree = ast.parse(FILE.read_text(encoding="utf-8"))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add((node.module or "").split(".")[0])
+    assert imported == {"math", "torch", "einops"}, imported
+    assert "flamingo_lite" not in FILE.read_text(encoding="utf-8").split('"""', 2)[2]  # not even by name
+
+
+def test_it_imports_in_a_python_without_flamingo_lite(tmp_path):
+    (tmp_path / "my_flamingo.py").write_bytes(FILE.read_bytes())
+    code = ("import sys; sys.modules['flamingo_lite'] = None; import my_flamingo as m; "
+            "print(sorted(n for n in vars(m) if n.startswith('My')))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(sorted(WHOLE_MODULES))
+
+
+# ---------------------------------------------------------------------------------------------- the same layers
+
+@pytest.mark.parametrize("cfg", [dict(dim=16, dim_head=4, heads=2), dict(dim=24, dim_head=8, heads=3)])
+def test_the_attention_layers_are_flamingo_lites(mine, cfg):
+    assert check_module(mine.MyPerceiverAttention(**cfg), fl.PerceiverAttention, verbose=False).passed
+    for mode in (True, False):
+        layer = mine.MyMaskedCrossAttention(**cfg, only_attend_immediate_media=mode)
+        assert check_module(layer, fl.MaskedCrossAttention, verbose=False).passed
+
+
+@pytest.mark.parametrize("dim, mult", [(16, 4), (12, 2.5)])
+def test_the_feedforward_is_flamingo_lites(mine, dim, mult):
+    layer = mine.MyFeedForward(dim, mult=mult)
+    assert list(layer.state_dict()) == list(fl.FeedForward(dim, mult=mult).state_dict())
+    assert check_module(layer, fl.FeedForward, (torch.randn(2, 3, dim),), verbose=False).passed
+
+
+@pytest.mark.parametrize("cfg", [dict(dim=16, depth=2, dim_head=4, heads=2, num_latents=3),
+                                 dict(dim=24, depth=1, dim_head=8, heads=3, num_latents=5, num_media_embeds=2, ff_mult=2)])
+def test_the_resampler_and_block_are_flamingo_lites(mine, cfg):
+    assert check_module(mine.MyPerceiverResampler(**cfg), fl.PerceiverResampler, verbose=False).passed
+    block_cfg = dict(dim=cfg["dim"], dim_head=cfg["dim_head"], heads=cfg["heads"], ff_mult=cfg.get("ff_mult", 4))
+    for mode in (True, False):
+        block = mine.MyGatedCrossAttentionBlock(**block_cfg, only_attend_immediate_media=mode)
+        assert check_module(block, fl.GatedCrossAttentionBlock, verbose=False).passed  # gates opened to 0.5
+
+
+def test_the_mask_is_flamingo_lites(mine):
+    for tokens in ("a photo of <image> a red circle <image> a blue square", "<image> <image> x y <image> z"):
+        loc = masks.media_locations_from_tokens(tokens.split()).unsqueeze(0)  # (1, n)
+        t = int(loc.sum())
+        for mode in (True, False):
+            assert torch.equal(mine.my_cross_attention_mask(loc, t, 3, mode), masks.cross_attention_mask(loc, t, 3, mode))
+
+
+def _opened(module):
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("gate"):
+                p.fill_(0.6)
+    return module
+
+
+@pytest.mark.parametrize("cfg", [dict(dim=16, depth=2, dim_head=4, heads=2, num_latents=3),
+                                 dict(dim=24, depth=1, dim_head=8, heads=3, num_latents=5, num_media_embeds=3, ff_mult=2)])
+def test_flamingo_pytorch_weights_load_and_give_the_same_outputs(mine, cfg):
+    flamingo_pytorch = pytest.importorskip("flamingo_pytorch")
+    torch.manual_seed(0)
+    theirs = flamingo_pytorch.PerceiverResampler(**cfg).eval()
+    ours = mine.MyPerceiverResampler(**cfg).eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(2, 2, 7, cfg["dim"])  # (b, t, n, d)
+    with torch.no_grad():
+        assert torch.allclose(ours(x), theirs(x), atol=1e-5)
+        assert torch.allclose(ours(x[:, 0]), theirs(x[:, 0]), atol=1e-5)  # (b, n, d): one media
+
+    block_cfg = dict(dim=cfg["dim"], dim_head=cfg["dim_head"], heads=cfg["heads"], ff_mult=cfg.get("ff_mult", 4))
+    tokens = "a photo of <image> a red circle <image> a blue square".split()
+    loc = masks.media_locations_from_tokens(tokens).unsqueeze(0)  # (1, n)
+    text = torch.randn(1, len(tokens), cfg["dim"])  # (b, n, d)
+    media = torch.randn(1, 2, 3, cfg["dim"])  # (b, t, m, d)
+    # flamingo-pytorch's all-previous mode leaks later images into the text before the first one (lesson 04), so
+    # that mode is compared on text that starts with an image.
+    for mode, cut in ((True, 0), (False, 3)):
+        theirs = _opened(flamingo_pytorch.GatedCrossAttentionBlock(**block_cfg, only_attend_immediate_media=mode)).eval()
+        ours = mine.MyGatedCrossAttentionBlock(**block_cfg, only_attend_immediate_media=mode).eval()
+        ours.load_state_dict(theirs.state_dict(), strict=True)
+        with torch.no_grad():
+            got, want = ours(text[:, cut:], media, loc[:, cut:]), theirs(text[:, cut:], media, loc[:, cut:])
+        assert torch.allclose(got, want, atol=1e-5) and not torch.allclose(got, text[:, cut:])
+
+
+# --------------------------------------------------------------------------------------------------- the magic
+
+@pytest.fixture
+def shell(tmp_path, monkeypatch):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    monkeypatch.setenv(my_file.ENV_VAR, str(tmp_path / "mine.py"))
+    ip = InteractiveShell.instance()
+    my_file.start("02", ip.user_ns)
+    return ip
+
+
+def test_the_magic_runs_the_cell_and_writes_its_section(shell, tmp_path):
+    result = shell.run_cell("%%my_flamingo\ndef double(x):\n    ### BEGIN SOLUTION\n    return 2 * x  # twice\n    ### END SOLUTION")
+    assert result.success and shell.user_ns["double"](3) == 6  # it ran, in the notebook's namespace
+    text = (tmp_path / "mine.py").read_text()
+    assert text == my_file.PREAMBLE + "\n\n# === lesson 02: double ===\ndef double(x):\n    return 2 * x  # twice\n"
+
+
+def test_a_rerun_replaces_in_place_and_a_new_cell_is_appended(shell, tmp_path):
+    path = tmp_path / "mine.py"
+    assert shell.run_cell("%%my_flamingo\ndef first():\n    return 1").success
+    assert shell.run_cell("%%my_flamingo\nclass Second:\n    pass").success
+    assert shell.run_cell("%%my_flamingo\ndef first():\n    return 11").success  # the first cell, edited
+    sections = my_file.parse(path.read_text())
+    assert [(s.lesson, s.names, s.body) for s in sections] == [
+        ("02", ("first",), "def first():\n    return 11"), ("02", ("Second",), "class Second:\n    pass")]
+    my_file.start("03", shell.user_ns)
+    assert shell.run_cell("%%my_flamingo\ndef first():\n    return 3").success  # lesson 03's own `first`
+    assert [s.lesson for s in my_file.parse(path.read_text())] == ["02", "02", "03"]
+
+
+def test_a_cell_that_raises_writes_nothing(shell, tmp_path):
+    path = tmp_path / "mine.py"
+    assert shell.run_cell("%%my_flamingo\ndef kept():\n    return 1").success
+    before = path.read_bytes()
+    result = shell.run_cell("%%my_flamingo\ndef kept():\n    return 2\nraise ValueError('my bug')")
+    assert not result.success and isinstance(result.error_in_exec, ValueError)
+    assert path.read_bytes() == before
+    result = shell.run_cell("%%my_flamingo\ndef broken(:\n    pass")
+    assert not result.success and path.read_bytes() == before
+
+
+def test_the_file_is_written_atomically(shell, tmp_path, monkeypatch):
+    written = []
+    monkeypatch.setattr(my_file, "write_text_atomic", lambda path, text: written.append((Path(path), text)))
+    assert shell.run_cell("%%my_flamingo\nx = 1").success
+    assert written and written[0][0] == tmp_path / "mine.py" and written[0][1].startswith(my_file.PREAMBLE)
+
+
+def test_start_loads_the_earlier_lessons_or_says_what_stands_in(tmp_path, capsys):
+    path = tmp_path / "mine.py"
+    ns = {}
+    lines = my_file.load_earlier("03", ns, path=path, needs=["MyPerceiverAttention"])
+    assert ns["MyPerceiverAttention"] is fl.PerceiverAttention
+    assert lines == ["mine.py has no MyPerceiverAttention yet: using flamingo_lite.PerceiverAttention in its place"]
+    path.write_bytes(FILE.read_bytes())
+    ns = {}
+    lines = my_file.load_earlier("05", ns, path=path, needs=["my_cross_attention_mask"])
+    assert "MyMaskedCrossAttention" not in ns and "MyPerceiverResampler" in ns  # lessons before 05 only
+    assert ns["my_cross_attention_mask"].__module__ != "flamingo_lite.masks"
+    assert lines[-1] == "from your mine.py, lesson 04: my_text_time, my_text_to_media_mask, my_cross_attention_mask"
+    assert my_file.load_earlier("04", {}, path=path) == []  # a lesson that needs nothing loads nothing
+
+
+def test_an_earlier_module_still_a_stub_is_replaced_and_said_so(tmp_path):
+    """A learner who ran the student cell of lesson 02 without writing it: lesson 03 uses flamingo_lite's layer."""
+    gen_spec = importlib.util.spec_from_file_location("make_student_notebooks", ROOT / "tools" / "make_student_notebooks.py")
+    gen = importlib.util.module_from_spec(gen_spec)
+    gen_spec.loader.exec_module(gen)
+    assert gen.STUB.startswith(my_file.UNWRITTEN)  # the stub the student notebooks hold is the one looked for
+    path = tmp_path / "my_flamingo.py"
+    for body in tool.magic_cells(ROOT / "notebooks" / "02_perceiver_attention.ipynb"):
+        my_file.record("02", gen.stub_source(body), path)
+    ns = {}
+    lines = my_file.load_earlier("03", ns, path=path, needs=["MyPerceiverAttention"])
+    assert ns["MyPerceiverAttention"] is fl.PerceiverAttention
+    assert lines[-1] == ("your MyPerceiverAttention in my_flamingo.py is not written yet (lesson 02): using "
+                         "flamingo_lite.PerceiverAttention in its place")
+
+
+def test_bad_input_is_a_clear_error():
+    with pytest.raises(ValueError, match="lesson number"):
+        my_file.start("lesson two", {})
+    with pytest.raises(TypeError, match="must be a str"):
+        my_file.clean_source(None)
