@@ -60,7 +60,7 @@ _TRAINED = ("resampler", "xattn")
 _PARTS = {"vision": "the vision encoder", "lm": "the language model"}
 
 
-def check_config(config: FlamingoConfig) -> FlamingoConfig:
+def example_config(config: FlamingoConfig) -> FlamingoConfig:
     """The config the class check builds with: the learner's sizes, 3 LM layers and a block every 2nd one (before
     layers 0 and 2, so "every layer" and "off by one" differ from the right placement), still pictures, tanh gates,
     both pretrained parts frozen."""
@@ -122,7 +122,7 @@ def check_flamingo_class(flamingo_class, config: FlamingoConfig) -> None:
     if not isinstance(flamingo_class, type):
         raise TypeError(f"check_flamingo_class takes your class itself (e.g. MyFlamingo), not a "
                         f"{type(flamingo_class).__name__}")
-    config = check_config(config)
+    config = example_config(config)
     name = flamingo_class.__name__
     torch.manual_seed(0)
     lm = TinyLM(config.lm_config())
