@@ -119,61 +119,105 @@ def test_06_exercises():
 
 # ---------------------------------------------------------------------------------------------------------- 07
 
-def forward_07(model, tokens, images, *, before=True, shift=0, resampler=True, locations=True, keys=str):
-    feats = model.vision(images)
-    media = model.resampler(feats) if resampler else feats
-    loc = tokens == model.config.media_token_id if locations else None
-    x = model.lm.embed(tokens)
-    every = model.config.cross_attn_every
-    for i, lm_block in enumerate(model.lm.blocks):
-        if before and (i - shift) % every == 0 and i - shift >= 0:
-            x = model.xattn[keys(i - shift)](x, media, loc) if shift == 0 else model.xattn[str(i - shift)](x, media, loc)
-        x = lm_block(x)
-        if not before and i % every == 0:
-            x = model.xattn[str(i)](x, media, loc)
-    return model.lm.head(x)
+def flamingo_class(*, every_layer=False, shift=False, before=True, resampler=True, locations=True, head=True,
+                   freeze_vision=True, freeze_lm=True, freeze_all=False, num_latents=None, xattn_name="xattn",
+                   int_keys=False, init_stub=False, forward_stub=False, new_lm=False, resampler_depth=None,
+                   extra=False):
+    """The lesson's MyFlamingo, with the usual mistakes as switches."""
+    from flamingo_lite.tiny.model import freeze
+
+    class MyFlamingo(nn.Module):
+        def __init__(self, config, *, lm, vision):
+            super().__init__()
+            if init_stub:
+                stub()
+            self.config = config
+            self.vision = freeze(vision) if freeze_vision else vision
+            self.lm = freeze(lm) if freeze_lm else lm
+            if new_lm:
+                self.lm = freeze(TinyLM(config.lm_config()))
+            self.resampler = flamingo_lite.PerceiverResampler(
+                dim=config.dim, depth=resampler_depth or config.resampler_depth, dim_head=config.dim_head, heads=config.heads,
+                num_latents=num_latents or config.num_latents, num_media_embeds=config.num_media_embeds,
+                ff_mult=config.ff_mult, media_embedding=config.media_embedding)
+            depth, every = len(lm.blocks), config.cross_attn_every
+            self.xattn_layers = [i for i in range(depth) if every_layer or (i + shift) % every == 0]
+            blocks = {i if int_keys else str(i): flamingo_lite.GatedCrossAttentionBlock(
+                dim=config.dim, dim_head=config.dim_head, heads=config.heads, ff_mult=config.ff_mult,
+                only_attend_immediate_media=config.only_attend_immediate_media) for i in self.xattn_layers}
+            setattr(self, xattn_name, nn.ModuleDict(blocks))
+            if extra:  # flamingo-pytorch's per-picture embedding, which the paper's Flamingo does not have
+                self.media_pos_emb = nn.Parameter(torch.zeros(config.num_media_embeds, 1, config.dim))
+            if freeze_all:
+                self.requires_grad_(False)
+
+        def forward(self, tokens, images):
+            if forward_stub:
+                stub()
+            feats = self.vision(images)  # (b, t, g, d)
+            media = self.resampler(feats) if resampler else feats  # (b, t, L, d)
+            loc = tokens == self.config.media_token_id if locations else None  # (b, n)
+            x = self.lm.embed(tokens)  # (b, n, d)
+            for i, lm_block in enumerate(self.lm.blocks):
+                if before and i in self.xattn_layers:
+                    x = self.xattn[str(i)](x, media, loc)  # (b, n, d)
+                x = lm_block(x)  # (b, n, d)
+                if not before and i in self.xattn_layers:
+                    x = self.xattn[str(i)](x, media, loc)  # (b, n, d)
+            return self.lm.head(x) if head else x  # (b, n, V)
+
+    return MyFlamingo
 
 
-def _hidden(model, tokens, images):  # the loop without the head
-    media = model.resampler(model.vision(images))
-    x = model.lm.embed(tokens)
-    for i, lm_block in enumerate(model.lm.blocks):
-        if i in model.xattn_layers:
-            x = model.xattn[str(i)](x, media, tokens == model.config.media_token_id)
-        x = lm_block(x)
-    return x
+def test_07_flamingo_class(capsys):
+    config = FlamingoConfig()
+    lesson08.check_flamingo_class(flamingo_class(), config)
+    assert capsys.readouterr().out.startswith("OK")
+    fails(lesson08.check_flamingo_class, flamingo_class(init_stub=True), config, match="not written yet")
+    fails(lesson08.check_flamingo_class, flamingo_class(forward_stub=True), config, match="forward.*not written yet")
+    fails(lesson08.check_flamingo_class, flamingo_class(before=False), config, match="after the LM layers")
+    fails(lesson08.check_flamingo_class, flamingo_class(every_layer=True), config, match="before every LM layer")
+    fails(lesson08.check_flamingo_class, flamingo_class(shift=True), config, match="off by one")
+    fails(lesson08.check_flamingo_class, flamingo_class(locations=False), config, match="no media_locations.*mask")
+    fails(lesson08.check_flamingo_class, flamingo_class(resampler=False), config, match="self.resampler")
+    fails(lesson08.check_flamingo_class, flamingo_class(head=False), config, match="lm.head")
+    fails(lesson08.check_flamingo_class, flamingo_class(freeze_vision=False), config,
+          match=r"gradients reach the vision encoder \(vision\.")
+    fails(lesson08.check_flamingo_class, flamingo_class(freeze_lm=False), config,
+          match=r"gradients reach the language model \(lm\.")
+    fails(lesson08.check_flamingo_class, flamingo_class(freeze_all=True), config, match="resampler and the gated blocks must train")
+
+    class FrozenResampler(flamingo_class()):
+        def __init__(self, config, *, lm, vision):
+            super().__init__(config, lm=lm, vision=vision)
+            self.resampler.requires_grad_(False)
+
+    fails(lesson08.check_flamingo_class, FrozenResampler, config, match=r"resampler\.latents gets no gradient")
+    fails(lesson08.check_flamingo_class, flamingo_class(xattn_name="blocks"), config, match=r"no `self\.xattn`")
+    fails(lesson08.check_flamingo_class, flamingo_class(int_keys=True), config, match="keys are strings")
+    fails(lesson08.check_flamingo_class, flamingo_class(new_lm=True), config, match="use the lm and vision it is given")
+    with pytest.raises(TypeError, match="class itself"):
+        lesson08.check_flamingo_class(flamingo_class()(config, lm=TinyLM(config.lm_config()),
+                                                       vision=VisionEncoder(dim=config.dim)), config)
+    with pytest.raises(TypeError, match="FlamingoConfig"):
+        lesson08.check_flamingo_class(flamingo_class(), {"dim": 64})
 
 
-def _by_int_key(model, tokens, images):  # model.xattn[i] instead of model.xattn[str(i)]
-    media = model.resampler(model.vision(images))
-    x = model.lm.embed(tokens)
-    for i, lm_block in enumerate(model.lm.blocks):
-        if i in model.xattn_layers:
-            x = model.xattn[i](x, media, tokens == model.config.media_token_id)
-        x = lm_block(x)
-    return model.lm.head(x)
+def test_07_flamingo_class_names_missing_unexpected_and_misshaped_parameters():
+    config = FlamingoConfig()
+    fails(lesson08.check_flamingo_class, flamingo_class(resampler_depth=1), config,
+          match=r"missing from yours: resampler\.layers\.1\.")
+    fails(lesson08.check_flamingo_class, flamingo_class(extra=True), config,
+          match=r"in yours but not in flamingo_lite's: media_pos_emb")
+    fails(lesson08.check_flamingo_class, flamingo_class(num_latents=4), config,
+          match=r"shapes differ: resampler\.latents is \(4, 64\) in yours, \(8, 64\) in flamingo_lite's")
 
 
-def test_07_forward():
-    fails(lesson08.check_forward, stub, match="not written yet")
-    lesson08.check_forward(forward_07)
-    fails(lesson08.check_forward, lambda *a: forward_07(*a, before=False), match="after the LM layers")
-    fails(lesson08.check_forward, lambda *a: forward_07(*a, shift=1), match="off by one")
-    fails(lesson08.check_forward, lambda *a: forward_07(*a, resampler=False), match="resampler")
-    fails(lesson08.check_forward, lambda *a: forward_07(*a, locations=False), match="media_locations")
-    fails(lesson08.check_forward, _hidden, match="lm.head")
-    fails(lesson08.check_forward, _by_int_key, match="keyed by strings")
-
-    def off_by_one_keys(model, tokens, images):  # (i + 1) % K: asks for a block that is not there
-        media = model.resampler(model.vision(images))
-        x = model.lm.embed(tokens)
-        for i, lm_block in enumerate(model.lm.blocks):
-            if (i + 1) % model.config.cross_attn_every == 0:
-                x = model.xattn[str(i)](x, media, tokens == 1)
-            x = lm_block(x)
-        return model.lm.head(x)
-
-    fails(lesson08.check_forward, off_by_one_keys, match="off by one")
+def test_07_example_batch_has_text_before_pictures_and_several_pictures():
+    tokens, images = lesson08.example_batch()
+    assert tokens.shape[0] > 1 and images.shape[1] > 1
+    assert (tokens[1:, 0] != FlamingoConfig().media_token_id).all()  # text before the first picture
+    assert ((tokens == FlamingoConfig().media_token_id).sum(1) >= 2).all()  # several pictures in every sequence
 
 
 def test_07_exercises():
@@ -380,7 +424,7 @@ def test_09_exercises():
     fails(lesson10.check_scores_computed, lambda *a: scores(*a, blind=True), loc, 3, 4, 2, match="before the first image")
 
 
-@pytest.mark.parametrize("key", ["06.forward", "08.loop", "08.placement", "09.loss", "09.freeze", "09.groups",
+@pytest.mark.parametrize("key", ["06.forward", "08.class", "08.placement", "09.loss", "09.freeze", "09.groups",
                                  "09.greedy", "10.segments", "10.lengths", "10.scores"])
 def test_every_step_has_a_hint(key, capsys):
     hint(key)

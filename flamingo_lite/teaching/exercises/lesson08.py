@@ -1,41 +1,41 @@
-"""Checks for lesson 08: the learner writes Flamingo's forward pass as one loop, then where the blocks go, what
-trains, and why the tanh gate makes the untrained model equal to its language model.
+"""Checks for lesson 08: the learner writes where the blocks go, then the whole tiny Flamingo as a class
+(constructor and forward), then what trains, and why the tanh gate makes the untrained model equal to its language
+model.
 
-The loop is checked on a 4-layer language model with a block every 2nd layer (blocks before layers 0 and 2) and
-opened, different gates, against the usual mistakes computed from the same model: blocks after the LM layers
-instead of before, blocks shifted by one layer, the resampler skipped, `media_locations` left out.
+The class is built from a 3-layer language model with a block every 2nd layer (blocks before layers 0 and 2) and
+checked against flamingo_lite.tiny.Flamingo built from the same parts: its attribute names and shapes (the
+reference's weights must load strictly), its logits with opened, different gates on sequences with several
+pictures and text before the first, and the parameters a backward pass reaches. The usual mistakes are named:
+blocks at every layer or one layer late, blocks after the LM layers instead of before, the resampler skipped,
+`media_locations` left out, the vision encoder or the language model left unfrozen.
 """
 from __future__ import annotations
 
+import copy
+from dataclasses import replace
+
 import torch
+from torch import nn
 
 from ...tiny import data as shapes_data
-from ...tiny.model import Flamingo, FlamingoConfig
+from ...tiny.language_model import TinyLM
+from ...tiny.model import Flamingo, FlamingoConfig, make_vision_encoder, xattn_layers
 from . import Mistake, compare, fail, passed, register_hints, run_learner
 
 register_hints({
-    "08.loop": "media = model.resampler(model.vision(images)); media_locations = tokens == "
-               "model.config.media_token_id; x = model.lm.embed(tokens); then `for i, lm_block in "
-               "enumerate(model.lm.blocks):` run `model.xattn[str(i)](x, media, media_locations)` first when i is in "
-               "model.xattn_layers, and `lm_block(x)` after it; finally `model.lm.head(x)`.",
+    "08.class": "__init__: keep config, lm and vision (freeze the last two with `freeze`), build `Resampler(dim=..., "
+                "depth=config.resampler_depth, ...)` with the config's sizes, `self.xattn_layers = "
+                "xattn_layer_indices(len(lm.blocks), config.cross_attn_every)` and an `nn.ModuleDict` of `GatedBlock`s "
+                "keyed by `str(i)`. forward: media = self.resampler(self.vision(images)); media_locations = tokens == "
+                "self.config.media_token_id; x = self.lm.embed(tokens); for each `i, lm_block` in "
+                "`enumerate(self.lm.blocks)` run `self.xattn[str(i)](x, media, media_locations)` first when i is in "
+                "self.xattn_layers, then `lm_block(x)`; finally `self.lm.head(x)`.",
     "08.placement": "A block goes before layer i when i % every == 0: layer 0 always, then every `every`-th.",
     "08.trainable": "`name.split('.')[0]` for each `name, p in model.named_parameters()` with `p.requires_grad`; "
                     "a set removes the repeats, `sorted` orders them.",
     "08.no_gate": "Build `Flamingo(config)`, run it and its language model `model.lm(tokens)` on the same tokens, and "
                   "return `not torch.equal(...)`.",
 })
-
-
-def example_model(seed: int = 1) -> tuple:
-    """A Flamingo with 3 LM layers and a block every 2nd one, gates opened to different values, and a batch."""
-    torch.manual_seed(seed)
-    model = Flamingo(FlamingoConfig(lm_depth=3, cross_attn_every=2)).eval()
-    with torch.no_grad():
-        for j, i in enumerate(model.xattn_layers):
-            model.xattn[str(i)].attn_gate.fill_(0.6 + 0.2 * j)
-            model.xattn[str(i)].ff_gate.fill_(-0.5 + 0.3 * j)
-    batch = shapes_data.make_dataset(3, seed=7)
-    return model, batch.tokens, batch.images
 
 
 def _loop(model, tokens, images, *, before=True, layers=None, resampler=True, locations=True, head=True):
@@ -55,46 +55,160 @@ def _loop(model, tokens, images, *, before=True, layers=None, resampler=True, lo
     return model.lm.head(x) if head else x  # (b, n, V), or the hidden states (b, n, d)
 
 
-def check_forward(flamingo_forward) -> None:
-    """Step "08.loop": the learner's `flamingo_forward(model, tokens, images)` against the model's own forward."""
-    model, tokens, images = example_model()
-    layers = model.xattn_layers  # [0, 2]
+_FROZEN = ("vision", "lm")
+_TRAINED = ("resampler", "xattn")
+_PARTS = {"vision": "the vision encoder", "lm": "the language model"}
+
+
+def example_config(config: FlamingoConfig) -> FlamingoConfig:
+    """The config the class check builds with: the learner's sizes, 3 LM layers and a block every 2nd one (before
+    layers 0 and 2, so "every layer" and "off by one" differ from the right placement), still pictures, tanh gates,
+    both pretrained parts frozen."""
+    if not isinstance(config, FlamingoConfig):
+        raise TypeError(f"config must be a FlamingoConfig, got {type(config).__name__}")
+    return replace(config, lm_depth=3, cross_attn_every=2, xattn_placement="first", num_frames=None,
+                   tanh_gate=True, vision_frozen=True)
+
+
+def example_batch() -> tuple:
+    """3 sequences of 4-5 pictures, the 2nd and 3rd with text before their first picture: tokens (3, 30), images
+    (3, 5, 3, 16, 16)."""
+    batch = shapes_data.make_dataset(3, seed=7)
+    prefix = torch.tensor(shapes_data.Tokenizer().encode("a red circle"))  # (3,)
+    tokens = batch.tokens.clone()  # (b, n)
+    tokens[1:] = torch.cat([prefix.expand(2, -1), batch.tokens[1:, :-len(prefix)]], 1)  # (2, n): text, then <image>
+    return tokens, batch.images
+
+
+def _placement_mistake(keys: list, depth: int, every: int, want: list) -> str | None:
+    if keys == [str(i) for i in range(depth)]:
+        return (f"your model has a gated block before every LM layer (xattn keys {keys}); Flamingo puts one before "
+                f"every `config.cross_attn_every`-th layer only, from the first: here layers {want}. Build them for "
+                "the layers `xattn_layer_indices(len(lm.blocks), config.cross_attn_every)` gives.")
+    if keys == [str(i) for i in xattn_layers(depth, every, "open_flamingo")]:
+        return (f"your blocks sit before layers {[int(k) for k in keys]} instead of {want}: the every-K-th placement is off by one; the "
+                "first block goes before layer 0 (i % K == 0).")
+    return None
+
+
+def _compare_parameters(mine: nn.Module, reference: nn.Module) -> None:
+    """Fail, in words, when the learner's state_dict has other names or shapes than the reference's."""
+    ours, theirs = mine.state_dict(), reference.state_dict()
+    missing = [k for k in theirs if k not in ours]
+    unexpected = [k for k in ours if k not in theirs]
+    misshaped = [f"{k} is {tuple(ours[k].shape)} in yours, {tuple(theirs[k].shape)} in flamingo_lite's"
+                 for k in theirs if k in ours and ours[k].shape != theirs[k].shape]
+    if not (missing or unexpected or misshaped):
+        return
+
+    def some(names):
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    said = []
+    if missing:
+        said.append(f"missing from yours: {some(missing)}")
+    if unexpected:
+        said.append(f"in yours but not in flamingo_lite's: {some(unexpected)}")
+    if misshaped:
+        said.append(f"shapes differ: {some(misshaped)}")
+    fail("your model cannot load flamingo_lite.tiny.Flamingo's weights (load_state_dict(strict=True)): "
+         + "; ".join(said) + ". Build each part with the attribute names of the table above and the config's sizes.")
+
+
+def check_flamingo_class(flamingo_class, config: FlamingoConfig) -> None:
+    """Step "08.class": the learner's whole Flamingo, `flamingo_class(config, lm=lm, vision=vision)`, against
+    flamingo_lite.tiny.Flamingo built from the same lm, vision and weights: the attributes, the parameter names
+    (strict load), the logits with opened gates, and which parameters a backward pass reaches."""
+    if not isinstance(flamingo_class, type):
+        raise TypeError(f"check_flamingo_class takes your class itself (e.g. MyFlamingo), not a "
+                        f"{type(flamingo_class).__name__}")
+    config = example_config(config)
+    name = flamingo_class.__name__
+    torch.manual_seed(0)
+    lm = TinyLM(config.lm_config())
+    vision = make_vision_encoder(config)
+    reference = Flamingo(config, lm=copy.deepcopy(lm), vision=copy.deepcopy(vision)).eval()
+    with torch.no_grad():  # opened, different gates: a block in the wrong place changes the logits
+        for j, i in enumerate(reference.xattn_layers):
+            reference.xattn[str(i)].attn_gate.fill_(0.6 + 0.2 * j)
+            reference.xattn[str(i)].ff_gate.fill_(-0.5 + 0.3 * j)
+    want_layers = reference.xattn_layers  # [0, 2]
+
+    mine = run_learner(flamingo_class, config, lm=lm, vision=vision, what=f"building your {name}(config, lm=lm, vision=vision)",
+                       advice={"module name should be a string": "nn.ModuleDict keys are strings: key the blocks by "
+                                                                 "`str(i)`."})
+    if not isinstance(mine, nn.Module):
+        fail(f"{name}(...) built a {type(mine).__name__}: your class must subclass nn.Module.")
+    for attr, kind in (("vision", nn.Module), ("lm", nn.Module), ("resampler", nn.Module), ("xattn", nn.ModuleDict)):
+        if not isinstance(getattr(mine, attr, None), kind):
+            fail(f"your model has no `self.{attr}` that is an {kind.__module__.split('.')[0]}.{kind.__qualname__}: the "
+                 "table above names every part.")
+    if getattr(mine, "config", None) != config:
+        fail("your model does not keep its config as `self.config`: store the config it was given.")
+    if mine.lm is not lm or mine.vision is not vision:
+        fail("your model must use the lm and vision it is given (`self.lm = lm`, `self.vision = vision`): they come "
+             "pretrained, and building new ones would throw that away.")
+    keys = sorted(mine.xattn.keys(), key=int) if all(k.isdigit() for k in mine.xattn.keys()) else list(mine.xattn.keys())
+    if keys != [str(i) for i in want_layers]:
+        fail(_placement_mistake(keys, len(lm.blocks), config.cross_attn_every, want_layers)
+             or f"your xattn holds blocks keyed {keys}; flamingo_lite's has one before each of the layers "
+                f"{want_layers}, keyed by the layer index as a string.")
+    layers = getattr(mine, "xattn_layers", None)
+    if not isinstance(layers, (list, tuple)) or list(layers) != want_layers:
+        fail(f"your `self.xattn_layers` is {layers!r}; it should be the list of layers with a block before them, "
+             f"{want_layers} here.")
+    _compare_parameters(mine, reference)
+    mine.load_state_dict(reference.state_dict(), strict=True)
+
+    tokens, images = example_batch()  # (b, n), (b, t, 3, H, W)
+    forward = f"your {name}'s forward(tokens, images)"
+    mine.eval()
     try:
         with torch.no_grad():
-            got = flamingo_forward(model, tokens, images)
+            got = mine(tokens, images)  # (b, n, V)
     except KeyError as error:
         key = str(error).strip("'\"")
-        if key.isdigit() and int(key) in layers and not isinstance(error.args[0], str):
-            fail(f"model.xattn is keyed by strings: write `model.xattn[str(i)]`, not `model.xattn[i]`.")
-        fail(f"your loop asked for a gated block before LM layer {key}, but there are blocks only before layers "
-             f"{layers}: run one only when i is in `model.xattn_layers` (every K-th from the first, i % K == 0; "
-             "`(i + 1) % K` is off by one).")
-    except NotImplementedError:
-        run_learner(flamingo_forward, model, tokens, images, what="your flamingo_forward(model, tokens, images)")
-    except Exception:  # the learner's own error, reported in their words
+        if key.isdigit() and int(key) in want_layers and not isinstance(error.args[0], str):
+            fail("self.xattn is keyed by strings: write `self.xattn[str(i)]`, not `self.xattn[i]`.")
+        fail(f"your forward asked for a gated block before LM layer {key}, but there are blocks only before layers "
+             f"{want_layers}: run one only when i is in `self.xattn_layers`.")
+    except Exception:  # the learner's own error (the stub's NotImplementedError included), in their words
         with torch.no_grad():
-            run_learner(flamingo_forward, model, tokens, images, what="your flamingo_forward(model, tokens, images)")
+            run_learner(mine, tokens, images, what=forward)
     with torch.no_grad():
-        want = model(tokens, images)  # (b, n, V)
-        shifted = [i + 1 for i in layers]  # [1, 3]: one layer late; there is no layer 3, so the last block never runs
+        want = reference(tokens, images)  # (b, n, V)
         mistakes = [
-            Mistake("after", _loop(model, tokens, images, before=False),
+            Mistake("after", _loop(reference, tokens, images, before=False),
                     "the gated blocks run after the LM layers: each block must come before its layer "
-                    "(`x = xattn(x, ...)` first, then `x = lm_block(x)`)."),
-            Mistake("shifted", _loop(model, tokens, images, layers=shifted),
-                    f"the blocks sit before layers {shifted} instead of {layers} (the last one then never runs): the "
-                    "every-K-th placement is off by one; the first block goes before layer 0 (i % K == 0)."),
-            Mistake("no resampler", _loop(model, tokens, images, resampler=False),
-                    "the blocks see the vision encoder's features directly: pass them through `model.resampler` "
+                    "(`x = self.xattn[str(i)](x, ...)` first, then `x = lm_block(x)`)."),
+            Mistake("no resampler", _loop(reference, tokens, images, resampler=False),
+                    "the blocks see the vision encoder's features directly: pass them through `self.resampler` "
                     "first."),
-            Mistake("no head", _loop(model, tokens, images, head=False),
-                    "your loop returns the hidden states (b, n, d): finish with `model.lm.head(x)` for the logits."),
-            Mistake("no locations", _loop(model, tokens, images, locations=False),
-                    "the blocks were given no media_locations, so every word sees every picture: pass "
-                    "`tokens == model.config.media_token_id`."),
+            Mistake("no head", _loop(reference, tokens, images, head=False),
+                    "your forward returns the hidden states (b, n, d): finish with `self.lm.head(x)` for the logits."),
+            Mistake("no locations", _loop(reference, tokens, images, locations=False),
+                    "the blocks were given no media_locations, so every word sees every picture (the mask is "
+                    "ignored): pass `tokens == self.config.media_token_id` to each block."),
         ]
-    compare(got, want, what="your flamingo_forward (gates opened, blocks before layers 0 and 2 of 3)", mistakes=mistakes)
-    passed("your flamingo_forward matches Flamingo.forward: blocks before the LM layers, every K-th from the first.")
+    compare(got, want, what=f"your {name}'s logits (gates opened, blocks before layers 0 and 2 of 3)", mistakes=mistakes)
+
+    mine.zero_grad(set_to_none=True)
+    out = run_learner(mine, tokens, images, what=forward)  # (b, n, V)
+    if not out.requires_grad:
+        fail("no parameter of your model gets a gradient: only the vision encoder and the language model are frozen; "
+             "the resampler and the gated blocks must train.")
+    out.float().pow(2).mean().backward()
+    for part in _FROZEN:
+        leaked = [n for n, p in mine.named_parameters() if n.split(".")[0] == part and p.grad is not None]
+        if leaked:
+            fail(f"gradients reach {_PARTS[part]} ({leaked[0]} has one, {len(leaked)} parameters in all): it is not "
+                 f"frozen; freeze it in the constructor (`freeze(self.{part})`: requires_grad False, eval mode).")
+    dead = [n for n, p in mine.named_parameters() if n.split(".")[0] in _TRAINED and p.grad is None]
+    if dead:
+        fail(f"{dead[0]} gets no gradient ({len(dead)} parameters of the resampler and the gated blocks in all): "
+             "freeze only the vision encoder and the language model; the new parts must train.")
+    passed(f"your {name} loads flamingo_lite's Flamingo weights (strict), gives its logits on 3 sequences (text "
+           "before the first picture, 4-5 pictures each), and only the resampler and the gated blocks get gradients.")
 
 
 def check_placement(xattn_layer_indices) -> int:
