@@ -360,8 +360,7 @@ def test_09_train_loop_reference_is_the_packages():
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")  # the loop without optimizer.step
 def test_09_train_loop():
     fails(lesson09.check_train_loop, stub, match="not written yet")
-    history = lesson09.check_train_loop(loop_09)
-    assert history["step"] == [0, 2, 4, 6]
+    lesson09.check_train_loop(loop_09)
     fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, zero_grad=False), match="gradients accumulate")
     fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, freeze=False), match="language model changed")
     fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, gate_decay=True), match="gates are in the weight-decay group")

@@ -271,8 +271,7 @@ def test_the_training_loop_is_flamingo_lites(mine, capsys):
     """Lesson 09's loop, from the file alone (its own loss, freezing and groups): train_flamingo's history."""
     from flamingo_lite.teaching.exercises import lesson09
 
-    history = lesson09.check_train_loop(mine.train_flamingo)
+    lesson09.check_train_loop(mine.train_flamingo)
     assert "train_flamingo is right" in capsys.readouterr().out
-    assert history["step"] == [0, 2, 4, 6]
     for name in ("next_token_loss", "freeze_pretrained", "parameter_groups", "greedy_decode"):
         assert getattr(mine, name).__module__ == "my_flamingo_under_test", name
