@@ -297,7 +297,7 @@ def test_08_exercises():
 
 
 def loop_09(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_every, seed, zero_grad=True, freeze=True,
-            gate_decay=False, shift=True, step_opt=True, first_log=True, keys=True):
+            gate_decay=False, shift=True, step_opt=True, first_log=True, keys=True, one_group=False, cosine=True):
     """The training loop of lesson 09, written as a learner would, with switches for the usual mistakes."""
     import math
 
@@ -307,8 +307,11 @@ def loop_09(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_ev
     groups = groups_08(model, lr=lr, gate_lr=gate_lr, weight_decay=weight_decay,
                        gate_decay=weight_decay if gate_decay else 0.0, frozen=not freeze)
     groups = [g for g in groups if g["params"]]
+    if one_group:
+        groups = [{"params": [p for g in groups for p in g["params"]], "weight_decay": weight_decay}]
     optimizer = torch.optim.AdamW(groups, lr=lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
+    rate = (lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0)))) if cosine else (lambda s: 1.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
     generator = torch.Generator().manual_seed(seed)
     history = {"step": [], "loss": [], "attn_gate_tanh": [], "ff_gate_tanh": [], "loss_every_step": []}
     if not keys:
@@ -364,6 +367,8 @@ def test_09_train_loop():
     fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, zero_grad=False), match="gradients accumulate")
     fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, freeze=False), match="language model changed")
     fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, gate_decay=True), match="gates are in the weight-decay group")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, one_group=True), match="one group with the other weights")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, cosine=False), match="learning rate stays constant")
     fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, shift=False), match="not shifted")
     fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, step_opt=False), match="did not change")
     fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, first_log=False), match="log step 0")
