@@ -193,3 +193,80 @@ class MyGatedCrossAttentionBlock(nn.Module):
         x = x + self.attn(x, media, media_locations) * self.attn_gate.tanh()  # (b, n, d)
         x = x + self.ff(x) * self.ff_gate.tanh()  # (b, n, d)
         return x
+
+
+# === lesson 09: next_token_loss ===
+def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
+    "logits (b, n, V), tokens (b, n) -> the mean cross-entropy of every real next token, a scalar."
+    predictions = logits[:, :-1]  # (b, n-1, V): the prediction made at each position ...
+    targets = tokens[:, 1:]  # (b, n-1): ... is scored against the next token
+    return F.cross_entropy(predictions.reshape(-1, predictions.shape[-1]), targets.reshape(-1), ignore_index=pad_id)
+
+
+# === lesson 09: freeze_pretrained ===
+def freeze_pretrained(model):
+    "Freeze model.vision and model.lm in place; return the model."
+    model.vision.requires_grad_(False)
+    model.lm.requires_grad_(False)
+    return model
+
+
+# === lesson 09: parameter_groups ===
+def parameter_groups(model, *, lr, gate_lr, weight_decay) -> list:
+    "AdamW parameter groups: the gates at gate_lr without weight decay, the other trainable weights with it."
+    gates = [p for n, p in model.named_parameters() if p.requires_grad and n.endswith("_gate")]
+    others = [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith("_gate")]
+    return [{"params": others, "weight_decay": weight_decay}, {"params": gates, "lr": gate_lr, "weight_decay": 0.0}]
+
+
+# === lesson 09: train_flamingo ===
+def train_flamingo(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_every, seed) -> dict:
+    "Train the resampler and the gated blocks of `model` on `data`; return the history (step, loss, gates)."
+    freeze_pretrained(model).train()
+    optimizer = torch.optim.AdamW(parameter_groups(model, lr=lr, gate_lr=gate_lr, weight_decay=weight_decay), lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
+    generator = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    history = {"step": [], "loss": [], "attn_gate_tanh": [], "ff_gate_tanh": [], "loss_every_step": []}
+
+    def log(step, loss):
+        blocks = [model.xattn[str(i)] for i in model.xattn_layers]
+        history["step"].append(step)
+        history["loss"].append(loss)
+        history["attn_gate_tanh"].append([float(b.attn_gate.detach().tanh()) for b in blocks])
+        history["ff_gate_tanh"].append([float(b.ff_gate.detach().tanh()) for b in blocks])
+
+    queue = []
+    for step in range(steps):
+        if not queue:  # a new epoch: a shuffled order, cut into whole batches
+            order = torch.randperm(len(data), generator=generator)  # (N,)
+            queue = list(order[: len(data) - len(data) % batch_size].split(batch_size))
+        part = data[queue.pop(0)].to(device)
+        logits = model(part.tokens, part.images, part.media_locations)  # (B, n, V)
+        loss = next_token_loss(logits, part.tokens)  # ()
+        if step == 0:
+            log(0, loss.item())  # before any update: every gate is 0
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        history["loss_every_step"].append(loss.item())
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            log(step + 1, loss.item())
+    model.eval()
+    return history
+
+
+# === lesson 09: greedy_decode ===
+@torch.no_grad()
+def greedy_decode(model, prompt, images, *, eoc_id, max_new_tokens=5) -> list:
+    "prompt (n,) long, images (t, 3, H, W) -> the new token ids, greedily, up to and including <eoc>."
+    ids, new = prompt.clone(), []
+    for _ in range(max_new_tokens):
+        logits = model(ids[None], images[None])  # (1, n, V)
+        next_id = int(logits[0, -1].argmax())
+        new.append(next_id)
+        ids = torch.cat([ids, torch.tensor([next_id], device=ids.device)])  # (n+1,)
+        if next_id == eoc_id:
+            break
+    return new

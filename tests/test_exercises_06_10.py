@@ -340,6 +340,88 @@ def test_08_exercises():
     fails(lesson09.check_caption_format, lambda c: "colour_first" if len(c.split()) == 3 else "shape_first", match="should be")
 
 
+def loop_09(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_every, seed, zero_grad=True, freeze=True,
+            gate_decay=False, shift=True, step_opt=True, first_log=True, keys=True, one_group=False, cosine=True):
+    """The training loop of lesson 09, written as a learner would, with switches for the usual mistakes."""
+    import math
+
+    if freeze:
+        freeze_08(model)
+    model.train()
+    groups = groups_08(model, lr=lr, gate_lr=gate_lr, weight_decay=weight_decay,
+                       gate_decay=weight_decay if gate_decay else 0.0, frozen=not freeze)
+    groups = [g for g in groups if g["params"]]
+    if one_group:
+        groups = [{"params": [p for g in groups for p in g["params"]], "weight_decay": weight_decay}]
+    optimizer = torch.optim.AdamW(groups, lr=lr)
+    rate = (lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0)))) if cosine else (lambda s: 1.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
+    generator = torch.Generator().manual_seed(seed)
+    history = {"step": [], "loss": [], "attn_gate_tanh": [], "ff_gate_tanh": [], "loss_every_step": []}
+    if not keys:
+        del history["ff_gate_tanh"]
+
+    def log(step, loss):
+        blocks = [model.xattn[str(i)] for i in model.xattn_layers]
+        history["step"].append(step)
+        history["loss"].append(loss)
+        history["attn_gate_tanh"].append([float(b.attn_gate.detach().tanh()) for b in blocks])
+        if keys:
+            history["ff_gate_tanh"].append([float(b.ff_gate.detach().tanh()) for b in blocks])
+
+    queue = []
+    for step in range(steps):
+        if not queue:
+            order = torch.randperm(len(data), generator=generator)  # (N,)
+            queue = list(order[: len(data) - len(data) % batch_size].split(batch_size))
+        part = data[queue.pop(0)]
+        logits = model(part.tokens, part.images, part.media_locations)  # (B, n, V)
+        loss = loss_08(logits, part.tokens) if shift else F.cross_entropy(logits.flatten(0, 1), part.tokens.flatten())
+        if step == 0 and first_log:
+            log(0, loss.item())
+        if zero_grad:
+            optimizer.zero_grad()
+        loss.backward()
+        if step_opt:
+            optimizer.step()
+        schedule.step()
+        history["loss_every_step"].append(loss.item())
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            log(step + 1, loss.item())
+    model.eval()
+    return history
+
+
+def test_09_train_loop_reference_is_the_packages():
+    """The loop the check names mistakes with gives train_flamingo's history when it makes none."""
+    import copy
+
+    args = dict(steps=6, batch_size=8, lr=5e-3, gate_lr=5e-2, weight_decay=0.5, log_every=2, seed=0)
+    model, data = lesson09.tiny_setup(0)
+    package = flamingo_lite.tiny.training.train_flamingo(copy.deepcopy(model).freeze_pretrained(), data, **args,
+                                                         device="cpu", progress=False)
+    assert lesson09.reference_loop(model, data, **args) == package
+    assert len(package["step"]) == 4 and package["attn_gate_tanh"][0] == [0.0, 0.0] and package["attn_gate_tanh"][-1] != [0.0, 0.0]
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")  # the loop without optimizer.step
+def test_09_train_loop():
+    fails(lesson09.check_train_loop, stub, match="not written yet")
+    lesson09.check_train_loop(loop_09)
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, zero_grad=False), match="gradients accumulate")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, freeze=False), match="language model changed")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, gate_decay=True), match="gates are in the weight-decay group")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, one_group=True), match="one group with the other weights")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, cosine=False), match="learning rate stays constant")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, shift=False), match="not shifted")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, step_opt=False), match="did not change")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, first_log=False), match="log step 0")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, keys=False), match="ff_gate_tanh")
+    fails(lesson09.check_train_loop, lambda m, d, **k: loop_09(m, d, **{**k, "seed": k["seed"] + 1}), match="first batch")
+    fails(lesson09.check_train_loop, lambda m, d, **k: loop_09(m, d, **{**k, "lr": k["lr"] * 2}), match="no usual mistake")
+    fails(lesson09.check_train_loop, lambda *a, **k: None, match="return the history")
+
+
 # ---------------------------------------------------------------------------------------------------------- 09
 
 def segment_class(offset=1, softmax_dim=-1, blind_first=False):
@@ -425,7 +507,7 @@ def test_09_exercises():
 
 
 @pytest.mark.parametrize("key", ["06.forward", "08.class", "08.placement", "09.loss", "09.freeze", "09.groups",
-                                 "09.greedy", "10.segments", "10.lengths", "10.scores"])
+                                 "09.greedy", "09.loop", "10.segments", "10.lengths", "10.scores"])
 def test_every_step_has_a_hint(key, capsys):
     hint(key)
     assert capsys.readouterr().out.startswith(f"Hint ({key}):")

@@ -67,7 +67,9 @@ def test_the_lessons_mark_every_cell_the_model_needs():
     sections = my_file.parse(FILE.read_text(encoding="utf-8"))
     names = [n for s in sections for n in s.names]
     for name in WHOLE_MODULES + ["project", "attend_latents", "add_time_embeddings", "resampler_layers",
-                                 "my_text_time", "my_text_to_media_mask", "my_cross_attention_mask", "masked_softmax"]:
+                                 "my_text_time", "my_text_to_media_mask", "my_cross_attention_mask", "masked_softmax",
+                                 "next_token_loss", "freeze_pretrained", "parameter_groups", "train_flamingo",
+                                 "greedy_decode"]:
         assert names.count(name) == 1, f"{name} is defined {names.count(name)} times in my_flamingo.py"
     assert [s.lesson for s in sections] == sorted(s.lesson for s in sections)
     assert "### BEGIN SOLUTION" not in FILE.read_text() and "NotImplementedError" not in FILE.read_text()
@@ -263,3 +265,13 @@ def test_bad_input_is_a_clear_error():
         my_file.start("lesson two", {})
     with pytest.raises(TypeError, match="must be a str"):
         my_file.clean_source(None)
+
+
+def test_the_training_loop_is_flamingo_lites(mine, capsys):
+    """Lesson 09's loop, from the file alone (its own loss, freezing and groups): train_flamingo's history."""
+    from flamingo_lite.teaching.exercises import lesson09
+
+    lesson09.check_train_loop(mine.train_flamingo)
+    assert "train_flamingo is right" in capsys.readouterr().out
+    for name in ("next_token_loss", "freeze_pretrained", "parameter_groups", "greedy_decode"):
+        assert getattr(mine, name).__module__ == "my_flamingo_under_test", name

@@ -9,6 +9,9 @@ gives a recognisable answer.
 """
 from __future__ import annotations
 
+import copy
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,6 +33,13 @@ register_hints({
     "09.greedy": "Loop `max_new_tokens` times: `logits = model(ids[None], images[None])`, the next id is "
                  "`logits[0, -1].argmax()`; append it to `ids` (`torch.cat`) and to your answer, and `break` after "
                  "appending `eoc_id`.",
+    "09.loop": "Freeze, then `torch.optim.AdamW(parameter_groups(model, lr=lr, gate_lr=gate_lr, weight_decay=weight_decay), "
+               "lr=lr)` and `LambdaLR(optimizer, lambda s: 0.1 + 0.45 * (1 + math.cos(math.pi * min(s / steps, 1.0))))`. "
+               "Batches: `generator = torch.Generator().manual_seed(seed)`; when the queue is empty, "
+               "`torch.randperm(len(data), generator=generator)`, keep whole batches, `.split(batch_size)`. Each step: "
+               "`part = data[idx]`, loss of `model(part.tokens, part.images, part.media_locations)`, log step 0 before "
+               "the update, then `zero_grad`, `backward`, `step`, `schedule.step()`, and log every `log_every` steps "
+               "and the last.",
     "09.first_step": "Walk `zip(history['step'], history['attn_gate_tanh'])` and return the first step where "
                      "`abs(gates[layer]) > threshold`; after the loop return None.",
     "09.format": "`caption.split()`: 3 words `a COLOUR SHAPE` is colour first, 4 words `a SHAPE in COLOUR` is shape "
@@ -230,3 +240,159 @@ def check_caption_format(caption_format) -> None:
             fail(f"caption_format({caption!r}) should be {want!r}, yours is {got!r}: check the number of words and that "
                  "each word is from the right list.")
     passed("caption_format is right.")
+
+
+# ------------------------------------------------------------------------------------------- the training loop
+
+HISTORY_KEYS = ("step", "loss", "attn_gate_tanh", "ff_gate_tanh", "loss_every_step")
+
+
+def tiny_setup(seed: int = 0):
+    """A small Flamingo (dim 16, random vision encoder) with everything trainable, and 40 sequences to train on."""
+    config = FlamingoConfig(dim=16, lm_heads=2, heads=2, dim_head=8, vision="random", resampler_depth=1, num_latents=4)
+    torch.manual_seed(seed)
+    model = Flamingo(config).requires_grad_(True)  # the learner's loop must freeze it
+    data = shapes_data.make_dataset(40, seed=seed)
+    return model, data
+
+
+def reference_loop(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_every, seed,
+                   zero_grad=True, gate_decay=False, one_group=False, schedule=True, shift=True, freeze=True) -> dict:
+    """`training.train_flamingo`'s history, made by a loop that can make the usual mistakes (the flags), to name them."""
+    if freeze:
+        model.freeze_pretrained()
+    model.train()
+    gates = [p for n, p in model.named_parameters() if p.requires_grad and n.endswith("_gate")]
+    others = [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith("_gate")]
+    if one_group:
+        groups = [{"params": others + gates, "weight_decay": weight_decay}]
+    else:
+        groups = [{"params": others, "weight_decay": weight_decay},
+                  {"params": gates, "lr": gate_lr, "weight_decay": weight_decay if gate_decay else 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=lr)
+    rate = (lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0)))) if schedule else (lambda s: 1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
+    generator = torch.Generator().manual_seed(seed)
+    history = {key: [] for key in HISTORY_KEYS}
+
+    def log(step, loss):
+        blocks = [model.xattn[str(i)] for i in model.xattn_layers]
+        history["step"].append(step)
+        history["loss"].append(loss)
+        history["attn_gate_tanh"].append([float(b.attn_gate.detach().tanh()) for b in blocks])
+        history["ff_gate_tanh"].append([float(b.ff_gate.detach().tanh()) for b in blocks])
+
+    queue = []
+    for step in range(steps):
+        if not queue:
+            order = torch.randperm(len(data), generator=generator)  # (N,)
+            queue = list(order[: len(data) - len(data) % batch_size].split(batch_size))
+        part = data[queue.pop(0)]
+        logits = model(part.tokens, part.images, part.media_locations)  # (B, n, V)
+        if shift:
+            loss = training.next_token_loss(logits, part.tokens)  # ()
+        else:
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), part.tokens.reshape(-1), ignore_index=0)  # ()
+        if step == 0:
+            log(0, loss.item())
+        if zero_grad:
+            optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        history["loss_every_step"].append(loss.item())
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            log(step + 1, loss.item())
+    model.eval()
+    return history
+
+
+def _same_history(got: dict, want: dict, atol: float = 1e-5) -> bool:
+    try:
+        if list(got["step"]) != list(want["step"]):
+            return False
+        for key in ("loss", "attn_gate_tanh", "ff_gate_tanh"):
+            a = torch.tensor(got[key], dtype=torch.float64)  # (S,) or (S, layers)
+            b = torch.tensor(want[key], dtype=torch.float64)  # the same shape
+            if a.shape != b.shape or not torch.allclose(a, b, atol=atol, rtol=0.0):
+                return False
+        return True
+    except (KeyError, TypeError, ValueError, RuntimeError):
+        return False
+
+
+def check_train_loop(train_flamingo, *, steps: int = 6, batch_size: int = 8, lr: float = 5e-3, gate_lr: float = 5e-2,
+                     weight_decay: float = 0.5, log_every: int = 2, seed: int = 0) -> None:
+    """Step "09.loop": the learner's `train_flamingo` and the package's, from the same tiny model and seed, give the
+    same history (losses and gates within 1e-5); the frozen parts stay as they were, the new parts change."""
+    args = dict(steps=steps, batch_size=batch_size, lr=lr, gate_lr=gate_lr, weight_decay=weight_decay,
+                log_every=log_every, seed=seed)
+    model, data = tiny_setup(seed)
+    start = copy.deepcopy(model.state_dict())
+    reference = copy.deepcopy(model).freeze_pretrained()
+    want = training.train_flamingo(reference, data, **args, device="cpu", progress=False)
+    got = run_learner(train_flamingo, model, data, **args,
+                      what="your train_flamingo(model, data, steps=..., batch_size=..., lr=..., gate_lr=..., "
+                           "weight_decay=..., log_every=..., seed=...)")
+    if not isinstance(got, dict):
+        fail(f"train_flamingo returned a {type(got).__name__}: return the history, a dict with the keys {list(HISTORY_KEYS)}.")
+    missing = [key for key in HISTORY_KEYS if key not in got]
+    if missing:
+        fail(f"your history has no {', '.join(repr(k) for k in missing)}: it needs the keys {list(HISTORY_KEYS)}, "
+             "as train_flamingo's (the plots read them).")
+    changed = {part: [n for n, p in getattr(model, part).state_dict().items() if not torch.equal(p, start[f"{part}.{n}"])]
+               for part in ("vision", "lm", "resampler", "xattn")}
+    moved = [part for part in ("vision", "lm") if changed[part]]
+    if moved:
+        names = {"vision": "the vision encoder", "lm": "the language model"}
+        fail(f"{' and '.join(names[p] for p in moved)} changed during training ({moved[0]}.{changed[moved[0]][0]}, ...): "
+             "the pretrained parts must stay frozen, so call your freeze_pretrained(model) before making the optimizer "
+             "(the check hands you a model with everything trainable).")
+    still = [part for part in ("resampler", "xattn") if not changed[part]]
+    if still:
+        fail(f"the {' and the '.join(still)} did not change: the new parts must learn; call `optimizer.step()` after "
+             "`loss.backward()`, with their parameters in the optimizer.")
+    if list(got["step"]) != list(want["step"]):
+        fail(f"your history logs the steps {list(got['step'])}, train_flamingo logs {list(want['step'])}: log step 0 "
+             "before any update, then after every `log_every` steps and after the last one.")
+    if _same_history(got, want):
+        passed(f"train_flamingo is right: over {steps} steps its losses and gates are the package's, the vision encoder "
+               "and the language model did not change, the resampler and the gated blocks did.")
+        return
+    variants = [
+        (dict(zero_grad=False), "the gradients accumulate from step to step: call `optimizer.zero_grad()` before "
+                                "`loss.backward()` in every step."),
+        (dict(gate_decay=True), "the gates are in the weight-decay group: decay pulls them back towards 0, shut; build "
+                                "the optimizer from your parameter_groups, where the gates have 'weight_decay': 0.0."),
+        (dict(one_group=True), "the gates train in one group with the other weights (lr, with weight decay): build the "
+                               "optimizer from your parameter_groups, the gates at gate_lr with no weight decay."),
+        (dict(schedule=False), "the learning rate stays constant: train_flamingo lowers it along a cosine to 10% "
+                               "(`LambdaLR` with `0.1 + 0.45 * (1 + cos(pi * min(s / steps, 1)))`, `schedule.step()` "
+                               "after `optimizer.step()`)."),
+        (dict(shift=False), "the loss is not shifted: each position is scored against its own token; use your "
+                            "next_token_loss(logits, tokens)."),
+    ]
+    for flags, message in variants:
+        fresh, _ = tiny_setup(seed)
+        if _same_history(got, reference_loop(fresh, data, **args, **flags)):
+            fail(f"your train_flamingo: {message}")
+    if abs(float(got["loss"][0]) - float(want["loss"][0])) > 1e-5:
+        fresh, _ = tiny_setup(seed)
+        first = data[torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:batch_size]]
+        with torch.no_grad():
+            logits = fresh.freeze_pretrained()(first.tokens, first.images, first.media_locations)  # (B, n, V)
+        flat = lambda lg, tk, **kw: F.cross_entropy(lg.reshape(-1, lg.shape[-1]), tk.reshape(-1), **kw).item()  # noqa: E731
+        wrong = [(flat(logits, first.tokens, ignore_index=0), "each position is scored against its own token"),
+                 (flat(logits, first.tokens), "each position is scored against its own token, and padding is counted"),
+                 (flat(logits[:, :-1], first.tokens[:, 1:]), "the padding targets are counted")]
+        for value, what in wrong:
+            if abs(float(got["loss"][0]) - value) <= 1e-5:
+                fail(f"your train_flamingo: the loss is not shifted right ({what}): score `model(...)`'s logits "
+                     "with your next_token_loss(logits, part.tokens).")
+        fail(f"the loss at step 0 is {float(got['loss'][0]):.5f}, train_flamingo's is {float(want['loss'][0]):.5f}: at "
+             "step 0 nothing has been updated yet, so the first batch or the loss differs. Draw the batches as "
+             "train_flamingo does (`torch.Generator().manual_seed(seed)`, `torch.randperm(len(data), generator=...)` "
+             "for each epoch, whole batches only, in order) and score them with your next_token_loss.")
+    fail("your history is not train_flamingo's, though it starts from the same model, batches and step-0 loss, and no "
+         "usual mistake matches: compare your loop with the spec above step by step (the optimizer and its groups, "
+         "the schedule, zero_grad / backward / step / schedule.step in that order, what is logged when).")
