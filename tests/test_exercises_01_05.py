@@ -215,10 +215,15 @@ def layers_fn(layers, x, z, bug=None):
 
 def make_resampler(bug=None, raises=False):
     class MyPerceiverResampler(nn.Module):
-        def __init__(self, *, dim, depth, dim_head=64, heads=8, num_latents=64, num_media_embeds=4, ff_mult=4):
+        def __init__(self, *, dim, depth, dim_head=64, heads=8, num_latents=64, num_media_embeds=4, ff_mult=4,
+                     media_embedding="per_media"):
             super().__init__()
+            if media_embedding not in ("per_media", "none") and bug != "any value":
+                raise ValueError(f"media_embedding must be 'per_media' or 'none', got {media_embedding!r}")
+            self.media_embedding = media_embedding
             self.latents = nn.Parameter(torch.randn(num_latents, dim))
-            self.media_pos_emb = nn.Parameter(torch.randn(num_media_embeds, 1, dim))
+            if media_embedding == "per_media" or bug == "always an embedding":
+                self.media_pos_emb = nn.Parameter(torch.randn(num_media_embeds, 1, dim))
             self.layers = nn.ModuleList(
                 nn.ModuleList([fl.PerceiverAttention(dim=dim, dim_head=dim_head, heads=heads), fl.FeedForward(dim, ff_mult)])
                 for _ in range(depth)
@@ -230,7 +235,11 @@ def make_resampler(bug=None, raises=False):
                 stub()
             if x.ndim == 3 and bug != "3d":
                 x = x[:, None]
-            x = add_time(x, self.media_pos_emb, "forgotten" if bug == "forgotten" else None)
+            if self.media_embedding == "per_media" or bug == "added anyway":
+                table = getattr(self, "media_pos_emb", None)
+                g = torch.Generator().manual_seed(0)
+                table = torch.randn(4, 1, x.shape[-1], generator=g) if table is None else table  # (T, 1, d)
+                x = add_time(x, table, "forgotten" if bug == "forgotten" else None)
             z = repeat(self.latents, "L d -> b t L d", b=x.shape[0], t=x.shape[1])
             z = layers_fn(self.layers, x, z, bug if bug in ("attn", "ff") else None)
             return z if bug == "norm" else self.norm(z)
@@ -639,3 +648,21 @@ def test_02_attend_names_the_merge_order_and_the_scale():
             layer.scale = layer_scale
 
     fails_with(lesson02.check_attend, divided, match="divided by self.scale instead of multiplied")
+
+
+@pytest.mark.parametrize("bug, named", [
+    ("always an embedding", "still has media_pos_emb"),
+    ("added anyway", "with media_embedding=\"none\""),
+    ("any value", "was accepted: raise a ValueError naming media_embedding"),
+])
+def test_03_forward_names_media_embedding_mistakes(bug, named):
+    fails_with(lesson03.check_forward, make_resampler(bug), match=named)
+
+
+def test_03_forward_says_to_add_the_media_embedding_argument():
+    class Old(make_resampler()):
+        def __init__(self, *, dim, depth, dim_head=64, heads=8, num_latents=64, num_media_embeds=4, ff_mult=4):
+            super().__init__(dim=dim, depth=depth, dim_head=dim_head, heads=heads, num_latents=num_latents,
+                             num_media_embeds=num_media_embeds, ff_mult=ff_mult)
+
+    fails_with(lesson03.check_forward, Old, match="add media_embedding=\"per_media\" to the constructor")

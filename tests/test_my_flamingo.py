@@ -128,6 +128,12 @@ def test_the_feedforward_is_flamingo_lites(mine, dim, mult):
                                  dict(dim=24, depth=1, dim_head=8, heads=3, num_latents=5, num_media_embeds=2, ff_mult=2)])
 def test_the_resampler_and_block_are_flamingo_lites(mine, cfg):
     assert check_module(mine.MyPerceiverResampler(**cfg), fl.PerceiverResampler, verbose=False).passed
+    without = mine.MyPerceiverResampler(**cfg, media_embedding="none")
+    assert "media_pos_emb" not in without.state_dict()
+    result = check_module(without, fl.PerceiverResampler(**cfg, media_embedding="none"), verbose=False)
+    assert result.passed, result.message
+    with pytest.raises(ValueError, match="media_embedding"):
+        mine.MyPerceiverResampler(**cfg, media_embedding="per_image")
     block_cfg = dict(dim=cfg["dim"], dim_head=cfg["dim_head"], heads=cfg["heads"], ff_mult=cfg.get("ff_mult", 4))
     for mode in (True, False):
         block = mine.MyGatedCrossAttentionBlock(**block_cfg, only_attend_immediate_media=mode)

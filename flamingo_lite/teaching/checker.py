@@ -129,9 +129,11 @@ def infer_reference_kwargs(reference_cls: type, learner: nn.Module) -> dict:
             first_attn = learner.layers[0][0] if depth else None
             heads = _heads_of(first_attn) if depth else 8
             dim = sd["latents"].shape[1]
-            kwargs = dict(
-                dim=dim, depth=depth, num_latents=sd["latents"].shape[0], num_media_embeds=sd["media_pos_emb"].shape[0]
-            )
+            kwargs = dict(dim=dim, depth=depth, num_latents=sd["latents"].shape[0])
+            if "media_pos_emb" in sd:
+                kwargs.update(num_media_embeds=sd["media_pos_emb"].shape[0])
+            else:  # no per-media embeddings: the paper's reading for separate images
+                kwargs.update(media_embedding="none")
             if depth:
                 kwargs.update(heads=heads, dim_head=_dim_head(sd["layers.0.0.to_q.weight"].shape[0], heads, f"{name}.layers[0][0]"))
                 kwargs.update(ff_mult=sd["layers.0.1.1.weight"].shape[0] / dim)
@@ -169,8 +171,8 @@ def example_inputs(module: nn.Module, *, seed: int = 0, batch: int = 2) -> tuple
         ]
         locations = torch.tensor([pattern[i % 2] for i in range(batch)], dtype=torch.bool, device=device)  # (b, n)
         return randn(batch, 8, dim), randn(batch, 3, 4, dim), locations  # (b, n, d), (b, t, m, d), (b, n)
-    if "latents" in sd and "media_pos_emb" in sd:  # PerceiverResampler
-        num_media = min(2, sd["media_pos_emb"].shape[0])
+    if "latents" in sd:  # PerceiverResampler
+        num_media = min(2, sd["media_pos_emb"].shape[0]) if "media_pos_emb" in sd else 2
         return (randn(batch, num_media, 6, sd["latents"].shape[1]),)  # (b, t, n, d)
     if "norm_media.weight" in sd:  # PerceiverAttention
         dim = sd["norm_media.weight"].shape[0]
@@ -233,7 +235,7 @@ def extra_cases(module: nn.Module, *, seed: int = 0) -> list:
                 advice="The words before the first image see no media and come out exactly 0."),
             Case(f"large attention scores (media x {LARGE:g})", (x, media * LARGE, locations), advice=_UNSTABLE, loose=True),
         ]
-    if "latents" in sd and "media_pos_emb" in sd:  # PerceiverResampler
+    if "latents" in sd:  # PerceiverResampler
         return [
             Case("a batch of 3 with one media", (randn(3, 1, 5, sd["latents"].shape[1]),)),
             Case(f"large attention scores (to_q weights x {LARGE:g})", example_inputs(module, seed=seed),
