@@ -281,3 +281,19 @@ def test_the_training_loop_is_flamingo_lites(mine, capsys):
     assert "train_flamingo is right" in capsys.readouterr().out
     for name in ("next_token_loss", "freeze_pretrained", "parameter_groups", "greedy_decode"):
         assert getattr(mine, name).__module__ == "my_flamingo_under_test", name
+
+
+def test_lesson_08_takes_the_learners_resampler_and_block_or_says_what_stands_in(tmp_path):
+    path = tmp_path / "mine.py"
+    needs = ["MyPerceiverResampler", "MyGatedCrossAttentionBlock"]
+    ns = {}
+    lines = my_file.load_earlier("08", ns, path=path, needs=needs)
+    assert ns["MyPerceiverResampler"] is fl.PerceiverResampler and ns["MyGatedCrossAttentionBlock"] is fl.GatedCrossAttentionBlock
+    assert len(lines) == 2 and all("in its place" in line for line in lines)
+    path.write_bytes(FILE.read_bytes())
+    ns = {}
+    my_file.load_earlier("08", ns, path=path, needs=needs)
+    assert ns["MyPerceiverResampler"].__module__ != "flamingo_lite.perceiver"
+    resampler = ns["MyPerceiverResampler"](dim=16, depth=1, dim_head=4, heads=2, num_latents=3, media_embedding="none")
+    assert check_module(resampler, fl.PerceiverResampler(dim=16, depth=1, dim_head=4, heads=2, num_latents=3,
+                                                         media_embedding="none"), verbose=False).passed
