@@ -93,10 +93,15 @@ def resampler_layers(layers, x, z):
 class MyPerceiverResampler(nn.Module):
     """Any number of visual features per media in, num_latents tokens per media out. (b,[t,]n,d) -> (b,t,L,d)."""
 
-    def __init__(self, *, dim, depth, dim_head=64, heads=8, num_latents=64, num_media_embeds=4, ff_mult=4):
+    def __init__(self, *, dim, depth, dim_head=64, heads=8, num_latents=64, num_media_embeds=4, ff_mult=4,
+                 media_embedding="per_media"):
         super().__init__()
+        if media_embedding not in ("per_media", "none"):
+            raise ValueError(f"media_embedding must be 'per_media' or 'none', got {media_embedding!r}")
+        self.media_embedding = media_embedding
         self.latents = nn.Parameter(torch.randn(num_latents, dim))  # (L, d)
-        self.media_pos_emb = nn.Parameter(torch.randn(num_media_embeds, 1, dim))  # (T, 1, d)
+        if media_embedding == "per_media":  # flamingo-pytorch's: one embedding per media
+            self.media_pos_emb = nn.Parameter(torch.randn(num_media_embeds, 1, dim))  # (T, 1, d)
         self.layers = nn.ModuleList()  # depth x [attention, feed-forward]
         for _ in range(depth):
             attn = MyPerceiverAttention(dim=dim, dim_head=dim_head, heads=heads)  # lesson 02's, yours
@@ -108,7 +113,8 @@ class MyPerceiverResampler(nn.Module):
         if x.ndim == 3:
             x = rearrange(x, "b n d -> b 1 n d")  # (b, 1, n, d): one media
         b, t = x.shape[:2]
-        x = add_time_embeddings(x, self.media_pos_emb)  # (b, t, n, d)
+        if self.media_embedding == "per_media":
+            x = add_time_embeddings(x, self.media_pos_emb)  # (b, t, n, d)
         z = repeat(self.latents, "L d -> b t L d", b=b, t=t)  # (b, t, L, d)
         z = resampler_layers(self.layers, x, z)  # (b, t, L, d)
         return self.norm(z)  # (b, t, L, d)

@@ -431,3 +431,31 @@ def test_a_parameter_the_reference_freezes_is_not_compared():
     learner[1].weight.requires_grad_(False)
     result = fl.check_module(learner, fl.FeedForward, verbose=False)
     assert not result.passed and "parameter 1.weight has requires_grad=False" in result.message
+
+
+def test_swapped_norms_are_caught_and_named_though_fresh_norms_are_alike():
+    class Swapped(fl.PerceiverAttention):
+        def forward(self, x, latents):
+            self.norm_media, self.norm_latents = self.norm_latents, self.norm_media
+            try:
+                return super().forward(x, latents)
+            finally:
+                self.norm_media, self.norm_latents = self.norm_latents, self.norm_media
+
+    result = fl.check_module(Swapped(dim=16, dim_head=4, heads=2), fl.PerceiverAttention, verbose=False)
+    assert not result.passed and result.swapped_norms == ("norm_media", "norm_latents")
+    assert "swaps norm_media and norm_latents" in result.message
+    assert fl.check_module(fl.PerceiverAttention(dim=16, dim_head=4, heads=2), fl.PerceiverAttention, verbose=False).passed
+
+
+def test_randomise_norms_changes_only_fresh_norms():
+    from flamingo_lite.teaching.checker import randomise_norms
+
+    layer = fl.PerceiverAttention(dim=8, dim_head=4, heads=2)
+    with torch.no_grad():
+        layer.norm_latents.weight.fill_(2.0)
+    assert randomise_norms(layer, seed=0) == ["norm_media"]
+    assert bool((layer.norm_latents.weight == 2.0).all()) and not bool((layer.norm_media.weight == 1.0).any())
+    other = fl.PerceiverAttention(dim=8, dim_head=4, heads=2)
+    randomise_norms(other, seed=0)
+    assert torch.equal(other.norm_media.weight, layer.norm_media.weight)  # seeded

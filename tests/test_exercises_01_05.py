@@ -215,10 +215,15 @@ def layers_fn(layers, x, z, bug=None):
 
 def make_resampler(bug=None, raises=False):
     class MyPerceiverResampler(nn.Module):
-        def __init__(self, *, dim, depth, dim_head=64, heads=8, num_latents=64, num_media_embeds=4, ff_mult=4):
+        def __init__(self, *, dim, depth, dim_head=64, heads=8, num_latents=64, num_media_embeds=4, ff_mult=4,
+                     media_embedding="per_media"):
             super().__init__()
+            if media_embedding not in ("per_media", "none") and bug != "any value":
+                raise ValueError(f"media_embedding must be 'per_media' or 'none', got {media_embedding!r}")
+            self.media_embedding = media_embedding
             self.latents = nn.Parameter(torch.randn(num_latents, dim))
-            self.media_pos_emb = nn.Parameter(torch.randn(num_media_embeds, 1, dim))
+            if media_embedding == "per_media" or bug == "always an embedding":
+                self.media_pos_emb = nn.Parameter(torch.randn(num_media_embeds, 1, dim))
             self.layers = nn.ModuleList(
                 nn.ModuleList([fl.PerceiverAttention(dim=dim, dim_head=dim_head, heads=heads), fl.FeedForward(dim, ff_mult)])
                 for _ in range(depth)
@@ -230,7 +235,11 @@ def make_resampler(bug=None, raises=False):
                 stub()
             if x.ndim == 3 and bug != "3d":
                 x = x[:, None]
-            x = add_time(x, self.media_pos_emb, "forgotten" if bug == "forgotten" else None)
+            if self.media_embedding == "per_media" or bug == "added anyway":
+                table = getattr(self, "media_pos_emb", None)
+                g = torch.Generator().manual_seed(0)
+                table = torch.randn(4, 1, x.shape[-1], generator=g) if table is None else table  # (T, 1, d)
+                x = add_time(x, table, "forgotten" if bug == "forgotten" else None)
             z = repeat(self.latents, "L d -> b t L d", b=x.shape[0], t=x.shape[1])
             z = layers_fn(self.layers, x, z, bug if bug in ("attn", "ff") else None)
             return z if bug == "norm" else self.norm(z)
@@ -548,3 +557,112 @@ def test_the_constructor_hints(capsys):
         hint(key)
         assert capsys.readouterr().out.startswith(f"Hint ({key}): After super().__init__()" if key != "03.feedforward"
                                                   else f"Hint ({key}): In __init__, after super().__init__()")
+
+
+def make_perceiver_attention_with(bug):
+    """A whole PerceiverAttention with one of the mistakes lesson 02's forward check names."""
+
+    class MyPerceiverAttention(nn.Module):
+        def __init__(self, *, dim, dim_head=64, heads=8):
+            super().__init__()
+            self.heads = 2 if bug == "heads fixed in the constructor" else heads
+            self.scale = 4**-0.5 if bug == "scale fixed" else dim_head**-0.5
+            inner = dim_head * heads
+            self.norm_media, self.norm_latents = nn.LayerNorm(dim), nn.LayerNorm(dim)
+            self.to_q = nn.Linear(dim, inner, bias=False)
+            self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
+            self.to_out = nn.Linear(inner, dim, bias=False)
+
+        def forward(self, x, latents):
+            if bug == "media of sample 0":
+                x = x[:1].expand_as(x)  # (b, t, n, d)
+            if bug == "norms swapped":
+                x, lat = self.norm_latents(x), self.norm_media(latents)  # (b, t, n, d), (b, t, L, d)
+            else:
+                x, lat = self.norm_media(x), self.norm_latents(latents)  # (b, t, n, d), (b, t, L, d)
+            q = self.to_q(lat)  # (b, t, L, h*e)
+            k, v = self.to_kv(torch.cat((x, lat), dim=-2)).chunk(2, dim=-1)  # 2 x (b, t, n+L, h*e)
+            h = 2 if bug == "heads fixed in the rearrange" else self.heads
+            q, k, v = (rearrange(a, "b t n (h e) -> b t h n e", h=h) for a in (q, k, v))  # (b, t, h, n, e)
+            scores = torch.einsum("b t h i e, b t h j e -> b t h i j", q, k)  # (b, t, h, L, n+L)
+            scores = scores / self.scale if bug == "scale divided" else scores * self.scale  # (b, t, h, L, n+L)
+            out = torch.einsum("b t h i j, b t h j e -> b t h i e", scores.softmax(-1), v)  # (b, t, h, L, e)
+            merge = "b t h L e -> b t L (e h)" if bug == "merge order" else "b t h L e -> b t L (h e)"
+            out = rearrange(out, merge)  # (b, t, L, h*e)
+            if bug == "to_out missing":
+                return out  # (b, t, L, h*e)
+            out = self.to_out(out)  # (b, t, L, d)
+            return out + latents if bug == "residual inside" else out  # (b, t, L, d)
+
+    return MyPerceiverAttention
+
+
+@pytest.mark.parametrize("bug, named", [
+    ("norms swapped", "swaps norm_media and norm_latents"),
+    ("heads fixed in the rearrange", "splits into 2 heads, but this layer has heads=3"),
+    ("heads fixed in the constructor", "splits into 2 heads, but this layer has heads=3"),
+    ("scale fixed", "scaled by 0.5 \\(a fixed number"),
+    ("scale divided", "scaled by 2 \\(dim_head \\*\\* 0.5"),
+    ("merge order", "split right but merged in the wrong order"),
+    ("to_out missing", "to_out is missing"),
+    ("residual inside", "added to the output inside the attention"),
+    ("media of sample 0", "attends to the media of sample 0"),
+])
+def test_02_forward_names_whole_module_mistakes(bug, named):
+    message = fails_with(lesson02.check_forward, make_perceiver_attention_with(bug), match=named)
+    assert "no usual mistake matches" not in message
+
+
+def test_02_forward_without_a_usual_mistake_after_an_exact_report_says_no_more():
+    class SeparateKV(make_perceiver_attention_with(None)):
+        def __init__(self, *, dim, dim_head=64, heads=8):
+            super().__init__(dim=dim, dim_head=dim_head, heads=heads)
+            del self.to_kv
+            self.to_k = nn.Linear(dim, dim_head * heads, bias=False)
+
+    message = fails_with(lesson02.check_forward, SeparateKV, match="do not line up with the reference")
+    assert "no usual mistake matches" not in message
+
+
+def test_02_project_names_swapped_norms():
+    def swapped(layer, x, latents):
+        x, lat = layer.norm_latents(x), layer.norm_media(latents)  # (b, t, n, d), (b, t, L, d)
+        k, v = layer.to_kv(torch.cat((x, lat), dim=-2)).chunk(2, dim=-1)  # 2 x (b, t, n+L, h*e)
+        return layer.to_q(lat), k, v
+
+    fails_with(lesson02.check_project, swapped, match="norm_media and norm_latents are swapped")
+
+
+def test_02_attend_names_the_merge_order_and_the_scale():
+    def merged_wrong(layer, q, k, v):
+        return attend_latents(layer, q, k, v).unflatten(-1, (layer.heads, -1)).transpose(-1, -2).flatten(-2)
+
+    fails_with(lesson02.check_attend, merged_wrong, match="split right but merged in the wrong order")
+
+    def divided(layer, q, k, v):
+        layer_scale = layer.scale
+        try:
+            layer.scale = 1 / layer_scale
+            return attend_latents(layer, q, k, v)
+        finally:
+            layer.scale = layer_scale
+
+    fails_with(lesson02.check_attend, divided, match="divided by self.scale instead of multiplied")
+
+
+@pytest.mark.parametrize("bug, named", [
+    ("always an embedding", "still has media_pos_emb"),
+    ("added anyway", "with media_embedding=\"none\""),
+    ("any value", "was accepted: raise a ValueError naming media_embedding"),
+])
+def test_03_forward_names_media_embedding_mistakes(bug, named):
+    fails_with(lesson03.check_forward, make_resampler(bug), match=named)
+
+
+def test_03_forward_says_to_add_the_media_embedding_argument():
+    class Old(make_resampler()):
+        def __init__(self, *, dim, depth, dim_head=64, heads=8, num_latents=64, num_media_embeds=4, ff_mult=4):
+            super().__init__(dim=dim, depth=depth, dim_head=dim_head, heads=heads, num_latents=num_latents,
+                             num_media_embeds=num_media_embeds, ff_mult=ff_mult)
+
+    fails_with(lesson03.check_forward, Old, match="add media_embedding=\"per_media\" to the constructor")

@@ -128,6 +128,12 @@ def test_the_feedforward_is_flamingo_lites(mine, dim, mult):
                                  dict(dim=24, depth=1, dim_head=8, heads=3, num_latents=5, num_media_embeds=2, ff_mult=2)])
 def test_the_resampler_and_block_are_flamingo_lites(mine, cfg):
     assert check_module(mine.MyPerceiverResampler(**cfg), fl.PerceiverResampler, verbose=False).passed
+    without = mine.MyPerceiverResampler(**cfg, media_embedding="none")
+    assert "media_pos_emb" not in without.state_dict()
+    result = check_module(without, fl.PerceiverResampler(**cfg, media_embedding="none"), verbose=False)
+    assert result.passed, result.message
+    with pytest.raises(ValueError, match="media_embedding"):
+        mine.MyPerceiverResampler(**cfg, media_embedding="per_image")
     block_cfg = dict(dim=cfg["dim"], dim_head=cfg["dim_head"], heads=cfg["heads"], ff_mult=cfg.get("ff_mult", 4))
     for mode in (True, False):
         block = mine.MyGatedCrossAttentionBlock(**block_cfg, only_attend_immediate_media=mode)
@@ -275,3 +281,19 @@ def test_the_training_loop_is_flamingo_lites(mine, capsys):
     assert "train_flamingo is right" in capsys.readouterr().out
     for name in ("next_token_loss", "freeze_pretrained", "parameter_groups", "greedy_decode"):
         assert getattr(mine, name).__module__ == "my_flamingo_under_test", name
+
+
+def test_lesson_08_takes_the_learners_resampler_and_block_or_says_what_stands_in(tmp_path):
+    path = tmp_path / "mine.py"
+    needs = ["MyPerceiverResampler", "MyGatedCrossAttentionBlock"]
+    ns = {}
+    lines = my_file.load_earlier("08", ns, path=path, needs=needs)
+    assert ns["MyPerceiverResampler"] is fl.PerceiverResampler and ns["MyGatedCrossAttentionBlock"] is fl.GatedCrossAttentionBlock
+    assert len(lines) == 2 and all("in its place" in line for line in lines)
+    path.write_bytes(FILE.read_bytes())
+    ns = {}
+    my_file.load_earlier("08", ns, path=path, needs=needs)
+    assert ns["MyPerceiverResampler"].__module__ != "flamingo_lite.perceiver"
+    resampler = ns["MyPerceiverResampler"](dim=16, depth=1, dim_head=4, heads=2, num_latents=3, media_embedding="none")
+    assert check_module(resampler, fl.PerceiverResampler(dim=16, depth=1, dim_head=4, heads=2, num_latents=3,
+                                                         media_embedding="none"), verbose=False).passed

@@ -15,6 +15,10 @@ that the output has the reference's dtype, that the forward leaves its inputs as
 inputs beyond the example (a batch of 3; for the cross-attention layers more media than markers, a row with no
 marker; large attention scores, where an exp() without the max subtracted overflows) and that a backward pass gives
 every parameter and every float input the reference's gradient. Each of these failures is named in one sentence.
+
+A LayerNorm fresh from its constructor has weight 1 and bias 0, so two of them are interchangeable and a forward that
+swaps them would match. The checker therefore gives every such norm of the reference its own seeded random weight
+and bias before copying, and names a swap of two sibling norms (such as norm_media and norm_latents) when it finds one.
 """
 from __future__ import annotations
 
@@ -51,6 +55,7 @@ class CheckResult:
     error: str | None = None  # "NotImplementedError: ..." when the learner's forward raised
     num_nan: int = 0  # values that are NaN in the learner's output but not in the reference's
     heads_used: int | None = None  # the head count the learner's forward matches, when it is not the module's
+    swapped_norms: tuple | None = None  # the two sibling norms the learner's forward uses the wrong way round
     output: torch.Tensor | None = field(default=None, repr=False)  # the learner's output, with the reference's weights
     expected: torch.Tensor | None = field(default=None, repr=False)  # the reference's output
     reference: nn.Module | None = field(default=None, repr=False)  # the reference as run (gates opened)
@@ -124,9 +129,11 @@ def infer_reference_kwargs(reference_cls: type, learner: nn.Module) -> dict:
             first_attn = learner.layers[0][0] if depth else None
             heads = _heads_of(first_attn) if depth else 8
             dim = sd["latents"].shape[1]
-            kwargs = dict(
-                dim=dim, depth=depth, num_latents=sd["latents"].shape[0], num_media_embeds=sd["media_pos_emb"].shape[0]
-            )
+            kwargs = dict(dim=dim, depth=depth, num_latents=sd["latents"].shape[0])
+            if "media_pos_emb" in sd:
+                kwargs.update(num_media_embeds=sd["media_pos_emb"].shape[0])
+            else:  # no per-media embeddings: the paper's reading for separate images
+                kwargs.update(media_embedding="none")
             if depth:
                 kwargs.update(heads=heads, dim_head=_dim_head(sd["layers.0.0.to_q.weight"].shape[0], heads, f"{name}.layers[0][0]"))
                 kwargs.update(ff_mult=sd["layers.0.1.1.weight"].shape[0] / dim)
@@ -164,8 +171,8 @@ def example_inputs(module: nn.Module, *, seed: int = 0, batch: int = 2) -> tuple
         ]
         locations = torch.tensor([pattern[i % 2] for i in range(batch)], dtype=torch.bool, device=device)  # (b, n)
         return randn(batch, 8, dim), randn(batch, 3, 4, dim), locations  # (b, n, d), (b, t, m, d), (b, n)
-    if "latents" in sd and "media_pos_emb" in sd:  # PerceiverResampler
-        num_media = min(2, sd["media_pos_emb"].shape[0])
+    if "latents" in sd:  # PerceiverResampler
+        num_media = min(2, sd["media_pos_emb"].shape[0]) if "media_pos_emb" in sd else 2
         return (randn(batch, num_media, 6, sd["latents"].shape[1]),)  # (b, t, n, d)
     if "norm_media.weight" in sd:  # PerceiverAttention
         dim = sd["norm_media.weight"].shape[0]
@@ -228,7 +235,7 @@ def extra_cases(module: nn.Module, *, seed: int = 0) -> list:
                 advice="The words before the first image see no media and come out exactly 0."),
             Case(f"large attention scores (media x {LARGE:g})", (x, media * LARGE, locations), advice=_UNSTABLE, loose=True),
         ]
-    if "latents" in sd and "media_pos_emb" in sd:  # PerceiverResampler
+    if "latents" in sd:  # PerceiverResampler
         return [
             Case("a batch of 3 with one media", (randn(3, 1, 5, sd["latents"].shape[1]),)),
             Case(f"large attention scores (to_q weights x {LARGE:g})", example_inputs(module, seed=seed),
@@ -326,6 +333,63 @@ def _other_head_counts(reference_cls, kwargs: dict, state: dict, inputs, got: to
     return None
 
 
+def _is_norm(module: nn.Module) -> bool:
+    weight = getattr(module, "weight", None)
+    return "Norm" in type(module).__name__ and isinstance(weight, nn.Parameter) and weight.ndim == 1
+
+
+def randomise_norms(module: nn.Module, *, seed: int = 0) -> list:
+    """Give every norm of `module` still at its initial weight 1 and bias 0 a seeded random weight (0.5 to 1.5) and
+    bias (about 0.1), in place, so that no two norms are interchangeable. Returns the names of the norms changed."""
+    g = torch.Generator().manual_seed(seed + 11)
+    changed = []
+    with torch.no_grad():
+        for mname, m in module.named_modules():
+            if not _is_norm(m):
+                continue
+            bias = getattr(m, "bias", None)
+            if not bool((m.weight == 1).all()) or (isinstance(bias, torch.Tensor) and bool((bias != 0).any())):
+                continue  # already trained or set: keep it
+            m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))  # (d,)
+            if isinstance(bias, torch.Tensor):
+                bias.copy_(0.1 * torch.randn(bias.shape, generator=g))  # (d,)
+            changed.append(mname)
+    return changed
+
+
+def _swapped_norms(reference: nn.Module, inputs, got: torch.Tensor, atol, rtol):
+    """The pair of sibling norm names (e.g. ("norm_media", "norm_latents")) whose weights, swapped in every module
+    that has both, make the reference compute `got`; or None."""
+    children = {}  # parent name -> {child name: module}
+    for mname, m in reference.named_modules():
+        if mname and _is_norm(m):
+            parent, _, child = mname.rpartition(".")
+            children.setdefault(parent, {})[child] = m
+    pairs = list(dict.fromkeys((a, b) for kids in children.values() for i, a in enumerate(kids) for b in list(kids)[i + 1:]))
+    state = reference.state_dict()
+    for a, b in pairs:
+        swapped = dict(state)
+        for parent, kids in children.items():
+            if a not in kids or b not in kids:
+                continue
+            prefix = f"{parent}." if parent else ""
+            for suffix in ("weight", "bias"):
+                ka, kb = f"{prefix}{a}.{suffix}", f"{prefix}{b}.{suffix}"
+                if ka in state and kb in state and state[ka].shape == state[kb].shape:
+                    swapped[ka], swapped[kb] = state[kb], state[ka]
+        other = copy.deepcopy(reference)
+        try:
+            other.load_state_dict(swapped, strict=True)
+            other.eval()
+            with torch.no_grad():
+                out = other(*_cloned(inputs))
+        except Exception:
+            continue
+        if isinstance(out, torch.Tensor) and out.shape == got.shape and torch.allclose(out, got, atol=atol, rtol=rtol, equal_nan=True):
+            return a, b
+    return None
+
+
 def check_module(
     learner: nn.Module,
     reference,
@@ -350,6 +414,8 @@ def check_module(
     inputs: a tuple of positional arguments for both modules; small seeded ones are made if None.
     open_gates: gates that are exactly zero make a gated block the identity, which would hide mistakes, so
         the reference's zero gates are set to 0.5 before copying (the verdict says so).
+    Norms still at weight 1 and bias 0 get seeded random weights in the reference before copying (see
+    `randomise_norms`), so that a forward that swaps two of them is caught, and named.
     Once the outputs match it also checks that the output's dtype is the reference's, that your forward leaves its
     inputs as they were, that it is right on the input sets of `extra_cases` (`check_cases=False` skips them), and
     that a backward pass gives every parameter the reference trains, and every float input, the reference's
@@ -383,6 +449,7 @@ def check_module(
         raise TypeError(f"reference must be an nn.Module class or instance, got {type(reference).__name__}")
     ref_name = f"{type(reference).__module__.split('.')[0]}.{type(reference).__name__}"  # e.g. flamingo_lite.FeedForward
 
+    randomise_norms(reference, seed=seed)
     notes = []
     if open_gates:
         with torch.no_grad():
@@ -796,6 +863,12 @@ def _verdict(name, ref_name, got, expected, inputs, kwargs, reference_cls, refer
                 "rearrange that splits and merges the heads, not a fixed number."
             )
             return CheckResult(False, name, message, max_diff, where, num_bad, diff.numel(), shape, heads_used=used)
+    pair = _swapped_norms(reference, inputs, got, atol, rtol)
+    if pair is not None:
+        a, b = pair
+        message = (f"✗ {name} swaps {a} and {b}: each is applied to the input the other one is for; apply each norm "
+                   "to its own input (the check gives every norm its own random weights, so a swap shows).")
+        return CheckResult(False, name, message, max_diff, where, num_bad, diff.numel(), shape, swapped_norms=pair)
     message = (
         f"✗ {name} differs from {ref_name}: output {shape}, {num_bad} of {diff.numel()} values off by more "
         f"than {atol:g}; the largest difference is {max_diff:.3g} at index {where} "

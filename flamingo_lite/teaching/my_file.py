@@ -65,6 +65,8 @@ FALLBACKS = {
     "MyFeedForward": ("flamingo_lite", "FeedForward"),
     "my_cross_attention_mask": ("flamingo_lite.masks", "cross_attention_mask"),
     "MyMaskedCrossAttention": ("flamingo_lite", "MaskedCrossAttention"),
+    "MyPerceiverResampler": ("flamingo_lite", "PerceiverResampler"),
+    "MyGatedCrossAttentionBlock": ("flamingo_lite", "GatedCrossAttentionBlock"),
 }
 
 # The start of the line that stands in for a solution in the student notebooks (tools/make_student_notebooks.py).

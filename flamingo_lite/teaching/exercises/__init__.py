@@ -144,7 +144,7 @@ def check_layer(
         passed(f"{what} matches the reference ({result.message.split(': ', 1)[-1]}).")
         return result
     forward_wrong = result.failed_check in (None, "forward", "case")  # the values differ, on the example or a case
-    if forward_wrong and result.output is not None and mistakes is not None and result.output.shape == result.expected.shape:
+    if forward_wrong and result.output is not None and mistakes is not None:  # a mistake may change the shape too
         try:
             with torch.no_grad():
                 known = mistakes(result.reference, *result.inputs)
@@ -156,7 +156,11 @@ def check_layer(
                 if result.case is not None:
                     fail(f"{what} is right on the example but not on {result.case}: {mistake.message}")
                 fail(f"{what}: {mistake.message}")
-    if not forward_wrong:  # the values match; the verdict names what else is wrong (dtype, inputs, gradients)
+    named = (result.heads_used is not None or result.swapped_norms is not None or result.missing_keys
+             or result.unexpected_keys or result.shape_mismatches or result.error is not None)
+    if not forward_wrong or named or result.output is None:
+        # the verdict is exact already: the values match and something else is wrong (dtype, inputs, gradients),
+        # or it names the mistake (a head count, swapped norms, the parameter names, an error raised)
         fail(f"{what}: {result.message.removeprefix('✗ ')}")
     fail(f"{what}: {result.message.removeprefix('✗ ')}; no usual mistake matches, so compare each line with the "
          "steps above.")

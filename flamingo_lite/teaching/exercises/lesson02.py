@@ -7,7 +7,8 @@ from einops import rearrange
 
 import flamingo_lite as fl
 
-from . import Mistake, check_layer, compare, fail, passed, register_hints, run_learner
+from ..checker import randomise_norms
+from . import ExerciseFailed, Mistake, check_layer, compare, fail, passed, register_hints, run_learner
 
 register_hints({
     "02.project": "Normalise x with layer.norm_media and the latents with layer.norm_latents; q = layer.to_q(latents "
@@ -34,7 +35,9 @@ def _inputs(seed=0):
 
 def _layer(seed=0):
     torch.manual_seed(seed)
-    return fl.PerceiverAttention(dim=16, dim_head=4, heads=2).eval()
+    layer = fl.PerceiverAttention(dim=16, dim_head=4, heads=2).eval()
+    randomise_norms(layer, seed=seed)  # two norms at weight 1, bias 0 would be interchangeable: a swap would pass
+    return layer
 
 
 def reference_project(layer, x, latents, *, with_latents=True, norm_latents_in_kv=True, latents_first=False, swap=False):
@@ -47,14 +50,58 @@ def reference_project(layer, x, latents, *, with_latents=True, norm_latents_in_k
     return (q, v, k) if swap else (q, k, v)
 
 
-def reference_attend(layer, q, k, v, *, scale=True, axis=-1, order="h e", heads=None):
+def reference_attend(layer, q, k, v, *, scale=True, axis=-1, order="h e", heads=None, merge=None, scale_value=None):
+    """The attention of PerceiverAttention, and the usual mistakes: `order` splits the heads, `merge` (default:
+    `order`) merges them; `heads` splits into that many; `scale_value` replaces the scale."""
     heads = layer.heads if heads is None else heads
+    merge = order if merge is None else merge
     qh, kh, vh = (rearrange(a, f"b t n ({order}) -> b t h n e", h=heads) for a in (q, k, v))  # (b, t, h, n, e)
     scores = torch.einsum("b t h i e, b t h j e -> b t h i j", qh, kh)  # (b, t, h, L, n+L)
-    if scale:
+    if scale_value is not None:
+        scores = scores * scale_value
+    elif scale:
         scores = scores * (q.shape[-1] // heads) ** -0.5
     out = torch.einsum("b t h i j, b t h j e -> b t h i e", scores.softmax(dim=axis), vh)  # (b, t, h, L, e)
-    return rearrange(out, f"b t h L e -> b t L ({order})")  # (b, t, L, h*e)
+    return rearrange(out, f"b t h L e -> b t L ({merge})", h=heads)  # (b, t, L, h*e)
+
+
+def _scale_mistakes(layer, attend):
+    """`attend(scale_value=s)` for the usual wrong scales, each named with the number it uses."""
+    inner = layer.to_q.weight.shape[0]  # h*e
+    dim_head, dim = inner // layer.heads, layer.to_q.weight.shape[1]
+    right = dim_head**-0.5
+    candidates = [
+        (dim_head**0.5, "dim_head ** 0.5: the scores are divided by self.scale instead of multiplied"),
+        (1 / dim_head, "1 / dim_head: the square root is missing"),
+        (inner**-0.5, "(heads * dim_head) ** -0.5: the width of all heads together, not of one head"),
+        (dim**-0.5, "dim ** -0.5: the model width, not one head's"),
+        (4**-0.5, "a fixed number: compute it from the dim_head argument"),
+        (64**-0.5, "a fixed number: compute it from the dim_head argument"),
+    ]
+    seen, out = set(), []
+    for value, why in candidates:
+        if abs(value - right) < 1e-9 or round(value, 9) in seen:
+            continue
+        seen.add(round(value, 9))
+        out.append(Mistake("wrong scale", attend(scale_value=value),
+                           f"the scores are scaled by {value:.4g} ({why}); the scale is dim_head ** -0.5 = {right:.4g}, "
+                           "self.scale = dim_head ** -0.5."))
+    return out
+
+
+def _heads_mistakes(layer, attend):
+    """`attend(heads=h)` for every other head count the inner width splits into, with the layer's scale or the split's."""
+    inner = layer.to_q.weight.shape[0]  # h*e
+    out = []
+    for h in range(1, inner + 1):
+        if inner % h or h == layer.heads:
+            continue
+        for value in (layer.scale, (inner // h) ** -0.5):
+            out.append(Mistake(f"{h} heads", attend(heads=h, scale_value=value),
+                               f"the forward splits into {h} heads, but this layer has heads={layer.heads}: a fixed "
+                               "number in the rearrange or in self.heads; write self.heads = heads in the constructor "
+                               "and h=self.heads in every rearrange."))
+    return out
 
 
 _LATENTS_LEFT_OUT = ("the latents are left out of the keys/values: concatenate the normalised features and the "
@@ -62,6 +109,12 @@ _LATENTS_LEFT_OUT = ("the latents are left out of the keys/values: concatenate t
 _NO_SCALE = "the scores are not scaled: multiply them by self.scale (dim_head**-0.5) before the softmax."
 _AXIS = "the softmax runs over the latents (dim=-2); it must run over the keys, the last axis (n+L)."
 _ORDER = "the heads are split in the wrong order: write '(h e)', not '(e h)', so head 0 takes the first e numbers."
+_MERGE = ("the heads are split right but merged in the wrong order: merge with 'b t h L e -> b t L (h e)', the order "
+          "they were split in, not '(e h)', so to_out reads head 0's numbers first.")
+_SPLIT = ("the heads are split with '(e h)' but merged with '(h e)': split with '(h e)' too, so head 0 takes the first "
+          "e numbers of q, k and v.")
+_NORMS_SWAPPED = ("norm_media and norm_latents are swapped: normalise the features x with norm_media and the latents "
+                  "with norm_latents.")
 
 
 def check_project(project) -> None:
@@ -80,6 +133,7 @@ def check_project(project) -> None:
             Mistake("q from the features", layer.to_q(layer.norm_media(x)),
                     "q comes from the features; the queries are the latents: to_q(norm_latents(latents))."),
             Mistake("latents not normalised", layer.to_q(latents), "q is made from the latents before norm_latents."),
+            Mistake("norms swapped", layer.to_q(layer.norm_media(latents)), _NORMS_SWAPPED),
             Mistake("heads already split", rearrange(want[0], "b t n (h e) -> b t h n e", h=layer.heads),
                     "q, k, v come back with the heads split: return them as (b, t, tokens, h*e); step 2 splits them."),
         ])
@@ -92,6 +146,8 @@ def check_project(project) -> None:
              "columns :n of the attention weights are the image (lesson 02 reads them that way)."),
             ("k and v swapped", reference_project(layer, x, latents, swap=True),
              "k and v are swapped: to_kv(...).chunk(2, dim=-1) gives the keys first, then the values."),
+            ("norms swapped", (None, *layer.to_kv(torch.cat((layer.norm_latents(x), layer.norm_media(latents)), dim=-2)).chunk(2, dim=-1)),
+             _NORMS_SWAPPED),
         ]
         for index, name in ((1, "k"), (2, "v")):
             compare(got[index], want[index], what=f"{what}: {name}",
@@ -110,30 +166,66 @@ def check_attend(attend_latents) -> None:
             Mistake("missing scale", reference_attend(layer, q, k, v, scale=False), _NO_SCALE),
             Mistake("softmax over the wrong axis", reference_attend(layer, q, k, v, axis=-2), _AXIS),
             Mistake("heads in the wrong order", reference_attend(layer, q, k, v, order="e h"), _ORDER),
+            Mistake("merged in the wrong order", reference_attend(layer, q, k, v, merge="e h"), _MERGE),
+            Mistake("split in the wrong order", reference_attend(layer, q, k, v, order="e h", merge="h e"), _SPLIT),
             Mistake("one head", reference_attend(layer, q, k, v, heads=1),
                     "this is one head of width h*e: split q, k, v with h=layer.heads before the scores."),
+            *_scale_mistakes(layer, lambda **kw: reference_attend(layer, q, k, v, **kw)),
         ])
     passed("attend_latents is right: every latent's weights sum to 1 over the n+L keys, in each head.")
 
 
 def _perceiver_mistakes(reference, x, latents):
-    def run(**flags):
+    def attended(x=x, **flags):
         project_flags = {k: flags.pop(k) for k in ("with_latents",) if k in flags}
-        return reference.to_out(reference_attend(reference, *reference_project(reference, x, latents, **project_flags), **flags))
+        return reference_attend(reference, *reference_project(reference, x, latents, **project_flags), **flags)
 
+    def run(**flags):
+        return reference.to_out(attended(**flags))
+
+    first_sample = x[:1].expand_as(x)  # (b, t, n, d): sample 0's media for every sample
+    first_media = x[:, :1].expand_as(x)  # (b, t, n, d): media 0 for every media
     return [
         Mistake("latents left out", run(with_latents=False), _LATENTS_LEFT_OUT),
         Mistake("missing scale", run(scale=False), _NO_SCALE),
         Mistake("softmax over the wrong axis", run(axis=-2), _AXIS),
         Mistake("heads in the wrong order", run(order="e h"), _ORDER),
+        Mistake("merged in the wrong order", run(merge="e h"), _MERGE),
+        Mistake("split in the wrong order", run(order="e h", merge="h e"), _SPLIT),
+        Mistake("to_out missing", attended(),
+                "to_out is missing: the attention's (b, t, L, h*e) output goes through self.to_out back to width d."),
+        Mistake("residual inside", run() + latents,
+                "the latents are added to the output inside the attention: return self.to_out(...) alone; the "
+                "resampler adds the residual, z = attn(x, z) + z (lesson 03)."),
+        Mistake("media of sample 0", run(x=first_sample),
+                "every sample attends to the media of sample 0: the media were broadcast to one item (an index such as "
+                "x[0] or x[:1]); keep the batch axis b, so sample i reads its own media."),
+        Mistake("media 0", run(x=first_media),
+                "every media's latents attend to media 0: the media axis was broadcast to one item (x[:, 0] or "
+                "x[:, :1]); keep the axis t, so media i is read by its own latents."),
+        *_scale_mistakes(reference, run),
+        *_heads_mistakes(reference, run),
     ]
 
 
+_CONFIGS = [dict(dim=16, dim_head=4, heads=2), dict(dim=24, dim_head=6, heads=3)]
+
+
 def check_forward(layer_cls) -> None:
-    """Step 02.forward: `MyPerceiverAttention(dim=..., dim_head=..., heads=...)`'s forward, against the reference."""
+    """Step 02.forward: `MyPerceiverAttention(dim=..., dim_head=..., heads=...)`'s forward, against the reference,
+    in two sizes, so that a number fixed to the first size (a head count, a scale) shows in the second."""
     what = f"your {layer_cls.__name__}"
-    learner = run_learner(layer_cls, dim=16, dim_head=4, heads=2, what=f"{layer_cls.__name__}(dim=16, dim_head=4, heads=2)")
-    check_layer(learner, fl.PerceiverAttention, what=what, mistakes=_perceiver_mistakes)
+    for i, cfg in enumerate(_CONFIGS):
+        call = f"{layer_cls.__name__}({', '.join(f'{k}={v}' for k, v in cfg.items())})"
+        learner = run_learner(layer_cls, **cfg, what=call)
+        try:
+            check_layer(learner, fl.PerceiverAttention, what=what if i == 0 else call, mistakes=_perceiver_mistakes,
+                        reference_kwargs=cfg)
+        except ExerciseFailed as failed:
+            if i == 0:
+                raise
+            fail(f"{str(failed).rstrip('.')}. It passed with {_CONFIGS[0]}, so a number is fixed to that size: take "
+                 "every size from the constructor's arguments (heads, dim_head, dim).")
 
 
 def check_unpatchify(unpatchify, patches, img, grid, p) -> None:

@@ -18,11 +18,13 @@ register_hints({
     "times: nn.LayerNorm(dim), nn.Linear(dim, inner, bias=False), nn.GELU(), nn.Linear(inner, dim, bias=False). In "
     "forward, run them in order: self[3](self[2](self[1](self[0](x)))).",
     "03.init": "After super().__init__(): self.latents = nn.Parameter(torch.randn(num_latents, dim)), "
-    "self.media_pos_emb = nn.Parameter(torch.randn(num_media_embeds, 1, dim)), self.layers = nn.ModuleList() with "
+    "self.media_embedding = media_embedding (a ValueError naming it unless it is \"per_media\" or \"none\"); only "
+    "when it is \"per_media\", self.media_pos_emb = nn.Parameter(torch.randn(num_media_embeds, 1, dim)); "
+    "self.layers = nn.ModuleList() with "
     "depth times self.layers.append(nn.ModuleList([MyPerceiverAttention(dim=dim, dim_head=dim_head, heads=heads), "
     "MyFeedForward(dim, mult=ff_mult)])), and self.norm = nn.LayerNorm(dim).",
-    "03.forward": "A (b, n, d) input is one media: rearrange it to (b, 1, n, d). Then x = add_time_embeddings(x, "
-    "self.media_pos_emb), z = repeat(self.latents, 'L d -> b t L d', b=b, t=t), z = resampler_layers(self.layers, "
+    "03.forward": "A (b, n, d) input is one media: rearrange it to (b, 1, n, d). Then, with per-media embeddings, "
+    "x = add_time_embeddings(x, self.media_pos_emb); z = repeat(self.latents, 'L d -> b t L d', b=b, t=t), z = resampler_layers(self.layers, "
     "x, z), and return self.norm(z).",
     "03.video": "Add media_pos_emb[:T] to the frames first (that is what the embeddings are for in the paper), then "
     "flatten the frames into one media, 'b T S d -> b 1 (T S) d', and run the latents over it as forward does.",
@@ -121,10 +123,12 @@ def _resampler_mistakes(reference, x):
         x = rearrange(x, "b n d -> b 1 n d")  # (b, 1, n, d)
     b, t = x.shape[:2]
     z = repeat(reference.latents, "L d -> b t L d", b=b, t=t)  # (b, t, L, d)
-    with_emb = x + reference.media_pos_emb[:t]  # (b, t, n, d)
+    per_media = getattr(reference, "media_embedding", "per_media") == "per_media"
+    with_emb = x + reference.media_pos_emb[:t] if per_media else x  # (b, t, n, d)
+    forgotten = [Mistake("time embeddings forgotten", reference.norm(reference_layers(reference.layers, x, z)),
+                         "the time embeddings are forgotten: add self.media_pos_emb[:t] to x before the layers.")]
     return [
-        Mistake("time embeddings forgotten", reference.norm(reference_layers(reference.layers, x, z)),
-                "the time embeddings are forgotten: add self.media_pos_emb[:t] to x before the layers."),
+        *(forgotten if per_media else []),
         Mistake("missing final norm", reference_layers(reference.layers, with_emb, z),
                 "the final norm is missing: return self.norm(z)."),
         Mistake("missing residual (attention)", reference.norm(reference_layers(reference.layers, with_emb, z, attn_residual=False)),
@@ -148,6 +152,27 @@ def check_forward(resampler_cls) -> None:
             raise
         fail(f"{str(failed).rstrip('.')}; a (b, n, d) input is one media per sample: rearrange it to (b, 1, n, d) "
              "first, when x.ndim == 3.")
+    _check_no_media_embedding(resampler_cls, kwargs, what)
+
+
+def _check_no_media_embedding(resampler_cls, kwargs, what) -> None:
+    """With media_embedding="none" the module has no media_pos_emb and adds nothing; a bad value is a ValueError."""
+    call = f"{resampler_cls.__name__}(..., media_embedding=\"none\")"
+    learner = run_learner(resampler_cls, **kwargs, media_embedding="none", what=call, advice={
+        "unexpected keyword argument": "add media_embedding=\"per_media\" to the constructor's arguments.",
+    })
+    if "media_pos_emb" in learner.state_dict():
+        fail(f"{call} still has media_pos_emb: create it only when media_embedding == \"per_media\".")
+    check_layer(learner, fl.PerceiverResampler, what=f"{what} with media_embedding=\"none\"", mistakes=_resampler_mistakes)
+    try:
+        resampler_cls(**kwargs, media_embedding="per_image")
+    except ValueError as error:
+        if "media_embedding" not in str(error):
+            fail(f"{resampler_cls.__name__}(..., media_embedding=\"per_image\") raised ValueError({str(error)!r}): "
+                 "name the argument, media_embedding, in the message.")
+    else:
+        fail(f"{resampler_cls.__name__}(..., media_embedding=\"per_image\") was accepted: raise a ValueError naming "
+             "media_embedding for any value but \"per_media\" and \"none\".")
 
 
 def check_video(resample_video, resampler) -> None:
