@@ -7,11 +7,11 @@ One difference from the Perceiver: the keys and values are the visual features *
 so each latent can also attend to the other latents. Each layer is attention then feed-forward, both residual.
 
 Which embedding tells the media apart is a reading, and the readings differ. The paper adds learned temporal
-embeddings to the *frames of one video* (Sec. 2.1, Fig. 3); separate images get none, the cross-attention mask
-tells them apart, so a model trained with 5 images can be prompted with 32. flamingo-pytorch adds a learned
-embedding per *media* (`media_pos_emb`), which caps a sequence at `num_media_embeds` media: that is the default
-here (`media_embedding="per_media"`), for weight compatibility. `media_embedding="none"` is the paper's choice for
-images and OpenFlamingo's released models: no embedding, no cap.
+embeddings to the *frames of one video* (Sec. 2.1; App. A.1.1, Fig. 5); an image is a single-frame video, so no
+embedding tells separate images apart: the cross-attention mask does, so a model trained with 5 images can be
+prompted with 32. flamingo-pytorch adds a learned embedding per *media* (`media_pos_emb`), which caps a sequence
+at `num_media_embeds` media: that is the default here (`media_embedding="per_media"`), for weight compatibility.
+`media_embedding="none"` is the paper's choice for images and OpenFlamingo's released models: no embedding, no cap.
 
 Variants (constructor arguments; the defaults are flamingo-pytorch's, `state_dict` keys unchanged):
 - `frame_axis=True`: the input may be OpenFlamingo's `(b, t, F, v, d)`, F frames of v features per media, flattened
