@@ -225,7 +225,7 @@ def make_resampler(bug=None, raises=False):
             if media_embedding == "per_media" or bug == "always an embedding":
                 self.media_pos_emb = nn.Parameter(torch.randn(num_media_embeds, 1, dim))
             self.layers = nn.ModuleList(
-                nn.ModuleList([fl.PerceiverAttention(dim=dim, dim_head=dim_head, heads=heads), fl.FeedForward(dim, ff_mult)])
+                nn.ModuleList([fl.PerceiverAttention(dim=dim, dim_head=dim_head, heads=heads), fl.FeedForward(dim, 4 if bug == "ff_mult dropped" else ff_mult)])
                 for _ in range(depth)
             )
             self.norm = nn.LayerNorm(dim)
@@ -263,6 +263,12 @@ def test_03_layers_mistakes(bug, named):
                                         ("3d", "raised")])
 def test_03_forward_mistakes(bug, named):
     fails_with(lesson03.check_forward, make_resampler(bug), match=named)
+
+
+def test_03_numbers_fixed_to_the_example_are_named():
+    fails_with(lesson03.check_time_embeddings, lambda x, table: x + table[:3], match="right for 3 media but")
+    fails_with(lesson03.check_feedforward, make_feedforward("mult fixed"), match="use the mult argument")
+    fails_with(lesson03.check_forward, make_resampler("ff_mult dropped"), match="pass ff_mult on")
 
 
 def test_03_stubs_and_solutions():
@@ -480,7 +486,7 @@ def make_feedforward(bug=None, raises_in=None):
             super().__init__()
             if raises_in == "__init__":
                 stub()
-            inner = int(dim * mult)
+            inner = int(dim * (4 if bug == "mult fixed" else mult))
             self.append(nn.LayerNorm(dim))
             self.append(nn.Linear(dim, inner, bias=bug == "bias"))
             self.append(activations.get(bug) or nn.GELU())

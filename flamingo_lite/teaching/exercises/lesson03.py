@@ -59,6 +59,16 @@ def check_time_embeddings(add_time_embeddings) -> None:
         Mistake("media numbered from 1", reference_embed(x, table, mode="from 1"),
                 "media 0 got embedding 1: the table is indexed from 0, media_pos_emb[:t], not [1:t+1]."),
     ])
+    for t in (1, 4):  # other numbers of media: a slice fixed at the example's 3 fails here
+        x = torch.randn(2, t, 5, 8, generator=g)  # (b, t, n, d)
+        try:
+            got = add_time_embeddings(x, table)  # (b, t, n, d)
+        except Exception as err:  # noqa: BLE001 - any error the learner's code raises is reported, named
+            fail(f"{what} is right for 3 media but raised {err.__class__.__name__} for {t}: slice media_pos_emb[:t] "
+                 "with t = x.shape[1], not a fixed number.")
+        if not isinstance(got, torch.Tensor) or got.shape != x.shape or not torch.allclose(got, reference_embed(x, table), atol=1e-6):
+            fail(f"{what} is right for 3 media but not for {t}: slice media_pos_emb[:t] with t = x.shape[1], "
+                 "not a fixed number.")
     passed("add_time_embeddings is right: media i got embedding i on every feature.")
 
 
@@ -86,6 +96,17 @@ def check_feedforward(feedforward_cls) -> None:
     what = f"your {feedforward_cls.__name__}"
     x = (torch.randn(2, 3, 5, 16, generator=torch.Generator().manual_seed(4)),)  # (b, t, L, d)
     check_layer(learner, fl.FeedForward, x, what=what, mistakes=_feedforward_mistakes)
+    _check_shapes_follow(learner, fl.FeedForward(16, mult=2), f"{feedforward_cls.__name__}(16, mult=2)",
+                         "the hidden width is int(dim * mult): use the mult argument, not a fixed 4.")
+
+
+def _check_shapes_follow(learner, reference, call, advice) -> None:
+    """Every parameter's shape is the reference's built with the same arguments: a number fixed in the constructor
+    fails here, even where the forward check (which builds its reference from the learner's shapes) passed."""
+    theirs = {name: tuple(p.shape) for name, p in learner.state_dict().items()}
+    for name, p in reference.state_dict().items():
+        if name in theirs and theirs[name] != tuple(p.shape):
+            fail(f"{call}'s {name} has shape {theirs[name]}, where {tuple(p.shape)} is expected: {advice}")
 
 
 def reference_layers(layers, x, z, *, attn_residual=True, ff_residual=True):
@@ -153,6 +174,10 @@ def check_forward(resampler_cls) -> None:
         fail(f"{str(failed).rstrip('.')}; a (b, n, d) input is one media per sample: rearrange it to (b, 1, n, d) "
              "first, when x.ndim == 3.")
     _check_no_media_embedding(resampler_cls, kwargs, what)
+    other = dict(kwargs, ff_mult=2)
+    call = f"{resampler_cls.__name__}(dim=16, depth=2, ..., ff_mult=2)"
+    _check_shapes_follow(run_learner(resampler_cls, **other, what=call), fl.PerceiverResampler(**other), call,
+                         "pass ff_mult on to each MyFeedForward(dim, mult=ff_mult).")
 
 
 def _check_no_media_embedding(resampler_cls, kwargs, what) -> None:
