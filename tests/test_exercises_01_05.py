@@ -304,6 +304,8 @@ def test_03_exercises():
 
 def text_time(loc, bug=None):
     tt = loc.long().cumsum(-1)
+    if bug == "float":
+        return tt.float()
     return tt - 1 if bug == "from 0" else tt - loc.long() if bug == "exclusive" else tt
 
 
@@ -311,7 +313,13 @@ def media_mask(tt, t, immediate, bug=None):
     mt = torch.arange(0, t) if bug == "from 0" else torch.arange(1, t + 1)
     if bug == "swapped":
         immediate = not immediate
+    if bug == "clamp":
+        tt = tt.clamp(min=1)
     out = (tt[..., None] == mt) if immediate else (tt[..., None] >= mt)
+    if bug == "inverted":
+        out = ~out
+    if bug == "long":
+        out = out.long()
     return out | (tt[..., None] == 0) if bug == "future" else out
 
 
@@ -320,19 +328,23 @@ def full_mask(loc, t, m, immediate, bug=None):
     return repeat(per_media, "b n t -> b n (m t)" if bug == "interleaved" else "b n t -> b n (t m)", m=m)
 
 
-@pytest.mark.parametrize("bug, named", [("from 0", "one too low"), ("exclusive", "marker gets the count before it")])
+@pytest.mark.parametrize("bug, named", [("from 0", "one too low"), ("exclusive", "marker gets the count before it"),
+                                        ("float", "returned a torch.float32 tensor: return torch.int64")])
 def test_04_text_time_mistakes(bug, named):
     fails_with(lesson04.check_text_time, lambda loc: text_time(loc, bug), match=named)
 
 
 @pytest.mark.parametrize("bug, named", [("from 0", "numbered from 0"), ("swapped", "modes are swapped"),
-                                        ("future", "look into\\s+the future")])
+                                        ("future", "look into\\s+the future"), ("clamp", "sees image 1"),
+                                        ("inverted", "mask is inverted"), ("long", "returned a torch.int64 tensor: return torch.bool")])
 def test_04_media_mask_mistakes(bug, named):
     fails_with(lesson04.check_media_mask, lambda *a: media_mask(*a, bug=bug), match=named)
 
 
 @pytest.mark.parametrize("bug, named", [("from 0", "numbered from 0"), ("swapped", "modes are swapped"),
-                                        ("future", "look into\\s+the future"), ("interleaved", "interleaved")])
+                                        ("future", "look into\\s+the future"), ("interleaved", "interleaved"),
+                                        ("clamp", "sees image 1"), ("inverted", "mask is inverted"),
+                                        ("long", "returned a torch.int64 tensor: return torch.bool")])
 def test_04_full_mask_mistakes(bug, named):
     fails_with(lesson04.check_cross_attention_mask, lambda *a: full_mask(*a, bug=bug), match=named)
 

@@ -32,12 +32,24 @@ _FUTURE = ("text before the first image sees every image, the future ones includ
            "the future): text time 0 must see nothing, in both modes.")
 
 
+_FIRST_SEES_ONE = ("text before the first image sees image 1: its text time is 0 and must match no image (clamping "
+                   "text time to 1 is the leak this lesson fixes).")
+_INVERTED = "the mask is inverted: True must mean may attend, so keep the comparison, not its negation (~)."
+
+
+def _check_dtype(got, dtype, what) -> None:
+    """The answer's dtype, named: a long mask passes an equality test here and breaks masked_fill in lesson 05."""
+    if isinstance(got, torch.Tensor) and got.dtype != dtype:
+        fail(f"{what} returned a {got.dtype} tensor: return {dtype} ({'a comparison gives it' if dtype == torch.bool else 'cumsum of a .long() gives it'}).")
+
+
 def check_text_time(my_text_time) -> None:
     """Step 04.text_time: `my_text_time(media_locations)`, (b, n) bool -> (b, n) running count of markers."""
     for rows in _CASES:
         loc = torch.tensor(rows, dtype=torch.bool)  # (b, n)
         what = f"your my_text_time({rows})"
         got = run_learner(my_text_time, loc, what=what)
+        _check_dtype(got, torch.long, what)
         want = masks.text_time(loc)  # (b, n)
         compare(got, want, what=what, mistakes=[
             Mistake("media numbered from 0", want - 1,
@@ -51,7 +63,9 @@ def check_text_time(my_text_time) -> None:
     passed("my_text_time is right: a running count of the images, 0 before the first.")
 
 
-def reference_media_mask(text_time, num_media, immediate, *, first=1, future=False):
+def reference_media_mask(text_time, num_media, immediate, *, first=1, future=False, clamp=False):
+    if clamp:
+        text_time = text_time.clamp(min=1)  # (b, n): text before the first image treated as image 1's
     media_time = torch.arange(first, num_media + first)  # (t,)
     tt, mt = rearrange(text_time, "b n -> b n 1"), rearrange(media_time, "t -> 1 1 t")  # (b, n, 1), (1, 1, t)
     per_media = (tt == mt) if immediate else (tt >= mt)  # (b, n, t)
@@ -68,10 +82,13 @@ def check_media_mask(my_text_to_media_mask) -> None:
         for mode in (True, False):
             what = f"your my_text_to_media_mask(text_time, {t}, only_attend_immediate_media={mode}) for {rows}"
             got = run_learner(my_text_to_media_mask, tt, t, mode, what=what)
+            _check_dtype(got, torch.bool, what)
             compare(got, reference_media_mask(tt, t, mode), what=what, mistakes=[
                 Mistake("media numbered from 0", reference_media_mask(tt, t, mode, first=0), _FROM_0),
                 Mistake("modes swapped", reference_media_mask(tt, t, not mode), _SWAPPED),
                 Mistake("look into the future", reference_media_mask(tt, t, mode, future=True), _FUTURE),
+                Mistake("first image seen early", reference_media_mask(tt, t, mode, clamp=True), _FIRST_SEES_ONE),
+                Mistake("inverted", ~reference_media_mask(tt, t, mode), _INVERTED),
             ])
     passed("my_text_to_media_mask is right in both modes; text before the first image sees nothing.")
 
@@ -85,11 +102,14 @@ def check_cross_attention_mask(my_cross_attention_mask) -> None:
             for m in (1, 3):
                 what = f"your my_cross_attention_mask({rows}, {t}, {m}, only_attend_immediate_media={mode})"
                 got = run_learner(my_cross_attention_mask, loc, t, m, mode, what=what)
+                _check_dtype(got, torch.bool, what)
                 expand = lambda per_media: repeat(per_media, "b n t -> b n (t m)", m=m)  # noqa: E731
                 compare(got, masks.cross_attention_mask(loc, t, m, mode), what=what, mistakes=[
                     Mistake("media numbered from 0", expand(reference_media_mask(tt, t, mode, first=0)), _FROM_0),
                     Mistake("modes swapped", expand(reference_media_mask(tt, t, not mode)), _SWAPPED),
                     Mistake("look into the future", expand(reference_media_mask(tt, t, mode, future=True)), _FUTURE),
+                    Mistake("first image seen early", expand(reference_media_mask(tt, t, mode, clamp=True)), _FIRST_SEES_ONE),
+                    Mistake("inverted", expand(~reference_media_mask(tt, t, mode)), _INVERTED),
                     Mistake("latents interleaved", repeat(reference_media_mask(tt, t, mode), "b n t -> b n (m t)", m=m),
                             "the latents are interleaved across images: write '(t m)', so each image's m latents sit "
                             "side by side, as the media tensor (b, t, m, d) flattens."),

@@ -20,7 +20,7 @@ register_hints({
     "self.only_attend_immediate_media = only_attend_immediate_media for the mask.",
     "05.forward": "q from to_q(norm(x)) split into heads; k, v from to_kv(media flattened 'b t m d -> b (t m) d'), "
     "each split into heads; sim = einsum(q, k) * self.scale; with media_locations, the mask is "
-    "masks.cross_attention_mask(media_locations, t, m, self.only_attend_immediate_media) with a head axis, "
+    "your my_cross_attention_mask(media_locations, t, m, self.only_attend_immediate_media) from lesson 04 (or masks.cross_attention_mask, the same) with a head axis, "
     "attn = masked_softmax(sim, mask); without, a plain softmax. Then einsum with v, merge the heads, to_out.",
     "05.reached": "changed = media.clone(); changed[:, k - 1] = torch.randn_like(media[:, k - 1]); run the layer on "
     "both and compare (before - after).abs().amax(dim=-1) > 1e-6.",
