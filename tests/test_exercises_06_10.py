@@ -86,6 +86,21 @@ def test_06_constructor_stub_and_misnamed_gate(capsys):
     assert capsys.readouterr().out.startswith("Hint (06.init): After super().__init__()")
 
 
+def test_06_gates_opened_at_start_and_a_fixed_feed_forward_are_named():
+    class OpenGate(block_class(right)):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.attn_gate = nn.Parameter(torch.tensor([1.0]))
+
+    fails(lesson06.check_forward, OpenGate, match="attn_gate starts at \\[1.0\\]: create it closed")
+
+    class FixedFour(block_class(right)):
+        def __init__(self, *, ff_mult=4, **kwargs):
+            super().__init__(ff_mult=4, **kwargs)
+
+    fails(lesson06.check_forward, FixedFour, match="pass ff_mult on to the feed-forward")
+
+
 def test_06_exercises():
     fails(lesson06.check_tanh_slope, stub, match="not written yet")
     lesson06.check_tanh_slope(lambda a: 1 - a.tanh() ** 2)

@@ -119,6 +119,12 @@ def check_forward(block_class) -> None:
         mistakes = [Mistake(name, variants[name], MESSAGES[name]) for name in MESSAGES]
         compare(got, variants["right"], what=f"your block (gates opened to {ATTN_GATE} and {FF_GATE})", mistakes=mistakes)
     closed = run_learner(block_class, dim=DIM, dim_head=DIM_HEAD, heads=HEADS, what="building your block")
+    for gate in ("attn_gate", "ff_gate"):
+        value = getattr(closed, gate, None)
+        if isinstance(value, torch.Tensor) and bool((value != 0).any()):
+            fail(f"your block's {gate} starts at {value.detach().flatten().tolist()}: create it closed, "
+                 "nn.Parameter(torch.tensor([0.0])), so the new block starts as the identity.")
+    _check_ff_mult(block_class)
     with torch.no_grad():
         start = run_learner(closed, x, media, media_locations, what="your block's forward")
     if not torch.equal(start, x):
@@ -126,6 +132,18 @@ def check_forward(block_class) -> None:
              "output (tanh(0) = 0), and nothing else may be added.")
     passed("your GatedCrossAttentionBlock, constructor and forward, matches the reference in both modes, and is the "
            "identity with closed gates.")
+
+
+def _check_ff_mult(block_class) -> None:
+    """Built with ff_mult=2, every parameter has the reference's shape: a feed-forward fixed at 4x fails here."""
+    call = f"{block_class.__name__}(dim={DIM}, ..., ff_mult=2)"
+    mine = run_learner(block_class, dim=DIM, dim_head=DIM_HEAD, heads=HEADS, ff_mult=2, what=call)
+    theirs = {name: tuple(p.shape) for name, p in mine.state_dict().items()}
+    reference = GatedCrossAttentionBlock(dim=DIM, dim_head=DIM_HEAD, heads=HEADS, ff_mult=2)
+    for name, p in reference.state_dict().items():
+        if name in theirs and theirs[name] != tuple(p.shape):
+            fail(f"{call}'s {name} has shape {theirs[name]}, where {tuple(p.shape)} is expected: pass ff_mult on to "
+                 "the feed-forward, MyFeedForward(dim, mult=ff_mult).")
 
 
 def check_tanh_slope(tanh_slope) -> None:
