@@ -285,13 +285,43 @@ def score_candidates(logits_last: torch.Tensor, candidate_ids) -> torch.Tensor:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def episode_grids(model: Flamingo, episodes: list[Episode], *, device=None) -> list[torch.Tensor]:
     """The frozen vision encoder's grid of every pool picture and the query, once per episode: (P+1, g, d) each.
 
     Every k and both retrievals reuse them, so the encoder runs once per picture, not once per prompt."""
     device = get_device(device)
     return [model.vision(torch.cat([ep.pool_images, ep.query_image[None]]).to(device))[:, 0] for ep in episodes]  # (P+1, g, d)
+
+
+@torch.no_grad()
+def score_batch(model, tokens: torch.Tensor, features: torch.Tensor | None, tokenizer: Tokenizer, *, lm_only: bool = False,
+                generate: bool = False, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The next-token logits after each prompt, and (`generate=True`) the greedy token after the greedy first one.
+
+    tokens (E, n) long, prompts of one length whose `<image>` tokens mark their pictures; features (E, t, g, d):
+    the frozen encoder's grid of each prompt's t pictures, in order (None with `lm_only`, where `model` is a
+    `TinyLM` reading the same tokens blind). Returns logits (E, V) and after (E,) long or None. Every evaluation
+    (`evaluate_shots`, the held-out formats of `flamingo_lite.tiny.heldout`) scores its prompts here.
+    """
+    all_logits, all_after = [], []
+    for start in range(0, tokens.shape[0], batch_size):
+        part = slice(start, start + batch_size)
+        prompt_marks = tokens[part] == tokenizer.media_id  # (b, n): the prompt's pictures
+        media = None if lm_only else model.resampler(features[part])  # (b, t, L, d)
+
+        def run(t):
+            if lm_only:
+                return model(t)
+            # a generated token is never a picture, even if the model writes `<image>`
+            marks = torch.cat([prompt_marks, torch.zeros_like(t[:, prompt_marks.shape[1]:], dtype=torch.bool)], dim=1)  # (b, n')
+            return model(t, media=media, media_locations=marks)
+
+        logits = run(tokens[part])[:, -1]  # (b, V)
+        all_logits.append(logits)
+        if generate:
+            first = logits.argmax(-1)  # (b,)
+            all_after.append(run(torch.cat([tokens[part], first[:, None]], dim=1))[:, -1].argmax(-1))  # (b,)
+    return torch.cat(all_logits), (torch.cat(all_after) if generate else None)  # (E, V), (E,)
 
 
 @torch.no_grad()
@@ -324,28 +354,11 @@ def evaluate_shots(
         inside.append(ep.query_class in classes)
     tokens = torch.tensor(prompts, dtype=torch.long, device=device)  # (E, n): every prompt has the same length
     features = None if lm_only else torch.stack(pictures)  # (E, k+1, g, d)
-    name_ids = [tokenizer.index[name] for name in NAMES]
+    name_ids = torch.tensor([tokenizer.index[name] for name in NAMES], device=device)  # (16,)
     answers_t = torch.tensor(answers, device=device)  # (E,)
-    gen_ok, score_ok = [], []
-    for start in range(0, len(episodes), 64):
-        part = slice(start, start + 64)
-        prompt_marks = tokens[part] == tokenizer.media_id  # (b, n): the prompt's pictures
-        media = None if lm_only else model.resampler(features[part])  # (b, k+1, L, d)
-
-        def run(t):
-            if lm_only:
-                return model(t)
-            # a generated token is never a picture, even if the model writes `<image>`
-            marks = torch.cat([prompt_marks, torch.zeros_like(t[:, prompt_marks.shape[1]:], dtype=torch.bool)], dim=1)  # (b, n')
-            return model(t, media=media, media_locations=marks)
-
-        logits = run(tokens[part])[:, -1]  # (b, V)
-        scores = score_candidates(logits, name_ids)  # (b, 16)
-        score_ok.append(torch.tensor(name_ids, device=device)[scores.argmax(-1)] == answers_t[part])
-        first = logits.argmax(-1)  # (b,)
-        after = run(torch.cat([tokens[part], first[:, None]], dim=1))[:, -1].argmax(-1)  # (b,)
-        gen_ok.append((first == answers_t[part]) & (after == tokenizer.eoc_id))
-    score_ok_t, gen_ok_t = torch.cat(score_ok).float(), torch.cat(gen_ok).float()  # (E,)
+    logits, after = score_batch(model, tokens, features, tokenizer, lm_only=lm_only, generate=True)  # (E, V), (E,)
+    score_ok_t = (name_ids[score_candidates(logits, name_ids).argmax(-1)] == answers_t).float()  # (E,)
+    gen_ok_t = ((logits.argmax(-1) == answers_t) & (after == tokenizer.eoc_id)).float()  # (E,)
     inside_t = torch.tensor(inside, device=device)
     return {
         "generation": float(gen_ok_t.mean()),
@@ -490,6 +503,10 @@ def run_fewshot(setup: FewShotSetup | None = None, *, device=None, progress: boo
     curve = fewshot_curve(model, episodes, tok, setup.shots, device=device, max_media=max_media, grids=grids)
     rices = fewshot_curve(model, episodes, tok, [k for k in setup.shots if k > 0], retrieval="rices", device=device, max_media=max_media, grids=grids)
     blind = fewshot_curve(model.lm, episodes, tok, setup.shots, device=device, lm_only=True)
+    from .heldout import heldout_curves  # heldout builds on this module
+
+    heldout = heldout_curves(model, tok, setup.shots, num_episodes=setup.num_heldout, pool_size=setup.pool_size,
+                             seed=setup.seed, device=device, max_media=max_media)
     history.update(
         shots_curve={k: (v["scoring"] if v else None) for k, v in curve.items()},
         shots_curve_generation={k: (v["generation"] if v else None) for k, v in curve.items()},
@@ -498,6 +515,7 @@ def run_fewshot(setup: FewShotSetup | None = None, *, device=None, progress: boo
         rices_curve={k: (v["scoring"] if v else None) for k, v in rices.items()},
         text_only_lm_curve={k: v["scoring"] for k, v in blind.items()},
         chance=1.0 / len(NAMES),
+        **heldout,
         lm_text_accuracy_before=text_before,
         lm_text_accuracy_after=text_task_accuracy(model.lm, episodes, tok, device=device),
         lm_loss=lm_losses,

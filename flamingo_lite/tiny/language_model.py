@@ -29,6 +29,7 @@ Shapes: b batch, n tokens, d the width, h heads, e the width of one head, V the 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -197,3 +198,38 @@ class TinyLM(nn.Module):
         for block in self.blocks:
             x = block(x)  # (b, n, d)
         return self.head(x)  # (b, n, V)
+
+
+@contextmanager
+def zero_attention_heads(lm: TinyLM, heads):
+    """Within the `with` block, the output of each attention head `(layer, head)` in `heads` is zero.
+
+    An ablation, to measure what a head does rather than read its attention weights: a forward pre-hook on the
+    layer's output projection zeroes that head's e channels of (b, n, h*e), so the model runs as if the head
+    wrote nothing. Wherever `lm`'s blocks run (inside a `Flamingo` too) the heads stay zeroed; they come back
+    when the block ends, even on an error.
+    """
+    heads = [tuple(pair) for pair in heads]
+    for pair in heads:
+        if len(pair) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) for i in pair):
+            raise TypeError(f"heads must be (layer, head) pairs of ints, got {pair!r}")
+        layer, head = pair
+        if not 0 <= layer < len(lm.blocks) or not 0 <= head < lm.blocks[layer].attn.heads:
+            raise ValueError(f"head {pair} is out of range: the model has {len(lm.blocks)} layers of "
+                             f"{lm.blocks[0].attn.heads} heads")
+    hooks = []
+    for layer, head in heads:
+        attn = lm.blocks[layer].attn
+        width = attn.to_out.in_features // attn.heads  # e
+
+        def zero_head(module, args, channels=slice(head * width, (head + 1) * width)):
+            x = args[0].clone()  # (b, n, h*e): the heads' outputs side by side
+            x[..., channels] = 0
+            return (x,)
+
+        hooks.append(attn.to_out.register_forward_pre_hook(zero_head))
+    try:
+        yield lm
+    finally:
+        for hook in hooks:
+            hook.remove()

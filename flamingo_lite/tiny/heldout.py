@@ -1,0 +1,232 @@
+"""Formats and tasks the tiny Flamingo never trained on, with the baselines that tell lookup from learning.
+
+Flamingo's claim (Alayrac et al. 2022, Sec. 1 and Fig. 1) is that a model trained on generic web data does new
+tasks from a handful of examples in its prompt. `flamingo_lite.tiny.fewshot`'s curve shows something narrower: the
+model is trained on naming episodes `<image> is dax <eoc>` and evaluated on naming episodes with new names. Here,
+the same trained model on what its training never showed:
+
+- **A held-out format.** The same naming task in a template no training sequence has:
+  `<image> a dax <eoc> <image> a wug <eoc> <image> a` -> a name. In training, `<image> a` is always followed by a
+  colour (the captions, `<image> a red circle <eoc>`); only the examples of the prompt say that here a name follows.
+- **Rule inference.** The examples name pictures by one attribute, colour in one prompt and shape in another
+  (`red circle is dax`, `red square is dax`, `blue circle is wug`), and the query is a colour-shape combination
+  the prompt does not show (its class is never among the support pictures). Which attribute counts is said only by
+  the examples; a model that copies the name of the most similar picture is right only when the most similar
+  picture happens to share the attribute that counts.
+
+Each curve comes with its baselines: chance (1/16, one of the 16 names); nearest neighbour, the name of the support
+picture nearest to the query in the frozen vision encoder's pooled features (the lookup a sceptic suspects); the
+language model alone, reading the same tokens without pictures; and the model with its induction head(s) zeroed
+(`language_model.zero_attention_heads`), which measures what the head does instead of reading its attention.
+
+Shapes: E prompts, P pool pictures, k support pictures, g grid cells, d vision width, V vocabulary.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..device import get_device
+from ..masks import MEDIA_TOKEN
+from ..validation import check_non_negative_int, check_positive_int
+from .data import COLOURS, EOC_TOKEN, SHAPES, Tokenizer, render_shape
+from .fewshot import (
+    CLASSES, IS, NAMES, Episode, choose_support, episode_grids, make_heldout_episodes, score_batch, score_candidates,
+)
+from .language_model import zero_attention_heads
+
+HELDOUT_WORD = "a"  # `<image> a NAME <eoc>`: in training, `<image> a` is followed by a colour, never by a name
+TEMPLATES = {"training": IS, "heldout": HELDOUT_WORD}  # the word between a picture and its name
+ATTRIBUTES = ("colour", "shape")
+
+
+def template_words(support_classes, names, word: str) -> list[str]:
+    """A k-shot prompt's words: `<image> WORD NAME <eoc>` per support picture, then `<image> WORD` for the query.
+
+    support_classes: the class index of each support picture, in order; names: the name index of each class.
+    """
+    words = []
+    for c in support_classes:
+        words += [MEDIA_TOKEN, word, NAMES[names[int(c)]], EOC_TOKEN]
+    return words + [MEDIA_TOKEN, word]
+
+
+def attribute_value(class_index: int, attribute: str) -> int:
+    """The index of a class's colour (0-3) or shape (0-2)."""
+    colour, shape = CLASSES[class_index]
+    return COLOURS.index(colour) if attribute == "colour" else SHAPES.index(shape)
+
+
+@dataclass
+class RuleEpisode(Episode):
+    """An `Episode` whose names follow one attribute: `names[c]` is the name of class c's colour (or shape), so
+    classes that share it share a name. The pool never holds the query's class."""
+
+    attribute: str = "colour"
+
+
+def make_rule_episodes(num_episodes: int, *, seed: int = 0, pool_size: int = 48, image_size: int = 16) -> list[RuleEpisode]:
+    """Rule-inference episodes from their own random stream: half by colour, half by shape, fresh names."""
+    check_positive_int("num_episodes", num_episodes)
+    check_positive_int("pool_size", pool_size)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 20]).spawn(1)[0])  # independent of every other stream
+    episodes = []
+    for i in range(num_episodes):
+        attribute = ATTRIBUTES[i % 2]
+        values = len(COLOURS) if attribute == "colour" else len(SHAPES)
+        value_names = [int(n) for n in rng.permutation(len(NAMES))[:values]]  # a name per colour (or shape)
+        names = [value_names[attribute_value(c, attribute)] for c in range(len(CLASSES))]
+        query = int(rng.integers(len(CLASSES)))
+        others = [c for c in range(len(CLASSES)) if c != query]  # combinations the prompt may show
+        pool_classes = [others[int(j)] for j in rng.integers(len(others), size=pool_size)]
+        pool = np.stack([render_shape(CLASSES[c][1], CLASSES[c][0], image_size=image_size, rng=rng) for c in pool_classes])
+        q = render_shape(CLASSES[query][1], CLASSES[query][0], image_size=image_size, rng=rng)
+        episodes.append(RuleEpisode(torch.from_numpy(pool), pool_classes, torch.from_numpy(q), query, names, attribute))
+    return episodes
+
+
+@torch.no_grad()
+def evaluate_format(model, episodes: list[Episode], k: int, tokenizer: Tokenizer, *, word: str = HELDOUT_WORD,
+                    seed: int = 0, device=None, grids: list | None = None, lm_only: bool = False) -> dict:
+    """Accuracy of k-shot prompts in the template `<image> WORD NAME <eoc>`, scored by the likelihood of the 16 names.
+
+    Returns `scoring` (the model), `knn` (the name of the support picture nearest the query in pooled frozen
+    vision features, the same support; chance at k = 0), `in_support` (the share of prompts that show the
+    answer's name at all) and `prompt_names_guess` (the accuracy of guessing uniformly among the names the prompt
+    shows: what a model that has learned only "answer with a name from the prompt" would get). `lm_only`: `model`
+    is a `TinyLM` reading the same tokens blind (no `knn`).
+    """
+    check_non_negative_int("k", k)
+    device = get_device(device)
+    if not lm_only and grids is None:
+        grids = episode_grids(model, episodes, device=device)
+    rng = np.random.default_rng([seed, k, 20])
+    prompts, pictures, answers, knn_right, shown, guess = [], [], [], [], [], []
+    for i, ep in enumerate(episodes):
+        chosen = choose_support(ep, k, rng=rng)
+        classes = [ep.pool_classes[j] for j in chosen]
+        prompts.append(tokenizer.encode(template_words(classes, ep.names, word)))
+        answer = ep.names[ep.query_class]
+        answers.append(tokenizer.index[NAMES[answer]])
+        prompt_names = {ep.names[c] for c in classes}
+        shown.append(answer in prompt_names)
+        guess.append(1.0 / len(prompt_names) if answer in prompt_names else 0.0)
+        if lm_only:
+            continue
+        pictures.append(grids[i][chosen + [len(ep.pool_classes)]])  # (k+1, g, d): the support, then the query
+        if k == 0:
+            knn_right.append(1.0 / len(NAMES))  # nothing to look up: a guess
+        else:
+            pooled = F.normalize(grids[i][chosen + [len(ep.pool_classes)]].mean(dim=1), dim=-1)  # (k+1, d)
+            nearest = int((pooled[:-1] @ pooled[-1]).argmax())  # the most similar support picture
+            knn_right.append(float(ep.names[classes[nearest]] == answer))
+    tokens = torch.tensor(prompts, dtype=torch.long, device=device)  # (E, n): every prompt has the same length
+    features = None if lm_only else torch.stack(pictures)  # (E, k+1, g, d)
+    logits, _ = score_batch(model, tokens, features, tokenizer, lm_only=lm_only)  # (E, V)
+    name_ids = torch.tensor([tokenizer.index[name] for name in NAMES], device=device)  # (16,)
+    predicted = name_ids[score_candidates(logits, name_ids).argmax(-1)]  # (E,)
+    right = (predicted == torch.tensor(answers, device=device)).float()  # (E,)
+    return {
+        "scoring": float(right.mean()),
+        "knn": None if lm_only else float(np.mean(knn_right)),
+        "in_support": float(np.mean(shown)),
+        "prompt_names_guess": float(np.mean(guess)),
+    }
+
+
+@torch.no_grad()
+def name_attention(model, episodes: list[Episode], tokenizer: Tokenizer, *, k: int = 8, seed: int = 5, device=None) -> torch.Tensor:
+    """Where the query's last token looks, per LM layer and head: (layers, h, 2), the mean attention on the names of
+    support examples of the query's class, then on the other names (training template; each prompt holds the
+    answer, one random support slot showing the query's class where the draw did not). A head with most of its attention on the same-class names is an induction head."""
+    check_positive_int("k", k)
+    device = get_device(device)
+    rng = np.random.default_rng(seed)
+    lm = model.lm
+    share = torch.zeros(len(lm.blocks), lm.blocks[0].attn.heads, 2)  # (layers, h, same/other)
+    caught: list = []
+    hooks = [block.attn.register_forward_pre_hook(lambda module, args: caught.append((module, args[0])))
+             for block in lm.blocks]
+    count = 0
+    try:
+        for ep in episodes:
+            chosen = choose_support(ep, k, rng=rng)
+            same_class = [j for j, c in enumerate(ep.pool_classes) if c == ep.query_class]
+            if not same_class:
+                continue
+            if not set(chosen) & set(same_class):  # the prompt must hold the answer: one random slot shows the query's class
+                chosen[int(rng.integers(k))] = same_class[int(rng.integers(len(same_class)))]
+            classes = [ep.pool_classes[j] for j in chosen]
+            tokens = torch.tensor([tokenizer.encode(template_words(classes, ep.names, IS))], device=device)  # (1, n)
+            images = torch.cat([ep.pool_images[chosen], ep.query_image[None]])[None].to(device)  # (1, k+1, 3, H, W)
+            caught.clear()
+            model(tokens, images)
+            same = torch.tensor([c == ep.query_class for c in classes])  # (k,)
+            name_positions = torch.arange(k) * 4 + 2  # (k,): <image> WORD NAME <eoc>
+            for layer, (attn, h) in enumerate(caught):
+                q, key, _ = attn.to_qkv(h).chunk(3, dim=-1)  # 3 x (1, n, d)
+                q, key = (z.reshape(1, z.shape[1], attn.heads, -1).transpose(1, 2) for z in (q, key))  # 2 x (1, h, n, e)
+                scores = q[:, :, -1] @ key.transpose(-1, -2) * q.shape[-1] ** -0.5  # (1, h, 1, n): the last row only
+                weights = scores[0, :, 0].softmax(dim=-1).cpu()  # (h, n): the last token sees every position
+                at_names = weights[:, name_positions]  # (h, k)
+                share[layer, :, 0] += at_names[:, same].sum(-1)
+                share[layer, :, 1] += at_names[:, ~same].sum(-1)
+            count += 1
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if count == 0:
+        raise ValueError(f"no episode's pool holds a picture of its query's class; give more episodes or a larger pool")
+    return share / count  # (layers, h, 2)
+
+
+def induction_heads(share: torch.Tensor, *, threshold: float = 0.5) -> list[tuple[int, int]]:
+    """The (layer, head) pairs whose attention on same-class names is above `threshold` and 3 times that on the
+    other names (`name_attention`'s table); the single most induction-like head if none is."""
+    heads = [(int(l), int(h)) for l, h in zip(*torch.nonzero((share[..., 0] > threshold) & (share[..., 0] > 3 * share[..., 1]), as_tuple=True))]
+    if heads:
+        return heads
+    flat = int((share[..., 0] - share[..., 1]).argmax())
+    return [(flat // share.shape[1], flat % share.shape[1])]
+
+
+def heldout_curves(model, tokenizer: Tokenizer, shots, *, num_episodes: int = 500, pool_size: int = 48, seed: int = 0,
+                   device=None, max_media: int | None = None) -> dict:
+    """The held-out-format and rule-inference curves with every baseline, and the induction heads they ablate.
+
+    Returns {"heldout_format": block, "rule_inference": block, "induction_heads": {...}}, each block
+    {"curve", "chance", "knn_curve", "lm_only_curve", "head_ablated_curve", "in_support", "prompt_names_guess"},
+    curves keyed by str(k); k with k + 1 > `max_media` pictures (a per-image embedding's cap) map to None.
+    """
+    device = get_device(device)
+    model = model.to(device).eval()
+    naming = make_heldout_episodes(num_episodes, seed=seed, pool_size=pool_size)
+    k = 8 if max_media is None else min(8, max_media - 1)  # as many support pictures as the model takes, up to 8
+    share = name_attention(model, naming, tokenizer, k=k, device=device)  # (layers, h, 2)
+    heads = induction_heads(share)
+    out = {"induction_heads": {"heads": [list(h) for h in heads], "same_class_name_attention": share[..., 0].tolist(),
+                               "other_name_attention": share[..., 1].tolist()}}
+    tasks = {"heldout_format": (naming, HELDOUT_WORD), "rule_inference": (make_rule_episodes(num_episodes, seed=seed, pool_size=pool_size), IS)}
+    for key, (episodes, word) in tasks.items():
+        grids = episode_grids(model, episodes, device=device)
+        block = {"curve": {}, "chance": 1.0 / len(NAMES), "knn_curve": {}, "lm_only_curve": {}, "head_ablated_curve": {},
+                 "in_support": {}, "prompt_names_guess": {}, "template": f"{MEDIA_TOKEN} {word} NAME {EOC_TOKEN}"}
+        for k in shots:
+            if max_media is not None and k + 1 > max_media:
+                for curve in ("curve", "knn_curve", "lm_only_curve", "head_ablated_curve", "in_support", "prompt_names_guess"):
+                    block[curve][str(k)] = None
+                continue
+            kwargs = dict(word=word, seed=seed, device=device)
+            result = evaluate_format(model, episodes, k, tokenizer, grids=grids, **kwargs)
+            block["curve"][str(k)] = result["scoring"]
+            block["knn_curve"][str(k)] = result["knn"]
+            block["in_support"][str(k)] = result["in_support"]
+            block["prompt_names_guess"][str(k)] = result["prompt_names_guess"]
+            block["lm_only_curve"][str(k)] = evaluate_format(model.lm, episodes, k, tokenizer, lm_only=True, **kwargs)["scoring"]
+            with zero_attention_heads(model.lm, heads):
+                block["head_ablated_curve"][str(k)] = evaluate_format(model, episodes, k, tokenizer, grids=grids, **kwargs)["scoring"]
+        out[key] = block
+    return out

@@ -1,0 +1,124 @@
+"""Held-out formats and rule inference (flamingo_lite.tiny.heldout): the template no training sequence has, the
+rule episodes' invariants, the nearest-neighbour baseline, and head ablation."""
+import pytest
+import torch
+
+from flamingo_lite.masks import MEDIA_TOKEN
+from flamingo_lite.tiny import fewshot as fs
+from flamingo_lite.tiny import heldout as ho
+from flamingo_lite.tiny.language_model import LMConfig, TinyLM, zero_attention_heads
+
+TOK = fs.fewshot_tokenizer()
+
+
+def test_the_heldout_template_is_in_no_training_sequence():
+    words = ho.template_words([0, 5], list(range(12)), ho.HELDOUT_WORD)
+    assert words == [MEDIA_TOKEN, "a", fs.NAMES[0], fs.EOC_TOKEN, MEDIA_TOKEN, "a", fs.NAMES[5], fs.EOC_TOKEN, MEDIA_TOKEN, "a"]
+    for data in (fs.make_training_data(600, seed=0, max_shots=8), fs.make_training_data(600, seed=1, max_shots=8, text_only=True)):
+        after_a = set()
+        for row in data.tokens:
+            seq = TOK.words(row)
+            after_a |= {seq[i + 1] for i in range(len(seq) - 1) if seq[i] == ho.HELDOUT_WORD}
+        assert after_a and not after_a & set(fs.NAMES)  # `a` is followed by colours (captions), never by a name
+
+
+def test_rule_episodes_name_by_one_attribute_and_never_show_the_query():
+    episodes = ho.make_rule_episodes(40, seed=0, pool_size=30)
+    assert {ep.attribute for ep in episodes} == {"colour", "shape"}
+    for ep in episodes:
+        assert ep.query_class not in ep.pool_classes  # the query's combination is never in the prompt
+        for a in range(len(fs.CLASSES)):
+            for b in range(len(fs.CLASSES)):
+                same_value = ho.attribute_value(a, ep.attribute) == ho.attribute_value(b, ep.attribute)
+                assert (ep.names[a] == ep.names[b]) == same_value  # a name per value of the attribute that counts
+    again = ho.make_rule_episodes(40, seed=0, pool_size=30)
+    assert all(torch.equal(x.pool_images, y.pool_images) and x.names == y.names for x, y in zip(episodes, again))
+    assert ho.make_rule_episodes(40, seed=1, pool_size=30)[0].names != episodes[0].names or \
+        ho.make_rule_episodes(40, seed=1, pool_size=30)[0].pool_classes != episodes[0].pool_classes
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    lm = TinyLM(LMConfig(vocab_size=len(TOK), max_len=80, token_shift=4, positions="none"))
+    return fs.build_model(fs.FewShotSetup(), lm, TOK).eval()
+
+
+def _one_hot_grids(episodes, dim, value):
+    """Grids (P+1, 1, d) whose pooled feature is a one-hot of value(class): nearest neighbour is then exact."""
+    grids = []
+    for ep in episodes:
+        classes = ep.pool_classes + [ep.query_class]
+        g = torch.zeros(len(classes), 1, dim)
+        for i, c in enumerate(classes):
+            g[i, 0, value(c)] = 1.0
+        grids.append(g)
+    return grids
+
+
+def test_nearest_neighbour_copies_the_most_similar_support_picture():
+    model = _model()
+    dim = model.resampler.latents.shape[-1]
+    naming = fs.make_heldout_episodes(30, seed=1, pool_size=12)
+    got = ho.evaluate_format(model, naming, 4, TOK, grids=_one_hot_grids(naming, dim, lambda c: c))
+    assert got["knn"] == pytest.approx(got["in_support"])  # same class present: found; absent: a wrong name
+    rules = ho.make_rule_episodes(30, seed=1, pool_size=12)
+    by_colour = ho.evaluate_format(model, rules, 8, TOK, word=fs.IS, grids=_one_hot_grids(rules, dim, lambda c: ho.attribute_value(c, "colour")))
+    colour_episodes = [ep for ep in rules if ep.attribute == "colour"]
+    only_colour = ho.evaluate_format(model, colour_episodes, 8, TOK, word=fs.IS,
+                                     grids=_one_hot_grids(colour_episodes, dim, lambda c: ho.attribute_value(c, "colour")))
+    assert only_colour["knn"] == pytest.approx(only_colour["in_support"])  # colour features, colour rule: lookup works
+    assert by_colour["knn"] < only_colour["knn"]  # the shape rule is not found by looking up colours
+    assert ho.evaluate_format(model, naming, 0, TOK)["knn"] == pytest.approx(1 / 16)  # nothing to look up
+
+
+def test_prompt_names_guess_is_one_over_the_names_shown():
+    model = _model()
+    episodes = fs.make_heldout_episodes(20, seed=2, pool_size=10)
+    got = ho.evaluate_format(model, episodes, 10, TOK)  # the whole pool: every pool class is shown
+    expected = [1 / len({ep.names[c] for c in ep.pool_classes}) if ep.query_class in ep.pool_classes else 0.0 for ep in episodes]
+    assert got["prompt_names_guess"] == pytest.approx(sum(expected) / len(expected))
+    assert 0.0 <= got["scoring"] <= 1.0 and got["in_support"] == pytest.approx(sum(e > 0 for e in expected) / 20)
+
+
+def test_zeroing_a_head_is_zeroing_its_slice_of_the_output_projection():
+    lm = TinyLM(LMConfig(vocab_size=len(TOK), max_len=20, token_shift=4, positions="none"))
+    tokens = torch.randint(0, len(TOK), (2, 12))
+    before = lm(tokens)
+    with zero_attention_heads(lm, [(1, 2)]):
+        ablated = lm(tokens)
+    torch.testing.assert_close(lm(tokens), before)  # the hook is gone after the block
+    e = lm.config.dim // lm.config.heads
+    with torch.no_grad():
+        lm.blocks[1].attn.to_out.weight[:, 2 * e:3 * e] = 0
+    torch.testing.assert_close(ablated, lm(tokens))
+    assert not torch.allclose(ablated, before)
+    with pytest.raises(ValueError, match=r"head \(2, 0\) is out of range"):
+        with zero_attention_heads(lm, [(2, 0)]):
+            pass
+    with pytest.raises(TypeError, match="pairs of ints"):
+        with zero_attention_heads(lm, [(0,)]):
+            pass
+
+
+def test_induction_heads_picks_heads_that_look_at_same_class_names():
+    share = torch.zeros(2, 4, 2)
+    share[0, 3] = torch.tensor([0.7, 0.1])
+    share[1, 0] = torch.tensor([0.6, 0.3])  # above the threshold but not 3 times the other names
+    assert ho.induction_heads(share) == [(0, 3)]
+    share[0, 3] = torch.tensor([0.2, 0.1])
+    assert ho.induction_heads(share) == [(1, 0)]  # none qualifies: the most induction-like
+    table = ho.name_attention(_model(), fs.make_heldout_episodes(10, seed=0, pool_size=12), TOK, k=8)
+    assert table.shape == (2, 4, 2) and bool((table >= 0).all()) and bool((table.sum(-1) <= 1 + 1e-5).all())
+
+
+def test_run_fewshot_writes_the_heldout_blocks():
+    setup = fs.FewShotSetup(lm_steps=2, steps=2, num_train=64, num_heldout=8, max_shots=4, shots=(0, 1, 4), log_every=1)
+    _, history = fs.run_fewshot(setup, progress=False)
+    for key in ("heldout_format", "rule_inference"):
+        block = history[key]
+        assert block["chance"] == pytest.approx(1 / 16)
+        for curve in ("curve", "knn_curve", "lm_only_curve", "head_ablated_curve", "in_support"):
+            assert set(block[curve]) == {"0", "1", "4"} and all(0.0 <= v <= 1.0 for v in block[curve].values())
+    assert history["induction_heads"]["heads"] and len(history["induction_heads"]["same_class_name_attention"]) == 2
+    capped = fs.run_fewshot(fs.FewShotSetup(**{**setup.__dict__, "media_embedding": "per_media", "max_images": 2}), progress=False)[1]
+    assert capped["rule_inference"]["curve"]["4"] is None and capped["rule_inference"]["curve"]["1"] is not None
