@@ -96,7 +96,9 @@ def check_feedforward(feedforward_cls) -> None:
     what = f"your {feedforward_cls.__name__}"
     x = (torch.randn(2, 3, 5, 16, generator=torch.Generator().manual_seed(4)),)  # (b, t, L, d)
     check_layer(learner, fl.FeedForward, x, what=what, mistakes=_feedforward_mistakes)
-    _check_shapes_follow(learner, fl.FeedForward(16, mult=2), f"{feedforward_cls.__name__}(16, mult=2)",
+    with torch.random.fork_rng(devices=[]):  # the reference's random weights leave the lesson's draws as they were
+        reference = fl.FeedForward(16, mult=2)
+    _check_shapes_follow(learner, reference, f"{feedforward_cls.__name__}(16, mult=2)",
                          "the hidden width is int(dim * mult): use the mult argument, not a fixed 4.")
 
 
@@ -176,8 +178,9 @@ def check_forward(resampler_cls) -> None:
     _check_no_media_embedding(resampler_cls, kwargs, what)
     other = dict(kwargs, ff_mult=2)
     call = f"{resampler_cls.__name__}(dim=16, depth=2, ..., ff_mult=2)"
-    _check_shapes_follow(run_learner(resampler_cls, **other, what=call), fl.PerceiverResampler(**other), call,
-                         "pass ff_mult on to each MyFeedForward(dim, mult=ff_mult).")
+    with torch.random.fork_rng(devices=[]):  # building draws random weights: the lesson's own draws stay as they were
+        learner, reference = run_learner(resampler_cls, **other, what=call), fl.PerceiverResampler(**other)
+    _check_shapes_follow(learner, reference, call, "pass ff_mult on to each MyFeedForward(dim, mult=ff_mult).")
 
 
 def _check_no_media_embedding(resampler_cls, kwargs, what) -> None:

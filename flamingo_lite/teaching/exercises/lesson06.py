@@ -137,9 +137,10 @@ def check_forward(block_class) -> None:
 def _check_ff_mult(block_class) -> None:
     """Built with ff_mult=2, every parameter has the reference's shape: a feed-forward fixed at 4x fails here."""
     call = f"{block_class.__name__}(dim={DIM}, ..., ff_mult=2)"
-    mine = run_learner(block_class, dim=DIM, dim_head=DIM_HEAD, heads=HEADS, ff_mult=2, what=call)
+    with torch.random.fork_rng(devices=[]):  # building draws random weights: the lesson's own draws stay as they were
+        mine = run_learner(block_class, dim=DIM, dim_head=DIM_HEAD, heads=HEADS, ff_mult=2, what=call)
+        reference = GatedCrossAttentionBlock(dim=DIM, dim_head=DIM_HEAD, heads=HEADS, ff_mult=2)
     theirs = {name: tuple(p.shape) for name, p in mine.state_dict().items()}
-    reference = GatedCrossAttentionBlock(dim=DIM, dim_head=DIM_HEAD, heads=HEADS, ff_mult=2)
     for name, p in reference.state_dict().items():
         if name in theirs and theirs[name] != tuple(p.shape):
             fail(f"{call}'s {name} has shape {theirs[name]}, where {tuple(p.shape)} is expected: pass ff_mult on to "
