@@ -156,6 +156,13 @@ def test_06_exercises():
     fails(lesson06.check_params_with_gradient, lambda b, i: who(b, i) + ["ff.1.weight"], good,
           match="with closed gates only the gates get a gradient")
 
+    class Extra(good):  # a parameter the reference does not have: its answer cannot be worked out
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.extra = nn.Parameter(torch.zeros(1))
+
+    fails(lesson06.check_params_with_gradient, who, Extra, match="not the reference's: run lesson06.check_forward")
+
 
 # ---------------------------------------------------------------------------------------------------------- 07
 

@@ -186,7 +186,11 @@ def _learning(block, inputs) -> list:
     weights (the learner's block and its gradients are left alone)."""
     with torch.random.fork_rng(devices=[]):  # building draws random weights: the lesson's own draws stay as they were
         reference = GatedCrossAttentionBlock(dim=DIM, dim_head=DIM_HEAD, heads=HEADS)
-    reference.load_state_dict(block.state_dict())
+    try:
+        reference.load_state_dict(block.state_dict())
+    except RuntimeError:  # names or shapes that are not the reference's: the block's own check says which
+        fail("your block's parameters are not the reference's: run lesson06.check_forward on your block first, it "
+             "names what differs.")
     reference(*inputs).pow(2).mean().backward()
     return sorted(n for n, p in reference.named_parameters() if p.grad is not None and bool((p.grad != 0).any()))
 
@@ -224,7 +228,8 @@ def check_params_with_gradient(params_with_gradient, block_class) -> list:
         fail("with attn_gate opened, the cross-attention's weights must get a gradient too: does your function run a "
              "new forward and backward pass each time?")
     if opened != want:
-        fail(f"with attn_gate opened the answer is {want}; yours is {opened}.")
+        fail(f"with attn_gate opened the answer is {want}; yours is {opened}: keep every parameter whose gradient is "
+             "not all 0 after one forward and backward pass.")
     with torch.no_grad():
         fresh.attn_gate.zero_()
     again = _measured(params_with_gradient, fresh, inputs, gates)
