@@ -444,7 +444,7 @@ def make_cross_attention(bug=None, raises=False):
                 mode = {"swapped": not self.only_attend_immediate_media, "fixed": True, "fixed False": False}.get(
                     bug, self.only_attend_immediate_media)
                 mask = masks.cross_attention_mask(media_locations, t, m, mode)[:, None]
-                attn = masked_softmax(sim, mask, bug if bug in ("inf", "max") else None)
+                attn = masked_softmax(sim, ~mask if bug == "inverted" else mask, bug if bug in ("inf", "max") else None)
             else:
                 attn = sim.softmax({"text axis without locations": -2, "heads axis without locations": 1}.get(bug, -1))
             return self.to_out(rearrange(attn @ v, f"b h n e -> b n {pattern}"))
@@ -456,6 +456,7 @@ def make_cross_attention(bug=None, raises=False):
                                         ("scale", "not scaled"), ("order", "wrong order"),
                                         ("ignored", "every word sees every image"), ("swapped", "other mode's"),
                                         ("fixed", "other mode's"), ("fixed False", "other mode's"),
+                                        ("inverted", "mask is passed the wrong way round"),
                                         ("norm media", "media went through self.norm"),
                                         ("heads fixed in the rearrange", "splits into 2 heads, but this layer has heads=3"),
                                         ("heads fixed in the constructor", "splits into 2 heads, but this layer has heads=3"),

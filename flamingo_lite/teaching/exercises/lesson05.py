@@ -112,7 +112,8 @@ def check_masked_softmax(masked_softmax) -> None:
 
 
 def reference_cross_attention(layer, x, media, media_locations=None, *, fill="zero", scale=True, order="h e",
-                              use_mask=True, immediate=None, norm_media=False, axis=-1, heads=None, scale_value=None):
+                              use_mask=True, immediate=None, norm_media=False, axis=-1, heads=None, scale_value=None,
+                              invert=False):
     """The layer's forward from its own weights, and the usual mistakes; `heads` splits into that many heads,
     `scale_value` replaces the scale."""
     b, t, m = media.shape[:3]
@@ -129,7 +130,7 @@ def reference_cross_attention(layer, x, media, media_locations=None, *, fill="ze
     if media_locations is not None and use_mask:
         mode = layer.only_attend_immediate_media if immediate is None else immediate
         mask = rearrange(masks.cross_attention_mask(media_locations, t, m, mode), "b i j -> b 1 i j")  # (b, 1, n, t*m)
-        attn = reference_masked_softmax(sim, mask, fill=fill, axis=axis)  # (b, h, n, t*m)
+        attn = reference_masked_softmax(sim, ~mask if invert else mask, fill=fill, axis=axis)  # (b, h, n, t*m)
     else:
         attn = sim.softmax(dim=axis)  # (b, h, n, t*m)
     out = torch.einsum("b h i j, b h j e -> b h i e", attn, v)  # (b, h, n, e)
@@ -168,6 +169,9 @@ def _cross_attention_mistakes(reference, x, media, media_locations=None):
                 "the heads are split in the wrong order: write '(h e)', not '(e h)', for q, k and v and when merging."),
         Mistake("media_locations ignored", run(use_mask=False),
                 "every word sees every image: with media_locations, build the mask and use masked_softmax."),
+        Mistake("mask inverted", run(invert=True),
+                "the mask is passed the wrong way round: give masked_softmax the mask itself (True where a word may "
+                "see a latent), not ~mask."),
         Mistake("mode not followed", run(immediate=not reference.only_attend_immediate_media),
                 "the mask is the other mode's: pass self.only_attend_immediate_media to the mask (do not fix it to "
                 "True or False, and do not invert it)."),
