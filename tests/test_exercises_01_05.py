@@ -368,6 +368,20 @@ def test_04_stubs_and_solutions():
 def masked_softmax(scores, mask, bug=None):
     if bug == "ignored":
         return scores.softmax(-1)
+    if bug == "multiplied":
+        return scores.softmax(-1) * mask
+    if bug == "renormalised":
+        weights = scores.softmax(-1) * mask
+        return weights / weights.sum(-1, keepdim=True)
+    if bug == "text axis, NaN to 0":
+        return scores.masked_fill(~mask, float("-inf")).softmax(-2).nan_to_num(0.0)
+    if bug == "in place":
+        scores.masked_fill_(~mask, float("-inf"))
+    if bug == "inverted":
+        mask = ~mask
+    if bug == "filled where True":
+        nothing = ~mask.any(-1, keepdim=True)
+        return scores.masked_fill(mask, float("-inf")).masked_fill(nothing, 0.0).softmax(-1).masked_fill(nothing, 0.0)
     if bug == "inf":
         return scores.masked_fill(~mask, float("-inf")).softmax(-1)
     if bug == "max":
@@ -378,9 +392,16 @@ def masked_softmax(scores, mask, bug=None):
 
 
 @pytest.mark.parametrize("bug, named", [("inf", "NaN"), ("max", "uniform average over every image"),
-                                        ("axis", "over the text tokens"), ("ignored", "mask has no effect")])
+                                        ("axis", "over the text tokens"), ("ignored", "mask has no effect"),
+                                        ("inverted", "mask is used the wrong way round"),
+                                        ("filled where True", "mask is used the wrong way round"),
+                                        ("multiplied", "then multiplied by the mask"),
+                                        ("renormalised", "NaN, 0/0 .*divided by a sum of 0"),
+                                        ("text axis, NaN to 0", "runs over the text tokens"),
+                                        ("in place", "changes its input scores in place")])
 def test_05_masked_softmax_mistakes(bug, named):
-    fails_with(lesson05.check_masked_softmax, lambda s, m: masked_softmax(s, m, bug), match=named)
+    message = fails_with(lesson05.check_masked_softmax, lambda s, m: masked_softmax(s, m, bug), match=named)
+    assert "no usual mistake matches" not in message
 
 
 def make_cross_attention(bug=None, raises=False):
@@ -388,6 +409,10 @@ def make_cross_attention(bug=None, raises=False):
         def __init__(self, *, dim, dim_head=64, heads=8, only_attend_immediate_media=True):
             super().__init__()
             self.heads, self.scale = heads, dim_head**-0.5
+            if bug == "heads fixed in the constructor":
+                self.heads = 2
+            if bug == "scale fixed":
+                self.scale = 0.5
             self.norm = nn.LayerNorm(dim)
             self.to_q = nn.Linear(dim, dim_head * heads, bias=False)
             self.to_kv = nn.Linear(dim, 2 * dim_head * heads, bias=False)
@@ -399,19 +424,29 @@ def make_cross_attention(bug=None, raises=False):
                 stub()
             t, m = media.shape[1:3]
             pattern = "(e h)" if bug == "order" else "(h e)"
-            q = rearrange(self.to_q(self.norm(x)), f"b n {pattern} -> b h n e", h=self.heads)
+            h = 2 if bug == "heads fixed in the rearrange" else self.heads
+            q = rearrange(self.to_q(self.norm(x)), f"b n {pattern} -> b h n e", h=h)
             media = self.norm(media) if bug == "norm media" else media
             k, v = self.to_kv(rearrange(media, "b t m d -> b (t m) d")).chunk(2, -1)
-            k, v = (rearrange(a, f"b j {pattern} -> b h j e", h=self.heads) for a in (k, v))
+            k, v = (rearrange(a, f"b j {pattern} -> b h j e", h=h) for a in (k, v))
             sim = q @ k.transpose(-1, -2) * (1.0 if bug == "scale" else self.scale)
-            if media_locations is None and bug == "zeros without locations":
-                return torch.zeros_like(x)
+            if media_locations is None:
+                if bug == "zeros without locations":
+                    return torch.zeros_like(x)
+                if bug == "x without locations":
+                    return x
+                if bug == "raises without locations":  # a mask built from None
+                    masks.cross_attention_mask(media_locations, t, m, self.only_attend_immediate_media)
+                if bug == "image 1 without locations":  # None read as one marker before the first word
+                    media_locations = torch.zeros(x.shape[:2], dtype=torch.bool)
+                    media_locations[:, 0] = True
             if media_locations is not None and bug != "ignored":
-                mode = {"swapped": not self.only_attend_immediate_media, "fixed": True}.get(bug, self.only_attend_immediate_media)
+                mode = {"swapped": not self.only_attend_immediate_media, "fixed": True, "fixed False": False}.get(
+                    bug, self.only_attend_immediate_media)
                 mask = masks.cross_attention_mask(media_locations, t, m, mode)[:, None]
-                attn = masked_softmax(sim, mask, bug if bug in ("inf", "max") else None)
+                attn = masked_softmax(sim, ~mask if bug == "inverted" else mask, bug if bug in ("inf", "max") else None)
             else:
-                attn = sim.softmax(-1)
+                attn = sim.softmax({"text axis without locations": -2, "heads axis without locations": 1}.get(bug, -1))
             return self.to_out(rearrange(attn @ v, f"b h n e -> b n {pattern}"))
 
     return MyMaskedCrossAttention
@@ -420,10 +455,21 @@ def make_cross_attention(bug=None, raises=False):
 @pytest.mark.parametrize("bug, named", [("inf", "NaN"), ("max", "uniform average over every image"),
                                         ("scale", "not scaled"), ("order", "wrong order"),
                                         ("ignored", "every word sees every image"), ("swapped", "other mode's"),
-                                        ("fixed", "other mode's"), ("norm media", "media went through self.norm"),
-                                        ("zeros without locations", "without media_locations")])
+                                        ("fixed", "other mode's"), ("fixed False", "other mode's"),
+                                        ("inverted", "mask is passed the wrong way round"),
+                                        ("norm media", "media went through self.norm"),
+                                        ("heads fixed in the rearrange", "splits into 2 heads, but this layer has heads=3"),
+                                        ("heads fixed in the constructor", "splits into 2 heads, but this layer has heads=3"),
+                                        ("scale fixed", "scaled by 0.5 \\(a fixed number.*passed with dim=16"),
+                                        ("zeros without locations", "returns zeros, as if no word saw an image"),
+                                        ("x without locations", "returns x unchanged"),
+                                        ("raises without locations", "raised .*media_locations=None means no mask"),
+                                        ("image 1 without locations", "every word sees image 1 only"),
+                                        ("text axis without locations", "softmax runs over the text tokens"),
+                                        ("heads axis without locations", "softmax runs over the heads")])
 def test_05_forward_mistakes(bug, named):
-    fails_with(lesson05.check_forward, make_cross_attention(bug), match=named)
+    message = fails_with(lesson05.check_forward, make_cross_attention(bug), match=named)
+    assert "no usual mistake matches" not in message
 
 
 def test_05_stubs_and_solutions():
@@ -446,6 +492,9 @@ def test_05_tokens_reached():
 
     fails_with(lesson05.check_tokens_reached, stub, x, media, loc, match="not written yet")
     fails_with(lesson05.check_tokens_reached, lambda *a: reached(*a).float(), x, media, loc, match="bool")
+    for other_mode in (lambda times, k: times >= k, lambda times, k: times == k):  # from the text time, one mode for both
+        fails_with(lesson05.check_tokens_reached, lambda layer, x, media, loc, k: other_mode(masks.text_time(loc), k),
+                   x, media, loc, match="image k reaches in the other mode")
     lesson05.check_tokens_reached(reached, x, media, loc)
 
 
@@ -567,7 +616,8 @@ def test_02_and_05_constructor_stubs_and_misnamed_parameters():
             self.norm_text = self.norm
             del self.norm
 
-    fails_with(lesson05.check_forward, NoNorm, match="no parameter 'norm.weight'")
+    message = fails_with(lesson05.check_forward, NoNorm, match="do not line up with the reference")
+    assert "Missing" in message and "norm.weight" in message and "norm_text.weight" in message
 
 
 def test_the_constructor_hints(capsys):

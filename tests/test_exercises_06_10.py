@@ -56,6 +56,10 @@ BLOCK_MISTAKES = {
     "feed-forward reads the block's input": lambda s, x, m, l: x + s.attn(x, m, l) * s.attn_gate.tanh() + s.ff(x) * s.ff_gate.tanh(),
     "without media_locations": lambda s, x, m, l: right(s, x, m, None),
     "gates are swapped": lambda s, x, m, l: (lambda y: y + s.ff(y) * s.attn_gate.tanh())(x + s.attn(x, m, l) * s.ff_gate.tanh()),
+    "feed-forward is not gated": lambda s, x, m, l: (lambda y: y + s.ff(y))(x + s.attn(x, m, l) * s.attn_gate.tanh()),
+    "feed-forward is gated by attn_gate": lambda s, x, m, l: (lambda y: y + s.ff(y) * s.attn_gate.tanh())(
+        x + s.attn(x, m, l) * s.attn_gate.tanh()),
+    "cross-attention is not gated": lambda s, x, m, l: (lambda y: y + s.ff(y) * s.ff_gate.tanh())(x + s.attn(x, m, l)),
 }
 
 
@@ -101,6 +105,23 @@ def test_06_gates_opened_at_start_and_a_fixed_feed_forward_are_named():
     fails(lesson06.check_forward, FixedFour, match="pass ff_mult on to the feed-forward")
 
 
+def test_06_a_mode_not_passed_on_and_gates_of_shape_0d_are_named():
+    class ModeDropped(block_class(right)):  # the cross-attention built in its default mode, whatever the block's
+        def __init__(self, *, only_attend_immediate_media=True, **kwargs):
+            super().__init__(**kwargs)
+
+    fails(lesson06.check_forward, ModeDropped, match="cross-attention runs in the other mode: pass the block's "
+                                                     "only_attend_immediate_media on")
+
+    class ScalarGates(block_class(right)):  # load_state_dict quietly loads the reference's (1,) gates into ()
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.attn_gate, self.ff_gate = nn.Parameter(torch.tensor(0.0)), nn.Parameter(torch.tensor(0.0))
+
+    fails(lesson06.check_forward, ScalarGates, match="attn_gate has shape \\(\\), where \\(1,\\) is expected: create "
+                                                     "each gate as nn.Parameter\\(torch.tensor\\(\\[0.0\\]\\)\\)")
+
+
 def test_06_exercises():
     fails(lesson06.check_tanh_slope, stub, match="not written yet")
     lesson06.check_tanh_slope(lambda a: 1 - a.tanh() ** 2)
@@ -128,8 +149,19 @@ def test_06_exercises():
     fails(lesson06.check_attn_gate_gradient, stub, good, match="not written yet")
     lesson06.check_attn_gate_gradient(by_hand, good)
     fails(lesson06.check_attn_gate_gradient, lambda b, i, t: by_hand(b, i, t, -1), good, match="sign")
-    assert who_no_zero  # a second call without zero_grad is caught by the opened-gate case below
-    fails(lesson06.check_params_with_gradient, lambda b, i: who_no_zero(b, i) + ["ff.1.weight"], good, match="ff.1.weight|every")
+    fails(lesson06.check_params_with_gradient, who_no_zero, good,
+          match="attn.to_q.weight still have the gradient of the call before: .*block.zero_grad")
+    fails(lesson06.check_params_with_gradient, lambda b, i: who(b, i)[::-1], good,
+          match="the names are right but not in sorted order \\(\\['ff_gate', 'attn_gate'\\]\\)")
+    fails(lesson06.check_params_with_gradient, lambda b, i: who(b, i) + ["ff.1.weight"], good,
+          match="with closed gates only the gates get a gradient")
+
+    class Extra(good):  # a parameter the reference does not have: its answer cannot be worked out
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.extra = nn.Parameter(torch.zeros(1))
+
+    fails(lesson06.check_params_with_gradient, who, Extra, match="not the reference's: run lesson06.check_forward")
 
 
 # ---------------------------------------------------------------------------------------------------------- 07

@@ -10,6 +10,10 @@ A lesson's checks live in `exercises/lessonNN.py`. They are built from three pie
   computed on the same input, and the sentence to say when the learner's result matches it.
 - `check_layer(learner, reference, what=..., mistakes=...)` runs `check_module` on the learner's module and, when
   it differs, tries each known mistake computed with the same weights on the same inputs.
+- `check_layer_in_sizes(layer_cls, reference_cls, sizes, ...)` runs `check_layer` on the learner's class built in
+  each size, so a number fixed to the first size (a head count, a scale) is named in the second; `scale_mistakes`
+  and `heads_mistakes` are those numbers' usual mistakes, and `check_shapes_follow` names a parameter whose shape
+  does not follow the constructor's arguments.
 - `hint(key)` prints the hint for one step (hidden until asked for).
 
 A failed check raises `ExerciseFailed`, whose message is the sentence; a passed one prints a line starting with
@@ -23,7 +27,8 @@ from typing import Callable
 import torch
 
 __all__ = [
-    "ExerciseFailed", "Mistake", "run_learner", "compare", "check_layer", "passed", "fail", "hint", "register_hints",
+    "ExerciseFailed", "Mistake", "run_learner", "compare", "check_layer", "check_layer_in_sizes", "check_shapes_follow",
+    "scale_mistakes", "heads_mistakes", "passed", "fail", "hint", "register_hints",
 ]
 
 
@@ -164,6 +169,81 @@ def check_layer(
         fail(f"{what}: {result.message.removeprefix('✗ ')}")
     fail(f"{what}: {result.message.removeprefix('✗ ')}; no usual mistake matches, so compare each line with the "
          "steps above.")
+
+
+def scale_mistakes(layer, run) -> list[Mistake]:
+    """`run(scale_value=s)` (the layer's output with its scores scaled by s) for the usual wrong scales, each named
+    with the number it uses; `layer` has `to_q` and `heads`."""
+    inner = layer.to_q.weight.shape[0]  # h*e
+    dim_head, dim = inner // layer.heads, layer.to_q.weight.shape[1]
+    right = dim_head**-0.5
+    candidates = [
+        (dim_head**0.5, "dim_head ** 0.5: the scores are divided by self.scale instead of multiplied"),
+        (1 / dim_head, "1 / dim_head: the square root is missing"),
+        (inner**-0.5, "(heads * dim_head) ** -0.5: the width of all heads together, not of one head"),
+        (dim**-0.5, "dim ** -0.5: the model width, not one head's"),
+        *((fixed**-0.5, "a fixed number: compute it from the dim_head argument") for fixed in (4, 8, 64)),
+    ]
+    seen, out = set(), []
+    for value, why in candidates:
+        if abs(value - right) < 1e-9 or round(value, 9) in seen:
+            continue
+        seen.add(round(value, 9))
+        out.append(Mistake("wrong scale", run(scale_value=value),
+                           f"the scores are scaled by {value:.4g} ({why}); the scale is dim_head ** -0.5 = {right:.4g}, "
+                           "self.scale = dim_head ** -0.5."))
+    return out
+
+
+def heads_mistakes(layer, run) -> list[Mistake]:
+    """`run(heads=h, scale_value=s)` for every other head count the inner width splits into, with the layer's scale or
+    the split's; `layer` has `to_q`, `heads` and `scale`."""
+    inner = layer.to_q.weight.shape[0]  # h*e
+    out = []
+    for h in range(1, inner + 1):
+        if inner % h or h == layer.heads:
+            continue
+        for value in (layer.scale, (inner // h) ** -0.5):
+            out.append(Mistake(f"{h} heads", run(heads=h, scale_value=value),
+                               f"the forward splits into {h} heads, but this layer has heads={layer.heads}: a fixed "
+                               "number in the rearrange or in self.heads; write self.heads = heads in the constructor "
+                               "and h=self.heads in every rearrange."))
+    return out
+
+
+def _call(cls, kwargs: dict) -> str:
+    return f"{cls.__name__}({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
+
+
+def check_layer_in_sizes(layer_cls, reference_cls, sizes: list[dict], *, what: str, mistakes: Callable | None = None):
+    """`check_layer` on `layer_cls(**size)` against `reference_cls(**size)`, for each size in turn; a failure after
+    the first size says that a number is fixed to the first. The sizes after the first are built under
+    `fork_rng`, so the lesson's own random draws stay as they were."""
+    for i, size in enumerate(sizes):
+        call = _call(layer_cls, size)
+        if i == 0:
+            check_layer(run_learner(layer_cls, **size, what=call), reference_cls, what=what, mistakes=mistakes,
+                        reference_kwargs=size)
+            continue
+        try:
+            with torch.random.fork_rng(devices=[]):  # building draws random weights: the lesson's draws stay as they were
+                check_layer(run_learner(layer_cls, **size, what=call), reference_cls, what=call, mistakes=mistakes,
+                            reference_kwargs=size)
+        except ExerciseFailed as failed:
+            first = ", ".join(f"{k}={v}" for k, v in sizes[0].items())
+            fail(f"{str(failed).rstrip('.')}. It passed with {first}, so a number is fixed to that size: take every "
+                 "size from the constructor's arguments (heads, dim_head, dim).")
+
+
+def check_shapes_follow(learner, reference, call: str, advice) -> None:
+    """Every parameter's shape is the reference's built with the same arguments: a number fixed in the constructor
+    fails here, even where a forward check (which builds its reference from the learner's shapes) passed.
+    advice: what to do, a sentence, or a function of the parameter's name giving one."""
+    theirs = {name: tuple(p.shape) for name, p in learner.state_dict().items()}
+    for name, p in reference.state_dict().items():
+        if name in theirs and theirs[name] != tuple(p.shape):
+            said = advice(name) if callable(advice) else advice
+            fail(f"{call}'s {name} has shape {theirs[name]}, where {tuple(p.shape)} is expected: {said}")
 
 
 _HINTS: dict[str, str] = {}

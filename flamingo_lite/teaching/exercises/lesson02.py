@@ -8,7 +8,8 @@ from einops import rearrange
 import flamingo_lite as fl
 
 from ..checker import randomise_norms
-from . import ExerciseFailed, Mistake, check_layer, compare, fail, passed, register_hints, run_learner
+from . import (Mistake, check_layer_in_sizes, compare, fail, heads_mistakes, passed, register_hints, run_learner,
+               scale_mistakes)
 
 register_hints({
     "02.project": "Normalise x with layer.norm_media and the latents with layer.norm_latents; q = layer.to_q(latents "
@@ -63,45 +64,6 @@ def reference_attend(layer, q, k, v, *, scale=True, axis=-1, order="h e", heads=
         scores = scores * (q.shape[-1] // heads) ** -0.5
     out = torch.einsum("b t h i j, b t h j e -> b t h i e", scores.softmax(dim=axis), vh)  # (b, t, h, L, e)
     return rearrange(out, f"b t h L e -> b t L ({merge})", h=heads)  # (b, t, L, h*e)
-
-
-def _scale_mistakes(layer, attend):
-    """`attend(scale_value=s)` for the usual wrong scales, each named with the number it uses."""
-    inner = layer.to_q.weight.shape[0]  # h*e
-    dim_head, dim = inner // layer.heads, layer.to_q.weight.shape[1]
-    right = dim_head**-0.5
-    candidates = [
-        (dim_head**0.5, "dim_head ** 0.5: the scores are divided by self.scale instead of multiplied"),
-        (1 / dim_head, "1 / dim_head: the square root is missing"),
-        (inner**-0.5, "(heads * dim_head) ** -0.5: the width of all heads together, not of one head"),
-        (dim**-0.5, "dim ** -0.5: the model width, not one head's"),
-        (4**-0.5, "a fixed number: compute it from the dim_head argument"),
-        (64**-0.5, "a fixed number: compute it from the dim_head argument"),
-    ]
-    seen, out = set(), []
-    for value, why in candidates:
-        if abs(value - right) < 1e-9 or round(value, 9) in seen:
-            continue
-        seen.add(round(value, 9))
-        out.append(Mistake("wrong scale", attend(scale_value=value),
-                           f"the scores are scaled by {value:.4g} ({why}); the scale is dim_head ** -0.5 = {right:.4g}, "
-                           "self.scale = dim_head ** -0.5."))
-    return out
-
-
-def _heads_mistakes(layer, attend):
-    """`attend(heads=h)` for every other head count the inner width splits into, with the layer's scale or the split's."""
-    inner = layer.to_q.weight.shape[0]  # h*e
-    out = []
-    for h in range(1, inner + 1):
-        if inner % h or h == layer.heads:
-            continue
-        for value in (layer.scale, (inner // h) ** -0.5):
-            out.append(Mistake(f"{h} heads", attend(heads=h, scale_value=value),
-                               f"the forward splits into {h} heads, but this layer has heads={layer.heads}: a fixed "
-                               "number in the rearrange or in self.heads; write self.heads = heads in the constructor "
-                               "and h=self.heads in every rearrange."))
-    return out
 
 
 _LATENTS_LEFT_OUT = ("the latents are left out of the keys/values: concatenate the normalised features and the "
@@ -170,7 +132,7 @@ def check_attend(attend_latents) -> None:
             Mistake("split in the wrong order", reference_attend(layer, q, k, v, order="e h", merge="h e"), _SPLIT),
             Mistake("one head", reference_attend(layer, q, k, v, heads=1),
                     "this is one head of width h*e: split q, k, v with h=layer.heads before the scores."),
-            *_scale_mistakes(layer, lambda **kw: reference_attend(layer, q, k, v, **kw)),
+            *scale_mistakes(layer, lambda **kw: reference_attend(layer, q, k, v, **kw)),
         ])
     passed("attend_latents is right: every latent's weights sum to 1 over the n+L keys, in each head.")
 
@@ -203,29 +165,19 @@ def _perceiver_mistakes(reference, x, latents):
         Mistake("media 0", run(x=first_media),
                 "every media's latents attend to media 0: the media axis was broadcast to one item (x[:, 0] or "
                 "x[:, :1]); keep the axis t, so media i is read by its own latents."),
-        *_scale_mistakes(reference, run),
-        *_heads_mistakes(reference, run),
+        *scale_mistakes(reference, run),
+        *heads_mistakes(reference, run),
     ]
 
 
-_CONFIGS = [dict(dim=16, dim_head=4, heads=2), dict(dim=24, dim_head=6, heads=3)]
+_SIZES = [dict(dim=16, dim_head=4, heads=2), dict(dim=24, dim_head=6, heads=3)]
 
 
 def check_forward(layer_cls) -> None:
     """Step 02.forward: `MyPerceiverAttention(dim=..., dim_head=..., heads=...)`'s forward, against the reference,
     in two sizes, so that a number fixed to the first size (a head count, a scale) shows in the second."""
-    what = f"your {layer_cls.__name__}"
-    for i, cfg in enumerate(_CONFIGS):
-        call = f"{layer_cls.__name__}({', '.join(f'{k}={v}' for k, v in cfg.items())})"
-        learner = run_learner(layer_cls, **cfg, what=call)
-        try:
-            check_layer(learner, fl.PerceiverAttention, what=what if i == 0 else call, mistakes=_perceiver_mistakes,
-                        reference_kwargs=cfg)
-        except ExerciseFailed as failed:
-            if i == 0:
-                raise
-            fail(f"{str(failed).rstrip('.')}. It passed with {_CONFIGS[0]}, so a number is fixed to that size: take "
-                 "every size from the constructor's arguments (heads, dim_head, dim).")
+    check_layer_in_sizes(layer_cls, fl.PerceiverAttention, _SIZES, what=f"your {layer_cls.__name__}",
+                         mistakes=_perceiver_mistakes)
 
 
 def check_unpatchify(unpatchify, patches, img, grid, p) -> None:

@@ -7,7 +7,8 @@ from einops import rearrange, repeat
 
 import flamingo_lite as fl
 
-from . import ExerciseFailed, Mistake, check_layer, compare, fail, passed, register_hints, run_learner
+from . import (ExerciseFailed, Mistake, check_layer, check_shapes_follow, compare, fail, passed, register_hints,
+               run_learner)
 
 register_hints({
     "03.embed": "media_pos_emb[:t] has shape (t, 1, d): adding it to x (b, t, n, d) broadcasts embedding i onto "
@@ -98,17 +99,8 @@ def check_feedforward(feedforward_cls) -> None:
     check_layer(learner, fl.FeedForward, x, what=what, mistakes=_feedforward_mistakes)
     with torch.random.fork_rng(devices=[]):  # the reference's random weights leave the lesson's draws as they were
         reference = fl.FeedForward(16, mult=2)
-    _check_shapes_follow(learner, reference, f"{feedforward_cls.__name__}(16, mult=2)",
+    check_shapes_follow(learner, reference, f"{feedforward_cls.__name__}(16, mult=2)",
                          "the hidden width is int(dim * mult): use the mult argument, not a fixed 4.")
-
-
-def _check_shapes_follow(learner, reference, call, advice) -> None:
-    """Every parameter's shape is the reference's built with the same arguments: a number fixed in the constructor
-    fails here, even where the forward check (which builds its reference from the learner's shapes) passed."""
-    theirs = {name: tuple(p.shape) for name, p in learner.state_dict().items()}
-    for name, p in reference.state_dict().items():
-        if name in theirs and theirs[name] != tuple(p.shape):
-            fail(f"{call}'s {name} has shape {theirs[name]}, where {tuple(p.shape)} is expected: {advice}")
 
 
 def reference_layers(layers, x, z, *, attn_residual=True, ff_residual=True):
@@ -180,7 +172,7 @@ def check_forward(resampler_cls) -> None:
     call = f"{resampler_cls.__name__}(dim=16, depth=2, ..., ff_mult=2)"
     with torch.random.fork_rng(devices=[]):  # building draws random weights: the lesson's own draws stay as they were
         learner, reference = run_learner(resampler_cls, **other, what=call), fl.PerceiverResampler(**other)
-    _check_shapes_follow(learner, reference, call, "pass ff_mult on to each MyFeedForward(dim, mult=ff_mult).")
+    check_shapes_follow(learner, reference, call, "pass ff_mult on to each MyFeedForward(dim, mult=ff_mult).")
 
 
 def _check_no_media_embedding(resampler_cls, kwargs, what) -> None:

@@ -8,7 +8,8 @@ from einops import rearrange
 import flamingo_lite as fl
 
 from ... import masks
-from . import Mistake, check_layer, compare, fail, passed, register_hints, run_learner
+from . import (ExerciseFailed, Mistake, check_layer, check_layer_in_sizes, compare, fail, heads_mistakes, passed,
+               register_hints, run_learner, scale_mistakes)
 
 register_hints({
     "05.softmax": "Find the rows that see nothing, empty = ~mask.any(dim=-1, keepdim=True). Fill the masked scores "
@@ -41,11 +42,40 @@ def reference_masked_softmax(scores, mask, *, fill="zero", axis=-1, use_mask=Tru
     return filled.softmax(dim=axis).masked_fill(empty, 0.0)
 
 
-_INF = ("a row that sees nothing comes out as NaN: softmax of an all -inf row is 0/0. Give such rows harmless "
-        "scores before the softmax and weight exactly 0 after it.")
+_INF = ("a row that sees nothing comes out as NaN, 0/0 (the softmax of an all -inf row, or weights divided by a sum "
+        "of 0): give such rows, ~mask.any(dim=-1, keepdim=True), weights exactly 0.")
 _MAX = ("a row that sees nothing gets a uniform average over every image, the future ones included (the original "
         "code's look into the future, from its -finfo.max fill): set the weights of rows that see nothing to 0.")
-_AXIS = "the softmax runs over the text tokens (dim=-2); it must run over the media latents, the last axis."
+_INVERTED = ("the mask is used the wrong way round: the weights are on the entries where mask is False and 0 where it "
+             "is True; mask == True means 'may attend', so fill ~mask with -inf, not mask.")
+_MULTIPLIED = ("the softmax ran over every entry and was then multiplied by the mask, so a row's allowed weights no "
+               "longer sum to 1: fill the masked scores with -inf before the softmax instead.")
+
+
+def _axis_message(axis: int, ndim: int) -> str:
+    """What a softmax over `axis` (negative) of (b, n, j) or (b, h, n, j) scores runs over, in one sentence."""
+    dim = ndim + axis
+    names = ["the batch", "the heads", "the text tokens"] if ndim == 4 else ["the batch", "the text tokens"]
+    return f"the softmax runs over {names[dim]} (dim={dim}); it must run over the media latents, the last axis (dim=-1)."
+
+
+def _named_by_the_sums(got, mask):
+    """The mistakes that show in where the weights are 0 and what they sum to, however the code is written: a mask
+    used the wrong way round, or a softmax over another axis. None when neither shows."""
+    w = got.detach().float().nan_to_num(0.0)  # (b, [h,] n, j)
+    allowed = mask.expand_as(w)  # (b, [h,] n, j)
+    if bool((w[~allowed] != 0).any()) and bool((w[allowed] == 0).all()):
+        return _INVERTED
+
+    def zero_or_one(sums):
+        return bool((((sums - 1).abs() < 1e-4) | (sums.abs() < 1e-4)).all())
+
+    if zero_or_one(w.sum(dim=-1)):
+        return None
+    for axis in range(-2, -w.ndim - 1, -1):
+        if zero_or_one(w.sum(dim=axis)):
+            return _axis_message(axis, w.ndim)
+    return None
 
 
 def check_masked_softmax(masked_softmax) -> None:
@@ -58,42 +88,80 @@ def check_masked_softmax(masked_softmax) -> None:
     mask[:, 1, 0] = True
     for m, what in ((mask, "your masked_softmax(scores, mask)"),
                     (rearrange(mask, "b i j -> b 1 i j"), "your masked_softmax(scores, mask) with a head axis to broadcast")):
-        scores = s if m.ndim == 3 else rearrange(s, "b i j -> b 1 i j").expand(2, 2, 3, 5)  # (b, [h,] n, j)
-        got = run_learner(masked_softmax, scores, m, what=what)
+        scores = s if m.ndim == 3 else rearrange(s, "b i j -> b 1 i j").expand(2, 2, 3, 5).clone()  # (b, [h,] n, j)
+        given = {"scores": scores.clone(), "mask": m.clone()}  # the learner's own copies, to see them changed
+        got = run_learner(masked_softmax, given["scores"], given["mask"], what=what)
+        for name, before in (("scores", scores), ("mask", m)):
+            if not torch.equal(given[name], before):
+                fail(f"{what} changes its input {name} in place (an op with a trailing _, such as masked_fill_, or "
+                     f"{name}[...] = ...): the caller's tensor changes too; use {name}.masked_fill(...), which "
+                     "returns a new tensor.")
+        if isinstance(got, torch.Tensor) and got.shape == scores.shape:
+            named = _named_by_the_sums(got, m)
+            if named is not None:
+                fail(f"{what}: {named}")
         compare(got, reference_masked_softmax(scores, m), what=what, mistakes=[
             Mistake("-inf fill", reference_masked_softmax(scores, m, fill="inf"), _INF),
             Mistake("-finfo.max fill", reference_masked_softmax(scores, m, fill="max"), _MAX),
-            Mistake("softmax over the wrong axis", reference_masked_softmax(scores, m, axis=-2), _AXIS),
+            Mistake("softmax over the text tokens", reference_masked_softmax(scores, m, axis=-2), _axis_message(-2, m.ndim)),
             Mistake("mask ignored", reference_masked_softmax(scores, m, use_mask=False),
                     "the mask has no effect: masked entries must get weight exactly 0."),
+            Mistake("softmax, then the mask", scores.softmax(dim=-1) * m, _MULTIPLIED),
         ])
     passed("masked_softmax is right: masked weights exactly 0, rows that see nothing all 0, no NaN.")
 
 
 def reference_cross_attention(layer, x, media, media_locations=None, *, fill="zero", scale=True, order="h e",
-                              use_mask=True, immediate=None, norm_media=False):
+                              use_mask=True, immediate=None, norm_media=False, axis=-1, heads=None, scale_value=None,
+                              invert=False):
+    """The layer's forward from its own weights, and the usual mistakes; `heads` splits into that many heads,
+    `scale_value` replaces the scale."""
     b, t, m = media.shape[:3]
-    heads = layer.heads
+    heads = layer.heads if heads is None else heads
     q = rearrange(layer.to_q(layer.norm(x)), f"b n ({order}) -> b h n e", h=heads)  # (b, h, n, e)
     media = layer.norm(media) if norm_media else media  # (b, t, m, d)
     k, v = layer.to_kv(rearrange(media, "b t m d -> b (t m) d")).chunk(2, dim=-1)  # 2 x (b, t*m, h*e)
     k, v = (rearrange(a, f"b j ({order}) -> b h j e", h=heads) for a in (k, v))  # (b, h, t*m, e)
     sim = torch.einsum("b h i e, b h j e -> b h i j", q, k)  # (b, h, n, t*m)
-    if scale:
+    if scale_value is not None:
+        sim = sim * scale_value
+    elif scale:
         sim = sim * (q.shape[-1] ** -0.5)
     if media_locations is not None and use_mask:
         mode = layer.only_attend_immediate_media if immediate is None else immediate
         mask = rearrange(masks.cross_attention_mask(media_locations, t, m, mode), "b i j -> b 1 i j")  # (b, 1, n, t*m)
-        attn = reference_masked_softmax(sim, mask, fill=fill)  # (b, h, n, t*m)
+        attn = reference_masked_softmax(sim, ~mask if invert else mask, fill=fill, axis=axis)  # (b, h, n, t*m)
     else:
-        attn = sim.softmax(dim=-1)  # (b, h, n, t*m)
+        attn = sim.softmax(dim=axis)  # (b, h, n, t*m)
     out = torch.einsum("b h i j, b h j e -> b h i e", attn, v)  # (b, h, n, e)
     return layer.to_out(rearrange(out, f"b h n e -> b n ({order})"))  # (b, n, d)
+
+
+_NO_LOCATIONS = ("media_locations=None means no mask: every word attends to every image, a plain softmax of the "
+                 "scores over the last axis")
+
+
+def _without_locations_mistakes(reference, x, media):
+    """The usual ways of getting media_locations=None wrong, computed with the reference's weights."""
+    first = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)  # (b, n)
+    first[:, 0] = True  # one marker before the first word: every word sees image 1 only
+    return [
+        Mistake("zeros without media_locations", torch.zeros_like(x),
+                f"without media_locations it returns zeros, as if no word saw an image; {_NO_LOCATIONS}."),
+        Mistake("x without media_locations", x,
+                f"without media_locations it returns x unchanged, as if there were no media; {_NO_LOCATIONS}."),
+        Mistake("image 1 only without media_locations", reference_cross_attention(reference, x, media, first),
+                f"without media_locations every word sees image 1 only, as if it came before the first word; "
+                f"{_NO_LOCATIONS}, not a mask made up for the missing argument."),
+    ]
 
 
 def _cross_attention_mistakes(reference, x, media, media_locations=None):
     run = lambda **flags: reference_cross_attention(reference, x, media, media_locations, **flags)  # noqa: E731
     return [
+        *(_without_locations_mistakes(reference, x, media) if media_locations is None else []),
+        Mistake("softmax over the text tokens", run(axis=-2), _axis_message(-2, 4)),
+        Mistake("softmax over the heads", run(axis=-3), _axis_message(-3, 4)),
         Mistake("-inf fill", run(fill="inf"), _INF),
         Mistake("-finfo.max fill", run(fill="max"), _MAX),
         Mistake("missing scale", run(scale=False), "the scores are not scaled: multiply them by self.scale before the softmax."),
@@ -101,25 +169,41 @@ def _cross_attention_mistakes(reference, x, media, media_locations=None):
                 "the heads are split in the wrong order: write '(h e)', not '(e h)', for q, k and v and when merging."),
         Mistake("media_locations ignored", run(use_mask=False),
                 "every word sees every image: with media_locations, build the mask and use masked_softmax."),
+        Mistake("mask inverted", run(invert=True),
+                "the mask is passed the wrong way round: give masked_softmax the mask itself (True where a word may "
+                "see a latent), not ~mask."),
         Mistake("mode not followed", run(immediate=not reference.only_attend_immediate_media),
                 "the mask is the other mode's: pass self.only_attend_immediate_media to the mask (do not fix it to "
                 "True or False, and do not invert it)."),
         Mistake("media normalised", run(norm_media=True),
                 "the media went through self.norm too: only the text x is normalised; the media come from the "
                 "resampler, already normalised."),
+        *scale_mistakes(reference, run),
+        *heads_mistakes(reference, run),
     ]
 
 
+_SIZES = [dict(dim=16, dim_head=4, heads=2), dict(dim=24, dim_head=6, heads=3)]
+
+
 def check_forward(layer_cls) -> None:
-    """Step 05.forward: `MyMaskedCrossAttention(...)`'s forward, in both modes and with media_locations=None."""
+    """Step 05.forward: `MyMaskedCrossAttention(...)`'s forward, in both modes, in two sizes (a head count or a scale
+    fixed to the first shows in the second), and with media_locations=None."""
+    name = layer_cls.__name__
     for mode in (True, False):
-        learner = run_learner(layer_cls, dim=16, dim_head=4, heads=2, only_attend_immediate_media=mode,
-                              what=f"{layer_cls.__name__}(dim=16, dim_head=4, heads=2, only_attend_immediate_media={mode})")
-        what = f"your {layer_cls.__name__} (only_attend_immediate_media={mode})"
-        check_layer(learner, fl.MaskedCrossAttention, what=what, mistakes=_cross_attention_mistakes)
+        check_layer_in_sizes(layer_cls, fl.MaskedCrossAttention,
+                             [dict(size, only_attend_immediate_media=mode) for size in _SIZES],
+                             what=f"your {name} (only_attend_immediate_media={mode})", mistakes=_cross_attention_mistakes)
+    with torch.random.fork_rng(devices=[]):  # building draws random weights: the lesson's own draws stay as they were
+        learner = run_learner(layer_cls, **_SIZES[0], what=f"{name}(dim=16, dim_head=4, heads=2)")
     x, media, _ = fl.teaching.checker.example_inputs(learner)
-    check_layer(learner, fl.MaskedCrossAttention, (x, media, None), what=f"your {layer_cls.__name__} without media_locations",
-                mistakes=_cross_attention_mistakes)
+    what = f"your {name} without media_locations"
+    try:
+        with torch.no_grad():
+            run_learner(learner, x, media, None, what=f"{what}, {name}.forward(x, media, None),")
+    except ExerciseFailed as failed:
+        fail(f"{str(failed).rstrip('.')}: {_NO_LOCATIONS}, no mask built from None.")
+    check_layer(learner, fl.MaskedCrossAttention, (x, media, None), what=what, mistakes=_cross_attention_mistakes)
 
 
 def check_tokens_reached(tokens_reached_by, x, media, media_locations, original_cls=None) -> list:
@@ -140,6 +224,10 @@ def check_tokens_reached(tokens_reached_by, x, media, media_locations, original_
             compare(reached, allowed, what=what, mistakes=[
                 Mistake("image counted from 0", (times == k + 1) if mode else (times >= k + 1),
                         "you changed image k+1: image k counted from 1 is media[:, k - 1]."),
+                Mistake("the other mode", (times >= k) if mode else (times == k),
+                        f"these are the words image k reaches in the other mode (only_attend_immediate_media="
+                        f"{not mode}): run the layer you are given, in its own mode, on the old and the new media, "
+                        "rather than working the answer out from the text time."),
                 Mistake("everything", torch.ones_like(allowed), "every token changed: change only image k, keep the others."),
             ])
     if original_cls is None:

@@ -3,15 +3,18 @@
 Each check runs the learner's code on a small input, compares it with the answer computed from the reference's
 own sub-layers, and when it differs, with the usual mistakes computed on the same input (gates without tanh, a
 residual missing, the feed-forward fed the block's input instead of the cross-attention's output, the two gates
-swapped), so the verdict names the mistake.
+swapped, a layer left ungated or gated by the other's gate, the cross-attention in the other mode), so the verdict
+names the mistake.
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 
 from ... import masks
 from ...gated import GatedCrossAttentionBlock
-from . import Mistake, compare, fail, passed, register_hints, run_learner
+from . import Mistake, check_shapes_follow, compare, fail, passed, register_hints, run_learner
 
 DIM, HEADS, DIM_HEAD = 16, 2, 8
 ATTN_GATE, FF_GATE = 0.7, -0.4  # opened, different, and tanh(g) far from g: every mistake gives other numbers
@@ -70,6 +73,14 @@ def _variants(reference, x, media, media_locations) -> dict:
     out["ff on x"] = y + f.tanh() * ff(x)
     ys = x + f.tanh() * xattn
     out["gates swapped"] = ys + a.tanh() * ff(ys)
+    out["ff not gated"] = y + ff(y)
+    out["ff gated by attn_gate"] = y + a.tanh() * ff(y)
+    y_open = x + xattn
+    out["attn not gated"] = y_open + f.tanh() * ff(y_open)
+    other = copy.deepcopy(attn)  # the same weights, in the other mode
+    other.only_attend_immediate_media = not attn.only_attend_immediate_media
+    y_other = x + a.tanh() * other(x, media, media_locations)
+    out["mode not passed"] = y_other + f.tanh() * ff(y_other)
     yn = x + xattn
     out["no gates"] = yn + ff(yn)
     ya = x + a.tanh() * attn(x, media, None)
@@ -89,6 +100,13 @@ MESSAGES = {
     "ff on x": "the feed-forward reads the block's input: it must read x after the cross-attention was added "
                "(the two lines run one after the other, not side by side).",
     "gates swapped": "the two gates are swapped: `attn_gate` scales the cross-attention, `ff_gate` the feed-forward.",
+    "ff not gated": "the feed-forward is not gated: multiply `self.ff(x)` by `self.ff_gate.tanh()` before adding it.",
+    "ff gated by attn_gate": "the feed-forward is gated by attn_gate: its own gate is `self.ff_gate`, "
+                             "`x = x + self.ff_gate.tanh() * self.ff(x)`.",
+    "attn not gated": "the cross-attention is not gated: multiply `self.attn(x, media, media_locations)` by "
+                      "`self.attn_gate.tanh()` before adding it.",
+    "mode not passed": "the cross-attention runs in the other mode: pass the block's only_attend_immediate_media on, "
+                       "`MyMaskedCrossAttention(..., only_attend_immediate_media=only_attend_immediate_media)`.",
     "no gates": "the gates are missing: multiply each layer's output by tanh of its gate before adding it.",
     "no media_locations": "the cross-attention was called without media_locations, so every word sees every "
                           "picture: pass them on, `self.attn(x, media, media_locations)`.",
@@ -108,11 +126,9 @@ def check_forward(block_class) -> None:
                     f"not in the reference {', '.join(sorted(have - want))}" if have - want else ""]
             fail(f"your block's parameters are not the reference's (attn, attn_gate, ff, ff_gate): "
                  f"{'; '.join(part for part in said if part)}.")
-        try:
-            mine.load_state_dict(reference.state_dict())
-        except RuntimeError as error:  # the names agree, a shape does not
-            fail(f"your block's parameters have the reference's names but not its shapes: "
-                 f"{' '.join(str(error).split())}")
+        # the names agree; a shape that differs is named (load_state_dict would quietly load a (1,) gate into ())
+        check_shapes_follow(mine, reference, "your block", _shape_advice)
+        mine.load_state_dict(reference.state_dict())
         with torch.no_grad():
             got = run_learner(mine, x, media, media_locations, what="your block's forward")
             variants = _variants(reference, x, media, media_locations)
@@ -134,17 +150,20 @@ def check_forward(block_class) -> None:
            "identity with closed gates.")
 
 
+def _shape_advice(name: str) -> str:
+    if name.endswith("gate"):
+        return ("create each gate as nn.Parameter(torch.tensor([0.0])), shape (1,) as in the reference, so that the "
+                "weights load both ways by name.")
+    return "build each layer with the constructor's arguments, as the reference does."
+
+
 def _check_ff_mult(block_class) -> None:
     """Built with ff_mult=2, every parameter has the reference's shape: a feed-forward fixed at 4x fails here."""
     call = f"{block_class.__name__}(dim={DIM}, ..., ff_mult=2)"
     with torch.random.fork_rng(devices=[]):  # building draws random weights: the lesson's own draws stay as they were
         mine = run_learner(block_class, dim=DIM, dim_head=DIM_HEAD, heads=HEADS, ff_mult=2, what=call)
         reference = GatedCrossAttentionBlock(dim=DIM, dim_head=DIM_HEAD, heads=HEADS, ff_mult=2)
-    theirs = {name: tuple(p.shape) for name, p in mine.state_dict().items()}
-    for name, p in reference.state_dict().items():
-        if name in theirs and theirs[name] != tuple(p.shape):
-            fail(f"{call}'s {name} has shape {theirs[name]}, where {tuple(p.shape)} is expected: pass ff_mult on to "
-                 "the feed-forward, MyFeedForward(dim, mult=ff_mult).")
+    check_shapes_follow(mine, reference, call, "pass ff_mult on to the feed-forward, MyFeedForward(dim, mult=ff_mult).")
 
 
 def check_tanh_slope(tanh_slope) -> None:
@@ -162,32 +181,64 @@ def check_tanh_slope(tanh_slope) -> None:
     passed("tanh_slope is right: at alpha = 0 the slope is exactly 1.")
 
 
-def check_params_with_gradient(params_with_gradient, block_class) -> list:
-    """Exercise "06.who_learns": at the start only the gates; with the attention gate open, the attention too."""
-    inputs = example_inputs()
-    torch.manual_seed(0)
-    fresh = block_class(dim=DIM, dim_head=DIM_HEAD, heads=HEADS)
-    got = run_learner(params_with_gradient, fresh, inputs, what="your params_with_gradient(block, inputs)")
+def _learning(block, inputs) -> list:
+    """The sorted names of `block`'s parameters that get a gradient, by autograd on the reference built with its
+    weights (the learner's block and its gradients are left alone)."""
+    with torch.random.fork_rng(devices=[]):  # building draws random weights: the lesson's own draws stay as they were
+        reference = GatedCrossAttentionBlock(dim=DIM, dim_head=DIM_HEAD, heads=HEADS)
+    try:
+        reference.load_state_dict(block.state_dict())
+    except RuntimeError:  # names or shapes that are not the reference's: the block's own check says which
+        fail("your block's parameters are not the reference's: run lesson06.check_forward on your block first, it "
+             "names what differs.")
+    reference(*inputs).pow(2).mean().backward()
+    return sorted(n for n, p in reference.named_parameters() if p.grad is not None and bool((p.grad != 0).any()))
+
+
+def _measured(params_with_gradient, block, inputs, want) -> list:
+    """The learner's answer on `block`, a list; the mistakes any answer can show (every name, unsorted) are named."""
+    got = run_learner(params_with_gradient, block, inputs, what="your params_with_gradient(block, inputs)")
     if not isinstance(got, (list, tuple)):
         fail(f"params_with_gradient returned a {type(got).__name__}: return a sorted list of parameter names.")
     got = list(got)
-    if got == sorted(n for n, _ in fresh.named_parameters()):
+    if set(got) == {n for n, _ in block.named_parameters()} and set(want) != set(got):
         fail("every parameter is listed: keep only those whose gradient is not all zeros "
              "(`p.grad is not None and (p.grad != 0).any()`).")
-    if got != ["attn_gate", "ff_gate"]:
-        fail(f"with closed gates the answer is ['attn_gate', 'ff_gate'], yours is {got}: did you clear the gradients "
-             "first and run backward on `block(*inputs).pow(2).mean()`?")
+    if sorted(got) == want and got != want:
+        fail(f"the names are right but not in sorted order ({got}): return `sorted(...)`.")
+    return got
+
+
+def check_params_with_gradient(params_with_gradient, block_class) -> list:
+    """Exercise "06.who_learns": at the start only the gates; with the attention gate open, the attention too; with it
+    closed again, only the gates once more (gradients left over from the call before would show here)."""
+    inputs = example_inputs()
+    torch.manual_seed(0)
+    fresh = block_class(dim=DIM, dim_head=DIM_HEAD, heads=HEADS)
+    gates = ["attn_gate", "ff_gate"]
+    got = _measured(params_with_gradient, fresh, inputs, gates)
+    if got != gates:
+        fail(f"with closed gates only the gates get a gradient, {gates}; yours is {got}: run backward on "
+             "`block(*inputs).pow(2).mean()` and keep the names whose `p.grad` is not None and not all 0.")
     with torch.no_grad():
         fresh.attn_gate.fill_(0.5)
-    opened = list(run_learner(params_with_gradient, fresh, inputs, what="your params_with_gradient(block, inputs)"))
+    want = _learning(fresh, inputs)
+    opened = _measured(params_with_gradient, fresh, inputs, want)
     if "attn.to_q.weight" not in opened:
         fail("with attn_gate opened, the cross-attention's weights must get a gradient too: does your function run a "
              "new forward and backward pass each time?")
-    if "ff.1.weight" in opened:
-        fail("with ff_gate still closed, ff.1.weight must have no gradient: clear the old gradients "
-             "(`block.zero_grad()`) before the backward pass.")
-    if opened != sorted(opened):
-        fail("the names are right but not sorted: return `sorted(...)`.")
+    if opened != want:
+        fail(f"with attn_gate opened the answer is {want}; yours is {opened}: keep every parameter whose gradient is "
+             "not all 0 after one forward and backward pass.")
+    with torch.no_grad():
+        fresh.attn_gate.zero_()
+    again = _measured(params_with_gradient, fresh, inputs, gates)
+    if again != gates:
+        left_over = [n for n in again if n not in gates and n in opened]
+        if left_over:
+            fail(f"with attn_gate closed again, {', '.join(left_over)} still have the gradient of the call before: "
+                 "backward adds to p.grad, so clear the old gradients (`block.zero_grad()`) before the backward pass.")
+        fail(f"with attn_gate closed again only the gates get a gradient, {gates}; yours is {again}.")
     passed(f"params_with_gradient is right: with attn_gate opened, {len(opened)} parameters learn.")
     return opened
 
