@@ -283,3 +283,24 @@ def test_a_generated_image_token_is_not_a_picture():
     model = fs.build_model(fs.FewShotSetup(), lm, TOK).eval()
     result = fs.evaluate_shots(model, fs.make_heldout_episodes(4, seed=0, pool_size=4), 2, TOK)
     assert result["generation"] == 0.0
+
+
+def test_links_vary_the_template_per_episode_and_keep_it_through_the_episode():
+    links = (fs.IS, "in", "")
+    data = fs.make_training_data(300, seed=4, max_shots=6, links=links)
+    seen = set()
+    for i in range(len(data)):
+        if data.kinds[i] != "episode":
+            continue
+        words = [w for w in TOK.words(data.tokens[i]) if w != fs.PAD_TOKEN]
+        chunks = " ".join(words).split(f" {fs.EOC_TOKEN}")[:-1]  # one example per chunk
+        used = {tuple(c.split()[-2:-1]) if c.split()[-2] in (fs.IS, "in") else () for c in chunks}
+        assert len(used) == 1  # one link through the whole episode
+        seen |= used
+    assert seen == {(fs.IS,), ("in",), ()}
+    default = fs.make_training_data(100, seed=1)
+    assert torch.equal(default.tokens, fs.make_training_data(100, seed=1, links=(fs.IS,)).tokens)  # no extra draw
+    with pytest.raises(ValueError, match="FewShotSetup.links"):
+        fs.FewShotSetup(links=("of",))
+    with pytest.raises(ValueError, match="links must be a non-empty tuple"):
+        fs.make_training_data(4, links=())

@@ -107,10 +107,11 @@ def class_words(class_index: int) -> list[str]:
     return [colour, shape]
 
 
-def shot_words(class_index: int, name: str, *, picture: bool) -> list[str]:
-    """One example: `<image> is dax <eoc>` (picture) or `red circle is dax <eoc>` (text)."""
+def shot_words(class_index: int, name: str, *, picture: bool, link: str = IS) -> list[str]:
+    """One example: `<image> is dax <eoc>` (picture) or `red circle is dax <eoc>` (text); `link` is the word
+    between the picture (or its words) and the name, none if ""."""
     head = [MEDIA_TOKEN] if picture else class_words(class_index)
-    return head + [IS, name, EOC_TOKEN]
+    return head + ([link] if link else []) + [name, EOC_TOKEN]
 
 
 def next_media_locations(words: list[str]) -> list[bool]:
@@ -136,17 +137,24 @@ def make_training_data(
     p_next: float = 0.0,
     text_only: bool = False,
     tokenizer: Tokenizer | None = None,
+    links: tuple = (IS,),
 ) -> FewShotData:
     """Interleaved training sequences, deterministic from `seed` (see the module doc).
 
     `text_only=True` gives the language model's pretraining text: the same episodes with every picture replaced
     by its class words, and captions without their pictures (`<image> a red circle <eoc>`).
+    `links`: the words an episode may put between a picture and its name, one drawn per episode and kept through
+    it (`<image> is dax`, `<image> in dax`, `""`: `<image> dax`); with one link no draw is made, so the default
+    data are the same as without the argument.
     """
     num_sequences = check_positive_int("num_sequences", num_sequences)
     check_positive_int("max_images", max_images)
     check_positive_int("max_shots", max_shots)
     if max_images < 2:
         raise ValueError(f"max_images must be at least 2 (a support picture and the query), got {max_images}")
+    links = tuple(links)
+    if not links or any(not isinstance(w, str) for w in links):
+        raise ValueError(f"links must be a non-empty tuple of words (\"\" for none), got {links!r}")
     for name, p in (("p_all_picture", p_all_picture), ("p_caption", p_caption), ("p_next", p_next)):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{name} must lie in [0, 1], got {p}")
@@ -177,14 +185,14 @@ def make_training_data(
             # the query is usually of a class the examples name, so most episodes can be solved
             query = shots[int(rng.integers(num_shots))] if shots and rng.random() < 0.9 else int(rng.integers(len(CLASSES)))
             first_picture = num_shots - (num_pictures - 1)
+            link = links[0] if len(links) == 1 else links[int(rng.integers(len(links)))]
             words = []
             for j, c in enumerate(shots):
                 picture = j >= first_picture and not text_only
-                words += shot_words(c, NAMES[names[c]], picture=picture)
+                words += shot_words(c, NAMES[names[c]], picture=picture, link=link)
                 if picture:
                     pictures.append(c)
-            head = class_words(query) if text_only else [MEDIA_TOKEN]
-            words += head + [IS, NAMES[names[query]], EOC_TOKEN]
+            words += shot_words(query, NAMES[names[query]], picture=not text_only, link=link)
             if not text_only:
                 pictures.append(query)
         if text_only and kinds[-1] == "caption":
@@ -425,8 +433,12 @@ class FewShotSetup:
     bucket_flamingo: bool = False  # length-bucketed batches for the Flamingo stage too (faster, but learned less)
     log_every: int = 25
     shots: tuple = (0, 1, 2, 4, 8, 16, 32)
+    links: tuple = (IS,)  # the words between a picture and its name in training, one per episode (make_training_data)
 
     def __post_init__(self):  # every number in range, named, before any work
+        self.links = tuple(self.links)
+        if not self.links or any(not isinstance(w, str) or (w and w not in fewshot_tokenizer().index) for w in self.links):
+            raise ValueError(f"FewShotSetup.links must be words of the few-shot vocabulary (\"\" for none), got {self.links!r}")
         for name in ("lm_steps", "lm_batch_size", "steps", "batch_size", "num_train", "num_heldout", "pool_size",
                      "max_shots", "max_images", "log_every"):
             check_positive_int(f"FewShotSetup.{name}", getattr(self, name))
@@ -477,7 +489,8 @@ def run_fewshot(setup: FewShotSetup | None = None, *, device=None, progress: boo
     start = time.perf_counter()
     tok = fewshot_tokenizer()
     seed_everything(setup.seed)
-    kwargs = dict(max_images=setup.max_images, max_shots=setup.max_shots, p_all_picture=setup.p_all_picture, p_caption=setup.p_caption, tokenizer=tok)
+    kwargs = dict(max_images=setup.max_images, max_shots=setup.max_shots, p_all_picture=setup.p_all_picture, p_caption=setup.p_caption,
+                  tokenizer=tok, links=setup.links)
     text = make_training_data(setup.num_train, seed=setup.seed * 2, text_only=True, **kwargs)
     train = make_training_data(setup.num_train, seed=setup.seed * 2 + 1, p_next=setup.p_next, **kwargs)
     episodes = make_heldout_episodes(setup.num_heldout, seed=setup.seed, pool_size=setup.pool_size)
@@ -523,7 +536,7 @@ def run_fewshot(setup: FewShotSetup | None = None, *, device=None, progress: boo
         train_seconds=train_seconds,
         seconds=time.perf_counter() - start,
         device=str(device),
-        config={"fewshot": {**asdict(setup), "shots": list(setup.shots)}, "lm_max_len": max_len},
+        config={"fewshot": {**asdict(setup), "shots": list(setup.shots), "links": list(setup.links)}, "lm_max_len": max_len},
     )
     return model, history
 

@@ -1,0 +1,120 @@
+"""In-context learning on what training never showed (issue 20): the held-out format and rule inference, per seed,
+beside their baselines, with issue 20's targets checked on each seed.
+
+    python benchmarks/heldout.py                                  # train and evaluate seeds 0 1 2 (about 4 min each)
+    python benchmarks/heldout.py --model assets/fewshot_model.pt  # evaluate a saved model (its own seed) only
+    python benchmarks/heldout.py --report-only                    # the table from benchmarks/results/heldout.json
+
+Each seed is `run_fewshot(FewShotSetup(seed=s))`, the recipe of `python -m flamingo_lite.train --task fewshot`, whose
+history holds the `heldout_format`, `rule_inference` and `induction_heads` blocks (`flamingo_lite.tiny.heldout`).
+Writes benchmarks/results/heldout.json after every seed (atomically) and the table benchmarks/HELDOUT.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+
+from flamingo_lite.files import write_text_atomic  # noqa: E402
+from flamingo_lite.tiny.fewshot import FewShotSetup, fewshot_tokenizer, load_model, run_fewshot  # noqa: E402
+from flamingo_lite.tiny.heldout import heldout_curves  # noqa: E402
+
+TASKS = ("heldout_format", "rule_inference")
+CURVES = (("curve", "Flamingo"), ("knn_curve", "nearest neighbour"), ("lm_only_curve", "LM alone, no pictures"),
+          ("head_ablated_curve", "induction head(s) zeroed"), ("in_support", "answer's name in the prompt"),
+          ("prompt_names_guess", "a guess among the prompt's names"))
+
+
+def fmt(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def targets(run: dict) -> list[tuple[str, bool]]:
+    """Issue 20's targets on one seed, each with whether it is met."""
+    held, rule = run["heldout_format"], run["rule_inference"]
+    c, r = held["curve"], rule["curve"]
+    gain = r["16"] - rule["chance"]
+    kept = held["head_ablated_curve"]["16"] - held["chance"]
+    return [
+        ("held-out format 0-shot within 0.05 of chance", abs(c["0"] - held["chance"]) <= 0.05),
+        ("held-out format 16-shot >= 0.7", c["16"] >= 0.7),
+        ("held-out format 16-shot >= 2-shot + 0.2", c["16"] >= c["2"] + 0.2),
+        ("rule inference 16-shot >= nearest neighbour + 0.15", r["16"] >= rule["knn_curve"]["16"] + 0.15),
+        ("rule inference 16-shot >= 1-shot + 0.15", r["16"] >= r["1"] + 0.15),
+        ("head ablation removes at least half of the held-out format's 16-shot gain over chance",
+         c["16"] - held["chance"] > 0 and kept <= 0.5 * (c["16"] - held["chance"])),
+        ("head ablation removes at least half of rule inference's 16-shot gain over chance",
+         gain > 0 and rule["head_ablated_curve"]["16"] - rule["chance"] <= 0.5 * gain),
+    ]
+
+
+def write_table(results: dict, path: Path) -> None:
+    lines = ["# In-context learning on held-out formats (issue 20)", "",
+             "Made by `python benchmarks/heldout.py`; the numbers are in `results/heldout.json`. Accuracy (likelihood scoring "
+             "of the 16 names) on 500 held-out episodes against the number k of support pictures; chance is 1/16 = 0.06. "
+             "The held-out format is the naming task in `<image> a NAME <eoc>`, a template no training sequence has; rule "
+             "inference names pictures by colour in half the prompts and by shape in the other half, and the query's "
+             "colour-shape combination is never among the support pictures (`flamingo_lite/tiny/heldout.py`).", "",
+             f"Machine: {results.get('machine', '?')}", ""]
+    for seed, run in sorted(results["runs"].items(), key=lambda kv: int(kv[0])):
+        lines += [f"## Seed {seed} ({run.get('source', 'trained')})", ""]
+        for task in TASKS:
+            block = run[task]
+            ks = list(block["curve"])
+            lines += [f"{task.replace('_', ' ')}, template `{block['template']}`:", "",
+                      "| | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+            lines += [f"| {label} | " + " | ".join(fmt(block[key][k]) for k in ks) + " |" for key, label in CURVES]
+            lines.append("")
+        heads = ", ".join(f"layer {l} head {h}" for l, h in run["induction_heads"]["heads"])
+        lines += [f"Induction head(s), by attention on same-class names in the training template: {heads}.", "",
+                  "Issue 20's targets:", ""]
+        lines += [f"- {name}: {'met' if ok else 'not met'}" for name, ok in targets(run)]
+        lines.append("")
+    write_text_atomic(path, "\n".join(lines))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--model", type=Path, default=None, help="evaluate this saved few-shot model instead of training")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "heldout.json")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    results = json.loads(args.out.read_text()) if args.out.exists() else {"runs": {}}
+    if not args.report_only:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        results["machine"] = f"{platform.processor() or platform.machine()}, {args.threads} torch threads, load average {load:.1f} at start, torch {torch.__version__}"
+        jobs = [None] if args.model is not None else args.seeds
+        for seed in jobs:
+            start = time.perf_counter()
+            if args.model is not None:
+                model, setup = load_model(args.model)
+                run = heldout_curves(model, fewshot_tokenizer(), setup.shots, num_episodes=setup.num_heldout,
+                                     pool_size=setup.pool_size, seed=setup.seed)
+                seed, run["source"] = setup.seed, f"evaluated from {args.model.as_posix()}"
+            else:
+                _, history = run_fewshot(FewShotSetup(seed=seed), progress=False)
+                run = {k: history[k] for k in (*TASKS, "induction_heads", "shots_curve", "seconds")}
+                run["source"] = f"trained, {history['seconds']:.0f} s with evaluation"
+            results["runs"][str(seed)] = run
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(args.out, json.dumps(results, indent=1))
+            print(f"seed {seed}: held-out format {run['heldout_format']['curve']}, rule inference "
+                  f"{run['rule_inference']['curve']} ({time.perf_counter() - start:.0f} s)", flush=True)
+    write_table(results, ROOT / "HELDOUT.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
