@@ -137,7 +137,8 @@ def test_06_exercises():
 def flamingo_class(*, every_layer=False, shift=False, before=True, resampler=True, locations=True, head=True,
                    freeze_vision=True, freeze_lm=True, freeze_all=False, num_latents=None, xattn_name="xattn",
                    int_keys=False, init_stub=False, forward_stub=False, new_lm=False, resampler_depth=None,
-                   extra=False):
+                   extra=False, lm_heads=False, double_residual=False, shared=False, skip_lm_layers=False,
+                   media_id=None, pass_immediate=True, double_lm=False, skip_block=None):
     """The lesson's MyFlamingo, with the usual mistakes as switches."""
     from flamingo_lite.tiny.model import freeze
 
@@ -151,15 +152,18 @@ def flamingo_class(*, every_layer=False, shift=False, before=True, resampler=Tru
             self.lm = freeze(lm) if freeze_lm else lm
             if new_lm:
                 self.lm = freeze(TinyLM(config.lm_config()))
+            heads = config.lm_heads if lm_heads else config.heads
             self.resampler = flamingo_lite.PerceiverResampler(
-                dim=config.dim, depth=resampler_depth or config.resampler_depth, dim_head=config.dim_head, heads=config.heads,
+                dim=config.dim, depth=resampler_depth or config.resampler_depth, dim_head=config.dim_head, heads=heads,
                 num_latents=num_latents or config.num_latents, num_media_embeds=config.num_media_embeds,
                 ff_mult=config.ff_mult, media_embedding=config.media_embedding)
             depth, every = len(lm.blocks), config.cross_attn_every
             self.xattn_layers = [i for i in range(depth) if every_layer or (i + shift) % every == 0]
-            blocks = {i if int_keys else str(i): flamingo_lite.GatedCrossAttentionBlock(
-                dim=config.dim, dim_head=config.dim_head, heads=config.heads, ff_mult=config.ff_mult,
-                only_attend_immediate_media=config.only_attend_immediate_media) for i in self.xattn_layers}
+            immediate = {"only_attend_immediate_media": config.only_attend_immediate_media} if pass_immediate else {}
+            make = lambda: flamingo_lite.GatedCrossAttentionBlock(  # noqa: E731
+                dim=config.dim, dim_head=config.dim_head, heads=heads, ff_mult=config.ff_mult, **immediate)
+            one = make()
+            blocks = {i if int_keys else str(i): one if shared else make() for i in self.xattn_layers}
             setattr(self, xattn_name, nn.ModuleDict(blocks))
             if extra:  # flamingo-pytorch's per-picture embedding, which the paper's Flamingo does not have
                 self.media_pos_emb = nn.Parameter(torch.zeros(config.num_media_embeds, 1, config.dim))
@@ -171,12 +175,14 @@ def flamingo_class(*, every_layer=False, shift=False, before=True, resampler=Tru
                 stub()
             feats = self.vision(images)  # (b, t, g, d)
             media = self.resampler(feats) if resampler else feats  # (b, t, L, d)
-            loc = tokens == self.config.media_token_id if locations else None  # (b, n)
+            loc = tokens == (self.config.media_token_id if media_id is None else media_id) if locations else None  # (b, n)
             x = self.lm.embed(tokens)  # (b, n, d)
             for i, lm_block in enumerate(self.lm.blocks):
-                if before and i in self.xattn_layers:
-                    x = self.xattn[str(i)](x, media, loc)  # (b, n, d)
-                x = lm_block(x)  # (b, n, d)
+                if skip_lm_layers and i not in self.xattn_layers:
+                    continue
+                if before and i in self.xattn_layers and i != skip_block:
+                    x = x + self.xattn[str(i)](x, media, loc) if double_residual else self.xattn[str(i)](x, media, loc)
+                x = x + lm_block(x) if double_lm else lm_block(x)  # (b, n, d)
                 if not before and i in self.xattn_layers:
                     x = self.xattn[str(i)](x, media, loc)  # (b, n, d)
             return self.lm.head(x) if head else x  # (b, n, V)
@@ -216,6 +222,45 @@ def test_07_flamingo_class(capsys):
                                                        vision=VisionEncoder(dim=config.dim)), config)
     with pytest.raises(TypeError, match="FlamingoConfig"):
         lesson08.check_flamingo_class(flamingo_class(), {"dim": 64})
+
+
+def test_07_flamingo_class_second_config_and_forward_mistakes():
+    """A second config (block heads != lm_heads, another <image> id, all previous media) names what the first
+    config cannot see; a residual added twice, a shared block and skipped LM layers are named too."""
+    config = FlamingoConfig()
+    other = lesson08.other_config(config)
+    assert other.heads != other.lm_heads and other.media_token_id != config.media_token_id
+    assert not other.only_attend_immediate_media
+    fails(lesson08.check_flamingo_class, flamingo_class(lm_heads=True), config,
+          match=r"the gated blocks and the resampler|the resampler and the gated blocks")
+    fails(lesson08.check_flamingo_class, flamingo_class(lm_heads=True), config, match=r"`config\.lm_heads` \(4\).*`config\.heads` \(2\)")
+    fails(lesson08.check_flamingo_class, flamingo_class(media_id=1), config,
+          match=r"id 1, fixed in your code.*`<image>` is id 2.*self\.config\.media_token_id")
+    fails(lesson08.check_flamingo_class, flamingo_class(pass_immediate=False), config,
+          match=r"only_attend_immediate_media=False: pass `only_attend_immediate_media=config")
+    fails(lesson08.check_flamingo_class, flamingo_class(double_residual=True), config,
+          match=r"added to x once more.*already adds its own residual")
+    fails(lesson08.check_flamingo_class, flamingo_class(double_lm=True), config, match=r"LM layer's output is added to x once more")
+    fails(lesson08.check_flamingo_class, flamingo_class(shared=True), config, match="one gated block object sits before several layers")
+    for layer in (0, 2):
+        fails(lesson08.check_flamingo_class, flamingo_class(skip_block=layer), config,
+              match=rf"the gated block before LM layer {layer} never runs")
+    fails(lesson08.check_flamingo_class, flamingo_class(skip_lm_layers=True), config,
+          match=r"runs only the LM layers that have a block before them \(\[0, 2\]\)")
+
+
+def test_07_flamingo_class_keeps_the_global_random_numbers():
+    """The second config's build runs in a forked RNG: after the check the global RNG is where one build leaves it."""
+    config = FlamingoConfig()
+    lesson08.check_flamingo_class(flamingo_class(), config)
+    after_check = torch.rand(3)
+    torch.manual_seed(0)  # what the first config's part does, with the learner's solution
+    example = lesson08.example_config(config)
+    lm = TinyLM(example.lm_config())
+    vision = flamingo_lite.tiny.model.make_vision_encoder(example)
+    Flamingo(example, lm=lm, vision=vision)
+    flamingo_class()(example, lm=lm, vision=vision)
+    assert torch.equal(after_check, torch.rand(3))
 
 
 def test_07_flamingo_class_names_missing_unexpected_and_misshaped_parameters():
