@@ -310,6 +310,35 @@ def test_07_exercises():
     fails(lesson08.check_no_gate, lambda c, t, i: not differs(c, t, i), tokens.tokens, tokens.images, match="opposite question")
 
 
+def test_07_no_gate_names_a_tolerance_a_self_comparison_and_another_lm():
+    data = flamingo_lite.tiny.data.make_dataset(2, seed=0)
+
+    def differs(cfg, t, i, *, compare=lambda a, b: not torch.equal(a, b), against="lm"):
+        model = Flamingo(cfg)
+        with torch.no_grad():
+            other = {"lm": lambda: model.lm(t), "itself": lambda: model(t, i),
+                     "fresh": lambda: TinyLM(cfg.lm_config())(t)}[against]()
+            return compare(model(t, i), other)
+
+    fails(lesson08.check_no_gate, lambda c, t, i: differs(c, t, i, compare=lambda a, b: not torch.allclose(a, b)),
+          data.tokens, data.images, match=r"compares with a tolerance \(torch\.allclose.*use `torch\.equal`")
+    fails(lesson08.check_no_gate, lambda c, t, i: differs(c, t, i, compare=lambda a, b: bool((a - b).abs().max() > 1e-4)),
+          data.tokens, data.images, match="compares with a tolerance")
+    fails(lesson08.check_no_gate, lambda c, t, i: differs(c, t, i, against="itself"), data.tokens, data.images,
+          match=r"never runs the language model on its own, so it compares the model with itself")
+    fails(lesson08.check_no_gate, lambda c, t, i: differs(c, t, i, against="fresh"), data.tokens, data.images,
+          match="another language model than the model's own")
+    # an exact comparison with rtol=atol=0 is torch.equal in other words: it passes
+    lesson08.check_no_gate(lambda c, t, i: differs(c, t, i, compare=lambda a, b: not torch.allclose(a, b, rtol=0, atol=0)),
+                           data.tokens, data.images)
+    # the extra call runs in a forked RNG: the global RNG is where the learner's second build leaves it
+    lesson08.check_no_gate(differs, data.tokens, data.images)
+    after_check = torch.rand(3)
+    torch.manual_seed(0)
+    Flamingo(FlamingoConfig(tanh_gate=False))
+    assert torch.equal(after_check, torch.rand(3))
+
+
 # ---------------------------------------------------------------------------------------------------------- 08
 
 def loss_08(logits, tokens, pad_id=0):
