@@ -352,6 +352,13 @@ def test_08_loss():
     fails(lesson09.check_loss, lambda lg, tk, p=0: flat(lg, tk, ignore_index=p), match="its own token")
     fails(lesson09.check_loss, lambda lg, tk, p=0: flat(lg[:, :-1], tk[:, 1:]), match="padding")
     fails(lesson09.check_loss, lambda lg, tk, p=0: flat(lg[:, 1:], tk[:, :-1], ignore_index=p), match="wrong way")
+    # a fixed pad id passes with pad_id 0 and is named with pad_id 2
+    fails(lesson09.check_loss, lambda lg, tk, p=0: flat(lg[:, :-1], tk[:, 1:], ignore_index=0),
+          match=r"leaves out the targets with id 0, not those with id pad_id \(2 here\)")
+    fails(lesson09.check_loss, lambda lg, tk, p=0: flat(lg[:, :-1], tk[:, 1:], ignore_index=0) if p == 0 else flat(lg[:, :-1], tk[:, 1:]),
+          match=r"counts the padding targets \(id 2 here\)")
+    logits, tokens = lesson09.example_batch(pad_id=2)
+    assert (tokens[:, 1:] == 0).any() and (tokens == 2).any() and not (tokens[0] == 2).any()
 
 
 def freeze_08(model):
@@ -414,6 +421,13 @@ def test_08_exercises():
     fails(lesson09.check_first_step_above, stub, match="not written yet")
     lesson09.check_first_step_above(first)
     fails(lesson09.check_first_step_above, lambda h, l, t: first(h, l, t, use_abs=False), match="negative")
+
+    def first_at_or_above(history, layer, threshold):
+        return next((s for s, g in zip(history["step"], history["attn_gate_tanh"]) if abs(g[layer]) >= threshold), None)
+
+    fails(lesson09.check_first_step_above, first_at_or_above, match=r"exactly 0\.04: that does not exceed.*not `>=`")
+    fails(lesson09.check_first_step_above, lambda h, l, t: first_at_or_above(h, l, t) if l == 1 else first(h, l, t),
+          match=r"returned step 20, where \|tanh\(attn_gate\)\| is exactly 0\.3")  # a negative gate at -0.3
     from flamingo_lite.tiny import data as shapes_data
 
     def fmt(caption):

@@ -47,19 +47,25 @@ register_hints({
 })
 
 
-def example_batch(seed: int = 0):
-    """Logits (3, 8, 12) and tokens (3, 8) whose rows end in different amounts of padding (id 0)."""
+def example_batch(seed: int = 0, pad_id: int = 0):
+    """Logits (3, 8, 12) and tokens (3, 8) whose rows end in different amounts of padding (id `pad_id`, 0 or 2); with
+    pad_id 2 the id 0 is a real token, the second of every row, so a loss that leaves out id 0 is wrong there."""
+    if pad_id not in (0, 2):
+        raise ValueError(f"pad_id must be 0 or 2 (the other ids are real tokens here), got {pad_id}")
     generator = torch.Generator().manual_seed(seed)
     tokens = torch.randint(3, 12, (3, 8), generator=generator)  # (b, n)
     tokens[:, 0] = 1  # every row starts with <image>
-    tokens[1, 5:] = 0  # padding
-    tokens[2, 3:] = 0
+    if pad_id != 0:
+        tokens[:, 1] = 0  # a real token with the id the usual padding has
+    tokens[1, 5:] = pad_id  # padding
+    tokens[2, 3:] = pad_id
     logits = torch.randn(3, 8, 12, generator=generator) * 2  # (b, n, V)
     return logits, tokens
 
 
 def check_loss(next_token_loss) -> None:
-    """Step "09.loss": the shifted, padding-free mean cross-entropy, on a padded batch."""
+    """Step "09.loss": the shifted, padding-free mean cross-entropy, on a padded batch, then on one padded with
+    another id (pad_id=2, where 0 is a real token), so a loss that leaves out a fixed id instead of pad_id is named."""
     logits, tokens = example_batch()
     got = run_learner(next_token_loss, logits.clone(), tokens.clone(), 0, what="your next_token_loss(logits, tokens, pad_id)")
     if isinstance(got, torch.Tensor) and got.numel() == 1:
@@ -83,8 +89,25 @@ def check_loss(next_token_loss) -> None:
                 "the loss is a sum: take the mean over the real target tokens (the default `reduction='mean'`)."),
     ]
     compare(got, want, what="your next_token_loss", mistakes=mistakes)
+
+    pad_id = 2
+    logits, other = example_batch(pad_id=pad_id)
+    got = run_learner(next_token_loss, logits.clone(), other.clone(), pad_id,
+                      what=f"your next_token_loss(logits, tokens, pad_id={pad_id})")
+    if isinstance(got, torch.Tensor) and got.numel() == 1:
+        got = got.reshape(())
+    mistakes = [
+        Mistake("fixed pad id", flat(logits[:, :-1], other[:, 1:], ignore_index=0),
+                f"the loss leaves out the targets with id 0, not those with id pad_id ({pad_id} here): pass "
+                "`ignore_index=pad_id`, not a fixed id."),
+        Mistake("padding counted", flat(logits[:, :-1], other[:, 1:]),
+                f"the loss counts the padding targets (id {pad_id} here): pass `ignore_index=pad_id` to "
+                "`F.cross_entropy`."),
+    ]
+    compare(got, training.next_token_loss(logits, other, pad_id), what=f"your next_token_loss with pad_id={pad_id}",
+            mistakes=mistakes)
     passed(f"next_token_loss is right: {want.item():.4f} on a batch with padding, only the {int((tokens[:, 1:] != 0).sum())} "
-           "real next tokens counted.")
+           f"real next tokens counted; also with pad_id={pad_id}.")
 
 
 def check_freeze(freeze_pretrained, config: FlamingoConfig | None = None) -> None:
@@ -212,14 +235,20 @@ def check_greedy(greedy_decode) -> None:
 
 
 def check_first_step_above(first_step_above) -> None:
-    """Exercise "09.first_step" on a small made-up history (negative gates included)."""
+    """Exercise "09.first_step" on a small made-up history (negative gates included, and gates exactly at the
+    threshold, which have not exceeded it: the comparison is a strict `>`)."""
     toy = {"step": [0, 10, 20, 30], "attn_gate_tanh": [[0.0, 0.0], [0.01, -0.2], [0.04, -0.3], [0.06, -0.3]]}
-    for layer, threshold, want in [(0, 0.05, 30), (1, 0.05, 10), (0, 0.5, None)]:
+    for layer, threshold, want in [(0, 0.05, 30), (1, 0.05, 10), (0, 0.5, None), (0, 0.04, 30), (1, 0.3, None)]:
         got = run_learner(first_step_above, toy, layer, threshold, what=f"your first_step_above(history, {layer}, {threshold})")
         if got == want and (want is not None or got is None):
             continue
         if (layer, want) == (1, 10) and got is None:
             fail("first_step_above misses gates that open negative: compare `abs(gate)` with the threshold.")
+        at = next((s for s, g in zip(toy["step"], toy["attn_gate_tanh"]) if abs(g[layer]) >= threshold), None)
+        if got == at and at is not None:
+            fail(f"first_step_above(history, {layer}, {threshold}) returned step {got}, where |tanh(attn_gate)| is "
+                 f"exactly {threshold}: that does not exceed the threshold, so compare with a strict "
+                 "`abs(gate) > threshold`, not `>=`.")
         if want is None:
             fail(f"when no gate passes the threshold the answer is None, yours is {got!r}: return None after the loop.")
         if got == toy["step"].index(want):
