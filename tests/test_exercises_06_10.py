@@ -444,7 +444,8 @@ def test_08_exercises():
 
 
 def loop_09(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_every, seed, zero_grad=True, freeze=True,
-            gate_decay=False, shift=True, step_opt=True, first_log=True, keys=True, one_group=False, cosine=True):
+            gate_decay=False, shift=True, step_opt=True, first_log=True, keys=True, one_group=False, cosine=True,
+            log_index=False, index_condition=False, log_early=False):
     """The training loop of lesson 09, written as a learner would, with switches for the usual mistakes."""
     import math
 
@@ -482,6 +483,10 @@ def loop_09(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_ev
         loss = loss_08(logits, part.tokens) if shift else F.cross_entropy(logits.flatten(0, 1), part.tokens.flatten())
         if step == 0 and first_log:
             log(0, loss.item())
+        count = step if index_condition else step + 1  # the condition tested on the 0-based index: a mistake
+        logged = count % log_every == 0 or step + 1 == steps
+        if logged and log_early:  # before the update: a mistake
+            log(step + 1, loss.item())
         if zero_grad:
             optimizer.zero_grad()
         loss.backward()
@@ -489,8 +494,8 @@ def loop_09(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_ev
             optimizer.step()
         schedule.step()
         history["loss_every_step"].append(loss.item())
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            log(step + 1, loss.item())
+        if logged and not log_early:
+            log(step if log_index else step + 1, loss.item())
     model.eval()
     return history
 
@@ -520,6 +525,15 @@ def test_09_train_loop():
     fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, step_opt=False), match="did not change")
     fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, first_log=False), match="log step 0")
     fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, keys=False), match="ff_gate_tanh")
+    # "step" counts the updates done, from 1; a loop one off is told so
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, log_index=True),
+          match=r"logs the steps \[0, 1, 3, 5\], train_flamingo logs \[0, 2, 4, 6\]: off by one; 'step' counts the optimizer updates")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, index_condition=True),
+          match=r"logs the steps \[0, 1, 3, 5, 6\].*off by one")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, index_condition=True, log_index=True),
+          match=r"logs the steps \[0, 0, 2, 4, 5\].*off by one")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, log_early=True),
+          match=r"gates are those before its update, off by one")
     fails(lesson09.check_train_loop, lambda m, d, **k: loop_09(m, d, **{**k, "seed": k["seed"] + 1}), match="first batch")
     fails(lesson09.check_train_loop, lambda m, d, **k: loop_09(m, d, **{**k, "lr": k["lr"] * 2}), match="no usual mistake")
     fails(lesson09.check_train_loop, lambda *a, **k: None, match="return the history")

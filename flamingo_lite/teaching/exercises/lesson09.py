@@ -38,8 +38,9 @@ register_hints({
                "Batches: `generator = torch.Generator().manual_seed(seed)`; when the queue is empty, "
                "`torch.randperm(len(data), generator=generator)`, keep whole batches, `.split(batch_size)`. Each step: "
                "`part = data[idx]`, loss of `model(part.tokens, part.images, part.media_locations)`, log step 0 before "
-               "the update, then `zero_grad`, `backward`, `step`, `schedule.step()`, and log every `log_every` steps "
-               "and the last.",
+               "the update, then `zero_grad`, `backward`, `step`, `schedule.step()`. 'step' counts the updates done: "
+               "after the update of `for step in range(steps)` (0-based) there are `step + 1`, so log `step + 1` when "
+               "`(step + 1) % log_every == 0 or step + 1 == steps`.",
     "09.first_step": "Walk `zip(history['step'], history['attn_gate_tanh'])` and return the first step where "
                      "`abs(gates[layer]) > threshold`; after the loop return None.",
     "09.format": "`caption.split()`: 3 words `a COLOUR SHAPE` is colour first, 4 words `a SHAPE in COLOUR` is shape "
@@ -286,8 +287,14 @@ def tiny_setup(seed: int = 0):
 
 
 def reference_loop(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_every, seed,
-                   zero_grad=True, gate_decay=False, one_group=False, schedule=True, shift=True, freeze=True) -> dict:
-    """`training.train_flamingo`'s history, made by a loop that can make the usual mistakes (the flags), to name them."""
+                   zero_grad=True, gate_decay=False, one_group=False, schedule=True, shift=True, freeze=True,
+                   log_before_update=False) -> dict:
+    """`training.train_flamingo`'s history, made by a loop that can make the usual mistakes (the flags), to name them.
+
+    "step" in the history counts the optimizer updates done: 0 before the first, then `step + 1` right after the
+    update of loop iteration `step` (0-based), logged when `(step + 1) % log_every == 0` and after the last; the loss
+    logged with it is that update's batch's (computed before the update), the gates are those after it.
+    log_before_update: the mistake of logging `step + 1`'s entry before `optimizer.step()`, with the old gates."""
     if freeze:
         model.freeze_pretrained()
     model.train()
@@ -324,13 +331,16 @@ def reference_loop(model, data, *, steps, batch_size, lr, gate_lr, weight_decay,
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), part.tokens.reshape(-1), ignore_index=0)  # ()
         if step == 0:
             log(0, loss.item())
+        logged = (step + 1) % log_every == 0 or step + 1 == steps
+        if logged and log_before_update:
+            log(step + 1, loss.item())
         if zero_grad:
             optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
         history["loss_every_step"].append(loss.item())
-        if (step + 1) % log_every == 0 or step + 1 == steps:
+        if logged and not log_before_update:
             log(step + 1, loss.item())
     model.eval()
     return history
@@ -350,10 +360,22 @@ def _same_history(got: dict, want: dict, atol: float = 1e-5) -> bool:
         return False
 
 
+def _off_by_one(got: list, want: list) -> bool:
+    """True when the logged steps differ from the right ones only by steps one off (0-based loop indices logged, or
+    the log condition tested on them): every step that is not a right one is next to one."""
+    wrong = [s for s in got if s not in want]
+    return bool(wrong) and all(isinstance(s, int) and (s - 1 in want or s + 1 in want) for s in wrong)
+
+
 def check_train_loop(train_flamingo, *, steps: int = 6, batch_size: int = 8, lr: float = 5e-3, gate_lr: float = 5e-2,
                      weight_decay: float = 0.5, log_every: int = 2, seed: int = 0) -> None:
     """Step "09.loop": the learner's `train_flamingo` and the package's, from the same tiny model and seed, give the
-    same history (losses and gates within 1e-5); the frozen parts stay as they were, the new parts change."""
+    same history (losses and gates within 1e-5); the frozen parts stay as they were, the new parts change.
+
+    "step" counts the optimizer updates done so far, from 1: step 0 is the model before any update, step s the model
+    right after the s-th update, so `for step in range(steps)` (0-based) logs `step + 1` after its update, when
+    `(step + 1) % log_every == 0` and after the last: [0, 2, 4, 6] for the defaults here. A learner one off (the
+    0-based loop index logged, or the condition tested on it) is told so."""
     args = dict(steps=steps, batch_size=batch_size, lr=lr, gate_lr=gate_lr, weight_decay=weight_decay,
                 log_every=log_every, seed=seed)
     model, data = tiny_setup(seed)
@@ -381,9 +403,14 @@ def check_train_loop(train_flamingo, *, steps: int = 6, batch_size: int = 8, lr:
     if still:
         fail(f"the {' and the '.join(still)} did not change: the new parts must learn; call `optimizer.step()` after "
              "`loss.backward()`, with their parameters in the optimizer.")
+    rule = ("'step' counts the optimizer updates done so far, from 1: log step 0 before the first update, then, after "
+            "the update of loop iteration `step` (0-based, `for step in range(steps)`), `step + 1` when "
+            "`(step + 1) % log_every == 0 or step + 1 == steps`.")
     if list(got["step"]) != list(want["step"]):
-        fail(f"your history logs the steps {list(got['step'])}, train_flamingo logs {list(want['step'])}: log step 0 "
-             "before any update, then after every `log_every` steps and after the last one.")
+        steps_got = list(got["step"])
+        if steps_got[:1] == [0] and _off_by_one(steps_got, list(want["step"])):
+            fail(f"your history logs the steps {steps_got}, train_flamingo logs {list(want['step'])}: off by one; {rule}")
+        fail(f"your history logs the steps {steps_got}, train_flamingo logs {list(want['step'])}: {rule}")
     if _same_history(got, want):
         passed(f"train_flamingo is right: over {steps} steps its losses and gates are the package's, the vision encoder "
                "and the language model did not change, the resampler and the gated blocks did.")
@@ -400,6 +427,8 @@ def check_train_loop(train_flamingo, *, steps: int = 6, batch_size: int = 8, lr:
                                "after `optimizer.step()`)."),
         (dict(shift=False), "the loss is not shifted: each position is scored against its own token; use your "
                             "next_token_loss(logits, tokens)."),
+        (dict(log_before_update=True), "each logged step's gates are those before its update, off by one: step s is "
+                                       "the model after s updates, so log `step + 1` after `optimizer.step()`."),
     ]
     for flags, message in variants:
         fresh, _ = tiny_setup(seed)
