@@ -2,10 +2,13 @@
 AdamW parameter groups) and greedy decoding, then two exercises that read the training's results.
 
 The loss is checked on logits and tokens with padding, against the loss not shifted (scoring each position's
-own token), shifted the wrong way, and counted on padding. Freezing and the parameter groups are read off the
-learner's model and groups. Greedy decoding runs on a scripted model whose next token is known at every
-position, so a decoder that does not stop at `<eoc>`, reads the wrong position or never feeds its own word back
-gives a recognisable answer.
+own token), shifted the wrong way, and counted on padding, then with padding of another id than 0 (a fixed
+`ignore_index=0` is named). Freezing and the parameter groups are read off the learner's model and groups. Greedy
+decoding runs on a scripted model whose next token is known at every position, so a decoder that does not stop at
+`<eoc>`, reads the wrong position or never feeds its own word back gives a recognisable answer. The training loop
+is compared with the package's history, where "step" counts the optimizer updates done (from 1; step 0 is before
+the first), and a loop one step off is named. `first_step_above` is tried on gates exactly at the threshold (not
+above it).
 """
 from __future__ import annotations
 
