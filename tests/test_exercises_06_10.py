@@ -169,7 +169,8 @@ def test_06_exercises():
 def flamingo_class(*, every_layer=False, shift=False, before=True, resampler=True, locations=True, head=True,
                    freeze_vision=True, freeze_lm=True, freeze_all=False, num_latents=None, xattn_name="xattn",
                    int_keys=False, init_stub=False, forward_stub=False, new_lm=False, resampler_depth=None,
-                   extra=False):
+                   extra=False, lm_heads=False, double_residual=False, shared=False, skip_lm_layers=False,
+                   media_id=None, pass_immediate=True, double_lm=False, skip_block=None):
     """The lesson's MyFlamingo, with the usual mistakes as switches."""
     from flamingo_lite.tiny.model import freeze
 
@@ -183,15 +184,18 @@ def flamingo_class(*, every_layer=False, shift=False, before=True, resampler=Tru
             self.lm = freeze(lm) if freeze_lm else lm
             if new_lm:
                 self.lm = freeze(TinyLM(config.lm_config()))
+            heads = config.lm_heads if lm_heads else config.heads
             self.resampler = flamingo_lite.PerceiverResampler(
-                dim=config.dim, depth=resampler_depth or config.resampler_depth, dim_head=config.dim_head, heads=config.heads,
+                dim=config.dim, depth=resampler_depth or config.resampler_depth, dim_head=config.dim_head, heads=heads,
                 num_latents=num_latents or config.num_latents, num_media_embeds=config.num_media_embeds,
                 ff_mult=config.ff_mult, media_embedding=config.media_embedding)
             depth, every = len(lm.blocks), config.cross_attn_every
             self.xattn_layers = [i for i in range(depth) if every_layer or (i + shift) % every == 0]
-            blocks = {i if int_keys else str(i): flamingo_lite.GatedCrossAttentionBlock(
-                dim=config.dim, dim_head=config.dim_head, heads=config.heads, ff_mult=config.ff_mult,
-                only_attend_immediate_media=config.only_attend_immediate_media) for i in self.xattn_layers}
+            immediate = {"only_attend_immediate_media": config.only_attend_immediate_media} if pass_immediate else {}
+            make = lambda: flamingo_lite.GatedCrossAttentionBlock(  # noqa: E731
+                dim=config.dim, dim_head=config.dim_head, heads=heads, ff_mult=config.ff_mult, **immediate)
+            one = make()
+            blocks = {i if int_keys else str(i): one if shared else make() for i in self.xattn_layers}
             setattr(self, xattn_name, nn.ModuleDict(blocks))
             if extra:  # flamingo-pytorch's per-picture embedding, which the paper's Flamingo does not have
                 self.media_pos_emb = nn.Parameter(torch.zeros(config.num_media_embeds, 1, config.dim))
@@ -203,12 +207,14 @@ def flamingo_class(*, every_layer=False, shift=False, before=True, resampler=Tru
                 stub()
             feats = self.vision(images)  # (b, t, g, d)
             media = self.resampler(feats) if resampler else feats  # (b, t, L, d)
-            loc = tokens == self.config.media_token_id if locations else None  # (b, n)
+            loc = tokens == (self.config.media_token_id if media_id is None else media_id) if locations else None  # (b, n)
             x = self.lm.embed(tokens)  # (b, n, d)
             for i, lm_block in enumerate(self.lm.blocks):
-                if before and i in self.xattn_layers:
-                    x = self.xattn[str(i)](x, media, loc)  # (b, n, d)
-                x = lm_block(x)  # (b, n, d)
+                if skip_lm_layers and i not in self.xattn_layers:
+                    continue
+                if before and i in self.xattn_layers and i != skip_block:
+                    x = x + self.xattn[str(i)](x, media, loc) if double_residual else self.xattn[str(i)](x, media, loc)
+                x = x + lm_block(x) if double_lm else lm_block(x)  # (b, n, d)
                 if not before and i in self.xattn_layers:
                     x = self.xattn[str(i)](x, media, loc)  # (b, n, d)
             return self.lm.head(x) if head else x  # (b, n, V)
@@ -248,6 +254,45 @@ def test_07_flamingo_class(capsys):
                                                        vision=VisionEncoder(dim=config.dim)), config)
     with pytest.raises(TypeError, match="FlamingoConfig"):
         lesson08.check_flamingo_class(flamingo_class(), {"dim": 64})
+
+
+def test_07_flamingo_class_second_config_and_forward_mistakes():
+    """A second config (block heads != lm_heads, another <image> id, all previous media) names what the first
+    config cannot see; a residual added twice, a shared block and skipped LM layers are named too."""
+    config = FlamingoConfig()
+    other = lesson08.other_config(config)
+    assert other.heads != other.lm_heads and other.media_token_id != config.media_token_id
+    assert not other.only_attend_immediate_media
+    fails(lesson08.check_flamingo_class, flamingo_class(lm_heads=True), config,
+          match=r"the gated blocks and the resampler|the resampler and the gated blocks")
+    fails(lesson08.check_flamingo_class, flamingo_class(lm_heads=True), config, match=r"`config\.lm_heads` \(4\).*`config\.heads` \(2\)")
+    fails(lesson08.check_flamingo_class, flamingo_class(media_id=1), config,
+          match=r"id 1, fixed in your code.*`<image>` is id 2.*self\.config\.media_token_id")
+    fails(lesson08.check_flamingo_class, flamingo_class(pass_immediate=False), config,
+          match=r"only_attend_immediate_media=False: pass `only_attend_immediate_media=config")
+    fails(lesson08.check_flamingo_class, flamingo_class(double_residual=True), config,
+          match=r"added to x once more.*already adds its own residual")
+    fails(lesson08.check_flamingo_class, flamingo_class(double_lm=True), config, match=r"LM layer's output is added to x once more")
+    fails(lesson08.check_flamingo_class, flamingo_class(shared=True), config, match="one gated block object sits before several layers")
+    for layer in (0, 2):
+        fails(lesson08.check_flamingo_class, flamingo_class(skip_block=layer), config,
+              match=rf"the gated block before LM layer {layer} never runs")
+    fails(lesson08.check_flamingo_class, flamingo_class(skip_lm_layers=True), config,
+          match=r"runs only the LM layers that have a block before them \(\[0, 2\]\)")
+
+
+def test_07_flamingo_class_keeps_the_global_random_numbers():
+    """The second config's build runs in a forked RNG: after the check the global RNG is where one build leaves it."""
+    config = FlamingoConfig()
+    lesson08.check_flamingo_class(flamingo_class(), config)
+    after_check = torch.rand(3)
+    torch.manual_seed(0)  # what the first config's part does, with the learner's solution
+    example = lesson08.example_config(config)
+    lm = TinyLM(example.lm_config())
+    vision = flamingo_lite.tiny.model.make_vision_encoder(example)
+    Flamingo(example, lm=lm, vision=vision)
+    flamingo_class()(example, lm=lm, vision=vision)
+    assert torch.equal(after_check, torch.rand(3))
 
 
 def test_07_flamingo_class_names_missing_unexpected_and_misshaped_parameters():
@@ -297,6 +342,35 @@ def test_07_exercises():
     fails(lesson08.check_no_gate, lambda c, t, i: not differs(c, t, i), tokens.tokens, tokens.images, match="opposite question")
 
 
+def test_07_no_gate_names_a_tolerance_a_self_comparison_and_another_lm():
+    data = flamingo_lite.tiny.data.make_dataset(2, seed=0)
+
+    def differs(cfg, t, i, *, compare=lambda a, b: not torch.equal(a, b), against="lm"):
+        model = Flamingo(cfg)
+        with torch.no_grad():
+            other = {"lm": lambda: model.lm(t), "itself": lambda: model(t, i),
+                     "fresh": lambda: TinyLM(cfg.lm_config())(t)}[against]()
+            return compare(model(t, i), other)
+
+    fails(lesson08.check_no_gate, lambda c, t, i: differs(c, t, i, compare=lambda a, b: not torch.allclose(a, b)),
+          data.tokens, data.images, match=r"compares with a tolerance \(torch\.allclose.*use `torch\.equal`")
+    fails(lesson08.check_no_gate, lambda c, t, i: differs(c, t, i, compare=lambda a, b: bool((a - b).abs().max() > 1e-4)),
+          data.tokens, data.images, match="compares with a tolerance")
+    fails(lesson08.check_no_gate, lambda c, t, i: differs(c, t, i, against="itself"), data.tokens, data.images,
+          match=r"never runs the language model on its own, so it compares the model with itself")
+    fails(lesson08.check_no_gate, lambda c, t, i: differs(c, t, i, against="fresh"), data.tokens, data.images,
+          match="another language model than the model's own")
+    # an exact comparison with rtol=atol=0 is torch.equal in other words: it passes
+    lesson08.check_no_gate(lambda c, t, i: differs(c, t, i, compare=lambda a, b: not torch.allclose(a, b, rtol=0, atol=0)),
+                           data.tokens, data.images)
+    # the extra call runs in a forked RNG: the global RNG is where the learner's second build leaves it
+    lesson08.check_no_gate(differs, data.tokens, data.images)
+    after_check = torch.rand(3)
+    torch.manual_seed(0)
+    Flamingo(FlamingoConfig(tanh_gate=False))
+    assert torch.equal(after_check, torch.rand(3))
+
+
 # ---------------------------------------------------------------------------------------------------------- 08
 
 def loss_08(logits, tokens, pad_id=0):
@@ -310,6 +384,13 @@ def test_08_loss():
     fails(lesson09.check_loss, lambda lg, tk, p=0: flat(lg, tk, ignore_index=p), match="its own token")
     fails(lesson09.check_loss, lambda lg, tk, p=0: flat(lg[:, :-1], tk[:, 1:]), match="padding")
     fails(lesson09.check_loss, lambda lg, tk, p=0: flat(lg[:, 1:], tk[:, :-1], ignore_index=p), match="wrong way")
+    # a fixed pad id passes with pad_id 0 and is named with pad_id 2
+    fails(lesson09.check_loss, lambda lg, tk, p=0: flat(lg[:, :-1], tk[:, 1:], ignore_index=0),
+          match=r"leaves out the targets with id 0, not those with id pad_id \(2 here\)")
+    fails(lesson09.check_loss, lambda lg, tk, p=0: flat(lg[:, :-1], tk[:, 1:], ignore_index=0) if p == 0 else flat(lg[:, :-1], tk[:, 1:]),
+          match=r"counts the padding targets \(id 2 here\)")
+    logits, tokens = lesson09.example_batch(pad_id=2)
+    assert (tokens[:, 1:] == 0).any() and (tokens == 2).any() and not (tokens[0] == 2).any()
 
 
 def freeze_08(model):
@@ -372,6 +453,13 @@ def test_08_exercises():
     fails(lesson09.check_first_step_above, stub, match="not written yet")
     lesson09.check_first_step_above(first)
     fails(lesson09.check_first_step_above, lambda h, l, t: first(h, l, t, use_abs=False), match="negative")
+
+    def first_at_or_above(history, layer, threshold):
+        return next((s for s, g in zip(history["step"], history["attn_gate_tanh"]) if abs(g[layer]) >= threshold), None)
+
+    fails(lesson09.check_first_step_above, first_at_or_above, match=r"exactly 0\.04: that does not exceed.*not `>=`")
+    fails(lesson09.check_first_step_above, lambda h, l, t: first_at_or_above(h, l, t) if l == 1 else first(h, l, t),
+          match=r"returned step 20, where \|tanh\(attn_gate\)\| is exactly 0\.3")  # a negative gate at -0.3
     from flamingo_lite.tiny import data as shapes_data
 
     def fmt(caption):
@@ -388,7 +476,8 @@ def test_08_exercises():
 
 
 def loop_09(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_every, seed, zero_grad=True, freeze=True,
-            gate_decay=False, shift=True, step_opt=True, first_log=True, keys=True, one_group=False, cosine=True):
+            gate_decay=False, shift=True, step_opt=True, first_log=True, keys=True, one_group=False, cosine=True,
+            log_index=False, index_condition=False, log_early=False):
     """The training loop of lesson 09, written as a learner would, with switches for the usual mistakes."""
     import math
 
@@ -426,6 +515,10 @@ def loop_09(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_ev
         loss = loss_08(logits, part.tokens) if shift else F.cross_entropy(logits.flatten(0, 1), part.tokens.flatten())
         if step == 0 and first_log:
             log(0, loss.item())
+        count = step if index_condition else step + 1  # the condition tested on the 0-based index: a mistake
+        logged = count % log_every == 0 or step + 1 == steps
+        if logged and log_early:  # before the update: a mistake
+            log(step + 1, loss.item())
         if zero_grad:
             optimizer.zero_grad()
         loss.backward()
@@ -433,8 +526,8 @@ def loop_09(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_ev
             optimizer.step()
         schedule.step()
         history["loss_every_step"].append(loss.item())
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            log(step + 1, loss.item())
+        if logged and not log_early:
+            log(step if log_index else step + 1, loss.item())
     model.eval()
     return history
 
@@ -464,6 +557,15 @@ def test_09_train_loop():
     fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, step_opt=False), match="did not change")
     fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, first_log=False), match="log step 0")
     fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, keys=False), match="ff_gate_tanh")
+    # "step" counts the updates done, from 1; a loop one off is told so
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, log_index=True),
+          match=r"logs the steps \[0, 1, 3, 5\], train_flamingo logs \[0, 2, 4, 6\]: off by one; 'step' counts the optimizer updates")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, index_condition=True),
+          match=r"logs the steps \[0, 1, 3, 5, 6\].*off by one")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, index_condition=True, log_index=True),
+          match=r"logs the steps \[0, 0, 2, 4, 5\].*off by one")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, log_early=True),
+          match=r"gates are those before its update, off by one")
     fails(lesson09.check_train_loop, lambda m, d, **k: loop_09(m, d, **{**k, "seed": k["seed"] + 1}), match="first batch")
     fails(lesson09.check_train_loop, lambda m, d, **k: loop_09(m, d, **{**k, "lr": k["lr"] * 2}), match="no usual mistake")
     fails(lesson09.check_train_loop, lambda *a, **k: None, match="return the history")

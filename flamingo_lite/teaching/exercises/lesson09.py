@@ -2,10 +2,13 @@
 AdamW parameter groups) and greedy decoding, then two exercises that read the training's results.
 
 The loss is checked on logits and tokens with padding, against the loss not shifted (scoring each position's
-own token), shifted the wrong way, and counted on padding. Freezing and the parameter groups are read off the
-learner's model and groups. Greedy decoding runs on a scripted model whose next token is known at every
-position, so a decoder that does not stop at `<eoc>`, reads the wrong position or never feeds its own word back
-gives a recognisable answer.
+own token), shifted the wrong way, and counted on padding, then with padding of another id than 0 (a fixed
+`ignore_index=0` is named). Freezing and the parameter groups are read off the learner's model and groups. Greedy
+decoding runs on a scripted model whose next token is known at every position, so a decoder that does not stop at
+`<eoc>`, reads the wrong position or never feeds its own word back gives a recognisable answer. The training loop
+is compared with the package's history, where "step" counts the optimizer updates done (from 1; step 0 is before
+the first), and a loop one step off is named. `first_step_above` is tried on gates exactly at the threshold (not
+above it).
 """
 from __future__ import annotations
 
@@ -38,8 +41,9 @@ register_hints({
                "Batches: `generator = torch.Generator().manual_seed(seed)`; when the queue is empty, "
                "`torch.randperm(len(data), generator=generator)`, keep whole batches, `.split(batch_size)`. Each step: "
                "`part = data[idx]`, loss of `model(part.tokens, part.images, part.media_locations)`, log step 0 before "
-               "the update, then `zero_grad`, `backward`, `step`, `schedule.step()`, and log every `log_every` steps "
-               "and the last.",
+               "the update, then `zero_grad`, `backward`, `step`, `schedule.step()`. 'step' counts the updates done: "
+               "after the update of `for step in range(steps)` (0-based) there are `step + 1`, so log `step + 1` when "
+               "`(step + 1) % log_every == 0 or step + 1 == steps`.",
     "09.first_step": "Walk `zip(history['step'], history['attn_gate_tanh'])` and return the first step where "
                      "`abs(gates[layer]) > threshold`; after the loop return None.",
     "09.format": "`caption.split()`: 3 words `a COLOUR SHAPE` is colour first, 4 words `a SHAPE in COLOUR` is shape "
@@ -47,19 +51,25 @@ register_hints({
 })
 
 
-def example_batch(seed: int = 0):
-    """Logits (3, 8, 12) and tokens (3, 8) whose rows end in different amounts of padding (id 0)."""
+def example_batch(seed: int = 0, pad_id: int = 0):
+    """Logits (3, 8, 12) and tokens (3, 8) whose rows end in different amounts of padding (id `pad_id`, 0 or 2); with
+    pad_id 2 the id 0 is a real token, the second of every row, so a loss that leaves out id 0 is wrong there."""
+    if pad_id not in (0, 2):
+        raise ValueError(f"pad_id must be 0 or 2 (the other ids are real tokens here), got {pad_id}")
     generator = torch.Generator().manual_seed(seed)
     tokens = torch.randint(3, 12, (3, 8), generator=generator)  # (b, n)
     tokens[:, 0] = 1  # every row starts with <image>
-    tokens[1, 5:] = 0  # padding
-    tokens[2, 3:] = 0
+    if pad_id != 0:
+        tokens[:, 1] = 0  # a real token with the id the usual padding has
+    tokens[1, 5:] = pad_id  # padding
+    tokens[2, 3:] = pad_id
     logits = torch.randn(3, 8, 12, generator=generator) * 2  # (b, n, V)
     return logits, tokens
 
 
 def check_loss(next_token_loss) -> None:
-    """Step "09.loss": the shifted, padding-free mean cross-entropy, on a padded batch."""
+    """Step "09.loss": the shifted, padding-free mean cross-entropy, on a padded batch, then on one padded with
+    another id (pad_id=2, where 0 is a real token), so a loss that leaves out a fixed id instead of pad_id is named."""
     logits, tokens = example_batch()
     got = run_learner(next_token_loss, logits.clone(), tokens.clone(), 0, what="your next_token_loss(logits, tokens, pad_id)")
     if isinstance(got, torch.Tensor) and got.numel() == 1:
@@ -83,6 +93,23 @@ def check_loss(next_token_loss) -> None:
                 "the loss is a sum: take the mean over the real target tokens (the default `reduction='mean'`)."),
     ]
     compare(got, want, what="your next_token_loss", mistakes=mistakes)
+
+    pad_id = 2
+    logits, other = example_batch(pad_id=pad_id)
+    got = run_learner(next_token_loss, logits.clone(), other.clone(), pad_id,
+                      what=f"your next_token_loss(logits, tokens, pad_id={pad_id})")
+    if isinstance(got, torch.Tensor) and got.numel() == 1:
+        got = got.reshape(())
+    mistakes = [
+        Mistake("fixed pad id", flat(logits[:, :-1], other[:, 1:], ignore_index=0),
+                f"the loss leaves out the targets with id 0, not those with id pad_id ({pad_id} here): pass "
+                "`ignore_index=pad_id`, not a fixed id."),
+        Mistake("padding counted", flat(logits[:, :-1], other[:, 1:]),
+                f"the loss counts the padding targets (id {pad_id} here): pass `ignore_index=pad_id` to "
+                "`F.cross_entropy`."),
+    ]
+    compare(got, training.next_token_loss(logits, other, pad_id), what=f"your next_token_loss with pad_id={pad_id}",
+            mistakes=mistakes)
     passed(f"next_token_loss is right: {want.item():.4f} on a batch with padding, only the {int((tokens[:, 1:] != 0).sum())} "
            "real next tokens counted.")
 
@@ -212,14 +239,20 @@ def check_greedy(greedy_decode) -> None:
 
 
 def check_first_step_above(first_step_above) -> None:
-    """Exercise "09.first_step" on a small made-up history (negative gates included)."""
+    """Exercise "09.first_step" on a small made-up history (negative gates included, and gates exactly at the
+    threshold, which have not exceeded it: the comparison is a strict `>`)."""
     toy = {"step": [0, 10, 20, 30], "attn_gate_tanh": [[0.0, 0.0], [0.01, -0.2], [0.04, -0.3], [0.06, -0.3]]}
-    for layer, threshold, want in [(0, 0.05, 30), (1, 0.05, 10), (0, 0.5, None)]:
+    for layer, threshold, want in [(0, 0.05, 30), (1, 0.05, 10), (0, 0.5, None), (0, 0.04, 30), (1, 0.3, None)]:
         got = run_learner(first_step_above, toy, layer, threshold, what=f"your first_step_above(history, {layer}, {threshold})")
         if got == want and (want is not None or got is None):
             continue
         if (layer, want) == (1, 10) and got is None:
             fail("first_step_above misses gates that open negative: compare `abs(gate)` with the threshold.")
+        at = next((s for s, g in zip(toy["step"], toy["attn_gate_tanh"]) if abs(g[layer]) >= threshold), None)
+        if got == at and at is not None:
+            fail(f"first_step_above(history, {layer}, {threshold}) returned step {got}, where |tanh(attn_gate)| is "
+                 f"exactly {threshold}: that does not exceed the threshold, so compare with a strict "
+                 "`abs(gate) > threshold`, not `>=`.")
         if want is None:
             fail(f"when no gate passes the threshold the answer is None, yours is {got!r}: return None after the loop.")
         if got == toy["step"].index(want):
@@ -257,8 +290,14 @@ def tiny_setup(seed: int = 0):
 
 
 def reference_loop(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_every, seed,
-                   zero_grad=True, gate_decay=False, one_group=False, schedule=True, shift=True, freeze=True) -> dict:
-    """`training.train_flamingo`'s history, made by a loop that can make the usual mistakes (the flags), to name them."""
+                   zero_grad=True, gate_decay=False, one_group=False, schedule=True, shift=True, freeze=True,
+                   log_before_update=False) -> dict:
+    """`training.train_flamingo`'s history, made by a loop that can make the usual mistakes (the flags), to name them.
+
+    "step" in the history counts the optimizer updates done: 0 before the first, then `step + 1` right after the
+    update of loop iteration `step` (0-based), logged when `(step + 1) % log_every == 0` and after the last; the loss
+    logged with it is that update's batch's (computed before the update), the gates are those after it.
+    log_before_update: the mistake of logging `step + 1`'s entry before `optimizer.step()`, with the old gates."""
     if freeze:
         model.freeze_pretrained()
     model.train()
@@ -295,13 +334,16 @@ def reference_loop(model, data, *, steps, batch_size, lr, gate_lr, weight_decay,
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), part.tokens.reshape(-1), ignore_index=0)  # ()
         if step == 0:
             log(0, loss.item())
+        logged = (step + 1) % log_every == 0 or step + 1 == steps
+        if logged and log_before_update:
+            log(step + 1, loss.item())
         if zero_grad:
             optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
         history["loss_every_step"].append(loss.item())
-        if (step + 1) % log_every == 0 or step + 1 == steps:
+        if logged and not log_before_update:
             log(step + 1, loss.item())
     model.eval()
     return history
@@ -321,10 +363,22 @@ def _same_history(got: dict, want: dict, atol: float = 1e-5) -> bool:
         return False
 
 
+def _off_by_one(got: list, want: list) -> bool:
+    """True when the logged steps differ from the right ones only by steps one off (0-based loop indices logged, or
+    the log condition tested on them): every step that is not a right one is next to one."""
+    wrong = [s for s in got if s not in want]
+    return bool(wrong) and all(isinstance(s, int) and (s - 1 in want or s + 1 in want) for s in wrong)
+
+
 def check_train_loop(train_flamingo, *, steps: int = 6, batch_size: int = 8, lr: float = 5e-3, gate_lr: float = 5e-2,
                      weight_decay: float = 0.5, log_every: int = 2, seed: int = 0) -> None:
     """Step "09.loop": the learner's `train_flamingo` and the package's, from the same tiny model and seed, give the
-    same history (losses and gates within 1e-5); the frozen parts stay as they were, the new parts change."""
+    same history (losses and gates within 1e-5); the frozen parts stay as they were, the new parts change.
+
+    "step" counts the optimizer updates done so far, from 1: step 0 is the model before any update, step s the model
+    right after the s-th update, so `for step in range(steps)` (0-based) logs `step + 1` after its update, when
+    `(step + 1) % log_every == 0` and after the last: [0, 2, 4, 6] for the defaults here. A learner one off (the
+    0-based loop index logged, or the condition tested on it) is told so."""
     args = dict(steps=steps, batch_size=batch_size, lr=lr, gate_lr=gate_lr, weight_decay=weight_decay,
                 log_every=log_every, seed=seed)
     model, data = tiny_setup(seed)
@@ -352,9 +406,14 @@ def check_train_loop(train_flamingo, *, steps: int = 6, batch_size: int = 8, lr:
     if still:
         fail(f"the {' and the '.join(still)} did not change: the new parts must learn; call `optimizer.step()` after "
              "`loss.backward()`, with their parameters in the optimizer.")
+    rule = ("'step' counts the optimizer updates done so far, from 1: log step 0 before the first update, then, after "
+            "the update of loop iteration `step` (0-based, `for step in range(steps)`), `step + 1` when "
+            "`(step + 1) % log_every == 0 or step + 1 == steps`.")
     if list(got["step"]) != list(want["step"]):
-        fail(f"your history logs the steps {list(got['step'])}, train_flamingo logs {list(want['step'])}: log step 0 "
-             "before any update, then after every `log_every` steps and after the last one.")
+        steps_got = list(got["step"])
+        if steps_got[:1] == [0] and _off_by_one(steps_got, list(want["step"])):
+            fail(f"your history logs the steps {steps_got}, train_flamingo logs {list(want['step'])}: off by one; {rule}")
+        fail(f"your history logs the steps {steps_got}, train_flamingo logs {list(want['step'])}: {rule}")
     if _same_history(got, want):
         passed(f"train_flamingo is right: over {steps} steps its losses and gates are the package's, the vision encoder "
                "and the language model did not change, the resampler and the gated blocks did.")
@@ -371,6 +430,8 @@ def check_train_loop(train_flamingo, *, steps: int = 6, batch_size: int = 8, lr:
                                "after `optimizer.step()`)."),
         (dict(shift=False), "the loss is not shifted: each position is scored against its own token; use your "
                             "next_token_loss(logits, tokens)."),
+        (dict(log_before_update=True), "each logged step's gates are those before its update, off by one: step s is "
+                                       "the model after s updates, so log `step + 1` after `optimizer.step()`."),
     ]
     for flags, message in variants:
         fresh, _ = tiny_setup(seed)
