@@ -100,7 +100,7 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             if args.model is not None:
                 model, setup = load_model(args.model)
-                run = heldout_curves(model, fewshot_tokenizer(), setup.shots, num_episodes=setup.num_heldout,
+                run = heldout_curves(model, fewshot_tokenizer(setup.links), setup.shots, num_episodes=setup.num_heldout,
                                      pool_size=setup.pool_size, seed=setup.seed)
                 seed, run["source"] = setup.seed, f"evaluated from {args.model.as_posix()}"
             else:

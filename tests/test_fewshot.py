@@ -301,6 +301,7 @@ def test_links_vary_the_template_per_episode_and_keep_it_through_the_episode():
     default = fs.make_training_data(100, seed=1)
     assert torch.equal(default.tokens, fs.make_training_data(100, seed=1, links=(fs.IS,)).tokens)  # no extra draw
     with pytest.raises(ValueError, match="FewShotSetup.links"):
-        fs.FewShotSetup(links=("of",))
+        fs.FewShotSetup(links=("zebra",))
+    assert fs.fewshot_tokenizer((fs.IS, "in", "of", "")).vocab == TOK.vocab + ["of"]  # only new words are added, at the end
     with pytest.raises(ValueError, match="links must be a non-empty tuple"):
         fs.make_training_data(4, links=())

@@ -59,9 +59,14 @@ IS = "is"
 TEXT_TASK_SHOTS = 8  # the text task that measures the language model (and its forgetting)
 
 
-def fewshot_tokenizer() -> Tokenizer:
-    """`data.Tokenizer` with the task's words added: `is` and the invented names (one token each)."""
-    return Tokenizer(words=CAPTION_WORDS + COLOURS + SHAPES + (IS,) + NAMES)
+LINK_WORDS = ("of", "as", "to", "on", "at", "by")  # more words a training episode may put between a picture and its name
+
+
+def fewshot_tokenizer(links: tuple = (IS,)) -> Tokenizer:
+    """`data.Tokenizer` with the task's words added: `is` and the invented names (one token each), then any word
+    of `links` (`FewShotSetup.links`) not yet in it, so the default vocabulary is the same with or without them."""
+    words = CAPTION_WORDS + COLOURS + SHAPES + (IS,) + NAMES
+    return Tokenizer(words=words + tuple(dict.fromkeys(w for w in links if w and w not in words)))
 
 
 def draw_assignment(rng: np.random.Generator) -> list[int]:
@@ -437,8 +442,10 @@ class FewShotSetup:
 
     def __post_init__(self):  # every number in range, named, before any work
         self.links = tuple(self.links)
-        if not self.links or any(not isinstance(w, str) or (w and w not in fewshot_tokenizer().index) for w in self.links):
-            raise ValueError(f"FewShotSetup.links must be words of the few-shot vocabulary (\"\" for none), got {self.links!r}")
+        allowed = set(fewshot_tokenizer().index) | set(LINK_WORDS) | {""}
+        if not self.links or any(not isinstance(w, str) or w not in allowed for w in self.links):
+            raise ValueError(f"FewShotSetup.links must be words of the few-shot vocabulary or of LINK_WORDS {LINK_WORDS} "
+                             f"(\"\" for none), got {self.links!r}")
         for name in ("lm_steps", "lm_batch_size", "steps", "batch_size", "num_train", "num_heldout", "pool_size",
                      "max_shots", "max_images", "log_every"):
             check_positive_int(f"FewShotSetup.{name}", getattr(self, name))
@@ -487,7 +494,7 @@ def run_fewshot(setup: FewShotSetup | None = None, *, device=None, progress: boo
     setup = setup if setup is not None else FewShotSetup()
     device = get_device(device)
     start = time.perf_counter()
-    tok = fewshot_tokenizer()
+    tok = fewshot_tokenizer(setup.links)
     seed_everything(setup.seed)
     kwargs = dict(max_images=setup.max_images, max_shots=setup.max_shots, p_all_picture=setup.p_all_picture, p_caption=setup.p_caption,
                   tokenizer=tok, links=setup.links)
@@ -566,7 +573,7 @@ def load_model(path, *, device=None) -> tuple[Flamingo, FewShotSetup]:
     saved = load_model_file(path, MODEL_FILE, keys=("setup", "lm_config", "state_dict"))
     try:
         setup = FewShotSetup(**{**saved["setup"], "shots": tuple(saved["setup"]["shots"])})
-        model = build_model(setup, TinyLM(LMConfig(**saved["lm_config"])), fewshot_tokenizer())
+        model = build_model(setup, TinyLM(LMConfig(**saved["lm_config"])), fewshot_tokenizer(setup.links))
         model.load_state_dict(saved["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:  # contents that do not fit the model
         raise model_file_error(path, MODEL_FILE, f"its contents do not fit the model ({err.__class__.__name__}: {err})") from None
