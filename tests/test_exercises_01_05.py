@@ -495,6 +495,19 @@ def test_05_tokens_reached():
     for other_mode in (lambda times, k: times >= k, lambda times, k: times == k):  # from the text time, one mode for both
         fails_with(lesson05.check_tokens_reached, lambda layer, x, media, loc, k: other_mode(masks.text_time(loc), k),
                    x, media, loc, match="image k reaches in the other mode")
+    @torch.no_grad()
+    def in_place(layer, x, media, loc, k):
+        before = layer(x, media, loc)
+        media[:, k - 1] = torch.randn_like(media[:, 0])  # the caller's media, changed
+        return (before - layer(x, media, loc)).abs().amax(-1) > 1e-6
+
+    @torch.no_grad()
+    def every_image(layer, x, media, loc, k):
+        return (layer(x, media, loc) - layer(x, torch.randn_like(media), loc)).abs().amax(-1) > 1e-6
+
+    fails_with(lesson05.check_tokens_reached, in_place, x, media.clone(), loc, match="changed the media it was given in place")
+    message = fails_with(lesson05.check_tokens_reached, every_image, x, media, loc, match="every image changed")
+    assert "other mode" not in message
     lesson05.check_tokens_reached(reached, x, media, loc)
 
 

@@ -212,18 +212,25 @@ def check_tokens_reached(tokens_reached_by, x, media, media_locations, original_
     torch.manual_seed(0)
     times = masks.text_time(media_locations)  # (b, n)
     dim = x.shape[-1]
+    given = media.clone()  # (b, T, L, d): to tell whether the learner's function changed the caller's media
     for mode in (True, False):
         layer = fl.MaskedCrossAttention(dim=dim, dim_head=8, heads=2, only_attend_immediate_media=mode).to(x.device)
-        for k in (1, 2):
+        for k in (2, 1):  # image 2 first: there "every image changed" and "the other mode" reach different words
             what = f"your tokens_reached_by(layer, x, media, media_locations, {k}) (only_attend_immediate_media={mode})"
             reached = run_learner(tokens_reached_by, layer, x, media, media_locations, k, what=what)
+            if not torch.equal(media, given):
+                fail(f"{what} changed the media it was given in place: change a copy (media.clone()), so the caller's "
+                     "media stay as they were.")
             if not isinstance(reached, torch.Tensor) or reached.dtype != torch.bool:
                 fail(f"{what} must return a (b, n) bool tensor, True where a token's output changed; got "
                      f"{getattr(reached, 'dtype', type(reached).__name__)}.")
             allowed = (times == k) if mode else (times >= k)  # (b, n)
+            every_image = [Mistake("every image", times >= 1, "the words of every image changed: replace only image k, "
+                                   "media[:, k - 1], and keep the others.")] if k > 1 else []  # at k = 1, the other mode's words
             compare(reached, allowed, what=what, mistakes=[
                 Mistake("image counted from 0", (times == k + 1) if mode else (times >= k + 1),
                         "you changed image k+1: image k counted from 1 is media[:, k - 1]."),
+                *every_image,
                 Mistake("the other mode", (times >= k) if mode else (times == k),
                         f"these are the words image k reaches in the other mode (only_attend_immediate_media="
                         f"{not mode}): run the layer you are given, in its own mode, on the old and the new media, "
