@@ -250,6 +250,21 @@ def test_start_loads_the_earlier_lessons_or_says_what_stands_in(tmp_path, capsys
     assert my_file.load_earlier("04", {}, path=path) == []  # a lesson that needs nothing loads nothing
 
 
+def test_what_an_earlier_section_calls_stands_in_when_the_file_lacks_it(tmp_path):
+    """A learner who skipped lesson 04: lesson 05's layer calls my_cross_attention_mask, so lesson 06 gets the package's."""
+    path = tmp_path / "my_flamingo.py"
+    for body in tool.magic_cells(ROOT / "notebooks" / "05_masked_cross_attention.ipynb"):
+        my_file.record("05", body, path)
+    ns = {}
+    lines = my_file.load_earlier("06", ns, path=path, needs=["MyMaskedCrossAttention", "MyFeedForward"])
+    assert ns["my_cross_attention_mask"] is masks.cross_attention_mask
+    assert "my_flamingo.py has no my_cross_attention_mask yet: using flamingo_lite.masks.cross_attention_mask in its place" in lines
+    layer = ns["MyMaskedCrossAttention"](dim=16, dim_head=8, heads=2)
+    tokens = "<image> a red circle".split()
+    loc = masks.media_locations_from_tokens(tokens)[None]
+    assert layer(torch.randn(1, 4, 16), torch.randn(1, 1, 3, 16), loc).shape == (1, 4, 16)  # no NameError
+
+
 def test_an_earlier_module_still_a_stub_is_replaced_and_said_so(tmp_path):
     """A learner who ran the student cell of lesson 02 without writing it: lesson 03 uses flamingo_lite's layer."""
     gen_spec = importlib.util.spec_from_file_location("make_student_notebooks", ROOT / "tools" / "make_student_notebooks.py")

@@ -160,7 +160,7 @@ def load_earlier(lesson: str, namespace: dict, *, path=None, needs=()) -> list[s
     """Run the preamble and the sections of the lessons before `lesson` from the file, in `namespace`.
 
     needs: names this lesson uses (nothing is loaded when it is empty); each one the file does not define is taken
-    from flamingo_lite (`FALLBACKS`), with a line saying so. The sections are all loaded, since a later lesson's
+    from flamingo_lite (`FALLBACKS`), with a line saying so, and so is each one an earlier section calls. The sections are all loaded, since a later lesson's
     code calls the earlier ones' (lesson 05's layer calls lesson 04's mask). Returns the lines printed.
     """
     path = Path(path) if path is not None else file_path()
@@ -178,7 +178,9 @@ def load_earlier(lesson: str, namespace: dict, *, path=None, needs=()) -> list[s
         for les, names in by_lesson.items():
             lines.append(f"from your {path.name}, lesson {les}: {', '.join(names)}")
     written = {n: s for s in sections for n in s.names}
-    for name in needs:
+    # an earlier section may call a definition the file lacks (lesson 05's layer calls lesson 04's mask): it stands in too
+    called = [n for n in FALLBACKS if n not in needs and any(re.search(rf"\b{n}\b", s.body) for s in sections)]
+    for name in [*needs, *called]:
         module_name, attr = FALLBACKS[name]
         if name not in written:
             why = f"{path.name} has no {name} yet"
