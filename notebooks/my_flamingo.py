@@ -201,6 +201,47 @@ class MyGatedCrossAttentionBlock(nn.Module):
         return x
 
 
+# === lesson 08: xattn_layer_indices ===
+def xattn_layer_indices(depth: int, every: int) -> list:
+    "LM layer indices with a gated cross-attention block before them."
+    return [i for i in range(depth) if i % every == 0]
+
+
+# === lesson 08: Resampler, GatedBlock, MyFlamingo ===
+Resampler = MyPerceiverResampler  # yours, lesson 03
+GatedBlock = MyGatedCrossAttentionBlock  # yours, lesson 06
+
+
+class MyFlamingo(nn.Module):
+    def __init__(self, config, *, lm, vision):
+        super().__init__()
+        self.config = config
+        self.vision = vision.requires_grad_(False).eval()  # pretrained, frozen: no gradients, eval mode
+        self.lm = lm.requires_grad_(False).eval()  # pretrained, frozen
+        self.resampler = Resampler(
+            dim=config.dim, depth=config.resampler_depth, dim_head=config.dim_head, heads=config.heads,
+            num_latents=config.num_latents, num_media_embeds=config.num_media_embeds, ff_mult=config.ff_mult,
+            media_embedding=config.media_embedding,
+        )
+        self.xattn_layers = xattn_layer_indices(len(lm.blocks), config.cross_attn_every)
+        self.xattn = nn.ModuleDict({
+            str(i): GatedBlock(dim=config.dim, dim_head=config.dim_head, heads=config.heads, ff_mult=config.ff_mult,
+                               only_attend_immediate_media=config.only_attend_immediate_media)
+            for i in self.xattn_layers
+        })
+
+    def forward(self, tokens, images):
+        # tokens (b, n) long, images (b, t, 3, H, W) -> logits (b, n, V)
+        media = self.resampler(self.vision(images))  # (b, t, L, d): frozen eye, trained resampler
+        media_locations = tokens == self.config.media_token_id  # (b, n): True at every <image>
+        x = self.lm.embed(tokens)  # (b, n, d)
+        for i, lm_block in enumerate(self.lm.blocks):
+            if i in self.xattn_layers:
+                x = self.xattn[str(i)](x, media, media_locations)  # (b, n, d): look at the pictures, gated
+            x = lm_block(x)  # (b, n, d): the frozen LM layer, unchanged
+        return self.lm.head(x)  # (b, n, V)
+
+
 # === lesson 09: next_token_loss ===
 def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
     "logits (b, n, V), tokens (b, n) -> the mean cross-entropy of every real next token, a scalar."
@@ -248,7 +289,7 @@ def train_flamingo(model, data, *, steps, batch_size, lr, gate_lr, weight_decay,
             order = torch.randperm(len(data), generator=generator)  # (N,)
             queue = list(order[: len(data) - len(data) % batch_size].split(batch_size))
         part = data[queue.pop(0)].to(device)
-        logits = model(part.tokens, part.images, part.media_locations)  # (B, n, V)
+        logits = model(part.tokens, part.images)  # (B, n, V)
         loss = next_token_loss(logits, part.tokens)  # ()
         if step == 0:
             log(0, loss.item())  # before any update: every gate is 0

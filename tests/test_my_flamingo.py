@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import ast
+import copy
 import importlib.util
 import subprocess
 import sys
@@ -30,7 +31,7 @@ tool = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tool)
 
 WHOLE_MODULES = ["MyPerceiverAttention", "MyFeedForward", "MyPerceiverResampler", "MyMaskedCrossAttention",
-                 "MyGatedCrossAttentionBlock"]
+                 "MyGatedCrossAttentionBlock", "MyFlamingo"]
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +69,8 @@ def test_the_lessons_mark_every_cell_the_model_needs():
     names = [n for s in sections for n in s.names]
     for name in WHOLE_MODULES + ["project", "attend_latents", "add_time_embeddings", "resampler_layers",
                                  "my_text_time", "my_text_to_media_mask", "my_cross_attention_mask", "masked_softmax",
-                                 "next_token_loss", "freeze_pretrained", "parameter_groups", "train_flamingo",
-                                 "greedy_decode"]:
+                                 "xattn_layer_indices", "next_token_loss", "freeze_pretrained", "parameter_groups",
+                                 "train_flamingo", "greedy_decode"]:
         assert names.count(name) == 1, f"{name} is defined {names.count(name)} times in my_flamingo.py"
     assert [s.lesson for s in sections] == sorted(s.lesson for s in sections)
     assert "### BEGIN SOLUTION" not in FILE.read_text() and "NotImplementedError" not in FILE.read_text()
@@ -312,3 +313,37 @@ def test_lesson_08_takes_the_learners_resampler_and_block_or_says_what_stands_in
     resampler = ns["MyPerceiverResampler"](dim=16, depth=1, dim_head=4, heads=2, num_latents=3, media_embedding="none")
     assert check_module(resampler, fl.PerceiverResampler(dim=16, depth=1, dim_head=4, heads=2, num_latents=3,
                                                          media_embedding="none"), verbose=False).passed
+
+
+def test_the_files_own_flamingo_trains_as_flamingo_lites(mine):
+    """Lesson 09 trains the file's MyFlamingo with the file's loop: from the same seed it starts from flamingo_lite's
+    Flamingo's weights, and its history is training.train_flamingo's on flamingo_lite's model, number for number."""
+    from flamingo_lite.tiny import data as shapes_data
+    from flamingo_lite.tiny import training
+    from flamingo_lite.tiny.language_model import TinyLM
+    from flamingo_lite.tiny.model import Flamingo, FlamingoConfig, make_vision_encoder
+
+    config = FlamingoConfig(dim=16, lm_heads=2, heads=2, dim_head=8, vision="random", resampler_depth=1, num_latents=4,
+                            lm_depth=3, cross_attn_every=2)
+    lm = TinyLM(config.lm_config())
+    torch.manual_seed(5)
+    theirs = Flamingo(config, lm=copy.deepcopy(lm))
+    torch.manual_seed(5)
+    ours = mine.MyFlamingo(config, lm=copy.deepcopy(lm), vision=make_vision_encoder(config))
+    assert type(ours).__module__ == "my_flamingo_under_test" and ours.xattn_layers == theirs.xattn_layers == [0, 2]
+    want, got = theirs.state_dict(), ours.state_dict()
+    assert list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in want)  # the same start
+    data = shapes_data.make_dataset(24, seed=1)
+    args = dict(steps=5, batch_size=8, lr=5e-3, gate_lr=5e-2, weight_decay=0.3, log_every=2, seed=3)
+    history = mine.train_flamingo(ours, data, **args)
+    reference = training.train_flamingo(theirs, data, **args, device="cpu", progress=False)
+    # the same sums in another order (the file's layers are not the package's code): equal to float32 rounding
+    close = lambda a, b, atol: torch.allclose(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64), atol=atol, rtol=0)  # noqa: E731
+    assert history["step"] == reference["step"] == [0, 2, 4, 5]
+    assert history["loss_every_step"][0] == reference["loss_every_step"][0]  # gates at 0: exactly the language model
+    assert close(history["loss_every_step"], reference["loss_every_step"], 1e-5)
+    assert close(history["attn_gate_tanh"], reference["attn_gate_tanh"], 1e-5) and close(history["ff_gate_tanh"], reference["ff_gate_tanh"], 1e-5)
+    assert all(abs(g) > 1e-3 for g in history["attn_gate_tanh"][-1])  # and they did train
+    assert not any(p.requires_grad for p in [*ours.vision.parameters(), *ours.lm.parameters()])
+    trained = ours.state_dict()
+    assert all(torch.allclose(trained[k], v, atol=1e-4, rtol=0) for k, v in theirs.state_dict().items())  # the same end

@@ -67,6 +67,8 @@ FALLBACKS = {
     "MyMaskedCrossAttention": ("flamingo_lite", "MaskedCrossAttention"),
     "MyPerceiverResampler": ("flamingo_lite", "PerceiverResampler"),
     "MyGatedCrossAttentionBlock": ("flamingo_lite", "GatedCrossAttentionBlock"),
+    "xattn_layer_indices": ("flamingo_lite.tiny.model", "xattn_layers"),
+    "MyFlamingo": ("flamingo_lite.tiny.model", "Flamingo"),
 }
 
 # The start of the line that stands in for a solution in the student notebooks (tools/make_student_notebooks.py).

@@ -27,7 +27,7 @@ from ...tiny.model import Flamingo, FlamingoConfig, make_vision_encoder, xattn_l
 from . import Mistake, compare, fail, passed, register_hints, run_learner
 
 register_hints({
-    "08.class": "__init__: keep config, lm and vision (freeze the last two with `freeze`), build `Resampler(dim=..., "
+    "08.class": "__init__: keep config, lm and vision (freeze the last two: `lm.requires_grad_(False).eval()`), build `Resampler(dim=..., "
                 "depth=config.resampler_depth, ...)` with the config's sizes, `self.xattn_layers = "
                 "xattn_layer_indices(len(lm.blocks), config.cross_attn_every)` and an `nn.ModuleDict` of `GatedBlock`s "
                 "keyed by `str(i)`. forward: media = self.resampler(self.vision(images)); media_locations = tokens == "
@@ -307,7 +307,7 @@ def check_flamingo_class(flamingo_class, config: FlamingoConfig) -> None:
         leaked = [n for n, p in mine.named_parameters() if n.split(".")[0] == part and p.grad is not None]
         if leaked:
             fail(f"gradients reach {_PARTS[part]} ({leaked[0]} has one, {len(leaked)} parameters in all): it is not "
-                 f"frozen; freeze it in the constructor (`freeze(self.{part})`: requires_grad False, eval mode).")
+                 f"frozen; freeze it in the constructor (`{part}.requires_grad_(False).eval()`: no gradients, eval mode).")
     dead = [n for n, p in mine.named_parameters() if n.split(".")[0] in _TRAINED and p.grad is None]
     if dead:
         fail(f"{dead[0]} gets no gradient ({len(dead)} parameters of the resampler and the gated blocks in all): "
