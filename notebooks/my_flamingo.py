@@ -1,7 +1,9 @@
 """My Flamingo: the modules I wrote in the flamingo_lite course, one section per lesson cell.
 
 Written by the `%%my_flamingo` cells of the lessons: each section is a cell as it last ran without an error, and
-running that cell again replaces its section. It needs only torch and einops:
+running that cell again replaces its section. A header ending in "(failed its check: ...)" is a cell whose check
+failed when it last ran: later lessons say so, and use flamingo_lite's version in its place where there is one.
+It needs only torch and einops:
 
     from my_flamingo import MyPerceiverResampler, MyGatedCrossAttentionBlock
 """

@@ -23,6 +23,7 @@ import flamingo_lite as fl
 from flamingo_lite import masks
 from flamingo_lite.teaching import my_file
 from flamingo_lite.teaching.checker import check_module
+from flamingo_lite.teaching.exercises import ExerciseFailed
 
 ROOT = Path(__file__).resolve().parent.parent
 FILE = ROOT / "notebooks" / "my_flamingo.py"
@@ -347,3 +348,179 @@ def test_the_files_own_flamingo_trains_as_flamingo_lites(mine):
     assert not any(p.requires_grad for p in [*ours.vision.parameters(), *ours.lm.parameters()])
     trained = ours.state_dict()
     assert all(torch.allclose(trained[k], v, atol=1e-4, rtol=0) for k, v in theirs.state_dict().items())  # the same end
+
+# ------------------------------------------------------------------------------------------ a check that fails
+
+CHECKS = """\
+from flamingo_lite.teaching.exercises import ExerciseFailed
+verdicts = {}  # name -> "fail" or "error"; a name not in it passes
+
+def check_it(fn, *rest):
+    verdict = verdicts.get(fn.__name__)
+    if verdict == "fail":
+        raise ExerciseFailed(f"{fn.__name__} is wrong")
+    if verdict == "error":
+        raise ValueError("the check could not run")
+"""
+
+
+def _marks(path):
+    """{names: failed} of the file's sections."""
+    return {s.names: s.failed for s in my_file.parse(path.read_text())}
+
+
+@pytest.fixture
+def checked(shell, tmp_path):
+    """Lesson 05 started, two recorded cells (`first`, `second`), and a check whose verdict the test sets."""
+    my_file.start("05", shell.user_ns)
+    assert shell.run_cell(CHECKS).success
+    assert shell.run_cell("%%my_flamingo\ndef first():\n    return 1").success
+    assert shell.run_cell("%%my_flamingo\ndef second():\n    return 2").success
+    return tmp_path / "mine.py"
+
+
+def test_the_watcher_is_registered_once_per_shell(shell):
+    my_file.start("05", shell.user_ns)
+    my_file.register(shell)
+    assert shell.events.callbacks["post_run_cell"].count(my_file._after_cell) == 1
+
+
+def test_a_failing_check_marks_its_section_and_a_passing_one_clears_it(shell, checked):
+    shell.user_ns["verdicts"]["first"] = "fail"
+    result = shell.run_cell("check_it(first)")
+    assert isinstance(result.error_in_exec, ExerciseFailed)
+    assert _marks(checked) == {("first",): True, ("second",): False}
+    assert f"# === lesson 05: first === {my_file.FAILED}\ndef first():" in checked.read_text()
+    del shell.user_ns["verdicts"]["first"]
+    assert shell.run_cell("check_it(first)").success
+    assert _marks(checked) == {("first",): False, ("second",): False}
+
+
+def test_only_the_bare_name_a_check_raised_on_is_marked(shell, checked):
+    shell.user_ns["verdicts"]["first"] = "fail"
+    assert not shell.run_cell("import types\nbox = types.SimpleNamespace(first=first)\n"
+                              "check_it(box.first, second)").success  # first's check, not by its bare name
+    assert _marks(checked) == {("first",): False, ("second",): False}
+    # the checks before the one that raised passed, the ones after it did not run: only second is to blame
+    shell.user_ns["verdicts"] = {"second": "fail"}
+    assert not shell.run_cell("check_it(first)\nx = check_it(\n    second,\n)\ncheck_it(first)").success
+    assert _marks(checked) == {("first",): False, ("second",): True}
+
+
+def test_a_changed_cell_clears_the_mark_and_the_same_cell_keeps_it(shell, checked):
+    shell.user_ns["verdicts"]["first"] = "fail"
+    shell.run_cell("check_it(first)")
+    assert shell.run_cell("%%my_flamingo\ndef first():\n    return 1").success  # the same code again
+    assert _marks(checked)[("first",)] is True
+    assert shell.run_cell("%%my_flamingo\ndef first():\n    return 11").success  # new code: not checked yet
+    assert _marks(checked) == {("first",): False, ("second",): False}
+
+
+def test_another_error_or_a_cell_that_checks_nothing_leaves_the_marks(shell, checked):
+    shell.user_ns["verdicts"]["first"] = "fail"
+    shell.run_cell("check_it(first)")
+    before = checked.read_bytes()
+    shell.user_ns["verdicts"].update(first="error", second="error")
+    assert isinstance(shell.run_cell("check_it(first)").error_in_exec, ValueError)
+    assert isinstance(shell.run_cell("check_it(second)").error_in_exec, ValueError)
+    assert isinstance(shell.run_cell("1 / 0\ncheck_it(first)").error_in_exec, ZeroDivisionError)
+    assert not shell.run_cell("check_it(first").success  # a syntax error: nothing ran
+    assert shell.run_cell("first()\nsecond()").success  # no check
+    assert checked.read_bytes() == before
+
+
+def test_a_check_of_another_lessons_name_marks_nothing(shell, checked):
+    my_file.start("06", shell.user_ns)
+    shell.user_ns["verdicts"]["first"] = "fail"
+    before = checked.read_bytes()
+    assert not shell.run_cell("check_it(first)").success  # `first` is lesson 05's, not this lesson's
+    assert checked.read_bytes() == before
+
+
+def test_the_watcher_never_raises_into_the_session(shell, checked, capsys):
+    failed = ExerciseFailed("wrong")
+
+    class Result:  # a cell whose source cannot be parsed, that raised ExerciseFailed
+        error_in_exec, success = failed, False
+        info = type("Info", (), {"raw_cell": "check_it(first"})()
+
+    before = checked.read_bytes()
+    assert my_file._after_cell(Result()) is None
+    assert my_file._after_cell(None) is None  # not even a result
+    assert checked.read_bytes() == before
+    shell.user_ns["verdicts"]["first"] = "fail"
+    checked.unlink()  # no file
+    shell.run_cell("check_it(first)")
+    assert not checked.exists()
+    my_file._state["lesson"] = None  # no lesson started
+    shell.run_cell("check_it(first)")
+    assert not checked.exists() and "Error in callback" not in capsys.readouterr().out
+
+
+def test_the_mark_round_trips_and_is_not_read_as_names():
+    sections = [my_file.Section("04", ("a", "b"), "a = b = 1", failed=True),
+                my_file.Section("05", (), "print(1)", failed=True), my_file.Section("05", (), "print(2)"),
+                my_file.Section("05", ("c",), "c = 3")]
+    text = my_file.render(sections)
+    assert f"# === lesson 05: (no names) === {my_file.FAILED}\nprint(1)\n" in text
+    assert "# === lesson 05: (no names) ===\nprint(2)\n" in text
+    assert my_file.parse(text) == sections
+    assert [(s.names, s.failed) for s in my_file.parse(text)] == [
+        (("a", "b"), True), ((), True), ((), False), (("c",), False)]
+    assert my_file.Section("05", ("c",), "c = 3") != my_file.Section("05", ("c",), "c = 3", failed=True)
+    assert my_file.FAILED not in tool.assemble() and not any(s.failed for s in my_file.parse(tool.assemble()))
+
+
+def _lesson05_cell(name):
+    """Lesson 05's %%my_flamingo cell that defines `name`."""
+    cells = [b for b in tool.magic_cells(ROOT / "notebooks" / "05_masked_cross_attention.ipynb")
+             if name in my_file.defined_names(my_file.clean_source(b))]
+    assert len(cells) == 1
+    return cells[0]
+
+
+def test_a_later_lesson_uses_flamingo_lites_module_in_place_of_one_that_failed_its_check(shell, tmp_path, capsys):
+    """Lesson 05's layer without its scale fails lesson 05's check, so lesson 06 builds on flamingo_lite's."""
+    path = tmp_path / "mine.py"
+    my_file.start("05", shell.user_ns, needs=["my_cross_attention_mask"])
+    assert shell.run_cell("import torch\nfrom torch import nn\nfrom einops import rearrange\n"
+                          "from flamingo_lite.teaching.exercises import lesson05").success
+    assert shell.run_cell("%%my_flamingo\n" + _lesson05_cell("masked_softmax")).success
+    right = _lesson05_cell("MyMaskedCrossAttention")
+    assert " * self.scale  # (b, h, n, t*m)" in right
+    wrong = right.replace(" * self.scale  # (b, h, n, t*m)", "  # (b, h, n, t*m)")
+    assert shell.run_cell("%%my_flamingo\n" + wrong).success  # it runs
+    result = shell.run_cell("lesson05.check_forward(MyMaskedCrossAttention)")
+    assert isinstance(result.error_in_exec, ExerciseFailed) and "scale" in str(result.error_in_exec)
+    assert _marks(path) == {("masked_softmax",): False, ("MyMaskedCrossAttention",): True}
+    capsys.readouterr()
+
+    ns = {}
+    my_file.start("06", ns, needs=["MyMaskedCrossAttention", "MyFeedForward"])
+    assert ns["MyMaskedCrossAttention"] is fl.MaskedCrossAttention
+    assert ns["masked_softmax"].__code__.co_filename == "mine.py, lesson 05"  # the learner's: it passed
+    assert ("your MyMaskedCrossAttention failed lesson 05's check when you last ran it: using "
+            "flamingo_lite.MaskedCrossAttention in its place (fix it in lesson 05 and run its check again)"
+            ) in capsys.readouterr().out.splitlines()
+
+    my_file.start("05", shell.user_ns, needs=["my_cross_attention_mask"])  # back to lesson 05: fixed, and checked
+    assert shell.run_cell("%%my_flamingo\n" + right).success
+    assert shell.run_cell("lesson05.check_forward(MyMaskedCrossAttention)").success
+    assert _marks(path) == {("masked_softmax",): False, ("MyMaskedCrossAttention",): False}
+    ns = {}
+    lines = my_file.load_earlier("06", ns, path=path, needs=["MyMaskedCrossAttention", "MyFeedForward"])
+    assert ns["MyMaskedCrossAttention"] is not fl.MaskedCrossAttention and not any("failed" in line for line in lines)
+
+
+def test_a_failed_section_flamingo_lite_has_no_stand_in_for_is_used_as_it_is_and_said_so(tmp_path):
+    path = tmp_path / "my_flamingo.py"
+    my_file.record("05", _lesson05_cell("masked_softmax"), path)
+    my_file.record("05", _lesson05_cell("MyMaskedCrossAttention"), path)
+    changed = my_file.mark_checked("check(masked_softmax)", True, lesson="05", path=path)
+    assert [s.names for s in changed] == [("masked_softmax",)]
+    ns = {}
+    lines = my_file.load_earlier("06", ns, path=path, needs=["MyMaskedCrossAttention", "MyFeedForward"])
+    assert ns["masked_softmax"].__code__.co_filename == "my_flamingo.py, lesson 05"  # the learner's, from the file
+    assert ("your masked_softmax failed lesson 05's check when you last ran it: used as it is (fix it in lesson 05 "
+            "and run its check again)") in lines
+    assert ns["MyMaskedCrossAttention"] is not fl.MaskedCrossAttention

@@ -19,6 +19,16 @@ imports every section may use (torch, nn, F, rearrange, repeat, math), so it imp
 `from my_flamingo import MyPerceiverResampler`. It is written atomically, so an interrupted write never leaves
 half a file.
 
+A check that fails marks its cell: after each cell, a call such as `lesson05.check_forward(MyMaskedCrossAttention)`
+that raised `ExerciseFailed` marks the current lesson's section defining `MyMaskedCrossAttention` in its header,
+
+    # === lesson 05: MyMaskedCrossAttention === (failed its check: fix it and run the check again)
+
+and the same check passing takes the mark away, as does running the cell again with changed code (new code, not
+checked yet). A later lesson's `start` uses flamingo_lite's version of a marked module in its place (`FALLBACKS`),
+and says so, so it does not build on code known to be wrong; a marked section of other names is used as it is,
+with a line saying it failed its check.
+
 `tools/make_my_flamingo.py` assembles the course's own `notebooks/my_flamingo.py` from the lessons' cells with the
 same functions, so running a solution lesson leaves that file byte for byte as it is.
 """
@@ -32,8 +42,8 @@ from pathlib import Path
 from ..files import write_text_atomic
 
 __all__ = [
-    "ENV_VAR", "FALLBACKS", "PREAMBLE", "Section", "clean_source", "defined_names", "file_path", "load_earlier",
-    "parse", "record", "register", "render", "start",
+    "ENV_VAR", "FAILED", "FALLBACKS", "PREAMBLE", "Section", "checked_names", "clean_source", "defined_names",
+    "file_path", "load_earlier", "mark_checked", "parse", "record", "register", "render", "start",
 ]
 
 ENV_VAR = "MY_FLAMINGO_FILE"
@@ -43,7 +53,9 @@ PREAMBLE = '''\
 """My Flamingo: the modules I wrote in the flamingo_lite course, one section per lesson cell.
 
 Written by the `%%my_flamingo` cells of the lessons: each section is a cell as it last ran without an error, and
-running that cell again replaces its section. It needs only torch and einops:
+running that cell again replaces its section. A header ending in "(failed its check: ...)" is a cell whose check
+failed when it last ran: later lessons say so, and use flamingo_lite's version in its place where there is one.
+It needs only torch and einops:
 
     from my_flamingo import MyPerceiverResampler, MyGatedCrossAttentionBlock
 """
@@ -55,7 +67,13 @@ from einops import rearrange, repeat
 from torch import nn
 '''
 
-HEADER = re.compile(r"^# === lesson (?P<lesson>[0-9A-Za-z_]+): (?P<names>[^=]*?) ===$", re.M)
+# What follows a section's header when its check failed the last time it ran. It stands after the closing `===`,
+# so it is never read as names (a section with no names has "(no names)" between the `===`s).
+FAILED = "(failed its check: fix it and run the check again)"
+HEADER = re.compile(
+    rf"^# === lesson (?P<lesson>[0-9A-Za-z_]+): (?P<names>[^=]*?) ===(?P<failed> {re.escape(FAILED)})?$", re.M
+)
+NO_NAMES = "(no names)"
 _BEGIN = re.compile(r"^[ \t]*###\s*BEGIN SOLUTION\s*$")
 _END = re.compile(r"^[ \t]*###\s*END SOLUTION\s*$")
 
@@ -78,19 +96,24 @@ _state = {"lesson": None}
 
 
 class Section:
-    """One cell's part of the file: its lesson, the names it defines, and its source."""
+    """One cell's part of the file: its lesson, the names it defines, its source, and whether its check failed."""
 
-    def __init__(self, lesson: str, names: tuple[str, ...], body: str):
+    def __init__(self, lesson: str, names: tuple[str, ...], body: str, failed: bool = False):
         self.lesson, self.names, self.body = str(lesson), tuple(names), body.strip("\n").rstrip()
+        self.failed = bool(failed)
 
     def header(self) -> str:
-        return f"# === lesson {self.lesson}: {', '.join(self.names) or '(no names)'} ==="
+        mark = f" {FAILED}" if self.failed else ""
+        return f"# === lesson {self.lesson}: {', '.join(self.names) or NO_NAMES} ==={mark}"
+
+    def _key(self):
+        return self.lesson, self.names, self.body, self.failed
 
     def __eq__(self, other):
-        return isinstance(other, Section) and (self.lesson, self.names, self.body) == (other.lesson, other.names, other.body)
+        return isinstance(other, Section) and self._key() == other._key()
 
     def __repr__(self):
-        return f"Section(lesson={self.lesson!r}, names={self.names!r})"
+        return f"Section(lesson={self.lesson!r}, names={self.names!r}, failed={self.failed!r})"
 
 
 def file_path() -> Path:
@@ -131,8 +154,8 @@ def parse(text: str) -> list[Section]:
     sections = []
     for i, match in enumerate(headers):
         end = headers[i + 1].start() if i + 1 < len(headers) else len(text)
-        names = tuple(n.strip() for n in match["names"].split(",") if n.strip() and n.strip() != "(no names)")
-        sections.append(Section(match["lesson"], names, text[match.end():end]))
+        names = tuple(n.strip() for n in match["names"].split(",") if n.strip() and n.strip() != NO_NAMES)
+        sections.append(Section(match["lesson"], names, text[match.end():end], failed=bool(match["failed"])))
     return sections
 
 
@@ -152,6 +175,9 @@ def record(lesson: str, cell: str, path: str | os.PathLike | None = None) -> Pat
     body = clean_source(cell)
     new = Section(lesson, defined_names(body), body)
     old = parse(path.read_text(encoding="utf-8")) if path.exists() else []
+    # the same code run again keeps its mark (it still fails its check); changed code is not checked yet
+    same_cell = [s for s in old if s.lesson == new.lesson and set(s.names) & set(new.names)]
+    new.failed = any(s.failed and s.body == new.body for s in same_cell)
     text = render(merge(old, new))
     if not path.exists() or path.read_text(encoding="utf-8") != text:
         write_text_atomic(path, text)
@@ -161,9 +187,12 @@ def record(lesson: str, cell: str, path: str | os.PathLike | None = None) -> Pat
 def load_earlier(lesson: str, namespace: dict, *, path=None, needs=()) -> list[str]:
     """Run the preamble and the sections of the lessons before `lesson` from the file, in `namespace`.
 
-    needs: names this lesson uses (nothing is loaded when it is empty); each one the file does not define is taken
-    from flamingo_lite (`FALLBACKS`), with a line saying so, and so is each one an earlier section calls. The sections are all loaded, since a later lesson's
-    code calls the earlier ones' (lesson 05's layer calls lesson 04's mask). Returns the lines printed.
+    needs: names this lesson uses (nothing is loaded when it is empty); each one the file does not define, or
+    defines in a section that is still the student stub or whose check failed, is taken from flamingo_lite
+    (`FALLBACKS`) with a line saying so, and so is each one an earlier section calls. The sections are all loaded,
+    since a later lesson's code calls the earlier ones' (lesson 05's layer calls lesson 04's mask); a failed
+    section's names that flamingo_lite has no stand-in for are used as they are, with a line saying so. Returns
+    the lines printed.
     """
     path = Path(path) if path is not None else file_path()
     if not needs:
@@ -179,20 +208,29 @@ def load_earlier(lesson: str, namespace: dict, *, path=None, needs=()) -> list[s
             by_lesson.setdefault(s.lesson, []).extend(s.names)
         for les, names in by_lesson.items():
             lines.append(f"from your {path.name}, lesson {les}: {', '.join(names)}")
+        for s in sections:
+            kept = [n for n in s.names if n not in FALLBACKS]
+            if s.failed and kept:
+                lines.append(f"your {', '.join(kept)} failed lesson {s.lesson}'s check when you last ran it: used as "
+                             f"it is (fix it in lesson {s.lesson} and run its check again)")
     written = {n: s for s in sections for n in s.names}
     # an earlier section may call a definition the file lacks (lesson 05's layer calls lesson 04's mask): it stands in too
     called = [n for n in FALLBACKS if n not in needs and any(re.search(rf"\b{n}\b", s.body) for s in sections)]
     for name in [*needs, *called]:
         module_name, attr = FALLBACKS[name]
-        if name not in written:
+        section, fix = written.get(name), ""
+        if section is None:
             why = f"{path.name} has no {name} yet"
-        elif UNWRITTEN in written[name].body:  # the student version's stub, still there
-            why = f"your {name} in {path.name} is not written yet (lesson {written[name].lesson})"
+        elif UNWRITTEN in section.body:  # the student version's stub, still there
+            why = f"your {name} in {path.name} is not written yet (lesson {section.lesson})"
+        elif section.failed:
+            why = f"your {name} failed lesson {section.lesson}'s check when you last ran it"
+            fix = f" (fix it in lesson {section.lesson} and run its check again)"
         else:
             continue
         module = __import__(module_name, fromlist=[attr])
         namespace[name] = getattr(module, attr)
-        lines.append(f"{why}: using {module_name}.{attr} in its place")
+        lines.append(f"{why}: using {module_name}.{attr} in its place{fix}")
     for line in lines:
         print(line)
     return lines
@@ -211,8 +249,81 @@ def _magic(line: str, cell: str):
     record(lesson, cell)
 
 
+def checked_names(source: str, failing_line: int | None = None) -> tuple[str, ...]:
+    """The names a cell checks: `x` in each call `check...(x, ...)` or `lesson05.check...(x, ...)` of its source.
+
+    failing_line: the line a check raised on; when a check call spans it, only that call's name (the checks
+    before it passed, the ones after it did not run).
+    """
+    calls = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Name):
+            func = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if func.startswith("check"):
+                calls.append((node.lineno, node.end_lineno, node.args[0].id))
+    calls.sort()
+    raised = [name for first, last, name in calls if failing_line is not None and first <= failing_line <= last]
+    return tuple(dict.fromkeys(raised or [name for _, _, name in calls]))
+
+
+def _cell_line(error: BaseException) -> int | None:
+    """The line of the cell an error left it from: the first module-level frame of its traceback."""
+    tb = error.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "<module>":
+            return tb.tb_lineno
+        tb = tb.tb_next
+    return None
+
+
+def mark_checked(source: str, failed: bool, *, failing_line: int | None = None, lesson: str | None = None,
+                 path=None) -> list[Section]:
+    """Mark (`failed=True`) or clear the sections of `lesson` (default: the current one) that define a name the
+    cell `source` checks (`checked_names`). Returns the sections changed; the file is written only when some are.
+    """
+    names = set(checked_names(source, failing_line))
+    lesson = _state["lesson"] if lesson is None else str(lesson)
+    path = Path(path) if path is not None else file_path()
+    if not names or lesson is None or not path.exists():
+        return []
+    sections = parse(path.read_text(encoding="utf-8"))
+    changed = [s for s in sections if s.lesson == lesson and names & set(s.names) and s.failed != failed]
+    for s in changed:
+        s.failed = failed
+    if changed:
+        write_text_atomic(path, render(sections))
+    return changed
+
+
+def _after_cell(result) -> None:
+    """IPython's post_run_cell: a check that failed marks the current lesson's section it checked; passing clears it.
+
+    Never raises into the learner's session: a cell that cannot be parsed, no lesson started, no file: nothing.
+    """
+    try:
+        from .exercises import ExerciseFailed
+
+        error = result.error_in_exec
+        if isinstance(error, ExerciseFailed):
+            failed = True
+        elif result.success:
+            failed = False
+        else:  # another error: the check did not say anything about the code
+            return
+        source = result.info.raw_cell
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is not None:
+            source = shell.transform_cell(source)  # the code that ran: its lines are the traceback's
+        mark_checked(source, failed, failing_line=_cell_line(error) if failed else None)
+    except Exception:  # noqa: BLE001 - the learner's session comes first
+        return
+
+
 def register(shell=None) -> None:
-    """Register `%%my_flamingo` in `shell` (default: the running IPython; nothing happens outside IPython)."""
+    """Register `%%my_flamingo` and the check watcher in `shell` (default: the running IPython; nothing happens
+    outside IPython). The watcher is registered once per shell."""
     if shell is None:
         try:
             from IPython import get_ipython
@@ -221,6 +332,8 @@ def register(shell=None) -> None:
         shell = get_ipython()
     if shell is not None:
         shell.register_magic_function(_magic, magic_kind="cell", magic_name="my_flamingo")
+        if _after_cell not in shell.events.callbacks["post_run_cell"]:
+            shell.events.register("post_run_cell", _after_cell)
 
 
 def start(lesson: str, namespace: dict | None = None, *, needs=()) -> None:
