@@ -453,13 +453,14 @@ def make_cross_attention(bug=None, raises=False):
             if media_locations is not None and bug != "ignored":
                 mode = {"swapped": not self.only_attend_immediate_media, "fixed": True, "fixed False": False}.get(
                     bug, self.only_attend_immediate_media)
-                mask = masks.cross_attention_mask(media_locations, t, m, mode)[:, None]
+                mask = masks.cross_attention_mask(media_locations, t, m, mode)
+                mask = mask if bug == "no head axis" else mask[:, None]
                 attn = masked_softmax(sim, ~mask if bug == "inverted" else mask, bug if bug in ("inf", "max") else None)
             else:
                 attn = sim.softmax({"text axis without locations": -2, "heads axis without locations": 1}.get(bug, -1))
             if bug == "scale after softmax":
                 attn = attn * self.scale
-            merged = rearrange(attn @ v, f"b h n e -> b n {pattern}")
+            merged = rearrange(attn @ v, f"b h n e -> b n {'(e h)' if bug == 'merge order' else pattern}")
             return merged if bug == "no to_out" else self.to_out(merged)
 
     return MyMaskedCrossAttention
@@ -481,6 +482,8 @@ def make_cross_attention(bug=None, raises=False):
                                         ("norm media only", "applied to the media instead of the text"),
                                         ("no to_out", "to_out is left out"),
                                         ("scale after softmax", "multiplies the weights after the softmax"),
+                                        ("no head axis", "mask has no head axis"),
+                                        ("merge order", "merged in another order than they were split"),
                                         ("zeros without locations", "returns zeros, as if no word saw an image"),
                                         ("x without locations", "returns x unchanged"),
                                         ("raises without locations", "raised .*media_locations=None means no mask"),

@@ -113,7 +113,8 @@ def check_masked_softmax(masked_softmax) -> None:
 
 def reference_cross_attention(layer, x, media, media_locations=None, *, fill="zero", scale=True, order="h e",
                               use_mask=True, immediate=None, norm_media=False, axis=-1, heads=None, scale_value=None,
-                              invert=False, norm_text=True, swap_kv=False, scale_after=False, out_layer=True):
+                              invert=False, norm_text=True, swap_kv=False, scale_after=False, out_layer=True,
+                              head_axis=True, merge_order=None):
     """The layer's forward from its own weights, and the usual mistakes; `heads` splits into that many heads,
     `scale_value` replaces the scale."""
     b, t, m = media.shape[:3]
@@ -129,12 +130,15 @@ def reference_cross_attention(layer, x, media, media_locations=None, *, fill="ze
         sim = sim * scale_by
     if media_locations is not None and use_mask:
         mode = layer.only_attend_immediate_media if immediate is None else immediate
-        mask = rearrange(masks.cross_attention_mask(media_locations, t, m, mode), "b i j -> b 1 i j")  # (b, 1, n, t*m)
+        mask = masks.cross_attention_mask(media_locations, t, m, mode)  # (b, n, t*m)
+        # without the head axis, (b, n, t*m) lines up with (b, h, n, t*m) as (1, b, n, t*m): batch i's mask on head i
+        mask = rearrange(mask, "b i j -> b 1 i j" if head_axis else "b i j -> 1 b i j")  # (b, 1, n, t*m)
         attn = reference_masked_softmax(sim, ~mask if invert else mask, fill=fill, axis=axis)  # (b, h, n, t*m)
     else:
         attn = sim.softmax(dim=axis)  # (b, h, n, t*m)
     attn = attn * scale_by if scale_after else attn  # (b, h, n, t*m)
-    out = rearrange(torch.einsum("b h i j, b h j e -> b h i e", attn, v), f"b h n e -> b n ({order})")  # (b, n, h*e)
+    merged = order if merge_order is None else merge_order
+    out = rearrange(torch.einsum("b h i j, b h j e -> b h i e", attn, v), f"b h n e -> b n ({merged})")  # (b, n, h*e)
     return layer.to_out(out) if out_layer else out  # (b, n, d), or (b, n, h*e) with to_out left out
 
 
@@ -190,6 +194,13 @@ def _cross_attention_mistakes(reference, x, media, media_locations=None):
         Mistake("to_out left out", run(out_layer=False),
                 "to_out is left out: the heads' merged output, rearranged 'b h n e -> b n (h e)', must go through "
                 "self.to_out, back to the model width."),
+        *([Mistake("mask without a head axis", run(head_axis=False),
+                   "the mask has no head axis: a (b, n, t*m) mask against (b, h, n, t*m) scores lines the batch up "
+                   "with the heads (batch i's mask on head i); give it one, rearrange(mask, 'b i j -> b 1 i j').")]
+          if media_locations is not None and x.shape[0] == reference.heads > 1 else []),  # else it cannot broadcast
+        Mistake("heads merged in another order", run(merge_order="e h"),
+                "the heads are merged in another order than they were split: merge with 'b h n e -> b n (h e)', the "
+                "order of the split."),
         Mistake("scale after the softmax", run(scale_after=True),
                 "the scale multiplies the weights after the softmax: multiply the scores, sim * self.scale, before "
                 "the softmax."),
