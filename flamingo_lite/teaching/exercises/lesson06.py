@@ -4,7 +4,8 @@ Each check runs the learner's code on a small input, compares it with the answer
 own sub-layers, and when it differs, with the usual mistakes computed on the same input (gates without tanh, a
 residual missing, the feed-forward fed the block's input instead of the cross-attention's output, the two gates
 swapped, a layer left ungated or gated by the other's gate, the cross-attention in the other mode), so the verdict
-names the mistake.
+names the mistake. A gate that is not a trainable nn.Parameter is named before anything runs, and a block whose own
+cross-attention or feed-forward is off is sent back to that layer's lesson.
 """
 from __future__ import annotations
 
