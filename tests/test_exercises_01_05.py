@@ -413,6 +413,10 @@ def make_cross_attention(bug=None, raises=False):
                 self.heads = 2
             if bug == "scale fixed":
                 self.scale = 0.5
+            if bug == "scale fixed to 8":  # (heads * dim_head) ** -0.5 at the first size, by chance
+                self.scale = 8**-0.5
+            if bug == "scale fixed to the second size's":
+                self.scale = 6**-0.5
             self.norm = nn.LayerNorm(dim)
             self.to_q = nn.Linear(dim, dim_head * heads, bias=False)
             self.to_kv = nn.Linear(dim, 2 * dim_head * heads, bias=False)
@@ -425,11 +429,17 @@ def make_cross_attention(bug=None, raises=False):
             t, m = media.shape[1:3]
             pattern = "(e h)" if bug == "order" else "(h e)"
             h = 2 if bug == "heads fixed in the rearrange" else self.heads
-            q = rearrange(self.to_q(self.norm(x)), f"b n {pattern} -> b h n e", h=h)
-            media = self.norm(media) if bug == "norm media" else media
-            k, v = self.to_kv(rearrange(media, "b t m d -> b (t m) d")).chunk(2, -1)
+            text = x if bug in ("no text norm", "norm media only") else self.norm(x)
+            q = rearrange(self.to_q(text), f"b n {pattern} -> b h n e", h=h)
+            media = self.norm(media) if bug in ("norm media", "norm media only") else media
+            if bug == "kv swapped":
+                v, k = self.to_kv(rearrange(media, "b t m d -> b (t m) d")).chunk(2, -1)
+            else:
+                k, v = self.to_kv(rearrange(media, "b t m d -> b (t m) d")).chunk(2, -1)
             k, v = (rearrange(a, f"b j {pattern} -> b h j e", h=h) for a in (k, v))
-            sim = q @ k.transpose(-1, -2) * (1.0 if bug == "scale" else self.scale)
+            sim = q @ k.transpose(-1, -2)
+            if bug != "scale after softmax":
+                sim = sim * (1.0 if bug == "scale" else self.scale)
             if media_locations is None:
                 if bug == "zeros without locations":
                     return torch.zeros_like(x)
@@ -443,11 +453,15 @@ def make_cross_attention(bug=None, raises=False):
             if media_locations is not None and bug != "ignored":
                 mode = {"swapped": not self.only_attend_immediate_media, "fixed": True, "fixed False": False}.get(
                     bug, self.only_attend_immediate_media)
-                mask = masks.cross_attention_mask(media_locations, t, m, mode)[:, None]
+                mask = masks.cross_attention_mask(media_locations, t, m, mode)
+                mask = mask if bug == "no head axis" else mask[:, None]
                 attn = masked_softmax(sim, ~mask if bug == "inverted" else mask, bug if bug in ("inf", "max") else None)
             else:
                 attn = sim.softmax({"text axis without locations": -2, "heads axis without locations": 1}.get(bug, -1))
-            return self.to_out(rearrange(attn @ v, f"b h n e -> b n {pattern}"))
+            if bug == "scale after softmax":
+                attn = attn * self.scale
+            merged = rearrange(attn @ v, f"b h n e -> b n {'(e h)' if bug == 'merge order' else pattern}")
+            return merged if bug == "no to_out" else self.to_out(merged)
 
     return MyMaskedCrossAttention
 
@@ -460,7 +474,16 @@ def make_cross_attention(bug=None, raises=False):
                                         ("norm media", "media went through self.norm"),
                                         ("heads fixed in the rearrange", "splits into 2 heads, but this layer has heads=3"),
                                         ("heads fixed in the constructor", "splits into 2 heads, but this layer has heads=3"),
-                                        ("scale fixed", "scaled by 0.5 \\(a fixed number.*passed with dim=16"),
+                                        ("scale fixed", "scaled by 0.5 in both sizes \\(a fixed number"),
+                                        ("scale fixed to 8", "scaled by 0.3536 in both sizes \\(a fixed number"),
+                                        ("scale fixed to the second size's", "scaled by 0.4082 in both sizes \\(a fixed"),
+                                        ("kv swapped", "keys and values are swapped"),
+                                        ("no text norm", "text x is not normalised"),
+                                        ("norm media only", "applied to the media instead of the text"),
+                                        ("no to_out", "to_out is left out"),
+                                        ("scale after softmax", "multiplies the weights after the softmax"),
+                                        ("no head axis", "mask has no head axis"),
+                                        ("merge order", "merged in another order than they were split"),
                                         ("zeros without locations", "returns zeros, as if no word saw an image"),
                                         ("x without locations", "returns x unchanged"),
                                         ("raises without locations", "raised .*media_locations=None means no mask"),
@@ -470,6 +493,8 @@ def make_cross_attention(bug=None, raises=False):
 def test_05_forward_mistakes(bug, named):
     message = fails_with(lesson05.check_forward, make_cross_attention(bug), match=named)
     assert "no usual mistake matches" not in message
+    if bug.startswith("scale fixed"):  # named as a fixed number only, not as the formula it equals at one size
+        assert "width of all heads" not in message and "the model width" not in message
 
 
 def test_05_stubs_and_solutions():

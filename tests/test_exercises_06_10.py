@@ -164,6 +164,97 @@ def test_06_exercises():
     fails(lesson06.check_params_with_gradient, who, Extra, match="not the reference's: run lesson06.check_forward")
 
 
+def test_06_a_gate_that_is_no_parameter_is_named_in_every_check():
+    def who(block, inputs):
+        block.zero_grad()
+        block(*inputs).pow(2).mean().backward()
+        return sorted(n for n, p in block.named_parameters() if p.grad is not None and bool((p.grad != 0).any()))
+
+    def by_hand(block, inputs, target):
+        x, m, l = inputs
+        with torch.no_grad():
+            return (2 * (x - target) / x.numel() * block.attn(x, m, l)).sum()
+
+    class PlainGate(block_class(right)):  # the gate a plain tensor attribute, as a learner would write it
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            del self.attn_gate
+            self.attn_gate = torch.tensor([0.0])
+
+    class FrozenGate(block_class(right)):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.ff_gate = nn.Parameter(torch.tensor([0.0]), requires_grad=False)
+
+    plain = "attn_gate is a plain tensor, not an nn.Parameter, so it is not among the block's parameters and never trains"
+    fails(lesson06.check_forward, PlainGate, match=plain)
+    fails(lesson06.check_params_with_gradient, who, PlainGate, match=plain)
+    fails(lesson06.check_attn_gate_gradient, by_hand, PlainGate, match=plain)
+    fails(lesson06.check_forward, FrozenGate, match="ff_gate has requires_grad=False, so it never trains")
+
+
+def test_06_a_mistake_inside_the_cross_attention_or_the_feed_forward_is_sent_to_its_lesson():
+    class NoToOut(flamingo_lite.MaskedCrossAttention):  # to_out left out: with inner == dim it runs
+        def forward(self, x, media, media_locations=None):
+            to_out, self.to_out = self.to_out, nn.Identity()
+            try:
+                return super().forward(x, media, media_locations)
+            finally:
+                self.to_out = to_out
+
+    class OwnAttention(block_class(right)):
+        def __init__(self, *, dim, dim_head=64, heads=8, ff_mult=4, only_attend_immediate_media=True):
+            super().__init__(dim=dim, dim_head=dim_head, heads=heads, ff_mult=ff_mult,
+                             only_attend_immediate_media=only_attend_immediate_media)
+            self.attn = NoToOut(dim=dim, dim_head=dim_head, heads=heads,
+                                only_attend_immediate_media=only_attend_immediate_media)
+
+    fails(lesson06.check_forward, OwnAttention, match="self.attn \\(your MyMaskedCrossAttention from lesson 05\\).*"
+                                                      "lesson05.check_forward")
+
+    class DoubledFeedForward(block_class(right)):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            ff = self.ff
+            self.ff = nn.Sequential(*ff)  # the same weights and names, ff.0 ... ff.3
+            self.ff.forward = lambda x: 2 * nn.Sequential.forward(self.ff, x)
+
+    fails(lesson06.check_forward, DoubledFeedForward, match="self.ff \\(your MyFeedForward from lesson 03\\).*"
+                                                            "lesson03.check_feedforward")
+
+
+def test_06_exercise_mistakes_are_named():
+    for wrong, named in [(lambda a: 1 / a.cosh(), "1 / cosh\\(alpha\\), without the square"),
+                         (lambda a: (1 - a.tanh()) ** 2, "\\(1 - tanh\\(alpha\\)\\)\\*\\*2"),
+                         (lambda a: 1 - a.tanh() * 2, "`\\* 2` where the square is `\\*\\* 2`"),
+                         (lambda a: 1 - (a**2).tanh(), "1 - tanh\\(alpha\\*\\*2\\)"),
+                         (lambda a: 1 + a.tanh() ** 2, "1 \\+ tanh\\(alpha\\)\\*\\*2"),
+                         (lambda a: a.tanh() ** 2, "tanh\\(alpha\\)\\*\\*2 alone")]:
+        fails(lesson06.check_tanh_slope, wrong, match=named)
+    good = block_class(right)
+
+    def by_hand(block, inputs, target, *, mean=False, layer="attn", locations=True):
+        x, m, l = inputs
+        with torch.no_grad():
+            dz = block.attn(x, m, l if locations else None) if layer == "attn" else block.ff(x)
+            products = 2 * (x - target) / x.numel() * dz
+            return products.mean() if mean else products.sum()
+
+    fails(lesson06.check_attn_gate_gradient, lambda b, i, t: by_hand(b, i, t, mean=True), good,
+          match="averaged, .mean\\(\\), where the chain rule adds them up")
+    fails(lesson06.check_attn_gate_gradient, lambda b, i, t: by_hand(b, i, t, layer="ff"), good,
+          match="this is ff_gate's gradient")
+    fails(lesson06.check_attn_gate_gradient, lambda b, i, t: by_hand(b, i, t, locations=False), good,
+          match="run without media_locations")
+
+    def who_parameters(block, inputs):  # the parameters themselves, not their names
+        block.zero_grad()
+        block(*inputs).pow(2).mean().backward()
+        return [p for _, p in block.named_parameters() if p.grad is not None and bool((p.grad != 0).any())]
+
+    fails(lesson06.check_params_with_gradient, who_parameters, good, match="names \\(strings")
+
+
 # ---------------------------------------------------------------------------------------------------------- 07
 
 def flamingo_class(*, every_layer=False, shift=False, before=True, resampler=True, locations=True, head=True,

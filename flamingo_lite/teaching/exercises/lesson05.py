@@ -113,28 +113,33 @@ def check_masked_softmax(masked_softmax) -> None:
 
 def reference_cross_attention(layer, x, media, media_locations=None, *, fill="zero", scale=True, order="h e",
                               use_mask=True, immediate=None, norm_media=False, axis=-1, heads=None, scale_value=None,
-                              invert=False):
+                              invert=False, norm_text=True, swap_kv=False, scale_after=False, out_layer=True,
+                              head_axis=True, merge_order=None):
     """The layer's forward from its own weights, and the usual mistakes; `heads` splits into that many heads,
     `scale_value` replaces the scale."""
     b, t, m = media.shape[:3]
     heads = layer.heads if heads is None else heads
-    q = rearrange(layer.to_q(layer.norm(x)), f"b n ({order}) -> b h n e", h=heads)  # (b, h, n, e)
+    q = rearrange(layer.to_q(layer.norm(x) if norm_text else x), f"b n ({order}) -> b h n e", h=heads)  # (b, h, n, e)
     media = layer.norm(media) if norm_media else media  # (b, t, m, d)
     k, v = layer.to_kv(rearrange(media, "b t m d -> b (t m) d")).chunk(2, dim=-1)  # 2 x (b, t*m, h*e)
+    k, v = (v, k) if swap_kv else (k, v)
     k, v = (rearrange(a, f"b j ({order}) -> b h j e", h=heads) for a in (k, v))  # (b, h, t*m, e)
     sim = torch.einsum("b h i e, b h j e -> b h i j", q, k)  # (b, h, n, t*m)
-    if scale_value is not None:
-        sim = sim * scale_value
-    elif scale:
-        sim = sim * (q.shape[-1] ** -0.5)
+    scale_by = q.shape[-1] ** -0.5 if scale_value is None else scale_value
+    if scale and not scale_after:
+        sim = sim * scale_by
     if media_locations is not None and use_mask:
         mode = layer.only_attend_immediate_media if immediate is None else immediate
-        mask = rearrange(masks.cross_attention_mask(media_locations, t, m, mode), "b i j -> b 1 i j")  # (b, 1, n, t*m)
+        mask = masks.cross_attention_mask(media_locations, t, m, mode)  # (b, n, t*m)
+        # without the head axis, (b, n, t*m) lines up with (b, h, n, t*m) as (1, b, n, t*m): batch i's mask on head i
+        mask = rearrange(mask, "b i j -> b 1 i j" if head_axis else "b i j -> 1 b i j")  # (b, 1, n, t*m)
         attn = reference_masked_softmax(sim, ~mask if invert else mask, fill=fill, axis=axis)  # (b, h, n, t*m)
     else:
         attn = sim.softmax(dim=axis)  # (b, h, n, t*m)
-    out = torch.einsum("b h i j, b h j e -> b h i e", attn, v)  # (b, h, n, e)
-    return layer.to_out(rearrange(out, f"b h n e -> b n ({order})"))  # (b, n, d)
+    attn = attn * scale_by if scale_after else attn  # (b, h, n, t*m)
+    merged = order if merge_order is None else merge_order
+    out = rearrange(torch.einsum("b h i j, b h j e -> b h i e", attn, v), f"b h n e -> b n ({merged})")  # (b, n, h*e)
+    return layer.to_out(out) if out_layer else out  # (b, n, d), or (b, n, h*e) with to_out left out
 
 
 _NO_LOCATIONS = ("media_locations=None means no mask: every word attends to every image, a plain softmax of the "
@@ -178,6 +183,27 @@ def _cross_attention_mistakes(reference, x, media, media_locations=None):
         Mistake("media normalised", run(norm_media=True),
                 "the media went through self.norm too: only the text x is normalised; the media come from the "
                 "resampler, already normalised."),
+        Mistake("text not normalised", run(norm_text=False),
+                "the text x is not normalised: the queries come from self.to_q(self.norm(x)), not self.to_q(x)."),
+        Mistake("media normalised instead of the text", run(norm_text=False, norm_media=True),
+                "self.norm is applied to the media instead of the text: the queries come from "
+                "self.to_q(self.norm(x)), and the media go into to_kv as they are."),
+        Mistake("keys and values swapped", run(swap_kv=True),
+                "the keys and values are swapped: to_kv's output splits keys first, k, v = ....chunk(2, dim=-1); the "
+                "scores use k, and the weights average v."),
+        Mistake("to_out left out", run(out_layer=False),
+                "to_out is left out: the heads' merged output, rearranged 'b h n e -> b n (h e)', must go through "
+                "self.to_out, back to the model width."),
+        *([Mistake("mask without a head axis", run(head_axis=False),
+                   "the mask has no head axis: a (b, n, t*m) mask against (b, h, n, t*m) scores lines the batch up "
+                   "with the heads (batch i's mask on head i); give it one, rearrange(mask, 'b i j -> b 1 i j').")]
+          if media_locations is not None and x.shape[0] == reference.heads > 1 else []),  # else it cannot broadcast
+        Mistake("heads merged in another order", run(merge_order="e h"),
+                "the heads are merged in another order than they were split: merge with 'b h n e -> b n (h e)', the "
+                "order of the split."),
+        Mistake("scale after the softmax", run(scale_after=True),
+                "the scale multiplies the weights after the softmax: multiply the scores, sim * self.scale, before "
+                "the softmax."),
         *scale_mistakes(reference, run),
         *heads_mistakes(reference, run),
     ]
@@ -186,14 +212,61 @@ def _cross_attention_mistakes(reference, x, media, media_locations=None):
 _SIZES = [dict(dim=16, dim_head=4, heads=2), dict(dim=24, dim_head=6, heads=3)]
 
 
+def _scale_used(layer_cls, size: dict):
+    """The one number the learner's layer, built in `size`, scales its scores by, read off its output with its own
+    weights (a search over the scale, which only the scores feel); None when no single scale explains the output."""
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():  # the lesson's own draws stay as they were
+            layer = layer_cls(**size)
+            x, media, locations = fl.teaching.checker.example_inputs(layer)
+            got = layer(x, media, locations)  # (b, n, d)
+
+            def error(s: float) -> float:
+                want = reference_cross_attention(layer, x, media, locations, heads=size["heads"], scale_value=s,
+                                                 immediate=size["only_attend_immediate_media"])  # (b, n, d)
+                return float((got - want).abs().max())
+
+            grid = torch.logspace(-3, 1, 121).tolist()  # 0.001 ... 10, about 8% apart
+            i = min(range(len(grid)), key=lambda j: error(grid[j]))
+            low, high = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+            for _ in range(60):  # golden-section search between the grid's neighbours of the best point
+                a, b = high - 0.618 * (high - low), low + 0.618 * (high - low)
+                low, high = (low, b) if error(a) < error(b) else (a, high)
+            found = (low + high) / 2
+            return found if error(found) < 1e-5 else None
+    except Exception:  # a layer the search cannot read (other names, shapes, an error): the usual verdict stands
+        return None
+
+
+def _fixed_scale_message(layer_cls, sizes: list[dict]):
+    """The verdict for a scale fixed to a number (the same one in both sizes, and not 1, which is no scale at all),
+    or None."""
+    used = [_scale_used(layer_cls, size) for size in sizes]
+    if None in used or abs(used[0] - used[1]) > 1e-6 * used[0] or abs(used[0] - 1) < 1e-6:
+        return None
+    rights = [size["dim_head"] ** -0.5 for size in sizes]  # they differ, so one number is wrong in one size at least
+    said = " and ".join(f"{r:.4g} with dim_head={size['dim_head']}" for r, size in zip(rights, sizes))
+    return (f"the scores are scaled by {used[0]:.4g} in both sizes (a fixed number, the same whatever dim_head is), "
+            f"where the scale is dim_head ** -0.5 ({said}): compute it from the dim_head argument, "
+            "self.scale = dim_head ** -0.5.")
+
+
 def check_forward(layer_cls) -> None:
     """Step 05.forward: `MyMaskedCrossAttention(...)`'s forward, in both modes, in two sizes (a head count or a scale
     fixed to the first shows in the second), and with media_locations=None."""
     name = layer_cls.__name__
     for mode in (True, False):
-        check_layer_in_sizes(layer_cls, fl.MaskedCrossAttention,
-                             [dict(size, only_attend_immediate_media=mode) for size in _SIZES],
-                             what=f"your {name} (only_attend_immediate_media={mode})", mistakes=_cross_attention_mistakes)
+        sizes = [dict(size, only_attend_immediate_media=mode) for size in _SIZES]
+        what = f"your {name} (only_attend_immediate_media={mode})"
+        try:
+            check_layer_in_sizes(layer_cls, fl.MaskedCrossAttention, sizes, what=what, mistakes=_cross_attention_mistakes)
+        except ExerciseFailed:
+            # a fixed number can equal a formula's at one size (8 ** -0.5 is (heads * dim_head) ** -0.5 at the first):
+            # the same number in both sizes is what names it
+            fixed = _fixed_scale_message(layer_cls, sizes)
+            if fixed is not None:
+                fail(f"{what}: {fixed}")
+            raise
     with torch.random.fork_rng(devices=[]):  # building draws random weights: the lesson's own draws stay as they were
         learner = run_learner(layer_cls, **_SIZES[0], what=f"{name}(dim=16, dim_head=4, heads=2)")
     x, media, _ = fl.teaching.checker.example_inputs(learner)

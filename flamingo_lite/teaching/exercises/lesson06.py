@@ -4,7 +4,8 @@ Each check runs the learner's code on a small input, compares it with the answer
 own sub-layers, and when it differs, with the usual mistakes computed on the same input (gates without tanh, a
 residual missing, the feed-forward fed the block's input instead of the cross-attention's output, the two gates
 swapped, a layer left ungated or gated by the other's gate, the cross-attention in the other mode), so the verdict
-names the mistake.
+names the mistake. A gate that is not a trainable nn.Parameter is named before anything runs, and a block whose own
+cross-attention or feed-forward is off is sent back to that layer's lesson.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 
 from ... import masks
 from ...gated import GatedCrossAttentionBlock
-from . import Mistake, check_shapes_follow, compare, fail, passed, register_hints, run_learner
+from . import Mistake, _same, check_shapes_follow, compare, fail, passed, register_hints, run_learner
 
 DIM, HEADS, DIM_HEAD = 16, 2, 8
 ATTN_GATE, FF_GATE = 0.7, -0.4  # opened, different, and tanh(g) far from g: every mistake gives other numbers
@@ -113,6 +114,39 @@ MESSAGES = {
 }
 
 
+def _check_gates_train(block) -> None:
+    """Each gate is an nn.Parameter that trains: a plain tensor attribute (or a buffer) is not among the block's
+    parameters, so it gets no gradient and an optimizer never moves it."""
+    parameters = dict(block.named_parameters())
+    for gate in ("attn_gate", "ff_gate"):
+        value = getattr(block, gate, None)
+        if isinstance(value, torch.Tensor) and gate not in parameters:
+            fail(f"your block's {gate} is a plain tensor, not an nn.Parameter, so it is not among the block's "
+                 f"parameters and never trains: create it as self.{gate} = nn.Parameter(torch.tensor([0.0])).")
+        if gate in parameters and not parameters[gate].requires_grad:
+            fail(f"your block's {gate} has requires_grad=False, so it never trains: create it as "
+                 f"nn.Parameter(torch.tensor([0.0])), which learns by default.")
+
+
+def _check_sublayers(mine, reference, inputs) -> None:
+    """The learner's own cross-attention and feed-forward, with the reference's weights, give the reference's numbers:
+    a mistake inside one of them is named by its own lesson's check, not by the block's."""
+    x, media, media_locations = inputs
+    with torch.no_grad():
+        attn = run_learner(mine.attn, x, media, media_locations, what="your block's self.attn(x, media, media_locations)")
+        want = reference.attn(x, media, media_locations)  # (b, n, d)
+        if not (isinstance(attn, torch.Tensor) and attn.shape == want.shape and torch.allclose(attn, want, atol=1e-5)):
+            fail("your block's cross-attention, self.attn (your MyMaskedCrossAttention from lesson 05), gives other "
+                 "numbers than the reference's with the same weights: run lesson05.check_forward(MyMaskedCrossAttention) "
+                 "in lesson 05, which names what differs.")
+        ff = run_learner(mine.ff, x, what="your block's self.ff(x)")
+        want = reference.ff(x)  # (b, n, d)
+        if not (isinstance(ff, torch.Tensor) and ff.shape == want.shape and torch.allclose(ff, want, atol=1e-5)):
+            fail("your block's feed-forward, self.ff (your MyFeedForward from lesson 03), gives other numbers than the "
+                 "reference's with the same weights: run lesson03.check_feedforward(MyFeedForward) in lesson 03, which "
+                 "names what differs.")
+
+
 def check_forward(block_class) -> None:
     """Step "06.forward": the learner's block, with the reference's weights and opened gates, on both modes."""
     x, media, media_locations = example_inputs()
@@ -120,6 +154,7 @@ def check_forward(block_class) -> None:
         reference = _opened_reference(mode)
         mine = run_learner(block_class, dim=DIM, dim_head=DIM_HEAD, heads=HEADS, only_attend_immediate_media=mode,
                            what="building your block")
+        _check_gates_train(mine)
         want, have = set(reference.state_dict()), set(mine.state_dict())
         if want != have:  # a missing or misnamed parameter, said in words before load_state_dict's own report
             said = [f"missing {', '.join(sorted(want - have))}" if want - have else "",
@@ -133,7 +168,10 @@ def check_forward(block_class) -> None:
             got = run_learner(mine, x, media, media_locations, what="your block's forward")
             variants = _variants(reference, x, media, media_locations)
         mistakes = [Mistake(name, variants[name], MESSAGES[name]) for name in MESSAGES]
-        compare(got, variants["right"], what=f"your block (gates opened to {ATTN_GATE} and {FF_GATE})", mistakes=mistakes)
+        what = f"your block (gates opened to {ATTN_GATE} and {FF_GATE})"
+        if isinstance(got, torch.Tensor) and not any(_same(got.float(), v.float(), 1e-5, 1e-4) for v in variants.values()):
+            _check_sublayers(mine, reference, (x, media, media_locations))  # no mistake of the block's own: a sub-layer's?
+        compare(got, variants["right"], what=what, mistakes=mistakes)
     closed = run_learner(block_class, dim=DIM, dim_head=DIM_HEAD, heads=HEADS, what="building your block")
     for gate in ("attn_gate", "ff_gate"):
         value = getattr(closed, gate, None)
@@ -176,6 +214,16 @@ def check_tanh_slope(tanh_slope) -> None:
         Mistake("no tanh", 1 - a**2, "this is 1 - alpha^2: the slope is 1 - tanh(alpha)^2, square `alpha.tanh()`."),
         Mistake("tanh itself", a.tanh(), "this is tanh(alpha) itself, not its slope 1 - tanh(alpha)^2."),
         Mistake("no square", 1 - a.tanh(), "the square is missing: the slope is 1 - tanh(alpha)**2."),
+        Mistake("1 / cosh", 1 / a.cosh(), "this is 1 / cosh(alpha), without the square: the slope is "
+                "1 / cosh(alpha)**2, which is 1 - tanh(alpha)**2."),
+        Mistake("square outside", (1 - a.tanh()) ** 2, "this is (1 - tanh(alpha))**2: square tanh(alpha) alone, "
+                "1 - alpha.tanh() ** 2."),
+        Mistake("times 2", 1 - 2 * a.tanh(), "this is 1 - 2 * tanh(alpha): `* 2` where the square is `** 2`."),
+        Mistake("tanh of the square", 1 - (a**2).tanh(), "this is 1 - tanh(alpha**2): take tanh first, then "
+                "square it, 1 - alpha.tanh() ** 2."),
+        Mistake("plus", 1 + a.tanh() ** 2, "this is 1 + tanh(alpha)**2: the slope subtracts the square, "
+                "1 - tanh(alpha)**2."),
+        Mistake("the square alone", a.tanh() ** 2, "this is tanh(alpha)**2 alone: the slope is 1 minus it."),
     ]
     compare(got, alpha.grad, what="your tanh_slope", mistakes=mistakes, atol=1e-6)
     passed("tanh_slope is right: at alpha = 0 the slope is exactly 1.")
@@ -201,6 +249,9 @@ def _measured(params_with_gradient, block, inputs, want) -> list:
     if not isinstance(got, (list, tuple)):
         fail(f"params_with_gradient returned a {type(got).__name__}: return a sorted list of parameter names.")
     got = list(got)
+    if not all(isinstance(name, str) for name in got):
+        fail("params_with_gradient must return the parameters' names (strings, from block.named_parameters()), not "
+             "the parameters themselves.")
     if set(got) == {n for n, _ in block.named_parameters()} and set(want) != set(got):
         fail("every parameter is listed: keep only those whose gradient is not all zeros "
              "(`p.grad is not None and (p.grad != 0).any()`).")
@@ -214,7 +265,8 @@ def check_params_with_gradient(params_with_gradient, block_class) -> list:
     closed again, only the gates once more (gradients left over from the call before would show here)."""
     inputs = example_inputs()
     torch.manual_seed(0)
-    fresh = block_class(dim=DIM, dim_head=DIM_HEAD, heads=HEADS)
+    fresh = run_learner(block_class, dim=DIM, dim_head=DIM_HEAD, heads=HEADS, what="building your block")
+    _check_gates_train(fresh)
     gates = ["attn_gate", "ff_gate"]
     got = _measured(params_with_gradient, fresh, inputs, gates)
     if got != gates:
@@ -247,18 +299,29 @@ def check_attn_gate_gradient(attn_gate_gradient, block_class) -> tuple:
     """Exercise "06.gate_gradient": the chain rule by hand against autograd."""
     inputs = example_inputs()
     torch.manual_seed(0)
-    closed = block_class(dim=DIM, dim_head=DIM_HEAD, heads=HEADS)
+    closed = run_learner(block_class, dim=DIM, dim_head=DIM_HEAD, heads=HEADS, what="building your block")
+    _check_gates_train(closed)
     goal = torch.randn(inputs[0].shape, generator=torch.Generator().manual_seed(5))  # (b, n, d)
     (closed(*inputs) - goal).pow(2).mean().backward()
     want = closed.attn_gate.grad.reshape(())  # ()
+    n = inputs[0].numel()
+    with torch.no_grad():  # the chain rule on the wrong layer's output, or without the mask
+        x, media, _ = inputs
+        unmasked = (2 * (x - goal) / n * closed.attn(x, media, None)).sum()  # ()
     got = run_learner(attn_gate_gradient, closed, inputs, goal, what="your attn_gate_gradient(block, inputs, target)")
     got = torch.as_tensor(got, dtype=torch.float32).reshape(-1)
     if got.numel() != 1:
         fail(f"attn_gate_gradient returned {got.numel()} numbers: sum over every number to get one.")
     mistakes = [
         Mistake("sign", -want, "the sign is flipped: dL/dz = 2 * (z - target) / N, with z = x."),
-        Mistake("no mean", want * inputs[0].numel(), "the 1/N of the mean is missing: divide by x.numel()."),
+        Mistake("no mean", want * n, "the 1/N of the mean is missing: divide by x.numel()."),
         Mistake("no 2", want / 2, "the factor 2 of the square's derivative is missing."),
+        Mistake("mean, not sum", want / n, "the products are averaged, .mean(), where the chain rule adds them up: "
+                "dL/d attn_gate is the .sum() over every number of dL/dz * dz/d attn_gate."),
+        Mistake("ff_gate's gradient", closed.ff_gate.grad.reshape(()), "this is ff_gate's gradient, from block.ff(x): "
+                "dz/d attn_gate is the cross-attention's output, block.attn(x, media, media_locations)."),
+        Mistake("no media_locations", unmasked, "the cross-attention was run without media_locations: "
+                "dz/d attn_gate is block.attn(x, media, media_locations), with the mask."),
     ]
     compare(got.reshape(()), want, what="your attn_gate_gradient", mistakes=mistakes, atol=1e-7, rtol=1e-4)
     passed(f"attn_gate_gradient is right: by hand {float(got):.4f}, autograd {want.item():.4f}")
