@@ -37,7 +37,8 @@ CONFIGS = {
 }
 TASKS = ("heldout_format", "rule_inference")
 CURVES = (("curve", "Flamingo"), ("knn_curve", "nearest neighbour"), ("lm_only_curve", "LM alone, no pictures"),
-          ("head_ablated_curve", "induction head(s) zeroed"), ("in_support", "answer's name in the prompt"),
+          ("head_ablated_curve", "induction head(s) zeroed, picked by effect"),
+          ("attention_head_ablated_curve", "head(s) zeroed, picked by attention"), ("in_support", "answer's name in the prompt"),
           ("prompt_names_guess", "a guess among the prompt's names"))
 
 
@@ -73,14 +74,16 @@ def write_table(results: dict, path: Path) -> None:
              "colour-shape combination is never among the support pictures (`flamingo_lite/tiny/heldout.py`).", "",
              f"Machine: {results.get('machine', '?')}", ""]
     lines += ["## At 16 shots, every seed", "",
-              "| config | seed | training template | held-out format | nearest neighbour | induction head(s) zeroed "
-              "| rule inference | its nearest neighbour | targets met |", "|---|---|---|---|---|---|---|---|---|"]
+              "| config | seed | training template | held-out format | nearest neighbour | head(s) by effect zeroed "
+              "| head(s) by attention zeroed | rule inference | its nearest neighbour | targets met |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for config, runs in results["runs"].items():
         for seed, run in sorted(runs.items(), key=lambda kv: int(kv[0])):
             held, rule = run["heldout_format"], run["rule_inference"]
             met = sum(ok for _, ok in targets(run))
             lines.append(f"| {config} | {seed} | {fmt(run['shots_curve']['16'])} | {fmt(held['curve']['16'])} | "
-                         f"{fmt(held['knn_curve']['16'])} | {fmt(held['head_ablated_curve']['16'])} | {fmt(rule['curve']['16'])} | "
+                         f"{fmt(held['knn_curve']['16'])} | {fmt(held['head_ablated_curve']['16'])} | "
+                         f"{fmt(held.get('attention_head_ablated_curve', {}).get('16'))} | {fmt(rule['curve']['16'])} | "
                          f"{fmt(rule['knn_curve']['16'])} | {met} of {len(targets(run))} |")
     lines.append("")
     missing = {config: [s for s in ("0", "1", "2") if s not in runs] for config, runs in results["runs"].items()}
@@ -99,11 +102,21 @@ def write_table(results: dict, path: Path) -> None:
                 ks = list(block["curve"])
                 lines += [f"{task.replace('_', ' ')}, template `{block['template']}`:", "",
                           "| | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
-                lines += [f"| {label} | " + " | ".join(fmt(block[key][k]) for k in ks) + " |" for key, label in CURVES]
+                lines += [f"| {label} | " + " | ".join(fmt(block[key][k]) for k in ks) + " |" for key, label in CURVES if key in block]
                 lines.append("")
-            heads = ", ".join(f"layer {l} head {h}" for l, h in run["induction_heads"]["heads"])
-            lines += [f"Induction head(s), by attention on same-class names in the training template: {heads}.", "",
-                      "Issue 20's targets:", ""]
+            found = run["induction_heads"]
+            named = lambda pairs: ", ".join(f"layer {l} head {h}" for l, h in pairs)  # noqa: E731
+            if found.get("by") == "effect":
+                costs = ", ".join(f"layer {l} head {h} {found['effect'][l][h]:+.2f}" for l, h in
+                                  sorted(((l, h) for l in range(len(found["effect"])) for h in range(len(found["effect"][0]))),
+                                         key=lambda lh: -found["effect"][lh[0]][lh[1]]))
+                lines += [f"Induction head(s), by effect (what zeroing each head alone costs the held-out format at 8 shots, "
+                          f"on 200 calibration episodes apart from the scored ones): {named(found['heads'])}. Every head's "
+                          f"cost: {costs}.", "",
+                          f"By attention on same-class names in the training template: {named(found['attention_heads'])}.", ""]
+            else:
+                lines += [f"Induction head(s), by attention on same-class names in the training template: {named(found['heads'])}.", ""]
+            lines += ["Issue 20's targets:", ""]
             lines += [f"- {name}: {'met' if ok else 'not met'}" for name, ok in targets(run)]
             lines.append("")
     write_text_atomic(path, "\n".join(lines))

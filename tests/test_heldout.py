@@ -111,14 +111,38 @@ def test_induction_heads_picks_heads_that_look_at_same_class_names():
     assert table.shape == (2, 4, 2) and bool((table >= 0).all()) and bool((table.sum(-1) <= 1 + 1e-5).all())
 
 
+def test_heads_by_effect_picks_the_costliest_head_and_those_near_it():
+    effects = torch.zeros(2, 4)
+    effects[1, 2], effects[0, 1], effects[0, 0] = 0.30, 0.16, 0.14  # 0.16 is over half of 0.30, 0.14 is not
+    assert ho.heads_by_effect(effects) == [(1, 2), (0, 1)]
+    assert ho.heads_by_effect(effects, share=0.9) == [(1, 2)]
+    assert ho.heads_by_effect(torch.full((2, 4), -0.01)) == [(0, 0)]  # no head helps: still one, the least harmful
+
+
+def test_head_effects_is_the_accuracy_each_zeroed_head_costs():
+    model, episodes = _model(), fs.make_heldout_episodes(12, seed=3, pool_size=12)
+    effects = ho.head_effects(model, episodes, TOK, k=4)
+    assert effects.shape == (2, 4)
+    base = ho.evaluate_format(model, episodes, 4, TOK)["scoring"]
+    with zero_attention_heads(model.lm, [(1, 3)]):
+        zeroed = ho.evaluate_format(model, episodes, 4, TOK)["scoring"]
+    assert float(effects[1, 3]) == pytest.approx(base - zeroed)
+    assert ho.evaluate_format(model, episodes, 4, TOK)["scoring"] == base  # every head is back afterwards
+    with pytest.raises(ValueError, match="k"):
+        ho.head_effects(model, episodes, TOK, k=0)
+
+
 def test_run_fewshot_writes_the_heldout_blocks():
     setup = fs.FewShotSetup(lm_steps=2, steps=2, num_train=64, num_heldout=8, max_shots=4, shots=(0, 1, 4), log_every=1)
     _, history = fs.run_fewshot(setup, progress=False)
     for key in ("heldout_format", "rule_inference"):
         block = history[key]
         assert block["chance"] == pytest.approx(1 / 16)
-        for curve in ("curve", "knn_curve", "lm_only_curve", "head_ablated_curve", "in_support"):
+        for curve in ho.CURVES:
             assert set(block[curve]) == {"0", "1", "4"} and all(0.0 <= v <= 1.0 for v in block[curve].values())
-    assert history["induction_heads"]["heads"] and len(history["induction_heads"]["same_class_name_attention"]) == 2
+    heads = history["induction_heads"]
+    assert heads["heads"] and heads["attention_heads"] and len(heads["same_class_name_attention"]) == 2
+    assert heads["by"] == "effect" and torch.tensor(heads["effect"]).shape == (2, 4)
+    assert [tuple(h) for h in heads["heads"]] == ho.heads_by_effect(torch.tensor(heads["effect"]))
     capped = fs.run_fewshot(fs.FewShotSetup(**{**setup.__dict__, "media_embedding": "per_media", "max_images": 2}), progress=False)[1]
     assert capped["rule_inference"]["curve"]["4"] is None and capped["rule_inference"]["curve"]["1"] is not None

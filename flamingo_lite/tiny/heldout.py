@@ -17,7 +17,9 @@ the same trained model on what its training never showed:
 Each curve comes with its baselines: chance (1/16, one of the 16 names); nearest neighbour, the name of the support
 picture nearest to the query in the frozen vision encoder's pooled features (the lookup a sceptic suspects); the
 language model alone, reading the same tokens without pictures; and the model with its induction head(s) zeroed
-(`language_model.zero_attention_heads`), which measures what the head does instead of reading its attention.
+(`language_model.zero_attention_heads`). The heads are picked by what zeroing each one costs on calibration
+episodes (`head_effects`), not only by where they look (`name_attention`): a head can look at the right name and
+not be the one that does the work.
 
 Shapes: E prompts, P pool pictures, k support pictures, g grid cells, d vision width, V vocabulary.
 """
@@ -41,6 +43,10 @@ from .language_model import zero_attention_heads
 HELDOUT_WORD = "a"  # `<image> a NAME <eoc>`: in training, `<image> a` is followed by a colour, never by a name
 TEMPLATES = {"training": IS, "heldout": HELDOUT_WORD}  # the word between a picture and its name
 ATTRIBUTES = ("colour", "shape")
+CURVES = ("curve", "knn_curve", "lm_only_curve", "head_ablated_curve", "attention_head_ablated_curve", "in_support",
+          "prompt_names_guess")  # what heldout_curves gives per task, each keyed by str(k)
+CALIBRATION_EPISODES = 200  # the episodes heads are picked on (`head_effects`), drawn apart from those scored
+CALIBRATION_SEED = 1000  # their seed: the run's seed + this, so that no run's scored episodes are another's calibration
 
 
 def template_words(support_classes, names, word: str) -> list[str]:
@@ -193,30 +199,68 @@ def induction_heads(share: torch.Tensor, *, threshold: float = 0.5) -> list[tupl
     return [(flat // share.shape[1], flat % share.shape[1])]
 
 
+@torch.no_grad()
+def head_effects(model, episodes: list[Episode], tokenizer: Tokenizer, *, k: int = 8, word: str = HELDOUT_WORD,
+                 seed: int = 0, device=None) -> torch.Tensor:
+    """(layers, h): how far the k-shot accuracy on `episodes` in the template `<image> WORD NAME <eoc>` falls when that
+    one head of the language model is zeroed (`zero_attention_heads`). What a head does, measured, where
+    `name_attention` reads where it looks. Give it calibration episodes, never those a curve is scored on."""
+    check_positive_int("k", k)
+    device = get_device(device)
+    grids = episode_grids(model, episodes, device=device)
+    accuracy = lambda: evaluate_format(model, episodes, k, tokenizer, word=word, seed=seed, device=device, grids=grids)["scoring"]  # noqa: E731
+    base = accuracy()
+    lm = model.lm
+    effects = torch.zeros(len(lm.blocks), lm.blocks[0].attn.heads)  # (layers, h)
+    for layer in range(effects.shape[0]):
+        for head in range(effects.shape[1]):
+            with zero_attention_heads(lm, [(layer, head)]):
+                effects[layer, head] = base - accuracy()
+    return effects
+
+
+def heads_by_effect(effects: torch.Tensor, *, share: float = 0.5) -> list[tuple[int, int]]:
+    """The (layer, head) whose zeroing costs the most accuracy (`head_effects`' table), and every other head that
+    costs at least `share` of that, largest first."""
+    best = float(effects.max())
+    order = torch.argsort(effects.flatten(), descending=True).tolist()
+    keep = [i for i in order if i == order[0] or (best > 0 and float(effects.flatten()[i]) >= share * best)]
+    return [(i // effects.shape[1], i % effects.shape[1]) for i in keep]
+
+
 def heldout_curves(model, tokenizer: Tokenizer, shots, *, num_episodes: int = 500, pool_size: int = 48, seed: int = 0,
                    device=None, max_media: int | None = None) -> dict:
     """The held-out-format and rule-inference curves with every baseline, and the induction heads they ablate.
 
-    Returns {"heldout_format": block, "rule_inference": block, "induction_heads": {...}}, each block
-    {"curve", "chance", "knn_curve", "lm_only_curve", "head_ablated_curve", "in_support", "prompt_names_guess"},
-    curves keyed by str(k); k with k + 1 > `max_media` pictures (a per-image embedding's cap) map to None.
+    Returns {"heldout_format": block, "rule_inference": block, "induction_heads": {...}}, each block holding the
+    `CURVES`, keyed by str(k), and the chance level; k with k + 1 > `max_media` pictures (a per-image embedding's
+    cap) map to None. The heads zeroed in `head_ablated_curve` are picked by their effect on the held-out format
+    (`head_effects` on calibration episodes apart from the scored ones); those in `attention_head_ablated_curve` by
+    where they look (`name_attention`), to show whether the two readings agree.
     """
     device = get_device(device)
     model = model.to(device).eval()
     naming = make_heldout_episodes(num_episodes, seed=seed, pool_size=pool_size)
     k = 8 if max_media is None else min(8, max_media - 1)  # as many support pictures as the model takes, up to 8
     share = name_attention(model, naming, tokenizer, k=k, device=device)  # (layers, h, 2)
-    heads = induction_heads(share)
-    out = {"induction_heads": {"heads": [list(h) for h in heads], "same_class_name_attention": share[..., 0].tolist(),
+    looked = induction_heads(share)  # the heads that look at same-class names
+    # the heads whose zeroing costs the held-out format most, on calibration episodes the curves never score
+    calibration = make_heldout_episodes(CALIBRATION_EPISODES, seed=seed + CALIBRATION_SEED, pool_size=pool_size)
+    effects = head_effects(model, calibration, tokenizer, k=k, seed=seed, device=device)  # (layers, h)
+    heads = heads_by_effect(effects)
+    out = {"induction_heads": {"heads": [list(h) for h in heads], "by": "effect", "effect": effects.tolist(),
+                               "attention_heads": [list(h) for h in looked],
+                               "same_class_name_attention": share[..., 0].tolist(),
                                "other_name_attention": share[..., 1].tolist()}}
     tasks = {"heldout_format": (naming, HELDOUT_WORD), "rule_inference": (make_rule_episodes(num_episodes, seed=seed, pool_size=pool_size), IS)}
     for key, (episodes, word) in tasks.items():
         grids = episode_grids(model, episodes, device=device)
         block = {"curve": {}, "chance": 1.0 / len(NAMES), "knn_curve": {}, "lm_only_curve": {}, "head_ablated_curve": {},
-                 "in_support": {}, "prompt_names_guess": {}, "template": f"{MEDIA_TOKEN} {word} NAME {EOC_TOKEN}"}
+                 "attention_head_ablated_curve": {}, "in_support": {}, "prompt_names_guess": {},
+                 "template": f"{MEDIA_TOKEN} {word} NAME {EOC_TOKEN}"}
         for k in shots:
             if max_media is not None and k + 1 > max_media:
-                for curve in ("curve", "knn_curve", "lm_only_curve", "head_ablated_curve", "in_support", "prompt_names_guess"):
+                for curve in CURVES:
                     block[curve][str(k)] = None
                 continue
             kwargs = dict(word=word, seed=seed, device=device)
@@ -226,7 +270,8 @@ def heldout_curves(model, tokenizer: Tokenizer, shots, *, num_episodes: int = 50
             block["in_support"][str(k)] = result["in_support"]
             block["prompt_names_guess"][str(k)] = result["prompt_names_guess"]
             block["lm_only_curve"][str(k)] = evaluate_format(model.lm, episodes, k, tokenizer, lm_only=True, **kwargs)["scoring"]
-            with zero_attention_heads(model.lm, heads):
-                block["head_ablated_curve"][str(k)] = evaluate_format(model, episodes, k, tokenizer, grids=grids, **kwargs)["scoring"]
+            for curve, zeroed in (("head_ablated_curve", heads), ("attention_head_ablated_curve", looked)):
+                with zero_attention_heads(model.lm, zeroed):
+                    block[curve][str(k)] = evaluate_format(model, episodes, k, tokenizer, grids=grids, **kwargs)["scoring"]
         out[key] = block
     return out
