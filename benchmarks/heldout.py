@@ -5,6 +5,7 @@ beside their baselines, with issue 20's targets checked on each seed.
     python benchmarks/heldout.py --config many_links              # training episodes with 9 link words, not 1
     python benchmarks/heldout.py --model assets/fewshot_model.pt  # evaluate a saved model (its own seed) only
     python benchmarks/heldout.py --report-only                    # the table from benchmarks/results/heldout.json
+    python benchmarks/heldout.py --config many_links --seeds 0 --save-model assets/fewshot_many_links.pt
 
 Each seed is `run_fewshot(FewShotSetup(seed=s, **CONFIGS[config]))`, the recipe of `python -m flamingo_lite.train --task fewshot`, whose
 history holds the `heldout_format`, `rule_inference` and `induction_heads` blocks (`flamingo_lite.tiny.heldout`).
@@ -27,13 +28,13 @@ sys.path.insert(0, str(ROOT.parent))
 
 from flamingo_lite.files import write_text_atomic  # noqa: E402
 from flamingo_lite.tiny.fewshot import (  # noqa: E402
-    FewShotSetup, fewshot_curve, fewshot_tokenizer, load_model, make_heldout_episodes, run_fewshot,
+    MANY_LINKS, FewShotSetup, fewshot_curve, fewshot_tokenizer, load_model, make_heldout_episodes, run_fewshot, save_model,
 )
 from flamingo_lite.tiny.heldout import heldout_curves  # noqa: E402
 
 CONFIGS = {
     "default": {},  # training episodes all `<image> is NAME <eoc>`
-    "many_links": {"links": ("is", "in", "", "of", "as", "to", "on", "at", "by")},  # one of 9 links per episode, never `a`
+    "many_links": {"links": MANY_LINKS},  # one of 9 links per episode ("" for none), never `a`: --many-links
 }
 TASKS = ("heldout_format", "rule_inference")
 CURVES = (("curve", "Flamingo"), ("knn_curve", "nearest neighbour"), ("lm_only_curve", "LM alone, no pictures"),
@@ -130,7 +131,12 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "heldout.json")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--save-model", type=Path, default=None,
+                        help="with one seed: also write the trained model there, as `python -m flamingo_lite.train --task "
+                             "fewshot --save-model` does (assets/fewshot_many_links.pt is --config many_links --seeds 0)")
     args = parser.parse_args(argv)
+    if args.save_model is not None and (len(args.seeds) != 1 or args.model is not None or args.report_only):
+        parser.error("--save-model keeps one trained model: give exactly one --seeds, and no --model or --report-only")
     torch.set_num_threads(args.threads)
     results = json.loads(args.out.read_text()) if args.out.exists() else {"runs": {}}
     if not args.report_only:
@@ -148,7 +154,9 @@ def main(argv=None) -> int:
                 run["shots_curve"] = {k: v["scoring"] for k, v in curve.items()}
                 seed, run["source"] = setup.seed, f"evaluated from {args.model.as_posix()}"
             else:
-                _, history = run_fewshot(FewShotSetup(seed=seed, **CONFIGS[args.config]), progress=False)
+                model, history = run_fewshot(FewShotSetup(seed=seed, **CONFIGS[args.config]), progress=False)
+                if args.save_model is not None:
+                    save_model(model.cpu(), history, args.save_model)
                 run = {k: history[k] for k in (*TASKS, "induction_heads", "shots_curve", "seconds")}
                 run["source"] = f"trained, {history['seconds']:.0f} s with evaluation"
             results["runs"].setdefault("default" if args.model is not None else args.config, {})[str(seed)] = run

@@ -232,9 +232,23 @@ def test_the_model_and_the_history_are_both_written_when_they_can_be(tmp_path, f
 
 def test_shots_beyond_the_pool_and_a_save_model_without_fewshot_are_refused_before_any_work(tmp_path, fake_fewshot, fake_training, capsys):
     for argv, message in [(["--task", "fewshot", "--shots", "0,4,49"], "in [0, 48]"),
-                          (["--save-model", str(tmp_path / "m.pt")], "--save-model is for --task fewshot")]:
+                          (["--save-model", str(tmp_path / "m.pt")], "--save-model is for --task fewshot"),
+                          (["--many-links"], "--many-links is for --task fewshot")]:
         with pytest.raises(SystemExit) as refused:
             cli.main(["--out", str(tmp_path / "x.json"), *argv])
         assert refused.value.code == 2 and message in capsys.readouterr().err
     assert fake_fewshot == [] and fake_training == []
     assert "each 0 to 48" in cli.build_parser().format_help() and "Exit status" in cli.build_parser().format_help()
+
+
+def test_many_links_trains_on_the_nine_links(monkeypatch):
+    """--many-links gives run_fewshot a setup whose training episodes vary the link (fewshot.MANY_LINKS), never `a`."""
+    from flamingo_lite.tiny import fewshot as fs
+
+    seen = []
+    monkeypatch.setattr(fs, "run_fewshot", lambda setup, **kw: seen.append(setup) or (None, {"config": {}, "shots_curve": {}, "chance": 1 / 16, "seconds": 0.0}))
+    for argv, links in ((["--many-links"], fs.MANY_LINKS), ([], (fs.IS,))):
+        args = cli.build_parser().parse_args(["--task", "fewshot", "--out", "x.json", *argv])
+        fs.run_from_command_line(args, ["--task", "fewshot", *argv])
+        assert seen[-1].links == links
+    assert len(fs.MANY_LINKS) == 9 and "a" not in fs.MANY_LINKS and "" in fs.MANY_LINKS

@@ -60,6 +60,8 @@ TEXT_TASK_SHOTS = 8  # the text task that measures the language model (and its f
 
 
 LINK_WORDS = ("of", "as", "to", "on", "at", "by")  # more words a training episode may put between a picture and its name
+# `--many-links`: one of these per training episode ("" for none), never the held-out template's `a`
+MANY_LINKS = (IS, "in", "", *LINK_WORDS)
 
 
 def fewshot_tokenizer(links: tuple = (IS,)) -> Tokenizer:
@@ -581,7 +583,7 @@ def load_model(path, *, device=None) -> tuple[Flamingo, FewShotSetup]:
 
 
 def run_from_command_line(args, argv=None) -> tuple[dict, str, bytes | None]:
-    """`python -m flamingo_lite.train --task fewshot --out FILE [--seed S] [--shots 0,1,2,...] [--save-model PT]`:
+    """`python -m flamingo_lite.train --task fewshot --out FILE [--seed S] [--shots 0,1,2,...] [--many-links] [--save-model PT]`:
     train and evaluate (and keep the model, for lesson 12).
 
     Returns the JSON history, a one-line summary and the model file's bytes (None without `--save-model`);
@@ -601,6 +603,8 @@ def run_from_command_line(args, argv=None) -> tuple[dict, str, bytes | None]:
         setup = replace(setup, steps=args.steps)
     if "--lm-steps" in given:
         setup = replace(setup, lm_steps=args.lm_steps)
+    if getattr(args, "many_links", False):
+        setup = replace(setup, links=MANY_LINKS)
     setup = replace(setup, only_attend_immediate_media=args.only_attend_immediate_media)
     model, history = run_fewshot(setup, device=args.device, progress=args.progress)
     model_file = None if args.save_model is None else model_bytes(model.cpu(), history)

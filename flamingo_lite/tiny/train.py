@@ -119,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="--task fewshot: also write the trained model there (torch.save, atomically); "
         "flamingo_lite.tiny.fewshot.load_model reads it back",
     )
+    parser.add_argument(
+        "--many-links", action="store_true",
+        help="--task fewshot: each training episode puts one of 9 words (or none) between a picture and its name, "
+        "never the held-out template's `a` (flamingo_lite.tiny.fewshot.MANY_LINKS; benchmarks/HELDOUT.md)",
+    )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="turn the tqdm progress bars off")
     parser.add_argument(
         "--batch-size", type=positive_int, default=DEFAULTS.batch_size,
@@ -142,6 +147,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.save_model is not None and args.task != "fewshot":  # before any work: found after the run, it would lose it
         parser.error("--save-model is for --task fewshot (the captioning run does not save its model)")
+    if args.many_links and args.task != "fewshot":
+        parser.error("--many-links is for --task fewshot (the captioning run has no naming episodes)")
     paths = check_outputs(parser, {"--out": None if args.out == "-" else args.out, "--save-model": args.save_model})
     try:
         processes = distributed.world_size_from_environment()
