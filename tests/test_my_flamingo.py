@@ -524,3 +524,37 @@ def test_a_failed_section_flamingo_lite_has_no_stand_in_for_is_used_as_it_is_and
     assert ("your masked_softmax failed lesson 05's check when you last ran it: used as it is (fix it in lesson 05 "
             "and run its check again)") in lines
     assert ns["MyMaskedCrossAttention"] is not fl.MaskedCrossAttention
+
+
+def test_a_name_redefined_in_a_plain_cell_is_a_try_out_and_marks_nothing(shell, checked):
+    shell.user_ns["verdicts"]["first"] = "fail"
+    assert shell.run_cell("def first():\n    return 'a wrong version, tried out'").success  # not a %%my_flamingo cell
+    assert isinstance(shell.run_cell("check_it(first)").error_in_exec, ExerciseFailed)
+    assert _marks(checked) == {("first",): False, ("second",): False}  # the file's version was not the one checked
+    assert shell.run_cell("%%my_flamingo\ndef first():\n    return 1").success  # the file's version, again
+    assert isinstance(shell.run_cell("check_it(first)").error_in_exec, ExerciseFailed)
+    assert _marks(checked) == {("first",): True, ("second",): False}
+
+
+def test_a_stand_in_is_there_before_the_sections_that_use_it_run(tmp_path):
+    """Lesson 08's cell starts `Resampler = MyPerceiverResampler`: with no lesson 03 in the file, the section must find
+    the stand-in as it loads, not meet a NameError."""
+    path = tmp_path / "my_flamingo.py"
+    cell = FILE.read_text(encoding="utf-8").split("# === lesson 08: Resampler, GatedBlock, MyFlamingo ===\n")[1]
+    cell = cell.split("\n# === ")[0]
+    my_file.record("08", FILE.read_text(encoding="utf-8").split("# === lesson 08: xattn_layer_indices ===\n")[1].split("\n# === ")[0], path)
+    my_file.record("08", cell, path)
+    ns = {}
+    lines = my_file.load_earlier("09", ns, path=path, needs=["MyFlamingo"])
+    assert ns["Resampler"] is fl.PerceiverResampler and ns["GatedBlock"] is fl.GatedCrossAttentionBlock
+    assert ns["MyFlamingo"].__module__ != "flamingo_lite.tiny.model"  # the learner's Flamingo, built on the stand-ins
+    assert f"{path.name} has no MyPerceiverResampler yet: using flamingo_lite.PerceiverResampler in its place" in lines
+    # the whole class, failed: Flamingo stands in, and the cell's aliases are not reported as failed names of their own
+    my_file.mark_checked("check(MyFlamingo)", True, lesson="08", path=path)
+    ns = {}
+    lines = my_file.load_earlier("09", ns, path=path, needs=["MyFlamingo"])
+    from flamingo_lite.tiny.model import Flamingo
+
+    assert ns["MyFlamingo"] is Flamingo
+    assert not any("failed" in line and "Resampler" in line for line in lines)
+    assert any(line.startswith("your MyFlamingo failed lesson 08's check") for line in lines)

@@ -92,7 +92,7 @@ FALLBACKS = {
 # The start of the line that stands in for a solution in the student notebooks (tools/make_student_notebooks.py).
 UNWRITTEN = 'raise NotImplementedError("Your turn'
 
-_state = {"lesson": None}
+_state = {"lesson": None, "recorded": {}}  # the running lesson; each name's object as its %%my_flamingo cell left it
 
 
 class Section:
@@ -198,24 +198,10 @@ def load_earlier(lesson: str, namespace: dict, *, path=None, needs=()) -> list[s
     if not needs:
         return []
     sections = [s for s in (parse(path.read_text(encoding="utf-8")) if path.exists() else []) if s.lesson < str(lesson)]
-    lines = []
-    if sections:
-        exec(compile(PREAMBLE, str(path), "exec"), namespace)
-        for s in sections:
-            exec(compile(s.body, f"{path.name}, lesson {s.lesson}", "exec"), namespace)
-        by_lesson = {}
-        for s in sections:
-            by_lesson.setdefault(s.lesson, []).extend(s.names)
-        for les, names in by_lesson.items():
-            lines.append(f"from your {path.name}, lesson {les}: {', '.join(names)}")
-        for s in sections:
-            kept = [n for n in s.names if n not in FALLBACKS]
-            if s.failed and kept:
-                lines.append(f"your {', '.join(kept)} failed lesson {s.lesson}'s check when you last ran it: used as "
-                             f"it is (fix it in lesson {s.lesson} and run its check again)")
     written = {n: s for s in sections for n in s.names}
     # an earlier section may call a definition the file lacks (lesson 05's layer calls lesson 04's mask): it stands in too
     called = [n for n in FALLBACKS if n not in needs and any(re.search(rf"\b{n}\b", s.body) for s in sections)]
+    standins, said = {}, []
     for name in [*needs, *called]:
         module_name, attr = FALLBACKS[name]
         section, fix = written.get(name), ""
@@ -228,9 +214,25 @@ def load_earlier(lesson: str, namespace: dict, *, path=None, needs=()) -> list[s
             fix = f" (fix it in lesson {section.lesson} and run its check again)"
         else:
             continue
-        module = __import__(module_name, fromlist=[attr])
-        namespace[name] = getattr(module, attr)
-        lines.append(f"{why}: using {module_name}.{attr} in its place{fix}")
+        standins[name] = getattr(__import__(module_name, fromlist=[attr]), attr)
+        said.append(f"{why}: using {module_name}.{attr} in its place{fix}")
+    lines = []
+    if sections:
+        exec(compile(PREAMBLE, str(path), "exec"), namespace)
+        namespace.update(standins)  # before the sections run: one may use a stand-in as it loads (Resampler = MyPerceiverResampler)
+        for s in sections:
+            exec(compile(s.body, f"{path.name}, lesson {s.lesson}", "exec"), namespace)
+        by_lesson = {}
+        for s in sections:
+            by_lesson.setdefault(s.lesson, []).extend(s.names)
+        for les, names in by_lesson.items():
+            lines.append(f"from your {path.name}, lesson {les}: {', '.join(names)}")
+        for s in sections:
+            if s.failed and not set(s.names) & set(FALLBACKS):  # a failed cell with nothing to stand in for it
+                lines.append(f"your {', '.join(s.names)} failed lesson {s.lesson}'s check when you last ran it: used as "
+                             f"it is (fix it in lesson {s.lesson} and run its check again)")
+    namespace.update(standins)  # a stub's or a failed section's definition gives way to the stand-in
+    lines += said
     for line in lines:
         print(line)
     return lines
@@ -247,6 +249,8 @@ def _magic(line: str, cell: str):
     code = shell.transform_cell(cell)
     exec(compile(code, shell.compile.cache(cell), "exec"), shell.user_ns)  # an error propagates: nothing is written
     record(lesson, cell)
+    # what the file now holds: a check marks its section only while the name is still this cell's definition
+    _state["recorded"].update({name: shell.user_ns.get(name) for name in defined_names(clean_source(cell))})
 
 
 def checked_names(source: str, failing_line: int | None = None) -> tuple[str, ...]:
@@ -277,11 +281,12 @@ def _cell_line(error: BaseException) -> int | None:
 
 
 def mark_checked(source: str, failed: bool, *, failing_line: int | None = None, lesson: str | None = None,
-                 path=None) -> list[Section]:
+                 path=None, only=None) -> list[Section]:
     """Mark (`failed=True`) or clear the sections of `lesson` (default: the current one) that define a name the
-    cell `source` checks (`checked_names`). Returns the sections changed; the file is written only when some are.
+    cell `source` checks (`checked_names`), of the names in `only` when it is given. Returns the sections changed;
+    the file is written only when some are.
     """
-    names = set(checked_names(source, failing_line))
+    names = set(checked_names(source, failing_line)) & (set(only) if only is not None else {*checked_names(source)})
     lesson = _state["lesson"] if lesson is None else str(lesson)
     path = Path(path) if path is not None else file_path()
     if not names or lesson is None or not path.exists():
@@ -314,9 +319,12 @@ def _after_cell(result) -> None:
         from IPython import get_ipython
 
         shell = get_ipython()
+        only = None
         if shell is not None:
             source = shell.transform_cell(source)  # the code that ran: its lines are the traceback's
-        mark_checked(source, failed, failing_line=_cell_line(error) if failed else None)
+            # a name redefined in a plain cell since its %%my_flamingo cell ran is a try-out: the file's version is not the one checked
+            only = [n for n, obj in _state["recorded"].items() if shell.user_ns.get(n) is obj]
+        mark_checked(source, failed, failing_line=_cell_line(error) if failed else None, only=only)
     except Exception:  # noqa: BLE001 - the learner's session comes first
         return
 
