@@ -303,19 +303,28 @@ def test_03_exercises():
 
 
 def text_time(loc, bug=None):
-    tt = loc.long().cumsum(-1)
+    tt = loc.long().cumsum(0 if bug == "dim 0" else -1)
     if bug == "float":
         return tt.float()
+    if bug == "plus 1":
+        return tt + 1
     return tt - 1 if bug == "from 0" else tt - loc.long() if bug == "exclusive" else tt
 
 
 def media_mask(tt, t, immediate, bug=None):
-    mt = torch.arange(0, t) if bug == "from 0" else torch.arange(1, t + 1)
+    if bug == "markers":  # the number of images read off the text, not the num_media argument
+        t = int(tt.max())
+    mt = torch.arange(0, t) if bug == "from 0" else torch.arange(2) + 1 if bug == "fixed 2" else torch.arange(1, t + 1)
     if bug == "swapped":
         immediate = not immediate
+    if bug == "mode as a string":
+        immediate = immediate == "immediate"
     if bug == "clamp":
         tt = tt.clamp(min=1)
-    out = (tt[..., None] == mt) if immediate else (tt[..., None] >= mt)
+    if bug == "always ==":
+        out = tt[..., None] == mt
+    else:
+        out = (tt[..., None] == mt) if immediate else (tt[..., None] > mt) if bug == ">" else (tt[..., None] >= mt)
     if bug == "inverted":
         out = ~out
     if bug == "long":
@@ -324,19 +333,30 @@ def media_mask(tt, t, immediate, bug=None):
 
 
 def full_mask(loc, t, m, immediate, bug=None):
-    per_media = media_mask(text_time(loc), t, immediate, None if bug == "interleaved" else bug)
-    return repeat(per_media, "b n t -> b n (m t)" if bug == "interleaved" else "b n t -> b n (t m)", m=m)
+    if bug == "markers":
+        t = int(loc.sum(-1).max())
+    per_media = media_mask(text_time(loc), t, immediate, None if bug in ("interleaved", "m fixed", "markers") else bug)
+    return repeat(per_media, "b n t -> b n (m t)" if bug == "interleaved" else "b n t -> b n (t m)",
+                  m=2 if bug == "m fixed" else m)
 
 
 @pytest.mark.parametrize("bug, named", [("from 0", "one too low"), ("exclusive", "marker gets the count before it"),
-                                        ("float", "returned a torch.float32 tensor: return torch.int64")])
+                                        ("float", "returned a torch.float32 tensor: return torch.int64"),
+                                        ("dim 0", "runs down the batch \\(dim=0\\)"), ("plus 1", "one too high")])
 def test_04_text_time_mistakes(bug, named):
     fails_with(lesson04.check_text_time, lambda loc: text_time(loc, bug), match=named)
 
 
+_FIXED = "a fixed number where the size comes from the arguments \\(num_media / num_latents\\)"
+
+
 @pytest.mark.parametrize("bug, named", [("from 0", "numbered from 0"), ("swapped", "modes are swapped"),
                                         ("future", "look into\\s+the future"), ("clamp", "sees image 1"),
-                                        ("inverted", "mask is inverted"), ("long", "returned a torch.int64 tensor: return torch.bool")])
+                                        ("inverted", "mask is inverted"), ("long", "returned a torch.int64 tensor: return torch.bool"),
+                                        ("always ==", "the mode is ignored"), ("mode as a string", "the mode is ignored"),
+                                        ("fixed 2", "2 media columns, but num_media=3: " + _FIXED),
+                                        ("markers", "for the <image> markers only \\(2\\), but num_media=3"),
+                                        (">", "does not see its own image in the all-previous mode")])
 def test_04_media_mask_mistakes(bug, named):
     fails_with(lesson04.check_media_mask, lambda *a: media_mask(*a, bug=bug), match=named)
 
@@ -344,7 +364,12 @@ def test_04_media_mask_mistakes(bug, named):
 @pytest.mark.parametrize("bug, named", [("from 0", "numbered from 0"), ("swapped", "modes are swapped"),
                                         ("future", "look into\\s+the future"), ("interleaved", "interleaved"),
                                         ("clamp", "sees image 1"), ("inverted", "mask is inverted"),
-                                        ("long", "returned a torch.int64 tensor: return torch.bool")])
+                                        ("long", "returned a torch.int64 tensor: return torch.bool"),
+                                        ("always ==", "the mode is ignored"), ("mode as a string", "the mode is ignored"),
+                                        ("fixed 2", "2 media columns, but num_media=3: " + _FIXED),
+                                        ("m fixed", "repeated 2 times, but num_latents=1: " + _FIXED),
+                                        ("markers", "for the <image> markers only \\(2\\), but num_media=3"),
+                                        (">", "does not see its own image in the all-previous mode")])
 def test_04_full_mask_mistakes(bug, named):
     fails_with(lesson04.check_cross_attention_mask, lambda *a: full_mask(*a, bug=bug), match=named)
 
