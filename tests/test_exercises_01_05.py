@@ -203,11 +203,23 @@ def test_02_exercises():
 def add_time(x, table, bug=None):
     if bug == "forgotten":
         return x
+    if bug == "in place":
+        x += table[: x.shape[1]]
+        return x
     return x + (table[1 : x.shape[1] + 1] if bug == "from 1" else table[:1] if bug == "first" else table[: x.shape[1]])
 
 
 def layers_fn(layers, x, z, bug=None):
+    if bug == "detached":
+        z = z.detach()
     for attn, ff in layers:
+        if bug == "in place":
+            z += attn(x, z)
+            z += ff(z)
+            continue
+        if bug == "parallel":
+            z = attn(x, z) + ff(z) + z
+            continue
         z = attn(x, z) if bug in ("attn", "both") else attn(x, z) + z
         z = ff(z) if bug in ("ff", "both") else ff(z) + z
     return z
@@ -247,13 +259,15 @@ def make_resampler(bug=None, raises=False):
     return MyPerceiverResampler
 
 
-@pytest.mark.parametrize("bug, named", [("forgotten", "forgotten"), ("first", "embedding 0"), ("from 1", "indexed from 0")])
+@pytest.mark.parametrize("bug, named", [("forgotten", "forgotten"), ("first", "embedding 0"), ("from 1", "indexed from 0"),
+                                        ("in place", "changed its input x in place")])
 def test_03_time_embedding_mistakes(bug, named):
     fails_with(lesson03.check_time_embeddings, lambda x, t: add_time(x, t, bug), match=named)
 
 
 @pytest.mark.parametrize("bug, named", [("attn", "attention's output replaces"), ("ff", "feed-forward's output replaces"),
-                                        ("both", "neither block is residual")])
+                                        ("both", "neither block is residual"), ("in place", "adds to it in place"),
+                                        ("parallel", "both read the same z"), ("detached", "gives the latents no gradient")])
 def test_03_layers_mistakes(bug, named):
     fails_with(lesson03.check_layers, lambda *a: layers_fn(*a, bug=bug), match=named)
 
@@ -282,19 +296,36 @@ def test_03_stubs_and_solutions():
 
 def test_03_exercises():
     torch.manual_seed(0)
+    b = 2  # the lesson's batch size, a variable of the notebook that a learner may use by mistake
     resampler = fl.PerceiverResampler(dim=16, depth=1, dim_head=4, heads=2, num_latents=5)
 
-    def video(r, frames, forget=False):
-        b, T = frames.shape[:2]
-        x = frames if forget else frames + r.media_pos_emb[:T]
+    def video(r, frames, bug=None):
+        batch, T = frames.shape[:2]
+        if bug == "in place":
+            frames += r.media_pos_emb[:T]
+            x = frames
+        else:
+            x = frames if bug == "forgotten" else frames + r.media_pos_emb[:T]
         x = rearrange(x, "b T S d -> b 1 (T S) d")
-        z = repeat(r.latents, "L d -> b 1 L d", b=b)
+        latents = r.latents.detach() if bug == "detached" else r.latents
+        z = repeat(latents, "L d -> b 1 L d", b=b if bug == "global b" else batch)
         return r.norm(layers_fn(r.layers, x, z))
 
     fails_with(lesson03.check_video, stub, resampler, match="not written yet")
-    fails_with(lesson03.check_video, lambda r, f: video(r, f, True), resampler, match="no time embeddings")
+    fails_with(lesson03.check_video, lambda r, f: video(r, f, "forgotten"), resampler, match="no time embeddings")
     fails_with(lesson03.check_video, lambda r, f: r(f), resampler, match="each frame got its own latents")
+    fails_with(lesson03.check_video, lambda r, f: video(r, f, "in place"), resampler,
+               match="changed its input frames in place")
+    fails_with(lesson03.check_video, lambda r, f: video(r, f, "global b"), resampler,
+               match="take b from frames.shape\\[0\\], not from a variable of the notebook")
+    fails_with(lesson03.check_video, lambda r, f: video(r, f, "detached"), resampler,
+               match="no gradient reaches resampler.latents")
+    before = {k: v.clone() for k, v in resampler.state_dict().items()}
+    state = torch.random.get_rng_state()
     lesson03.check_video(video, resampler)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the lesson's own random draws stay as they were
+    assert all(p.grad is None for p in resampler.parameters())  # the gradients were taken on a copy
+    assert all(torch.equal(before[k], v) for k, v in resampler.state_dict().items())
     fails_with(lesson03.check_param_count, stub, match="not written yet")
     fails_with(lesson03.check_param_count, lambda **cfg: 0, match="you counted 0")
 
@@ -611,7 +642,13 @@ def make_feedforward(bug=None, raises_in=None):
             if raises_in == "__init__":
                 stub()
             inner = int(dim * (4 if bug == "mult fixed" else mult))
+            if bug == "LayerNorm appended last":
+                self.extend([nn.Linear(dim, inner, bias=False), nn.GELU(), nn.Linear(inner, dim, bias=False), nn.LayerNorm(dim)])
+                return
             self.append(nn.LayerNorm(dim))
+            if bug == "linears swapped":
+                self.extend([nn.Linear(inner, dim, bias=False), nn.GELU(), nn.Linear(dim, inner, bias=False)])
+                return
             self.append(nn.Linear(dim, inner, bias=bug == "bias"))
             self.append(activations.get(bug) or nn.GELU())
             self.append(nn.Linear(inner, dim, bias=False))
@@ -619,6 +656,12 @@ def make_feedforward(bug=None, raises_in=None):
         def forward(self, x):
             if raises_in == "forward":
                 stub()
+            if bug in ("LayerNorm appended last", "linears swapped"):
+                return super().forward(x)
+            if bug == "residual inside":
+                return x + super().forward(x)
+            if bug == "LayerNorm last":
+                return self[0](self[3](self[2](self[1](x))))
             h = self[1](x if bug == "no LayerNorm" else self[0](x))  # (..., inner)
             if bug == "squared ReLU":
                 return self[3](torch.relu(h).square())  # (..., dim)
@@ -630,6 +673,8 @@ def make_feedforward(bug=None, raises_in=None):
 @pytest.mark.parametrize("bug, named", [
     ("no LayerNorm", "not normalised"), ("ReLU", "this is ReLU"), ("squared ReLU", "paper's Squared ReLU"),
     ("tanh GELU", "tanh approximation"), ("no activation", "no non-linearity"),
+    ("linears swapped", "the two Linear layers are the wrong way round"), ("residual inside", "adds its input back"),
+    ("LayerNorm last", "LayerNorm is applied last"), ("LayerNorm appended last", "LayerNorm is appended last"),
 ])
 def test_03_feedforward_mistakes(bug, named):
     fails_with(lesson03.check_feedforward, make_feedforward(bug), match=named)
