@@ -112,9 +112,11 @@ def compare(
     atol: float = 1e-5,
     rtol: float = 1e-4,
     shape_advice: str = "check the einops patterns and which axes you reduce over.",
+    unmatched: str = "compare your code with the maths above step by step.",
 ) -> None:
     """Pass when `got` equals `want`; otherwise fail with the message of the first mistake `got` matches, or with
-    what differs (shape, NaN, or the largest difference and where). `shape_advice` ends a wrong-shape verdict."""
+    what differs (shape, NaN, or the largest difference and where). `shape_advice` ends a wrong-shape verdict,
+    `unmatched` a verdict that no usual mistake matches (where to look instead)."""
     if not isinstance(got, torch.Tensor):
         fail(f"{what} returned a {type(got).__name__}, not a tensor: return the result, do not print it.")
     got = got.detach().to(want.device, torch.float32)
@@ -136,7 +138,7 @@ def compare(
     diff = (got - want).abs().nan_to_num(0.0)
     where = tuple(int(i) for i in (diff == diff.max()).nonzero()[0])
     fail(f"{what} differs from the answer by up to {diff.max().item():.3g} (at index {where}); no usual mistake "
-         "matches, so compare your code with the maths above step by step.")
+         f"matches, so {unmatched}")
 
 
 def check_layer(
