@@ -103,7 +103,8 @@ def _check_layer_order(learner, reference, what) -> None:
     """The four layers in their places: the checker would otherwise build its reference from the learner's shapes
     and report sizes that follow from the mistake."""
     children = list(learner.children())
-    if len(children) == 4 and isinstance(children[-1], torch.nn.LayerNorm) and not isinstance(children[0], torch.nn.LayerNorm):
+    norm_last = len(children) == 4 and isinstance(children[-1], torch.nn.LayerNorm)
+    if norm_last and not isinstance(children[0], torch.nn.LayerNorm):
         fail(f"{what}: the LayerNorm is appended last: it comes first, self[0] = nn.LayerNorm(dim), so the block "
              "normalises its input before widening.")
     theirs = {name: tuple(p.shape) for name, p in learner.state_dict().items()}
