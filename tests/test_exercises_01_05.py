@@ -213,12 +213,17 @@ def layers_fn(layers, x, z, bug=None):
     if bug == "detached":
         z = z.detach()
     for attn, ff in layers:
-        if bug == "in place":
+        if bug in ("in place", "cloned, then in place"):
+            z = z.clone() if bug == "cloned, then in place" else z  # no longer a view: the backward pass fails instead
             z += attn(x, z)
             z += ff(z)
             continue
         if bug == "parallel":
             z = attn(x, z) + ff(z) + z
+            continue
+        if bug == "detached attention input":  # the same values, but no gradient through the attention's z
+            z = attn(x, z.detach()) + z
+            z = ff(z) + z
             continue
         z = attn(x, z) if bug in ("attn", "both") else attn(x, z) + z
         z = ff(z) if bug in ("ff", "both") else ff(z) + z
@@ -266,8 +271,10 @@ def test_03_time_embedding_mistakes(bug, named):
 
 
 @pytest.mark.parametrize("bug, named", [("attn", "attention's output replaces"), ("ff", "feed-forward's output replaces"),
-                                        ("both", "neither block is residual"), ("in place", "adds to it in place"),
-                                        ("parallel", "both read the same z"), ("detached", "gives the latents no gradient")])
+                                        ("both", "neither block is residual"), ("in place", "`z \\+= \\.\\.\\.` changes z in place"),
+                                        ("cloned, then in place", "backward pass .* `z \\+= \\.\\.\\.` changes z in place"),
+                                        ("parallel", "both read the same z"), ("detached", "gives the latents no gradient"),
+                                        ("detached attention input", "gives the latents a wrong gradient")])
 def test_03_layers_mistakes(bug, named):
     fails_with(lesson03.check_layers, lambda *a: layers_fn(*a, bug=bug), match=named)
 
@@ -305,7 +312,8 @@ def test_03_exercises():
             frames += r.media_pos_emb[:T]
             x = frames
         else:
-            x = frames if bug == "forgotten" else frames + r.media_pos_emb[:T]
+            table = r.media_pos_emb.detach() if bug == "detached table" else r.media_pos_emb
+            x = frames if bug == "forgotten" else frames + table[:T]
         x = rearrange(x, "b T S d -> b 1 (T S) d")
         latents = r.latents.detach() if bug == "detached" else r.latents
         z = repeat(latents, "L d -> b 1 L d", b=b if bug == "global b" else batch)
@@ -320,6 +328,8 @@ def test_03_exercises():
                match="take b from frames.shape\\[0\\], not from a variable of the notebook")
     fails_with(lesson03.check_video, lambda r, f: video(r, f, "detached"), resampler,
                match="no gradient reaches resampler.latents")
+    fails_with(lesson03.check_video, lambda r, f: video(r, f, "detached table"), resampler,
+               match="no gradient reaches media_pos_emb, so it would never train")
     before = {k: v.clone() for k, v in resampler.state_dict().items()}
     state = torch.random.get_rng_state()
     lesson03.check_video(video, resampler)

@@ -139,8 +139,9 @@ def reference_layers(layers, x, z, *, attn_residual=True, ff_residual=True, para
 
 _NO_ATTN_RESIDUAL = "the attention's output replaces the latents: add it to them, z = attn(x, z) + z (the residual)."
 _NO_FF_RESIDUAL = "the feed-forward's output replaces the latents: add it to them, z = ff(z) + z (the residual)."
-_IN_PLACE_Z = ("z is a view of the learned latents here, as in the module, and `z += ...` adds to it in place, which "
-               "autograd cannot differentiate through: write z = attn(x, z) + z and z = ff(z) + z, which make a new z.")
+_IN_PLACE_Z = ("`z += ...` changes z in place, and z here comes from latents that require grad, as in the module, so "
+               "autograd cannot differentiate through it: write z = attn(x, z) + z and z = ff(z) + z, which make a "
+               "new z.")
 
 
 def check_layers(resampler_layers) -> None:
@@ -178,8 +179,8 @@ def check_layers(resampler_layers) -> None:
         (reference_layers(layers, x, repeat(latents, "L d -> b t L d", b=2, t=2)) * cotangent).sum().backward()
     if mine is None or not torch.allclose(mine, latents.grad, atol=1e-5, rtol=1e-4):
         fail(f"{what} gives the latents {'no' if mine is None else 'a wrong'} gradient though its output is right: z "
-             "must reach the output through autograd (no .detach() or torch.no_grad() on it), or the latents "
-             "would not train.")
+             "must reach the output through autograd wherever it is used (no .detach() or torch.no_grad() on it), or "
+             f"the latents would not train{'' if mine is None else ' as they should'}.")
     passed("resampler_layers is right: two layers, each adding its update to the latents.")
 
 
@@ -265,8 +266,6 @@ def check_video(resample_video, resampler) -> None:
         got = run_untouched(resample_video, resampler, video, what=what, names=("resampler", "frames"),
                             fix="write x = frames + media_pos_emb[:T], a new tensor.",
                             advice={"must agree in batch": batch})
-        if isinstance(got, torch.Tensor) and got.ndim == 4 and got.shape[0] != video.shape[0]:
-            fail(f"{what} returned a batch of {got.shape[0]} for {video.shape[0]} videos: {batch}")
         compare(got, _reference_video(resampler, video), what=what, mistakes=[
             Mistake("time embeddings forgotten", resampler(rearrange(video, "b T S d -> b 1 (T S) d") - resampler.media_pos_emb[0]),
                     "the frames got no time embeddings: add media_pos_emb[:T] before flattening, so their order matters."),
