@@ -203,11 +203,28 @@ def test_02_exercises():
 def add_time(x, table, bug=None):
     if bug == "forgotten":
         return x
+    if bug == "in place":
+        x += table[: x.shape[1]]
+        return x
     return x + (table[1 : x.shape[1] + 1] if bug == "from 1" else table[:1] if bug == "first" else table[: x.shape[1]])
 
 
 def layers_fn(layers, x, z, bug=None):
+    if bug == "detached":
+        z = z.detach()
     for attn, ff in layers:
+        if bug in ("in place", "cloned, then in place"):
+            z = z.clone() if bug == "cloned, then in place" else z  # no longer a view: the backward pass fails instead
+            z += attn(x, z)
+            z += ff(z)
+            continue
+        if bug == "parallel":
+            z = attn(x, z) + ff(z) + z
+            continue
+        if bug == "detached attention input":  # the same values, but no gradient through the attention's z
+            z = attn(x, z.detach()) + z
+            z = ff(z) + z
+            continue
         z = attn(x, z) if bug in ("attn", "both") else attn(x, z) + z
         z = ff(z) if bug in ("ff", "both") else ff(z) + z
     return z
@@ -247,13 +264,17 @@ def make_resampler(bug=None, raises=False):
     return MyPerceiverResampler
 
 
-@pytest.mark.parametrize("bug, named", [("forgotten", "forgotten"), ("first", "embedding 0"), ("from 1", "indexed from 0")])
+@pytest.mark.parametrize("bug, named", [("forgotten", "forgotten"), ("first", "embedding 0"), ("from 1", "indexed from 0"),
+                                        ("in place", "changed its input x in place")])
 def test_03_time_embedding_mistakes(bug, named):
     fails_with(lesson03.check_time_embeddings, lambda x, t: add_time(x, t, bug), match=named)
 
 
 @pytest.mark.parametrize("bug, named", [("attn", "attention's output replaces"), ("ff", "feed-forward's output replaces"),
-                                        ("both", "neither block is residual")])
+                                        ("both", "neither block is residual"), ("in place", "`z \\+= \\.\\.\\.` changes z in place"),
+                                        ("cloned, then in place", "backward pass .* `z \\+= \\.\\.\\.` changes z in place"),
+                                        ("parallel", "both read the same z"), ("detached", "gives the latents no gradient"),
+                                        ("detached attention input", "gives the latents a wrong gradient")])
 def test_03_layers_mistakes(bug, named):
     fails_with(lesson03.check_layers, lambda *a: layers_fn(*a, bug=bug), match=named)
 
@@ -282,19 +303,39 @@ def test_03_stubs_and_solutions():
 
 def test_03_exercises():
     torch.manual_seed(0)
+    b = 2  # the lesson's batch size, a variable of the notebook that a learner may use by mistake
     resampler = fl.PerceiverResampler(dim=16, depth=1, dim_head=4, heads=2, num_latents=5)
 
-    def video(r, frames, forget=False):
-        b, T = frames.shape[:2]
-        x = frames if forget else frames + r.media_pos_emb[:T]
+    def video(r, frames, bug=None):
+        batch, T = frames.shape[:2]
+        if bug == "in place":
+            frames += r.media_pos_emb[:T]
+            x = frames
+        else:
+            table = r.media_pos_emb.detach() if bug == "detached table" else r.media_pos_emb
+            x = frames if bug == "forgotten" else frames + table[:T]
         x = rearrange(x, "b T S d -> b 1 (T S) d")
-        z = repeat(r.latents, "L d -> b 1 L d", b=b)
+        latents = r.latents.detach() if bug == "detached" else r.latents
+        z = repeat(latents, "L d -> b 1 L d", b=b if bug == "global b" else batch)
         return r.norm(layers_fn(r.layers, x, z))
 
     fails_with(lesson03.check_video, stub, resampler, match="not written yet")
-    fails_with(lesson03.check_video, lambda r, f: video(r, f, True), resampler, match="no time embeddings")
+    fails_with(lesson03.check_video, lambda r, f: video(r, f, "forgotten"), resampler, match="no time embeddings")
     fails_with(lesson03.check_video, lambda r, f: r(f), resampler, match="each frame got its own latents")
+    fails_with(lesson03.check_video, lambda r, f: video(r, f, "in place"), resampler,
+               match="changed its input frames in place")
+    fails_with(lesson03.check_video, lambda r, f: video(r, f, "global b"), resampler,
+               match="take b from frames.shape\\[0\\], not from a variable of the notebook")
+    fails_with(lesson03.check_video, lambda r, f: video(r, f, "detached"), resampler,
+               match="no gradient reaches resampler.latents")
+    fails_with(lesson03.check_video, lambda r, f: video(r, f, "detached table"), resampler,
+               match="no gradient reaches media_pos_emb, so it would never train")
+    before = {k: v.clone() for k, v in resampler.state_dict().items()}
+    state = torch.random.get_rng_state()
     lesson03.check_video(video, resampler)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the lesson's own random draws stay as they were
+    assert all(p.grad is None for p in resampler.parameters())  # the gradients were taken on a copy
+    assert all(torch.equal(before[k], v) for k, v in resampler.state_dict().items())
     fails_with(lesson03.check_param_count, stub, match="not written yet")
     fails_with(lesson03.check_param_count, lambda **cfg: 0, match="you counted 0")
 
@@ -303,19 +344,28 @@ def test_03_exercises():
 
 
 def text_time(loc, bug=None):
-    tt = loc.long().cumsum(-1)
+    tt = loc.long().cumsum(0 if bug == "dim 0" else -1)
     if bug == "float":
         return tt.float()
+    if bug == "plus 1":
+        return tt + 1
     return tt - 1 if bug == "from 0" else tt - loc.long() if bug == "exclusive" else tt
 
 
 def media_mask(tt, t, immediate, bug=None):
-    mt = torch.arange(0, t) if bug == "from 0" else torch.arange(1, t + 1)
+    if bug == "markers":  # the number of images read off the text, not the num_media argument
+        t = int(tt.max())
+    mt = torch.arange(0, t) if bug == "from 0" else torch.arange(2) + 1 if bug == "fixed 2" else torch.arange(1, t + 1)
     if bug == "swapped":
         immediate = not immediate
+    if bug == "mode as a string":
+        immediate = immediate == "immediate"
     if bug == "clamp":
         tt = tt.clamp(min=1)
-    out = (tt[..., None] == mt) if immediate else (tt[..., None] >= mt)
+    if bug == "always ==":
+        out = tt[..., None] == mt
+    else:
+        out = (tt[..., None] == mt) if immediate else (tt[..., None] > mt) if bug == ">" else (tt[..., None] >= mt)
     if bug == "inverted":
         out = ~out
     if bug == "long":
@@ -324,19 +374,30 @@ def media_mask(tt, t, immediate, bug=None):
 
 
 def full_mask(loc, t, m, immediate, bug=None):
-    per_media = media_mask(text_time(loc), t, immediate, None if bug == "interleaved" else bug)
-    return repeat(per_media, "b n t -> b n (m t)" if bug == "interleaved" else "b n t -> b n (t m)", m=m)
+    if bug == "markers":
+        t = int(loc.sum(-1).max())
+    per_media = media_mask(text_time(loc), t, immediate, None if bug in ("interleaved", "m fixed", "markers") else bug)
+    return repeat(per_media, "b n t -> b n (m t)" if bug == "interleaved" else "b n t -> b n (t m)",
+                  m=2 if bug == "m fixed" else m)
 
 
 @pytest.mark.parametrize("bug, named", [("from 0", "one too low"), ("exclusive", "marker gets the count before it"),
-                                        ("float", "returned a torch.float32 tensor: return torch.int64")])
+                                        ("float", "returned a torch.float32 tensor: return torch.int64"),
+                                        ("dim 0", "runs down the batch \\(dim=0\\)"), ("plus 1", "one too high")])
 def test_04_text_time_mistakes(bug, named):
     fails_with(lesson04.check_text_time, lambda loc: text_time(loc, bug), match=named)
 
 
+_FIXED = "a fixed number where the size comes from the arguments \\(num_media / num_latents\\)"
+
+
 @pytest.mark.parametrize("bug, named", [("from 0", "numbered from 0"), ("swapped", "modes are swapped"),
                                         ("future", "look into\\s+the future"), ("clamp", "sees image 1"),
-                                        ("inverted", "mask is inverted"), ("long", "returned a torch.int64 tensor: return torch.bool")])
+                                        ("inverted", "mask is inverted"), ("long", "returned a torch.int64 tensor: return torch.bool"),
+                                        ("always ==", "the mode is ignored"), ("mode as a string", "the mode is ignored"),
+                                        ("fixed 2", "2 media columns, but num_media=3: " + _FIXED),
+                                        ("markers", "for the <image> markers only \\(2\\), but num_media=3"),
+                                        (">", "does not see its own image in the all-previous mode")])
 def test_04_media_mask_mistakes(bug, named):
     fails_with(lesson04.check_media_mask, lambda *a: media_mask(*a, bug=bug), match=named)
 
@@ -344,7 +405,12 @@ def test_04_media_mask_mistakes(bug, named):
 @pytest.mark.parametrize("bug, named", [("from 0", "numbered from 0"), ("swapped", "modes are swapped"),
                                         ("future", "look into\\s+the future"), ("interleaved", "interleaved"),
                                         ("clamp", "sees image 1"), ("inverted", "mask is inverted"),
-                                        ("long", "returned a torch.int64 tensor: return torch.bool")])
+                                        ("long", "returned a torch.int64 tensor: return torch.bool"),
+                                        ("always ==", "the mode is ignored"), ("mode as a string", "the mode is ignored"),
+                                        ("fixed 2", "2 media columns, but num_media=3: " + _FIXED),
+                                        ("m fixed", "repeated 2 times, but num_latents=1: " + _FIXED),
+                                        ("markers", "for the <image> markers only \\(2\\), but num_media=3"),
+                                        (">", "does not see its own image in the all-previous mode")])
 def test_04_full_mask_mistakes(bug, named):
     fails_with(lesson04.check_cross_attention_mask, lambda *a: full_mask(*a, bug=bug), match=named)
 
@@ -586,7 +652,13 @@ def make_feedforward(bug=None, raises_in=None):
             if raises_in == "__init__":
                 stub()
             inner = int(dim * (4 if bug == "mult fixed" else mult))
+            if bug == "LayerNorm appended last":
+                self.extend([nn.Linear(dim, inner, bias=False), nn.GELU(), nn.Linear(inner, dim, bias=False), nn.LayerNorm(dim)])
+                return
             self.append(nn.LayerNorm(dim))
+            if bug == "linears swapped":
+                self.extend([nn.Linear(inner, dim, bias=False), nn.GELU(), nn.Linear(dim, inner, bias=False)])
+                return
             self.append(nn.Linear(dim, inner, bias=bug == "bias"))
             self.append(activations.get(bug) or nn.GELU())
             self.append(nn.Linear(inner, dim, bias=False))
@@ -594,6 +666,12 @@ def make_feedforward(bug=None, raises_in=None):
         def forward(self, x):
             if raises_in == "forward":
                 stub()
+            if bug in ("LayerNorm appended last", "linears swapped"):
+                return super().forward(x)
+            if bug == "residual inside":
+                return x + super().forward(x)
+            if bug == "LayerNorm last":
+                return self[0](self[3](self[2](self[1](x))))
             h = self[1](x if bug == "no LayerNorm" else self[0](x))  # (..., inner)
             if bug == "squared ReLU":
                 return self[3](torch.relu(h).square())  # (..., dim)
@@ -605,6 +683,8 @@ def make_feedforward(bug=None, raises_in=None):
 @pytest.mark.parametrize("bug, named", [
     ("no LayerNorm", "not normalised"), ("ReLU", "this is ReLU"), ("squared ReLU", "paper's Squared ReLU"),
     ("tanh GELU", "tanh approximation"), ("no activation", "no non-linearity"),
+    ("linears swapped", "the two Linear layers are the wrong way round"), ("residual inside", "adds its input back"),
+    ("LayerNorm last", "LayerNorm is applied last"), ("LayerNorm appended last", "LayerNorm is appended last"),
 ])
 def test_03_feedforward_mistakes(bug, named):
     fails_with(lesson03.check_feedforward, make_feedforward(bug), match=named)

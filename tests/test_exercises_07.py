@@ -21,24 +21,37 @@ def fails(check, *args, match: str):
         check(*args)
 
 
-def make_loss(*, normalise=True, clamp=True, labels="diagonal", directions="both", divide=True, detach=False):
+def make_loss(*, normalise=True, clamp=True, labels="diagonal", directions="both", divide=True, detach=False,
+              in_place=False, dim=-1, only=None, exp=True, bounds_on_log=False, fixed=None, reduction="mean"):
     def loss(image, text, log_t):
-        if normalise:
-            image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+        if in_place:
+            image.div_(image.norm(dim=-1, keepdim=True))
+            text.div_(text.norm(dim=-1, keepdim=True))
+        elif normalise:
+            image = F.normalize(image, dim=dim) if only in (None, "image") else image
+            text = F.normalize(text, dim=dim) if only in (None, "text") else text
         if detach:
             log_t = torch.tensor(float(log_t.detach()))
-        t = (log_t.clamp(MIN_LOG_TEMPERATURE, MAX_LOG_TEMPERATURE) if clamp else log_t).exp()
+        if bounds_on_log:
+            t = log_t.clamp(0.01, 1.0).exp()
+        else:
+            t = log_t.clamp(MIN_LOG_TEMPERATURE, MAX_LOG_TEMPERATURE) if clamp else log_t
+            t = t.exp() if exp else t
+        if fixed is not None:
+            t = fixed
         logits = image @ text.T / t if divide else image @ text.T * t
         y = torch.arange(len(logits)) if labels == "diagonal" else torch.zeros(len(logits), dtype=torch.long)
-        i2t, t2i = F.cross_entropy(logits, y), F.cross_entropy(logits.T, y)
+        i2t, t2i = F.cross_entropy(logits, y, reduction=reduction), F.cross_entropy(logits.T, y, reduction=reduction)
         return {"both": (i2t + t2i) / 2, "i2t": i2t, "t2i": t2i, "sum": i2t + t2i}[directions]
 
     return loss
 
 
 def test_loss_check_passes_the_solution_and_the_reference():
+    state = torch.random.get_rng_state()
     lesson07.check_loss(make_loss())
     lesson07.check_loss(contrastive_loss)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the lesson's own random draws stay as they were
 
 
 @pytest.mark.parametrize("wrong, match", [
@@ -50,6 +63,14 @@ def test_loss_check_passes_the_solution_and_the_reference():
     (dict(clamp=False), "temperature is not clamped"),
     (dict(divide=False), "multiplied by the temperature"),
     (dict(detach=True), "temperature is not learned"),
+    (dict(in_place=True), "changed its input image_emb in place"),
+    (dict(dim=0), "normalised over the batch \\(dim=0\\)"),
+    (dict(only="image"), "only the picture embeddings are normalised"),
+    (dict(only="text"), "only the caption embeddings are normalised"),
+    (dict(exp=False), "divided by the log of the temperature"),
+    (dict(bounds_on_log=True), "bounds are put on its log"),
+    (dict(fixed=0.07), "temperature is a fixed 0.07"),
+    (dict(reduction="sum"), "summed over the batch \\(reduction=\"sum\"\\)"),
 ])
 def test_loss_check_names_each_mistake(wrong, match):
     fails(lesson07.check_loss, make_loss(**wrong), match=match)
@@ -95,6 +116,44 @@ def step_detached(vision, text, log_t, optimizer, batch):
     return loss.item()
 
 
+def step_vision_no_grad(vision, text, log_t, optimizer, batch):
+    optimizer.zero_grad()
+    with torch.no_grad():  # the pictures' embedding computed without gradients
+        image_emb = vision.embed(batch["images"].to(log_t.dtype))
+    loss = contrastive_loss(image_emb, text(batch["tokens"]), log_t)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def step_text_no_grad(vision, text, log_t, optimizer, batch):
+    optimizer.zero_grad()
+    with torch.no_grad():
+        text_emb = text(batch["tokens"])
+    loss = contrastive_loss(vision.embed(batch["images"].to(log_t.dtype)), text_emb, log_t)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def step_new_optimizer(vision, text, log_t, optimizer, batch):
+    optimizer = torch.optim.Adam([*vision.parameters(), *text.parameters(), log_t], lr=1e-2)  # a new one every step
+    optimizer.zero_grad()
+    loss = contrastive_loss(*embed(vision, text, log_t, batch), log_t)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def step_twice(vision, text, log_t, optimizer, batch):
+    optimizer.zero_grad()
+    loss = contrastive_loss(*embed(vision, text, log_t, batch), log_t)
+    loss.backward()
+    optimizer.step()
+    optimizer.step()  # a second update with the same gradient
+    return loss.item()
+
+
 def step_returns_tensor(vision, text, log_t, optimizer, batch):
     training_step(vision, text, log_t, optimizer, batch)
     return torch.tensor(0.0)
@@ -109,7 +168,9 @@ def step_images_not_cast(vision, text, log_t, optimizer, batch):
 
 
 def test_step_check_passes_the_reference():
+    state = torch.random.get_rng_state()
     lesson07.check_training_step(training_step)
+    assert torch.equal(torch.random.get_rng_state(), state)
 
 
 @pytest.mark.parametrize("wrong, match", [
@@ -119,6 +180,9 @@ def test_step_check_passes_the_reference():
     (step_detached, "temperature is not learned"),
     (step_returns_tensor, "return the loss as a Python float"),
     (step_images_not_cast, r"cast the images with `\.to\(log_temperature\.dtype\)`"),
+    (step_vision_no_grad, "the vision encoder does not learn"),
+    (step_text_no_grad, "the text encoder does not learn"),
+    (step_new_optimizer, "a new optimizer made inside the step"),
     (stub, "not written yet"),
 ])
 def test_step_check_names_each_mistake(wrong, match):
@@ -129,3 +193,11 @@ def test_hints_exist(capsys):
     for key in ("07.loss", "07.step"):
         hint(key)
     assert capsys.readouterr().out.count("Hint (07.") == 2
+
+
+def test_step_check_without_a_usual_mistake_reads_well():
+    with pytest.raises(ExerciseFailed) as caught:
+        lesson07.check_training_step(step_twice)
+    message = str(caught.value)
+    assert message.startswith("the vector of all weights after two of your training steps differs from the answer")
+    assert "maths" not in message and "in the hint's order" in message

@@ -5,6 +5,8 @@ A lesson's checks live in `exercises/lessonNN.py`. They are built from three pie
 
 - `run_learner(fn, *args, what=...)` calls the learner's code; if it raises (the student stub's
   `NotImplementedError` included), the check fails saying which call raised and what it said.
+- `run_untouched(fn, *args, what=..., names=...)` is `run_learner` on copies of the tensor arguments; it fails
+  naming an argument the learner's code changed in place.
 - `compare(got, want, what=..., mistakes=...)` passes when `got` equals `want` (shape, then values, NaN where and
   only where `want` has NaN); otherwise it tries each known mistake: a `Mistake` is a name, a wrong result
   computed on the same input, and the sentence to say when the learner's result matches it.
@@ -27,8 +29,8 @@ from typing import Callable
 import torch
 
 __all__ = [
-    "ExerciseFailed", "Mistake", "run_learner", "compare", "check_layer", "check_layer_in_sizes", "check_shapes_follow",
-    "scale_mistakes", "heads_mistakes", "passed", "fail", "hint", "register_hints",
+    "ExerciseFailed", "Mistake", "run_learner", "run_untouched", "compare", "check_layer", "check_layer_in_sizes",
+    "check_shapes_follow", "scale_mistakes", "heads_mistakes", "passed", "fail", "hint", "register_hints",
 ]
 
 
@@ -75,6 +77,24 @@ def run_learner(fn: Callable, *args, what: str, advice: dict[str, str] | None = 
         fail(said if said.endswith(".") else said + ".")
 
 
+def run_untouched(fn: Callable, *args, what: str, names: tuple[str, ...], fix: str | None = None, **kwargs):
+    """`run_learner` on copies of the tensor arguments, then fail naming the first one `fn` changed in place.
+
+    A function that changes its input in place can return the right value and still pass a check that computes
+    the answer afterwards from the changed input; the copies keep the check's own inputs as they were.
+    names: each positional argument's name, as the learner's function calls it. fix: the sentence that ends the
+    verdict, how to make a new tensor instead."""
+    copies = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+    result = run_learner(fn, *copies, what=what, **kwargs)
+    for name, given, used in zip(names, args, copies):
+        if isinstance(given, torch.Tensor) and not (used.shape == given.shape and torch.equal(
+                torch.isnan(used), torch.isnan(given)) and torch.equal(used.nan_to_num(0.0), given.nan_to_num(0.0))):
+            fail(f"{what} changed its input {name} in place (an in-place op such as `{name} += ...`, `{name}.div_(...)` "
+                 f"or `{name}[...] = ...`): the caller's tensor changes too, and autograd cannot train through it; "
+                 f"{fix or f'write `{name} = {name} + ...`, which makes a new tensor.'}")
+    return result
+
+
 def _same(got: torch.Tensor, want: torch.Tensor, atol: float, rtol: float) -> bool:
     if got.shape != want.shape:
         return False
@@ -92,9 +112,11 @@ def compare(
     atol: float = 1e-5,
     rtol: float = 1e-4,
     shape_advice: str = "check the einops patterns and which axes you reduce over.",
+    unmatched: str = "compare your code with the maths above step by step.",
 ) -> None:
     """Pass when `got` equals `want`; otherwise fail with the message of the first mistake `got` matches, or with
-    what differs (shape, NaN, or the largest difference and where). `shape_advice` ends a wrong-shape verdict."""
+    what differs (shape, NaN, or the largest difference and where). `shape_advice` ends a wrong-shape verdict,
+    `unmatched` a verdict that no usual mistake matches (where to look instead)."""
     if not isinstance(got, torch.Tensor):
         fail(f"{what} returned a {type(got).__name__}, not a tensor: return the result, do not print it.")
     got = got.detach().to(want.device, torch.float32)
@@ -116,7 +138,7 @@ def compare(
     diff = (got - want).abs().nan_to_num(0.0)
     where = tuple(int(i) for i in (diff == diff.max()).nonzero()[0])
     fail(f"{what} differs from the answer by up to {diff.max().item():.3g} (at index {where}); no usual mistake "
-         "matches, so compare your code with the maths above step by step.")
+         f"matches, so {unmatched}")
 
 
 def check_layer(

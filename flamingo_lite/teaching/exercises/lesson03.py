@@ -2,13 +2,15 @@
 forward with its final norm), and the two exercises (video resampling, counting the parameters)."""
 from __future__ import annotations
 
+import copy
+
 import torch
 from einops import rearrange, repeat
 
 import flamingo_lite as fl
 
 from . import (ExerciseFailed, Mistake, check_layer, check_shapes_follow, compare, fail, passed, register_hints,
-               run_learner)
+               run_learner, run_untouched)
 
 register_hints({
     "03.embed": "media_pos_emb[:t] has shape (t, 1, d): adding it to x (b, t, n, d) broadcasts embedding i onto "
@@ -51,7 +53,8 @@ def check_time_embeddings(add_time_embeddings) -> None:
     g = torch.Generator().manual_seed(0)
     x, table = torch.randn(2, 3, 5, 8, generator=g), torch.randn(4, 1, 8, generator=g)  # (b, t, n, d), (T, 1, d)
     what = "your add_time_embeddings(x, media_pos_emb)"
-    got = run_learner(add_time_embeddings, x, table, what=what)
+    got = run_untouched(add_time_embeddings, x, table, what=what, names=("x", "media_pos_emb"),
+                        fix="return x + media_pos_emb[:t], a new tensor.")
     compare(got, reference_embed(x, table), what=what, mistakes=[
         Mistake("time embeddings forgotten", reference_embed(x, table, mode="forgotten"),
                 "nothing was added: the time embeddings are forgotten; add media_pos_emb[:t]."),
@@ -63,7 +66,7 @@ def check_time_embeddings(add_time_embeddings) -> None:
     for t in (1, 4):  # other numbers of media: a slice fixed at the example's 3 fails here
         x = torch.randn(2, t, 5, 8, generator=g)  # (b, t, n, d)
         try:
-            got = add_time_embeddings(x, table)  # (b, t, n, d)
+            got = add_time_embeddings(x.clone(), table.clone())  # (b, t, n, d): copies, as above
         except Exception as err:  # noqa: BLE001 - any error the learner's code raises is reported, named
             fail(f"{what} is right for 3 media but raised {err.__class__.__name__} for {t}: slice media_pos_emb[:t] "
                  "with t = x.shape[1], not a fixed number.")
@@ -88,23 +91,47 @@ def _feedforward_mistakes(reference, x):
                 "this is the tanh approximation of GELU: use nn.GELU() with its default (exact) form."),
         Mistake("no activation", narrow(widen(norm(x))),
                 "there is no non-linearity between the two linear layers: put nn.GELU() between them."),
+        Mistake("residual inside", x + narrow(gelu(widen(norm(x)))),
+                "the block adds its input back (a residual inside it): return only the update, "
+                "self[3](self[2](self[1](self[0](x)))); the residual is added in the layers loop, z = ff(z) + z."),
+        Mistake("LayerNorm last", norm(narrow(gelu(widen(x)))),
+                "the LayerNorm is applied last: normalise the input first, self[0](x), then widen, GELU and narrow."),
     ]
+
+
+def _check_layer_order(learner, reference, what) -> None:
+    """The four layers in their places: the checker would otherwise build its reference from the learner's shapes
+    and report sizes that follow from the mistake."""
+    children = list(learner.children())
+    norm_last = len(children) == 4 and isinstance(children[-1], torch.nn.LayerNorm)
+    if norm_last and not isinstance(children[0], torch.nn.LayerNorm):
+        fail(f"{what}: the LayerNorm is appended last: it comes first, self[0] = nn.LayerNorm(dim), so the block "
+             "normalises its input before widening.")
+    theirs = {name: tuple(p.shape) for name, p in learner.state_dict().items()}
+    widen, narrow = tuple(reference[1].weight.shape), tuple(reference[3].weight.shape)  # (inner, dim), (dim, inner)
+    if theirs.get("1.weight") == narrow and theirs.get("3.weight") == widen:
+        fail(f"{what}: the two Linear layers are the wrong way round: self[1] widens, nn.Linear(dim, inner), and "
+             "self[3] narrows back, nn.Linear(inner, dim).")
 
 
 def check_feedforward(feedforward_cls) -> None:
     """Step 03.feedforward: `MyFeedForward(dim, mult)`, constructor and forward, against fl.FeedForward."""
     learner = run_learner(feedforward_cls, 16, mult=2, what=f"{feedforward_cls.__name__}(16, mult=2)")
     what = f"your {feedforward_cls.__name__}"
-    x = (torch.randn(2, 3, 5, 16, generator=torch.Generator().manual_seed(4)),)  # (b, t, L, d)
-    check_layer(learner, fl.FeedForward, x, what=what, mistakes=_feedforward_mistakes)
     with torch.random.fork_rng(devices=[]):  # the reference's random weights leave the lesson's draws as they were
         reference = fl.FeedForward(16, mult=2)
+    _check_layer_order(learner, reference, what)
+    x = (torch.randn(2, 3, 5, 16, generator=torch.Generator().manual_seed(4)),)  # (b, t, L, d)
+    check_layer(learner, fl.FeedForward, x, what=what, mistakes=_feedforward_mistakes)
     check_shapes_follow(learner, reference, f"{feedforward_cls.__name__}(16, mult=2)",
                          "the hidden width is int(dim * mult): use the mult argument, not a fixed 4.")
 
 
-def reference_layers(layers, x, z, *, attn_residual=True, ff_residual=True):
+def reference_layers(layers, x, z, *, attn_residual=True, ff_residual=True, parallel=False):
     for attn, ff in layers:
+        if parallel:  # both blocks read the same z
+            z = attn(x, z) + ff(z) + z  # (b, t, L, d)
+            continue
         z = attn(x, z) + z if attn_residual else attn(x, z)  # (b, t, L, d)
         z = ff(z) + z if ff_residual else ff(z)  # (b, t, L, d)
     return z
@@ -112,24 +139,48 @@ def reference_layers(layers, x, z, *, attn_residual=True, ff_residual=True):
 
 _NO_ATTN_RESIDUAL = "the attention's output replaces the latents: add it to them, z = attn(x, z) + z (the residual)."
 _NO_FF_RESIDUAL = "the feed-forward's output replaces the latents: add it to them, z = ff(z) + z (the residual)."
+_IN_PLACE_Z = ("`z += ...` changes z in place, and z here comes from latents that require grad, as in the module, so "
+               "autograd cannot differentiate through it: write z = attn(x, z) + z and z = ff(z) + z, which make a "
+               "new z.")
 
 
 def check_layers(resampler_layers) -> None:
-    """Step 03.layers: `resampler_layers(layers, x, z)`, depth x [attention, feed-forward], both residual."""
+    """Step 03.layers: `resampler_layers(layers, x, z)`, depth x [attention, feed-forward], both residual.
+
+    z is the learned latents repeated over the batch, as in the module, so an in-place add to it fails here and a
+    z that does not reach the output through autograd is named."""
     torch.manual_seed(1)
     layers = fl.PerceiverResampler(dim=16, depth=2, dim_head=4, heads=2, num_latents=3).layers.eval()
     g = torch.Generator().manual_seed(2)
-    x, z = torch.randn(2, 2, 5, 16, generator=g), torch.randn(2, 2, 3, 16, generator=g)  # (b, t, n, d), (b, t, L, d)
+    x, latents = torch.randn(2, 2, 5, 16, generator=g), torch.randn(3, 16, generator=g)  # (b, t, n, d), (L, d)
     what = "your resampler_layers(layers, x, z)"
+    latents.requires_grad_(True)
+    advice = {"in-place": _IN_PLACE_Z, "inplace": _IN_PLACE_Z}
+    with torch.enable_grad():
+        z = repeat(latents, "L d -> b t L d", b=2, t=2)  # (b, t, L, d): a view of the latents, as in the module
+        got = run_learner(resampler_layers, layers, x, z, what=what, advice=advice)
     with torch.no_grad():
-        got = run_learner(resampler_layers, layers, x, z.clone(), what=what)
+        z = z.detach()  # (b, t, L, d)
         compare(got, reference_layers(layers, x, z), what=what, mistakes=[
             Mistake("missing residual (attention)", reference_layers(layers, x, z, attn_residual=False), _NO_ATTN_RESIDUAL),
             Mistake("missing residual (feed-forward)", reference_layers(layers, x, z, ff_residual=False), _NO_FF_RESIDUAL),
             Mistake("no residual at all", reference_layers(layers, x, z, attn_residual=False, ff_residual=False),
                     "neither block is residual: z = attn(x, z) + z and z = ff(z) + z."),
             Mistake("one layer", reference_layers(layers[:1], x, z), "only the first layer ran: loop over every layer."),
+            Mistake("in parallel", reference_layers(layers, x, z, parallel=True),
+                    "the attention and the feed-forward both read the same z, side by side: run them in turn, "
+                    "z = attn(x, z) + z, then z = ff(z) + z on the new z."),
         ])
+    cotangent = torch.randn(got.shape, generator=g)  # (b, t, L, d)
+    if got.requires_grad:
+        run_learner(lambda: (got * cotangent).sum().backward(), what=f"the backward pass through {what}", advice=advice)
+    mine, latents.grad = latents.grad, None
+    with torch.enable_grad():
+        (reference_layers(layers, x, repeat(latents, "L d -> b t L d", b=2, t=2)) * cotangent).sum().backward()
+    if mine is None or not torch.allclose(mine, latents.grad, atol=1e-5, rtol=1e-4):
+        fail(f"{what} gives the latents {'no' if mine is None else 'a wrong'} gradient though its output is right: z "
+             "must reach the output through autograd wherever it is used (no .detach() or torch.no_grad() on it), or "
+             f"the latents would not train{'' if mine is None else ' as they should'}.")
     passed("resampler_layers is right: two layers, each adding its update to the latents.")
 
 
@@ -195,21 +246,55 @@ def _check_no_media_embedding(resampler_cls, kwargs, what) -> None:
              "media_embedding for any value but \"per_media\" and \"none\".")
 
 
+def _reference_video(resampler, frames):
+    flat = rearrange(frames + resampler.media_pos_emb[: frames.shape[1]], "b T S d -> b 1 (T S) d")  # (b, 1, T*S, d)
+    return resampler(flat - resampler.media_pos_emb[0])  # (b, 1, L, d): the forward adds embedding 0 to its one media
+
+
 def check_video(resample_video, resampler) -> None:
-    """Exercise 1: `resample_video(resampler, frames)`, (b, T, S, d) -> (b, 1, L, d)."""
-    video = torch.randn(2, 3, 7, resampler.latents.shape[1], generator=torch.Generator().manual_seed(5))  # (b, T, S, d)
+    """Exercise 1: `resample_video(resampler, frames)`, (b, T, S, d) -> (b, 1, L, d).
+
+    A batch of 3, a size no variable of the lesson has, so a batch size taken from the notebook fails; then a
+    backward pass on a copy of the resampler, so latents (or other weights) kept out of autograd are named."""
+    device = resampler.latents.device
+    g = torch.Generator().manual_seed(5)
+    video = torch.randn(3, 3, 7, resampler.latents.shape[1], generator=g).to(device)  # (b, T, S, d)
     what = "your resample_video(resampler, frames)"
+    batch = ("the latents were repeated for another batch size than the frames': take b from frames.shape[0], not "
+             "from a variable of the notebook.")
     with torch.no_grad():
-        got = run_learner(resample_video, resampler, video, what=what)
-        flat = rearrange(video + resampler.media_pos_emb[:3], "b T S d -> b 1 (T S) d")  # (b, 1, T*S, d)
-        want = resampler(flat - resampler.media_pos_emb[0])  # the forward adds embedding 0 to its single media
-        compare(got, want, what=what, mistakes=[
+        got = run_untouched(resample_video, resampler, video, what=what, names=("resampler", "frames"),
+                            fix="write x = frames + media_pos_emb[:T], a new tensor.",
+                            advice={"must agree in batch": batch})
+        compare(got, _reference_video(resampler, video), what=what, mistakes=[
             Mistake("time embeddings forgotten", resampler(rearrange(video, "b T S d -> b 1 (T S) d") - resampler.media_pos_emb[0]),
                     "the frames got no time embeddings: add media_pos_emb[:T] before flattening, so their order matters."),
             Mistake("frames as separate media", resampler(video),
                     "each frame got its own latents: flatten the frames into one media, 'b T S d -> b 1 (T S) d'."),
         ])
+    _check_video_gradients(resample_video, resampler, video, g, what)
     passed("resample_video turns 3 frames x 7 features into one media of latents for the whole video.")
+
+
+def _check_video_gradients(resample_video, resampler, video, g, what) -> None:
+    """Every weight the paper's video resampling trains gets a gradient from the learner's; copies keep the
+    lesson's resampler without gradients."""
+    mine, reference = copy.deepcopy(resampler), copy.deepcopy(resampler)
+    cotangent = torch.randn(video.shape[0], 1, *resampler.latents.shape, generator=g).to(video.device)  # (b, 1, L, d)
+    with torch.enable_grad():
+        got = run_learner(resample_video, mine, video.clone(), what=what)
+        if got.requires_grad:
+            (got * cotangent).sum().backward()
+        (_reference_video(reference, video) * cotangent).sum().backward()
+    theirs = dict(mine.named_parameters())
+    lost = [name for name, p in reference.named_parameters()
+            if p.grad is not None and bool(p.grad.any()) and theirs[name].grad is None]
+    if "latents" in lost:
+        fail(f"{what}: no gradient reaches resampler.latents, so they would never train: use them as they are in "
+             "the repeat (no .detach(), no torch.no_grad()).")
+    if lost:
+        fail(f"{what}: no gradient reaches {', '.join(lost)}, so {'it' if len(lost) == 1 else 'they'} would never "
+             "train: keep every weight in the computation (no .detach(), no torch.no_grad()).")
 
 
 def check_param_count(resampler_param_count) -> None:

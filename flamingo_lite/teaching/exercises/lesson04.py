@@ -35,6 +35,11 @@ _FUTURE = ("text before the first image sees every image, the future ones includ
 _FIRST_SEES_ONE = ("text before the first image sees image 1: its text time is 0 and must match no image (clamping "
                    "text time to 1 is the leak this lesson fixes).")
 _INVERTED = "the mask is inverted: True must mean may attend, so keep the comparison, not its negation (~)."
+_IGNORED = ("the mode is ignored: only_attend_immediate_media=True and False give the same mask; keep text time == "
+            "media time when it is True and text time >= media time when it is False.")
+_STRICT = ("a token does not see its own image in the all-previous mode: keep text time >= media time, not >, so "
+           "text time i sees image i too.")
+_FIXED = "a fixed number where the size comes from the arguments (num_media / num_latents)"
 
 
 def _check_dtype(got, dtype, what) -> None:
@@ -59,58 +64,102 @@ def check_text_time(my_text_time) -> None:
                     "belongs to its own image."),
             Mistake("total count", loc.long().sum(-1, keepdim=True).expand_as(want),
                     "every token got the total number of images: a running count is cumsum(dim=-1), not sum."),
+            Mistake("count down the batch", loc.long().cumsum(dim=0),
+                    "the count runs down the batch (dim=0), not along the text: cumsum(dim=-1)."),
+            Mistake("one too high", want + 1,
+                    "every token is one too high: text before the first image has text time 0, and a marker "
+                    "already counts itself in cumsum(dim=-1), so do not add 1."),
         ])
     passed("my_text_time is right: a running count of the images, 0 before the first.")
 
 
-def reference_media_mask(text_time, num_media, immediate, *, first=1, future=False, clamp=False):
+def reference_media_mask(text_time, num_media, immediate, *, first=1, future=False, clamp=False, strict=False):
     if clamp:
         text_time = text_time.clamp(min=1)  # (b, n): text before the first image treated as image 1's
     media_time = torch.arange(first, num_media + first)  # (t,)
     tt, mt = rearrange(text_time, "b n -> b n 1"), rearrange(media_time, "t -> 1 1 t")  # (b, n, 1), (1, 1, t)
-    per_media = (tt == mt) if immediate else (tt >= mt)  # (b, n, t)
+    per_media = (tt == mt) if immediate else (tt > mt) if strict else (tt >= mt)  # (b, n, t)
     if future:
         per_media = per_media | (tt == 0)
     return per_media
 
 
+def _runs():
+    """(rows, media_locations, num_media, number of markers): each case with num_media = its most markers, then each
+    with one media more than markers (a batch padded with media no marker points to yet), so a size taken from
+    the markers instead of num_media shows, after a number fixed to the example has been named."""
+    for extra in (0, 1):
+        for rows in _CASES:
+            loc = torch.tensor(rows, dtype=torch.bool)  # (b, n)
+            markers = int(loc.sum(-1).max())
+            yield rows, loc, markers + extra, markers
+
+
+def _media_mistakes(tt, t, mode, markers, expand=lambda per_media: per_media) -> list[Mistake]:
+    """The usual wrong per-media masks, each passed through `expand` (the full mask's repeat over latents)."""
+    out = [
+        Mistake("media numbered from 0", expand(reference_media_mask(tt, t, mode, first=0)), _FROM_0),
+        Mistake("modes swapped", expand(reference_media_mask(tt, t, not mode)), _SWAPPED),
+        Mistake("look into the future", expand(reference_media_mask(tt, t, mode, future=True)), _FUTURE),
+        Mistake("first image seen early", expand(reference_media_mask(tt, t, mode, clamp=True)), _FIRST_SEES_ONE),
+        Mistake("inverted", expand(~reference_media_mask(tt, t, mode)), _INVERTED),
+    ]
+    if not mode:
+        out.append(Mistake("> for all previous", expand(reference_media_mask(tt, t, mode, strict=True)), _STRICT))
+    if markers != t:
+        out.append(Mistake("size from the markers", expand(reference_media_mask(tt, markers, mode)),
+                           f"the mask has media columns for the <image> markers only ({markers}), but num_media={t}: a "
+                           "batch can hold media that no marker points to yet, so take the size from the num_media "
+                           "argument, not from the markers."))
+    for k in range(1, 6):
+        if k not in (t, markers):
+            out.append(Mistake("fixed number of media", expand(reference_media_mask(tt, k, mode)),
+                               f"the mask has {k} media columns, but num_media={t}: {_FIXED}; number the media "
+                               "torch.arange(1, num_media + 1)."))
+    return out
+
+
+def _both_modes(fn, args, what) -> dict:
+    """The learner's mask in each mode, {mode: mask}, each of dtype bool; a mask that ignores the mode is named."""
+    got = {}
+    for mode in (True, False):
+        call = what.format(mode=mode)
+        got[mode] = run_learner(fn, *args, mode, what=call)
+        _check_dtype(got[mode], torch.bool, call)
+    if all(isinstance(g, torch.Tensor) for g in got.values()) and torch.equal(got[True], got[False]):
+        fail(f"{what.format(mode='True or False')}: {_IGNORED}")
+    return got
+
+
 def check_media_mask(my_text_to_media_mask) -> None:
     """Step 04.media_mask: `my_text_to_media_mask(text_time, num_media, only_attend_immediate_media)` -> (b, n, t)."""
-    for rows in _CASES:
-        loc = torch.tensor(rows, dtype=torch.bool)
-        tt, t = masks.text_time(loc), int(loc.sum(-1).max())  # (b, n)
+    for rows, loc, t, markers in _runs():
+        tt = masks.text_time(loc)  # (b, n)
+        what = f"your my_text_to_media_mask(text_time, {t}, only_attend_immediate_media={{mode}}) for {rows}"
+        got = _both_modes(my_text_to_media_mask, (tt, t), what)
         for mode in (True, False):
-            what = f"your my_text_to_media_mask(text_time, {t}, only_attend_immediate_media={mode}) for {rows}"
-            got = run_learner(my_text_to_media_mask, tt, t, mode, what=what)
-            _check_dtype(got, torch.bool, what)
-            compare(got, reference_media_mask(tt, t, mode), what=what, mistakes=[
-                Mistake("media numbered from 0", reference_media_mask(tt, t, mode, first=0), _FROM_0),
-                Mistake("modes swapped", reference_media_mask(tt, t, not mode), _SWAPPED),
-                Mistake("look into the future", reference_media_mask(tt, t, mode, future=True), _FUTURE),
-                Mistake("first image seen early", reference_media_mask(tt, t, mode, clamp=True), _FIRST_SEES_ONE),
-                Mistake("inverted", ~reference_media_mask(tt, t, mode), _INVERTED),
-            ])
+            compare(got[mode], reference_media_mask(tt, t, mode), what=what.format(mode=mode),
+                    mistakes=_media_mistakes(tt, t, mode, markers))
     passed("my_text_to_media_mask is right in both modes; text before the first image sees nothing.")
 
 
 def check_cross_attention_mask(my_cross_attention_mask) -> None:
     """Exercise 2: `my_cross_attention_mask(media_locations, num_media, num_latents, mode)` -> (b, n, t*m)."""
-    for rows in _CASES:
-        loc = torch.tensor(rows, dtype=torch.bool)
-        tt, t = masks.text_time(loc), int(loc.sum(-1).max())
-        for mode in (True, False):
-            for m in (1, 3):
-                what = f"your my_cross_attention_mask({rows}, {t}, {m}, only_attend_immediate_media={mode})"
-                got = run_learner(my_cross_attention_mask, loc, t, m, mode, what=what)
-                _check_dtype(got, torch.bool, what)
-                expand = lambda per_media: repeat(per_media, "b n t -> b n (t m)", m=m)  # noqa: E731
-                compare(got, masks.cross_attention_mask(loc, t, m, mode), what=what, mistakes=[
-                    Mistake("media numbered from 0", expand(reference_media_mask(tt, t, mode, first=0)), _FROM_0),
-                    Mistake("modes swapped", expand(reference_media_mask(tt, t, not mode)), _SWAPPED),
-                    Mistake("look into the future", expand(reference_media_mask(tt, t, mode, future=True)), _FUTURE),
-                    Mistake("first image seen early", expand(reference_media_mask(tt, t, mode, clamp=True)), _FIRST_SEES_ONE),
-                    Mistake("inverted", expand(~reference_media_mask(tt, t, mode)), _INVERTED),
-                    Mistake("latents interleaved", repeat(reference_media_mask(tt, t, mode), "b n t -> b n (m t)", m=m),
+    for rows, loc, t, markers in _runs():
+        tt = masks.text_time(loc)  # (b, n)
+        for m in (1, 3):
+            what = f"your my_cross_attention_mask({rows}, {t}, {m}, only_attend_immediate_media={{mode}})"
+            got = _both_modes(my_cross_attention_mask, (loc, t, m), what)
+            expand = lambda per_media: repeat(per_media, "b n t -> b n (t m)", m=m)  # noqa: E731
+            for mode in (True, False):
+                right = reference_media_mask(tt, t, mode)  # (b, n, t)
+                fixed_m = [Mistake("fixed number of latents", repeat(right, "b n t -> b n (t m)", m=k),
+                                   f"each media's column is repeated {k} times, but num_latents={m}: {_FIXED}; "
+                                   "repeat with m=num_latents.") for k in (1, 2, 3, 4, 8) if k != m]
+                compare(got[mode], masks.cross_attention_mask(loc, t, m, mode), what=what.format(mode=mode), mistakes=[
+                    *_media_mistakes(tt, t, mode, markers, expand),
+                    *fixed_m,
+                    Mistake("latents interleaved", repeat(right, "b n t -> b n (m t)", m=m),
                             "the latents are interleaved across images: write '(t m)', so each image's m latents sit "
                             "side by side, as the media tensor (b, t, m, d) flattens."),
                 ])

@@ -1,11 +1,13 @@
 """Checks for lesson 07: the learner writes the symmetric contrastive loss and one step of contrastive pretraining.
 
-`check_loss` runs the learner's loss on small embeddings and compares it with the reference
-(`flamingo_lite.tiny.contrastive.contrastive_loss`) and with the usual mistakes computed on the same input: labels
-not on the diagonal, only one direction, features not normalised, the temperature not clamped or multiplied
-instead of divided, the two terms added instead of averaged; then it checks that the temperature is learned (it
-gets a gradient). `check_training_step` runs two steps of the learner's `training_step` and of the usual wrong
-steps on copies of the same small encoders, and names the mistake whose weights the learner's match.
+`check_loss` runs the learner's loss on copies of small embeddings (an embedding normalised in place is named) and
+compares it with the reference (`flamingo_lite.tiny.contrastive.contrastive_loss`) and with the usual mistakes
+computed on the same input: labels not on the diagonal, only one direction, features not normalised (or over the
+batch, or on one side only), the temperature not clamped, clamped with its own bounds on its log, used without
+`.exp()`, fixed, or multiplied instead of divided, the two terms added instead of averaged or summed over the batch;
+then it checks that the temperature is learned (it gets a gradient). `check_training_step` runs two steps of the
+learner's `training_step` and of the usual wrong steps on copies of the same small encoders, and names the mistake
+whose weights the learner's match, an encoder whose weights never move, or an optimizer passed in that never steps.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 
 from ...tiny import contrastive
 from ...tiny.contrastive import MAX_LOG_TEMPERATURE, MIN_LOG_TEMPERATURE, CaptionEncoder, ConvVisionEncoder
-from . import Mistake, compare, fail, passed, register_hints, run_learner
+from . import Mistake, compare, fail, passed, register_hints, run_learner, run_untouched
 
 register_hints({
     "07.loss": "Normalise both with `F.normalize(x, dim=-1)`; the temperature is "
@@ -30,11 +32,17 @@ register_hints({
 })
 
 
-def _logits(image, text, log_t, *, normalise=True, clamp=True, divide=True):
-    if normalise:
-        image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)  # (B, e) each
-    log_t = log_t.clamp(MIN_LOG_TEMPERATURE, MAX_LOG_TEMPERATURE) if clamp else log_t
-    t = log_t.exp()  # ()
+def _logits(image, text, log_t, *, normalise=("image", "text"), dim=-1, clamp=True, divide=True, exp=True,
+            bounds_on_log=False):
+    if "image" in normalise:
+        image = F.normalize(image, dim=dim)  # (B, e)
+    if "text" in normalise:
+        text = F.normalize(text, dim=dim)  # (B, e)
+    if bounds_on_log:  # the temperature's bounds, 0.01 and 1, put on log T
+        log_t = log_t.clamp(math.exp(MIN_LOG_TEMPERATURE), math.exp(MAX_LOG_TEMPERATURE))
+    elif clamp:
+        log_t = log_t.clamp(MIN_LOG_TEMPERATURE, MAX_LOG_TEMPERATURE)
+    t = log_t.exp() if exp else log_t  # ()
     return image @ text.T / t if divide else image @ text.T * t  # (B, B)
 
 
@@ -52,14 +60,39 @@ def _loss_variants(image, text, log_t) -> dict:
     out["only image to text"] = i2t
     out["only text to image"] = t2i
     out["the two terms added"] = i2t + t2i
-    raw = _logits(image, text, log_t, normalise=False)  # (B, B)
-    out["features not normalised"] = (F.cross_entropy(raw, diagonal) + F.cross_entropy(raw.T, diagonal)) / 2
-    free = _logits(image, text, log_t, clamp=False)  # (B, B)
-    out["temperature not clamped"] = (F.cross_entropy(free, diagonal) + F.cross_entropy(free.T, diagonal)) / 2
-    times = _logits(image, text, log_t, divide=False)  # (B, B)
-    out["temperature multiplied"] = (F.cross_entropy(times, diagonal) + F.cross_entropy(times.T, diagonal)) / 2
-    no_t = _logits(image, text, torch.zeros(()))  # (B, B): cosines alone, temperature 1
-    out["no temperature"] = (F.cross_entropy(no_t, diagonal) + F.cross_entropy(no_t.T, diagonal)) / 2
+    out["summed over the batch"] = b * out["right"]  # reduction="sum" in both terms
+
+    def symmetric(logits):  # (B, B) -> the mean of the two directions' cross-entropies
+        return (F.cross_entropy(logits, diagonal) + F.cross_entropy(logits.T, diagonal)) / 2
+
+    out["features not normalised"] = symmetric(_logits(image, text, log_t, normalise=()))
+    out["normalised over the batch"] = symmetric(_logits(image, text, log_t, dim=0))
+    out["only the images normalised"] = symmetric(_logits(image, text, log_t, normalise=("image",)))
+    out["only the captions normalised"] = symmetric(_logits(image, text, log_t, normalise=("text",)))
+    out["temperature not clamped"] = symmetric(_logits(image, text, log_t, clamp=False))
+    out["temperature multiplied"] = symmetric(_logits(image, text, log_t, divide=False))
+    out["no exp"] = symmetric(_logits(image, text, log_t, exp=False))
+    out["bounds on log T"] = symmetric(_logits(image, text, log_t, bounds_on_log=True))
+    out["no temperature"] = symmetric(_logits(image, text, torch.zeros(())))  # cosines alone, temperature 1
+    return out
+
+
+FIXED_TEMPERATURES = (0.01, 0.05, 0.07, 0.1, 0.2, 0.5)  # CLIP's starting 0.07 and other round numbers
+
+
+def _fixed_temperature_mistakes(image, text, log_t) -> list[Mistake]:
+    """The loss with the temperature a fixed number, for the usual numbers other than the right temperature."""
+    right = math.exp(min(max(float(log_t), MIN_LOG_TEMPERATURE), MAX_LOG_TEMPERATURE))
+    diagonal = torch.arange(image.shape[0])  # (B,)
+    out = []
+    for t in FIXED_TEMPERATURES:
+        if abs(t - right) < 1e-9:
+            continue
+        logits = _logits(image, text, torch.tensor(math.log(t)))  # (B, B)
+        out.append(Mistake(f"fixed temperature {t}",
+                           (F.cross_entropy(logits, diagonal) + F.cross_entropy(logits.T, diagonal)) / 2,
+                           f"the temperature is a fixed {t:g}: compute it from the log_temperature argument, "
+                           "`log_temperature.clamp(MIN_LOG_TEMPERATURE, MAX_LOG_TEMPERATURE).exp()`, so it is learned."))
     return out
 
 
@@ -73,13 +106,26 @@ LOSS_MESSAGES = {
     "only text to image": "only one direction: you have the text-to-image term; add the image-to-text one, the cross-"
                           "entropy of `logits`, and average the two.",
     "the two terms added": "the two directions are added: take their mean, `(image_to_text + text_to_image) / 2`.",
+    "summed over the batch": "each cross-entropy is summed over the batch (reduction=\"sum\"): keep the default "
+                             "mean, so the loss does not grow with the batch size.",
     "features not normalised": "the features are not normalised: apply `F.normalize(..., dim=-1)` to both embeddings, "
                                "so `image @ text.T` is a cosine similarity.",
+    "normalised over the batch": "the features are normalised over the batch (dim=0): normalise each embedding, "
+                                 "`F.normalize(..., dim=-1)`, so `image @ text.T` is a cosine similarity.",
+    "only the images normalised": "only the picture embeddings are normalised: apply `F.normalize(..., dim=-1)` to the "
+                                  "caption embeddings too, so `image @ text.T` is a cosine similarity.",
+    "only the captions normalised": "only the caption embeddings are normalised: apply `F.normalize(..., dim=-1)` to the "
+                                    "picture embeddings too, so `image @ text.T` is a cosine similarity.",
     "temperature not clamped": "the temperature is not clamped: with a very small log_temperature your logits blow "
                                "up; clamp it with `log_temperature.clamp(MIN_LOG_TEMPERATURE, MAX_LOG_TEMPERATURE)` "
                                "before `.exp()` (1/T at most 100, as CLIP).",
     "temperature multiplied": "the logits are multiplied by the temperature: divide by it, `image @ text.T / "
                               "temperature` (a small temperature sharpens the softmax).",
+    "no exp": "the logits are divided by the log of the temperature: the temperature is "
+              "`log_temperature.clamp(MIN_LOG_TEMPERATURE, MAX_LOG_TEMPERATURE).exp()`; the `.exp()` is missing.",
+    "bounds on log T": "the temperature's bounds are put on its log: 0.01 and 1 bound the temperature itself, so clamp "
+                       "the log with their logs, `log_temperature.clamp(MIN_LOG_TEMPERATURE, MAX_LOG_TEMPERATURE)`, "
+                       "then `.exp()`.",
     "no temperature": "the temperature is missing: divide the cosine similarities by "
                       "`log_temperature.clamp(...).exp()`.",
 }
@@ -100,12 +146,15 @@ def check_loss(loss_fn) -> None:
     for log_t in temperatures:
         t = torch.tensor(log_t)
         with torch.no_grad():
-            got = run_learner(loss_fn, image, text, t, what=f"your contrastive_loss(image_emb, text_emb, log_temperature={log_t:.2f})")
+            got = run_untouched(loss_fn, image, text, t, what=f"your contrastive_loss(image_emb, text_emb, "
+                                f"log_temperature={log_t:.2f})", names=("image_emb", "text_emb", "log_temperature"),
+                                fix="normalise with `F.normalize(x, dim=-1)`, which returns a new tensor.")
             variants = _loss_variants(image, text, t)
         if not isinstance(got, torch.Tensor):
             fail(f"contrastive_loss returned a {type(got).__name__}: return the loss as a 0-d tensor (no `.item()`), so "
                  "it can be backpropagated.")
         mistakes = [Mistake(name, variants[name], LOSS_MESSAGES[name]) for name in LOSS_MESSAGES]
+        mistakes += _fixed_temperature_mistakes(image, text, t)
         compare(got.reshape(()), variants["right"], what=f"your loss (log_temperature {log_t:.2f})", mistakes=mistakes)
     log_t = torch.tensor(math.log(0.2), requires_grad=True)
     loss = run_learner(loss_fn, image, text, log_t, what="your contrastive_loss with a learned log_temperature")
@@ -132,8 +181,9 @@ def _params(vision, text, log_t) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in [*vision.parameters(), *text.parameters()]] + [log_t.detach().reshape(1)])
 
 
-def _run_steps(step_fn, *, what: str, learner: bool) -> tuple[torch.Tensor, list]:
-    """Two steps of `step_fn` from the same start and batches -> (the weights after, the returned losses)."""
+def _run_steps(step_fn, *, what: str, learner: bool) -> tuple[torch.Tensor, list, torch.optim.Optimizer]:
+    """Two steps of `step_fn` from the same start and batches -> (the weights after, the returned losses, the
+    optimizer passed to it)."""
     vision, text, log_t = _small_setup()
     optimizer = torch.optim.Adam([*vision.parameters(), *text.parameters(), log_t], lr=1e-2)
     rng, _ = contrastive.streams(0)
@@ -146,7 +196,7 @@ def _run_steps(step_fn, *, what: str, learner: bool) -> tuple[torch.Tensor, list
                                       "`.to(log_temperature.dtype)` before the encoder (training runs in float64)"}))
         else:
             losses.append(step_fn(vision, text, log_t, optimizer, batch))
-    return _params(vision, text, log_t), losses
+    return _params(vision, text, log_t), losses, optimizer
 
 
 def _embed(vision, text, log_t, batch):
@@ -185,15 +235,38 @@ STEP_MISTAKES = {
 }
 
 
+def _parts_left_behind(got, want, optimizer) -> None:
+    """Name what the whole-vector comparison cannot: the optimizer passed in never stepped although the weights
+    moved, or one encoder's weights left where they started while the other's moved."""
+    start = _params(*_small_setup())  # (P,)
+    moved = lambda part: not torch.equal(got[part], start[part])  # noqa: E731
+    vision, text, _ = _small_setup()
+    n_vision, n_text = (sum(p.numel() for p in m.parameters()) for m in (vision, text))
+    parts = {"vision": slice(0, n_vision), "text": slice(n_vision, n_vision + n_text)}
+    if moved(slice(None)) and not optimizer.state:
+        fail("the optimizer passed in never stepped, though the weights moved: a new optimizer made inside the step "
+             "starts Adam's running averages afresh at every step; use the optimizer argument, made once before "
+             "the training loop.")
+    for name, other in (("vision", "text"), ("text", "vision")):
+        if not moved(parts[name]) and moved(parts[other]) and not torch.equal(want[parts[name]], start[parts[name]]):
+            fail(f"the {name} encoder does not learn: its weights are where they started after two steps, while the "
+                 f"{other} encoder's moved; compute its embedding with gradients on (not under torch.no_grad(), no "
+                 "`.detach()`), so loss.backward() reaches it.")
+
+
 def check_training_step(step_fn) -> None:
     """Step "07.step": two steps of the learner's training_step(vision, text, log_temperature, optimizer, batch)."""
-    got, losses = _run_steps(step_fn, what="your training_step(vision, text, log_temperature, optimizer, batch)", learner=True)
+    got, losses, optimizer = _run_steps(step_fn, what="your training_step(vision, text, log_temperature, optimizer, batch)",
+                                        learner=True)
     if not all(isinstance(loss, float) for loss in losses):
         kinds = sorted({type(loss).__name__ for loss in losses})
         fail(f"training_step returned {', '.join(kinds)}: return the loss as a Python float, `loss.item()`.")
-    want, want_losses = _run_steps(contrastive.training_step, what="", learner=False)
+    want, want_losses, _ = _run_steps(contrastive.training_step, what="", learner=False)
+    _parts_left_behind(got, want, optimizer)
     mistakes = [Mistake(name, _run_steps(fn, what="", learner=False)[0], message) for name, (fn, message) in STEP_MISTAKES.items()]
-    compare(got, want, what="the weights after two of your training steps", mistakes=mistakes)
+    compare(got, want, what="the vector of all weights after two of your training steps", mistakes=mistakes,
+            unmatched="go through the step in the hint's order: embed the pictures and the captions, the loss, "
+                      "optimizer.zero_grad(), loss.backward(), optimizer.step().")
     if abs(losses[0] - want_losses[0]) > 1e-6 * max(1.0, abs(want_losses[0])):
         fail(f"training_step returned {losses[0]:.6f} for the first batch, the loss is {want_losses[0]:.6f}: return the "
              "loss of this batch, computed before the step.")
