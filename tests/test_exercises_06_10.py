@@ -261,8 +261,10 @@ def flamingo_class(*, every_layer=False, shift=False, before=True, resampler=Tru
                    freeze_vision=True, freeze_lm=True, freeze_all=False, num_latents=None, xattn_name="xattn",
                    int_keys=False, init_stub=False, forward_stub=False, new_lm=False, resampler_depth=None,
                    extra=False, lm_heads=False, double_residual=False, shared=False, skip_lm_layers=False,
-                   media_id=None, pass_immediate=True, double_lm=False, skip_block=None):
-    """The lesson's MyFlamingo, with the usual mistakes as switches."""
+                   media_id=None, pass_immediate=True, double_lm=False, skip_block=None, dim_head_from=None,
+                   discard_block=False, lm_alone=False, keys_in_dict=False):
+    """The lesson's MyFlamingo, with the usual mistakes as switches. dim_head_from: "heads" or "lm_heads", the head
+    width computed as `config.dim // config.heads` (or `// config.lm_heads`) instead of `config.dim_head`."""
     from flamingo_lite.tiny.model import freeze
 
     class MyFlamingo(nn.Module):
@@ -276,15 +278,16 @@ def flamingo_class(*, every_layer=False, shift=False, before=True, resampler=Tru
             if new_lm:
                 self.lm = freeze(TinyLM(config.lm_config()))
             heads = config.lm_heads if lm_heads else config.heads
+            dim_head = config.dim // getattr(config, dim_head_from) if dim_head_from else config.dim_head
             self.resampler = flamingo_lite.PerceiverResampler(
-                dim=config.dim, depth=resampler_depth or config.resampler_depth, dim_head=config.dim_head, heads=heads,
+                dim=config.dim, depth=resampler_depth or config.resampler_depth, dim_head=dim_head, heads=heads,
                 num_latents=num_latents or config.num_latents, num_media_embeds=config.num_media_embeds,
                 ff_mult=config.ff_mult, media_embedding=config.media_embedding)
             depth, every = len(lm.blocks), config.cross_attn_every
             self.xattn_layers = [i for i in range(depth) if every_layer or (i + shift) % every == 0]
             immediate = {"only_attend_immediate_media": config.only_attend_immediate_media} if pass_immediate else {}
             make = lambda: flamingo_lite.GatedCrossAttentionBlock(  # noqa: E731
-                dim=config.dim, dim_head=config.dim_head, heads=heads, ff_mult=config.ff_mult, **immediate)
+                dim=config.dim, dim_head=dim_head, heads=heads, ff_mult=config.ff_mult, **immediate)
             one = make()
             blocks = {i if int_keys else str(i): one if shared else make() for i in self.xattn_layers}
             setattr(self, xattn_name, nn.ModuleDict(blocks))
@@ -296,6 +299,8 @@ def flamingo_class(*, every_layer=False, shift=False, before=True, resampler=Tru
         def forward(self, tokens, images):
             if forward_stub:
                 stub()
+            if lm_alone:
+                return self.lm(tokens)  # (b, n, V): the pictures never reach it
             feats = self.vision(images)  # (b, t, g, d)
             media = self.resampler(feats) if resampler else feats  # (b, t, L, d)
             loc = tokens == (self.config.media_token_id if media_id is None else media_id) if locations else None  # (b, n)
@@ -303,7 +308,11 @@ def flamingo_class(*, every_layer=False, shift=False, before=True, resampler=Tru
             for i, lm_block in enumerate(self.lm.blocks):
                 if skip_lm_layers and i not in self.xattn_layers:
                     continue
-                if before and i in self.xattn_layers and i != skip_block:
+                if keys_in_dict and i in self.xattn:  # int in a dict keyed by strings: never true
+                    x = self.xattn[str(i)](x, media, loc)
+                elif discard_block and i in self.xattn_layers:
+                    self.xattn[str(i)](x, media, loc)  # the output thrown away
+                elif before and i in self.xattn_layers and i != skip_block and not keys_in_dict:
                     x = x + self.xattn[str(i)](x, media, loc) if double_residual else self.xattn[str(i)](x, media, loc)
                 x = x + lm_block(x) if double_lm else lm_block(x)  # (b, n, d)
                 if not before and i in self.xattn_layers:
@@ -337,7 +346,8 @@ def test_07_flamingo_class(capsys):
             self.resampler.requires_grad_(False)
 
     fails(lesson08.check_flamingo_class, FrozenResampler, config, match=r"resampler\.latents gets no gradient")
-    fails(lesson08.check_flamingo_class, flamingo_class(xattn_name="blocks"), config, match=r"no `self\.xattn`")
+    fails(lesson08.check_flamingo_class, flamingo_class(xattn_name="blocks"), config,
+          match=r"no `self\.xattn` that is a torch\.nn\.ModuleDict")
     fails(lesson08.check_flamingo_class, flamingo_class(int_keys=True), config, match="keys are strings")
     fails(lesson08.check_flamingo_class, flamingo_class(new_lm=True), config, match="use the lm and vision it is given")
     with pytest.raises(TypeError, match="class itself"):
@@ -370,6 +380,34 @@ def test_07_flamingo_class_second_config_and_forward_mistakes():
               match=rf"the gated block before LM layer {layer} never runs")
     fails(lesson08.check_flamingo_class, flamingo_class(skip_lm_layers=True), config,
           match=r"runs only the LM layers that have a block before them \(\[0, 2\]\)")
+
+
+def test_07_flamingo_class_tells_the_lm_heads_from_a_head_width_computed_from_dim():
+    """The second config's dim_head is such that the inner widths of the right blocks, of the LM's heads and of
+    `dim // heads` or `dim // lm_heads` as the head width all differ."""
+    config = FlamingoConfig()
+    other = lesson08.other_config(config)
+    widths = {other.heads * other.dim_head, other.lm_heads * other.dim_head, other.dim,
+              other.heads * (other.dim // other.lm_heads)}
+    assert len(widths) == 4
+    fails(lesson08.check_flamingo_class, flamingo_class(dim_head_from="heads"), config,
+          match=rf"have dim_head = config\.dim // config\.heads \({other.dim // other.heads}\).*`config\.dim_head` "
+                rf"\({other.dim_head}\)")
+    fails(lesson08.check_flamingo_class, flamingo_class(dim_head_from="lm_heads"), config,
+          match=r"have the language model's head width, config\.dim // config\.lm_heads \(16\)")
+    with pytest.raises(ExerciseFailed) as failed:
+        lesson08.check_flamingo_class(flamingo_class(lm_heads=True), config)
+    assert "number of heads, `config.lm_heads`" in str(failed.value) and "dim_head" not in str(failed.value)
+
+
+def test_07_flamingo_class_names_a_forward_whose_logits_are_the_lms():
+    config = FlamingoConfig()
+    fails(lesson08.check_flamingo_class, flamingo_class(discard_block=True), config,
+          match=r"gated blocks run, but their output is thrown away.*assign it, `x = self\.xattn\[str\(i\)\]")
+    fails(lesson08.check_flamingo_class, flamingo_class(lm_alone=True), config,
+          match=r"returns the language model's own logits \(`self\.lm\(tokens\)`\)")
+    fails(lesson08.check_flamingo_class, flamingo_class(keys_in_dict=True), config,
+          match=r"no gated block runs.*`i in self\.xattn` is never true")
 
 
 def test_07_flamingo_class_keeps_the_global_random_numbers():
@@ -414,6 +452,10 @@ def test_07_exercises():
                              config, TinyLM, VisionEncoder)
     fails(lesson08.check_trainable, lambda m: sorted({n.split(".")[0] for n, p in m.named_parameters()}),
           config, TinyLM, VisionEncoder, match="frozen parts")
+    # the parts in the order they come, not sorted
+    fails(lesson08.check_trainable,
+          lambda m: list(dict.fromkeys(n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad)),
+          config, TinyLM, VisionEncoder, match=r"right names in another order.*sort them, `return sorted\(\.\.\.\)`")
     tokens = flamingo_lite.tiny.data.make_dataset(2, seed=0)
     fails(lesson08.check_no_gate, stub, tokens.tokens, tokens.images, match="not written yet")
 
@@ -451,6 +493,24 @@ def test_07_no_gate_names_a_tolerance_a_self_comparison_and_another_lm():
           match=r"never runs the language model on its own, so it compares the model with itself")
     fails(lesson08.check_no_gate, lambda c, t, i: differs(c, t, i, against="fresh"), data.tokens, data.images,
           match="another language model than the model's own")
+    fails(lesson08.check_no_gate, lambda c, t, i: differs(c, t, i, compare=lambda a, b: (a != b).all()),
+          data.tokens, data.images,
+          match=r"differ from the LM's at one value only.*`\(a != b\)\.all\(\)` asks whether every")
+
+    def from_gates(cfg, t, i):  # the gates read instead of the logits
+        return any(g != 0 for g in Flamingo(cfg).gates()["attn"])
+
+    fails(lesson08.check_no_gate, from_gates, data.tokens, data.images,
+          match=r"answers without running the model \(from its gates, such as `model\.gates\(\)`")
+    fails(lesson08.check_no_gate, lambda c, t, i: not c.tanh_gate, data.tokens, data.images,
+          match=r"answers without running the model")
+
+    def by_forward(cfg, t, i):  # `model.forward(...)` instead of `model(...)` is as right
+        model = Flamingo(cfg)
+        with torch.no_grad():
+            return not torch.equal(model.forward(t, i), model.lm(t))
+
+    lesson08.check_no_gate(by_forward, data.tokens, data.images)
     # an exact comparison with rtol=atol=0 is torch.equal in other words: it passes
     lesson08.check_no_gate(lambda c, t, i: differs(c, t, i, compare=lambda a, b: not torch.allclose(a, b, rtol=0, atol=0)),
                            data.tokens, data.images)
