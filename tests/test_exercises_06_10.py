@@ -261,8 +261,10 @@ def flamingo_class(*, every_layer=False, shift=False, before=True, resampler=Tru
                    freeze_vision=True, freeze_lm=True, freeze_all=False, num_latents=None, xattn_name="xattn",
                    int_keys=False, init_stub=False, forward_stub=False, new_lm=False, resampler_depth=None,
                    extra=False, lm_heads=False, double_residual=False, shared=False, skip_lm_layers=False,
-                   media_id=None, pass_immediate=True, double_lm=False, skip_block=None):
-    """The lesson's MyFlamingo, with the usual mistakes as switches."""
+                   media_id=None, pass_immediate=True, double_lm=False, skip_block=None, dim_head_from=None,
+                   discard_block=False, lm_alone=False, keys_in_dict=False):
+    """The lesson's MyFlamingo, with the usual mistakes as switches. dim_head_from: "heads" or "lm_heads", the head
+    width computed as `config.dim // config.heads` (or `// config.lm_heads`) instead of `config.dim_head`."""
     from flamingo_lite.tiny.model import freeze
 
     class MyFlamingo(nn.Module):
@@ -276,15 +278,16 @@ def flamingo_class(*, every_layer=False, shift=False, before=True, resampler=Tru
             if new_lm:
                 self.lm = freeze(TinyLM(config.lm_config()))
             heads = config.lm_heads if lm_heads else config.heads
+            dim_head = config.dim // getattr(config, dim_head_from) if dim_head_from else config.dim_head
             self.resampler = flamingo_lite.PerceiverResampler(
-                dim=config.dim, depth=resampler_depth or config.resampler_depth, dim_head=config.dim_head, heads=heads,
+                dim=config.dim, depth=resampler_depth or config.resampler_depth, dim_head=dim_head, heads=heads,
                 num_latents=num_latents or config.num_latents, num_media_embeds=config.num_media_embeds,
                 ff_mult=config.ff_mult, media_embedding=config.media_embedding)
             depth, every = len(lm.blocks), config.cross_attn_every
             self.xattn_layers = [i for i in range(depth) if every_layer or (i + shift) % every == 0]
             immediate = {"only_attend_immediate_media": config.only_attend_immediate_media} if pass_immediate else {}
             make = lambda: flamingo_lite.GatedCrossAttentionBlock(  # noqa: E731
-                dim=config.dim, dim_head=config.dim_head, heads=heads, ff_mult=config.ff_mult, **immediate)
+                dim=config.dim, dim_head=dim_head, heads=heads, ff_mult=config.ff_mult, **immediate)
             one = make()
             blocks = {i if int_keys else str(i): one if shared else make() for i in self.xattn_layers}
             setattr(self, xattn_name, nn.ModuleDict(blocks))
@@ -296,6 +299,8 @@ def flamingo_class(*, every_layer=False, shift=False, before=True, resampler=Tru
         def forward(self, tokens, images):
             if forward_stub:
                 stub()
+            if lm_alone:
+                return self.lm(tokens)  # (b, n, V): the pictures never reach it
             feats = self.vision(images)  # (b, t, g, d)
             media = self.resampler(feats) if resampler else feats  # (b, t, L, d)
             loc = tokens == (self.config.media_token_id if media_id is None else media_id) if locations else None  # (b, n)
@@ -303,7 +308,11 @@ def flamingo_class(*, every_layer=False, shift=False, before=True, resampler=Tru
             for i, lm_block in enumerate(self.lm.blocks):
                 if skip_lm_layers and i not in self.xattn_layers:
                     continue
-                if before and i in self.xattn_layers and i != skip_block:
+                if keys_in_dict and i in self.xattn:  # int in a dict keyed by strings: never true
+                    x = self.xattn[str(i)](x, media, loc)
+                elif discard_block and i in self.xattn_layers:
+                    self.xattn[str(i)](x, media, loc)  # the output thrown away
+                elif before and i in self.xattn_layers and i != skip_block and not keys_in_dict:
                     x = x + self.xattn[str(i)](x, media, loc) if double_residual else self.xattn[str(i)](x, media, loc)
                 x = x + lm_block(x) if double_lm else lm_block(x)  # (b, n, d)
                 if not before and i in self.xattn_layers:
@@ -337,7 +346,8 @@ def test_07_flamingo_class(capsys):
             self.resampler.requires_grad_(False)
 
     fails(lesson08.check_flamingo_class, FrozenResampler, config, match=r"resampler\.latents gets no gradient")
-    fails(lesson08.check_flamingo_class, flamingo_class(xattn_name="blocks"), config, match=r"no `self\.xattn`")
+    fails(lesson08.check_flamingo_class, flamingo_class(xattn_name="blocks"), config,
+          match=r"no `self\.xattn` that is a torch\.nn\.ModuleDict")
     fails(lesson08.check_flamingo_class, flamingo_class(int_keys=True), config, match="keys are strings")
     fails(lesson08.check_flamingo_class, flamingo_class(new_lm=True), config, match="use the lm and vision it is given")
     with pytest.raises(TypeError, match="class itself"):
@@ -370,6 +380,34 @@ def test_07_flamingo_class_second_config_and_forward_mistakes():
               match=rf"the gated block before LM layer {layer} never runs")
     fails(lesson08.check_flamingo_class, flamingo_class(skip_lm_layers=True), config,
           match=r"runs only the LM layers that have a block before them \(\[0, 2\]\)")
+
+
+def test_07_flamingo_class_tells_the_lm_heads_from_a_head_width_computed_from_dim():
+    """The second config's dim_head is such that the inner widths of the right blocks, of the LM's heads and of
+    `dim // heads` or `dim // lm_heads` as the head width all differ."""
+    config = FlamingoConfig()
+    other = lesson08.other_config(config)
+    widths = {other.heads * other.dim_head, other.lm_heads * other.dim_head, other.dim,
+              other.heads * (other.dim // other.lm_heads)}
+    assert len(widths) == 4
+    fails(lesson08.check_flamingo_class, flamingo_class(dim_head_from="heads"), config,
+          match=rf"have dim_head = config\.dim // config\.heads \({other.dim // other.heads}\).*`config\.dim_head` "
+                rf"\({other.dim_head}\)")
+    fails(lesson08.check_flamingo_class, flamingo_class(dim_head_from="lm_heads"), config,
+          match=r"have the language model's head width, config\.dim // config\.lm_heads \(16\)")
+    with pytest.raises(ExerciseFailed) as failed:
+        lesson08.check_flamingo_class(flamingo_class(lm_heads=True), config)
+    assert "number of heads, `config.lm_heads`" in str(failed.value) and "dim_head" not in str(failed.value)
+
+
+def test_07_flamingo_class_names_a_forward_whose_logits_are_the_lms():
+    config = FlamingoConfig()
+    fails(lesson08.check_flamingo_class, flamingo_class(discard_block=True), config,
+          match=r"gated blocks run, but their output is thrown away.*assign it, `x = self\.xattn\[str\(i\)\]")
+    fails(lesson08.check_flamingo_class, flamingo_class(lm_alone=True), config,
+          match=r"returns the language model's own logits \(`self\.lm\(tokens\)`\)")
+    fails(lesson08.check_flamingo_class, flamingo_class(keys_in_dict=True), config,
+          match=r"no gated block runs.*`i in self\.xattn` is never true")
 
 
 def test_07_flamingo_class_keeps_the_global_random_numbers():
@@ -414,6 +452,10 @@ def test_07_exercises():
                              config, TinyLM, VisionEncoder)
     fails(lesson08.check_trainable, lambda m: sorted({n.split(".")[0] for n, p in m.named_parameters()}),
           config, TinyLM, VisionEncoder, match="frozen parts")
+    # the parts in the order they come, not sorted
+    fails(lesson08.check_trainable,
+          lambda m: list(dict.fromkeys(n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad)),
+          config, TinyLM, VisionEncoder, match=r"right names in another order.*sort them, `return sorted\(\.\.\.\)`")
     tokens = flamingo_lite.tiny.data.make_dataset(2, seed=0)
     fails(lesson08.check_no_gate, stub, tokens.tokens, tokens.images, match="not written yet")
 
@@ -451,6 +493,24 @@ def test_07_no_gate_names_a_tolerance_a_self_comparison_and_another_lm():
           match=r"never runs the language model on its own, so it compares the model with itself")
     fails(lesson08.check_no_gate, lambda c, t, i: differs(c, t, i, against="fresh"), data.tokens, data.images,
           match="another language model than the model's own")
+    fails(lesson08.check_no_gate, lambda c, t, i: differs(c, t, i, compare=lambda a, b: (a != b).all()),
+          data.tokens, data.images,
+          match=r"differ from the LM's at one value only.*`\(a != b\)\.all\(\)` asks whether every")
+
+    def from_gates(cfg, t, i):  # the gates read instead of the logits
+        return any(g != 0 for g in Flamingo(cfg).gates()["attn"])
+
+    fails(lesson08.check_no_gate, from_gates, data.tokens, data.images,
+          match=r"answers without running the model \(from its gates, such as `model\.gates\(\)`")
+    fails(lesson08.check_no_gate, lambda c, t, i: not c.tanh_gate, data.tokens, data.images,
+          match=r"answers without running the model")
+
+    def by_forward(cfg, t, i):  # `model.forward(...)` instead of `model(...)` is as right
+        model = Flamingo(cfg)
+        with torch.no_grad():
+            return not torch.equal(model.forward(t, i), model.lm(t))
+
+    lesson08.check_no_gate(by_forward, data.tokens, data.images)
     # an exact comparison with rtol=atol=0 is torch.equal in other words: it passes
     lesson08.check_no_gate(lambda c, t, i: differs(c, t, i, compare=lambda a, b: not torch.allclose(a, b, rtol=0, atol=0)),
                            data.tokens, data.images)
@@ -484,6 +544,23 @@ def test_08_loss():
     assert (tokens[:, 1:] == 0).any() and (tokens == 2).any() and not (tokens[0] == 2).any()
 
 
+def test_08_loss_a_mean_over_every_position_and_logits_not_flattened_are_named():
+    def masked_mean(lg, tk, p=0):  # the padding's losses zeroed, then averaged over every position
+        per_token = F.cross_entropy(lg[:, :-1].reshape(-1, lg.shape[-1]), tk[:, 1:].reshape(-1), ignore_index=p,
+                                    reduction="none")
+        return per_token.mean()
+
+    def by_mask(lg, tk, p=0):  # the same mistake written with a mask
+        per_token = F.cross_entropy(lg[:, :-1].transpose(1, 2), tk[:, 1:], reduction="none")  # (b, n-1)
+        return (per_token * (tk[:, 1:] != p)).mean()
+
+    for loss in (masked_mean, by_mask):
+        fails(lesson09.check_loss, loss,
+              match=r"left out of the sum but not of the count: the mean is over every position")
+    fails(lesson09.check_loss, lambda lg, tk, p=0: F.cross_entropy(lg[:, :-1], tk[:, 1:], ignore_index=p),
+          match=r"raised RuntimeError: Expected target size.*not flattened.*reshape\(-1, V\)")
+
+
 def freeze_08(model):
     model.vision.requires_grad_(False)
     model.lm.requires_grad_(False)
@@ -501,8 +578,12 @@ def groups_08(model, *, lr, gate_lr, weight_decay, gate_decay=0.0, frozen=False,
 def test_08_freeze_and_groups():
     fails(lesson09.check_freeze, stub, match="not written yet")
     lesson09.check_freeze(freeze_08)
-    fails(lesson09.check_freeze, lambda m: m, match="frozen parts were left trainable")
-    fails(lesson09.check_freeze, lambda m: m.requires_grad_(False), match="frozen too")
+    fails(lesson09.check_freeze, lambda m: m, match=r"left trainable \(vision, lm still have requires_grad=True\)")
+    fails(lesson09.check_freeze, lambda m: (m.lm.requires_grad_(False), m)[1],
+          match=r"\(vision still has requires_grad")
+    fails(lesson09.check_freeze, lambda m: m.requires_grad_(False), match="resampler and xattn were frozen too")
+    fails(lesson09.check_freeze, lambda m: (freeze_08(m), m.xattn.requires_grad_(False), m)[2],
+          match="xattn was frozen too")
     fails(lesson09.check_groups, stub, match="not written yet")
     lesson09.check_groups(groups_08)
     fails(lesson09.check_groups, lambda m, **kw: groups_08(m, **kw, gate_decay=kw["weight_decay"]), match="gates get weight decay")
@@ -514,10 +595,11 @@ def test_08_freeze_and_groups():
     lesson09.check_groups(flamingo_lite.tiny.training.parameter_groups)
 
 
-def greedy_08(model, prompt, images, *, eoc_id, max_new_tokens=5, stop=True, feed=True, position=-1):
+def greedy_08(model, prompt, images, *, eoc_id, max_new_tokens=5, stop=True, feed=True, position=-1, sample=False):
     ids, new = prompt.clone(), []
     for _ in range(max_new_tokens):
-        nid = int(model(ids[None], images[None])[0, position].argmax())
+        logits = model(ids[None], images[None])[0, position]  # (V,)
+        nid = int(torch.multinomial(logits.softmax(-1), 1)) if sample else int(logits.argmax())
         new.append(nid)
         if feed:
             ids = torch.cat([ids, torch.tensor([nid])])
@@ -532,6 +614,20 @@ def test_08_greedy():
     fails(lesson09.check_greedy, lambda *a, **k: greedy_08(*a, **k, stop=False), match="does not stop at <eoc>")
     fails(lesson09.check_greedy, lambda *a, **k: greedy_08(*a, **k, feed=False), match="repeats")
     fails(lesson09.check_greedy, lambda *a, **k: greedy_08(*a, **k, position=0), match="wrong position")
+
+
+def test_08_greedy_that_samples_is_named_and_the_global_random_numbers_stay():
+    torch.manual_seed(0)
+    before = torch.rand(3)
+    torch.manual_seed(0)
+    torch.rand(3)
+    fails(lesson09.check_greedy, lambda *a, **k: greedy_08(*a, **k, sample=True),
+          match=r"another answer each run.*`torch.multinomial` samples.*argmax")
+    lesson09.check_greedy(greedy_08)
+    after = torch.rand(3)
+    torch.manual_seed(0)
+    torch.rand(3)
+    assert torch.equal(after, torch.rand(3)) and not torch.equal(before, after)
 
 
 def test_08_exercises():
@@ -551,6 +647,15 @@ def test_08_exercises():
     fails(lesson09.check_first_step_above, first_at_or_above, match=r"exactly 0\.04: that does not exceed.*not `>=`")
     fails(lesson09.check_first_step_above, lambda h, l, t: first_at_or_above(h, l, t) if l == 1 else first(h, l, t),
           match=r"returned step 20, where \|tanh\(attn_gate\)\| is exactly 0\.3")  # a negative gate at -0.3
+
+    def from_index(history, layer, threshold, every=10):  # the step worked out from the entry's index
+        for index, gates in enumerate(history["attn_gate_tanh"]):
+            if abs(gates[layer]) > threshold:
+                return index * every
+        return None
+
+    fails(lesson09.check_first_step_above, from_index,
+          match=r"returned 30, the entry's index 3 times the logging interval 10, but that entry is step 25")
     from flamingo_lite.tiny import data as shapes_data
 
     def fmt(caption):
@@ -565,17 +670,28 @@ def test_08_exercises():
     lesson09.check_caption_format(fmt)
     fails(lesson09.check_caption_format, lambda c: "colour_first" if len(c.split()) == 3 else "shape_first", match="should be")
 
+    def fmt_without_in(caption):
+        w = caption.split()
+        if len(w) == 4 and w[0] == "a" and w[1] in shapes_data.SHAPES and w[3] in shapes_data.COLOURS:
+            return "shape_first"
+        return fmt(caption)
+
+    fails(lesson09.check_caption_format, fmt_without_in,
+          match=r"caption_format\('a circle on red'\) should be None, yours is 'shape_first'.*third word is 'in'")
+
 
 def loop_09(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_every, seed, zero_grad=True, freeze=True,
             gate_decay=False, shift=True, step_opt=True, first_log=True, keys=True, one_group=False, cosine=True,
-            log_index=False, index_condition=False, log_early=False):
-    """The training loop of lesson 09, written as a learner would, with switches for the usual mistakes."""
+            log_index=False, index_condition=False, log_early=False, locations=False, eval_at_end=True,
+            zero_grad_late=None, decay_off=False, loss_after=False, order_every_step=False):
+    """The training loop of lesson 09, written as a learner would, with switches for the usual mistakes.
+    zero_grad_late: "none" or "zeros", `optimizer.zero_grad(set_to_none=...)` called after `loss.backward()`."""
     import math
 
     if freeze:
         freeze_08(model)
     model.train()
-    groups = groups_08(model, lr=lr, gate_lr=gate_lr, weight_decay=weight_decay,
+    groups = groups_08(model, lr=lr, gate_lr=gate_lr, weight_decay=0.0 if decay_off else weight_decay,
                        gate_decay=weight_decay if gate_decay else 0.0, frozen=not freeze)
     groups = [g for g in groups if g["params"]]
     if one_group:
@@ -598,11 +714,18 @@ def loop_09(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_ev
 
     queue = []
     for step in range(steps):
-        if not queue:
-            order = torch.randperm(len(data), generator=generator)  # (N,)
-            queue = list(order[: len(data) - len(data) % batch_size].split(batch_size))
-        part = data[queue.pop(0)]
-        logits = model(part.tokens, part.images, part.media_locations)  # (B, n, V)
+        if order_every_step:  # a new order at every step: a mistake
+            idx = torch.randperm(len(data), generator=generator)[:batch_size]
+        else:
+            if not queue:
+                order = torch.randperm(len(data), generator=generator)  # (N,)
+                queue = list(order[: len(data) - len(data) % batch_size].split(batch_size))
+            idx = queue.pop(0)
+        part = data[idx]
+        if locations:  # flamingo_lite's Flamingo takes them, the learner's MyFlamingo does not
+            logits = model(part.tokens, part.images, part.media_locations)  # (B, n, V)
+        else:
+            logits = model(part.tokens, part.images)  # (B, n, V)
         loss = loss_08(logits, part.tokens) if shift else F.cross_entropy(logits.flatten(0, 1), part.tokens.flatten())
         if step == 0 and first_log:
             log(0, loss.item())
@@ -610,16 +733,21 @@ def loop_09(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_ev
         logged = count % log_every == 0 or step + 1 == steps
         if logged and log_early:  # before the update: a mistake
             log(step + 1, loss.item())
-        if zero_grad:
+        if zero_grad and not zero_grad_late:
             optimizer.zero_grad()
         loss.backward()
+        if zero_grad_late:
+            optimizer.zero_grad(set_to_none=zero_grad_late == "none")
         if step_opt:
             optimizer.step()
         schedule.step()
+        if loss_after:  # the loss recomputed on the updated model: a mistake
+            loss = loss_08(model(part.tokens, part.images), part.tokens)
         history["loss_every_step"].append(loss.item())
         if logged and not log_early:
             log(step if log_index else step + 1, loss.item())
-    model.eval()
+    if eval_at_end:
+        model.eval()
     return history
 
 
@@ -660,6 +788,41 @@ def test_09_train_loop():
     fails(lesson09.check_train_loop, lambda m, d, **k: loop_09(m, d, **{**k, "seed": k["seed"] + 1}), match="first batch")
     fails(lesson09.check_train_loop, lambda m, d, **k: loop_09(m, d, **{**k, "lr": k["lr"] * 2}), match="no usual mistake")
     fails(lesson09.check_train_loop, lambda *a, **k: None, match="return the history")
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
+def test_09_train_loop_names_locations_eval_zero_grad_order_decay_and_loss_after():
+    """The loop trains a model whose forward takes (tokens, images), as the learner's MyFlamingo does."""
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, locations=True),
+          match=r"raised TypeError: .*forward\(\) takes 3 positional arguments.*passes `part\.media_locations`.*"
+                r"`model\(part\.tokens, part\.images\)`")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, eval_at_end=False),
+          match=r"leaves the model in training mode: end it with `model\.eval\(\)`")
+    for late in ("none", "zeros"):  # set_to_none=True, then False (the weights still decay)
+        fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, zero_grad_late=late),
+              match=r"calls `optimizer\.zero_grad\(\)` after `loss\.backward\(\)`: the gradients are cleared before")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, step_opt=False),
+          match=r"did not change: `optimizer\.step\(\)` is never called")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, decay_off=True),
+          match=r"weights are not decayed as asked .*`weight_decay=0\.0` is passed to parameter_groups")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, loss_after=True),
+          match=r"the loss is computed again after the update")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, order_every_step=True),
+          match=r"a new random order is drawn at every step")
+
+
+def test_09_train_loop_keeps_the_global_random_numbers():
+    torch.manual_seed(3)
+    lesson09.check_train_loop(loop_09)
+    after = torch.rand(3)
+    torch.manual_seed(3)
+    assert torch.equal(after, torch.rand(3))
+
+
+def test_09_train_loop_hint_calls_the_model_as_the_lesson_does(capsys):
+    hint("09.loop")
+    out = capsys.readouterr().out
+    assert "model(part.tokens, part.images)" in out and "media_locations)" not in out and "model.eval()" in out
 
 
 # ---------------------------------------------------------------------------------------------------------- 09

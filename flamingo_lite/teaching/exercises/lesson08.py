@@ -6,12 +6,16 @@ The class is built from a 3-layer language model with a block every 2nd layer (b
 checked against flamingo_lite.tiny.Flamingo built from the same parts: its attribute names and shapes (the
 reference's weights must load strictly), its logits with opened, different gates on sequences with several
 pictures and text before the first, and the parameters a backward pass reaches. It is then built again from a
-second config whose blocks have other heads than the language model's, whose `<image>` is another id and whose
-text sees all previous pictures. The usual mistakes are named: blocks at every layer or one layer late, blocks
-after the LM layers instead of before, one block object shared by every layer, a residual added twice, LM layers or
-blocks skipped, the resampler skipped, `media_locations` left out or found with a fixed id, the LM's heads used for
-the cross-attention, `only_attend_immediate_media` not passed on, the vision encoder or the language model left
-unfrozen.
+second config whose blocks have other heads and another head width than the language model's, whose `<image>` is
+another id and whose text sees all previous pictures. The usual mistakes are named: blocks at every layer or one
+layer late, blocks after the LM layers instead of before, one block object shared by every layer, a residual added
+twice, LM layers or blocks skipped, a block's output thrown away, the LM's own logits returned, the resampler
+skipped, `media_locations` left out or found with a fixed id, the LM's heads used for the cross-attention or its
+head width computed from dim, `only_attend_immediate_media` not passed on, the vision encoder or the language model
+left unfrozen.
+
+The no-gate exercise is also tried on a model whose gates are closed but whose logits differ from its language
+model's at one value, so an answer that asks whether every logit differs, or that reads the gates, is named.
 """
 from __future__ import annotations
 
@@ -88,10 +92,18 @@ _OTHER_ID = shapes_data.Tokenizer().eoc_id  # the second config's <image> id: sw
 def other_config(config: FlamingoConfig) -> FlamingoConfig:
     """The second config the class check builds with: example_config's, except that the gated blocks and the
     resampler have other heads than the language model, `<image>` is another id, and text sees every picture before
-    it (only_attend_immediate_media=False, not the blocks' default)."""
+    it (only_attend_immediate_media=False, not the blocks' default). Its dim_head is chosen so that the
+    cross-attention's inner width (heads * dim_head) differs from that of the LM's heads (lm_heads * dim_head) and
+    from those of a head width computed from dim (heads * (dim // heads) = dim, heads * (dim // lm_heads)): the
+    shapes then say which mistake was made."""
     config = example_config(config)
-    return replace(config, heads=2 if config.lm_heads != 2 else 1, media_token_id=_OTHER_ID,
-                   only_attend_immediate_media=False)
+    heads = 2 if config.lm_heads != 2 else 1
+
+    def widths(d):  # the right inner width, then the three mistakes'
+        return {d * heads, d * config.lm_heads, config.dim, heads * (config.dim // config.lm_heads)}
+
+    dim_head = next((d for d in (8, 4, 2, 3, 5, 6, 7) if len(widths(d)) == 4), config.dim_head)
+    return replace(config, heads=heads, dim_head=dim_head, media_token_id=_OTHER_ID, only_attend_immediate_media=False)
 
 
 def example_batch() -> tuple:
@@ -153,33 +165,87 @@ def _open_gates(reference: Flamingo) -> Flamingo:
     return reference
 
 
-def _heads_mistake(mine: nn.Module, reference: Flamingo, lm: nn.Module, vision: nn.Module) -> str | None:
-    """The sentence to say when the learner's weights have the shapes of cross-attention with the LM's heads."""
+def _sizes_mistake(mine: nn.Module, reference: Flamingo, lm: nn.Module, vision: nn.Module) -> str | None:
+    """The sentence to say when the learner's weights have the shapes of cross-attention built with the LM's heads,
+    or with a head width computed from dim (`dim // heads`, `dim // lm_heads`) instead of `config.dim_head`."""
     config = reference.config
-    if config.heads == config.lm_heads:
-        return None
     ours = {k: tuple(v.shape) for k, v in mine.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
     misshaped = [k for k in theirs if k in ours and ours[k] != theirs[k]]
     if not misshaped:
         return None
-    with torch.random.fork_rng(devices=[]):  # an extra build must not move the notebook's random numbers
-        wrong = Flamingo(replace(config, heads=config.lm_heads), lm=copy.deepcopy(lm), vision=copy.deepcopy(vision))
-    wrong = {k: tuple(v.shape) for k, v in wrong.state_dict().items()}
-    if any(ours[k] != wrong.get(k) for k in misshaped):
-        return None
+    candidates = [
+        (dict(heads=config.lm_heads), "use the language model's number of heads, `config.lm_heads` "
+         f"({config.lm_heads}): the cross-attention has its own, `config.heads` ({config.heads}), so build them with "
+         "`heads=config.heads`"),
+        (dict(dim_head=config.dim // config.heads), f"have dim_head = config.dim // config.heads "
+         f"({config.dim // config.heads}): the width of one head is a size of its own, `config.dim_head` "
+         f"({config.dim_head}), so build them with `dim_head=config.dim_head`"),
+        (dict(dim_head=config.dim // config.lm_heads), f"have the language model's head width, config.dim // "
+         f"config.lm_heads ({config.dim // config.lm_heads}), as dim_head: the cross-attention's is "
+         f"`config.dim_head` ({config.dim_head}), so build them with `dim_head=config.dim_head`"),
+    ]
     parts = sorted({k.split(".")[0] for k in misshaped})
     said = " and ".join({"resampler": "the resampler", "xattn": "the gated blocks"}.get(p, p) for p in parts)
-    return (f"{said} of your model use the language model's number of heads, `config.lm_heads` ({config.lm_heads}): "
-            f"the cross-attention has its own, `config.heads` ({config.heads}), so build them with `heads=config.heads` "
-            f"({misshaped[0]} is {ours[misshaped[0]]} in yours, {theirs[misshaped[0]]} in flamingo_lite's).")
+    for sizes, why in candidates:
+        if all(getattr(config, k) == v for k, v in sizes.items()):
+            continue  # this config cannot tell the mistake from the right sizes
+        with torch.random.fork_rng(devices=[]):  # an extra build must not move the notebook's random numbers
+            wrong = Flamingo(replace(config, **sizes), lm=copy.deepcopy(lm), vision=copy.deepcopy(vision))
+        wrong = {k: tuple(v.shape) for k, v in wrong.state_dict().items()}
+        if all(ours[k] == wrong.get(k) for k in misshaped):
+            return (f"{said} of your model {why} ({misshaped[0]} is {ours[misshaped[0]]} in yours, "
+                    f"{theirs[misshaped[0]]} in flamingo_lite's).")
+    return None
 
 
-def _mistakes(reference: Flamingo, tokens: torch.Tensor, images: torch.Tensor) -> list:
-    """The logits of the usual wrong forwards, with the reference's weights: a list of Mistake."""
+class _WhatRan:
+    """While active (a `with` block), notes whether the learner's language model ran as a whole (`lm`, its own
+    forward called: `self.lm(tokens)`) and whether any of its gated blocks ran (`blocks`)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self):
+        self.lm, self.blocks = False, False
+
+        def lm_ran(module, args):
+            self.lm = True
+
+        def block_ran(module, args):
+            self.blocks = True
+
+        self.handles = [self.model.lm.register_forward_pre_hook(lm_ran)]
+        self.handles += [block.register_forward_pre_hook(block_ran) for block in self.model.xattn.values()]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+
+
+def _lm_alone(ran: _WhatRan) -> str:
+    """What to say when the learner's logits are the language model's alone, from what ran."""
+    if ran.lm:
+        return ("your forward returns the language model's own logits (`self.lm(tokens)`): the pictures never reach "
+                "them. Run the LM's parts yourself: `x = self.lm.embed(tokens)`, the loop over `self.lm.blocks` with a "
+                "gated block first where i is in `self.xattn_layers`, then `self.lm.head(x)`.")
+    if ran.blocks:
+        return ("your gated blocks run, but their output is thrown away (`self.xattn[str(i)](x, media, "
+                "media_locations)` on a line of its own changes nothing): assign it, `x = self.xattn[str(i)](x, media, "
+                "media_locations)`, so that the LM layer reads it.")
+    return ("no gated block runs, so the logits are the language model's alone: run `self.xattn[str(i)]` before "
+            "every layer i in `self.xattn_layers` (`if i in self.xattn_layers`; the ModuleDict's keys are strings, so "
+            "`i in self.xattn` is never true).")
+
+
+def _mistakes(reference: Flamingo, tokens: torch.Tensor, images: torch.Tensor, lm_alone: str) -> list:
+    """The logits of the usual wrong forwards, with the reference's weights: a list of Mistake. lm_alone: what to say
+    when the logits are the language model's alone."""
     config, layers = reference.config, reference.xattn_layers
     run = lambda **switches: _loop(reference, tokens, images, **switches)  # noqa: E731
     mistakes = [
+        Mistake("LM alone", reference.lm(tokens), lm_alone),
         Mistake("after", run(before=False),
                 "the gated blocks run after the LM layers: each block must come before its layer "
                 "(`x = self.xattn[str(i)](x, ...)` first, then `x = lm_block(x)`)."),
@@ -233,8 +299,8 @@ def _build_and_compare(flamingo_class, config: FlamingoConfig, lm: nn.Module, vi
         fail(f"{name}(...) built a {type(mine).__name__}: your class must subclass nn.Module.")
     for attr, kind in (("vision", nn.Module), ("lm", nn.Module), ("resampler", nn.Module), ("xattn", nn.ModuleDict)):
         if not isinstance(getattr(mine, attr, None), kind):
-            fail(f"your model has no `self.{attr}` that is an {kind.__module__.split('.')[0]}.{kind.__qualname__}: the "
-                 "table above names every part.")
+            fail(f"your model has no `self.{attr}` that is a torch.nn.{kind.__name__}: the table above names every "
+                 "part.")
     if getattr(mine, "config", None) != config:
         fail("your model does not keep its config as `self.config`: store the config it was given.")
     if mine.lm is not lm or mine.vision is not vision:
@@ -252,16 +318,16 @@ def _build_and_compare(flamingo_class, config: FlamingoConfig, lm: nn.Module, vi
     if len({id(mine.xattn[k]) for k in keys}) < len(keys):
         fail(f"one gated block object sits before several layers (xattn keys {keys}), so they all share its weights: "
              "build a new GatedBlock for each layer, inside the dict comprehension.")
-    heads = _heads_mistake(mine, reference, lm, vision)
-    if heads:
-        fail(heads)
+    sizes = _sizes_mistake(mine, reference, lm, vision)
+    if sizes:
+        fail(sizes)
     _compare_parameters(mine, reference)
     mine.load_state_dict(reference.state_dict(), strict=True)
 
     forward = f"your {name}'s forward(tokens, images)"
     mine.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _WhatRan(mine) as ran:
             got = mine(tokens, images)  # (b, n, V)
     except KeyError as error:
         key = str(error).strip("'\"")
@@ -274,7 +340,7 @@ def _build_and_compare(flamingo_class, config: FlamingoConfig, lm: nn.Module, vi
             run_learner(mine, tokens, images, what=forward)
     with torch.no_grad():
         want = reference(tokens, images)  # (b, n, V)
-        mistakes = _mistakes(reference, tokens, images)
+        mistakes = _mistakes(reference, tokens, images, _lm_alone(ran))
     compare(got, want, what=what, mistakes=mistakes)
     return mine
 
@@ -319,8 +385,9 @@ def check_flamingo_class(flamingo_class, config: FlamingoConfig) -> None:
         lm, vision = TinyLM(other.lm_config()), make_vision_encoder(other)
         reference = _open_gates(Flamingo(other, lm=copy.deepcopy(lm), vision=copy.deepcopy(vision)).eval())
         _build_and_compare(flamingo_class, other, lm, vision, reference, _swapped(tokens, _IMAGE_ID, _OTHER_ID), images,
-                           what=f"your {name}'s logits with a second config (heads={other.heads} for the blocks, "
-                                f"lm_heads={other.lm_heads}, <image> id {other.media_token_id}, "
+                           what=f"your {name}'s logits with a second config (heads={other.heads} and dim_head="
+                                f"{other.dim_head} for the blocks, lm_heads={other.lm_heads}, <image> id "
+                                f"{other.media_token_id}, "
                                 "only_attend_immediate_media=False)")
     passed(f"your {name} loads flamingo_lite's Flamingo weights (strict), gives its logits on 3 sequences (text "
            "before the first picture, 4-5 pictures each), also with other heads than the LM's, another <image> id and "
@@ -365,6 +432,9 @@ def check_trainable(trainable_names, config, lm_class, vision_class) -> list:
                  "part before the first dot.")
         if type(module) is Flamingo and "lm" in got:
             fail("the frozen parts are listed as trainable: keep only parameters with `p.requires_grad`.")
+        if sorted(got) == want and got != want:
+            fail(f"trainable_names({type(module).__name__}) has the right names in another order, {got}: sort them, "
+                 "`return sorted(...)`.")
         if got != want:
             fail(f"trainable_names({type(module).__name__}) should be {want}, yours is {got}.")
     passed("trainable_names is right: only the resampler and the gated blocks learn.")
@@ -392,24 +462,40 @@ class _Runs:
         self.handle.remove()
 
 
-class _LogitsOffByAMillionth:
-    """While active, every Flamingo's logits come out multiplied by (1 + 1e-6): not exactly its language model's,
-    yet close enough for torch.allclose's default tolerance (rtol 1e-5). `ran` says whether a Flamingo ran."""
+class _ChangedLogits:
+    """While active (a `with` block), every Flamingo's forward, called as `model(...)` or as `model.forward(...)`,
+    returns its logits changed by `change` (logits (b, n, V) -> (b, n, V)); `ran` says whether a Flamingo ran. The
+    model's gates and config are left as they are, so an answer read off them does not see the change."""
+
+    def __init__(self, change):
+        self.change = change
 
     def __enter__(self):
-        self.ran = False
+        self.ran, self.forward = False, Flamingo.forward
+        forward = self.forward
 
-        def nudge(module, args, output):
-            if isinstance(module, Flamingo):
-                self.ran = True
-                return output * (1 + 1e-6)
-            return None
+        def changed(module, *args, **kwargs):
+            self.ran = True
+            return self.change(forward(module, *args, **kwargs))  # (b, n, V)
 
-        self.handle = torch.nn.modules.module.register_module_forward_hook(nudge)
+        Flamingo.forward = changed
         return self
 
     def __exit__(self, *exc):
-        self.handle.remove()
+        Flamingo.forward = self.forward
+
+
+def _one_logit_off(logits: torch.Tensor) -> torch.Tensor:
+    """The logits with one value, the first of the first sequence's first position, raised by 1: (b, n, V)."""
+    logits = logits.clone()
+    logits[0, 0, 0] += 1.0
+    return logits
+
+
+def _off_by_a_millionth(logits: torch.Tensor) -> torch.Tensor:
+    """The logits times (1 + 1e-6): not exactly the language model's, yet close enough for torch.allclose's default
+    tolerance (rtol 1e-5): (b, n, V)."""
+    return logits * (1 + 1e-6)
 
 
 def _answer(differs_from_lm_at_init, config: FlamingoConfig, tokens, images, what: str) -> bool:
@@ -426,8 +512,10 @@ def _answer(differs_from_lm_at_init, config: FlamingoConfig, tokens, images, wha
 
 def check_no_gate(differs_from_lm_at_init, tokens, images) -> None:
     """Step "08.no_gate": False for the default config, True with `tanh_gate=False` (a bool or a one-value tensor),
-    and True for a model whose logits are off the language model's by one part in a million (exactly equal is
-    asked, so a comparison with a tolerance, such as torch.allclose, is wrong)."""
+    True for a model with closed gates whose logits differ from the language model's at one value only (so an
+    answer that asks whether every logit differs, or reads the gates instead of the logits, is wrong), and True for
+    a model whose logits are off the language model's by one part in a million (exactly equal is asked, so a
+    comparison with a tolerance, such as torch.allclose, is wrong)."""
     answers, runs = {}, {}
     for gated in (True, False):
         torch.manual_seed(0)
@@ -455,11 +543,24 @@ def check_no_gate(differs_from_lm_at_init, tokens, images) -> None:
         else:
             why = "with the gates fixed open the blocks change the logits from the start: use the given config"
         fail(f"for tanh_gate={gated} the answer is {want}, yours is {answers[gated]}: {why}.")
-    with torch.random.fork_rng(devices=[]):  # the extra call must not move the notebook's random numbers
+    with torch.random.fork_rng(devices=[]):  # the extra calls must not move the notebook's random numbers
         torch.manual_seed(0)
-        with _LogitsOffByAMillionth() as nudged:
+        with _ChangedLogits(_one_logit_off) as one_off:
+            one = _answer(differs_from_lm_at_init, FlamingoConfig(), tokens, images,
+                          what="your differs_from_lm_at_init(FlamingoConfig(), ...), one of its logits raised by 1")
+        torch.manual_seed(0)
+        with _ChangedLogits(_off_by_a_millionth) as nudged:
             close = _answer(differs_from_lm_at_init, FlamingoConfig(), tokens, images,
                             what="your differs_from_lm_at_init(FlamingoConfig(), ...), its logits off by a millionth")
+    if not one and not one_off.ran:
+        fail("differs_from_lm_at_init answers without running the model (from its gates, such as `model.gates()`, or "
+             "from its config): a model whose gates are 0 but whose logits are not the LM's (one raised by 1, here) "
+             "differs, and yours says it does not. The question is about the logits: compare `model(tokens, images)` "
+             "with `model.lm(tokens)`.")
+    if not one:
+        fail("differs_from_lm_at_init says a model whose logits differ from the LM's at one value only (raised by 1) "
+             "does not differ: `(a != b).all()` asks whether every logit differs, but one is enough: use "
+             "`not torch.equal(a, b)` (or `(a != b).any()`).")
     if nudged.ran and not close:
         fail("differs_from_lm_at_init says a model whose logits are the LM's times (1 + 1e-6) does not differ: it "
              "compares with a tolerance (torch.allclose forgives 1e-5 relative), but the question is whether they are "

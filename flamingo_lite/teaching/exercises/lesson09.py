@@ -2,13 +2,18 @@
 AdamW parameter groups) and greedy decoding, then two exercises that read the training's results.
 
 The loss is checked on logits and tokens with padding, against the loss not shifted (scoring each position's
-own token), shifted the wrong way, and counted on padding, then with padding of another id than 0 (a fixed
-`ignore_index=0` is named). Freezing and the parameter groups are read off the learner's model and groups. Greedy
-decoding runs on a scripted model whose next token is known at every position, so a decoder that does not stop at
-`<eoc>`, reads the wrong position or never feeds its own word back gives a recognisable answer. The training loop
-is compared with the package's history, where "step" counts the optimizer updates done (from 1; step 0 is before
-the first), and a loop one step off is named. `first_step_above` is tried on gates exactly at the threshold (not
-above it).
+own token), shifted the wrong way, counted on padding, or averaged over every position, padding included, then with
+padding of another id than 0 (a fixed `ignore_index=0` is named); logits passed to cross-entropy without flattening
+are named from the error they raise. Freezing and the parameter groups are read off the learner's model and groups.
+Greedy decoding runs on a scripted model whose next token is known at every position but has only about 1/5 of the
+probability, twice from different seeds, so a decoder that samples, does not stop at `<eoc>`, reads the wrong
+position or never feeds its own word back gives a recognisable answer. The training loop trains a model whose
+forward takes (tokens, images), as the learner's MyFlamingo does, and is compared with the package's history, where
+"step" counts the optimizer updates done (from 1; step 0 is before the first); a loop one step off, one that clears
+the gradients before the step, leaves out the weight decay, logs a loss computed after the update or draws a new
+order every step is named, and the model must be left in eval mode. `first_step_above` is tried on gates exactly
+at the threshold (not above it) and on a history logged unevenly; `caption_format` on a caption whose third word is
+not "in".
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from ...tiny import data as shapes_data
 from ...tiny import training
@@ -40,9 +46,10 @@ register_hints({
                "lr=lr)` and `LambdaLR(optimizer, lambda s: 0.1 + 0.45 * (1 + math.cos(math.pi * min(s / steps, 1.0))))`. "
                "Batches: `generator = torch.Generator().manual_seed(seed)`; when the queue is empty, "
                "`torch.randperm(len(data), generator=generator)`, keep whole batches, `.split(batch_size)`. Each step: "
-               "`part = data[idx]`, loss of `model(part.tokens, part.images, part.media_locations)`, log step 0 before "
-               "the update, then `zero_grad`, `backward`, `step`, `schedule.step()`. 'step' counts the updates done: "
-               "after the update of `for step in range(steps)` (0-based) there are `step + 1`, so log `step + 1` when "
+               "`part = data[idx]`, loss of `model(part.tokens, part.images)` (your MyFlamingo finds the `<image>` "
+               "positions itself), log step 0 before the update, then `zero_grad`, `backward`, `step`, "
+               "`schedule.step()`; after the loop `model.eval()`. 'step' counts the updates done: after the update of "
+               "`for step in range(steps)` (0-based) there are `step + 1`, so log `step + 1` when "
                "`(step + 1) % log_every == 0 or step + 1 == steps`.",
     "09.first_step": "Walk `zip(history['step'], history['attn_gate_tanh'])` and return the first step where "
                      "`abs(gates[layer]) > threshold`; after the loop return None.",
@@ -67,11 +74,28 @@ def example_batch(seed: int = 0, pad_id: int = 0):
     return logits, tokens
 
 
+# F.cross_entropy reads axis 1 as the classes: logits (b, n-1, V) with targets (b, n-1) are refused with this
+_LOSS_ADVICE = {"Expected target size": "the logits and targets were not flattened: F.cross_entropy wants the "
+                                        "classes on axis 1 of a (N, V) input, so pass `logits[:, :-1].reshape(-1, V)` "
+                                        "and `tokens[:, 1:].reshape(-1)`."}
+
+
+def _mean_over_every_position(logits: torch.Tensor, tokens: torch.Tensor, pad_id: int) -> Mistake:
+    """The padding's losses set to 0, then the mean over every position, padding included."""
+    per_token = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1),
+                                ignore_index=pad_id, reduction="none")  # (b*(n-1),), 0 at padding
+    return Mistake("mean over every position", per_token.mean(),
+                   "the padding is left out of the sum but not of the count: the mean is over every position, padding "
+                   "included, so the loss comes out too small; average over the real targets only (the default "
+                   "`reduction='mean'` of `F.cross_entropy(..., ignore_index=pad_id)` does).")
+
+
 def check_loss(next_token_loss) -> None:
     """Step "09.loss": the shifted, padding-free mean cross-entropy, on a padded batch, then on one padded with
     another id (pad_id=2, where 0 is a real token), so a loss that leaves out a fixed id instead of pad_id is named."""
     logits, tokens = example_batch()
-    got = run_learner(next_token_loss, logits.clone(), tokens.clone(), 0, what="your next_token_loss(logits, tokens, pad_id)")
+    got = run_learner(next_token_loss, logits.clone(), tokens.clone(), 0,
+                      what="your next_token_loss(logits, tokens, pad_id)", advice=_LOSS_ADVICE)
     if isinstance(got, torch.Tensor) and got.numel() == 1:
         got = got.reshape(())
     want = training.next_token_loss(logits, tokens, 0)  # ()
@@ -91,13 +115,14 @@ def check_loss(next_token_loss) -> None:
                 "(`logits[:, :-1]`) and the *first* tokens (`tokens[:, 1:]`)."),
         Mistake("sum", flat(logits[:, :-1], tokens[:, 1:], ignore_index=0, reduction="sum"),
                 "the loss is a sum: take the mean over the real target tokens (the default `reduction='mean'`)."),
+        _mean_over_every_position(logits, tokens, 0),
     ]
     compare(got, want, what="your next_token_loss", mistakes=mistakes)
 
     pad_id = 2
     logits, other = example_batch(pad_id=pad_id)
     got = run_learner(next_token_loss, logits.clone(), other.clone(), pad_id,
-                      what=f"your next_token_loss(logits, tokens, pad_id={pad_id})")
+                      what=f"your next_token_loss(logits, tokens, pad_id={pad_id})", advice=_LOSS_ADVICE)
     if isinstance(got, torch.Tensor) and got.numel() == 1:
         got = got.reshape(())
     mistakes = [
@@ -107,6 +132,7 @@ def check_loss(next_token_loss) -> None:
         Mistake("padding counted", flat(logits[:, :-1], other[:, 1:]),
                 f"the loss counts the padding targets (id {pad_id} here): pass `ignore_index=pad_id` to "
                 "`F.cross_entropy`."),
+        _mean_over_every_position(logits, other, pad_id),
     ]
     compare(got, training.next_token_loss(logits, other, pad_id), what=f"your next_token_loss with pad_id={pad_id}",
             mistakes=mistakes)
@@ -124,11 +150,13 @@ def check_freeze(freeze_pretrained, config: FlamingoConfig | None = None) -> Non
              for part in ("vision", "lm", "resampler", "xattn")}
     left = [part for part in ("vision", "lm") if any(parts[part])]
     if left:
-        fail(f"the frozen parts were left trainable ({', '.join(left)} still has requires_grad=True): call "
+        has = "have" if len(left) > 1 else "has"
+        fail(f"the frozen parts were left trainable ({', '.join(left)} still {has} requires_grad=True): call "
              "`.requires_grad_(False)` on `model.vision` and `model.lm`.")
     shut = [part for part in ("resampler", "xattn") if not all(parts[part])]
     if shut:
-        fail(f"{' and '.join(shut)} was frozen too: only the pretrained parts (vision, lm) are frozen; the new parts "
+        was = "were" if len(shut) > 1 else "was"
+        fail(f"{' and '.join(shut)} {was} frozen too: only the pretrained parts (vision, lm) are frozen; the new parts "
              "must learn.")
     passed("freeze_pretrained is right: the vision encoder and the language model are frozen, the resampler and the "
            "gated blocks learn.")
@@ -183,7 +211,9 @@ def check_groups(parameter_groups, model: Flamingo | None = None, *, lr=7e-3, ga
 
 class ScriptedModel(nn.Module):
     """A stand-in for Flamingo whose greedy next token is known: after a prompt of `prompt_len` tokens, position
-    `prompt_len - 1 + j` predicts `script[j]`; earlier positions predict `early`, later ones `late`."""
+    `prompt_len - 1 + j` predicts `script[j]`; earlier positions predict `early`, later ones `late`. The predicted id's
+    logit is 1 above the others: a clear argmax, but only about 1 in 5 of the probability (e / (e + 11)), so a
+    decoder that samples instead of taking the argmax goes wrong at almost every token."""
 
     def __init__(self, script, prompt_len, vocab=12, early=11, late=6):
         super().__init__()
@@ -197,11 +227,26 @@ class ScriptedModel(nn.Module):
         for i in range(n):
             j = i - (self.prompt_len - 1)
             ids.append(self.early if j < 0 else self.script[j] if j < len(self.script) else self.late)
-        return F.one_hot(torch.tensor(ids), self.vocab).float().expand(b, n, self.vocab) * 5.0  # (b, n, V)
+        return F.one_hot(torch.tensor(ids), self.vocab).float().expand(b, n, self.vocab)  # (b, n, V)
+
+
+def _decode(greedy_decode, model, prompt, images, *, eoc_id: int, max_new_tokens: int, seed: int) -> list:
+    """The learner's answer as a list of ids, with the random numbers seeded in a fork: a decoder that samples draws
+    its own numbers, never the notebook's."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        got = run_learner(greedy_decode, model, prompt.clone(), images, eoc_id=eoc_id, max_new_tokens=max_new_tokens,
+                          what="your greedy_decode(model, prompt, images, eoc_id=..., max_new_tokens=...)")
+    if isinstance(got, torch.Tensor):
+        got = got.flatten().tolist()
+    if not isinstance(got, (list, tuple)):
+        fail(f"greedy_decode returned a {type(got).__name__}: return the list of new token ids.")
+    return [int(i) for i in got]
 
 
 def check_greedy(greedy_decode) -> None:
-    """Step "09.greedy": the learner's decoder on scripted models, stopping at `<eoc>` and at `max_new_tokens`."""
+    """Step "09.greedy": the learner's decoder on scripted models, stopping at `<eoc>` and at `max_new_tokens`; run
+    twice from different seeds, so a decoder that samples (its answers differ) is named."""
     tok = shapes_data.Tokenizer()
     prompt = torch.tensor(tok.encode("<image> a"))  # (p,)
     images = torch.zeros(1, 3, 16, 16)  # (t, 3, H, W): the scripted model does not look at them
@@ -210,16 +255,15 @@ def check_greedy(greedy_decode) -> None:
              ([blue, square, red, circle, tok.eoc_id], 3, [blue, square, red])]
     for script, max_new, want in cases:
         model = ScriptedModel(script, len(prompt))
-        got = run_learner(greedy_decode, model, prompt.clone(), images, eoc_id=tok.eoc_id, max_new_tokens=max_new,
-                          what="your greedy_decode(model, prompt, images, eoc_id=..., max_new_tokens=...)")
-        if isinstance(got, torch.Tensor):
-            got = got.flatten().tolist()
-        if not isinstance(got, (list, tuple)):
-            fail(f"greedy_decode returned a {type(got).__name__}: return the list of new token ids.")
-        got = [int(i) for i in got]
+        got, again = (_decode(greedy_decode, model, prompt, images, eoc_id=tok.eoc_id, max_new_tokens=max_new,
+                              seed=seed) for seed in (0, 1))
+        words = lambda ids: " ".join(tok.vocab[i] if 0 <= i < len(tok.vocab) else str(i) for i in ids)  # noqa: E731
+        if got != again:
+            fail(f"greedy_decode gives another answer each run ({words(got)!r}, then {words(again)!r}): it draws the "
+                 "next token at random (`torch.multinomial` samples); greedy decoding takes the most likely one, "
+                 "`logits[0, -1].argmax()`.")
         if got == want:
             continue
-        words = lambda ids: " ".join(tok.vocab[i] if 0 <= i < len(tok.vocab) else str(i) for i in ids)  # noqa: E731
         if got[: len(prompt)] == prompt.tolist() and got[len(prompt):] == want:
             fail("greedy_decode returned the prompt too: return only the new ids.")
         if tok.eoc_id in want and got[: len(want)] == want and len(got) > len(want):
@@ -240,9 +284,11 @@ def check_greedy(greedy_decode) -> None:
 
 def check_first_step_above(first_step_above) -> None:
     """Exercise "09.first_step" on a small made-up history (negative gates included, and gates exactly at the
-    threshold, which have not exceeded it: the comparison is a strict `>`)."""
-    toy = {"step": [0, 10, 20, 30], "attn_gate_tanh": [[0.0, 0.0], [0.01, -0.2], [0.04, -0.3], [0.06, -0.3]]}
-    for layer, threshold, want in [(0, 0.05, 30), (1, 0.05, 10), (0, 0.5, None), (0, 0.04, 30), (1, 0.3, None)]:
+    threshold, which have not exceeded it: the comparison is a strict `>`). It is logged every 10 steps and at the
+    last, 25, as train_flamingo logs (so not evenly: a step computed from the entry's index is named)."""
+    toy = {"step": [0, 10, 20, 25], "attn_gate_tanh": [[0.0, 0.0], [0.01, -0.2], [0.04, -0.3], [0.06, -0.3]]}
+    every = toy["step"][1]  # the logging interval
+    for layer, threshold, want in [(0, 0.05, 25), (1, 0.05, 10), (0, 0.5, None), (0, 0.04, 25), (1, 0.3, None)]:
         got = run_learner(first_step_above, toy, layer, threshold, what=f"your first_step_above(history, {layer}, {threshold})")
         if got == want and (want is not None or got is None):
             continue
@@ -255,9 +301,14 @@ def check_first_step_above(first_step_above) -> None:
                  "`abs(gate) > threshold`, not `>=`.")
         if want is None:
             fail(f"when no gate passes the threshold the answer is None, yours is {got!r}: return None after the loop.")
-        if got == toy["step"].index(want):
+        index = toy["step"].index(want)
+        if got == index:
             fail(f"first_step_above returned the index {got} of the logged step, not the training step {want}: read "
                  "history['step'].")
+        if got == index * every:
+            fail(f"first_step_above(history, {layer}, {threshold}) returned {got}, the entry's index {index} times the "
+                 f"logging interval {every}, but that entry is step {want}: the last step is logged too, off the "
+                 "interval, so read the step itself from history['step'] (zip it with the gates).")
         fail(f"first_step_above(history, {layer}, {threshold}) should be {want}, yours is {got!r}.")
     passed("first_step_above is right.")
 
@@ -266,9 +317,14 @@ def check_caption_format(caption_format) -> None:
     """Exercise "09.format"."""
     cases = [("a red circle", "colour_first"), ("a circle in red", "shape_first"), ("a yellow triangle", "colour_first"),
              ("a square in blue", "shape_first"), ("a circle red", None), ("a red", None), ("", None),
-             ("a red circle in blue", None), ("a circle in square", None), ("the red circle", None)]
+             ("a red circle in blue", None), ("a circle in square", None), ("the red circle", None),
+             ("a circle on red", None)]
     for caption, want in cases:
         got = run_learner(caption_format, caption, what=f"your caption_format({caption!r})")
+        words = caption.split()
+        if got == "shape_first" and len(words) == 4 and words[2] != "in":
+            fail(f"caption_format({caption!r}) should be {want!r}, yours is {got!r}: a shape-first caption is "
+                 "`a SHAPE in COLOUR`; check that the third word is 'in'.")
         if got != want:
             fail(f"caption_format({caption!r}) should be {want!r}, yours is {got!r}: check the number of words and that "
                  "each word is from the right list.")
@@ -289,15 +345,41 @@ def tiny_setup(seed: int = 0):
     return model, data
 
 
+class TwoInputFlamingo(Flamingo):
+    """flamingo_lite's Flamingo with the forward of the learner's lesson-08 MyFlamingo, `forward(tokens, images)`: it
+    finds the `<image>` positions itself, and a loop that passes `media_locations` fails here as it would on
+    MyFlamingo. Its parameters and their names are Flamingo's."""
+
+    def forward(self, tokens, images):
+        return super().forward(tokens, images)  # (b, n, V)
+
+
+def two_input_copy(model: Flamingo) -> TwoInputFlamingo:
+    """A TwoInputFlamingo with `model`'s weights, requires_grad flags and train/eval modes (the vision encoder and the
+    LM copied)."""
+    if not isinstance(model, Flamingo):
+        raise TypeError(f"model must be a Flamingo, got {type(model).__name__}")
+    with torch.random.fork_rng(devices=[]):  # building draws weights that the load below replaces
+        twin = TwoInputFlamingo(model.config, lm=copy.deepcopy(model.lm), vision=copy.deepcopy(model.vision))
+    twin.load_state_dict(model.state_dict(), strict=True)
+    for mine, theirs in zip(twin.parameters(), model.parameters()):
+        mine.requires_grad_(theirs.requires_grad)
+    for mine, theirs in zip(twin.modules(), model.modules()):
+        mine.training = theirs.training
+    return twin
+
+
 def reference_loop(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_every, seed,
                    zero_grad=True, gate_decay=False, one_group=False, schedule=True, shift=True, freeze=True,
-                   log_before_update=False) -> dict:
+                   log_before_update=False, loss_after_update=False, order_every_step=False) -> dict:
     """`training.train_flamingo`'s history, made by a loop that can make the usual mistakes (the flags), to name them.
 
     "step" in the history counts the optimizer updates done: 0 before the first, then `step + 1` right after the
     update of loop iteration `step` (0-based), logged when `(step + 1) % log_every == 0` and after the last; the loss
     logged with it is that update's batch's (computed before the update), the gates are those after it.
-    log_before_update: the mistake of logging `step + 1`'s entry before `optimizer.step()`, with the old gates."""
+    log_before_update: the mistake of logging `step + 1`'s entry before `optimizer.step()`, with the old gates;
+    loss_after_update: the loss computed again after the update, and that one logged; order_every_step: a new random
+    order drawn at every step, its first batch taken."""
     if freeze:
         model.freeze_pretrained()
     model.train()
@@ -321,17 +403,19 @@ def reference_loop(model, data, *, steps, batch_size, lr, gate_lr, weight_decay,
         history["attn_gate_tanh"].append([float(b.attn_gate.detach().tanh()) for b in blocks])
         history["ff_gate_tanh"].append([float(b.ff_gate.detach().tanh()) for b in blocks])
 
+    def loss_of(part):
+        logits = model(part.tokens, part.images)  # (B, n, V)
+        if shift:
+            return training.next_token_loss(logits, part.tokens)  # ()
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), part.tokens.reshape(-1), ignore_index=0)  # ()
+
     queue = []
     for step in range(steps):
-        if not queue:
+        if not queue or order_every_step:
             order = torch.randperm(len(data), generator=generator)  # (N,)
             queue = list(order[: len(data) - len(data) % batch_size].split(batch_size))
         part = data[queue.pop(0)]
-        logits = model(part.tokens, part.images, part.media_locations)  # (B, n, V)
-        if shift:
-            loss = training.next_token_loss(logits, part.tokens)  # ()
-        else:
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), part.tokens.reshape(-1), ignore_index=0)  # ()
+        loss = loss_of(part)
         if step == 0:
             log(0, loss.item())
         logged = (step + 1) % log_every == 0 or step + 1 == steps
@@ -342,6 +426,9 @@ def reference_loop(model, data, *, steps, batch_size, lr, gate_lr, weight_decay,
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if loss_after_update:
+            with torch.no_grad():
+                loss = loss_of(part)
         history["loss_every_step"].append(loss.item())
         if logged and not log_before_update:
             log(step + 1, loss.item())
@@ -370,24 +457,80 @@ def _off_by_one(got: list, want: list) -> bool:
     return bool(wrong) and all(isinstance(s, int) and (s - 1 in want or s + 1 in want) for s in wrong)
 
 
+class _StepWatch:
+    """While active (a `with` block), watches the optimizer steps on `model`'s parameters: `steps` counts them,
+    `cleared` those that found every gradient cleared (None or all zeros) after a backward pass had run,
+    `backward` says whether any gradient was computed, `decay` is the first step's weight decay by parameter name."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self):
+        self.steps, self.cleared, self.backward, self.decay = 0, 0, False, {}
+        names = {id(p): n for n, p in self.model.named_parameters()}
+
+        def on_step(optimizer, args, kwargs):
+            groups = [(g, [p for p in g["params"] if id(p) in names]) for g in optimizer.param_groups]
+            params = [p for _, ps in groups for p in ps]
+            if not params:  # another optimizer than the one training this model
+                return
+            self.steps += 1
+            if self.backward and all(p.grad is None or not p.grad.any() for p in params):
+                self.cleared += 1
+            if self.steps == 1:
+                self.decay = {names[id(p)]: g["weight_decay"] for g, ps in groups for p in ps}
+
+        def on_grad(grad):
+            self.backward = True
+
+        self.handles = [register_optimizer_step_pre_hook(on_step)]
+        self.handles += [p.register_hook(on_grad) for p in self.model.parameters() if p.requires_grad]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+
+
+# the model handed to the learner's loop takes (tokens, images), as their MyFlamingo does
+_LOOP_ADVICE = {
+    needle: "your loop passes `part.media_locations` to the model, but your lesson-08 MyFlamingo's forward is "
+            "`forward(tokens, images)` (it finds the `<image>` positions itself): call "
+            "`model(part.tokens, part.images)`."
+    for needle in ("forward() takes 3 positional arguments but 4 were given",
+                   "unexpected keyword argument 'media_locations'")
+}
+
+
 def check_train_loop(train_flamingo, *, steps: int = 6, batch_size: int = 8, lr: float = 5e-3, gate_lr: float = 5e-2,
                      weight_decay: float = 0.5, log_every: int = 2, seed: int = 0) -> None:
     """Step "09.loop": the learner's `train_flamingo` and the package's, from the same tiny model and seed, give the
-    same history (losses and gates within 1e-5); the frozen parts stay as they were, the new parts change.
+    same history (losses and gates within 1e-5); the frozen parts stay as they were, the new parts change, the
+    weights (not the gates) are decayed, and the model is left in eval mode. The learner's loop gets the model as a
+    TwoInputFlamingo, whose forward takes (tokens, images) only, as their MyFlamingo's does.
 
     "step" counts the optimizer updates done so far, from 1: step 0 is the model before any update, step s the model
     right after the s-th update, so `for step in range(steps)` (0-based) logs `step + 1` after its update, when
     `(step + 1) % log_every == 0` and after the last: [0, 2, 4, 6] for the defaults here. A learner one off (the
-    0-based loop index logged, or the condition tested on it) is told so."""
+    0-based loop index logged, or the condition tested on it) is told so. The models are built in a forked RNG: the
+    notebook's random numbers stay as they were."""
+    with torch.random.fork_rng(devices=[]):
+        _check_train_loop(train_flamingo, steps=steps, batch_size=batch_size, lr=lr, gate_lr=gate_lr,
+                          weight_decay=weight_decay, log_every=log_every, seed=seed)
+
+
+def _check_train_loop(train_flamingo, *, steps, batch_size, lr, gate_lr, weight_decay, log_every, seed) -> None:
     args = dict(steps=steps, batch_size=batch_size, lr=lr, gate_lr=gate_lr, weight_decay=weight_decay,
                 log_every=log_every, seed=seed)
     model, data = tiny_setup(seed)
     start = copy.deepcopy(model.state_dict())
     reference = copy.deepcopy(model).freeze_pretrained()
     want = training.train_flamingo(reference, data, **args, device="cpu", progress=False)
-    got = run_learner(train_flamingo, model, data, **args,
-                      what="your train_flamingo(model, data, steps=..., batch_size=..., lr=..., gate_lr=..., "
-                           "weight_decay=..., log_every=..., seed=...)")
+    model = two_input_copy(model)
+    with _StepWatch(model) as watch:
+        got = run_learner(train_flamingo, model, data, **args, advice=_LOOP_ADVICE,
+                          what="your train_flamingo(model, data, steps=..., batch_size=..., lr=..., gate_lr=..., "
+                               "weight_decay=..., log_every=..., seed=...)")
     if not isinstance(got, dict):
         fail(f"train_flamingo returned a {type(got).__name__}: return the history, a dict with the keys {list(HISTORY_KEYS)}.")
     missing = [key for key in HISTORY_KEYS if key not in got]
@@ -402,10 +545,21 @@ def check_train_loop(train_flamingo, *, steps: int = 6, batch_size: int = 8, lr:
         fail(f"{' and '.join(names[p] for p in moved)} changed during training ({moved[0]}.{changed[moved[0]][0]}, ...): "
              "the pretrained parts must stay frozen, so call your freeze_pretrained(model) before making the optimizer "
              "(the check hands you a model with everything trainable).")
+    if watch.steps and watch.cleared == watch.steps:
+        fail("your train_flamingo calls `optimizer.zero_grad()` after `loss.backward()`: the gradients are cleared "
+             "before `optimizer.step()` uses them, so the new parts learn nothing from the loss. In each step: "
+             "`optimizer.zero_grad()`, then `loss.backward()`, then `optimizer.step()`.")
     still = [part for part in ("resampler", "xattn") if not changed[part]]
     if still:
-        fail(f"the {' and the '.join(still)} did not change: the new parts must learn; call `optimizer.step()` after "
-             "`loss.backward()`, with their parameters in the optimizer.")
+        said = f"the {' and the '.join(still)} did not change"
+        if watch.steps == 0:
+            fail(f"{said}: `optimizer.step()` is never called; call it after `loss.backward()`, with their parameters "
+                 "in the optimizer.")
+        if not watch.backward:
+            fail(f"{said}: `loss.backward()` is never called, so there are no gradients to step with; call it before "
+                 "`optimizer.step()`.")
+        fail(f"{said}: the new parts must learn; call `optimizer.step()` after `loss.backward()`, with their "
+             "parameters in the optimizer.")
     rule = ("'step' counts the optimizer updates done so far, from 1: log step 0 before the first update, then, after "
             "the update of loop iteration `step` (0-based, `for step in range(steps)`), `step + 1` when "
             "`(step + 1) % log_every == 0 or step + 1 == steps`.")
@@ -414,7 +568,18 @@ def check_train_loop(train_flamingo, *, steps: int = 6, batch_size: int = 8, lr:
         if steps_got[:1] == [0] and _off_by_one(steps_got, list(want["step"])):
             fail(f"your history logs the steps {steps_got}, train_flamingo logs {list(want['step'])}: off by one; {rule}")
         fail(f"your history logs the steps {steps_got}, train_flamingo logs {list(want['step'])}: {rule}")
+    undecayed = sorted(n for n, decay in watch.decay.items() if not n.endswith("_gate") and decay != weight_decay)
+    if undecayed:
+        decay = watch.decay[undecayed[0]]
+        why = ("`weight_decay=0.0` is passed to parameter_groups" if decay == 0.0
+               else f"their group has weight_decay={decay}")
+        fail(f"your train_flamingo: the weights are not decayed as asked ({undecayed[0]} trains with weight_decay="
+             f"{decay}, the argument is {weight_decay}): {why}; pass `weight_decay=weight_decay` on to "
+             "parameter_groups.")
     if _same_history(got, want):
+        if model.training:
+            fail("your train_flamingo leaves the model in training mode: end it with `model.eval()`, as the spec "
+                 "asks, so that what runs next (captions, plots) uses the trained model as it is evaluated.")
         passed(f"train_flamingo is right: over {steps} steps its losses and gates are the package's, the vision encoder "
                "and the language model did not change, the resampler and the gated blocks did.")
         return
@@ -432,6 +597,11 @@ def check_train_loop(train_flamingo, *, steps: int = 6, batch_size: int = 8, lr:
                             "next_token_loss(logits, tokens)."),
         (dict(log_before_update=True), "each logged step's gates are those before its update, off by one: step s is "
                                        "the model after s updates, so log `step + 1` after `optimizer.step()`."),
+        (dict(loss_after_update=True), "the loss is computed again after the update, and that one is logged: log the "
+                                       "loss your `loss.backward()` used, computed before `optimizer.step()`."),
+        (dict(order_every_step=True), "a new random order is drawn at every step, so some sequences come twice and "
+                                      "others never: draw `torch.randperm` only when the queue of batches is empty "
+                                      "(once an epoch) and take its whole batches in order."),
     ]
     for flags, message in variants:
         fresh, _ = tiny_setup(seed)
@@ -441,7 +611,7 @@ def check_train_loop(train_flamingo, *, steps: int = 6, batch_size: int = 8, lr:
         fresh, _ = tiny_setup(seed)
         first = data[torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:batch_size]]
         with torch.no_grad():
-            logits = fresh.freeze_pretrained()(first.tokens, first.images, first.media_locations)  # (B, n, V)
+            logits = fresh.freeze_pretrained()(first.tokens, first.images)  # (B, n, V)
         flat = lambda lg, tk, **kw: F.cross_entropy(lg.reshape(-1, lg.shape[-1]), tk.reshape(-1), **kw).item()  # noqa: E731
         wrong = [(flat(logits, first.tokens, ignore_index=0), "each position is scored against its own token"),
                  (flat(logits, first.tokens), "each position is scored against its own token, and padding is counted"),
