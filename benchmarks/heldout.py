@@ -91,8 +91,10 @@ def write_table(results: dict, path: Path) -> None:
     lines += [f"Not yet recorded: config `{config}`, seed(s) {', '.join(seeds)} (`python benchmarks/heldout.py --config "
               f"{config} --seeds {' '.join(seeds)}`)." for config, seeds in missing.items() if seeds]
     lines += ["", "`many_links` trains on episodes that put one of 9 words (or none) between a picture and its name, drawn per "
-              "episode; `a` is never one of them. It is a first step toward the paper's generic data (many formats, Sec. 2.4), "
-              "not the default: the committed model and lesson 12 use `default`.", ""]
+              "episode; `a` is never one of them (`python -m flamingo_lite.train --task fewshot --many-links`). It is a first "
+              "step toward the paper's generic data (many formats, Sec. 2.4), not the default. Lesson 12 loads both committed "
+              "models, seed 0 of each: `assets/fewshot_model.pt` (`default`) and `assets/fewshot_many_links.pt` (`many_links`).", ""]
+    lines += [f"- {note}" for note in results.get("notes", [])] + ([""] if results.get("notes") else [])
     for config, runs in results["runs"].items():
         links = CONFIGS.get(config, {}).get("links", ("is",))
         lines += [f"## Config `{config}`: training links {', '.join(repr(w) for w in links)}", ""]
