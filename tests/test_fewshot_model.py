@@ -8,11 +8,15 @@
 The test runs each command (a few minutes on 2 CPU cores) and compares the two models. Training 1500 steps in
 float32 on another x86 CPU (other vector kernels, other summation orders) need not give the same bits, so the
 models are compared by what they do: the same setup, the same shots curve on held-out episodes to within 0.05
-at every k, and gates that opened the same way (same sign, beyond 0.2) to within 0.15.
+at every k, and gates that opened as far (|tanh(gate)| beyond 0.2, and within 0.15 of each other). A gate's sign is
+not compared: tanh(g) f(x) is tanh(-g) (-f(x)), and a retrain may take either.
 
 Measured: three retrains of fewshot_model.pt on an AMD EPYC (native kernels on 2 threads, ATEN_CPU_CAPABILITY=avx2,
 and =default on 1 thread) against the committed model, made on another CPU: shots curves within 0.015 at every k,
-gates within 0.069."""
+gates within 0.069. A retrain of fewshot_many_links.pt on 1 thread (the committed one was made on 2, on an Intel
+Xeon): shots curve within 0.015, |tanh(gate)| within 0.032, and its first ff gate opened the other way (-0.54
+against +0.55). Its held-out template is not compared: it moved from 0.23 to 0.44 at 16 shots (benchmarks/HELDOUT.md
+says why that number depends on the run)."""
 import json
 import subprocess
 import sys
@@ -58,7 +62,9 @@ def test_the_documented_command_reproduces_the_committed_model(tmp_path, name):
     gates_a, gates_b = committed.gates(), fresh.gates()
     for name in ("attn", "ff"):
         for layer, (a, b) in enumerate(zip(gates_a[name], gates_b[name])):
-            assert abs(a) > 0.2 and abs(b) > 0.2 and (a > 0) == (b > 0), f"{name} gate {layer}: {a:.3f} vs {b:.3f}"
-            assert abs(a - b) <= GATE_TOL, f"{name} gate {layer}: committed {a:.3f}, reproduced {b:.3f}"
+            # |tanh(gate)|: the sign is the run's, not the recipe's (tanh(g) f(x) = tanh(-g) (-f(x)), and f's last
+            # layer is free to take either), as lesson 13 says
+            assert abs(a) > 0.2 and abs(b) > 0.2, f"{name} gate {layer}: {a:.3f} vs {b:.3f}"
+            assert abs(abs(a) - abs(b)) <= GATE_TOL, f"{name} gate {layer}: committed |{a:.3f}|, reproduced |{b:.3f}|"
     history = json.loads(history_file.read_text())
     assert set(history["shots_curve"]) == {str(k) for k in setup.shots}
