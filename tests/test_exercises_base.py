@@ -88,3 +88,36 @@ def test_check_layer_names_a_known_mistake_on_the_case_where_it_shows():
     with pytest.raises(ExerciseFailed, match="^your layer is right on the example but not on a row with no marker at "
                                              "all: every word sees every image.$"):
         check_layer(NoZeroRows(dim=16, dim_head=4, heads=2), fl.MaskedCrossAttention, what="your layer", mistakes=mistakes)
+
+
+def test_every_lessons_checks_leave_the_global_random_state_as_they_found_it():
+    """A check draws weights and inputs; the lesson's later cells must draw the same numbers whether it ran, failed
+    early or changed (lesson 06 printed other numbers than its prose until its checks were forked)."""
+    import importlib
+
+    import torch
+
+    from flamingo_lite.teaching.exercises import ExerciseFailed, keep_rng
+
+    for n in range(1, 10):
+        module = importlib.import_module(f"flamingo_lite.teaching.exercises.lesson{n:02d}")
+        checks = [v for k, v in vars(module).items() if k.startswith("check_") and callable(v) and v.__module__ == module.__name__]
+        assert checks and all(hasattr(c, "__wrapped__") for c in checks), module.__name__
+    namespace = {"__name__": "a_lesson"}
+
+    def check_draws(fail):
+        torch.manual_seed(123)
+        torch.randn(5)
+        if fail:
+            raise ExerciseFailed("wrong")
+
+    check_draws.__module__ = "a_lesson"
+    namespace["check_draws"] = check_draws
+    keep_rng(namespace)
+    torch.manual_seed(0)
+    state = torch.random.get_rng_state()
+    namespace["check_draws"](False)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    with pytest.raises(ExerciseFailed, match="wrong"):
+        namespace["check_draws"](True)
+    assert torch.equal(torch.random.get_rng_state(), state)

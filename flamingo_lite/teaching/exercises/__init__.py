@@ -23,6 +23,7 @@ A failed check raises `ExerciseFailed`, whose message is the sentence; a passed 
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -49,6 +50,24 @@ class Mistake:
     name: str
     output: torch.Tensor
     message: str
+
+
+def keep_rng(namespace: dict) -> None:
+    """Make every `check_*` function of a lesson's module (pass its `globals()`) leave the global random state as it
+    found it: a check builds modules and draws inputs, and the lesson's later cells must draw the same numbers
+    whether the check ran, failed early, or changed since the lesson's outputs were committed."""
+    for name, fn in list(namespace.items()):
+        if name.startswith("check_") and callable(fn) and getattr(fn, "__module__", None) == namespace["__name__"]:
+            namespace[name] = _forked(fn)
+
+
+def _forked(check: Callable) -> Callable:
+    @functools.wraps(check)
+    def run(*args, **kwargs):
+        with torch.random.fork_rng(devices=[]):  # the notebook's own draws stay as they were
+            return check(*args, **kwargs)
+
+    return run
 
 
 def fail(message: str) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
-from . import Mistake, compare, fail, passed, register_hints, run_learner
+from . import Mistake, compare, fail, passed, register_hints, run_learner, keep_rng
 
 register_hints({
     "01.attention": "Three lines as above: scores = einsum(q, k) * e**-0.5; fill the masked scores with "
@@ -177,3 +177,6 @@ def check_causal_mask(causal_mask) -> None:
     ])
     compare(run_learner(causal_mask, 1, what="your causal_mask(1)"), torch.ones(1, 1, dtype=torch.bool), what="your causal_mask(1)")
     passed("causal_mask is right: query i sees keys 0..i.")
+
+
+keep_rng(globals())  # no check moves the lesson's random numbers

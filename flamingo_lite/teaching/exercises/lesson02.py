@@ -9,7 +9,7 @@ import flamingo_lite as fl
 
 from ..checker import randomise_norms
 from . import (Mistake, check_layer_in_sizes, compare, fail, heads_mistakes, passed, register_hints, run_learner,
-               scale_mistakes)
+               scale_mistakes, keep_rng)
 
 register_hints({
     "02.project": "Normalise x with layer.norm_media and the latents with layer.norm_latents; q = layer.to_q(latents "
@@ -211,3 +211,6 @@ def check_media_share(media_share, weights, n, attention_layer, x, latents) -> N
         media_only = (torch.einsum("b t h i e, b t h j e -> b t h i j", q, k) * layer.scale).softmax(-1)
     compare(weights[..., :n] / got[..., None], media_only, what="patch weights / your share")
     passed("media_share is right: patch weights / share = media-only attention.")
+
+
+keep_rng(globals())  # no check moves the lesson's random numbers

@@ -10,7 +10,7 @@ from einops import rearrange, repeat
 import flamingo_lite as fl
 
 from . import (ExerciseFailed, Mistake, check_layer, check_shapes_follow, compare, fail, passed, register_hints,
-               run_learner, run_untouched)
+               run_learner, run_untouched, keep_rng)
 
 register_hints({
     "03.embed": "media_pos_emb[:t] has shape (t, 1, d): adding it to x (b, t, n, d) broadcasts embedding i onto "
@@ -310,3 +310,6 @@ def check_param_count(resampler_param_count) -> None:
             fail(f"for {cfg} you counted {got}, the module has {actual} (off by {got - actual}): print "
                  "[(n, p.numel()) for n, p in fl.PerceiverResampler(**cfg).named_parameters()] to see each part.")
     passed("resampler_param_count matches the module for three sizes.")
+
+
+keep_rng(globals())  # no check moves the lesson's random numbers

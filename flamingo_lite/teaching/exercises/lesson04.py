@@ -6,7 +6,7 @@ import torch
 from einops import rearrange, repeat
 
 from ... import masks
-from . import Mistake, compare, fail, passed, register_hints, run_learner
+from . import Mistake, compare, fail, passed, register_hints, run_learner, keep_rng
 
 register_hints({
     "04.text_time": "media_locations.long().cumsum(dim=-1): the number of markers at or before each token. The "
@@ -182,3 +182,6 @@ def check_predicted_masks(predicted_masks) -> None:
             fail(f"only_attend_immediate_media={mode}: look again at rows {', '.join(wrong)}; write each token's text "
                  "time under it first.")
     passed("both masks predicted right. In the immediate mode image 2 is seen by its own marker only.")
+
+
+keep_rng(globals())  # no check moves the lesson's random numbers

@@ -15,7 +15,7 @@ import torch
 
 from ... import masks
 from ...gated import GatedCrossAttentionBlock
-from . import Mistake, _same, check_shapes_follow, compare, fail, passed, register_hints, run_learner
+from . import Mistake, _same, check_shapes_follow, compare, fail, passed, register_hints, run_learner, keep_rng
 
 DIM, HEADS, DIM_HEAD = 16, 2, 8
 ATTN_GATE, FF_GATE = 0.7, -0.4  # opened, different, and tanh(g) far from g: every mistake gives other numbers
@@ -326,3 +326,6 @@ def check_attn_gate_gradient(attn_gate_gradient, block_class) -> tuple:
     compare(got.reshape(()), want, what="your attn_gate_gradient", mistakes=mistakes, atol=1e-7, rtol=1e-4)
     passed(f"attn_gate_gradient is right: by hand {float(got):.4f}, autograd {want.item():.4f}")
     return float(got), want.item()
+
+
+keep_rng(globals())  # no check moves the lesson's random numbers

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ...tiny import contrastive
 from ...tiny.contrastive import MAX_LOG_TEMPERATURE, MIN_LOG_TEMPERATURE, CaptionEncoder, ConvVisionEncoder
-from . import Mistake, compare, fail, passed, register_hints, run_learner, run_untouched
+from . import Mistake, compare, fail, passed, register_hints, run_learner, run_untouched, keep_rng
 
 register_hints({
     "07.loss": "Normalise both with `F.normalize(x, dim=-1)`; the temperature is "
@@ -272,3 +272,6 @@ def check_training_step(step_fn) -> None:
              "loss of this batch, computed before the step.")
     passed("your training step matches the reference: gradients cleared, backward, one optimizer step, and the "
            "temperature learns with the encoders.")
+
+
+keep_rng(globals())  # no check moves the lesson's random numbers

@@ -28,7 +28,7 @@ from torch import nn
 from ...tiny import data as shapes_data
 from ...tiny.language_model import TinyLM
 from ...tiny.model import Flamingo, FlamingoConfig, make_vision_encoder, xattn_layers
-from . import Mistake, compare, fail, passed, register_hints, run_learner
+from . import Mistake, compare, fail, passed, register_hints, run_learner, keep_rng
 
 register_hints({
     "08.class": "__init__: keep config, lm and vision (freeze the last two: `lm.requires_grad_(False).eval()`), build `Resampler(dim=..., "
@@ -567,3 +567,6 @@ def check_no_gate(differs_from_lm_at_init, tokens, images) -> None:
              "exactly equal: use `torch.equal`.")
     passed("differs_from_lm_at_init is right: with gates fixed open, the model is knocked off the language model "
            "from step 0.")
+
+
+keep_rng(globals())  # no check moves the lesson's random numbers

@@ -28,7 +28,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from ...tiny import data as shapes_data
 from ...tiny import training
 from ...tiny.model import Flamingo, FlamingoConfig
-from . import Mistake, compare, fail, passed, register_hints, run_learner
+from . import Mistake, compare, fail, passed, register_hints, run_learner, keep_rng
 
 register_hints({
     "09.loss": "The prediction at position i is for token i+1: take `logits[:, :-1]` and `tokens[:, 1:]`, flatten "
@@ -627,3 +627,6 @@ def _check_train_loop(train_flamingo, *, steps, batch_size, lr, gate_lr, weight_
     fail("your history is not train_flamingo's, though it starts from the same model, batches and step-0 loss, and no "
          "usual mistake matches: compare your loop with the spec above step by step (the optimizer and its groups, "
          "the schedule, zero_grad / backward / step / schedule.step in that order, what is logged when).")
+
+
+keep_rng(globals())  # no check moves the lesson's random numbers
