@@ -286,7 +286,9 @@ def mark_checked(source: str, failed: bool, *, failing_line: int | None = None, 
     cell `source` checks (`checked_names`), of the names in `only` when it is given. Returns the sections changed;
     the file is written only when some are.
     """
-    names = set(checked_names(source, failing_line)) & (set(only) if only is not None else {*checked_names(source)})
+    names = set(checked_names(source, failing_line))
+    if only is not None:
+        names &= set(only)
     lesson = _state["lesson"] if lesson is None else str(lesson)
     path = Path(path) if path is not None else file_path()
     if not names or lesson is None or not path.exists():
