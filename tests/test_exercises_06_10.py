@@ -905,7 +905,7 @@ def test_09_exercises():
     fails(lesson10.check_scores_computed, lambda *a: scores(*a, blind=True), loc, 3, 4, 2, match="before the first image")
 
 
-@pytest.mark.parametrize("key", ["06.forward", "08.class", "08.placement", "09.loss", "09.freeze", "09.groups",
+@pytest.mark.parametrize("key", ["06.forward", "08.class", "08.class.init", "08.class.forward", "08.placement", "09.loss", "09.freeze", "09.groups",
                                  "09.greedy", "09.loop", "10.segments", "10.lengths", "10.scores"])
 def test_every_step_has_a_hint(key, capsys):
     hint(key)

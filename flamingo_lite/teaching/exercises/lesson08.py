@@ -31,13 +31,22 @@ from ...tiny.model import Flamingo, FlamingoConfig, make_vision_encoder, xattn_l
 from . import Mistake, compare, fail, passed, register_hints, run_learner, keep_rng
 
 register_hints({
-    "08.class": "__init__: keep config, lm and vision (freeze the last two: `lm.requires_grad_(False).eval()`), build `Resampler(dim=..., "
-                "depth=config.resampler_depth, ...)` with the config's sizes, `self.xattn_layers = "
-                "xattn_layer_indices(len(lm.blocks), config.cross_attn_every)` and an `nn.ModuleDict` of `GatedBlock`s "
-                "keyed by `str(i)`. forward: media = self.resampler(self.vision(images)); media_locations = tokens == "
-                "self.config.media_token_id; x = self.lm.embed(tokens); for each `i, lm_block` in "
-                "`enumerate(self.lm.blocks)` run `self.xattn[str(i)](x, media, media_locations)` first when i is in "
-                "self.xattn_layers, then `lm_block(x)`; finally `self.lm.head(x)`.",
+    "08.class": "Two halves, in the table's order. __init__ keeps the three things it is given (freezing the two "
+                "pretrained ones) and builds the two that train. forward follows Fig. 3 from bottom to top: the eye, "
+                "the resampler, where the `<image>` tokens are, the LM's embeddings, one loop over the LM's layers "
+                "with a block *before* each layer in `self.xattn_layers`, the LM's head. Still stuck: "
+                "`hint(\"08.class.init\")` or `hint(\"08.class.forward\")`.",
+    "08.class.init": "`self.config = config`; `self.vision` and `self.lm` are the given modules after "
+                     "`.requires_grad_(False).eval()` (both return the module). The resampler takes `dim`, "
+                     "`depth=config.resampler_depth`, `dim_head`, `heads`, `num_latents`, `num_media_embeds`, `ff_mult` "
+                     "and `media_embedding`; each gated block takes `dim`, `dim_head`, `heads`, `ff_mult` and "
+                     "`only_attend_immediate_media`. `nn.ModuleDict` wants string keys: `str(i)` for each i in "
+                     "`self.xattn_layers`.",
+    "08.class.forward": "media = resampler(vision(images)), (b, t, L, d); media_locations is a comparison of the "
+                        "tokens with the config's `<image>` id, (b, n); x = the LM's embeddings of the tokens; then for "
+                        "each `i, lm_block` of `enumerate(self.lm.blocks)`: if i has a block, "
+                        "`x = self.xattn[str(i)](x, media, media_locations)`; then `x = lm_block(x)`. The block adds "
+                        "its own residual, so no `x +` around it. Return the LM's head of x.",
     "08.placement": "A block goes before layer i when i % every == 0: layer 0 always, then every `every`-th.",
     "08.trainable": "`name.split('.')[0]` for each `name, p in model.named_parameters()` with `p.requires_grad`; "
                     "a set removes the repeats, `sorted` orders them.",
