@@ -459,3 +459,32 @@ def test_randomise_norms_changes_only_fresh_norms():
     other = fl.PerceiverAttention(dim=8, dim_head=4, heads=2)
     randomise_norms(other, seed=0)
     assert torch.equal(other.norm_media.weight, layer.norm_media.weight)  # seeded
+
+
+class DropsOut(fl.PerceiverResampler):
+    """Right in eval mode; in train mode a Dropout the reference lacks changes its output."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x):
+        return self.drop(super().forward(x))  # (b, t, L, d)
+
+
+def test_a_dropout_the_reference_lacks_is_named_and_draws_none_of_the_callers_random_numbers():
+    sizes = dict(dim=16, depth=1, dim_head=4, heads=2, num_latents=3)
+    learner, reference = DropsOut(**sizes), fl.PerceiverResampler(**sizes)
+    state = torch.get_rng_state()
+    result = fl.check_module(learner, reference, verbose=False)
+    assert torch.equal(state, torch.get_rng_state())
+    assert not result.passed and result.failed_check == "train_mode"
+    assert "right in eval mode but gives other numbers in train mode" in result.message
+    assert "drop (Dropout)" in result.message
+    assert learner.training and learner.drop.training  # its modes are put back
+
+
+def test_a_dropout_the_reference_has_too_is_not_compared_in_train_mode():
+    sizes = dict(dim=16, depth=1, dim_head=4, heads=2, num_latents=3)
+    result = fl.check_module(DropsOut(**sizes), DropsOut(**sizes), verbose=False)
+    assert result.passed, result.message

@@ -238,7 +238,8 @@ def make_resampler(bug=None, raises=False):
             if media_embedding not in ("per_media", "none") and bug != "any value":
                 raise ValueError(f"media_embedding must be 'per_media' or 'none', got {media_embedding!r}")
             self.media_embedding = media_embedding
-            self.latents = nn.Parameter(torch.randn(num_latents, dim))
+            self.latents = nn.Parameter(torch.zeros(num_latents, dim) if bug == "zero latents" else torch.randn(num_latents, dim))
+            self.dropout = nn.Dropout(0.1) if bug == "dropout" else nn.Identity()
             if media_embedding == "per_media" or bug == "always an embedding":
                 self.media_pos_emb = nn.Parameter(torch.randn(num_media_embeds, 1, dim))
             self.layers = nn.ModuleList(
@@ -259,6 +260,7 @@ def make_resampler(bug=None, raises=False):
                 x = add_time(x, table, "forgotten" if bug == "forgotten" else None)
             z = repeat(self.latents, "L d -> b t L d", b=x.shape[0], t=x.shape[1])
             z = layers_fn(self.layers, x, z, bug if bug in ("attn", "ff") else None)
+            z = self.dropout(z)  # (b, t, L, d): the identity unless the mistake adds a Dropout
             return z if bug == "norm" else self.norm(z)
 
     return MyPerceiverResampler
@@ -281,7 +283,8 @@ def test_03_layers_mistakes(bug, named):
 
 @pytest.mark.parametrize("bug, named", [("forgotten", "time embeddings are forgotten"), ("norm", "final norm is missing"),
                                         ("attn", "attention's output replaces"), ("ff", "feed-forward's output replaces"),
-                                        ("3d", "raised")])
+                                        ("3d", "raised"), ("zero latents", "latents start equal \\(all 0\\)"),
+                                        ("dropout", "other numbers in train mode.*dropout \\(Dropout\\)")])
 def test_03_forward_mistakes(bug, named):
     fails_with(lesson03.check_forward, make_resampler(bug), match=named)
 

@@ -70,6 +70,7 @@ def test_loss_check_passes_the_solution_and_the_reference():
     (dict(exp=False), "divided by the log of the temperature"),
     (dict(bounds_on_log=True), "bounds are put on its log"),
     (dict(fixed=0.07), "temperature is a fixed 0.07"),
+    (dict(fixed=0.123), "for every log_temperature .* does not use log_temperature \\(a fixed temperature\\?\\)"),
     (dict(reduction="sum"), "summed over the batch \\(reduction=\"sum\"\\)"),
 ])
 def test_loss_check_names_each_mistake(wrong, match):

@@ -121,3 +121,80 @@ def test_every_lessons_checks_leave_the_global_random_state_as_they_found_it():
     with pytest.raises(ExerciseFailed, match="wrong"):
         namespace["check_draws"](True)
     assert torch.equal(torch.random.get_rng_state(), state)
+
+
+# The package's own answer handed in as the learner's: each way of reaching it is named.
+from flamingo_lite import masks as package_masks  # noqa: E402
+from flamingo_lite.masks import text_time as imported_text_time  # noqa: E402
+from flamingo_lite.teaching.exercises import lesson03, lesson04, lesson08, lesson09, refuse_the_answer  # noqa: E402
+from flamingo_lite.tiny import training  # noqa: E402
+from flamingo_lite.tiny.model import Flamingo, FlamingoConfig  # noqa: E402
+
+
+def through_the_module(media_locations):
+    return package_masks.text_time(media_locations)  # (b, n)
+
+
+def by_an_imported_name(media_locations):
+    return imported_text_time(media_locations)  # (b, n)
+
+
+def imported_inside(media_locations):
+    import flamingo_lite.masks
+
+    return flamingo_lite.masks.text_time(media_locations)  # (b, n)
+
+
+def in_a_nested_function(media_locations):
+    def count(loc):
+        return fl.masks.text_time(loc)  # (b, n)
+
+    return count(media_locations)
+
+
+def own_text_time(media_locations):
+    return media_locations.long().cumsum(dim=-1)  # (b, n)
+
+
+@pytest.mark.parametrize("learner", [through_the_module, by_an_imported_name, imported_inside, in_a_nested_function])
+def test_04_the_packages_text_time_is_named_however_it_is_reached(learner):
+    with pytest.raises(ExerciseFailed, match=f"your {learner.__name__} calls flamingo_lite.masks.text_time, the "
+                                             "package's own answer"):
+        lesson04.check_text_time(learner)
+    lesson04.check_text_time(own_text_time)  # the learner's own passes
+
+
+def test_a_closure_over_the_answer_is_named():
+    answer = package_masks.text_time
+
+    def wrapped(media_locations):
+        return answer(media_locations)  # (b, n)
+
+    with pytest.raises(ExerciseFailed, match="calls flamingo_lite.masks.text_time"):
+        refuse_the_answer(wrapped, (package_masks.text_time,))
+    refuse_the_answer(own_text_time, (package_masks.text_time,))
+
+
+def test_03_a_subclass_of_the_packages_resampler_is_named():
+    class MyPerceiverResampler(fl.PerceiverResampler):
+        pass
+
+    with pytest.raises(ExerciseFailed, match="your MyPerceiverResampler subclasses flamingo_lite.perceiver.PerceiverResampler"):
+        lesson03.check_forward(MyPerceiverResampler)
+
+
+def test_08_a_subclass_of_the_packages_flamingo_is_named():
+    class MyFlamingo(Flamingo):
+        def __init__(self, config, *, lm, vision):
+            super().__init__(config, lm=lm, vision=vision)
+
+    with pytest.raises(ExerciseFailed, match="your MyFlamingo subclasses flamingo_lite.tiny.model.Flamingo"):
+        lesson08.check_flamingo_class(MyFlamingo, FlamingoConfig())
+
+
+def test_09_the_packages_loss_is_named():
+    def next_token_loss(logits, tokens, pad_id=0):
+        return training.next_token_loss(logits, tokens, pad_id)  # ()
+
+    with pytest.raises(ExerciseFailed, match="calls flamingo_lite.tiny.training.next_token_loss"):
+        lesson09.check_loss(next_token_loss)

@@ -60,7 +60,7 @@ class CheckResult:
     expected: torch.Tensor | None = field(default=None, repr=False)  # the reference's output
     reference: nn.Module | None = field(default=None, repr=False)  # the reference as run (gates opened)
     inputs: tuple | None = field(default=None, repr=False)  # the inputs both were run on
-    failed_check: str | None = None  # which check failed: "forward", "dtype", "inputs", "case", "backward", "gradient"
+    failed_check: str | None = None  # which check failed: "forward", "dtype", "inputs", "train_mode", "case", "backward", "gradient"
     case: str | None = None  # the input set beyond the example that the learner's output is wrong on
     dtype: torch.dtype | None = None  # the learner's output dtype, when it is not the reference's
     changed_inputs: list = field(default_factory=list)  # the arguments the learner's forward modified in place
@@ -417,7 +417,8 @@ def check_module(
     Norms still at weight 1 and bias 0 get seeded random weights in the reference before copying (see
     `randomise_norms`), so that a forward that swaps two of them is caught, and named.
     Once the outputs match it also checks that the output's dtype is the reference's, that your forward leaves its
-    inputs as they were, that it is right on the input sets of `extra_cases` (`check_cases=False` skips them), and
+    inputs as they were, that in train mode it gives the same output whenever the reference does (a Dropout the
+    reference lacks is named), that it is right on the input sets of `extra_cases` (`check_cases=False` skips them), and
     that a backward pass gives every parameter the reference trains, and every float input, the reference's
     gradient (`check_gradients=False` skips it). Parameters the reference does not train (requires_grad=False)
     are not compared.
@@ -506,6 +507,7 @@ def check_module(
         checks = [
             lambda: _dtype_problem(name, ref_name, got, expected),
             lambda: _changed_inputs_problem(learner, name, inputs, mine, versions),
+            lambda: _train_mode_problem(learner, reference, name, ref_name, inputs, got, atol, rtol),
             lambda: _cases_problem(learner, reference, name, ref_name, seed, atol, rtol) if check_cases else None,
             lambda: _gradient_problem(learner, reference, name, ref_name, inputs, seed, atol, rtol) if check_gradients else None,
         ]
@@ -566,6 +568,37 @@ def _dtype_problem(name, ref_name, got, expected):
                f"{str(expected.dtype).removeprefix('torch.')}: a cast inside forward (.double(), .half(), .float(), "
                "or a dtype= argument) changes the output's dtype; compute in the dtype of the inputs and weights.")
     return CheckResult(False, name, message, failed_check="dtype", dtype=got.dtype)
+
+
+def _train_mode_problem(learner, reference, name, ref_name, inputs, got, atol, rtol):
+    """In train mode the learner gives its eval-mode output whenever the reference does: a Dropout (or another
+    layer that acts only while training) that the reference lacks passes every eval-mode comparison and still
+    changes what trains. Run under a forked RNG, so the check draws none of the caller's random numbers."""
+    if not isinstance(got, torch.Tensor):
+        return None
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        reference.train()
+        reference_train = reference(*_cloned(inputs))  # the reference in train mode
+        reference.eval()
+        if not (isinstance(reference_train, torch.Tensor) and reference_train.shape == got.shape
+                and torch.allclose(reference_train, got, atol=atol, rtol=rtol, equal_nan=True)):
+            return None  # the reference itself acts otherwise while training: nothing to compare
+        learner.train()
+        try:
+            mine_train = learner(*_cloned(inputs))  # the learner in train mode
+        finally:
+            learner.eval()
+    if (isinstance(mine_train, torch.Tensor) and mine_train.shape == got.shape
+            and torch.allclose(mine_train, got, atol=atol, rtol=rtol, equal_nan=True)):
+        return None
+    train_only = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.modules.batchnorm._BatchNorm)
+    layers = [f"{module_name} ({type(module).__name__})" for module_name, module in learner.named_modules()
+              if isinstance(module, train_only)]
+    which = f"{_listed(layers)}, which {ref_name} does not have" if layers else "a layer that acts only while training"
+    message = (f"✗ {name} is right in eval mode but gives other numbers in train mode, where {ref_name} gives the "
+               f"same in both: {which}. Training would run through it, not through the "
+               "reference's computation: remove it.")
+    return CheckResult(False, name, message, failed_check="train_mode")
 
 
 def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:

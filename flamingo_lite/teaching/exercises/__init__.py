@@ -24,6 +24,8 @@ A failed check raises `ExerciseFailed`, whose message is the sentence; a passed 
 from __future__ import annotations
 
 import functools
+import inspect
+import types
 from dataclasses import dataclass
 from typing import Callable
 
@@ -32,6 +34,7 @@ import torch
 __all__ = [
     "ExerciseFailed", "Mistake", "run_learner", "run_untouched", "compare", "check_layer", "check_layer_in_sizes",
     "check_shapes_follow", "scale_mistakes", "heads_mistakes", "passed", "fail", "hint", "register_hints",
+    "refuse_the_answer",
 ]
 
 
@@ -68,6 +71,51 @@ def _forked(check: Callable) -> Callable:
             return check(*args, **kwargs)
 
     return run
+
+
+def refuse_the_answer(learner, answers: tuple) -> None:
+    """Fail when the learner's function or class hands the exercise to flamingo_lite's own answer: a class that
+    subclasses one of `answers`, or code (the function, or any method of the class, nested functions included) that
+    calls one, by a name imported from the package or through the package's module (`fl.masks.text_time`). Such code
+    matches the reference exactly, because it is the reference, and the learner's file would hold none of their own.
+    answers: the package's functions and classes that solve this exercise."""
+    what = f"your {getattr(learner, '__name__', type(learner).__name__)}"
+    if isinstance(learner, type):
+        for base in learner.__mro__[1:]:
+            if base in answers:
+                fail(f"{what} subclasses {_package_name(base)}, the package's own answer: write the class yourself, "
+                     "from nn.Module, so that its constructor and forward are yours.")
+        functions = [getattr(member, "__func__", member) for member in vars(learner).values()]
+    else:
+        functions = [learner]
+    for fn in functions:
+        code = getattr(fn, "__code__", None)
+        if not isinstance(code, types.CodeType):
+            continue
+        names = _names_used(code)
+        scope = dict(getattr(fn, "__globals__", {}))
+        scope.update(inspect.getclosurevars(fn).nonlocals if fn.__closure__ else {})
+        via_package = any(name.split(".")[0] == "flamingo_lite" for name in names) or any(
+            isinstance(scope.get(name), types.ModuleType) and scope[name].__name__.startswith("flamingo_lite")
+            for name in names)
+        for answer in answers:
+            if any(scope.get(name) is answer for name in names) or (via_package and answer.__name__ in names):
+                fail(f"{what} calls {_package_name(answer)}, the package's own answer to this exercise: write the "
+                     "computation yourself, from torch and einops; the check compares yours with that function.")
+
+
+def _names_used(code: types.CodeType) -> set:
+    """Every global, attribute, imported and closed-over name the code reads, its nested functions' included."""
+    names = set(code.co_names) | set(code.co_freevars)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _names_used(const)
+    return names
+
+
+def _package_name(obj) -> str:
+    module = obj.__module__
+    return f"{module}.{obj.__qualname__}"
 
 
 def fail(message: str) -> None:

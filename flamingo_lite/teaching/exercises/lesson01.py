@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
-from . import Mistake, compare, fail, passed, register_hints, run_learner, keep_rng
+from ...attention import attend, attention_weights
+from . import Mistake, compare, fail, passed, register_hints, run_learner, keep_rng, refuse_the_answer
 
 register_hints({
     "01.attention": "Three lines as above: scores = einsum(q, k) * e**-0.5; fill the masked scores with "
@@ -23,6 +24,8 @@ register_hints({
     "01.causal": "Query i may look at keys j <= i: torch.tril(torch.ones(n, n, dtype=torch.bool)), or compare "
     "torch.arange(n) as a column with torch.arange(n) as a row.",
 })
+
+_ANSWERS_ATTEND = (attend, attention_weights)  # the package's attention: what these exercises write
 
 
 def reference_attention(q, k, v, mask=None, *, scale=True, axis=-1, fill="max_then_zero", use_mask=True):
@@ -76,6 +79,7 @@ def _attention_mistakes(q, k, v, mask):
 
 def check_attention(attention) -> None:
     """Step 01.attention: `attention(q, k, v, mask=None)` with a (b, i, j) or (i, j) bool mask."""
+    refuse_the_answer(attention, _ANSWERS_ATTEND)
     q, k, v, mask = _qkv()
     what = "your attention(q, k, v)"
     got = run_learner(attention, q, k, v, what=what)
@@ -122,6 +126,7 @@ def reference_multi_head(x, context, to_q, to_k, to_v, heads, mask=None, *, orde
 
 def check_multi_head(multi_head_attention) -> None:
     """Step 01.multihead: `multi_head_attention(x, context, to_q, to_k, to_v, heads, mask=None)` -> (b, n, h*e)."""
+    refuse_the_answer(multi_head_attention, _ANSWERS_ATTEND)
     torch.manual_seed(2)
     x, context = torch.randn(2, 3, 8), torch.randn(2, 5, 8)  # (b, n, d), (b, j, d)
     to_q, to_k, to_v = (torch.nn.Linear(8, 8, bias=False) for _ in range(3))

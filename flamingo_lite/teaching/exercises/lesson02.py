@@ -9,7 +9,7 @@ import flamingo_lite as fl
 
 from ..checker import randomise_norms
 from . import (Mistake, check_layer_in_sizes, compare, fail, heads_mistakes, passed, register_hints, run_learner,
-               scale_mistakes, keep_rng)
+               scale_mistakes, keep_rng, refuse_the_answer)
 
 register_hints({
     "02.project": "Normalise x with layer.norm_media and the latents with layer.norm_latents; q = layer.to_q(latents "
@@ -27,6 +27,8 @@ register_hints({
     "sides and pass gh, gw, p1=p, p2=p.",
     "02.share": "weights[..., :n] are the weights on the media features; sum them over the last axis.",
 })
+
+_ANSWERS_ATTEND = (fl.attention.attend, fl.attention.attention_weights)  # the package's attention
 
 
 def _inputs(seed=0):
@@ -119,6 +121,7 @@ def check_project(project) -> None:
 
 def check_attend(attend_latents) -> None:
     """Step 02.scores: `attend_latents(layer, q, k, v) -> (b, t, L, h*e)`, heads split, attended and merged."""
+    refuse_the_answer(attend_latents, _ANSWERS_ATTEND)
     layer, (x, latents) = _layer(), _inputs()
     with torch.no_grad():
         q, k, v = reference_project(layer, x, latents)
@@ -176,6 +179,7 @@ _SIZES = [dict(dim=16, dim_head=4, heads=2), dict(dim=24, dim_head=6, heads=3)]
 def check_forward(layer_cls) -> None:
     """Step 02.forward: `MyPerceiverAttention(dim=..., dim_head=..., heads=...)`'s forward, against the reference,
     in two sizes, so that a number fixed to the first size (a head count, a scale) shows in the second."""
+    refuse_the_answer(layer_cls, (fl.PerceiverAttention,))
     check_layer_in_sizes(layer_cls, fl.PerceiverAttention, _SIZES, what=f"your {layer_cls.__name__}",
                          mistakes=_perceiver_mistakes)
 

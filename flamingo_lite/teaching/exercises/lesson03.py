@@ -10,7 +10,7 @@ from einops import rearrange, repeat
 import flamingo_lite as fl
 
 from . import (ExerciseFailed, Mistake, check_layer, check_shapes_follow, compare, fail, passed, register_hints,
-               run_learner, run_untouched, keep_rng)
+               run_learner, run_untouched, keep_rng, refuse_the_answer)
 
 register_hints({
     "03.embed": "media_pos_emb[:t] has shape (t, 1, d): adding it to x (b, t, n, d) broadcasts embedding i onto "
@@ -116,6 +116,7 @@ def _check_layer_order(learner, reference, what) -> None:
 
 def check_feedforward(feedforward_cls) -> None:
     """Step 03.feedforward: `MyFeedForward(dim, mult)`, constructor and forward, against fl.FeedForward."""
+    refuse_the_answer(feedforward_cls, (fl.FeedForward,))
     learner = run_learner(feedforward_cls, 16, mult=2, what=f"{feedforward_cls.__name__}(16, mult=2)")
     what = f"your {feedforward_cls.__name__}"
     with torch.random.fork_rng(devices=[]):  # the reference's random weights leave the lesson's draws as they were
@@ -206,9 +207,11 @@ def _resampler_mistakes(reference, x):
 
 def check_forward(resampler_cls) -> None:
     """Step 03.forward: `MyPerceiverResampler(...)`'s forward, on (b, t, n, d) and on (b, n, d) input."""
+    refuse_the_answer(resampler_cls, (fl.PerceiverResampler,))
     kwargs = dict(dim=16, depth=2, dim_head=4, heads=2, num_latents=3)
     learner = run_learner(resampler_cls, **kwargs, what=f"{resampler_cls.__name__}(dim=16, depth=2, ...)")
     what = f"your {resampler_cls.__name__}"
+    _check_latents_start_apart(learner, what)
     check_layer(learner, fl.PerceiverResampler, what=what, mistakes=_resampler_mistakes)
     one = (torch.randn(2, 6, 16, generator=torch.Generator().manual_seed(3)),)  # (b, n, d): one media each
     try:
@@ -224,6 +227,21 @@ def check_forward(resampler_cls) -> None:
     with torch.random.fork_rng(devices=[]):  # building draws random weights: the lesson's own draws stay as they were
         learner, reference = run_learner(resampler_cls, **other, what=call), fl.PerceiverResampler(**other)
     check_shapes_follow(learner, reference, call, "pass ff_mult on to each MyFeedForward(dim, mult=ff_mult).")
+
+
+def _check_latents_start_apart(learner, what) -> None:
+    """The latents start as different random vectors: the check copies the reference's weights in, so only here is
+    the learner's own start seen. Latents that start equal ask the same question, get the same answer and the same
+    gradient, and so stay equal for ever."""
+    latents = getattr(learner, "latents", None)
+    if not isinstance(latents, torch.Tensor) or latents.ndim != 2 or latents.shape[0] < 2:
+        return  # the checker names a missing or misshaped latents parameter
+    first = latents.detach()[:1]  # (1, d)
+    if torch.equal(latents.detach(), first.expand_as(latents)):
+        value = f"all {latents.detach().flatten()[0].item():g}" if bool((latents == latents.flatten()[0]).all()) else "one row repeated"
+        fail(f"{what}'s latents start equal ({value}): draw each at random, nn.Parameter(torch.randn(num_latents, dim)). "
+             "Equal latents ask the same question of the features, get the same answer and the same gradient, so they "
+             "stay equal while training and the resampler gives num_latents copies of one token.")
 
 
 def _check_no_media_embedding(resampler_cls, kwargs, what) -> None:

@@ -6,7 +6,7 @@ import torch
 from einops import rearrange, repeat
 
 from ... import masks
-from . import Mistake, compare, fail, passed, register_hints, run_learner, keep_rng
+from . import Mistake, compare, fail, passed, register_hints, run_learner, keep_rng, refuse_the_answer
 
 register_hints({
     "04.text_time": "media_locations.long().cumsum(dim=-1): the number of markers at or before each token. The "
@@ -31,6 +31,8 @@ _SWAPPED = "the modes are swapped: only_attend_immediate_media=True keeps text t
 _FUTURE = ("text before the first image sees every image, the future ones included (the original code's look into "
            "the future): text time 0 must see nothing, in both modes.")
 
+_ANSWERS = (masks.text_time, masks.text_to_media_mask, masks.cross_attention_mask)  # what lesson 04 writes
+
 
 _FIRST_SEES_ONE = ("text before the first image sees image 1: its text time is 0 and must match no image (clamping "
                    "text time to 1 is the leak this lesson fixes).")
@@ -50,6 +52,7 @@ def _check_dtype(got, dtype, what) -> None:
 
 def check_text_time(my_text_time) -> None:
     """Step 04.text_time: `my_text_time(media_locations)`, (b, n) bool -> (b, n) running count of markers."""
+    refuse_the_answer(my_text_time, _ANSWERS)
     for rows in _CASES:
         loc = torch.tensor(rows, dtype=torch.bool)  # (b, n)
         what = f"your my_text_time({rows})"
@@ -133,6 +136,7 @@ def _both_modes(fn, args, what) -> dict:
 
 def check_media_mask(my_text_to_media_mask) -> None:
     """Step 04.media_mask: `my_text_to_media_mask(text_time, num_media, only_attend_immediate_media)` -> (b, n, t)."""
+    refuse_the_answer(my_text_to_media_mask, _ANSWERS)
     for rows, loc, t, markers in _runs():
         tt = masks.text_time(loc)  # (b, n)
         what = f"your my_text_to_media_mask(text_time, {t}, only_attend_immediate_media={{mode}}) for {rows}"
@@ -145,6 +149,7 @@ def check_media_mask(my_text_to_media_mask) -> None:
 
 def check_cross_attention_mask(my_cross_attention_mask) -> None:
     """Exercise 2: `my_cross_attention_mask(media_locations, num_media, num_latents, mode)` -> (b, n, t*m)."""
+    refuse_the_answer(my_cross_attention_mask, _ANSWERS)
     for rows, loc, t, markers in _runs():
         tt = masks.text_time(loc)  # (b, n)
         for m in (1, 3):

@@ -9,7 +9,7 @@ import flamingo_lite as fl
 
 from ... import masks
 from . import (ExerciseFailed, Mistake, check_layer, check_layer_in_sizes, compare, fail, heads_mistakes, passed,
-               register_hints, run_learner, scale_mistakes, keep_rng)
+               register_hints, run_learner, scale_mistakes, keep_rng, refuse_the_answer)
 
 register_hints({
     "05.softmax": "Find the rows that see nothing, empty = ~mask.any(dim=-1, keepdim=True). Fill the masked scores "
@@ -26,6 +26,8 @@ register_hints({
     "05.reached": "changed = media.clone(); changed[:, k - 1] = torch.randn_like(media[:, k - 1]); run the layer on "
     "both and compare (before - after).abs().amax(dim=-1) > 1e-6.",
 })
+
+_ANSWERS_SOFTMAX = (fl.attention.attend, fl.attention.attention_weights)  # the package's masked softmax
 
 
 def reference_masked_softmax(scores, mask, *, fill="zero", axis=-1, use_mask=True):
@@ -80,6 +82,7 @@ def _named_by_the_sums(got, mask):
 
 def check_masked_softmax(masked_softmax) -> None:
     """Step 05.softmax: `masked_softmax(scores, mask)` over the last axis; all-False rows exactly 0, never NaN."""
+    refuse_the_answer(masked_softmax, _ANSWERS_SOFTMAX)
     g = torch.Generator().manual_seed(1)
     s = torch.randn(2, 3, 5, generator=g)  # (b, n, j)
     mask = torch.rand(2, 3, 5, generator=g) > 0.5  # (b, n, j)
@@ -254,6 +257,7 @@ def _fixed_scale_message(layer_cls, sizes: list[dict]):
 def check_forward(layer_cls) -> None:
     """Step 05.forward: `MyMaskedCrossAttention(...)`'s forward, in both modes, in two sizes (a head count or a scale
     fixed to the first shows in the second), and with media_locations=None."""
+    refuse_the_answer(layer_cls, (fl.MaskedCrossAttention,))
     name = layer_cls.__name__
     for mode in (True, False):
         sizes = [dict(size, only_attend_immediate_media=mode) for size in _SIZES]

@@ -15,7 +15,7 @@ import torch
 
 from ... import masks
 from ...gated import GatedCrossAttentionBlock
-from . import Mistake, _same, check_shapes_follow, compare, fail, passed, register_hints, run_learner, keep_rng
+from . import Mistake, _same, check_shapes_follow, compare, fail, passed, register_hints, run_learner, keep_rng, refuse_the_answer
 
 DIM, HEADS, DIM_HEAD = 16, 2, 8
 ATTN_GATE, FF_GATE = 0.7, -0.4  # opened, different, and tanh(g) far from g: every mistake gives other numbers
@@ -149,6 +149,7 @@ def _check_sublayers(mine, reference, inputs) -> None:
 
 def check_forward(block_class) -> None:
     """Step "06.forward": the learner's block, with the reference's weights and opened gates, on both modes."""
+    refuse_the_answer(block_class, (GatedCrossAttentionBlock,))
     x, media, media_locations = example_inputs()
     for mode in (True, False):
         reference = _opened_reference(mode)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ...tiny import contrastive
 from ...tiny.contrastive import MAX_LOG_TEMPERATURE, MIN_LOG_TEMPERATURE, CaptionEncoder, ConvVisionEncoder
-from . import Mistake, compare, fail, passed, register_hints, run_learner, run_untouched, keep_rng
+from . import ExerciseFailed, Mistake, compare, fail, passed, register_hints, run_learner, run_untouched, keep_rng
 
 register_hints({
     "07.loss": "Normalise both with `F.normalize(x, dim=-1)`; the temperature is "
@@ -139,10 +139,22 @@ def loss_inputs(seed: int = 0):
     return image, text, [math.log(0.2), MIN_LOG_TEMPERATURE - 3.0, MAX_LOG_TEMPERATURE + 1.0]
 
 
+def _check_uses_temperature(results: dict) -> None:
+    """The same loss at all three temperatures, whose right losses differ: the loss ignores log_temperature (a fixed
+    number other than the usual ones, which are named by value)."""
+    losses = [got.detach().double().reshape(-1)[:1] for got, _ in results.values()]
+    if all(loss.shape == (1,) for loss in losses) and all(torch.allclose(loss, losses[0], rtol=1e-6, atol=1e-9) for loss in losses):
+        said = ", ".join(f"{log_t:.2f}" for log_t in results)
+        fail(f"your loss is {losses[0].item():.4f} for every log_temperature ({said}), where the right losses differ: "
+             "it does not use log_temperature (a fixed temperature?). Compute the temperature from the argument, "
+             "`log_temperature.clamp(MIN_LOG_TEMPERATURE, MAX_LOG_TEMPERATURE).exp()`, so it is learned.")
+
+
 def check_loss(loss_fn) -> None:
     """Step "07.loss": the learner's contrastive_loss(image_emb, text_emb, log_temperature) on three temperatures,
     then whether the temperature gets a gradient."""
     image, text, temperatures = loss_inputs()
+    results = {}
     for log_t in temperatures:
         t = torch.tensor(log_t)
         with torch.no_grad():
@@ -153,9 +165,17 @@ def check_loss(loss_fn) -> None:
         if not isinstance(got, torch.Tensor):
             fail(f"contrastive_loss returned a {type(got).__name__}: return the loss as a 0-d tensor (no `.item()`), so "
                  "it can be backpropagated.")
+        results[log_t] = (got, variants)
+    for log_t, (got, variants) in results.items():
+        t = torch.tensor(log_t)
         mistakes = [Mistake(name, variants[name], LOSS_MESSAGES[name]) for name in LOSS_MESSAGES]
         mistakes += _fixed_temperature_mistakes(image, text, t)
-        compare(got.reshape(()), variants["right"], what=f"your loss (log_temperature {log_t:.2f})", mistakes=mistakes)
+        try:
+            compare(got.reshape(()), variants["right"], what=f"your loss (log_temperature {log_t:.2f})", mistakes=mistakes)
+        except ExerciseFailed as failed:
+            if "fixed" not in str(failed):  # a fixed temperature of another value than the usual ones is named here
+                _check_uses_temperature(results)
+            raise
     log_t = torch.tensor(math.log(0.2), requires_grad=True)
     loss = run_learner(loss_fn, image, text, log_t, what="your contrastive_loss with a learned log_temperature")
     if not loss.requires_grad:

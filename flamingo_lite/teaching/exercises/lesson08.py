@@ -28,7 +28,7 @@ from torch import nn
 from ...tiny import data as shapes_data
 from ...tiny.language_model import TinyLM
 from ...tiny.model import Flamingo, FlamingoConfig, make_vision_encoder, xattn_layers
-from . import Mistake, compare, fail, passed, register_hints, run_learner, keep_rng
+from . import Mistake, compare, fail, passed, register_hints, run_learner, keep_rng, refuse_the_answer
 
 register_hints({
     "08.class": "Two halves, in the table's order. __init__ keeps the three things it is given (freezing the two "
@@ -359,6 +359,7 @@ def check_flamingo_class(flamingo_class, config: FlamingoConfig) -> None:
     flamingo_lite.tiny.Flamingo built from the same lm, vision and weights: the attributes, the parameter names
     (strict load), the logits with opened gates, and which parameters a backward pass reaches; then the same parts
     and logits with `other_config` (other heads than the LM's, another `<image>` id, all previous media)."""
+    refuse_the_answer(flamingo_class, (Flamingo,))
     if not isinstance(flamingo_class, type):
         raise TypeError(f"check_flamingo_class takes your class itself (e.g. MyFlamingo), not a "
                         f"{type(flamingo_class).__name__}")
@@ -405,6 +406,7 @@ def check_flamingo_class(flamingo_class, config: FlamingoConfig) -> None:
 
 def check_placement(xattn_layer_indices) -> int:
     """Step "08.placement": the indices for several (depth, every); returns the block count of Flamingo-80B."""
+    refuse_the_answer(xattn_layer_indices, (xattn_layers,))
     for depth, every in [(4, 1), (4, 2), (5, 4), (2, 1), (3, 2), (6, 4), (80, 7)]:
         want = [i for i in range(depth) if i % every == 0]
         got = run_learner(xattn_layer_indices, depth, every, what=f"your xattn_layer_indices({depth}, {every})")

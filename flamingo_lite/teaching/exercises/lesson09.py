@@ -28,7 +28,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from ...tiny import data as shapes_data
 from ...tiny import training
 from ...tiny.model import Flamingo, FlamingoConfig
-from . import Mistake, compare, fail, passed, register_hints, run_learner, keep_rng
+from . import Mistake, compare, fail, passed, register_hints, run_learner, keep_rng, refuse_the_answer
 
 register_hints({
     "09.loss": "The prediction at position i is for token i+1: take `logits[:, :-1]` and `tokens[:, 1:]`, flatten "
@@ -93,6 +93,7 @@ def _mean_over_every_position(logits: torch.Tensor, tokens: torch.Tensor, pad_id
 def check_loss(next_token_loss) -> None:
     """Step "09.loss": the shifted, padding-free mean cross-entropy, on a padded batch, then on one padded with
     another id (pad_id=2, where 0 is a real token), so a loss that leaves out a fixed id instead of pad_id is named."""
+    refuse_the_answer(next_token_loss, (training.next_token_loss, training.next_token_loss_sum))
     logits, tokens = example_batch()
     got = run_learner(next_token_loss, logits.clone(), tokens.clone(), 0,
                       what="your next_token_loss(logits, tokens, pad_id)", advice=_LOSS_ADVICE)
@@ -247,6 +248,7 @@ def _decode(greedy_decode, model, prompt, images, *, eoc_id: int, max_new_tokens
 def check_greedy(greedy_decode) -> None:
     """Step "09.greedy": the learner's decoder on scripted models, stopping at `<eoc>` and at `max_new_tokens`; run
     twice from different seeds, so a decoder that samples (its answers differ) is named."""
+    refuse_the_answer(greedy_decode, (training.generate,))
     tok = shapes_data.Tokenizer()
     prompt = torch.tensor(tok.encode("<image> a"))  # (p,)
     images = torch.zeros(1, 3, 16, 16)  # (t, 3, H, W): the scripted model does not look at them
@@ -514,6 +516,7 @@ def check_train_loop(train_flamingo, *, steps: int = 6, batch_size: int = 8, lr:
     `(step + 1) % log_every == 0` and after the last: [0, 2, 4, 6] for the defaults here. A learner one off (the
     0-based loop index logged, or the condition tested on it) is told so. The models are built in a forked RNG: the
     notebook's random numbers stay as they were."""
+    refuse_the_answer(train_flamingo, (training.train_flamingo,))
     with torch.random.fork_rng(devices=[]):
         _check_train_loop(train_flamingo, steps=steps, batch_size=batch_size, lr=lr, gate_lr=gate_lr,
                           weight_decay=weight_decay, log_every=log_every, seed=seed)
