@@ -105,6 +105,70 @@ def test_the_score_mistakes_differ_from_the_answer_and_each_other():
 
 
 def test_the_hints_exist(capsys):
-    for key in ("12.prompt", "12.score"):
+    for key in ("12.prompt", "12.score", "12.nearest"):
         hint(key)
         assert key in capsys.readouterr().out
+
+
+def nearest_solution(support, query):
+    pooled_support = torch.nn.functional.normalize(support.mean(dim=1), dim=-1)  # (k, d)
+    pooled_query = torch.nn.functional.normalize(query.mean(dim=0), dim=-1)  # (d,)
+    return int((pooled_support @ pooled_query).argmax())
+
+
+def nearest_wrong(mistake):
+    normalize = torch.nn.functional.normalize
+
+    def nearest(support, query):
+        if mistake == "not normalised":
+            return int((support.mean(dim=1) @ query.mean(dim=0)).argmax())
+        if mistake == "farthest":
+            return int((normalize(support.mean(dim=1), dim=-1) @ normalize(query.mean(dim=0), dim=-1)).argmin())
+        if mistake == "flattened":
+            return int((normalize(support.reshape(support.shape[0], -1), dim=-1) @ normalize(query.reshape(-1), dim=-1)).argmax())
+        if mistake == "max-pooled":
+            return int((normalize(support.max(dim=1).values, dim=-1) @ normalize(query.max(dim=0).values, dim=-1)).argmax())
+        if mistake == "euclidean":
+            return int(torch.cdist(support.mean(dim=1)[None], query.mean(dim=0)[None, None])[0, :, 0].argmin())
+        if mistake == "tensor of cosines":
+            return normalize(support.mean(dim=1), dim=-1) @ normalize(query.mean(dim=0), dim=-1)
+        if mistake == "in place":
+            support /= support.norm(dim=-1, keepdim=True)
+            return nearest_solution(support, query)
+        if mistake == "first":
+            return 0
+        raise AssertionError(mistake)
+
+    return nearest
+
+
+def test_12_nearest_support_passes_the_solution_and_the_package(capsys):
+    from flamingo_lite.tiny import heldout
+
+    lesson12.check_nearest_support(nearest_solution)
+    lesson12.check_nearest_support(heldout.nearest_support)
+    lesson12.check_nearest_support(lambda s, q: torch.tensor(nearest_solution(s, q)))  # a 0-d integer tensor is an index
+    assert capsys.readouterr().out.startswith("OK: nearest_support is right on 40 random episodes")
+    fails(lesson12.check_nearest_support, stub, match="not written yet")
+
+
+@pytest.mark.parametrize("mistake, match", [
+    ("not normalised", "features are not normalised"), ("farthest", "least\\* similar"),
+    ("flattened", "flattened into one long vector"), ("max-pooled", "max-pooled"),
+    ("euclidean", "Euclidean distance of unnormalised features"),
+    ("tensor of cosines", "returned Tensor.*one Python int"), ("in place", "changed its input support in place"),
+    ("first", "no usual mistake matches"),
+])
+def test_12_nearest_support_mistakes_are_named(mistake, match):
+    fails(lesson12.check_nearest_support, nearest_wrong(mistake), match=match)
+
+
+def test_12_nearest_support_rejects_bad_shapes_by_name():
+    from flamingo_lite.tiny import heldout
+
+    with pytest.raises(ValueError, match=r"support must be \(k, g, d\).*got support \(3, 4\) and query \(4, 8\)"):
+        heldout.nearest_support(torch.zeros(3, 4), torch.zeros(4, 8))
+    with pytest.raises(ValueError, match=r"got support \(3, 4, 8\) and query \(5, 8\)"):
+        heldout.nearest_support(torch.zeros(3, 4, 8), torch.zeros(5, 8))
+    with pytest.raises(TypeError, match="support and query must be tensors"):
+        heldout.nearest_support([[0.0]], torch.zeros(4, 8))

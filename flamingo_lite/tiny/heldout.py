@@ -95,15 +95,30 @@ def make_rule_episodes(num_episodes: int, *, seed: int = 0, pool_size: int = 48,
 
 
 @torch.no_grad()
+def nearest_support(support: torch.Tensor, query: torch.Tensor) -> int:
+    """The nearest-neighbour baseline's choice: the index of the support picture most similar to the query, by the
+    cosine of their frozen vision features averaged over the grid cells. support (k, g, d), query (g, d), k >= 1."""
+    if not isinstance(support, torch.Tensor) or not isinstance(query, torch.Tensor):
+        raise TypeError(f"support and query must be tensors, got {type(support).__name__} and {type(query).__name__}")
+    if support.ndim != 3 or query.ndim != 2 or support.shape[0] < 1 or support.shape[1:] != query.shape:
+        raise ValueError(f"support must be (k, g, d) with k >= 1 and query (g, d) of the same g and d, got support "
+                         f"{tuple(support.shape)} and query {tuple(query.shape)}")
+    pooled_support = F.normalize(support.mean(dim=1), dim=-1)  # (k, d): each picture averaged over its cells
+    pooled_query = F.normalize(query.mean(dim=0), dim=-1)  # (d,)
+    return int((pooled_support @ pooled_query).argmax())  # the most similar support picture
+
+
 def evaluate_format(model, episodes: list[Episode], k: int, tokenizer: Tokenizer, *, word: str = HELDOUT_WORD,
-                    seed: int = 0, device=None, grids: list | None = None, lm_only: bool = False) -> dict:
+                    seed: int = 0, device=None, grids: list | None = None, lm_only: bool = False,
+                    nearest=nearest_support) -> dict:
     """Accuracy of k-shot prompts in the template `<image> WORD NAME <eoc>`, scored by the likelihood of the 16 names.
 
     Returns `scoring` (the model), `knn` (the name of the support picture nearest the query in pooled frozen
     vision features, the same support; chance at k = 0), `in_support` (the share of prompts that show the
     answer's name at all) and `prompt_names_guess` (the accuracy of guessing uniformly among the names the prompt
     shows: what a model that has learned only "answer with a name from the prompt" would get). `lm_only`: `model`
-    is a `TinyLM` reading the same tokens blind (no `knn`).
+    is a `TinyLM` reading the same tokens blind (no `knn`). `nearest(support (k, g, d), query (g, d)) -> int`: the
+    baseline's choice of support picture (lesson 12 plugs the learner's in).
     """
     check_non_negative_int("k", k)
     device = get_device(device)
@@ -126,9 +141,8 @@ def evaluate_format(model, episodes: list[Episode], k: int, tokenizer: Tokenizer
         if k == 0:
             knn_right.append(1.0 / len(NAMES))  # nothing to look up: a guess
         else:
-            pooled = F.normalize(grids[i][chosen + [len(ep.pool_classes)]].mean(dim=1), dim=-1)  # (k+1, d)
-            nearest = int((pooled[:-1] @ pooled[-1]).argmax())  # the most similar support picture
-            knn_right.append(float(ep.names[classes[nearest]] == answer))
+            nearest_index = nearest(grids[i][chosen], grids[i][len(ep.pool_classes)])  # the most similar support picture
+            knn_right.append(float(ep.names[classes[nearest_index]] == answer))
     tokens = torch.tensor(prompts, dtype=torch.long, device=device)  # (E, n): every prompt has the same length
     features = None if lm_only else torch.stack(pictures)  # (E, k+1, g, d)
     logits, _ = score_batch(model, tokens, features, tokenizer, lm_only=lm_only)  # (E, V)

@@ -1,4 +1,5 @@
-"""Checks for lesson 12's two exercises: the k-shot prompt builder and the likelihood scorer.
+"""Checks for lesson 12's three exercises: the k-shot prompt builder, the likelihood scorer and the
+nearest-neighbour baseline.
 
 - `build_prompt(support_classes, names, tokenizer)`: the ids of `<image> is NAME <eoc>` for each support picture,
   then `<image> is` for the query. The answer is `fewshot.build_prompt`; a wrong prompt is compared with the usual
@@ -10,15 +11,25 @@
   last position; the usual mistakes (the first position instead of the last, raw logits, probabilities instead of
   log-probabilities, log_softmax over positions, renormalised over the candidates only, the first C vocabulary
   entries instead of the candidates' ids) are computed on the same logits.
+- `nearest_support(support, query)`: the index of the support picture whose grid-averaged frozen features have the
+  largest cosine with the query's. The answer is `heldout.nearest_support`; on 40 random episodes whose pictures
+  have features of very different sizes, the learner's choices are compared with those of the usual mistakes (no
+  normalisation, the farthest picture, the grid flattened instead of averaged, max-pooled, the Euclidean distance of
+  unnormalised features), so the verdict names the mistake.
 """
 from __future__ import annotations
 
 import torch
 
-from ...tiny import fewshot
-from . import Mistake, compare, fail, passed, register_hints, run_learner
+import torch.nn.functional as F
+
+from ...tiny import fewshot, heldout
+from . import Mistake, compare, fail, passed, register_hints, run_learner, run_untouched
 
 register_hints({
+    "12.nearest": "Average each picture's features over its grid cells (`support.mean(dim=1)`, (k, d); "
+                  "`query.mean(dim=0)`, (d,)), normalise both with `F.normalize(..., dim=-1)`, then the cosines are one "
+                  "matrix-vector product, (k,); return the index of the largest as a Python int, `int(....argmax())`.",
     "12.prompt": "Start with `words = []`; for each class `c` in `support_classes` add `['<image>', 'is', "
                  "NAMES[names[c]], '<eoc>']` (the episode's name for that class, not `NAMES[c]`); then add "
                  "`['<image>', 'is']` for the query and return `tokenizer.encode(words)`.",
@@ -126,3 +137,73 @@ def check_score_names(score_names) -> torch.Tensor:
     passed(f"score_names is right: (batch, candidates) = {tuple(want.shape)} log-probabilities, each row's best "
            f"candidate {want.argmax(-1).tolist()}.")
     return want
+
+
+def _nearest_mistakes(support: torch.Tensor, query: torch.Tensor) -> dict[str, int]:
+    """The usual wrong choices of support picture, each by what it computes."""
+    pooled_support, pooled_query = support.mean(dim=1), query.mean(dim=0)  # (k, d), (d,)
+    cosine = F.normalize(pooled_support, dim=-1) @ F.normalize(pooled_query, dim=-1)  # (k,)
+    flat = F.normalize(support.flatten(1), dim=-1) @ F.normalize(query.flatten(), dim=-1)  # (k,)
+    maxed = F.normalize(support.amax(dim=1), dim=-1) @ F.normalize(query.amax(dim=0), dim=-1)  # (k,)
+    return {
+        "not normalised": int((pooled_support @ pooled_query).argmax()),
+        "farthest": int(cosine.argmin()),
+        "flattened": int(flat.argmax()),
+        "max-pooled": int(maxed.argmax()),
+        "euclidean": int((pooled_support - pooled_query).norm(dim=-1).argmin()),
+    }
+
+
+_NEAREST_MESSAGES = {
+    "not normalised": "the features are not normalised: a dot product favours the support picture with the largest "
+                      "features, not the most similar one; normalise both with `F.normalize(..., dim=-1)` first, so "
+                      "the product is a cosine.",
+    "farthest": "this is the *least* similar support picture: take `argmax` of the cosines, not `argmin`.",
+    "flattened": "the grid cells are flattened into one long vector: that compares cell by cell, so a shape drawn "
+                 "one cell over looks different; average over the cells first, `support.mean(dim=1)`.",
+    "max-pooled": "the grid cells are max-pooled: the baseline averages them, `support.mean(dim=1)` and "
+                  "`query.mean(dim=0)`.",
+    "euclidean": "this is the nearest by Euclidean distance of unnormalised features, where their sizes count: "
+                 "normalise first (on unit vectors the nearest by distance is the largest cosine).",
+}
+
+
+def nearest_examples(num: int = 40, *, k: int = 6, g: int = 4, d: int = 8, seed: int = 0):
+    """`num` random (support (k, g, d), query (g, d)) pairs whose pictures' features differ much in size, so every
+    usual mistake chooses otherwise on some of them."""
+    gen = torch.Generator().manual_seed(seed)
+    examples = []
+    for _ in range(num):
+        scale = torch.exp(2 * torch.randn(k, 1, 1, generator=gen))  # (k, 1, 1): sizes from about 0.02 to 50
+        support = scale * torch.randn(k, g, d, generator=gen) + torch.randn(k, 1, d, generator=gen)  # (k, g, d)
+        query = torch.randn(g, d, generator=gen) + torch.randn(1, d, generator=gen)  # (g, d)
+        examples.append((support, query))
+    return examples
+
+
+def check_nearest_support(nearest_support) -> None:
+    """Step "12.nearest": the learner's `nearest_support(support, query) -> int` on 40 random episodes."""
+    examples = nearest_examples()
+    what = "your nearest_support(support, query)"
+    chosen = []
+    for support, query in examples:
+        got = run_untouched(nearest_support, support, query, what=what, names=("support", "query"),
+                            fix="`F.normalize` and `.mean` return new tensors.")
+        if isinstance(got, torch.Tensor) and got.numel() == 1 and not got.is_floating_point():
+            got = int(got)
+        if isinstance(got, bool) or not isinstance(got, int):
+            fail(f"{what} returned {type(got).__name__} {got!r}: return the index of the most similar support picture, "
+                 "one Python int in range(k), `int(cosines.argmax())`.")
+        chosen.append(got)
+    right = [heldout.nearest_support(support, query) for support, query in examples]
+    if chosen == right:
+        passed(f"nearest_support is right on {len(examples)} random episodes: the cosine of grid-averaged features, "
+               "the most similar support picture.")
+        return
+    wrong = sum(a != b for a, b in zip(chosen, right))
+    mistakes = [_nearest_mistakes(support, query) for support, query in examples]
+    for name, message in _NEAREST_MESSAGES.items():
+        if chosen == [m[name] for m in mistakes]:
+            fail(f"{what} chose another picture on {wrong} of {len(examples)} episodes: {message}")
+    fail(f"{what} chose another picture on {wrong} of {len(examples)} episodes, and no usual mistake matches: average "
+         "each picture over its grid cells, normalise, and take the largest cosine (`hint(\"12.nearest\")`).")
