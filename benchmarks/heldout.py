@@ -2,7 +2,7 @@
 beside their baselines, with issue 20's targets checked on each seed.
 
     python benchmarks/heldout.py                                  # train and evaluate seeds 0 1 2 (about 4 min each)
-    python benchmarks/heldout.py --config many_links              # training episodes with 9 link words, not 1
+    python benchmarks/heldout.py --config many_links              # training episodes with 9 links (8 words or none), not 1
     python benchmarks/heldout.py --model assets/fewshot_model.pt  # evaluate a saved model (its own seed) only
     python benchmarks/heldout.py --report-only                    # the table from benchmarks/results/heldout.json
     python benchmarks/heldout.py --config many_links --seeds 0 --save-model assets/fewshot_many_links.pt
@@ -90,7 +90,7 @@ def write_table(results: dict, path: Path) -> None:
     missing = {config: [s for s in ("0", "1", "2") if s not in runs] for config, runs in results["runs"].items()}
     lines += [f"Not yet recorded: config `{config}`, seed(s) {', '.join(seeds)} (`python benchmarks/heldout.py --config "
               f"{config} --seeds {' '.join(seeds)}`)." for config, seeds in missing.items() if seeds]
-    lines += ["", "`many_links` trains on episodes that put one of 9 words (or none) between a picture and its name, drawn per "
+    lines += ["", "`many_links` trains on episodes that link a picture to its name with one of 9 links (8 words, or none), drawn per "
               "episode; `a` is never one of them (`python -m flamingo_lite.train --task fewshot --many-links`). It is a first "
               "step toward the paper's generic data (many formats, Sec. 2.4), not the default. Lesson 12 loads both committed "
               "models, seed 0 of each: `assets/fewshot_model.pt` (`default`) and `assets/fewshot_many_links.pt` (`many_links`).", ""]

@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--many-links", action="store_true",
-        help="--task fewshot: each training episode puts one of 9 words (or none) between a picture and its name, "
+        help="--task fewshot: each training episode links a picture to its name with one of 9 links, 8 words or none, "
         "never the held-out template's `a` (flamingo_lite.tiny.fewshot.MANY_LINKS; benchmarks/HELDOUT.md)",
     )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="turn the tqdm progress bars off")
