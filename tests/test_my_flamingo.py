@@ -499,9 +499,10 @@ def test_a_later_lesson_uses_flamingo_lites_module_in_place_of_one_that_failed_i
     my_file.start("06", ns, needs=["MyMaskedCrossAttention", "MyFeedForward"])
     assert ns["MyMaskedCrossAttention"] is fl.MaskedCrossAttention
     assert ns["masked_softmax"].__code__.co_filename == "mine.py, lesson 05"  # the learner's: it passed
+    printed = capsys.readouterr().out.splitlines()
     assert ("your MyMaskedCrossAttention failed lesson 05's check when you last ran it: using "
-            "flamingo_lite.MaskedCrossAttention in its place (fix it in lesson 05 and run its check again)"
-            ) in capsys.readouterr().out.splitlines()
+            "flamingo_lite.MaskedCrossAttention in its place (fix it in lesson 05 and run its check again)") in printed
+    assert "from your mine.py, lesson 05: masked_softmax" in printed  # the stand-in's name is not listed as used from the file
 
     my_file.start("05", shell.user_ns, needs=["my_cross_attention_mask"])  # back to lesson 05: fixed, and checked
     assert shell.run_cell("%%my_flamingo\n" + right).success
@@ -558,3 +559,29 @@ def test_a_stand_in_is_there_before_the_sections_that_use_it_run(tmp_path):
     assert ns["MyFlamingo"] is Flamingo
     assert not any("failed" in line and "Resampler" in line for line in lines)
     assert any(line.startswith("your MyFlamingo failed lesson 08's check") for line in lines)
+
+
+def test_a_cell_that_takes_a_name_from_the_notebook_is_told_the_file_will_not_run_alone(shell, capsys):
+    """A section that calls flamingo_lite (or any name the notebook has and the file does not) runs in the notebook,
+    but the file, which imports only torch and einops, would raise NameError on its own: the magic says so."""
+    assert shell.run_cell("import flamingo_lite as fl").success
+    capsys.readouterr()
+    assert shell.run_cell("%%my_flamingo\nclass MyBlock(nn.Module):\n    def __init__(self, dim):\n"
+                          "        super().__init__()\n        self.ff = fl.FeedForward(dim)\n").success
+    out = capsys.readouterr().out
+    assert "note: this cell uses fl from the notebook, which mine.py neither defines nor imports" in out
+    assert shell.run_cell("%%my_flamingo\ndef helper(x):\n    return torch.tanh(x)\n").success  # torch: the file's own
+    assert shell.run_cell("%%my_flamingo\ndef twice(x):\n    y = helper(x)\n    return [v for v in (y, y)]\n").success  # helper: an earlier section
+    assert "note:" not in capsys.readouterr().out
+
+
+def test_the_courses_own_cells_take_nothing_from_the_notebook():
+    import nbformat
+
+    text = (ROOT / "notebooks" / "my_flamingo.py").read_text(encoding="utf-8")
+    defined = my_file.preamble_names() | {n for s in my_file.parse(text) for n in s.names}
+    for lesson in sorted((ROOT / "notebooks").glob("0*.ipynb")):
+        for cell in nbformat.read(lesson, as_version=4).cells:
+            if cell.cell_type == "code" and cell.source.startswith("%%my_flamingo"):
+                body = my_file.clean_source(cell.source.split("\n", 1)[1])
+                assert my_file.outside_names(body, defined) == [], (lesson.name, body[:80])

@@ -143,6 +143,38 @@ def defined_names(source: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+def outside_names(source: str, defined) -> list[str]:
+    """The names a cell reads that it does not define itself and that are not in `defined` (what the file's
+    preamble and sections define) nor builtins: names the cell takes from the notebook, which the file, run on its
+    own, will not have. Every name the cell binds anywhere (an argument, a local, an import) counts as its own."""
+    import builtins
+
+    tree = ast.parse(source)
+    bound, read = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            if isinstance(node.ctx, ast.Load):
+                read.append(node.id)
+            else:
+                bound.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+    known = bound | set(defined) | set(dir(builtins)) | {"__name__", "__file__"}
+    return list(dict.fromkeys(name for name in read if name not in known))
+
+
+def preamble_names() -> set:
+    """The names the file's preamble defines (its imports)."""
+    return {(alias.asname or alias.name).split(".")[0] for node in ast.parse(PREAMBLE).body
+            if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names}
+
+
 def render(sections: list[Section]) -> str:
     """The file's text: the preamble, then each section under its header."""
     return PREAMBLE + "".join(f"\n\n{s.header()}\n{s.body}\n" for s in sections)
@@ -223,10 +255,11 @@ def load_earlier(lesson: str, namespace: dict, *, path=None, needs=()) -> list[s
         for s in sections:
             exec(compile(s.body, f"{path.name}, lesson {s.lesson}", "exec"), namespace)
         by_lesson = {}
-        for s in sections:
-            by_lesson.setdefault(s.lesson, []).extend(s.names)
+        for s in sections:  # what is used from the file: not the names a stand-in replaces (said below)
+            by_lesson.setdefault(s.lesson, []).extend(n for n in s.names if n not in standins)
         for les, names in by_lesson.items():
-            lines.append(f"from your {path.name}, lesson {les}: {', '.join(names)}")
+            if names:
+                lines.append(f"from your {path.name}, lesson {les}: {', '.join(names)}")
         for s in sections:
             if s.failed and not set(s.names) & set(FALLBACKS):  # a failed cell with nothing to stand in for it
                 lines.append(f"your {', '.join(s.names)} failed lesson {s.lesson}'s check when you last ran it: used as "
@@ -248,7 +281,14 @@ def _magic(line: str, cell: str):
         raise RuntimeError("%%my_flamingo needs to know the lesson: run the lesson's setup cell (my_file.start) first")
     code = shell.transform_cell(cell)
     exec(compile(code, shell.compile.cache(cell), "exec"), shell.user_ns)  # an error propagates: nothing is written
-    record(lesson, cell)
+    path = record(lesson, cell)
+    sections = parse(path.read_text(encoding="utf-8")) if path.exists() else []
+    defined = preamble_names() | {n for section in sections for n in section.names}
+    outside = outside_names(clean_source(cell), defined)
+    if outside:
+        print(f"note: this cell uses {', '.join(outside)} from the notebook, which {path.name} neither defines nor "
+              "imports (it imports only torch and einops), so the file will not run on its own: write it from torch "
+              "and einops, or define it in a %%my_flamingo cell.")
     # what the file now holds: a check marks its section only while the name is still this cell's definition
     _state["recorded"].update({name: shell.user_ns.get(name) for name in defined_names(clean_source(cell))})
 
