@@ -599,7 +599,12 @@ def test_05_tokens_reached():
     def every_image(layer, x, media, loc, k):
         return (layer(x, media, loc) - layer(x, torch.randn_like(media), loc)).abs().amax(-1) > 1e-6
 
-    fails_with(lesson05.check_tokens_reached, in_place, x, media.clone(), loc, match="changed the media it was given in place")
+    kept = media.clone()
+    fails_with(lesson05.check_tokens_reached, in_place, x, media, loc, match="changed its input media in place.*media.clone")
+    assert torch.equal(media, kept)  # the notebook's media are as they were, so the right answer passes after it
+    lesson05.check_tokens_reached(reached, x, media, loc)
+    fails_with(lesson05.check_tokens_reached, lambda layer, x, media, loc, k: reached(layer, x, media, loc, k, shift=1),
+               x, media, loc, match=r"raised IndexError: index 2 is out of bounds.*; image k counted from 1 is media\[:, k - 1\]")
     message = fails_with(lesson05.check_tokens_reached, every_image, x, media, loc, match="every image changed")
     assert "other mode" not in message
     lesson05.check_tokens_reached(reached, x, media, loc)

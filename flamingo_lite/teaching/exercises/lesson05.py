@@ -9,7 +9,7 @@ import flamingo_lite as fl
 
 from ... import masks
 from . import (ExerciseFailed, Mistake, check_layer, check_layer_in_sizes, compare, fail, heads_mistakes, passed,
-               register_hints, run_learner, scale_mistakes, keep_rng, refuse_the_answer)
+               register_hints, run_learner, run_untouched, scale_mistakes, keep_rng, refuse_the_answer)
 
 register_hints({
     "05.softmax": "Find the rows that see nothing, empty = ~mask.any(dim=-1, keepdim=True). Fill the masked scores "
@@ -289,15 +289,16 @@ def check_tokens_reached(tokens_reached_by, x, media, media_locations, original_
     torch.manual_seed(0)
     times = masks.text_time(media_locations)  # (b, n)
     dim = x.shape[-1]
-    given = media.clone()  # (b, T, L, d): to tell whether the learner's function changed the caller's media
+    out_of_range = {"out of bounds": "image k counted from 1 is media[:, k - 1]; media[:, k] is image k+1, past the "
+                                     "last image when k is the last one."}
     for mode in (True, False):
         layer = fl.MaskedCrossAttention(dim=dim, dim_head=8, heads=2, only_attend_immediate_media=mode).to(x.device)
         for k in (2, 1):  # image 2 first: there "every image changed" and "the other mode" reach different words
             what = f"your tokens_reached_by(layer, x, media, media_locations, {k}) (only_attend_immediate_media={mode})"
-            reached = run_learner(tokens_reached_by, layer, x, media, media_locations, k, what=what)
-            if not torch.equal(media, given):
-                fail(f"{what} changed the media it was given in place: change a copy (media.clone()), so the caller's "
-                     "media stay as they were.")
+            # copies of the tensors: a function that changes them in place is named, and the notebook's own stay as they were
+            reached = run_untouched(tokens_reached_by, layer, x, media, media_locations, k, what=what,
+                                    names=("layer", "x", "media", "media_locations", "k"), advice=out_of_range,
+                                    fix="change a copy, `new_media = media.clone()`, so the caller's media stay as they were.")
             if not isinstance(reached, torch.Tensor) or reached.dtype != torch.bool:
                 fail(f"{what} must return a (b, n) bool tensor, True where a token's output changed; got "
                      f"{getattr(reached, 'dtype', type(reached).__name__)}.")
@@ -317,7 +318,8 @@ def check_tokens_reached(tokens_reached_by, x, media, media_locations, original_
     if original_cls is None:
         return []
     leaky = original_cls(dim=dim, dim_head=8, heads=2, only_attend_immediate_media=False).to(x.device)
-    reached = run_learner(tokens_reached_by, leaky, x, media, media_locations, 2, what="your tokens_reached_by on the original code")[0]
+    reached = run_untouched(tokens_reached_by, leaky, x, media, media_locations, 2, what="your tokens_reached_by on the original code",
+                            names=("layer", "x", "media", "media_locations", "k"))[0]
     if not bool(reached[times[0] == 0].all()):
         fail("in the original code image 2 should reach the words before the first image: check that you compare "
              "the outputs before and after changing image 2.")
