@@ -240,11 +240,15 @@ def make_resampler(bug=None, raises=False):
             self.media_embedding = media_embedding
             self.latents = nn.Parameter(torch.zeros(num_latents, dim) if bug == "zero latents" else torch.randn(num_latents, dim))
             self.dropout = nn.Dropout(0.1) if bug == "dropout" else nn.Identity()
+            if bug == "num_media_embeds fixed":
+                num_media_embeds = 4
             if media_embedding == "per_media" or bug == "always an embedding":
                 self.media_pos_emb = nn.Parameter(torch.randn(num_media_embeds, 1, dim))
+            if bug == "num_latents fixed":
+                self.latents = nn.Parameter(torch.randn(3, dim))
             self.layers = nn.ModuleList(
                 nn.ModuleList([fl.PerceiverAttention(dim=dim, dim_head=dim_head, heads=heads), fl.FeedForward(dim, 4 if bug == "ff_mult dropped" else ff_mult)])
-                for _ in range(depth)
+                for _ in range(depth + 1 if bug == "extra layer" else depth)
             )
             self.norm = nn.LayerNorm(dim)
 
@@ -293,6 +297,9 @@ def test_03_numbers_fixed_to_the_example_are_named():
     fails_with(lesson03.check_time_embeddings, lambda x, table: x + table[:3], match="right for 3 media but")
     fails_with(lesson03.check_feedforward, make_feedforward("mult fixed"), match="use the mult argument")
     fails_with(lesson03.check_forward, make_resampler("ff_mult dropped"), match="pass ff_mult on")
+    fails_with(lesson03.check_forward, make_resampler("extra layer"), match="has 4 layers: depth=3 asks for 3")
+    fails_with(lesson03.check_forward, make_resampler("num_latents fixed"), match="latents has shape .*use num_latents")
+    fails_with(lesson03.check_forward, make_resampler("num_media_embeds fixed"), match="media_pos_emb .*use num_media_embeds")
 
 
 def test_03_stubs_and_solutions():

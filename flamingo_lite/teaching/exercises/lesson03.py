@@ -222,11 +222,41 @@ def check_forward(resampler_cls) -> None:
         fail(f"{str(failed).rstrip('.')}; a (b, n, d) input is one media per sample: rearrange it to (b, 1, n, d) "
              "first, when x.ndim == 3.")
     _check_no_media_embedding(resampler_cls, kwargs, what)
-    other = dict(kwargs, ff_mult=2)
-    call = f"{resampler_cls.__name__}(dim=16, depth=2, ..., ff_mult=2)"
+    other = dict(kwargs, depth=3, num_latents=4, num_media_embeds=5, ff_mult=2)
+    call = f"{resampler_cls.__name__}(dim=16, depth=3, num_latents=4, num_media_embeds=5, ff_mult=2, ...)"
     with torch.random.fork_rng(devices=[]):  # building draws random weights: the lesson's own draws stay as they were
         learner, reference = run_learner(resampler_cls, **other, what=call), fl.PerceiverResampler(**other)
-    check_shapes_follow(learner, reference, call, "pass ff_mult on to each MyFeedForward(dim, mult=ff_mult).")
+    _check_built_as_asked(learner, reference, other["depth"], call)
+    check_shapes_follow(learner, reference, call, _size_advice)
+
+
+def _check_built_as_asked(learner, reference, depth: int, call: str) -> None:
+    """The learner's module has the parameters the reference has when built with the same arguments: the forward
+    checks build their reference from the learner's own shapes, so a layer too many would be in both."""
+    layers = getattr(learner, "layers", None)
+    if isinstance(layers, torch.nn.ModuleList) and len(layers) != depth:
+        fail(f"{call} has {len(layers)} layers: depth={depth} asks for {depth}, one (attention, feed-forward) pair "
+             "for each i in range(depth).")
+    theirs, ours = set(learner.state_dict()), set(reference.state_dict())
+    extra, missing = sorted(theirs - ours), sorted(ours - theirs)
+    if extra or missing:
+        said = "; ".join(part for part in (f"unexpected {', '.join(extra[:3])}" if extra else "",
+                                           f"missing {', '.join(missing[:3])}" if missing else "") if part)
+        fail(f"{call} does not have the parameters fl.PerceiverResampler has with the same arguments ({said}): "
+             "build exactly the table's attributes from the constructor's arguments.")
+
+
+def _size_advice(name: str) -> str:
+    """What to do when parameter `name` has another shape than with the constructor's arguments."""
+    if name == "latents":
+        return "use num_latents: nn.Parameter(torch.randn(num_latents, dim))."
+    if name == "media_pos_emb":
+        return "use num_media_embeds: nn.Parameter(torch.randn(num_media_embeds, 1, dim))."
+    if name.startswith("layers.") and name.split(".")[2] == "1":
+        return "pass ff_mult on to each MyFeedForward(dim, mult=ff_mult)."
+    if name.startswith("layers."):
+        return "pass dim_head and heads on to each MyPerceiverAttention(dim=dim, dim_head=dim_head, heads=heads)."
+    return "take every size from the constructor's arguments."
 
 
 def _check_latents_start_apart(learner, what) -> None:
