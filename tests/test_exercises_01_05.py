@@ -376,6 +376,8 @@ def media_mask(tt, t, immediate, bug=None):
         out = tt[..., None] == mt
     else:
         out = (tt[..., None] == mt) if immediate else (tt[..., None] > mt) if bug == ">" else (tt[..., None] >= mt)
+    if bug in ("<=", "<") and not immediate:  # the all-previous comparison the wrong way round
+        out = tt[..., None] <= mt if bug == "<=" else tt[..., None] < mt
     if bug == "inverted":
         out = ~out
     if bug == "long":
@@ -407,7 +409,9 @@ _FIXED = "a fixed number where the size comes from the arguments \\(num_media / 
                                         ("always ==", "the mode is ignored"), ("mode as a string", "the mode is ignored"),
                                         ("fixed 2", "2 media columns, but num_media=3: " + _FIXED),
                                         ("markers", "for the <image> markers only \\(2\\), but num_media=3"),
-                                        (">", "does not see its own image in the all-previous mode")])
+                                        (">", "does not see its own image in the all-previous mode"),
+                                        ("<=", "wrong way round: with text_time <= media_time each word sees its own image and every \\*later\\* image"),
+                                        ("<", "wrong way round: with text_time < media_time each word sees every \\*later\\* image")])
 def test_04_media_mask_mistakes(bug, named):
     fails_with(lesson04.check_media_mask, lambda *a: media_mask(*a, bug=bug), match=named)
 

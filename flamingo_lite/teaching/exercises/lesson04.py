@@ -76,12 +76,15 @@ def check_text_time(my_text_time) -> None:
     passed("my_text_time is right: a running count of the images, 0 before the first.")
 
 
-def reference_media_mask(text_time, num_media, immediate, *, first=1, future=False, clamp=False, strict=False):
+def reference_media_mask(text_time, num_media, immediate, *, first=1, future=False, clamp=False, strict=False,
+                         backwards=None):
     if clamp:
         text_time = text_time.clamp(min=1)  # (b, n): text before the first image treated as image 1's
     media_time = torch.arange(first, num_media + first)  # (t,)
     tt, mt = rearrange(text_time, "b n -> b n 1"), rearrange(media_time, "t -> 1 1 t")  # (b, n, 1), (1, 1, t)
     per_media = (tt == mt) if immediate else (tt > mt) if strict else (tt >= mt)  # (b, n, t)
+    if backwards is not None:  # the comparison the wrong way round: "<=" or "<", each word sees the later images
+        per_media = (tt <= mt) if backwards == "<=" else (tt < mt)  # (b, n, t)
     if future:
         per_media = per_media | (tt == 0)
     return per_media
@@ -105,7 +108,12 @@ def _media_mistakes(tt, t, mode, markers, expand=lambda per_media: per_media) ->
         Mistake("modes swapped", expand(reference_media_mask(tt, t, not mode)), _SWAPPED),
         Mistake("look into the future", expand(reference_media_mask(tt, t, mode, future=True)), _FUTURE),
         Mistake("first image seen early", expand(reference_media_mask(tt, t, mode, clamp=True)), _FIRST_SEES_ONE),
-        Mistake("inverted", expand(~reference_media_mask(tt, t, mode)), _INVERTED),
+        *(Mistake(f"later images ({op})", expand(reference_media_mask(tt, t, mode, backwards=op)),
+                  f"the comparison is the wrong way round: with text_time {op} media_time each word sees "
+                  f"{'its own image and ' if op == '<=' else ''}every *later* image, the future it has not read yet, "
+                  "and text before the first image sees them all. A word sees image j when j <= its text time: "
+                  "text_time >= media_time (all previous), or == (immediate).") for op in ("<=", "<")),
+        Mistake("inverted", expand(~reference_media_mask(tt, t, mode)), _INVERTED),  # after "<": in all-previous mode they are one mask
     ]
     if not mode:
         out.append(Mistake("> for all previous", expand(reference_media_mask(tt, t, mode, strict=True)), _STRICT))
