@@ -60,7 +60,17 @@ BLOCK_MISTAKES = {
     "feed-forward is gated by attn_gate": lambda s, x, m, l: (lambda y: y + s.ff(y) * s.attn_gate.tanh())(
         x + s.attn(x, m, l) * s.attn_gate.tanh()),
     "cross-attention is not gated": lambda s, x, m, l: (lambda y: y + s.ff(y) * s.ff_gate.tanh())(x + s.attn(x, m, l)),
+    "feed-forward is left out": lambda s, x, m, l: x + s.attn(x, m, l) * s.attn_gate.tanh(),
+    "feed-forward runs before the cross-attention": lambda s, x, m, l: (lambda y: y + s.attn(y, m, l) * s.attn_gate.tanh())(
+        x + s.ff(x) * s.ff_gate.tanh()),
+    "update alone, without the block's input": lambda s, x, m, l: right(s, x, m, l) - x,
+    "changed its input x in place \\(an in-place op such as `x \\+= ...`": lambda s, x, m, l: in_place(s, x, m, l),
 }
+
+
+def in_place(self, x, media, loc):
+    x += self.attn(x, media, loc) * self.attn_gate.tanh()  # the caller's x changes too
+    return x + self.ff(x) * self.ff_gate.tanh()
 
 
 def test_06_forward_stub_solution_and_mistakes(capsys):
@@ -97,6 +107,13 @@ def test_06_gates_opened_at_start_and_a_fixed_feed_forward_are_named():
             self.attn_gate = nn.Parameter(torch.tensor([1.0]))
 
     fails(lesson06.check_forward, OpenGate, match="attn_gate starts at \\[1.0\\]: create it closed")
+
+    class SmallGate(block_class(right)):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.ff_gate = nn.Parameter(torch.tensor([0.01]))
+
+    fails(lesson06.check_forward, SmallGate, match="ff_gate starts at \\[0.01\\]: create it closed")
 
     class FixedFour(block_class(right)):
         def __init__(self, *, ff_mult=4, **kwargs):
