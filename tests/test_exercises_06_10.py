@@ -279,7 +279,7 @@ def flamingo_class(*, every_layer=False, shift=False, before=True, resampler=Tru
                    int_keys=False, init_stub=False, forward_stub=False, new_lm=False, resampler_depth=None,
                    extra=False, lm_heads=False, double_residual=False, shared=False, skip_lm_layers=False,
                    media_id=None, pass_immediate=True, double_lm=False, skip_block=None, dim_head_from=None,
-                   discard_block=False, lm_alone=False, keys_in_dict=False):
+                   discard_block=False, lm_alone=False, keys_in_dict=False, eval_too=True):
     """The lesson's MyFlamingo, with the usual mistakes as switches. dim_head_from: "heads" or "lm_heads", the head
     width computed as `config.dim // config.heads` (or `// config.lm_heads`) instead of `config.dim_head`."""
     from flamingo_lite.tiny.model import freeze
@@ -292,6 +292,8 @@ def flamingo_class(*, every_layer=False, shift=False, before=True, resampler=Tru
             self.config = config
             self.vision = freeze(vision) if freeze_vision else vision
             self.lm = freeze(lm) if freeze_lm else lm
+            if not eval_too:  # requires_grad_(False) alone: still in training mode
+                self.vision.train(), self.lm.train()
             if new_lm:
                 self.lm = freeze(TinyLM(config.lm_config()))
             heads = config.lm_heads if lm_heads else config.heads
@@ -356,6 +358,8 @@ def test_07_flamingo_class(capsys):
     fails(lesson08.check_flamingo_class, flamingo_class(freeze_lm=False), config,
           match=r"gradients reach the language model \(lm\.")
     fails(lesson08.check_flamingo_class, flamingo_class(freeze_all=True), config, match="resampler and the gated blocks must train")
+    fails(lesson08.check_flamingo_class, flamingo_class(eval_too=False), config,
+          match=r"leaves the vision encoder in training mode: .*`vision\.requires_grad_\(False\)\.eval\(\)`")
 
     class FrozenResampler(flamingo_class()):
         def __init__(self, config, *, lm, vision):
@@ -459,6 +463,11 @@ def test_07_exercises():
     assert lesson08.check_placement(lambda d, e: [i for i in range(d) if i % e == 0]) == 12
     fails(lesson08.check_placement, lambda d, e: [i for i in range(d) if (i + 1) % e == 0], match="off by one")
     fails(lesson08.check_placement, lambda d, e: [i for i in range(1, d) if i % e == 0], match="layer 0 is missing")
+    for not_a_list in (lambda d, e: range(0, d, e), lambda d, e: (i for i in range(0, d, e))):
+        with pytest.raises(ExerciseFailed, match=r"gives the right layers \[0, 1, 2, 3\], but not as a list: return a "
+                                                 r"list \(list\(\.\.\.\)\)") as caught:
+            lesson08.check_placement(not_a_list)
+        assert "off by one" not in str(caught.value)
     config = FlamingoConfig()
     fails(lesson08.check_trainable, stub, config, TinyLM, VisionEncoder, match="not written yet")
     lesson08.check_trainable(lambda m: sorted({n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad}),
