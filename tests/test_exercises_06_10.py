@@ -705,14 +705,15 @@ def test_08_exercises():
 def loop_09(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_every, seed, zero_grad=True, freeze=True,
             gate_decay=False, shift=True, step_opt=True, first_log=True, keys=True, one_group=False, cosine=True,
             log_index=False, index_condition=False, log_early=False, locations=False, eval_at_end=True,
-            zero_grad_late=None, decay_off=False, loss_after=False, order_every_step=False):
+            zero_grad_late=None, decay_off=False, loss_after=False, order_every_step=False, train_mode=True):
     """The training loop of lesson 09, written as a learner would, with switches for the usual mistakes.
     zero_grad_late: "none" or "zeros", `optimizer.zero_grad(set_to_none=...)` called after `loss.backward()`."""
     import math
 
     if freeze:
         freeze_08(model)
-    model.train()
+    if train_mode:
+        model.train()
     groups = groups_08(model, lr=lr, gate_lr=gate_lr, weight_decay=0.0 if decay_off else weight_decay,
                        gate_decay=weight_decay if gate_decay else 0.0, frozen=not freeze)
     groups = [g for g in groups if g["params"]]
@@ -810,6 +811,8 @@ def test_09_train_loop():
     fails(lesson09.check_train_loop, lambda m, d, **k: loop_09(m, d, **{**k, "seed": k["seed"] + 1}), match="first batch")
     fails(lesson09.check_train_loop, lambda m, d, **k: loop_09(m, d, **{**k, "lr": k["lr"] * 2}), match="no usual mistake")
     fails(lesson09.check_train_loop, lambda *a, **k: None, match="return the history")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, train_mode=False),
+          match=r"takes 6 of its 6 optimizer steps with the model in eval mode .*call `model\.train\(\)` before the loop")
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
