@@ -60,7 +60,17 @@ BLOCK_MISTAKES = {
     "feed-forward is gated by attn_gate": lambda s, x, m, l: (lambda y: y + s.ff(y) * s.attn_gate.tanh())(
         x + s.attn(x, m, l) * s.attn_gate.tanh()),
     "cross-attention is not gated": lambda s, x, m, l: (lambda y: y + s.ff(y) * s.ff_gate.tanh())(x + s.attn(x, m, l)),
+    "feed-forward is left out": lambda s, x, m, l: x + s.attn(x, m, l) * s.attn_gate.tanh(),
+    "feed-forward runs before the cross-attention": lambda s, x, m, l: (lambda y: y + s.attn(y, m, l) * s.attn_gate.tanh())(
+        x + s.ff(x) * s.ff_gate.tanh()),
+    "update alone, without the block's input": lambda s, x, m, l: right(s, x, m, l) - x,
+    "changed its input x in place \\(an in-place op such as `x \\+= ...`": lambda s, x, m, l: in_place(s, x, m, l),
 }
+
+
+def in_place(self, x, media, loc):
+    x += self.attn(x, media, loc) * self.attn_gate.tanh()  # the caller's x changes too
+    return x + self.ff(x) * self.ff_gate.tanh()
 
 
 def test_06_forward_stub_solution_and_mistakes(capsys):
@@ -97,6 +107,13 @@ def test_06_gates_opened_at_start_and_a_fixed_feed_forward_are_named():
             self.attn_gate = nn.Parameter(torch.tensor([1.0]))
 
     fails(lesson06.check_forward, OpenGate, match="attn_gate starts at \\[1.0\\]: create it closed")
+
+    class SmallGate(block_class(right)):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.ff_gate = nn.Parameter(torch.tensor([0.01]))
+
+    fails(lesson06.check_forward, SmallGate, match="ff_gate starts at \\[0.01\\]: create it closed")
 
     class FixedFour(block_class(right)):
         def __init__(self, *, ff_mult=4, **kwargs):
@@ -262,7 +279,7 @@ def flamingo_class(*, every_layer=False, shift=False, before=True, resampler=Tru
                    int_keys=False, init_stub=False, forward_stub=False, new_lm=False, resampler_depth=None,
                    extra=False, lm_heads=False, double_residual=False, shared=False, skip_lm_layers=False,
                    media_id=None, pass_immediate=True, double_lm=False, skip_block=None, dim_head_from=None,
-                   discard_block=False, lm_alone=False, keys_in_dict=False):
+                   discard_block=False, lm_alone=False, keys_in_dict=False, eval_too=True):
     """The lesson's MyFlamingo, with the usual mistakes as switches. dim_head_from: "heads" or "lm_heads", the head
     width computed as `config.dim // config.heads` (or `// config.lm_heads`) instead of `config.dim_head`."""
     from flamingo_lite.tiny.model import freeze
@@ -275,6 +292,8 @@ def flamingo_class(*, every_layer=False, shift=False, before=True, resampler=Tru
             self.config = config
             self.vision = freeze(vision) if freeze_vision else vision
             self.lm = freeze(lm) if freeze_lm else lm
+            if not eval_too:  # requires_grad_(False) alone: still in training mode
+                self.vision.train(), self.lm.train()
             if new_lm:
                 self.lm = freeze(TinyLM(config.lm_config()))
             heads = config.lm_heads if lm_heads else config.heads
@@ -339,6 +358,8 @@ def test_07_flamingo_class(capsys):
     fails(lesson08.check_flamingo_class, flamingo_class(freeze_lm=False), config,
           match=r"gradients reach the language model \(lm\.")
     fails(lesson08.check_flamingo_class, flamingo_class(freeze_all=True), config, match="resampler and the gated blocks must train")
+    fails(lesson08.check_flamingo_class, flamingo_class(eval_too=False), config,
+          match=r"leaves the vision encoder in training mode: .*`vision\.requires_grad_\(False\)\.eval\(\)`")
 
     class FrozenResampler(flamingo_class()):
         def __init__(self, config, *, lm, vision):
@@ -442,6 +463,11 @@ def test_07_exercises():
     assert lesson08.check_placement(lambda d, e: [i for i in range(d) if i % e == 0]) == 12
     fails(lesson08.check_placement, lambda d, e: [i for i in range(d) if (i + 1) % e == 0], match="off by one")
     fails(lesson08.check_placement, lambda d, e: [i for i in range(1, d) if i % e == 0], match="layer 0 is missing")
+    for not_a_list in (lambda d, e: range(0, d, e), lambda d, e: (i for i in range(0, d, e))):
+        with pytest.raises(ExerciseFailed, match=r"gives the right layers \[0, 1, 2, 3\], but not as a list: return a "
+                                                 r"list \(list\(\.\.\.\)\)") as caught:
+            lesson08.check_placement(not_a_list)
+        assert "off by one" not in str(caught.value)
     config = FlamingoConfig()
     fails(lesson08.check_trainable, stub, config, TinyLM, VisionEncoder, match="not written yet")
     lesson08.check_trainable(lambda m: sorted({n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad}),
@@ -679,14 +705,15 @@ def test_08_exercises():
 def loop_09(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_every, seed, zero_grad=True, freeze=True,
             gate_decay=False, shift=True, step_opt=True, first_log=True, keys=True, one_group=False, cosine=True,
             log_index=False, index_condition=False, log_early=False, locations=False, eval_at_end=True,
-            zero_grad_late=None, decay_off=False, loss_after=False, order_every_step=False):
+            zero_grad_late=None, decay_off=False, loss_after=False, order_every_step=False, train_mode=True):
     """The training loop of lesson 09, written as a learner would, with switches for the usual mistakes.
     zero_grad_late: "none" or "zeros", `optimizer.zero_grad(set_to_none=...)` called after `loss.backward()`."""
     import math
 
     if freeze:
         freeze_08(model)
-    model.train()
+    if train_mode:
+        model.train()
     groups = groups_08(model, lr=lr, gate_lr=gate_lr, weight_decay=0.0 if decay_off else weight_decay,
                        gate_decay=weight_decay if gate_decay else 0.0, frozen=not freeze)
     groups = [g for g in groups if g["params"]]
@@ -784,6 +811,8 @@ def test_09_train_loop():
     fails(lesson09.check_train_loop, lambda m, d, **k: loop_09(m, d, **{**k, "seed": k["seed"] + 1}), match="first batch")
     fails(lesson09.check_train_loop, lambda m, d, **k: loop_09(m, d, **{**k, "lr": k["lr"] * 2}), match="no usual mistake")
     fails(lesson09.check_train_loop, lambda *a, **k: None, match="return the history")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, train_mode=False),
+          match=r"takes 6 of its 6 optimizer steps with the model in eval mode .*call `model\.train\(\)` before the loop")
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")

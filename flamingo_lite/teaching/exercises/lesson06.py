@@ -3,8 +3,9 @@
 Each check runs the learner's code on a small input, compares it with the answer computed from the reference's
 own sub-layers, and when it differs, with the usual mistakes computed on the same input (gates without tanh, a
 residual missing, the feed-forward fed the block's input instead of the cross-attention's output, the two gates
-swapped, a layer left ungated or gated by the other's gate, the cross-attention in the other mode), so the verdict
-names the mistake. A gate that is not a trainable nn.Parameter is named before anything runs, and a block whose own
+swapped, a layer left ungated or gated by the other's gate, the cross-attention in the other mode, the feed-forward
+left out or run first, the update returned without the input), so the verdict names the mistake; a forward that
+changes its input x in place is named too. A gate that is not a trainable nn.Parameter is named before anything runs, and a block whose own
 cross-attention or feed-forward is off is sent back to that layer's lesson.
 """
 from __future__ import annotations
@@ -15,7 +16,8 @@ import torch
 
 from ... import masks
 from ...gated import GatedCrossAttentionBlock
-from . import Mistake, _same, check_shapes_follow, compare, fail, passed, register_hints, run_learner, keep_rng, refuse_the_answer
+from . import (Mistake, _same, check_shapes_follow, compare, fail, passed, register_hints, run_learner, run_untouched,
+               keep_rng, refuse_the_answer)
 
 DIM, HEADS, DIM_HEAD = 16, 2, 8
 ATTN_GATE, FF_GATE = 0.7, -0.4  # opened, different, and tanh(g) far from g: every mistake gives other numbers
@@ -86,6 +88,10 @@ def _variants(reference, x, media, media_locations) -> dict:
     out["no gates"] = yn + ff(yn)
     ya = x + a.tanh() * attn(x, media, None)
     out["no media_locations"] = ya + f.tanh() * ff(ya)
+    out["no ff"] = y
+    yf = x + f.tanh() * ff(x)  # the feed-forward first, the cross-attention reading its output
+    out["ff first"] = yf + a.tanh() * attn(yf, media, media_locations)
+    out["update only"] = out["right"] - x
     return out
 
 
@@ -111,6 +117,12 @@ MESSAGES = {
     "no gates": "the gates are missing: multiply each layer's output by tanh of its gate before adding it.",
     "no media_locations": "the cross-attention was called without media_locations, so every word sees every "
                           "picture: pass them on, `self.attn(x, media, media_locations)`.",
+    "no ff": "the feed-forward is left out: after the cross-attention line add "
+             "`x = x + self.ff_gate.tanh() * self.ff(x)`.",
+    "ff first": "the feed-forward runs before the cross-attention: first `x = x + self.attn_gate.tanh() * "
+                "self.attn(x, media, media_locations)`, then the feed-forward on that new x.",
+    "update only": "this is the update alone, without the block's input: the block returns `x` plus the gated "
+                   "layers' outputs, so keep the `x +` (each line `x = x + ...`).",
 }
 
 
@@ -166,7 +178,8 @@ def check_forward(block_class) -> None:
         check_shapes_follow(mine, reference, "your block", _shape_advice)
         mine.load_state_dict(reference.state_dict())
         with torch.no_grad():
-            got = run_learner(mine, x, media, media_locations, what="your block's forward")
+            got = run_untouched(mine, x, media, media_locations, what="your block's forward",
+                                names=("x", "media", "media_locations"))
             variants = _variants(reference, x, media, media_locations)
         mistakes = [Mistake(name, variants[name], MESSAGES[name]) for name in MESSAGES]
         what = f"your block (gates opened to {ATTN_GATE} and {FF_GATE})"
@@ -177,7 +190,8 @@ def check_forward(block_class) -> None:
     for gate in ("attn_gate", "ff_gate"):
         value = getattr(closed, gate, None)
         if isinstance(value, torch.Tensor) and bool((value != 0).any()):
-            fail(f"your block's {gate} starts at {value.detach().flatten().tolist()}: create it closed, "
+            said = [float(f"{v:.4g}") for v in value.detach().flatten().tolist()]  # 0.01, not 0.009999999776482582
+            fail(f"your block's {gate} starts at {said}: create it closed, "
                  "nn.Parameter(torch.tensor([0.0])), so the new block starts as the identity.")
     _check_ff_mult(block_class)
     with torch.no_grad():

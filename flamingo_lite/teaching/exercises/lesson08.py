@@ -12,7 +12,7 @@ layer late, blocks after the LM layers instead of before, one block object share
 twice, LM layers or blocks skipped, a block's output thrown away, the LM's own logits returned, the resampler
 skipped, `media_locations` left out or found with a fixed id, the LM's heads used for the cross-attention or its
 head width computed from dim, `only_attend_immediate_media` not passed on, the vision encoder or the language model
-left unfrozen.
+left unfrozen, or frozen but left in training mode.
 
 The no-gate exercise is also tried on a model whose gates are closed but whose logits differ from its language
 model's at one value, so an answer that asks whether every logit differs, or that reads the gates, is named.
@@ -20,6 +20,7 @@ model's at one value, so an answer that asks whether every logit differs, or tha
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import replace
 
 import torch
@@ -315,6 +316,11 @@ def _build_and_compare(flamingo_class, config: FlamingoConfig, lm: nn.Module, vi
     if mine.lm is not lm or mine.vision is not vision:
         fail("your model must use the lm and vision it is given (`self.lm = lm`, `self.vision = vision`): they come "
              "pretrained, and building new ones would throw that away.")
+    for part in _FROZEN:  # frozen but left in training mode: its dropout would keep dropping during training
+        module = getattr(mine, part)
+        if module.training and not any(p.requires_grad for p in module.parameters()):
+            fail(f"your model leaves {_PARTS[part]} in training mode: requires_grad_(False) stops its gradients, "
+                 f"but a frozen part also runs in eval mode, as the table says: `{part}.requires_grad_(False).eval()`.")
     keys = sorted(mine.xattn.keys(), key=int) if all(k.isdigit() for k in mine.xattn.keys()) else list(mine.xattn.keys())
     if keys != [str(i) for i in want_layers]:
         fail(_placement_mistake(keys, len(lm.blocks), config.cross_attn_every, want_layers)
@@ -410,8 +416,13 @@ def check_placement(xattn_layer_indices) -> int:
     for depth, every in [(4, 1), (4, 2), (5, 4), (2, 1), (3, 2), (6, 4), (80, 7)]:
         want = [i for i in range(depth) if i % every == 0]
         got = run_learner(xattn_layer_indices, depth, every, what=f"your xattn_layer_indices({depth}, {every})")
+        if not isinstance(got, (list, tuple, str, torch.Tensor)) and isinstance(got, Iterable):
+            got = list(got)  # a range or a generator: named when its values are right
+            if got == want:
+                fail(f"xattn_layer_indices({depth}, {every}) gives the right layers {want}, but not as a list: return "
+                     "a list (list(...)).")
         if not isinstance(got, (list, tuple)) or list(got) != want:
-            got = list(got) if isinstance(got, (list, tuple, range)) else got
+            got = list(got) if isinstance(got, (list, tuple)) else got
             if got == [i for i in range(depth) if (i + 1) % every == 0]:
                 fail(f"xattn_layer_indices({depth}, {every}) = {got}: off by one; the paper's blocks start at the first "
                      f"layer (i % every == 0), so the answer is {want}.")

@@ -42,7 +42,7 @@ register_hints({
     "09.greedy": "Loop `max_new_tokens` times: `logits = model(ids[None], images[None])`, the next id is "
                  "`logits[0, -1].argmax()`; append it to `ids` (`torch.cat`) and to your answer, and `break` after "
                  "appending `eoc_id`.",
-    "09.loop": "Freeze, then `torch.optim.AdamW(parameter_groups(model, lr=lr, gate_lr=gate_lr, weight_decay=weight_decay), "
+    "09.loop": "Freeze, `model.train()`, then `torch.optim.AdamW(parameter_groups(model, lr=lr, gate_lr=gate_lr, weight_decay=weight_decay), "
                "lr=lr)` and `LambdaLR(optimizer, lambda s: 0.1 + 0.45 * (1 + math.cos(math.pi * min(s / steps, 1.0))))`. "
                "Batches: `generator = torch.Generator().manual_seed(seed)`; when the queue is empty, "
                "`torch.randperm(len(data), generator=generator)`, keep whole batches, `.split(batch_size)`. Each step: "
@@ -462,13 +462,14 @@ def _off_by_one(got: list, want: list) -> bool:
 class _StepWatch:
     """While active (a `with` block), watches the optimizer steps on `model`'s parameters: `steps` counts them,
     `cleared` those that found every gradient cleared (None or all zeros) after a backward pass had run,
-    `backward` says whether any gradient was computed, `decay` is the first step's weight decay by parameter name."""
+    `backward` says whether any gradient was computed, `decay` is the first step's weight decay by parameter name,
+    `in_eval` counts the steps taken with the model in eval mode."""
 
     def __init__(self, model: nn.Module):
         self.model = model
 
     def __enter__(self):
-        self.steps, self.cleared, self.backward, self.decay = 0, 0, False, {}
+        self.steps, self.cleared, self.backward, self.decay, self.in_eval = 0, 0, False, {}, 0
         names = {id(p): n for n, p in self.model.named_parameters()}
 
         def on_step(optimizer, args, kwargs):
@@ -477,6 +478,7 @@ class _StepWatch:
             if not params:  # another optimizer than the one training this model
                 return
             self.steps += 1
+            self.in_eval += not self.model.training
             if self.backward and all(p.grad is None or not p.grad.any() for p in params):
                 self.cleared += 1
             if self.steps == 1:
@@ -508,7 +510,8 @@ def check_train_loop(train_flamingo, *, steps: int = 6, batch_size: int = 8, lr:
                      weight_decay: float = 0.5, log_every: int = 2, seed: int = 0) -> None:
     """Step "09.loop": the learner's `train_flamingo` and the package's, from the same tiny model and seed, give the
     same history (losses and gates within 1e-5); the frozen parts stay as they were, the new parts change, the
-    weights (not the gates) are decayed, and the model is left in eval mode. The learner's loop gets the model as a
+    weights (not the gates) are decayed, the model trains in training mode (it is handed over in eval mode) and is left
+    in eval mode. The learner's loop gets the model as a
     TwoInputFlamingo, whose forward takes (tokens, images) only, as their MyFlamingo's does.
 
     "step" counts the optimizer updates done so far, from 1: step 0 is the model before any update, step s the model
@@ -529,7 +532,7 @@ def _check_train_loop(train_flamingo, *, steps, batch_size, lr, gate_lr, weight_
     start = copy.deepcopy(model.state_dict())
     reference = copy.deepcopy(model).freeze_pretrained()
     want = training.train_flamingo(reference, data, **args, device="cpu", progress=False)
-    model = two_input_copy(model)
+    model = two_input_copy(model).eval()  # as a model comes back from an earlier run: the loop must call train()
     with _StepWatch(model) as watch:
         got = run_learner(train_flamingo, model, data, **args, advice=_LOOP_ADVICE,
                           what="your train_flamingo(model, data, steps=..., batch_size=..., lr=..., gate_lr=..., "
@@ -552,6 +555,10 @@ def _check_train_loop(train_flamingo, *, steps, batch_size, lr, gate_lr, weight_
         fail("your train_flamingo calls `optimizer.zero_grad()` after `loss.backward()`: the gradients are cleared "
              "before `optimizer.step()` uses them, so the new parts learn nothing from the loss. In each step: "
              "`optimizer.zero_grad()`, then `loss.backward()`, then `optimizer.step()`.")
+    if watch.in_eval:
+        fail(f"your train_flamingo takes {watch.in_eval} of its {watch.steps} optimizer steps with the model in eval "
+             "mode (the check hands it over in eval mode, as a model comes back from an earlier run): call "
+             "`model.train()` before the loop, as train_flamingo does, and `model.eval()` after it.")
     still = [part for part in ("resampler", "xattn") if not changed[part]]
     if still:
         said = f"the {' and the '.join(still)} did not change"
