@@ -617,10 +617,12 @@ def test_08_freeze_and_groups():
     lesson09.check_groups(flamingo_lite.tiny.training.parameter_groups)
 
 
-def greedy_08(model, prompt, images, *, eoc_id, max_new_tokens=5, stop=True, feed=True, position=-1, sample=False):
+def greedy_08(model, prompt, images, *, eoc_id, max_new_tokens=5, stop=True, feed=True, position=-1, sample=False,
+              pictures="all"):
     ids, new = prompt.clone(), []
+    given = images[None] if pictures == "all" else images[None, :1] if pictures == "first" else images  # (1, t, 3, H, W)
     for _ in range(max_new_tokens):
-        logits = model(ids[None], images[None])[0, position]  # (V,)
+        logits = model(ids[None], given)[0, position]  # (V,)
         nid = int(torch.multinomial(logits.softmax(-1), 1)) if sample else int(logits.argmax())
         new.append(nid)
         if feed:
@@ -636,6 +638,9 @@ def test_08_greedy():
     fails(lesson09.check_greedy, lambda *a, **k: greedy_08(*a, **k, stop=False), match="does not stop at <eoc>")
     fails(lesson09.check_greedy, lambda *a, **k: greedy_08(*a, **k, feed=False), match="repeats")
     fails(lesson09.check_greedy, lambda *a, **k: greedy_08(*a, **k, position=0), match="wrong position")
+    for pictures, shape in (("first", r"\(1, 1, 3, 16, 16\)"), ("no batch axis", r"\(2, 3, 16, 16\)")):  # right with one picture
+        fails(lesson09.check_greedy, lambda *a, **k: greedy_08(*a, **k, pictures=pictures),
+              match=f"raised ValueError: the model got images of shape {shape}, not \\(1, t, 3, H, W\\) = \\(1, 2, 3, 16, 16\\)")
 
 
 def test_08_greedy_that_samples_is_named_and_the_global_random_numbers_stay():

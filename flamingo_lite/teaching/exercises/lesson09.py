@@ -216,13 +216,18 @@ class ScriptedModel(nn.Module):
     logit is 1 above the others: a clear argmax, but only about 1 in 5 of the probability (e / (e + 11)), so a
     decoder that samples instead of taking the argmax goes wrong at almost every token."""
 
-    def __init__(self, script, prompt_len, vocab=12, early=11, late=6):
+    def __init__(self, script, prompt_len, vocab=12, early=11, late=6, images_shape=None):
         super().__init__()
         self.script, self.prompt_len, self.vocab, self.early, self.late = list(script), prompt_len, vocab, early, late
+        self.images_shape = images_shape  # (1, t, 3, H, W) the decoder must pass, when given
 
     def forward(self, tokens, images=None, media_locations=None, **kwargs):
         if images is None and kwargs.get("media") is None:
             raise ValueError("give the pictures: model(tokens, images)")
+        if self.images_shape is not None and images is not None and tuple(images.shape) != self.images_shape:
+            raise ValueError(f"the model got images of shape {tuple(images.shape)}, not (1, t, 3, H, W) = "
+                             f"{self.images_shape}: pass every picture of the prompt, with a batch axis of 1 "
+                             "(images[None])")
         b, n = tokens.shape
         ids = []
         for i in range(n):
@@ -280,8 +285,22 @@ def check_greedy(greedy_decode) -> None:
             fail("greedy_decode reads the wrong position: the next token is predicted at the last position, "
                  "`logits[0, -1]`.")
         fail(f"greedy_decode gave {words(got)!r}, the scripted model's greedy answer is {words(want)!r}.")
+    _check_greedy_passes_every_picture(greedy_decode, tok)
     passed("greedy_decode is right: it reads the last position, feeds each word back, and stops at <eoc> or "
            "max_new_tokens.")
+
+
+def _check_greedy_passes_every_picture(greedy_decode, tok) -> None:
+    """A prompt with two pictures: the decoder hands the model all of them, as (1, t, 3, H, W). With one picture,
+    `images` without `[None]` and `images[None, :1]` would look right."""
+    prompt = torch.tensor(tok.encode("<image> a red circle <eoc> <image> a"))  # (p,)
+    images = torch.zeros(2, 3, 16, 16)  # (t, 3, H, W)
+    red, circle = tok.index["red"], tok.index["circle"]
+    model = ScriptedModel([red, circle, tok.eoc_id], len(prompt), images_shape=(1, *images.shape))
+    got = _decode(greedy_decode, model, prompt, images, eoc_id=tok.eoc_id, max_new_tokens=5, seed=0)
+    if got != [red, circle, tok.eoc_id]:
+        fail("greedy_decode is wrong on a prompt with two pictures: pass the model every picture, images[None] "
+             "(1, t, 3, H, W), and read the last position as with one.")
 
 
 def check_first_step_above(first_step_above) -> None:
