@@ -440,6 +440,7 @@ def test_04_stubs_and_solutions():
     prev = [[0, 0, 0], [1, 0, 0], [1, 0, 0], [1, 0, 0], [1, 1, 0], [1, 1, 1], [1, 1, 1]]
     lesson04.check_predicted_masks(lambda: (imm, prev))
     fails_with(lesson04.check_predicted_masks, lambda: (imm, imm), match="rows 4 \\(<image>\\), 5")
+    fails_with(lesson04.check_predicted_masks, lambda: (prev, imm), match="each other's place")  # the two swapped
 
 
 # ------------------------------------------------------------------------------------------------------------ 05

@@ -179,6 +179,14 @@ def check_cross_attention_mask(my_cross_attention_mask) -> None:
     passed("my_cross_attention_mask equals flamingo_lite's mask in both modes.")
 
 
+def _rows_as_ints(rows):
+    """A guessed mask as a list of int rows, or None if it is not rows of numbers."""
+    try:
+        return [[int(v) for v in row] for row in rows]
+    except (TypeError, ValueError):
+        return None
+
+
 def check_predicted_masks(predicted_masks) -> None:
     """Exercise 1: the two masks of "a <image> b c <image> <image> d", predicted by hand."""
     puzzle = "a <image> b c <image> <image> d".split()
@@ -186,8 +194,12 @@ def check_predicted_masks(predicted_masks) -> None:
     guesses = run_learner(predicted_masks, what="your predicted_masks()")
     if not isinstance(guesses, (tuple, list)) or len(guesses) != 2:
         fail("predicted_masks() must return two lists of rows: (immediate, all_previous).")
-    for mode, guess in zip((True, False), guesses):
-        want = masks.text_to_media_mask(puzzle_time, 3, only_attend_immediate_media=mode)[0].int().tolist()  # (n, t)
+    wants = [masks.text_to_media_mask(puzzle_time, 3, only_attend_immediate_media=mode)[0].int().tolist()  # (n, t)
+             for mode in (True, False)]
+    if [_rows_as_ints(g) for g in guesses] == wants[::-1]:
+        fail("the two masks are the right way round in each other's place: return (immediate, all_previous), the "
+             "mask of only_attend_immediate_media=True first.")
+    for mode, guess, want in zip((True, False), guesses, wants):
         if len(guess) != len(puzzle):
             fail(f"only_attend_immediate_media={mode}: one row per token, {len(puzzle)} rows; you gave {len(guess)}.")
         wrong = [f"{i} ({tok})" for i, (tok, row, right) in enumerate(zip(puzzle, guess, want)) if [int(v) for v in row] != right]
