@@ -516,7 +516,8 @@ def make_cross_attention(bug=None, raises=False):
             if bug == "kv swapped":
                 v, k = self.to_kv(rearrange(media, "b t m d -> b (t m) d")).chunk(2, -1)
             else:
-                k, v = self.to_kv(rearrange(media, "b t m d -> b (t m) d")).chunk(2, -1)
+                flat = "b t m d -> b (m t) d" if bug == "media (m t)" else "b t m d -> b (t m) d"
+                k, v = self.to_kv(rearrange(media, flat)).chunk(2, -1)
             k, v = (rearrange(a, f"b j {pattern} -> b h j e", h=h) for a in (k, v))
             sim = q @ k.transpose(-1, -2)
             if bug != "scale after softmax":
@@ -534,7 +535,10 @@ def make_cross_attention(bug=None, raises=False):
             if media_locations is not None and bug != "ignored":
                 mode = {"swapped": not self.only_attend_immediate_media, "fixed": True, "fixed False": False}.get(
                     bug, self.only_attend_immediate_media)
-                mask = masks.cross_attention_mask(media_locations, t, m, mode)
+                if bug == "mask from row 0":  # the first sequence's markers for every row
+                    mask = masks.cross_attention_mask(media_locations[:1], t, m, mode).expand(x.shape[0], -1, -1)
+                else:
+                    mask = masks.cross_attention_mask(media_locations, t, m, mode)
                 mask = mask if bug == "no head axis" else mask[:, None]
                 attn = masked_softmax(sim, ~mask if bug == "inverted" else mask, bug if bug in ("inf", "max") else None)
             else:
@@ -559,6 +563,8 @@ def make_cross_attention(bug=None, raises=False):
                                         ("scale fixed to 8", "scaled by 0.3536 in both sizes \\(a fixed number"),
                                         ("scale fixed to the second size's", "scaled by 0.4082 in both sizes \\(a fixed"),
                                         ("kv swapped", "keys and values are swapped"),
+                                        ("media (m t)", "flattened 'b t m d -> b \\(m t\\) d', latent by latent"),
+                                        ("mask from row 0", "every row of the batch got the mask of row 0"),
                                         ("no text norm", "text x is not normalised"),
                                         ("norm media only", "applied to the media instead of the text"),
                                         ("no to_out", "to_out is left out"),

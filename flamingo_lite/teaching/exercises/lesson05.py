@@ -117,14 +117,15 @@ def check_masked_softmax(masked_softmax) -> None:
 def reference_cross_attention(layer, x, media, media_locations=None, *, fill="zero", scale=True, order="h e",
                               use_mask=True, immediate=None, norm_media=False, axis=-1, heads=None, scale_value=None,
                               invert=False, norm_text=True, swap_kv=False, scale_after=False, out_layer=True,
-                              head_axis=True, merge_order=None):
+                              head_axis=True, merge_order=None, media_order="t m", mask_from_row0=False):
     """The layer's forward from its own weights, and the usual mistakes; `heads` splits into that many heads,
-    `scale_value` replaces the scale."""
+    `scale_value` replaces the scale, `media_order` flattens the media in another order than the mask's,
+    `mask_from_row0` gives every row the mask of row 0."""
     b, t, m = media.shape[:3]
     heads = layer.heads if heads is None else heads
     q = rearrange(layer.to_q(layer.norm(x) if norm_text else x), f"b n ({order}) -> b h n e", h=heads)  # (b, h, n, e)
     media = layer.norm(media) if norm_media else media  # (b, t, m, d)
-    k, v = layer.to_kv(rearrange(media, "b t m d -> b (t m) d")).chunk(2, dim=-1)  # 2 x (b, t*m, h*e)
+    k, v = layer.to_kv(rearrange(media, f"b t m d -> b ({media_order}) d")).chunk(2, dim=-1)  # 2 x (b, t*m, h*e)
     k, v = (v, k) if swap_kv else (k, v)
     k, v = (rearrange(a, f"b j ({order}) -> b h j e", h=heads) for a in (k, v))  # (b, h, t*m, e)
     sim = torch.einsum("b h i e, b h j e -> b h i j", q, k)  # (b, h, n, t*m)
@@ -134,6 +135,7 @@ def reference_cross_attention(layer, x, media, media_locations=None, *, fill="ze
     if media_locations is not None and use_mask:
         mode = layer.only_attend_immediate_media if immediate is None else immediate
         mask = masks.cross_attention_mask(media_locations, t, m, mode)  # (b, n, t*m)
+        mask = mask[:1].expand_as(mask) if mask_from_row0 else mask  # (b, n, t*m)
         # without the head axis, (b, n, t*m) lines up with (b, h, n, t*m) as (1, b, n, t*m): batch i's mask on head i
         mask = rearrange(mask, "b i j -> b 1 i j" if head_axis else "b i j -> 1 b i j")  # (b, 1, n, t*m)
         attn = reference_masked_softmax(sim, ~mask if invert else mask, fill=fill, axis=axis)  # (b, h, n, t*m)
@@ -204,6 +206,13 @@ def _cross_attention_mistakes(reference, x, media, media_locations=None):
         Mistake("heads merged in another order", run(merge_order="e h"),
                 "the heads are merged in another order than they were split: merge with 'b h n e -> b n (h e)', the "
                 "order of the split."),
+        Mistake("media flattened as (m t)", run(media_order="m t"),
+                "the media are flattened 'b t m d -> b (m t) d', latent by latent, but the mask runs image by image: "
+                "flatten them 'b t m d -> b (t m) d', so each image's m latents sit side by side, as in the mask."),
+        *([Mistake("every row masked by row 0", run(mask_from_row0=True),
+                   "every row of the batch got the mask of row 0: build the mask from the whole media_locations "
+                   "(b, n), one row per sequence, not from media_locations[0] or [:1].")]
+          if media_locations is not None and x.shape[0] > 1 else []),
         Mistake("scale after the softmax", run(scale_after=True),
                 "the scale multiplies the weights after the softmax: multiply the scores, sim * self.scale, before "
                 "the softmax."),
