@@ -221,6 +221,8 @@ def layers_fn(layers, x, z, bug=None):
         if bug == "parallel":
             z = attn(x, z) + ff(z) + z
             continue
+        if bug == "first layer every time":
+            attn, ff = layers[0]
         if bug == "detached attention input":  # the same values, but no gradient through the attention's z
             z = attn(x, z.detach()) + z
             z = ff(z) + z
@@ -263,7 +265,7 @@ def make_resampler(bug=None, raises=False):
                 table = torch.randn(4, 1, x.shape[-1], generator=g) if table is None else table  # (T, 1, d)
                 x = add_time(x, table, "forgotten" if bug == "forgotten" else None)
             z = repeat(self.latents, "L d -> b t L d", b=x.shape[0], t=x.shape[1])
-            z = layers_fn(self.layers, x, z, bug if bug in ("attn", "ff") else None)
+            z = layers_fn(self.layers, x, z, bug if bug in ("attn", "ff", "first layer every time") else None)
             z = self.dropout(z)  # (b, t, L, d): the identity unless the mistake adds a Dropout
             return z if bug == "norm" else self.norm(z)
 
@@ -280,7 +282,8 @@ def test_03_time_embedding_mistakes(bug, named):
                                         ("both", "neither block is residual"), ("in place", "`z \\+= \\.\\.\\.` changes z in place"),
                                         ("cloned, then in place", "backward pass .* `z \\+= \\.\\.\\.` changes z in place"),
                                         ("parallel", "both read the same z"), ("detached", "gives the latents no gradient"),
-                                        ("detached attention input", "gives the latents a wrong gradient")])
+                                        ("detached attention input", "gives the latents a wrong gradient"),
+                                        ("first layer every time", "every pass of the loop ran the first layer")])
 def test_03_layers_mistakes(bug, named):
     fails_with(lesson03.check_layers, lambda *a: layers_fn(*a, bug=bug), match=named)
 
@@ -288,7 +291,8 @@ def test_03_layers_mistakes(bug, named):
 @pytest.mark.parametrize("bug, named", [("forgotten", "time embeddings are forgotten"), ("norm", "final norm is missing"),
                                         ("attn", "attention's output replaces"), ("ff", "feed-forward's output replaces"),
                                         ("3d", "raised"), ("zero latents", "latents start equal \\(all 0\\)"),
-                                        ("dropout", "other numbers in train mode.*dropout \\(Dropout\\)")])
+                                        ("dropout", "other numbers in train mode.*dropout \\(Dropout\\)"),
+                                        ("first layer every time", "every pass of the loop ran the first layer")])
 def test_03_forward_mistakes(bug, named):
     fails_with(lesson03.check_forward, make_resampler(bug), match=named)
 
@@ -327,11 +331,15 @@ def test_03_exercises():
         x = rearrange(x, "b T S d -> b 1 (T S) d")
         latents = r.latents.detach() if bug == "detached" else r.latents
         z = repeat(latents, "L d -> b 1 L d", b=b if bug == "global b" else batch)
-        return r.norm(layers_fn(r.layers, x, z))
+        out = layers_fn(r.layers, x, z)
+        return out if bug == "no norm" else r.norm(out)
 
     fails_with(lesson03.check_video, stub, resampler, match="not written yet")
     fails_with(lesson03.check_video, lambda r, f: video(r, f, "forgotten"), resampler, match="no time embeddings")
     fails_with(lesson03.check_video, lambda r, f: r(f), resampler, match="each frame got its own latents")
+    fails_with(lesson03.check_video, lambda r, f: r(f).mean(dim=1, keepdim=True), resampler,
+               match="each frame was resampled on its own and the results averaged")
+    fails_with(lesson03.check_video, lambda r, f: video(r, f, "no norm"), resampler, match="the final norm is missing")
     fails_with(lesson03.check_video, lambda r, f: video(r, f, "in place"), resampler,
                match="changed its input frames in place")
     fails_with(lesson03.check_video, lambda r, f: video(r, f, "global b"), resampler,

@@ -145,6 +145,10 @@ _IN_PLACE_Z = ("`z += ...` changes z in place, and z here comes from latents tha
                "new z.")
 
 
+_FIRST_LAYER_AGAIN = ("every pass of the loop ran the first layer, layers[0]: use the layer of each pass, "
+                      "`for attn, ff in layers:`, so each of the depth layers runs once.")
+
+
 def check_layers(resampler_layers) -> None:
     """Step 03.layers: `resampler_layers(layers, x, z)`, depth x [attention, feed-forward], both residual.
 
@@ -168,6 +172,7 @@ def check_layers(resampler_layers) -> None:
             Mistake("no residual at all", reference_layers(layers, x, z, attn_residual=False, ff_residual=False),
                     "neither block is residual: z = attn(x, z) + z and z = ff(z) + z."),
             Mistake("one layer", reference_layers(layers[:1], x, z), "only the first layer ran: loop over every layer."),
+            Mistake("layers[0] every time", reference_layers([layers[0]] * len(layers), x, z), _FIRST_LAYER_AGAIN),
             Mistake("in parallel", reference_layers(layers, x, z, parallel=True),
                     "the attention and the feed-forward both read the same z, side by side: run them in turn, "
                     "z = attn(x, z) + z, then z = ff(z) + z on the new z."),
@@ -198,6 +203,8 @@ def _resampler_mistakes(reference, x):
         *(forgotten if per_media else []),
         Mistake("missing final norm", reference_layers(reference.layers, with_emb, z),
                 "the final norm is missing: return self.norm(z)."),
+        Mistake("layers[0] every time", reference.norm(reference_layers([reference.layers[0]] * len(reference.layers), with_emb, z)),
+                _FIRST_LAYER_AGAIN),
         Mistake("missing residual (attention)", reference.norm(reference_layers(reference.layers, with_emb, z, attn_residual=False)),
                 _NO_ATTN_RESIDUAL),
         Mistake("missing residual (feed-forward)", reference.norm(reference_layers(reference.layers, with_emb, z, ff_residual=False)),
@@ -294,9 +301,12 @@ def _check_no_media_embedding(resampler_cls, kwargs, what) -> None:
              "media_embedding for any value but \"per_media\" and \"none\".")
 
 
-def _reference_video(resampler, frames):
+def _reference_video(resampler, frames, *, norm=True):
     flat = rearrange(frames + resampler.media_pos_emb[: frames.shape[1]], "b T S d -> b 1 (T S) d")  # (b, 1, T*S, d)
-    return resampler(flat - resampler.media_pos_emb[0])  # (b, 1, L, d): the forward adds embedding 0 to its one media
+    if norm:
+        return resampler(flat - resampler.media_pos_emb[0])  # (b, 1, L, d): the forward adds embedding 0 to its one media
+    z = repeat(resampler.latents, "L d -> b 1 L d", b=frames.shape[0])  # (b, 1, L, d)
+    return reference_layers(resampler.layers, flat, z)  # (b, 1, L, d): the layers without the final norm
 
 
 def check_video(resample_video, resampler) -> None:
@@ -319,6 +329,12 @@ def check_video(resample_video, resampler) -> None:
                     "the frames got no time embeddings: add media_pos_emb[:T] before flattening, so their order matters."),
             Mistake("frames as separate media", resampler(video),
                     "each frame got its own latents: flatten the frames into one media, 'b T S d -> b 1 (T S) d'."),
+            Mistake("frames resampled apart, then averaged", resampler(video).mean(dim=1, keepdim=True),
+                    "each frame was resampled on its own and the results averaged: the latents never compare the "
+                    "frames. Flatten the frames into one media first, 'b T S d -> b 1 (T S) d', so the latents attend "
+                    "to all of them at once."),
+            Mistake("final norm missing", _reference_video(resampler, video, norm=False),
+                    "the final norm is missing: the resampler's forward ends with resampler.norm(z), and so must yours."),
         ])
     _check_video_gradients(resample_video, resampler, video, g, what)
     passed("resample_video turns 3 frames x 7 features into one media of latents for the whole video.")
