@@ -22,7 +22,7 @@ def fails(check, *args, match: str):
 
 
 def make_loss(*, normalise=True, clamp=True, labels="diagonal", directions="both", divide=True, detach=False,
-              in_place=False, dim=-1, only=None, exp=True, bounds_on_log=False, fixed=None, reduction="mean"):
+              in_place=False, dim=-1, only=None, exp=True, bounds_on_log=False, fixed=None, reduction="mean", batch=None):
     def loss(image, text, log_t):
         if in_place:
             image.div_(image.norm(dim=-1, keepdim=True))
@@ -40,7 +40,8 @@ def make_loss(*, normalise=True, clamp=True, labels="diagonal", directions="both
         if fixed is not None:
             t = fixed
         logits = image @ text.T / t if divide else image @ text.T * t
-        y = torch.arange(len(logits)) if labels == "diagonal" else torch.zeros(len(logits), dtype=torch.long)
+        size = len(logits) if batch is None else batch  # `batch`: the batch size written into the loss
+        y = torch.arange(size) if labels == "diagonal" else torch.zeros(size, dtype=torch.long)
         i2t, t2i = F.cross_entropy(logits, y, reduction=reduction), F.cross_entropy(logits.T, y, reduction=reduction)
         return {"both": (i2t + t2i) / 2, "i2t": i2t, "t2i": t2i, "sum": i2t + t2i}[directions]
 
@@ -72,6 +73,7 @@ def test_loss_check_passes_the_solution_and_the_reference():
     (dict(fixed=0.07), "temperature is a fixed 0.07"),
     (dict(fixed=0.123), "for every log_temperature .* does not use log_temperature \\(a fixed temperature\\?\\)"),
     (dict(reduction="sum"), "summed over the batch \\(reduction=\"sum\"\\)"),
+    (dict(batch=6), "raised .*right for a batch of 6 pairs but not of 4: take the batch size from the input"),
 ])
 def test_loss_check_names_each_mistake(wrong, match):
     fails(lesson07.check_loss, make_loss(**wrong), match=match)
@@ -168,6 +170,23 @@ def step_images_not_cast(vision, text, log_t, optimizer, batch):
     return loss.item()
 
 
+def step_grid_not_embedding(vision, text, log_t, optimizer, batch):
+    optimizer.zero_grad()
+    image_emb = vision(batch["images"].to(log_t.dtype)).mean(dim=(1, 2))  # the resampler's grid, pooled by hand
+    loss = contrastive_loss(image_emb[:, : text(batch["tokens"]).shape[1]], text(batch["tokens"]), log_t)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def step_grid_raises(vision, text, log_t, optimizer, batch):
+    optimizer.zero_grad()
+    loss = contrastive_loss(vision(batch["images"].to(log_t.dtype)), text(batch["tokens"]), log_t)  # rank 4: raises
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 def test_step_check_passes_the_reference():
     state = torch.random.get_rng_state()
     lesson07.check_training_step(training_step)
@@ -184,6 +203,8 @@ def test_step_check_passes_the_reference():
     (step_vision_no_grad, "the vision encoder does not learn"),
     (step_text_no_grad, "the text encoder does not learn"),
     (step_new_optimizer, "a new optimizer made inside the step"),
+    (step_grid_not_embedding, "calls vision\\(images\\), which gives the grid .* vision.embed\\(images\\)"),
+    (step_grid_raises, "calls vision\\(images\\), which gives the grid"),
     (stub, "not written yet"),
 ])
 def test_step_check_names_each_mistake(wrong, match):

@@ -150,9 +150,26 @@ def _check_uses_temperature(results: dict) -> None:
              "`log_temperature.clamp(MIN_LOG_TEMPERATURE, MAX_LOG_TEMPERATURE).exp()`, so it is learned.")
 
 
+def _check_other_batch_size(loss_fn) -> None:
+    """The loss on a batch of 4 pairs, not the 6 of the other cases: a batch size written into the loss fails here."""
+    image, text, _ = loss_inputs(seed=1)
+    image, text = image[:4], text[:4]  # (4, e) each
+    t = torch.tensor(math.log(0.2))
+    what = "your contrastive_loss on a batch of 4 pairs"
+    sized = ("the loss was right for a batch of 6 pairs but not of 4: take the batch size from the input, "
+             "`image_emb.shape[0]`, for the labels `torch.arange(B)`, not a fixed number.")
+    with torch.no_grad():
+        try:
+            got = run_learner(loss_fn, image, text, t, what=what)
+        except ExerciseFailed as failed:
+            fail(f"{str(failed).rstrip('.')}. {sized[0].upper()}{sized[1:]}")
+        compare(torch.as_tensor(got).reshape(()), _loss_variants(image, text, t)["right"], what=what,
+                mistakes=[], unmatched=sized)
+
+
 def check_loss(loss_fn) -> None:
     """Step "07.loss": the learner's contrastive_loss(image_emb, text_emb, log_temperature) on three temperatures,
-    then whether the temperature gets a gradient."""
+    then on another batch size, then whether the temperature gets a gradient."""
     image, text, temperatures = loss_inputs()
     results = {}
     for log_t in temperatures:
@@ -176,6 +193,7 @@ def check_loss(loss_fn) -> None:
             if "fixed" not in str(failed):  # a fixed temperature of another value than the usual ones is named here
                 _check_uses_temperature(results)
             raise
+    _check_other_batch_size(loss_fn)
     log_t = torch.tensor(math.log(0.2), requires_grad=True)
     loss = run_learner(loss_fn, image, text, log_t, what="your contrastive_loss with a learned log_temperature")
     if not loss.requires_grad:
@@ -274,8 +292,34 @@ def _parts_left_behind(got, want, optimizer) -> None:
                  "`.detach()`), so loss.backward() reaches it.")
 
 
+def _grid_instead_of_embedding(step_fn) -> bool:
+    """Whether one step of `step_fn` calls the vision encoder itself, `vision(images)` (the (B, 1, g, d) grid the
+    resampler reads), and never `vision.embed`, the one vector per picture the contrastive loss compares."""
+    vision, text, log_t = _small_setup()
+    optimizer = torch.optim.Adam([*vision.parameters(), *text.parameters(), log_t], lr=1e-2)
+    calls = {"embed": 0, "forward": 0}
+    embed = vision.embed
+
+    def counted_embed(images):
+        calls["embed"] += 1
+        return embed(images)
+
+    vision.embed = counted_embed
+    hook = vision.register_forward_pre_hook(lambda module, args: calls.__setitem__("forward", calls["forward"] + 1))
+    try:
+        step_fn(vision, text, log_t, optimizer, contrastive.draw_pairs(contrastive.streams(0)[0]))
+    except Exception:  # noqa: BLE001 - a step that fails is named by the check itself
+        pass
+    finally:
+        hook.remove()
+    return calls["forward"] > 0 and calls["embed"] == 0
+
+
 def check_training_step(step_fn) -> None:
     """Step "07.step": two steps of the learner's training_step(vision, text, log_temperature, optimizer, batch)."""
+    if _grid_instead_of_embedding(step_fn):
+        fail("training_step calls vision(images), which gives the grid of features (B, 1, g, d) that Flamingo's "
+             "resampler reads: the contrastive loss compares one vector per picture, vision.embed(images), (B, e).")
     got, losses, optimizer = _run_steps(step_fn, what="your training_step(vision, text, log_temperature, optimizer, batch)",
                                         learner=True)
     if not all(isinstance(loss, float) for loss in losses):
