@@ -279,7 +279,8 @@ def flamingo_class(*, every_layer=False, shift=False, before=True, resampler=Tru
                    int_keys=False, init_stub=False, forward_stub=False, new_lm=False, resampler_depth=None,
                    extra=False, lm_heads=False, double_residual=False, shared=False, skip_lm_layers=False,
                    media_id=None, pass_immediate=True, double_lm=False, skip_block=None, dim_head_from=None,
-                   discard_block=False, lm_alone=False, keys_in_dict=False, eval_too=True):
+                   discard_block=False, lm_alone=False, keys_in_dict=False, eval_too=True, first_picture=False,
+                   locations_of_row0=False):
     """The lesson's MyFlamingo, with the usual mistakes as switches. dim_head_from: "heads" or "lm_heads", the head
     width computed as `config.dim // config.heads` (or `// config.lm_heads`) instead of `config.dim_head`."""
     from flamingo_lite.tiny.model import freeze
@@ -322,7 +323,9 @@ def flamingo_class(*, every_layer=False, shift=False, before=True, resampler=Tru
                 return self.lm(tokens)  # (b, n, V): the pictures never reach it
             feats = self.vision(images)  # (b, t, g, d)
             media = self.resampler(feats) if resampler else feats  # (b, t, L, d)
+            media = media[:, :1].expand_as(media) if first_picture else media  # (b, t, L, d): picture 0 in every slot
             loc = tokens == (self.config.media_token_id if media_id is None else media_id) if locations else None  # (b, n)
+            loc = loc[:1].expand_as(loc) if locations_of_row0 else loc  # (b, n): row 0's markers for every row
             x = self.lm.embed(tokens)  # (b, n, d)
             for i, lm_block in enumerate(self.lm.blocks):
                 if skip_lm_layers and i not in self.xattn_layers:
@@ -399,6 +402,10 @@ def test_07_flamingo_class_second_config_and_forward_mistakes():
     for layer in (0, 2):
         fails(lesson08.check_flamingo_class, flamingo_class(skip_block=layer), config,
               match=rf"the gated block before LM layer {layer} never runs")
+    fails(lesson08.check_flamingo_class, flamingo_class(first_picture=True), config,
+          match=r"every word reads the sequence's first picture")
+    fails(lesson08.check_flamingo_class, flamingo_class(locations_of_row0=True), config,
+          match=r"every sequence got the markers of the first one")
     fails(lesson08.check_flamingo_class, flamingo_class(skip_lm_layers=True), config,
           match=r"runs only the LM layers that have a block before them \(\[0, 2\]\)")
 

@@ -57,14 +57,19 @@ register_hints({
 
 
 def _loop(model, tokens, images, *, before=True, layers=None, resampler=True, locations=True, head=True,
-          media_id=None, double_block=False, double_lm=False, lm_layers=None, skip_blocks=()):
+          media_id=None, double_block=False, double_lm=False, lm_layers=None, skip_blocks=(), first_picture=False,
+          locations_of_row0=False):
     """The forward loop with the usual mistakes as switches: (b, n, V). layers: the layers that get a block (the
     model's blocks in order); skip_blocks: layers whose block is left out; lm_layers: the LM layers that run (None:
-    all); media_id: a fixed `<image>` id instead of the config's."""
+    all); media_id: a fixed `<image>` id instead of the config's; first_picture: each sequence's picture 0 in every
+    media slot; locations_of_row0: every row gets the first sequence's markers."""
     features = model.vision(images)  # (b, t, g, d)
     media = model.resampler(features) if resampler else features  # (b, t, L, d)
+    media = media[:, :1].expand_as(media) if first_picture else media  # (b, t, L, d): picture 0 in every slot
     media_id = model.config.media_token_id if media_id is None else media_id
     media_locations = tokens == media_id if locations else None  # (b, n)
+    if locations_of_row0:
+        media_locations = media_locations[:1].expand_as(media_locations)  # (b, n): row 0's markers everywhere
     blocks = [model.xattn[str(i)] for i in model.xattn_layers]
     placed = dict(zip(model.xattn_layers if layers is None else layers, blocks))
     placed = {i: block for i, block in placed.items() if i not in skip_blocks}
@@ -266,6 +271,12 @@ def _mistakes(reference: Flamingo, tokens: torch.Tensor, images: torch.Tensor, l
         Mistake("no locations", run(locations=False),
                 "the blocks were given no media_locations, so every word sees every picture (the mask is "
                 "ignored): pass `tokens == self.config.media_token_id` to each block."),
+        Mistake("picture 0 only", run(first_picture=True),
+                "every word reads the sequence's first picture (media[:, 0] or images[:, 0] in every slot): give the "
+                "blocks the resampled media of every picture, (b, t, L, d), so the words after picture 2 see picture 2."),
+        Mistake("markers of row 0", run(locations_of_row0=True),
+                "every sequence got the markers of the first one: build media_locations from the whole batch, "
+                "`tokens == self.config.media_token_id`, (b, n), not from tokens[0] or tokens[:1]."),
         Mistake("block residual twice", run(double_block=True),
                 "the gated block's output is added to x once more (`x = x + block(x, ...)`), but the block already "
                 "adds its own residual (`x + tanh(gate) * ...`): write `x = self.xattn[str(i)](x, media, "
