@@ -586,6 +586,11 @@ def test_08_loss_a_mean_over_every_position_and_logits_not_flattened_are_named()
     for loss in (masked_mean, by_mask):
         fails(lesson09.check_loss, loss,
               match=r"left out of the sum but not of the count: the mean is over every position")
+    def per_sequence(lg, tk, p=0):  # each row's mean, then the mean of the rows
+        losses = [F.cross_entropy(lg[i, :-1], tk[i, 1:], ignore_index=p) for i in range(tk.shape[0])]
+        return torch.stack(losses).mean()
+
+    fails(lesson09.check_loss, per_sequence, match=r"a mean of each sequence's mean: a short sequence's tokens")
     fails(lesson09.check_loss, lambda lg, tk, p=0: F.cross_entropy(lg[:, :-1], tk[:, 1:], ignore_index=p),
           match=r"raised RuntimeError: Expected target size.*not flattened.*reshape\(-1, V\)")
 

@@ -90,6 +90,18 @@ def _mean_over_every_position(logits: torch.Tensor, tokens: torch.Tensor, pad_id
                    "`reduction='mean'` of `F.cross_entropy(..., ignore_index=pad_id)` does).")
 
 
+def _mean_per_sequence(logits: torch.Tensor, tokens: torch.Tensor, pad_id: int) -> Mistake:
+    """Each sequence's mean over its own real targets, then the mean of those means."""
+    per_token = F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], ignore_index=pad_id,
+                                reduction="none")  # (b, n-1), 0 at padding
+    real = (tokens[:, 1:] != pad_id).float()  # (b, n-1)
+    per_sequence = per_token.sum(dim=1) / real.sum(dim=1).clamp(min=1)  # (b,)
+    return Mistake("mean per sequence", per_sequence.mean(),
+                   "the loss is a mean of each sequence's mean: a short sequence's tokens then weigh more than a long "
+                   "one's. Average over every real target of the batch at once, "
+                   "`F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), ignore_index=pad_id)`.")
+
+
 def check_loss(next_token_loss) -> None:
     """Step "09.loss": the shifted, padding-free mean cross-entropy, on a padded batch, then on one padded with
     another id (pad_id=2, where 0 is a real token), so a loss that leaves out a fixed id instead of pad_id is named."""
@@ -117,6 +129,7 @@ def check_loss(next_token_loss) -> None:
         Mistake("sum", flat(logits[:, :-1], tokens[:, 1:], ignore_index=0, reduction="sum"),
                 "the loss is a sum: take the mean over the real target tokens (the default `reduction='mean'`)."),
         _mean_over_every_position(logits, tokens, 0),
+        _mean_per_sequence(logits, tokens, 0),
     ]
     compare(got, want, what="your next_token_loss", mistakes=mistakes)
 
@@ -134,6 +147,7 @@ def check_loss(next_token_loss) -> None:
                 f"the loss counts the padding targets (id {pad_id} here): pass `ignore_index=pad_id` to "
                 "`F.cross_entropy`."),
         _mean_over_every_position(logits, other, pad_id),
+        _mean_per_sequence(logits, other, pad_id),
     ]
     compare(got, training.next_token_loss(logits, other, pad_id), what=f"your next_token_loss with pad_id={pad_id}",
             mistakes=mistakes)
