@@ -264,6 +264,25 @@ def test_06_exercise_mistakes_are_named():
     fails(lesson06.check_attn_gate_gradient, lambda b, i, t: by_hand(b, i, t, locations=False), good,
           match="run without media_locations")
 
+    def slope_by_autograd(a):  # the answer asked of autograd, not worked out
+        a = a.clone().requires_grad_(True)
+        a.tanh().sum().backward()
+        return a.grad
+
+    def slope_by_autograd_grad(a):
+        a = a.clone().requires_grad_(True)
+        return torch.autograd.grad(a.tanh().sum(), a)[0]
+
+    def gate_by_backward(block, inputs, target):
+        (block(*inputs) - target).pow(2).mean().backward()
+        return block.attn_gate.grad
+
+    for wrong in (slope_by_autograd, slope_by_autograd_grad):
+        fails(lesson06.check_tanh_slope, wrong, match="asks autograd .* worked out by hand")
+    fails(lesson06.check_attn_gate_gradient, gate_by_backward, good, match="asks autograd .* worked out by hand")
+    fails(lesson06.check_attn_gate_gradient, lambda b, i, t: b.attn_gate.grad, good,
+          match="returned None \\(block.attn_gate.grad before any backward pass\\?\\)")
+
     def who_parameters(block, inputs):  # the parameters themselves, not their names
         block.zero_grad()
         block(*inputs).pow(2).mean().backward()

@@ -219,12 +219,19 @@ def _check_ff_mult(block_class) -> None:
     check_shapes_follow(mine, reference, call, "pass ff_mult on to the feed-forward, MyFeedForward(dim, mult=ff_mult).")
 
 
+_BY_HAND = ("it asks autograd (backward or torch.autograd.grad), which the check runs without gradients: this "
+            "exercise is the derivative worked out by hand, the formula of the cell above; autograd is what the "
+            "check compares it with.")
+_AUTOGRAD = {"does not require grad": _BY_HAND, "grad_fn": _BY_HAND, "does not have a grad": _BY_HAND}
+
+
 def check_tanh_slope(tanh_slope) -> None:
-    """Exercise "06.slope"."""
+    """Exercise "06.slope", run without gradients: a slope asked of autograd is named."""
     alpha = torch.tensor([-3.0, -0.5, 0.0, 0.25, 2.0], requires_grad=True)
     alpha.tanh().sum().backward()
     a = alpha.detach()
-    got = run_learner(tanh_slope, a.clone(), what="your tanh_slope(alpha)")
+    with torch.no_grad():
+        got = run_learner(tanh_slope, a.clone(), what="your tanh_slope(alpha)", advice=_AUTOGRAD)
     mistakes = [
         Mistake("no tanh", 1 - a**2, "this is 1 - alpha^2: the slope is 1 - tanh(alpha)^2, square `alpha.tanh()`."),
         Mistake("tanh itself", a.tanh(), "this is tanh(alpha) itself, not its slope 1 - tanh(alpha)^2."),
@@ -323,7 +330,13 @@ def check_attn_gate_gradient(attn_gate_gradient, block_class) -> tuple:
     with torch.no_grad():  # the chain rule on the wrong layer's output, or without the mask
         x, media, _ = inputs
         unmasked = (2 * (x - goal) / n * closed.attn(x, media, None)).sum()  # ()
-    got = run_learner(attn_gate_gradient, closed, inputs, goal, what="your attn_gate_gradient(block, inputs, target)")
+    given = copy.deepcopy(closed)  # without the gradients just computed, which the answer must not read
+    given.zero_grad(set_to_none=True)
+    with torch.no_grad():  # by hand: a gradient asked of autograd is named
+        got = run_learner(attn_gate_gradient, given, inputs, goal, what="your attn_gate_gradient(block, inputs, target)",
+                          advice=_AUTOGRAD)
+    if got is None:
+        fail(f"attn_gate_gradient returned None (block.attn_gate.grad before any backward pass?): {_BY_HAND}")
     got = torch.as_tensor(got, dtype=torch.float32).reshape(-1)
     if got.numel() != 1:
         fail(f"attn_gate_gradient returned {got.numel()} numbers: sum over every number to get one.")
