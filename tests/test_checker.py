@@ -81,6 +81,17 @@ def test_state_dict_mismatch_lists_missing_unexpected_and_misshaped(capsys):
     assert result.missing_keys == ["to_kv.weight"] and result.unexpected_keys == ["kv.weight"]
     assert result.shape_mismatches == [("to_out.weight", (16, 4), (16, 8))]
     assert "Missing" in out and "to_kv.weight" in out and "Unexpected" in out and "Wrong shape" in out
+    # the report shows the reference's own names and shapes: the learner has no `reference` object to print
+    assert "The reference's parameters: norm.weight (16,), norm.bias (16,), to_q.weight (8, 16), to_kv.weight (16, 16), " \
+           "to_out.weight (16, 8)." in out
+    assert "print(reference)" not in out
+
+
+def test_state_dict_report_of_a_large_reference_lists_twelve_and_counts_the_rest():
+    result = fl.check_module(nn.Linear(4, 4), fl.PerceiverResampler, reference_kwargs=dict(dim=8, depth=2, dim_head=4, heads=2,
+                             num_latents=3, num_media_embeds=2), verbose=False)
+    more = len(fl.PerceiverResampler(dim=8, depth=2, dim_head=4, heads=2, num_latents=3, num_media_embeds=2).state_dict()) - 12
+    assert not result.passed and more > 0 and f", and {more} more." in result.message
 
 
 def test_inputs_can_be_given_and_shape_mismatch_is_reported():

@@ -261,7 +261,7 @@ def _compare_state_dicts(learner: nn.Module, reference: nn.Module):
     return missing, unexpected, misshaped
 
 
-def _state_dict_report(name, missing, unexpected, misshaped) -> str:
+def _state_dict_report(name, missing, unexpected, misshaped, reference_shapes: dict) -> str:
     lines = [f"✗ {name}: the parameters do not line up with the reference, so its weights cannot be copied in."]
     if missing:
         lines.append(f"  Missing (the reference has them, your module does not): {', '.join(missing)}")
@@ -269,7 +269,10 @@ def _state_dict_report(name, missing, unexpected, misshaped) -> str:
         lines.append(f"  Unexpected (your module has them, the reference does not): {', '.join(unexpected)}")
     for key, mine, ref in misshaped:
         lines.append(f"  Wrong shape: {key} is {mine} in your module but {ref} in the reference")
-    lines.append("  Use the same attribute names and sizes as the reference (print(reference) shows them).")
+    listed = [f"{key} {shape}" for key, shape in list(reference_shapes.items())[:12]]
+    more = len(reference_shapes) - len(listed)
+    lines.append(f"  The reference's parameters: {', '.join(listed)}" + (f", and {more} more" if more > 0 else "") + ".")
+    lines.append("  Give yours the same attribute names and sizes (the lesson's spec names them).")
     return "\n".join(lines)
 
 
@@ -465,7 +468,8 @@ def check_module(
 
     missing, unexpected, misshaped = _compare_state_dicts(learner, reference)
     if missing or unexpected or misshaped:
-        message = _state_dict_report(name, missing, unexpected, misshaped)
+        reference_shapes = {key: tuple(value.shape) for key, value in reference.state_dict().items()}
+        message = _state_dict_report(name, missing, unexpected, misshaped, reference_shapes)
         result = CheckResult(False, name, message, missing_keys=missing, unexpected_keys=unexpected, shape_mismatches=misshaped)
         return _finish(result, verbose, raise_on_mismatch)
 
