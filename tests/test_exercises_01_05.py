@@ -774,9 +774,39 @@ def test_02_and_05_constructor_stubs_and_misnamed_parameters():
 
 def test_the_constructor_hints(capsys):
     for key in ["02.init", "03.feedforward", "03.init", "05.init"]:
-        hint(key)
+        hint(key, 2)
         assert capsys.readouterr().out.startswith(f"Hint ({key}): After super().__init__()" if key != "03.feedforward"
                                                   else f"Hint ({key}): In __init__, after super().__init__()")
+
+
+def test_hints_of_two_levels_nudge_first_and_name_the_second(capsys):
+    """Where the full hint is the answer, hint(key) says what to think about and names hint(key, 2); the nudge
+    holds none of the full hint's code."""
+    from flamingo_lite.teaching import exercises
+    from flamingo_lite.teaching.exercises import lesson06, lesson07, lesson09  # noqa: F401 - their hints
+
+    import contextlib
+    import io
+
+    assert len(exercises._NUDGES) >= 20
+    for key, nudge in exercises._NUDGES.items():
+        first, second = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(first):
+            hint(key)
+        with contextlib.redirect_stdout(second):
+            hint(key, 2)
+        assert first.getvalue() == f"Hint ({key}): {nudge} Still stuck? hint(\"{key}\", 2) says what to write.\n"
+        assert second.getvalue() == f"Hint ({key}): {exercises._HINTS[key]}\n"
+        full_code = {part for part in exercises._HINTS[key].split("`")[1::2] if set(part) & set("()[]=")}  # its code
+        assert not any(code in nudge for code in full_code), key
+    with pytest.raises(ValueError, match="level must be 1 .* or 2"):
+        hint("03.init", 3)
+    with pytest.raises(KeyError, match="nudges for steps without a hint: 99.nothing"):
+        exercises.register_nudges({"99.nothing": "a nudge"})
+    hint("03.embed", 2)  # a one-level hint is the same at both levels
+    hint("03.embed")
+    one, again = capsys.readouterr().out.strip().split("\n")
+    assert one == again and "Still stuck" not in one
 
 
 def make_perceiver_attention_with(bug):

@@ -96,7 +96,7 @@ def test_06_constructor_stub_and_misnamed_gate(capsys):
             del self.attn_gate
 
     fails(lesson06.check_forward, OneGate, match="not the reference's \\(attn, attn_gate, ff, ff_gate\\): missing attn_gate; not in the reference gate")
-    hint("06.init")
+    hint("06.init", 2)
     assert capsys.readouterr().out.startswith("Hint (06.init): After super().__init__()")
 
 
@@ -881,7 +881,7 @@ def test_09_train_loop_keeps_the_global_random_numbers():
 
 
 def test_09_train_loop_hint_calls_the_model_as_the_lesson_does(capsys):
-    hint("09.loop")
+    hint("09.loop", 2)
     out = capsys.readouterr().out
     assert "model(part.tokens, part.images)" in out and "media_locations)" not in out and "model.eval()" in out
 

@@ -33,7 +33,7 @@ import torch
 
 __all__ = [
     "ExerciseFailed", "Mistake", "run_learner", "run_untouched", "compare", "check_layer", "check_layer_in_sizes",
-    "check_shapes_follow", "scale_mistakes", "heads_mistakes", "passed", "fail", "hint", "register_hints",
+    "check_shapes_follow", "scale_mistakes", "heads_mistakes", "passed", "fail", "hint", "register_hints", "register_nudges",
     "refuse_the_answer",
 ]
 
@@ -335,7 +335,8 @@ def check_shapes_follow(learner, reference, call: str, advice) -> None:
             fail(f"{call}'s {name} has shape {theirs[name]}, where {tuple(p.shape)} is expected: {said}")
 
 
-_HINTS: dict[str, str] = {}
+_HINTS: dict[str, str] = {}  # the full hint of each step: what to write
+_NUDGES: dict[str, str] = {}  # a first hint for some steps: what to think about, before the full one
 
 
 def register_hints(hints: dict[str, str]) -> None:
@@ -343,9 +344,24 @@ def register_hints(hints: dict[str, str]) -> None:
     _HINTS.update(hints)
 
 
-def hint(key: str) -> None:
-    """Print the hint for one exercise step, e.g. `hint("02.scores")`."""
+def register_nudges(nudges: dict[str, str]) -> None:
+    """Add first hints to steps whose full hint is the answer: `hint(key)` then gives the nudge and `hint(key, 2)`
+    the full hint. Each key must have a full hint already (`register_hints`)."""
+    unknown = sorted(set(nudges) - set(_HINTS))
+    if unknown:
+        raise KeyError(f"nudges for steps without a hint: {', '.join(unknown)}; register_hints them first")
+    _NUDGES.update(nudges)
+
+
+def hint(key: str, level: int = 1) -> None:
+    """Print the hint for one exercise step, e.g. `hint("02.scores")`. Where a step has two levels, the first
+    says what to think about and ends by naming the second, `hint("02.scores", 2)`, which says what to write."""
     if key not in _HINTS:
         known = ", ".join(sorted(_HINTS)) or "none yet: import the lesson's checks first"
         raise KeyError(f"no hint named {key!r}; the hints are: {known}")
-    print(f"Hint ({key}): {_HINTS[key]}")
+    if isinstance(level, bool) or level not in (1, 2):
+        raise ValueError(f"level must be 1 (a first hint) or 2 (the full one), got {level!r}")
+    if level == 1 and key in _NUDGES:
+        print(f"Hint ({key}): {_NUDGES[key]} Still stuck? hint(\"{key}\", 2) says what to write.")
+    else:
+        print(f"Hint ({key}): {_HINTS[key]}")

@@ -7,7 +7,7 @@ import torch
 from einops import rearrange
 
 from ...attention import attend, attention_weights
-from . import Mistake, compare, fail, passed, register_hints, run_learner, keep_rng, refuse_the_answer
+from . import Mistake, compare, fail, passed, register_hints, register_nudges, run_learner, keep_rng, refuse_the_answer
 
 register_hints({
     "01.attention": "Three lines as above: scores = einsum(q, k) * e**-0.5; fill the masked scores with "
@@ -23,6 +23,13 @@ register_hints({
     "by the sum along the same dim (keepdim=True).",
     "01.causal": "Query i may look at keys j <= i: torch.tril(torch.ones(n, n, dtype=torch.bool)), or compare "
     "torch.arange(n) as a column with torch.arange(n) as a row.",
+})
+register_nudges({  # a first hint where the full one is the answer: hint(key), then hint(key, 2)
+    "01.attention": "Scaled dot-product attention with a mask: the scores, the masked ones pushed to the lowest number a "
+    "float holds (not -inf, so nothing turns into NaN), a softmax over the keys; then a row that may see "
+    "nothing gets weight 0.",
+    "01.softmax": "exp of a large score overflows. Subtracting the same number from every score of a row leaves the "
+    "softmax unchanged: which number keeps every exp at most 1?",
 })
 
 _ANSWERS_ATTEND = (attend, attention_weights)  # the package's attention: what these exercises write

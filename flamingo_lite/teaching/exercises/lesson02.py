@@ -8,7 +8,7 @@ from einops import rearrange
 import flamingo_lite as fl
 
 from ..checker import randomise_norms
-from . import (Mistake, check_layer_in_sizes, compare, fail, heads_mistakes, passed, register_hints, run_learner,
+from . import (Mistake, check_layer_in_sizes, compare, fail, heads_mistakes, passed, register_hints, register_nudges, run_learner,
                scale_mistakes, keep_rng, refuse_the_answer)
 
 register_hints({
@@ -26,6 +26,12 @@ register_hints({
     "02.unpatchify": "The pattern that cut the image was '(gh p1) (gw p2) c -> (gh gw) (p1 p2 c)'; swap its two "
     "sides and pass gh, gw, p1=p, p2=p.",
     "02.share": "weights[..., :n] are the weights on the media features; sum them over the last axis.",
+})
+register_nudges({  # a first hint where the full one is the answer: hint(key), then hint(key, 2)
+    "02.init": "The constructor keeps two numbers, the number of heads and the scale 1/sqrt(dim_head), and makes the"
+    " layers the spec names: a LayerNorm for each of the two inputs, the media and the latents, and three"
+    " bias-free Linear maps, queries from the latents, keys and values together, and the output back to "
+    "dim.",
 })
 
 _ANSWERS_ATTEND = (fl.attention.attend, fl.attention.attention_weights)  # the package's attention

@@ -9,7 +9,7 @@ from einops import rearrange, repeat
 
 import flamingo_lite as fl
 
-from . import (ExerciseFailed, Mistake, check_layer, check_shapes_follow, compare, fail, passed, register_hints,
+from . import (ExerciseFailed, Mistake, check_layer, check_shapes_follow, compare, fail, passed, register_hints, register_nudges,
                run_learner, run_untouched, keep_rng, refuse_the_answer)
 
 register_hints({
@@ -34,6 +34,17 @@ register_hints({
     "03.count": "A LayerNorm of width d has 2d parameters; a Linear(a, b, bias=False) has a*b. An attention has two "
     "LayerNorms, to_q (d -> h*e), to_kv (d -> 2*h*e) and to_out (h*e -> d); a feed-forward a LayerNorm and two "
     "linears through int(d*ff_mult) hidden units. Add the latents, the time embeddings and the final norm.",
+})
+register_nudges({  # a first hint where the full one is the answer: hint(key), then hint(key, 2)
+    "03.init": "Four things live on the resampler: the learned latents (num_latents rows of width dim, random so "
+    "that they start apart), the time embeddings (only with media_embedding=\"per_media\", one per media), "
+    "depth layers that are each a pair [your PerceiverAttention, your FeedForward], and a final "
+    "LayerNorm. Check media_embedding before building anything.",
+    "03.forward": "Read the forward off the pseudo-code of the paper's Fig. 5 (App. A.1.1): add the time embeddings, give every media of "
+    "every sample its own copy of the latents, run your layers, normalise. A (b, n, d) input is a batch "
+    "of single media: give it a media axis first.",
+    "03.feedforward": "Four layers in an nn.Sequential, in the spec's order: a LayerNorm, a bias-free Linear that widens by"
+    " mult, GELU, a bias-free Linear back to dim.",
 })
 
 

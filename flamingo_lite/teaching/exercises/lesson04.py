@@ -6,7 +6,7 @@ import torch
 from einops import rearrange, repeat
 
 from ... import masks
-from . import Mistake, compare, fail, passed, register_hints, run_learner, keep_rng, refuse_the_answer
+from . import Mistake, compare, fail, passed, register_hints, register_nudges, run_learner, keep_rng, refuse_the_answer
 
 register_hints({
     "04.text_time": "media_locations.long().cumsum(dim=-1): the number of markers at or before each token. The "
@@ -17,6 +17,10 @@ register_hints({
     "m=num_latents): each media's column becomes m columns side by side, media-major.",
     "04.predict": "Write the text time under each token first: a 0, <image> 1, b 1, c 1, <image> 2, <image> 3, d 3. "
     "Immediate: a 1 in the column of its own text time; all previous: 1s in every column up to it.",
+})
+register_nudges({  # a first hint where the full one is the answer: hint(key), then hint(key, 2)
+    "04.predict": "Write each token's text time under it first: the number of <image> markers at or before it. Each row"
+    " then follows from that number: which images may the token see in each mode?",
 })
 
 _CASES = [

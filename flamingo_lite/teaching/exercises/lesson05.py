@@ -9,7 +9,7 @@ import flamingo_lite as fl
 
 from ... import masks
 from . import (ExerciseFailed, Mistake, check_layer, check_layer_in_sizes, compare, fail, heads_mistakes, passed,
-               register_hints, run_learner, run_untouched, scale_mistakes, keep_rng, refuse_the_answer)
+               register_hints, register_nudges, run_learner, run_untouched, scale_mistakes, keep_rng, refuse_the_answer)
 
 register_hints({
     "05.softmax": "Find the rows that see nothing, empty = ~mask.any(dim=-1, keepdim=True). Fill the masked scores "
@@ -25,6 +25,18 @@ register_hints({
     "attn = masked_softmax(sim, mask); without, a plain softmax. Then einsum with v, merge the heads, to_out.",
     "05.reached": "changed = media.clone(); changed[:, k - 1] = torch.randn_like(media[:, k - 1]); run the layer on "
     "both and compare (before - after).abs().amax(dim=-1) > 1e-6.",
+})
+register_nudges({  # a first hint where the full one is the answer: hint(key), then hint(key, 2)
+    "05.init": "Like lesson 02's PerceiverAttention, with one input to normalise, the text (the media come from the "
+    "resampler, already normalised). Keep the heads, the scale and the mode for forward, and make three "
+    "bias-free Linear maps: queries, keys and values together, and the output.",
+    "05.forward": "Lesson 01's multi-head attention with the queries from the text and the keys and values from the "
+    "media, and two differences: the media are first flattened to one axis of t*m latents, and with "
+    "media_locations the softmax is your masked_softmax with lesson 04's mask (given a head axis).",
+    "05.reached": "Change one image only and see whose output moves: the tokens that attend to image k are exactly "
+    "those whose output differs. Work on a copy of media, never on media itself.",
+    "05.softmax": "Masked scores must get weight exactly 0, and a row with nothing to see must come out 0, not NaN: "
+    "which fill gives exact zeros, and what must happen to a row that is all filled?",
 })
 
 _ANSWERS_SOFTMAX = (fl.attention.attend, fl.attention.attention_weights)  # the package's masked softmax

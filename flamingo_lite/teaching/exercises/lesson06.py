@@ -16,7 +16,7 @@ import torch
 
 from ... import masks
 from ...gated import GatedCrossAttentionBlock
-from . import (Mistake, _same, check_shapes_follow, compare, fail, passed, register_hints, run_learner, run_untouched,
+from . import (Mistake, _same, check_shapes_follow, compare, fail, passed, register_hints, register_nudges, run_learner, run_untouched,
                keep_rng, refuse_the_answer)
 
 DIM, HEADS, DIM_HEAD = 16, 2, 8
@@ -35,6 +35,18 @@ register_hints({
                      "`block.named_parameters()` whose `p.grad` is not None and has a value that is not 0.",
     "06.gate_gradient": "With both gates at 0: z = x, so dL/dz = 2 * (x - target) / x.numel(); and dz/d attn_gate = "
                         "block.attn(x, media, media_locations). Multiply them and `.sum()`.",
+})
+register_nudges({  # a first hint where the full one is the answer: hint(key), then hint(key, 2)
+    "06.init": "The block is two of your earlier layers and two gates: your MaskedCrossAttention (pass the mode on),"
+    " your FeedForward, and for each a gate that is a trainable nn.Parameter starting at 0, closed.",
+    "06.forward": "The pseudo-code of the paper's Fig. 4: each layer's output is scaled by tanh of its gate and added to the "
+    "text stream, the cross-attention first, then the feed-forward on the stream it updated.",
+    "06.slope": "Write tanh(a) = sinh(a) / cosh(a), differentiate with the quotient rule, then write the result with "
+    "tanh(a) alone.",
+    "06.gate_gradient": "The chain rule: dL/d attn_gate adds up dL/dz * dz/d attn_gate over every number. With both gates at "
+    "0, what is z? And what does tanh(attn_gate) multiply in z (the slope of tanh at 0 is 1)?",
+    "06.who_learns": "Clear any old gradients, run one backward pass of a loss through the block, and read which "
+    "parameters got a gradient that is not zero.",
 })
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ...tiny import contrastive
 from ...tiny.contrastive import MAX_LOG_TEMPERATURE, MIN_LOG_TEMPERATURE, CaptionEncoder, ConvVisionEncoder
-from . import ExerciseFailed, Mistake, compare, fail, passed, register_hints, run_learner, run_untouched, keep_rng
+from . import ExerciseFailed, Mistake, compare, fail, passed, register_hints, register_nudges, run_learner, run_untouched, keep_rng
 
 register_hints({
     "07.loss": "Normalise both with `F.normalize(x, dim=-1)`; the temperature is "
@@ -29,6 +29,13 @@ register_hints({
     "07.step": "Embed the pictures with `vision.embed(batch['images'].to(log_temperature.dtype))` and the captions with "
                "`text(batch['tokens'])`, take your loss, then `optimizer.zero_grad()`, `loss.backward()`, "
                "`optimizer.step()`, and return `loss.item()`.",
+})
+register_nudges({  # a first hint where the full one is the answer: hint(key), then hint(key, 2)
+    "07.loss": "CLIP's loss: every picture against every caption, cosine similarity divided by the learned "
+    "temperature, a (B, B) table whose diagonal holds the true pairs; score it both ways, pictures to "
+    "captions and captions to pictures, and average.",
+    "07.step": "One optimisation step: an embedding per picture and per caption, your loss, then the optimizer's "
+    "three usual calls in their usual order; return the loss as a Python number.",
 })
 
 

@@ -28,7 +28,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from ...tiny import data as shapes_data
 from ...tiny import training
 from ...tiny.model import Flamingo, FlamingoConfig
-from . import Mistake, compare, fail, passed, register_hints, run_learner, keep_rng, refuse_the_answer
+from . import Mistake, compare, fail, passed, register_hints, register_nudges, run_learner, keep_rng, refuse_the_answer
 
 register_hints({
     "09.loss": "The prediction at position i is for token i+1: take `logits[:, :-1]` and `tokens[:, 1:]`, flatten "
@@ -55,6 +55,15 @@ register_hints({
                      "`abs(gates[layer]) > threshold`; after the loop return None.",
     "09.format": "`caption.split()`: 3 words `a COLOUR SHAPE` is colour first, 4 words `a SHAPE in COLOUR` is shape "
                  "first; check each word against `shapes_data.COLOURS` / `shapes_data.SHAPES`.",
+})
+register_nudges({  # a first hint where the full one is the answer: hint(key), then hint(key, 2)
+    "09.loss": "Next-token prediction: the logits at position i predict token i+1, so line the two up with a shift "
+    "of one; padding targets must not count, in the sum or in the mean.",
+    "09.greedy": "Decode one token at a time: run the model on the ids so far, take the most likely next token, append"
+    " it, and stop after <eoc> or after max_new_tokens tokens.",
+    "09.loop": "Lesson 07's loop with Flamingo's pieces: freeze the pretrained parts, train mode, AdamW over your "
+    "parameter groups with the cosine schedule, batches from a seeded shuffle, and a log of the loss and "
+    "both gates; eval mode at the end.",
 })
 
 
