@@ -12,19 +12,19 @@ def fails(check, fn, match):
         check(fn)
 
 
-def stub(*args):
+def stub(*args, **kwargs):
     raise NotImplementedError
 
 
-def prompt_solution(support_classes, names, tokenizer):
+def prompt_solution(support_classes, names, tokenizer, word="is"):
     words = []
     for c in support_classes:
-        words += ["<image>", "is", fewshot.NAMES[names[c]], "<eoc>"]
-    return tokenizer.encode(words + ["<image>", "is"])
+        words += ["<image>", word, fewshot.NAMES[names[c]], "<eoc>"]
+    return tokenizer.encode(words + ["<image>", word])
 
 
 def wrong_prompt(shot, query, order=lambda s: s):
-    def build(support_classes, names, tokenizer):
+    def build(support_classes, names, tokenizer, word="is"):  # the mistakes below write `is` whatever the word
         words = [w for c in order(list(support_classes)) for w in shot(c, names)]
         return tokenizer.encode(words + query)
     return build
@@ -56,9 +56,40 @@ def test_each_prompt_mistake_is_named(wrong, match):
 
 
 def test_a_prompt_that_is_not_ids_or_unknown_is_named():
-    fails(lesson12.check_build_prompt, lambda s, n, t: " ".join(map(str, prompt_solution(s, n, t))), match="list of token ids")
-    fails(lesson12.check_build_prompt, lambda s, n, t: prompt_solution(s, n, t)[:-1] + [0], match="no usual mistake matches")
-    fails(lesson12.check_build_prompt, lambda s, n, t: torch.tensor(prompt_solution(s, n, t)), match="returned a tensor")
+    fails(lesson12.check_build_prompt, lambda s, n, t, word="is": " ".join(map(str, prompt_solution(s, n, t, word))),
+          match="list of token ids")
+    fails(lesson12.check_build_prompt, lambda s, n, t, word="is": prompt_solution(s, n, t, word)[:-1] + [0],
+          match="no usual mistake matches")
+    fails(lesson12.check_build_prompt, lambda s, n, t, word="is": torch.tensor(prompt_solution(s, n, t, word)),
+          match="returned a tensor")
+
+
+def test_a_prompt_that_ignores_the_word_is_named():
+    """The new format: a builder that writes `is` whatever word it is given, or takes no word, is named."""
+    fails(lesson12.check_build_prompt, lambda s, n, t, word="is": prompt_solution(s, n, t),
+          match=r"word='a'\): the prompt is written with `is`, but word='a' was asked")
+    fails(lesson12.check_build_prompt, lambda s, n, t: prompt_solution(s, n, t),
+          match=r"unexpected keyword argument 'word'; give build_prompt a fourth argument, word=fewshot.IS")
+    fails(lesson12.check_build_prompt, lambda s, n, t, word="is": prompt_solution(s, n, t, "a"),
+          match=r"word='is'\): the prompt is written with `a`, but word='is' was asked")
+
+
+def test_evaluate_format_writes_its_prompts_with_the_builder_it_is_given():
+    from flamingo_lite.tiny import heldout
+    from flamingo_lite.tiny.language_model import LMConfig, TinyLM
+
+    tok = fewshot.fewshot_tokenizer()
+    lm = TinyLM(LMConfig(vocab_size=len(tok), max_len=40))
+    episodes = fewshot.make_heldout_episodes(4, seed=0, pool_size=8)
+    seen = []
+
+    def builder(classes, names, tokenizer, word="is"):
+        seen.append(word)
+        return prompt_solution(classes, names, tokenizer, word)
+
+    mine = heldout.evaluate_format(lm, episodes, 2, tok, word="a", lm_only=True, build=builder)
+    theirs = heldout.evaluate_format(lm, episodes, 2, tok, word="a", lm_only=True)
+    assert seen == ["a"] * 4 and mine == theirs
 
 
 def test_a_score_of_the_wrong_shape_says_which_axes():
@@ -68,9 +99,10 @@ def test_a_score_of_the_wrong_shape_says_which_axes():
 
 def test_the_prompt_mistakes_differ_from_the_answer_and_each_other():
     tok = fewshot.fewshot_tokenizer()
-    right = fewshot.build_prompt(lesson12.SUPPORT, lesson12.NAMES_OF_CLASSES, tok)
-    wrongs = [w for _, w in lesson12._prompt_mistakes(lesson12.SUPPORT, lesson12.NAMES_OF_CLASSES)]
-    assert all(w != right for w in wrongs) and len({tuple(w) for w in wrongs}) == len(wrongs)
+    for word in lesson12.WORDS:
+        right = prompt_solution(lesson12.SUPPORT, lesson12.NAMES_OF_CLASSES, tok, word)
+        wrongs = [w for _, w in lesson12._prompt_mistakes(lesson12.SUPPORT, lesson12.NAMES_OF_CLASSES, word)]
+        assert all(w != right for w in wrongs) and len({tuple(w) for w in wrongs}) == len(wrongs) == 7
 
 
 def score_solution(logits, candidate_ids):

@@ -110,7 +110,7 @@ def nearest_support(support: torch.Tensor, query: torch.Tensor) -> int:
 
 def evaluate_format(model, episodes: list[Episode], k: int, tokenizer: Tokenizer, *, word: str = HELDOUT_WORD,
                     seed: int = 0, device=None, grids: list | None = None, lm_only: bool = False,
-                    nearest=nearest_support) -> dict:
+                    nearest=nearest_support, build=None) -> dict:
     """Accuracy of k-shot prompts in the template `<image> WORD NAME <eoc>`, scored by the likelihood of the 16 names.
 
     Returns `scoring` (the model), `knn` (the name of the support picture nearest the query in pooled frozen
@@ -118,7 +118,8 @@ def evaluate_format(model, episodes: list[Episode], k: int, tokenizer: Tokenizer
     answer's name at all) and `prompt_names_guess` (the accuracy of guessing uniformly among the names the prompt
     shows: what a model that has learned only "answer with a name from the prompt" would get). `lm_only`: `model`
     is a `TinyLM` reading the same tokens blind (no `knn`). `nearest(support (k, g, d), query (g, d)) -> int`: the
-    baseline's choice of support picture (lesson 12 plugs the learner's in).
+    baseline's choice of support picture; `build(support_classes, names, tokenizer, word=word) -> ids`: the prompt's
+    token ids, `template_words` encoded when None (lesson 12 plugs the learner's functions in).
     """
     check_non_negative_int("k", k)
     device = get_device(device)
@@ -129,7 +130,10 @@ def evaluate_format(model, episodes: list[Episode], k: int, tokenizer: Tokenizer
     for i, ep in enumerate(episodes):
         chosen = choose_support(ep, k, rng=rng)
         classes = [ep.pool_classes[j] for j in chosen]
-        prompts.append(tokenizer.encode(template_words(classes, ep.names, word)))
+        if build is None:
+            prompts.append(tokenizer.encode(template_words(classes, ep.names, word)))
+        else:
+            prompts.append(list(build(classes, ep.names, tokenizer, word=word)))
         answer = ep.names[ep.query_class]
         answers.append(tokenizer.index[NAMES[answer]])
         prompt_names = {ep.names[c] for c in classes}

@@ -30,9 +30,9 @@ register_hints({
     "12.nearest": "Average each picture's features over its grid cells (`support.mean(dim=1)`, (k, d); "
                   "`query.mean(dim=0)`, (d,)), normalise both with `F.normalize(..., dim=-1)`, then the cosines are one "
                   "matrix-vector product, (k,); return the index of the largest as a Python int, `int(....argmax())`.",
-    "12.prompt": "Start with `words = []`; for each class `c` in `support_classes` add `['<image>', 'is', "
+    "12.prompt": "Start with `words = []`; for each class `c` in `support_classes` add `['<image>', word, "
                  "NAMES[names[c]], '<eoc>']` (the episode's name for that class, not `NAMES[c]`); then add "
-                 "`['<image>', 'is']` for the query and return `tokenizer.encode(words)`.",
+                 "`['<image>', word]` for the query and return `tokenizer.encode(words)`.",
     "12.score": "The prediction for the token after the prompt is at the *last* position: `logits[:, -1]` (b, V). "
                 "Take `log_softmax(dim=-1)` over the whole vocabulary, then the candidates' columns: "
                 "`[:, candidate_ids]` -> (b, C).",
@@ -48,50 +48,64 @@ def _words_prompt(shots, query) -> list:
     return tok.encode([w for shot in shots for w in shot] + query)
 
 
-def _prompt_mistakes(support, names) -> list[tuple[str, list]]:
-    media, is_, eoc = fewshot.MEDIA_TOKEN, fewshot.IS, fewshot.EOC_TOKEN
+WORDS = (fewshot.IS, heldout.HELDOUT_WORD)  # the training template's link, then a new format's
+
+
+def _prompt_mistakes(support, names, word) -> list[tuple[str, list]]:
+    media, eoc = fewshot.MEDIA_TOKEN, fewshot.EOC_TOKEN
     name = lambda c: fewshot.NAMES[names[c]]  # noqa: E731
-    return [
-        ("each support example must end with `<eoc>`: `<image> is NAME <eoc>`, so the model knows where one example "
-         "stops (every training chunk ends with it).",
-         _words_prompt([[media, is_, name(c)] for c in support], [media, is_])),
-        ("the query must end with `is`: the model writes the name right after `<image> is`, so the prompt stops "
-         "there.", _words_prompt([[media, is_, name(c), eoc] for c in support], [media])),
-        ("the query's `<image>` is missing: the prompt ends with `<image> is` for the query picture (its marker is "
-         "what lets the text see it).", _words_prompt([[media, is_, name(c), eoc] for c in support], [is_])),
+    mistakes = [
+        (f"each support example must end with `<eoc>`: `<image> {word} NAME <eoc>`, so the model knows where one "
+         "example stops (every training chunk ends with it).",
+         _words_prompt([[media, word, name(c)] for c in support], [media, word])),
+        (f"the query must end with `{word}`: the model writes the name right after `<image> {word}`, so the prompt "
+         "stops there.", _words_prompt([[media, word, name(c), eoc] for c in support], [media])),
+        (f"the query's `<image>` is missing: the prompt ends with `<image> {word}` for the query picture (its marker "
+         "is what lets the text see it).", _words_prompt([[media, word, name(c), eoc] for c in support], [word])),
         ("the names come from the class index (`NAMES[c]`): use the episode's assignment, `NAMES[names[c]]`; every "
-         "episode binds the names afresh.", _words_prompt([[media, is_, fewshot.NAMES[c], eoc] for c in support], [media, is_])),
-        ("the support examples are written as words (`red circle is NAME`): in this prompt each one is a picture, "
-         "`<image> is NAME <eoc>`, and the model has to see what it shows.",
-         _words_prompt([[*fewshot.class_words(c), is_, name(c), eoc] for c in support], [media, is_])),
+         "episode binds the names afresh.", _words_prompt([[media, word, fewshot.NAMES[c], eoc] for c in support], [media, word])),
+        (f"the support examples are written as words (`red circle {word} NAME`): in this prompt each one is a "
+         f"picture, `<image> {word} NAME <eoc>`, and the model has to see what it shows.",
+         _words_prompt([[*fewshot.class_words(c), word, name(c), eoc] for c in support], [media, word])),
         ("the support examples are in reverse order: keep the order of `support_classes`, which is the order of "
          "the pictures given with the prompt.",
-         _words_prompt([[media, is_, name(c), eoc] for c in reversed(support)], [media, is_])),
+         _words_prompt([[media, word, name(c), eoc] for c in reversed(support)], [media, word])),
     ]
+    for other in WORDS:
+        if other != word:
+            mistakes.append((f"the prompt is written with `{other}`, but word={word!r} was asked: put the word "
+                             f"argument between each picture and its name, `<image> WORD NAME <eoc>`.",
+                             _words_prompt([[media, other, name(c), eoc] for c in support], [media, other])))
+    return mistakes
 
 
 def check_build_prompt(build_prompt) -> list:
-    """Step "12.prompt": the k-shot prompt of a fixed episode, and the 0-shot prompt."""
+    """Step "12.prompt": the k-shot prompt of a fixed episode and the 0-shot prompt, in the training template
+    (`word="is"`) and in a new format (`word="a"`)."""
     tok = fewshot.fewshot_tokenizer()
-    for support in (SUPPORT, []):
-        got = run_learner(build_prompt, list(support), list(NAMES_OF_CLASSES), tok,
-                          what=f"your build_prompt({support}, names, tokenizer)")
-        if isinstance(got, torch.Tensor):
-            fail("your build_prompt returned a tensor: return the list of token ids, `tokenizer.encode(words)` "
-                 "(the evaluation below makes one tensor of all the prompts with `torch.tensor(prompts)`).")
-        if not isinstance(got, (list, tuple)) or not all(isinstance(i, int) for i in got):
-            fail(f"your build_prompt returned {type(got).__name__}: return the list of token ids, "
-                 "`tokenizer.encode(words)`.")
-        want = fewshot.build_prompt(support, NAMES_OF_CLASSES, tok)
-        if list(got) == want:
-            continue
-        for message, wrong in _prompt_mistakes(support, NAMES_OF_CLASSES):
-            if list(got) == wrong:
-                fail(f"your build_prompt({support}, ...): {message}")
-        fail(f"your build_prompt({support}, ...) gives {' '.join(tok.words(got))!r}, expected "
-             f"{' '.join(tok.words(want))!r}; no usual mistake matches, so compare word by word.")
-    passed(f"build_prompt is right: {' '.join(tok.words(want_k := fewshot.build_prompt(SUPPORT, NAMES_OF_CLASSES, tok)))!r} "
-           f"({len(want_k)} tokens for {len(SUPPORT)} shots; 0 shots is just '<image> is').")
+    for word in WORDS:
+        for support in (SUPPORT, []):
+            call = f"your build_prompt({support}, names, tokenizer, word={word!r})"
+            got = run_learner(build_prompt, list(support), list(NAMES_OF_CLASSES), tok, word=word, what=call,
+                              advice={"unexpected keyword argument 'word'": "give build_prompt a fourth argument, "
+                                      "word=fewshot.IS: the word between each picture and its name."})
+            if isinstance(got, torch.Tensor):
+                fail("your build_prompt returned a tensor: return the list of token ids, `tokenizer.encode(words)` "
+                     "(the evaluation below makes one tensor of all the prompts with `torch.tensor(prompts)`).")
+            if not isinstance(got, (list, tuple)) or not all(isinstance(i, int) for i in got):
+                fail(f"your build_prompt returned {type(got).__name__}: return the list of token ids, "
+                     "`tokenizer.encode(words)`.")
+            want = tok.encode(heldout.template_words(support, NAMES_OF_CLASSES, word))
+            if list(got) == want:
+                continue
+            for message, wrong in _prompt_mistakes(support, NAMES_OF_CLASSES, word):
+                if list(got) == wrong:
+                    fail(f"{call}: {message}")
+            fail(f"{call} gives {' '.join(tok.words(got))!r}, expected {' '.join(tok.words(want))!r}; no usual "
+                 "mistake matches, so compare word by word.")
+    want_k = fewshot.build_prompt(SUPPORT, NAMES_OF_CLASSES, tok)
+    passed(f"build_prompt is right: {' '.join(tok.words(want_k))!r} ({len(want_k)} tokens for {len(SUPPORT)} shots; "
+           "0 shots is just '<image> is'), and the same with `a`.")
     return want_k
 
 
