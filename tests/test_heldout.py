@@ -144,5 +144,27 @@ def test_run_fewshot_writes_the_heldout_blocks():
     assert heads["heads"] and heads["attention_heads"] and len(heads["same_class_name_attention"]) == 2
     assert heads["by"] == "effect" and torch.tensor(heads["effect"]).shape == (2, 4)
     assert [tuple(h) for h in heads["heads"]] == ho.heads_by_effect(torch.tensor(heads["effect"]))
+    answered = history["open_ended"]
+    assert answered["num_beams"] == 3 and answered["num_episodes"] == 8 and answered["template"] == "<image> a NAME <eoc>"
+    for curve in ho.OPEN_ENDED_CURVES:
+        assert set(answered[curve]) == {"0", "1", "4"} and all(0.0 <= v <= 1.0 for v in answered[curve].values())
+    assert all(answered["open_ended_curve"][k] <= answered["open_ended_name"][k] for k in ("0", "1", "4"))
+    assert answered["likelihood_curve"] == {k: v for k, v in history["heldout_format"]["curve"].items()}  # all 8 prompts
     capped = fs.run_fewshot(fs.FewShotSetup(**{**setup.__dict__, "media_embedding": "per_media", "max_images": 2}), progress=False)[1]
     assert capped["rule_inference"]["curve"]["4"] is None and capped["rule_inference"]["curve"]["1"] is not None
+    assert capped["open_ended"]["open_ended_curve"]["4"] is None and capped["open_ended"]["open_ended_curve"]["1"] is not None
+
+
+def test_open_ended_answers_agree_with_likelihood_in_the_training_template_and_not_in_the_new_one():
+    """The committed many-links model, 40 prompts at 8 shots: written with `is`, beam search writes the name the
+    likelihood picks, every time; written with `a`, it writes the picture's caption instead (what `<image> a` is
+    followed by in training), so the names likelihood scoring credits there are names the model would not write."""
+    from pathlib import Path
+
+    model, setup = fs.load_model(Path(__file__).resolve().parents[1] / "assets" / "fewshot_many_links.pt")
+    tok = fs.fewshot_tokenizer(setup.links)
+    episodes = fs.make_heldout_episodes(40, seed=0, pool_size=setup.pool_size)
+    trained = ho.open_ended(model, episodes, 8, tok, word=fs.IS)
+    assert trained["name"] == 1.0 and trained["caption"] == 0.0 and trained["exact"] == pytest.approx(trained["likelihood"], abs=0.05)
+    new = ho.open_ended(model, episodes, 8, tok, word=ho.HELDOUT_WORD)
+    assert new["caption"] > 0.9 and new["exact"] < 0.05 and new["likelihood"] > new["exact"]

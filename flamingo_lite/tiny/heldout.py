@@ -161,6 +161,48 @@ def evaluate_format(model, episodes: list[Episode], k: int, tokenizer: Tokenizer
     }
 
 
+OPEN_ENDED_EPISODES = 200  # the first prompts of a curve that are also answered by beam search (each one a search)
+OPEN_ENDED_BEAMS = 3  # the paper's beam size for open-ended evaluation (App. A.2)
+OPEN_ENDED_CURVES = ("open_ended_curve", "likelihood_curve", "open_ended_name", "open_ended_caption")
+
+
+@torch.no_grad()
+def open_ended(model, episodes: list[Episode], k: int, tokenizer: Tokenizer, *, word: str = HELDOUT_WORD, seed: int = 0,
+               num_beams: int = OPEN_ENDED_BEAMS, max_new_tokens: int = 5, device=None) -> dict:
+    """The k-shot prompts of `evaluate_format` (the same support pictures), answered by beam search instead of scored.
+
+    Likelihood scoring ranks the 16 names only, so it credits a name even where the model would write something else;
+    here the model writes freely, as the paper's open-ended evaluations do ("beam search for decoding", Sec. 2.5;
+    beam 3, App. A.2), until `<eoc>`. Returns the shares of prompts whose answer is `exact` (the query's name, then
+    `<eoc>`), begins with any of the 16 names (`name`), or is a caption of the picture instead (`caption`, a colour
+    and a shape as `<image> a red circle` has them), and `likelihood`, the scoring accuracy on the same prompts.
+    """
+    from .generation import generate  # generation builds on the model, not on the evaluation
+
+    check_non_negative_int("k", k)
+    check_positive_int("num_beams", num_beams)
+    device = get_device(device)
+    rng = np.random.default_rng([seed, k, 20])  # evaluate_format's stream: the same support, prompt by prompt
+    name_ids = {tokenizer.index[name] for name in NAMES}
+    exact, named, captioned = [], [], []
+    for ep in episodes:
+        chosen = choose_support(ep, k, rng=rng)
+        classes = [ep.pool_classes[j] for j in chosen]
+        prompt = torch.tensor([tokenizer.encode(template_words(classes, ep.names, word))], device=device)  # (1, n)
+        images = torch.cat([ep.pool_images[chosen], ep.query_image[None]])[None].to(device)  # (1, k+1, 3, H, W)
+        out = generate(model, prompt, images, max_new_tokens=max_new_tokens, eoc_id=tokenizer.eoc_id, num_beams=num_beams)
+        written = out[0, prompt.shape[1]:].tolist()  # the answer, `<eoc>` included when it was written
+        answer = tokenizer.index[NAMES[ep.names[ep.query_class]]]
+        exact.append(written[:2] == [answer, tokenizer.eoc_id])
+        named.append(bool(written) and written[0] in name_ids)
+        words = tokenizer.words(written[:-1] if written and written[-1] == tokenizer.eoc_id else written)
+        colour, shape = CLASSES[ep.query_class]
+        captioned.append(words in ([colour, shape], [shape, "in", colour]))
+    scored = evaluate_format(model, episodes, k, tokenizer, word=word, seed=seed, device=device)
+    return {"exact": float(np.mean(exact)), "name": float(np.mean(named)), "caption": float(np.mean(captioned)),
+            "likelihood": scored["scoring"]}
+
+
 @torch.no_grad()
 def name_attention(model, episodes: list[Episode], tokenizer: Tokenizer, *, k: int = 8, seed: int = 5, device=None) -> torch.Tensor:
     """Where the query's last token looks, per LM layer and head: (layers, h, 2), the mean attention on the names of
@@ -250,7 +292,8 @@ def heldout_curves(model, tokenizer: Tokenizer, shots, *, num_episodes: int = 50
                    device=None, max_media: int | None = None) -> dict:
     """The held-out-format and rule-inference curves with every baseline, and the induction heads they ablate.
 
-    Returns {"heldout_format": block, "rule_inference": block, "induction_heads": {...}}, each block holding the
+    Returns {"heldout_format": block, "rule_inference": block, "induction_heads": {...}, "open_ended": {...}} (the
+    last: the held-out format's first `OPEN_ENDED_EPISODES` prompts answered by beam search, `open_ended`), each block holding the
     `CURVES`, keyed by str(k), and the chance level; k with k + 1 > `max_media` pictures (a per-image embedding's
     cap) map to None. The heads zeroed in `head_ablated_curve` are picked by their effect on the held-out format
     (`head_effects` on calibration episodes apart from the scored ones); those in `attention_head_ablated_curve` by
@@ -271,6 +314,15 @@ def heldout_curves(model, tokenizer: Tokenizer, shots, *, num_episodes: int = 50
                                "same_class_name_attention": share[..., 0].tolist(),
                                "other_name_attention": share[..., 1].tolist()}}
     tasks = {"heldout_format": (naming, HELDOUT_WORD), "rule_inference": (make_rule_episodes(num_episodes, seed=seed, pool_size=pool_size), IS)}
+    # the held-out format's first prompts, answered by beam search beside likelihood scoring
+    answered = {"template": f"{MEDIA_TOKEN} {HELDOUT_WORD} NAME {EOC_TOKEN}", "num_beams": OPEN_ENDED_BEAMS,
+                "num_episodes": min(OPEN_ENDED_EPISODES, len(naming)), **{curve: {} for curve in OPEN_ENDED_CURVES}}
+    for k in shots:
+        fits = max_media is None or k + 1 <= max_media
+        got = open_ended(model, naming[:OPEN_ENDED_EPISODES], k, tokenizer, seed=seed, device=device) if fits else {}
+        for curve, key in zip(OPEN_ENDED_CURVES, ("exact", "likelihood", "name", "caption")):
+            answered[curve][str(k)] = got.get(key)
+    out["open_ended"] = answered
     for key, (episodes, word) in tasks.items():
         grids = episode_grids(model, episodes, device=device)
         block = {"curve": {}, "chance": 1.0 / len(NAMES), "knn_curve": {}, "lm_only_curve": {}, "head_ablated_curve": {},
