@@ -4,6 +4,7 @@ beside their baselines, with issue 20's targets checked on each seed.
     python benchmarks/heldout.py                                  # train and evaluate seeds 0 1 2 (about 4 min each)
     python benchmarks/heldout.py --config many_links              # training episodes with 9 links (8 words or none), not 1
     python benchmarks/heldout.py --model assets/fewshot_model.pt  # evaluate a saved model (its own seed) only
+    python benchmarks/heldout.py --config many_links --model assets/fewshot_many_links.pt
     python benchmarks/heldout.py --report-only                    # the table from benchmarks/results/heldout.json
     python benchmarks/heldout.py --config many_links --seeds 0 --save-model assets/fewshot_many_links.pt
 
@@ -37,6 +38,8 @@ CONFIGS = {
     "many_links": {"links": MANY_LINKS},  # one of 9 links per episode ("" for none), never `a`: --many-links
 }
 TASKS = ("heldout_format", "rule_inference")
+OPEN_ENDED = (("open_ended_curve", "writes the name, then `<eoc>`"), ("likelihood_curve", "likelihood scoring, the same prompts"),
+              ("open_ended_name", "writes a name first"), ("open_ended_caption", "writes the picture's caption instead"))
 CURVES = (("curve", "Flamingo"), ("knn_curve", "nearest neighbour"), ("lm_only_curve", "LM alone, no pictures"),
           ("head_ablated_curve", "induction head(s) zeroed, picked by effect"),
           ("attention_head_ablated_curve", "head(s) zeroed, picked by attention"), ("in_support", "answer's name in the prompt"),
@@ -75,14 +78,15 @@ def write_table(results: dict, path: Path) -> None:
              "colour-shape combination is never among the support pictures (`flamingo_lite/tiny/heldout.py`).", "",
              f"Machine: {results.get('machine', '?')}", ""]
     lines += ["## At 16 shots, every seed", "",
-              "| config | seed | training template | held-out format | nearest neighbour | head(s) by effect zeroed "
-              "| head(s) by attention zeroed | rule inference | its nearest neighbour | targets met |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| config | seed | training template | held-out format | held-out format, written (beam 3) | nearest neighbour "
+              "| head(s) by effect zeroed | head(s) by attention zeroed | rule inference | its nearest neighbour | targets met |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for config, runs in results["runs"].items():
         for seed, run in sorted(runs.items(), key=lambda kv: int(kv[0])):
             held, rule = run["heldout_format"], run["rule_inference"]
             met = sum(ok for _, ok in targets(run))
-            lines.append(f"| {config} | {seed} | {fmt(run['shots_curve']['16'])} | {fmt(held['curve']['16'])} | "
+            written = run.get("open_ended", {}).get("open_ended_curve", {}).get("16")
+            lines.append(f"| {config} | {seed} | {fmt(run['shots_curve']['16'])} | {fmt(held['curve']['16'])} | {fmt(written)} | "
                          f"{fmt(held['knn_curve']['16'])} | {fmt(held['head_ablated_curve']['16'])} | "
                          f"{fmt(held.get('attention_head_ablated_curve', {}).get('16'))} | {fmt(rule['curve']['16'])} | "
                          f"{fmt(rule['knn_curve']['16'])} | {met} of {len(targets(run))} |")
@@ -106,6 +110,14 @@ def write_table(results: dict, path: Path) -> None:
                 lines += [f"{task.replace('_', ' ')}, template `{block['template']}`:", "",
                           "| | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
                 lines += [f"| {label} | " + " | ".join(fmt(block[key][k]) for k in ks) + " |" for key, label in CURVES if key in block]
+                lines.append("")
+            answered = run.get("open_ended")
+            if answered:
+                ks = list(answered["open_ended_curve"])
+                lines += [f"open-ended, template `{answered['template']}`, the first {answered['num_episodes']} prompts "
+                          f"answered by beam search (beam {answered['num_beams']}, App. A.2) until `<eoc>`:", "",
+                          "| | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+                lines += [f"| {label} | " + " | ".join(fmt(answered[key][k]) for k in ks) + " |" for key, label in OPEN_ENDED]
                 lines.append("")
             found = run["induction_heads"]
             named = lambda pairs: ", ".join(f"layer {l} head {h}" for l, h in pairs)  # noqa: E731
@@ -149,6 +161,8 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             if args.model is not None:
                 model, setup = load_model(args.model)
+                if setup.links != tuple(CONFIGS[args.config].get("links", FewShotSetup().links)):
+                    parser.error(f"{args.model} was trained with the links {setup.links}, not those of --config {args.config}")
                 run = heldout_curves(model, fewshot_tokenizer(setup.links), setup.shots, num_episodes=setup.num_heldout,
                                      pool_size=setup.pool_size, seed=setup.seed)
                 episodes = make_heldout_episodes(setup.num_heldout, seed=setup.seed, pool_size=setup.pool_size)
@@ -159,9 +173,14 @@ def main(argv=None) -> int:
                 model, history = run_fewshot(FewShotSetup(seed=seed, **CONFIGS[args.config]), progress=False)
                 if args.save_model is not None:
                     save_model(model.cpu(), history, args.save_model)
-                run = {k: history[k] for k in (*TASKS, "induction_heads", "shots_curve", "seconds")}
+                run = {k: history[k] for k in (*TASKS, "induction_heads", "open_ended", "shots_curve", "seconds")}
                 run["source"] = f"trained, {history['seconds']:.0f} s with evaluation"
-            results["runs"].setdefault("default" if args.model is not None else args.config, {})[str(seed)] = run
+            runs = results["runs"].setdefault(args.config, {})
+            recorded = runs.get(str(seed))
+            if args.model is not None and recorded is not None:  # the recorded run's model: keep how it was made
+                run["source"] = f"{recorded['source']}; re-evaluated from {args.model.as_posix()}"
+                run = {**recorded, **run}
+            runs[str(seed)] = run
             args.out.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(args.out, json.dumps(results, indent=1))
             print(f"seed {seed}: held-out format {run['heldout_format']['curve']}, rule inference "
