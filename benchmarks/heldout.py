@@ -3,6 +3,7 @@ beside their baselines, with issue 20's targets checked on each seed.
 
     python benchmarks/heldout.py                                  # train and evaluate seeds 0 1 2 (about 4 min each)
     python benchmarks/heldout.py --config many_links              # training episodes with 9 links (8 words or none), not 1
+    python benchmarks/heldout.py --config colliding_links         # 12 links, 3 of which also begin captions
     python benchmarks/heldout.py --model assets/fewshot_model.pt  # evaluate a saved model (its own seed) only
     python benchmarks/heldout.py --config many_links --model assets/fewshot_many_links.pt
     python benchmarks/heldout.py --report-only                    # the table from benchmarks/results/heldout.json
@@ -29,13 +30,15 @@ sys.path.insert(0, str(ROOT.parent))
 
 from flamingo_lite.files import write_text_atomic  # noqa: E402
 from flamingo_lite.tiny.fewshot import (  # noqa: E402
-    MANY_LINKS, FewShotSetup, fewshot_curve, fewshot_tokenizer, load_model, make_heldout_episodes, run_fewshot, save_model,
+    CAPTION_ARTICLES, COLLIDING_LINKS, MANY_LINKS, FewShotSetup, fewshot_curve, fewshot_tokenizer, load_model, make_heldout_episodes, run_fewshot, save_model,
 )
 from flamingo_lite.tiny.heldout import heldout_curves  # noqa: E402
 
 CONFIGS = {
     "default": {},  # training episodes all `<image> is NAME <eoc>`
     "many_links": {"links": MANY_LINKS},  # one of 9 links per episode ("" for none), never `a`: --many-links
+    # those 9 and the, one, this, which also begin captions: --colliding-links
+    "colliding_links": {"links": COLLIDING_LINKS, "articles": CAPTION_ARTICLES},
 }
 TASKS = ("heldout_format", "rule_inference")
 OPEN_ENDED = (("open_ended_curve", "writes the name, then `<eoc>`"), ("likelihood_curve", "likelihood scoring, the same prompts"),

@@ -305,3 +305,24 @@ def test_links_vary_the_template_per_episode_and_keep_it_through_the_episode():
     assert fs.fewshot_tokenizer((fs.IS, "in", "of", "")).vocab == TOK.vocab + ["of"]  # only new words are added, at the end
     with pytest.raises(ValueError, match="links must be a non-empty tuple"):
         fs.make_training_data(4, links=())
+
+
+def test_articles_draw_a_first_word_per_caption_that_a_link_may_share():
+    """With --colliding-links a caption begins with one of `a`, `the`, `one`, `this`, drawn per caption, and those
+    three are also links: after `<image> the` a caption follows in one sequence and a name in another."""
+    tok = fs.fewshot_tokenizer(fs.COLLIDING_LINKS)
+    data = fs.make_training_data(300, seed=4, tokenizer=tok, links=fs.COLLIDING_LINKS, articles=fs.CAPTION_ARTICLES)
+    firsts = set()
+    for i in range(len(data)):
+        if data.kinds[i] == "caption":
+            words = [w for w in tok.words(data.tokens[i]) if w != fs.PAD_TOKEN]
+            firsts |= {words[j + 1] for j, w in enumerate(words[:-1]) if w == fs.MEDIA_TOKEN}
+    assert firsts == set(fs.CAPTION_ARTICLES)  # every article begins some caption, and nothing else does
+    assert set(fs.ARTICLES) <= set(fs.COLLIDING_LINKS) and "a" not in fs.COLLIDING_LINKS
+    assert torch.equal(fs.make_training_data(100, seed=1).tokens,
+                       fs.make_training_data(100, seed=1, articles=("a",)).tokens)  # one article: no extra draw
+    with pytest.raises(ValueError, match="FewShotSetup.articles"):
+        fs.FewShotSetup(articles=("the",))  # not a link of this setup, so not in its vocabulary
+    assert fs.FewShotSetup(links=fs.COLLIDING_LINKS, articles=fs.CAPTION_ARTICLES).articles == fs.CAPTION_ARTICLES
+    with pytest.raises(ValueError, match="articles must be a non-empty tuple"):
+        fs.make_training_data(4, articles=("",))

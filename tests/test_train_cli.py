@@ -233,7 +233,9 @@ def test_the_model_and_the_history_are_both_written_when_they_can_be(tmp_path, f
 def test_shots_beyond_the_pool_and_a_save_model_without_fewshot_are_refused_before_any_work(tmp_path, fake_fewshot, fake_training, capsys):
     for argv, message in [(["--task", "fewshot", "--shots", "0,4,49"], "in [0, 48]"),
                           (["--save-model", str(tmp_path / "m.pt")], "--save-model is for --task fewshot"),
-                          (["--many-links"], "--many-links is for --task fewshot")]:
+                          (["--many-links"], "--many-links is for --task fewshot"),
+                          (["--colliding-links"], "--colliding-links is for --task fewshot"),
+                          (["--task", "fewshot", "--many-links", "--colliding-links"], "without --many-links")]:
         with pytest.raises(SystemExit) as refused:
             cli.main(["--out", str(tmp_path / "x.json"), *argv])
         assert refused.value.code == 2 and message in capsys.readouterr().err
@@ -247,8 +249,9 @@ def test_many_links_trains_on_the_nine_links(monkeypatch):
 
     seen = []
     monkeypatch.setattr(fs, "run_fewshot", lambda setup, **kw: seen.append(setup) or (None, {"config": {}, "shots_curve": {}, "chance": 1 / 16, "seconds": 0.0}))
-    for argv, links in ((["--many-links"], fs.MANY_LINKS), ([], (fs.IS,))):
+    for argv, links, articles in ((["--many-links"], fs.MANY_LINKS, ("a",)), ([], (fs.IS,), ("a",)),
+                                  (["--colliding-links"], fs.COLLIDING_LINKS, fs.CAPTION_ARTICLES)):
         args = cli.build_parser().parse_args(["--task", "fewshot", "--out", "x.json", *argv])
         fs.run_from_command_line(args, ["--task", "fewshot", *argv])
-        assert seen[-1].links == links
+        assert (seen[-1].links, seen[-1].articles) == (links, articles)
     assert len(fs.MANY_LINKS) == 9 and "a" not in fs.MANY_LINKS and "" in fs.MANY_LINKS

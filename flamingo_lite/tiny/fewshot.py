@@ -62,6 +62,12 @@ TEXT_TASK_SHOTS = 8  # the text task that measures the language model (and its f
 LINK_WORDS = ("of", "as", "to", "on", "at", "by")  # more words a training episode may put between a picture and its name
 # `--many-links`: one of these per training episode ("" for none), never the held-out template's `a`
 MANY_LINKS = (IS, "in", "", *LINK_WORDS)
+# `--colliding-links`: links that are also the first word of some captions (`<image> the red circle <eoc>`), so after
+# `<image> the` a caption follows in one sequence and a name in another, and only the sequence says which, as
+# after `<image> a` in the held-out template; `a` itself is still never a link
+ARTICLES = ("the", "one", "this")
+COLLIDING_LINKS = (*MANY_LINKS, *ARTICLES)
+CAPTION_ARTICLES = ("a", *ARTICLES)  # the first word of a caption in that config, one drawn per caption
 
 
 def fewshot_tokenizer(links: tuple = (IS,)) -> Tokenizer:
@@ -145,6 +151,7 @@ def make_training_data(
     text_only: bool = False,
     tokenizer: Tokenizer | None = None,
     links: tuple = (IS,),
+    articles: tuple = ("a",),
 ) -> FewShotData:
     """Interleaved training sequences, deterministic from `seed` (see the module doc).
 
@@ -153,15 +160,19 @@ def make_training_data(
     `links`: the words an episode may put between a picture and its name, one drawn per episode and kept through
     it (`<image> is dax`, `<image> in dax`, `""`: `<image> dax`); with one link no draw is made, so the default
     data are the same as without the argument.
+    `articles`: the first word of a caption, one drawn per caption (`<image> the red circle <eoc>`); with one, no
+    draw is made, as for `links`.
     """
     num_sequences = check_positive_int("num_sequences", num_sequences)
     check_positive_int("max_images", max_images)
     check_positive_int("max_shots", max_shots)
     if max_images < 2:
         raise ValueError(f"max_images must be at least 2 (a support picture and the query), got {max_images}")
-    links = tuple(links)
+    links, articles = tuple(links), tuple(articles)
     if not links or any(not isinstance(w, str) for w in links):
         raise ValueError(f"links must be a non-empty tuple of words (\"\" for none), got {links!r}")
+    if not articles or any(not isinstance(w, str) or not w for w in articles):
+        raise ValueError(f"articles must be a non-empty tuple of words, got {articles!r}")
     for name, p in (("p_all_picture", p_all_picture), ("p_caption", p_caption), ("p_next", p_next)):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{name} must lie in [0, 1], got {p}")
@@ -177,7 +188,10 @@ def make_training_data(
             words = []
             for _ in range(int(rng.integers(1, max_images + 1))):
                 c = int(rng.integers(len(CLASSES)))
-                words += [MEDIA_TOKEN, *caption_words(*CLASSES[c]), EOC_TOKEN]
+                caption = caption_words(*CLASSES[c])  # ['a', 'red', 'circle']
+                if len(articles) > 1:
+                    caption[0] = articles[int(rng.integers(len(articles)))]
+                words += [MEDIA_TOKEN, *caption, EOC_TOKEN]
                 pictures.append(c)
         else:
             kinds.append("episode")
@@ -441,13 +455,17 @@ class FewShotSetup:
     log_every: int = 25
     shots: tuple = (0, 1, 2, 4, 8, 16, 32)
     links: tuple = (IS,)  # the words between a picture and its name in training, one per episode (make_training_data)
+    articles: tuple = ("a",)  # the first word of a caption in training, one per caption (make_training_data)
 
     def __post_init__(self):  # every number in range, named, before any work
-        self.links = tuple(self.links)
-        allowed = set(fewshot_tokenizer().index) | set(LINK_WORDS) | {""}
+        self.links, self.articles = tuple(self.links), tuple(self.articles)
+        allowed = set(fewshot_tokenizer().index) | set(LINK_WORDS) | set(ARTICLES) | {""}
         if not self.links or any(not isinstance(w, str) or w not in allowed for w in self.links):
-            raise ValueError(f"FewShotSetup.links must be words of the few-shot vocabulary or of LINK_WORDS {LINK_WORDS} "
-                             f"(\"\" for none), got {self.links!r}")
+            raise ValueError(f"FewShotSetup.links must be words of the few-shot vocabulary, of LINK_WORDS {LINK_WORDS} "
+                             f"or of ARTICLES {ARTICLES} (\"\" for none), got {self.links!r}")
+        if not self.articles or any(w not in ("a", *self.links) for w in self.articles):
+            raise ValueError(f"FewShotSetup.articles must be 'a' or words of FewShotSetup.links (so that they are in the "
+                             f"vocabulary), got {self.articles!r}")
         for name in ("lm_steps", "lm_batch_size", "steps", "batch_size", "num_train", "num_heldout", "pool_size",
                      "max_shots", "max_images", "log_every"):
             check_positive_int(f"FewShotSetup.{name}", getattr(self, name))
@@ -499,7 +517,7 @@ def run_fewshot(setup: FewShotSetup | None = None, *, device=None, progress: boo
     tok = fewshot_tokenizer(setup.links)
     seed_everything(setup.seed)
     kwargs = dict(max_images=setup.max_images, max_shots=setup.max_shots, p_all_picture=setup.p_all_picture, p_caption=setup.p_caption,
-                  tokenizer=tok, links=setup.links)
+                  tokenizer=tok, links=setup.links, articles=setup.articles)
     text = make_training_data(setup.num_train, seed=setup.seed * 2, text_only=True, **kwargs)
     train = make_training_data(setup.num_train, seed=setup.seed * 2 + 1, p_next=setup.p_next, **kwargs)
     episodes = make_heldout_episodes(setup.num_heldout, seed=setup.seed, pool_size=setup.pool_size)
@@ -545,7 +563,8 @@ def run_fewshot(setup: FewShotSetup | None = None, *, device=None, progress: boo
         train_seconds=train_seconds,
         seconds=time.perf_counter() - start,
         device=str(device),
-        config={"fewshot": {**asdict(setup), "shots": list(setup.shots), "links": list(setup.links)}, "lm_max_len": max_len},
+        config={"fewshot": {**asdict(setup), "shots": list(setup.shots), "links": list(setup.links),
+                            "articles": list(setup.articles)}, "lm_max_len": max_len},
     )
     return model, history
 
@@ -605,6 +624,8 @@ def run_from_command_line(args, argv=None) -> tuple[dict, str, bytes | None]:
         setup = replace(setup, lm_steps=args.lm_steps)
     if getattr(args, "many_links", False):
         setup = replace(setup, links=MANY_LINKS)
+    if getattr(args, "colliding_links", False):
+        setup = replace(setup, links=COLLIDING_LINKS, articles=CAPTION_ARTICLES)
     setup = replace(setup, only_attend_immediate_media=args.only_attend_immediate_media)
     model, history = run_fewshot(setup, device=args.device, progress=args.progress)
     model_file = None if args.save_model is None else model_bytes(model.cpu(), history)

@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="--task fewshot: each training episode links a picture to its name with one of 9 links, 8 words or none, "
         "never the held-out template's `a` (flamingo_lite.tiny.fewshot.MANY_LINKS; benchmarks/HELDOUT.md)",
     )
+    parser.add_argument(
+        "--colliding-links", action="store_true",
+        help="--task fewshot: the 9 links and 3 more, the, one and this, that also begin some captions "
+        "(`<image> the red circle`), so only the sequence says whether a name or a caption follows "
+        "(flamingo_lite.tiny.fewshot.COLLIDING_LINKS; benchmarks/HELDOUT.md)",
+    )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="turn the tqdm progress bars off")
     parser.add_argument(
         "--batch-size", type=positive_int, default=DEFAULTS.batch_size,
@@ -149,6 +155,8 @@ def main(argv=None) -> int:
         parser.error("--save-model is for --task fewshot (the captioning run does not save its model)")
     if args.many_links and args.task != "fewshot":
         parser.error("--many-links is for --task fewshot (the captioning run has no naming episodes)")
+    if args.colliding_links and (args.task != "fewshot" or args.many_links):
+        parser.error("--colliding-links is for --task fewshot, without --many-links (it holds those 9 links and 3 more)")
     paths = check_outputs(parser, {"--out": None if args.out == "-" else args.out, "--save-model": args.save_model})
     try:
         processes = distributed.world_size_from_environment()
