@@ -8,6 +8,7 @@ beside their baselines, with issue 20's targets checked on each seed.
     python benchmarks/heldout.py --config many_links --model assets/fewshot_many_links.pt
     python benchmarks/heldout.py --report-only                    # the table from benchmarks/results/heldout.json
     python benchmarks/heldout.py --config many_links --seeds 0 --save-model assets/fewshot_many_links.pt
+    python benchmarks/heldout.py --config colliding_links --seeds 0 --save-model assets/fewshot_colliding_links.pt
 
 Each seed is `run_fewshot(FewShotSetup(seed=s, **CONFIGS[config]))`, the recipe of `python -m flamingo_lite.train --task fewshot`, whose
 history holds the `heldout_format`, `rule_inference` and `induction_heads` blocks (`flamingo_lite.tiny.heldout`).
@@ -99,8 +100,13 @@ def write_table(results: dict, path: Path) -> None:
               f"{config} --seeds {' '.join(seeds)}`)." for config, seeds in missing.items() if seeds]
     lines += ["", "`many_links` trains on episodes that link a picture to its name with one of 9 links (8 words, or none), drawn per "
               "episode; `a` is never one of them (`python -m flamingo_lite.train --task fewshot --many-links`). It is a first "
-              "step toward the paper's generic data (many formats, Sec. 2.4), not the default. Lesson 12 loads both committed "
-              "models, seed 0 of each: `assets/fewshot_model.pt` (`default`) and `assets/fewshot_many_links.pt` (`many_links`).", ""]
+              "step toward the paper's generic data (many formats, Sec. 2.4), not the default. `colliding_links` adds 3 links, "
+              "`the`, `one` and `this`, that also begin captions, each caption's first word drawn from `a` and those 3 "
+              "(`<image> the red circle <eoc>`), so that after `<image> the` a name follows in some sequences and a caption "
+              "in others and only the sequence says which, as in the held-out format after `<image> a`; `a` is still never "
+              "a link (`--colliding-links`). Lesson 12 loads the three committed models, seed 0 of each: "
+              "`assets/fewshot_model.pt` (`default`), `assets/fewshot_many_links.pt` (`many_links`) and "
+              "`assets/fewshot_colliding_links.pt` (`colliding_links`).", ""]
     lines += [f"- {note}" for note in results.get("notes", [])] + ([""] if results.get("notes") else [])
     for config, runs in results["runs"].items():
         links = CONFIGS.get(config, {}).get("links", ("is",))

@@ -4,8 +4,10 @@
         --save-model assets/fewshot_model.pt
     python -m flamingo_lite.train --task fewshot --seed 0 --many-links --out benchmarks/results/fewshot_many_links.json \\
         --save-model assets/fewshot_many_links.pt
+    python -m flamingo_lite.train --task fewshot --seed 0 --colliding-links --out benchmarks/results/fewshot_colliding_links.json \\
+        --save-model assets/fewshot_colliding_links.pt
 
-The test runs each command (a few minutes on 2 CPU cores) and compares the two models. Training 1500 steps in
+The test runs each command (a few minutes on 2 CPU cores) and compares each pair of models. Training 1500 steps in
 float32 on another x86 CPU (other vector kernels, other summation orders) need not give the same bits, so the
 models are compared by what they do: the same setup, the same shots curve on held-out episodes to within 0.05
 at every k, and gates that opened as far (|tanh(gate)| beyond 0.2, and within 0.15 of each other). A gate's sign is
@@ -27,9 +29,10 @@ import pytest
 from flamingo_lite.tiny import fewshot as fs
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = {  # the committed model, the options of its command, and the training links they give
-    "fewshot_model.pt": ([], (fs.IS,)),
-    "fewshot_many_links.pt": (["--many-links"], fs.MANY_LINKS),
+MODELS = {  # the committed model, the options of its command, and the training links and caption articles they give
+    "fewshot_model.pt": ([], (fs.IS,), ("a",)),
+    "fewshot_many_links.pt": (["--many-links"], fs.MANY_LINKS, ("a",)),
+    "fewshot_colliding_links.pt": (["--colliding-links"], fs.COLLIDING_LINKS, fs.CAPTION_ARTICLES),
 }
 GATE_TOL = 0.15  # about twice the widest gap measured across kernels (0.069)
 
@@ -37,8 +40,8 @@ GATE_TOL = 0.15  # about twice the widest gap measured across kernels (0.069)
 @pytest.mark.parametrize("name", MODELS)
 def test_the_committed_model_loads_and_says_how_it_was_made(name):
     model, setup = fs.load_model(ROOT / "assets" / name)
-    links = MODELS[name][1]
-    assert setup == fs.FewShotSetup(seed=0, log_every=setup.log_every, links=links)  # the command line's defaults, seed 0
+    _, links, articles = MODELS[name]
+    assert setup == fs.FewShotSetup(seed=0, log_every=setup.log_every, links=links, articles=articles)  # the command line's defaults, seed 0
     assert not model.training and not any(p.requires_grad for p in model.lm.parameters())
 
 
