@@ -206,6 +206,8 @@ def add_time(x, table, bug=None):
     if bug == "in place":
         x += table[: x.shape[1]]
         return x
+    if bug == "batch size":
+        return x + table[: x.shape[0]]
     return x + (table[1 : x.shape[1] + 1] if bug == "from 1" else table[:1] if bug == "first" else table[: x.shape[1]])
 
 
@@ -229,6 +231,10 @@ def layers_fn(layers, x, z, bug=None):
             continue
         z = attn(x, z) if bug in ("attn", "both") else attn(x, z) + z
         z = ff(z) if bug in ("ff", "both") else ff(z) + z
+        if bug == "x = z":
+            x = z
+        if bug == "x through ff":
+            x = ff(x) + x
     return z
 
 
@@ -265,7 +271,7 @@ def make_resampler(bug=None, raises=False):
                 table = torch.randn(4, 1, x.shape[-1], generator=g) if table is None else table  # (T, 1, d)
                 x = add_time(x, table, "forgotten" if bug == "forgotten" else None)
             z = repeat(self.latents, "L d -> b t L d", b=x.shape[0], t=x.shape[1])
-            z = layers_fn(self.layers, x, z, bug if bug in ("attn", "ff", "first layer every time") else None)
+            z = layers_fn(self.layers, x, z, bug if bug in ("attn", "ff", "first layer every time", "x = z", "x through ff") else None)
             z = self.dropout(z)  # (b, t, L, d): the identity unless the mistake adds a Dropout
             return z if bug == "norm" else self.norm(z)
 
@@ -273,7 +279,8 @@ def make_resampler(bug=None, raises=False):
 
 
 @pytest.mark.parametrize("bug, named", [("forgotten", "forgotten"), ("first", "embedding 0"), ("from 1", "indexed from 0"),
-                                        ("in place", "changed its input x in place")])
+                                        ("in place", "changed its input x in place"),
+                                        ("batch size", "as many embeddings as there are samples.*x.shape\\[0\\]")])
 def test_03_time_embedding_mistakes(bug, named):
     fails_with(lesson03.check_time_embeddings, lambda x, t: add_time(x, t, bug), match=named)
 
@@ -283,7 +290,9 @@ def test_03_time_embedding_mistakes(bug, named):
                                         ("cloned, then in place", "backward pass .* `z \\+= \\.\\.\\.` changes z in place"),
                                         ("parallel", "both read the same z"), ("detached", "gives the latents no gradient"),
                                         ("detached attention input", "gives the latents a wrong gradient"),
-                                        ("first layer every time", "every pass of the loop ran the first layer")])
+                                        ("first layer every time", "every pass of the loop ran the first layer"),
+                                        ("x = z", "x changed between layers \\(the next layer read the latents"),
+                                        ("x through ff", "x changed between layers \\(the media went through")])
 def test_03_layers_mistakes(bug, named):
     fails_with(lesson03.check_layers, lambda *a: layers_fn(*a, bug=bug), match=named)
 
@@ -292,7 +301,8 @@ def test_03_layers_mistakes(bug, named):
                                         ("attn", "attention's output replaces"), ("ff", "feed-forward's output replaces"),
                                         ("3d", "raised"), ("zero latents", "latents start equal \\(all 0\\)"),
                                         ("dropout", "other numbers in train mode.*dropout \\(Dropout\\)"),
-                                        ("first layer every time", "every pass of the loop ran the first layer")])
+                                        ("first layer every time", "every pass of the loop ran the first layer"),
+                                        ("x = z", "x changed between layers"), ("x through ff", "x changed between layers")])
 def test_03_forward_mistakes(bug, named):
     fails_with(lesson03.check_forward, make_resampler(bug), match=named)
 

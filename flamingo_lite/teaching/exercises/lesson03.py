@@ -59,13 +59,36 @@ def reference_embed(x, media_pos_emb, *, mode="right"):
     return x + media_pos_emb[:t]  # (b, t, n, d)
 
 
+def _name_batch_slice(add_time_embeddings, x, table, what) -> None:
+    """Fail naming a slice by the batch size: it raises for 2 samples of 3 media, and is right when they are equal."""
+    try:
+        add_time_embeddings(x.clone(), table.clone())  # (b, t, n, d)
+    except Exception:  # noqa: BLE001 - it raises here: see whether equal sizes make it right
+        pass
+    else:
+        return  # it failed otherwise (an input changed in place): the caller's verdict stands
+    square = torch.randn(3, 3, 5, 8, generator=torch.Generator().manual_seed(1))  # (b, t, n, d) with b = t
+    try:
+        got = add_time_embeddings(square.clone(), table.clone())  # (b, t, n, d)
+    except Exception:  # noqa: BLE001 - another mistake: the caller reports the first error
+        return
+    if isinstance(got, torch.Tensor) and got.shape == square.shape and torch.allclose(got, reference_embed(square, table), atol=1e-6):
+        fail(f"{what} takes as many embeddings as there are samples: it is right when the batch has as many samples "
+             "as media and raises otherwise. x is (b, t, n, d): the number of media is t = x.shape[1], not "
+             "x.shape[0] or len(x), the batch size.")
+
+
 def check_time_embeddings(add_time_embeddings) -> None:
     """Step 03.embed: `add_time_embeddings(x, media_pos_emb)`, (b, t, n, d) + (T, 1, d) -> (b, t, n, d)."""
     g = torch.Generator().manual_seed(0)
     x, table = torch.randn(2, 3, 5, 8, generator=g), torch.randn(4, 1, 8, generator=g)  # (b, t, n, d), (T, 1, d)
     what = "your add_time_embeddings(x, media_pos_emb)"
-    got = run_untouched(add_time_embeddings, x, table, what=what, names=("x", "media_pos_emb"),
-                        fix="return x + media_pos_emb[:t], a new tensor.")
+    try:
+        got = run_untouched(add_time_embeddings, x, table, what=what, names=("x", "media_pos_emb"),
+                            fix="return x + media_pos_emb[:t], a new tensor.")
+    except ExerciseFailed:
+        _name_batch_slice(add_time_embeddings, x, table, what)
+        raise
     compare(got, reference_embed(x, table), what=what, mistakes=[
         Mistake("time embeddings forgotten", reference_embed(x, table, mode="forgotten"),
                 "nothing was added: the time embeddings are forgotten; add media_pos_emb[:t]."),
@@ -139,14 +162,24 @@ def check_feedforward(feedforward_cls) -> None:
                          "the hidden width is int(dim * mult): use the mult argument, not a fixed 4.")
 
 
-def reference_layers(layers, x, z, *, attn_residual=True, ff_residual=True, parallel=False):
+def reference_layers(layers, x, z, *, attn_residual=True, ff_residual=True, parallel=False, x_becomes=None):
+    """The layers as the paper runs them; the keywords give the usual mistakes. x_becomes: "z" (the next layer
+    reads the latents as its media) or "ff" (the media go through the feed-forward too)."""
     for attn, ff in layers:
         if parallel:  # both blocks read the same z
             z = attn(x, z) + ff(z) + z  # (b, t, L, d)
             continue
         z = attn(x, z) + z if attn_residual else attn(x, z)  # (b, t, L, d)
         z = ff(z) + z if ff_residual else ff(z)  # (b, t, L, d)
+        if x_becomes == "z":
+            x = z  # (b, t, L, d)
+        elif x_becomes == "ff":
+            x = ff(x) + x  # (b, t, n, d)
     return z
+
+
+_X_CHANGED = ("x changed between layers ({how}): only the latents z are updated; every layer attends to the same "
+              "media features x, the resampler's input.")
 
 
 _NO_ATTN_RESIDUAL = "the attention's output replaces the latents: add it to them, z = attn(x, z) + z (the residual)."
@@ -187,6 +220,10 @@ def check_layers(resampler_layers) -> None:
             Mistake("in parallel", reference_layers(layers, x, z, parallel=True),
                     "the attention and the feed-forward both read the same z, side by side: run them in turn, "
                     "z = attn(x, z) + z, then z = ff(z) + z on the new z."),
+            Mistake("x = z", reference_layers(layers, x, z, x_becomes="z"),
+                    _X_CHANGED.format(how="the next layer read the latents as its media, x = z")),
+            Mistake("x through ff", reference_layers(layers, x, z, x_becomes="ff"),
+                    _X_CHANGED.format(how="the media went through the feed-forward too")),
         ])
     cotangent = torch.randn(got.shape, generator=g)  # (b, t, L, d)
     if got.requires_grad:
@@ -220,6 +257,10 @@ def _resampler_mistakes(reference, x):
                 _NO_ATTN_RESIDUAL),
         Mistake("missing residual (feed-forward)", reference.norm(reference_layers(reference.layers, with_emb, z, ff_residual=False)),
                 _NO_FF_RESIDUAL),
+        Mistake("x = z", reference.norm(reference_layers(reference.layers, with_emb, z, x_becomes="z")),
+                _X_CHANGED.format(how="the next layer read the latents as its media, x = z")),
+        Mistake("x through ff", reference.norm(reference_layers(reference.layers, with_emb, z, x_becomes="ff")),
+                _X_CHANGED.format(how="the media went through the feed-forward too")),
     ]
 
 
