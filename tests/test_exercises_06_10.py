@@ -65,7 +65,13 @@ BLOCK_MISTAKES = {
         x + s.ff(x) * s.ff_gate.tanh()),
     "update alone, without the block's input": lambda s, x, m, l: right(s, x, m, l) - x,
     "changed its input x in place \\(an in-place op such as `x \\+= ...`": lambda s, x, m, l: in_place(s, x, m, l),
+    "parameters attn.norm.weight, .*attn.to_out.weight get no gradient": lambda s, x, m, l: detached(s, x, m, l),
 }
+
+
+def detached(self, x, media, loc):
+    x = x + self.attn(x, media, loc).detach() * self.attn_gate.tanh()  # the right numbers; the attention never trains
+    return x + self.ff(x) * self.ff_gate.tanh()
 
 
 def in_place(self, x, media, loc):
@@ -143,6 +149,7 @@ def test_06_exercises():
     fails(lesson06.check_tanh_slope, stub, match="not written yet")
     lesson06.check_tanh_slope(lambda a: 1 - a.tanh() ** 2)
     fails(lesson06.check_tanh_slope, lambda a: 1 - a**2, match="1 - alpha")
+    fails(lesson06.check_tanh_slope, lambda a: 1 - a.tanh_() ** 2, match="changed its input alpha in place.*alpha.tanh_")
     good = block_class(right)
     fails(lesson06.check_params_with_gradient, stub, good, match="not written yet")
 
@@ -179,6 +186,9 @@ def test_06_exercises():
             self.extra = nn.Parameter(torch.zeros(1))
 
     fails(lesson06.check_params_with_gradient, who, Extra, match="not the reference's: run lesson06.check_forward")
+    # a block whose forward detaches the cross-attention: the block is named, not the learner's right function
+    fails(lesson06.check_params_with_gradient, who, block_class(detached),
+          match="your block gives attn.norm.bias, .* no gradient.*your params_with_gradient is not the problem")
 
 
 def test_06_a_gate_that_is_no_parameter_is_named_in_every_check():

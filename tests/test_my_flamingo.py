@@ -564,7 +564,7 @@ def test_a_stand_in_is_there_before_the_sections_that_use_it_run(tmp_path):
 def test_a_cell_that_takes_a_name_from_the_notebook_is_told_the_file_will_not_run_alone(shell, capsys):
     """A section that calls flamingo_lite (or any name the notebook has and the file does not) runs in the notebook,
     but the file, which imports only torch and einops, would raise NameError on its own: the magic says so."""
-    assert shell.run_cell("import flamingo_lite as fl").success
+    assert shell.run_cell("import flamingo_lite as fl\nfrom torch import nn").success
     capsys.readouterr()
     assert shell.run_cell("%%my_flamingo\nclass MyBlock(nn.Module):\n    def __init__(self, dim):\n"
                           "        super().__init__()\n        self.ff = fl.FeedForward(dim)\n").success
@@ -573,6 +573,20 @@ def test_a_cell_that_takes_a_name_from_the_notebook_is_told_the_file_will_not_ru
     assert shell.run_cell("%%my_flamingo\ndef helper(x):\n    return torch.tanh(x)\n").success  # torch: the file's own
     assert shell.run_cell("%%my_flamingo\ndef twice(x):\n    y = helper(x)\n    return [v for v in (y, y)]\n").success  # helper: an earlier section
     assert "note:" not in capsys.readouterr().out
+
+
+def test_a_cell_built_on_an_earlier_lessons_stand_in_is_told_there_is_nothing_to_do(shell, capsys):
+    """A learner who skipped lesson 05 builds lesson 06's block on flamingo_lite's cross-attention, which the setup
+    put in the notebook as MyMaskedCrossAttention: the note says the file is complete once that lesson is done,
+    not that this cell is wrong."""
+    assert shell.run_cell("from torch import nn").success
+    shell.user_ns["MyMaskedCrossAttention"] = fl.MaskedCrossAttention  # what the setup cell puts in its place
+    capsys.readouterr()
+    assert shell.run_cell("%%my_flamingo\nclass MyBlock(nn.Module):\n    def __init__(self, dim):\n"
+                          "        super().__init__()\n        self.attn = MyMaskedCrossAttention(dim=dim)\n").success
+    out = capsys.readouterr().out
+    assert "note: this cell runs here on flamingo_lite's MyMaskedCrossAttention" in out
+    assert "nothing to do in this lesson" in out and "will not run on its own" not in out
 
 
 def test_the_courses_own_cells_take_nothing_from_the_notebook():

@@ -285,8 +285,14 @@ def _magic(line: str, cell: str):
     sections = parse(path.read_text(encoding="utf-8")) if path.exists() else []
     defined = preamble_names() | {n for section in sections for n in section.names}
     outside = outside_names(clean_source(cell), defined)
-    if outside:
-        print(f"note: this cell uses {', '.join(outside)} from the notebook, which {path.name} neither defines nor "
+    earlier = [n for n in outside if n in FALLBACKS]  # an earlier lesson's module, not written yet: a stand-in runs
+    other = [n for n in outside if n not in FALLBACKS]
+    if earlier:
+        print(f"note: this cell runs here on flamingo_lite's {', '.join(earlier)} (the setup cell said so), which "
+              f"{path.name} does not have yet; nothing to do in this lesson: the file runs on its own once you have "
+              "written them in their own lessons.")
+    if other:
+        print(f"note: this cell uses {', '.join(other)} from the notebook, which {path.name} neither defines nor "
               "imports (it imports only torch and einops), so the file will not run on its own: write it from torch "
               "and einops, or define it in a %%my_flamingo cell.")
     # what the file now holds: a check marks its section only while the name is still this cell's definition

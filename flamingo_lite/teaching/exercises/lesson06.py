@@ -198,6 +198,7 @@ def check_forward(block_class) -> None:
         if isinstance(got, torch.Tensor) and not any(_same(got.float(), v.float(), 1e-5, 1e-4) for v in variants.values()):
             _check_sublayers(mine, reference, (x, media, media_locations))  # no mistake of the block's own: a sub-layer's?
         compare(got, variants["right"], what=what, mistakes=mistakes)
+        _check_gradients(mine, reference, (x, media, media_locations), what)
     closed = run_learner(block_class, dim=DIM, dim_head=DIM_HEAD, heads=HEADS, what="building your block")
     for gate in ("attn_gate", "ff_gate"):
         value = getattr(closed, gate, None)
@@ -213,6 +214,16 @@ def check_forward(block_class) -> None:
              "output (tanh(0) = 0), and nothing else may be added.")
     passed("your GatedCrossAttentionBlock, constructor and forward, matches the reference in both modes, and is the "
            "identity with closed gates.")
+
+
+def _check_gradients(mine, reference, inputs, what) -> None:
+    """With the gates open every parameter trains: a backward pass through the learner's block gives each one the
+    reference's gradient (a .detach() or torch.no_grad() in forward gives the right numbers and trains nothing)."""
+    from ..checker import _gradient_problem  # the checker imports the layers; keep this module light to import
+
+    problem = _gradient_problem(mine, reference, what, "the reference", inputs, 0, 1e-5, 1e-4)
+    if problem is not None:
+        fail(problem.message.removeprefix("✗ "))
 
 
 def _shape_advice(name: str) -> str:
@@ -243,7 +254,8 @@ def check_tanh_slope(tanh_slope) -> None:
     alpha.tanh().sum().backward()
     a = alpha.detach()
     with torch.no_grad():
-        got = run_learner(tanh_slope, a.clone(), what="your tanh_slope(alpha)", advice=_AUTOGRAD)
+        got = run_untouched(tanh_slope, a, what="your tanh_slope(alpha)", names=("alpha",), advice=_AUTOGRAD,
+                            fix="write `alpha.tanh()`, not `alpha.tanh_()`, which makes a new tensor.")
     mistakes = [
         Mistake("no tanh", 1 - a**2, "this is 1 - alpha^2: the slope is 1 - tanh(alpha)^2, square `alpha.tanh()`."),
         Mistake("tanh itself", a.tanh(), "this is tanh(alpha) itself, not its slope 1 - tanh(alpha)^2."),
@@ -275,6 +287,22 @@ def _learning(block, inputs) -> list:
              "names what differs.")
     reference(*inputs).pow(2).mean().backward()
     return sorted(n for n, p in reference.named_parameters() if p.grad is not None and bool((p.grad != 0).any()))
+
+
+def _check_block_learns(block, inputs, want) -> None:
+    """The learner's block itself gives gradient to what the reference's would: if not, the block is what is wrong,
+    and the learner's params_with_gradient is not blamed for it."""
+    own = copy.deepcopy(block)  # its gradients are the check's, not the learner's
+    own.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        run_learner(lambda: own(*inputs).pow(2).mean().backward(), what="a backward pass through your block")
+    learning = sorted(n for n, p in own.named_parameters() if p.grad is not None and bool((p.grad != 0).any()))
+    missing = [n for n in want if n not in learning]
+    if missing:
+        fail(f"with attn_gate opened, your block gives {', '.join(missing)} no gradient, where the reference's "
+             "forward would: your block's forward cuts autograd (a .detach() or torch.no_grad()?), so those weights "
+             "would never train. Run lesson06.check_forward(MyGatedCrossAttentionBlock), which names it; your "
+             "params_with_gradient is not the problem.")
 
 
 def _measured(params_with_gradient, block, inputs, want) -> list:
@@ -309,6 +337,7 @@ def check_params_with_gradient(params_with_gradient, block_class) -> list:
     with torch.no_grad():
         fresh.attn_gate.fill_(0.5)
     want = _learning(fresh, inputs)
+    _check_block_learns(fresh, inputs, want)
     opened = _measured(params_with_gradient, fresh, inputs, want)
     if "attn.to_q.weight" not in opened:
         fail("with attn_gate opened, the cross-attention's weights must get a gradient too: does your function run a "
