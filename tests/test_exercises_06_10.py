@@ -620,6 +620,18 @@ def test_08_loss_a_mean_over_every_position_and_logits_not_flattened_are_named()
         return torch.stack(losses).mean()
 
     fails(lesson09.check_loss, per_sequence, match=r"a mean of each sequence's mean: a short sequence's tokens")
+
+    def mask_from_inputs(lg, tk, p=0):  # the padding mask read one place early, from the inputs
+        per_token = F.cross_entropy(lg[:, :-1].transpose(1, 2), tk[:, 1:], reduction="none")  # (b, n-1)
+        real = (tk[:, :-1] != p).float()
+        return (per_token * real).sum() / real.sum()
+
+    fails(lesson09.check_loss, mask_from_inputs, match=r"padding mask is taken from the inputs \(`tokens\[:, :-1\]`\)")
+
+    def off_by_a_bit(lg, tk, p=0):  # matches no usual mistake: the verdict gives both numbers, no index of a scalar
+        return F.cross_entropy(lg[:, :-1].reshape(-1, lg.shape[-1]), tk[:, 1:].reshape(-1), ignore_index=p) + 0.1
+
+    fails(lesson09.check_loss, off_by_a_bit, match=r"gives \d+\.\d+, the answer is \d+\.\d+; no usual mistake matches")
     fails(lesson09.check_loss, lambda lg, tk, p=0: F.cross_entropy(lg[:, :-1], tk[:, 1:], ignore_index=p),
           match=r"raised RuntimeError: Expected target size.*not flattened.*reshape\(-1, V\)")
 
@@ -679,6 +691,14 @@ def test_08_greedy():
     fails(lesson09.check_greedy, lambda *a, **k: greedy_08(*a, **k, stop=False), match="does not stop at <eoc>")
     fails(lesson09.check_greedy, lambda *a, **k: greedy_08(*a, **k, feed=False), match="repeats")
     fails(lesson09.check_greedy, lambda *a, **k: greedy_08(*a, **k, position=0), match="wrong position")
+    fails(lesson09.check_greedy, lambda *a, **k: greedy_08(*a, **k, feed=False),
+          match="repeats its first word: the model gets the same input at every step; append")
+
+    def prompt_end(model, prompt, images, **kw):  # appends, but reads the prompt's last position every step
+        return greedy_08(model, prompt, images, **kw, position=len(prompt) - 1)
+
+    fails(lesson09.check_greedy, prompt_end,
+          match=r"repeats its first word though the input grows: it reads the same position.*`logits\[0, -1\]`")
     for pictures, shape in (("first", r"\(1, 1, 3, 16, 16\)"), ("no batch axis", r"\(2, 3, 16, 16\)")):  # right with one picture
         fails(lesson09.check_greedy, lambda *a, **k: greedy_08(*a, **k, pictures=pictures),
               match=f"raised ValueError: the model got images of shape {shape}, not \\(1, t, 3, H, W\\) = \\(1, 2, 3, 16, 16\\)")
@@ -880,6 +900,25 @@ def test_09_train_loop_names_locations_eval_zero_grad_order_decay_and_loss_after
           match=r"the loss is computed again after the update")
     fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, order_every_step=True),
           match=r"a new random order is drawn at every step")
+
+
+def test_09_train_loop_blames_a_freeze_that_took_the_new_parts_too():
+    """A freeze_pretrained that freezes the whole model: backward (groups with empty lists) or AdamW (no parameters)
+    raises, and the verdict points back at the freeze, not only at torch's words."""
+    def frozen_through(model, data, *, one_list=False, **kw):
+        model.requires_grad_(False).train()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        groups = trainable if one_list else [{"params": trainable, "weight_decay": 0.5}, {"params": [], "lr": 0.05}]
+        optimizer = torch.optim.AdamW(groups, lr=kw["lr"])
+        part = data[torch.arange(kw["batch_size"])]
+        loss = lesson09.training.next_token_loss(model(part.tokens, part.images), part.tokens)
+        loss.backward()
+        optimizer.step()
+
+    for one_list, torch_words in ((False, "does not require grad"), (True, "empty parameter list")):
+        fails(lesson09.check_train_loop, lambda *a, **k: frozen_through(*a, **k, one_list=one_list),
+              match=f"{torch_words}.*\\nNo parameter of the model trains after your freeze_pretrained.*resampler "
+                    r"and the gated blocks were frozen with the rest.*check_freeze")
 
 
 def test_09_train_loop_keeps_the_global_random_numbers():

@@ -599,3 +599,22 @@ def test_the_courses_own_cells_take_nothing_from_the_notebook():
             if cell.cell_type == "code" and cell.source.startswith("%%my_flamingo"):
                 body = my_file.clean_source(cell.source.split("\n", 1)[1])
                 assert my_file.outside_names(body, defined) == [], (lesson.name, body[:80])
+
+
+def test_a_long_cell_is_warned_of_code_whose_check_failed(shell, checked, capsys):
+    """Lesson 09's 800-step training runs the learner's loop: when its check failed, the cell says so before the
+    wait, names the failed ones only, and says nothing once the check passes."""
+    capsys.readouterr()
+    assert my_file.warn_failed("first", "second", what="the training") == ()
+    assert capsys.readouterr().out == ""
+    shell.user_ns["verdicts"]["first"] = "fail"
+    assert isinstance(shell.run_cell("check_it(first)").error_in_exec, ExerciseFailed)
+    capsys.readouterr()
+    assert my_file.warn_failed("first", "second", what="the training") == ("first",)
+    out = capsys.readouterr().out
+    assert out.startswith("note: your first failed its check when last run, and the training uses it as it is: fix the cell")
+    assert "second" not in out
+    assert my_file.failed_checks("first", lesson="06") == ()  # another lesson's sections are not this one's
+    del shell.user_ns["verdicts"]["first"]
+    assert shell.run_cell("check_it(first)").success
+    assert my_file.warn_failed("first", "second") == ()

@@ -43,7 +43,7 @@ from ..files import write_text_atomic
 
 __all__ = [
     "ENV_VAR", "FAILED", "FALLBACKS", "PREAMBLE", "Section", "checked_names", "clean_source", "defined_names",
-    "file_path", "load_earlier", "mark_checked", "parse", "record", "register", "render", "start",
+    "failed_checks", "file_path", "warn_failed", "load_earlier", "mark_checked", "parse", "record", "register", "render", "start",
 ]
 
 ENV_VAR = "MY_FLAMINGO_FILE"
@@ -346,6 +346,28 @@ def mark_checked(source: str, failed: bool, *, failing_line: int | None = None, 
     if changed:
         write_text_atomic(path, render(sections))
     return changed
+
+
+def failed_checks(*names: str, lesson: str | None = None, path=None) -> tuple[str, ...]:
+    """Those of `names` whose section of `lesson` (default: the current one) failed its check when it last ran."""
+    lesson = _state["lesson"] if lesson is None else str(lesson)
+    path = Path(path) if path is not None else file_path()
+    if lesson is None or not path.exists():
+        return ()
+    failed = {n for s in parse(path.read_text(encoding="utf-8")) if s.lesson == lesson and s.failed for n in s.names}
+    return tuple(n for n in names if n in failed)
+
+
+def warn_failed(*names: str, what: str = "this cell", **kwargs) -> tuple[str, ...]:
+    """Print a line before a long cell that uses code whose check failed, so a learner does not wait for a run of
+    code known to be wrong. Returns the names it warned of (`failed_checks`)."""
+    failed = failed_checks(*names, **kwargs)
+    if failed:
+        listed = ", ".join(failed)
+        print(f"note: your {listed} failed {'its check' if len(failed) == 1 else 'their checks'} when last run, and "
+              f"{what} uses {'it as it is' if len(failed) == 1 else 'them as they are'}: fix the cell and run its "
+              "check until it passes, then run this cell again.")
+    return failed
 
 
 def _after_cell(result) -> None:

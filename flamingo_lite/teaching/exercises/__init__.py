@@ -202,6 +202,8 @@ def compare(
              "attend to went through softmax; fill it with 0 instead.")
     if (nan_want & ~nan_got).any():
         fail(f"{what} has numbers where the answer is NaN: a NaN in the input must reach the outputs that use it.")
+    if got.dim() == 0:  # one number: say both
+        fail(f"{what} gives {got.item():.5g}, the answer is {want.item():.5g}; no usual mistake matches, so {unmatched}")
     diff = (got - want).abs().nan_to_num(0.0)
     where = tuple(int(i) for i in (diff == diff.max()).nonzero()[0])
     fail(f"{what} differs from the answer by up to {diff.max().item():.3g} (at index {where}); no usual mistake "

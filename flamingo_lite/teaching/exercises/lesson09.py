@@ -28,7 +28,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from ...tiny import data as shapes_data
 from ...tiny import training
 from ...tiny.model import Flamingo, FlamingoConfig
-from . import Mistake, compare, fail, passed, register_hints, register_nudges, run_learner, keep_rng, refuse_the_answer
+from . import ExerciseFailed, Mistake, compare, fail, passed, register_hints, register_nudges, run_learner, keep_rng, refuse_the_answer
 
 register_hints({
     "09.loss": "The prediction at position i is for token i+1: take `logits[:, :-1]` and `tokens[:, 1:]`, flatten "
@@ -111,6 +111,16 @@ def _mean_per_sequence(logits: torch.Tensor, tokens: torch.Tensor, pad_id: int) 
                    "`F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), ignore_index=pad_id)`.")
 
 
+def _mask_from_inputs(logits: torch.Tensor, tokens: torch.Tensor, pad_id: int) -> Mistake:
+    """The shifted losses averaged under a padding mask taken from the inputs `tokens[:, :-1]`, not the targets."""
+    per_token = F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")  # (b, n-1)
+    real = (tokens[:, :-1] != pad_id).float()  # (b, n-1), one place early: the inputs, not the targets
+    return Mistake("mask from the inputs", (per_token * real).sum() / real.sum(),
+                   "the padding mask is taken from the inputs (`tokens[:, :-1]`), one place off: it counts the first "
+                   "padding target and drops nothing else. Mask the targets, `tokens[:, 1:] != pad_id`, or pass "
+                   "`ignore_index=pad_id` to `F.cross_entropy`.")
+
+
 def check_loss(next_token_loss) -> None:
     """Step "09.loss": the shifted, padding-free mean cross-entropy, on a padded batch, then on one padded with
     another id (pad_id=2, where 0 is a real token), so a loss that leaves out a fixed id instead of pad_id is named."""
@@ -139,6 +149,7 @@ def check_loss(next_token_loss) -> None:
                 "the loss is a sum: take the mean over the real target tokens (the default `reduction='mean'`)."),
         _mean_over_every_position(logits, tokens, 0),
         _mean_per_sequence(logits, tokens, 0),
+        _mask_from_inputs(logits, tokens, 0),
     ]
     compare(got, want, what="your next_token_loss", mistakes=mistakes)
 
@@ -157,6 +168,7 @@ def check_loss(next_token_loss) -> None:
                 "`F.cross_entropy`."),
         _mean_over_every_position(logits, other, pad_id),
         _mean_per_sequence(logits, other, pad_id),
+        _mask_from_inputs(logits, other, pad_id),
     ]
     compare(got, training.next_token_loss(logits, other, pad_id), what=f"your next_token_loss with pad_id={pad_id}",
             mistakes=mistakes)
@@ -243,6 +255,7 @@ class ScriptedModel(nn.Module):
         super().__init__()
         self.script, self.prompt_len, self.vocab, self.early, self.late = list(script), prompt_len, vocab, early, late
         self.images_shape = images_shape  # (1, t, 3, H, W) the decoder must pass, when given
+        self.lengths = []  # the length of every input it was called on: a decoder that appends makes them grow
 
     def forward(self, tokens, images=None, media_locations=None, **kwargs):
         if images is None and kwargs.get("media") is None:
@@ -252,6 +265,7 @@ class ScriptedModel(nn.Module):
                              f"{self.images_shape}: pass every picture of the prompt, with a batch axis of 1 "
                              "(images[None])")
         b, n = tokens.shape
+        self.lengths.append(n)
         ids = []
         for i in range(n):
             j = i - (self.prompt_len - 1)
@@ -303,7 +317,12 @@ def check_greedy(greedy_decode) -> None:
         if len(got) > max_new:
             fail(f"greedy_decode made {len(got)} tokens with max_new_tokens={max_new}: stop after that many.")
         if got and all(i == got[0] for i in got) and got[0] == script[0]:
-            fail("greedy_decode repeats its first word: append each new id to the input before the next step.")
+            if len(set(model.lengths)) > 1:  # the input grew, and the answer stayed: the same position read each time
+                fail("greedy_decode repeats its first word though the input grows: it reads the same position at every "
+                     "step (the prompt's last, `len(prompt) - 1`); the next token is predicted at the last position of "
+                     "what the model is given now, `logits[0, -1]`.")
+            fail("greedy_decode repeats its first word: the model gets the same input at every step; append each new "
+                 "id to the input before the next step.")
         if got and got[0] == model.early:
             fail("greedy_decode reads the wrong position: the next token is predicted at the last position, "
                  "`logits[0, -1]`.")
@@ -576,9 +595,18 @@ def _check_train_loop(train_flamingo, *, steps, batch_size, lr, gate_lr, weight_
     want = training.train_flamingo(reference, data, **args, device="cpu", progress=False)
     model = two_input_copy(model).eval()  # as a model comes back from an earlier run: the loop must call train()
     with _StepWatch(model) as watch:
-        got = run_learner(train_flamingo, model, data, **args, advice=_LOOP_ADVICE,
-                          what="your train_flamingo(model, data, steps=..., batch_size=..., lr=..., gate_lr=..., "
-                               "weight_decay=..., log_every=..., seed=...)")
+        try:
+            got = run_learner(train_flamingo, model, data, **args, advice=_LOOP_ADVICE,
+                              what="your train_flamingo(model, data, steps=..., batch_size=..., lr=..., gate_lr=..., "
+                                   "weight_decay=..., log_every=..., seed=...)")
+        except ExerciseFailed as verdict:
+            learning = [n for n, p in model.named_parameters() if p.requires_grad]
+            nothing_trains = ("does not require grad", "empty parameter list")  # backward's words, then AdamW's
+            if any(words in str(verdict) for words in nothing_trains) and not learning:
+                fail(f"{verdict}\nNo parameter of the model trains after your freeze_pretrained(model): the resampler "
+                     "and the gated blocks were frozen with the rest, so the loss has no gradient. Freeze only "
+                     "`model.vision` and `model.lm`, and rerun lesson09.check_freeze(freeze_pretrained) above.")
+            raise
     if not isinstance(got, dict):
         fail(f"train_flamingo returned a {type(got).__name__}: return the history, a dict with the keys {list(HISTORY_KEYS)}.")
     missing = [key for key in HISTORY_KEYS if key not in got]
