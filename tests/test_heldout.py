@@ -168,3 +168,44 @@ def test_open_ended_answers_agree_with_likelihood_in_the_training_template_and_n
     assert trained["name"] == 1.0 and trained["caption"] == 0.0 and trained["exact"] == pytest.approx(trained["likelihood"], abs=0.05)
     new = ho.open_ended(model, episodes, 8, tok, word=ho.HELDOUT_WORD)
     assert new["caption"] > 0.9 and new["exact"] < 0.05 and new["likelihood"] > new["exact"]
+
+
+class _Recording(torch.nn.Module):
+    """A stand-in language model: records the prompts it reads and always prefers the name `favourite`."""
+
+    def __init__(self, favourite):
+        super().__init__()
+        self.favourite, self.seen = TOK.index[favourite], []
+
+    def forward(self, tokens):
+        self.seen.append(tokens.clone())
+        logits = torch.zeros(*tokens.shape, len(TOK))  # (E, n, V)
+        logits[..., self.favourite] = 1.0
+        return logits
+
+
+def _rule_episode(attribute, support, query, names):
+    """A rule episode of hand-picked classes, given as (colour, shape) pairs; `names[value]` per attribute value."""
+    index = {pair: i for i, pair in enumerate(fs.CLASSES)}
+    classes = [index[pair] for pair in support]
+    per_class = [names[ho.attribute_value(c, attribute)] for c in range(len(fs.CLASSES))]
+    pictures = torch.zeros(len(classes), 3, 16, 16)
+    return ho.RuleEpisode(pictures, classes, torch.zeros(3, 16, 16), index[query], per_class, attribute)
+
+
+def test_rule_in_words_writes_the_prompt_as_words_and_votes_by_shared_words():
+    support = [("red", "circle"), ("red", "square"), ("blue", "triangle")]
+    # by colour: red gives dax twice (colour shared), blue triangle gives wug once (shape shared): the vote is right
+    by_colour = _rule_episode("colour", support, ("red", "triangle"), [0, 1, 2, 3])
+    # by shape: each support example shares one word with a red triangle and all three names differ: a three-way tie
+    by_shape = _rule_episode("shape", support, ("red", "triangle"), [4, 5, 6])
+    lm = _Recording(fs.NAMES[by_colour.names[by_colour.query_class]])
+    got = ho.rule_in_words(lm, [by_colour, by_shape], 3, TOK)
+    assert got["attribute_vote"] == pytest.approx((1.0 + 1 / 3) / 2)
+    assert got["lm_words"] == pytest.approx(0.5)  # the favourite name is the answer of the first episode only
+    words = TOK.words(lm.seen[0][0])
+    assert words[-3:] == ["red", "triangle", "is"] and MEDIA_TOKEN not in words
+    shots = [tuple(words[i:i + 5]) for i in range(0, len(words) - 3, 5)]
+    assert sorted(s[:2] for s in shots) == sorted(support)  # every support example, as its two words
+    assert all(s[2] == fs.IS and s[4] == fs.EOC_TOKEN and s[3] in fs.NAMES for s in shots)
+    assert ho.rule_in_words(lm, [by_colour], 0, TOK)["attribute_vote"] == pytest.approx(1 / 16)  # nothing shown: a guess

@@ -36,7 +36,8 @@ from ..masks import MEDIA_TOKEN
 from ..validation import check_non_negative_int, check_positive_int
 from .data import COLOURS, EOC_TOKEN, SHAPES, Tokenizer, render_shape
 from .fewshot import (
-    CLASSES, IS, NAMES, Episode, choose_support, episode_grids, make_heldout_episodes, score_batch, score_candidates,
+    CLASSES, IS, NAMES, Episode, choose_support, class_words, episode_grids, make_heldout_episodes, score_batch,
+    score_candidates, shot_words,
 )
 from .language_model import zero_attention_heads
 
@@ -159,6 +160,43 @@ def evaluate_format(model, episodes: list[Episode], k: int, tokenizer: Tokenizer
         "in_support": float(np.mean(shown)),
         "prompt_names_guess": float(np.mean(guess)),
     }
+
+
+@torch.no_grad()
+def rule_in_words(lm, episodes: list[RuleEpisode], k: int, tokenizer: Tokenizer, *, seed: int = 0, device=None) -> dict:
+    """Rule inference written as words, the form of the language model's own pretraining: `red circle is dax <eoc>`
+    per support picture, then the query's `red triangle is`, with the support `evaluate_format` draws for the same
+    seed and k. The language model is frozen in Flamingo, so what it does here bounds what the pictures can add.
+
+    Returns `lm_words`, the language model's accuracy by the likelihood of the 16 names, and `attribute_vote`: each
+    support example that shares the query's colour votes for its name, and so does each that shares its shape; the
+    name with the most votes wins, ties split evenly, and a guess among the 16 when no example shares either (k = 0).
+    No rule is read: the vote only counts shared words, as a copying head that matched a part of the query could, and
+    the attribute that counts wins because its examples all give one name while the other attribute's give several.
+    """
+    check_non_negative_int("k", k)
+    device = get_device(device)
+    rng = np.random.default_rng([seed, k, 20])  # evaluate_format's stream: the same support pictures
+    prompts, answers, vote = [], [], []
+    for ep in episodes:
+        classes = [ep.pool_classes[j] for j in choose_support(ep, k, rng=rng)]
+        words = [w for c in classes for w in shot_words(c, NAMES[ep.names[c]], picture=False)]
+        prompts.append(tokenizer.encode(words + class_words(ep.query_class) + [IS]))
+        answer = ep.names[ep.query_class]
+        answers.append(tokenizer.index[NAMES[answer]])
+        colour, shape = CLASSES[ep.query_class]
+        votes = {}
+        for c in classes:
+            shared = (CLASSES[c][0] == colour) + (CLASSES[c][1] == shape)  # 0, 1 (never 2: the query's class is absent)
+            votes[ep.names[c]] = votes.get(ep.names[c], 0) + shared
+        most = max(votes.values(), default=0)
+        winners = [n for n, v in votes.items() if v == most and v > 0]
+        vote.append(1.0 / len(winners) if answer in winners else 0.0 if winners else 1.0 / len(NAMES))  # none: a guess
+    logits = lm.to(device).eval()(torch.tensor(prompts, dtype=torch.long, device=device))[:, -1]  # (E, V)
+    name_ids = torch.tensor([tokenizer.index[name] for name in NAMES], device=device)  # (16,)
+    predicted = name_ids[score_candidates(logits, name_ids).argmax(-1)]  # (E,)
+    return {"lm_words": float((predicted == torch.tensor(answers, device=device)).float().mean()),
+            "attribute_vote": float(np.mean(vote))}
 
 
 OPEN_ENDED_EPISODES = 200  # the first prompts of a curve that are also answered by beam search (each one a search)
