@@ -62,6 +62,37 @@ def test_01_attention_mistakes(bug, named):
     fails_with(lesson01.check_attention, lambda *a: attention(*a, bug=bug), match=named)
 
 
+def test_01_attention_more_mistakes_are_named():
+    """A walkthrough met these as 'no usual mistake matches', a wrong verdict or a bare RuntimeError."""
+    def inverted_fill(q, k, v, mask=None):  # the fill inverted, the empty rows still taken from the mask as given
+        scores = torch.einsum("b h i e, b h j e -> b h i j", q, k) / q.shape[-1] ** 0.5
+        if mask is None:
+            return scores.softmax(-1) @ v
+        mask = (mask if mask.ndim == 3 else mask[None])[:, None]
+        weights = scores.masked_fill(mask, -torch.finfo(scores.dtype).max).softmax(-1)
+        return weights * mask.any(-1, keepdim=True) @ v
+
+    fails_with(lesson01.check_attention, inverted_fill, match="wrong way round")
+
+    def scaled_in_place(q, k, v, mask=None):  # right numbers, but the caller's q is scaled too
+        q.mul_(q.shape[-1] ** -0.5)
+        return attention(q * q.shape[-1] ** 0.5, k, v, mask)
+
+    fails_with(lesson01.check_attention, scaled_in_place, match="changed its input q in place")
+
+    def two_d_only(q, k, v, mask=None, product="@"):  # a mask handled as (i, j) only
+        scores = torch.einsum("b h i e, b h j e -> b h i j", q, k) / q.shape[-1] ** 0.5
+        if mask is not None:
+            scores = scores.masked_fill(~mask[None, None], -torch.finfo(scores.dtype).max)
+        weights = scores.softmax(-1)
+        return weights @ v if product == "@" else torch.einsum("b h i j, b h j e -> b h i e", weights, v)
+
+    fails_with(lesson01.check_attention, two_d_only, match=r"has shape \(1, 2, 2, 3, 4\).*give the mask an axis for the "
+                                                           r"heads, `mask\[:, None\]`")
+    fails_with(lesson01.check_attention, lambda *a: two_d_only(*a, product="einsum"),
+               match=r"raised RuntimeError.*The mask here is \(b, i, j\).*`mask\[:, None\]`")
+
+
 def test_01_attention_stub_and_solution(capsys):
     fails_with(lesson01.check_attention, stub, match="not written yet")
     lesson01.check_attention(attention)
@@ -82,19 +113,28 @@ def test_01_heads(capsys):
     fails_with(lesson01.check_heads, lambda x, h: split(x, h, "order"), merge, match="wrong order")
     fails_with(lesson01.check_heads, split, lambda x: merge(x, "order"), match="wrong order")
     fails_with(lesson01.check_heads, lambda x, h: x.view(x.shape[0], x.shape[1], h, -1), merge, match="head axis stays")
+    fails_with(lesson01.check_heads, lambda x, h: x.reshape(x.shape[0], h, x.shape[1], -1), merge,
+               match=r"`reshape\(b, h, n, e\)` keeps the numbers in their memory order")
+    fails_with(lesson01.check_heads, split, lambda x: x.reshape(x.shape[0], x.shape[2], -1),
+               match=r"without moving the heads back mixes tokens")
     lesson01.check_heads(split, merge)
 
 
 def multi_head(x, context, to_q, to_k, to_v, heads, mask=None, bug=None):
     order = "order" if bug == "order" else None
     h = 1 if bug == "one head" else heads
-    q, k, v = split(to_q(x), h, order), split(to_k(context), h, order), split(to_v(context), h, order)
+    to_v = to_k if bug == "to_k values" else to_v
+    source = x if bug == "kv from x" else context
+    q, k, v = split(to_q(x), h, order), split(to_k(source), h, order), split(to_v(source), h, order)
     out = attention(q, k, v, None if bug == "mask" else mask, bug="scale" if bug == "scale" else None)
-    return merge(out, order)
+    return merge(out, "order" if bug in ("order", "merge order") else None)
 
 
 @pytest.mark.parametrize("bug, named", [("order", "wrong order"), ("one head", "one head of width 8"),
-                                        ("mask", "mask has no effect"), ("scale", "not scaled")])
+                                        ("mask", "mask has no effect"), ("scale", "not scaled"),
+                                        ("merge order", r"split with '\(h e\)' and merged with '\(e h\)'"),
+                                        ("to_k values", "the values are made with to_k"),
+                                        ("kv from x", r"raised RuntimeError.*k or v was computed from x")])
 def test_01_multi_head_mistakes(bug, named):
     fails_with(lesson01.check_multi_head, lambda *a: multi_head(*a, bug=bug), match=named)
 
@@ -110,6 +150,8 @@ def test_01_softmax_and_causal():
     fails_with(lesson01.check_stable_softmax, lambda s, dim=-1: (s - s.max()).exp() / (s - s.max()).exp().sum(dim, keepdim=True),
                match="not\\s+of the whole tensor")
     lesson01.check_stable_softmax(lambda s, dim=-1: (s - s.amax(dim, keepdim=True)).exp() / (s - s.amax(dim, keepdim=True)).exp().sum(dim, keepdim=True))
+    fails_with(lesson01.check_stable_softmax, lambda s, dim=-1: (s - s.amax(-1, keepdim=True)).exp() / (s - s.amax(-1, keepdim=True)).exp().sum(-1, keepdim=True),
+               match="ignores its dim argument")
     fails_with(lesson01.check_causal_mask, stub, match="not written yet")
     fails_with(lesson01.check_causal_mask, lambda n: torch.ones(n, n).triu().bool(), match="transposed")
     fails_with(lesson01.check_causal_mask, lambda n: torch.ones(n, n).tril(), match="dtype")
@@ -225,6 +267,10 @@ def layers_fn(layers, x, z, bug=None):
             continue
         if bug == "first layer every time":
             attn, ff = layers[0]
+        if bug == "swapped":  # attn(latents, media): the shapes then break the residual, z of 3 latents + 5 outputs
+            z = attn(z, x) + z
+            z = ff(z) + z
+            continue
         if bug == "detached attention input":  # the same values, but no gradient through the attention's z
             z = attn(x, z.detach()) + z
             z = ff(z) + z
@@ -258,6 +304,8 @@ def make_resampler(bug=None, raises=False):
                 nn.ModuleList([fl.PerceiverAttention(dim=dim, dim_head=dim_head, heads=heads), fl.FeedForward(dim, 4 if bug == "ff_mult dropped" else ff_mult)])
                 for _ in range(depth + 1 if bug == "extra layer" else depth)
             )
+            if bug == "one layer shared":  # [layer] * depth: every pass runs the same weights
+                self.layers = nn.ModuleList([self.layers[0]] * depth)
             self.norm = nn.LayerNorm(dim)
 
         def forward(self, x):
@@ -292,7 +340,8 @@ def test_03_time_embedding_mistakes(bug, named):
                                         ("detached attention input", "gives the latents a wrong gradient"),
                                         ("first layer every time", "every pass of the loop ran the first layer"),
                                         ("x = z", "x changed between layers \\(the next layer read the latents"),
-                                        ("x through ff", "x changed between layers \\(the media went through")])
+                                        ("x through ff", "x changed between layers \\(the media went through"),
+                                        ("swapped", r"arguments swapped, attn\(z, x\): it is attn\(x, z\)")])
 def test_03_layers_mistakes(bug, named):
     fails_with(lesson03.check_layers, lambda *a: layers_fn(*a, bug=bug), match=named)
 
@@ -302,7 +351,9 @@ def test_03_layers_mistakes(bug, named):
                                         ("3d", "raised"), ("zero latents", "latents start equal \\(all 0\\)"),
                                         ("dropout", "other numbers in train mode.*dropout \\(Dropout\\)"),
                                         ("first layer every time", "every pass of the loop ran the first layer"),
-                                        ("x = z", "x changed between layers"), ("x through ff", "x changed between layers")])
+                                        ("x = z", "x changed between layers"), ("x through ff", "x changed between layers"),
+                                        ("one layer shared", r"layers\.0\.0\.norm_media\.weight and layers\.1\.0\.norm_media"
+                                                             r"\.weight are one and the same parameter.*\[layer\] \* depth")])
 def test_03_forward_mistakes(bug, named):
     fails_with(lesson03.check_forward, make_resampler(bug), match=named)
 
@@ -536,7 +587,8 @@ def make_cross_attention(bug=None, raises=False):
             else:
                 flat = "b t m d -> b (m t) d" if bug == "media (m t)" else "b t m d -> b (t m) d"
                 k, v = self.to_kv(rearrange(media, flat)).chunk(2, -1)
-            k, v = (rearrange(a, f"b j {pattern} -> b h j e", h=h) for a in (k, v))
+            k, v = (rearrange(a, f"b j {'(e h)' if bug == f'{which} order' else pattern} -> b h j e", h=h)
+                    for a, which in ((k, "keys"), (v, "values")))
             sim = q @ k.transpose(-1, -2)
             if bug != "scale after softmax":
                 sim = sim * (1.0 if bug == "scale" else self.scale)
@@ -589,6 +641,8 @@ def make_cross_attention(bug=None, raises=False):
                                         ("scale after softmax", "multiplies the weights after the softmax"),
                                         ("no head axis", "mask has no head axis"),
                                         ("merge order", "merged in another order than they were split"),
+                                        ("keys order", r"the keys are split with '\(e h\)' and the rest with '\(h e\)'"),
+                                        ("values order", r"the values are split with '\(e h\)' and the rest"),
                                         ("zeros without locations", "returns zeros, as if no word saw an image"),
                                         ("x without locations", "returns x unchanged"),
                                         ("raises without locations", "raised .*media_locations=None means no mask"),
@@ -696,6 +750,9 @@ def make_feedforward(bug=None, raises_in=None):
             if raises_in == "__init__":
                 stub()
             inner = int(dim * (4 if bug == "mult fixed" else mult))
+            if bug == "LayerNorm left out":
+                self.extend([nn.Linear(dim, inner, bias=False), nn.GELU(), nn.Linear(inner, dim, bias=False)])
+                return
             if bug == "LayerNorm appended last":
                 self.extend([nn.Linear(dim, inner, bias=False), nn.GELU(), nn.Linear(inner, dim, bias=False), nn.LayerNorm(dim)])
                 return
@@ -710,7 +767,7 @@ def make_feedforward(bug=None, raises_in=None):
         def forward(self, x):
             if raises_in == "forward":
                 stub()
-            if bug in ("LayerNorm appended last", "linears swapped"):
+            if bug in ("LayerNorm appended last", "linears swapped", "LayerNorm left out"):
                 return super().forward(x)
             if bug == "residual inside":
                 return x + super().forward(x)
@@ -729,6 +786,7 @@ def make_feedforward(bug=None, raises_in=None):
     ("tanh GELU", "tanh approximation"), ("no activation", "no non-linearity"),
     ("linears swapped", "the two Linear layers are the wrong way round"), ("residual inside", "adds its input back"),
     ("LayerNorm last", "LayerNorm is applied last"), ("LayerNorm appended last", "LayerNorm is appended last"),
+    ("LayerNorm left out", r"has no LayerNorm: the block starts with one, self\[0\] = nn\.LayerNorm\(dim\)"),
 ])
 def test_03_feedforward_mistakes(bug, named):
     fails_with(lesson03.check_feedforward, make_feedforward(bug), match=named)

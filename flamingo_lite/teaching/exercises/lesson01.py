@@ -7,7 +7,10 @@ import torch
 from einops import rearrange
 
 from ...attention import attend, attention_weights
-from . import Mistake, compare, fail, passed, register_hints, register_nudges, run_learner, keep_rng, refuse_the_answer
+from . import (
+    ExerciseFailed, Mistake, compare, fail, passed, register_hints, register_nudges, run_learner, run_untouched, keep_rng,
+    refuse_the_answer,
+)
 
 register_hints({
     "01.attention": "Three lines as above: scores = einsum(q, k) * e**-0.5; fill the masked scores with "
@@ -37,7 +40,8 @@ _ANSWERS_ATTEND = (attend, attention_weights)  # the package's attention: what t
 
 def reference_attention(q, k, v, mask=None, *, scale=True, axis=-1, fill="max_then_zero", use_mask=True):
     """Attention as the lesson defines it, and the usual mistakes: fill="inf" (NaN rows), "max" (no zeroing:
-    a uniform average), axis=-2 (softmax over the queries), scale=False, use_mask=False or "inverted"."""
+    a uniform average), axis=-2 (softmax over the queries), scale=False, use_mask=False or "inverted" (every use of
+    the mask inverted), "inverted_fill" (the fill inverted, the empty rows still found from the mask as given)."""
     scores = torch.einsum("b h i e, b h j e -> b h i j", q, k)  # (b, h, i, j)
     if scale:
         scores = scores * q.shape[-1] ** -0.5
@@ -45,10 +49,12 @@ def reference_attention(q, k, v, mask=None, *, scale=True, axis=-1, fill="max_th
     if mask is not None and use_mask:
         mask = mask if mask.ndim == 3 else rearrange(mask, "i j -> 1 i j")  # (b or 1, i, j)
         mask = rearrange(mask, "b i j -> b 1 i j")  # (b or 1, 1, i, j)
-        if use_mask == "inverted":
-            mask = ~mask
-        scores = scores.masked_fill(~mask, float("-inf") if fill == "inf" else -torch.finfo(scores.dtype).max)
         empty = ~mask.any(dim=-1, keepdim=True)  # (b or 1, 1, i, 1)
+        if use_mask in ("inverted", "inverted_fill"):
+            mask = ~mask
+        if use_mask == "inverted":
+            empty = ~mask.any(dim=-1, keepdim=True)  # (b or 1, 1, i, 1)
+        scores = scores.masked_fill(~mask, float("-inf") if fill == "inf" else -torch.finfo(scores.dtype).max)
     weights = scores.softmax(dim=axis)  # (b, h, i, j)
     if empty is not None and fill == "max_then_zero":
         weights = weights.masked_fill(empty, 0.0)
@@ -79,8 +85,10 @@ def _attention_mistakes(q, k, v, mask):
                 "the softmax runs over the queries (dim=-2); it must run over the keys, the last axis j."),
         Mistake("mask ignored", reference_attention(q, k, v, mask, use_mask=False),
                 "the mask has no effect: fill the scores where the mask is False, before the softmax."),
-        Mistake("mask inverted", reference_attention(q, k, v, mask, use_mask="inverted"),
-                "the mask is used the wrong way round: True means 'may attend', so fill where the mask is False (~mask)."),
+        *(Mistake("mask inverted", reference_attention(q, k, v, mask, use_mask=inverted, fill=filled),
+                  "the mask is used the wrong way round: True means 'may attend', so fill where the mask is False "
+                  "(`scores.masked_fill(~mask, ...)`).")
+          for inverted in ("inverted", "inverted_fill") for filled in ("max_then_zero", "max", "inf")),
     ]
 
 
@@ -88,14 +96,24 @@ def check_attention(attention) -> None:
     """Step 01.attention: `attention(q, k, v, mask=None)` with a (b, i, j) or (i, j) bool mask."""
     refuse_the_answer(attention, _ANSWERS_ATTEND)
     q, k, v, mask = _qkv()
+    names = ("q", "k", "v", "mask")
     what = "your attention(q, k, v)"
-    got = run_learner(attention, q, k, v, what=what)
+    got = run_untouched(attention, q, k, v, what=what, names=names)  # an in-place q.mul_(scale) is named as such
     compare(got, reference_attention(q, k, v), what=what, mistakes=_attention_mistakes(q, k, v, None)[2:4])
     what = "your attention(q, k, v, mask)"
-    got = run_learner(attention, q, k, v, mask, what=what)
-    compare(got, reference_attention(q, k, v, mask), what=what, mistakes=_attention_mistakes(q, k, v, mask))
+    head_axis = (f"the mask here is (b, i, j) = {tuple(mask.shape)}, the scores (b, h, i, j) = "
+                 f"{(q.shape[0], q.shape[1], q.shape[2], k.shape[2])}: give the mask an axis for the heads, "
+                 "`mask[:, None]` (b, 1, i, j); a 2-D (i, j) mask needs two, `mask[None, None]`.")
+    try:
+        got = run_untouched(attention, q, k, v, mask, what=what, names=names)
+    except ExerciseFailed as verdict:
+        if " raised " not in str(verdict):
+            raise
+        fail(f"{verdict} {head_axis[0].upper()}{head_axis[1:]}")
+    compare(got, reference_attention(q, k, v, mask), what=what, mistakes=_attention_mistakes(q, k, v, mask),
+            shape_advice=head_axis)
     what = "your attention(q, k, v, mask) with a 2-D (i, j) mask"
-    got = run_learner(attention, q, k, v, mask[0], what=what)
+    got = run_untouched(attention, q, k, v, mask[0], what=what, names=names)
     compare(got, reference_attention(q, k, v, mask[0]), what=what, mistakes=_attention_mistakes(q, k, v, mask[0]))
     passed("attention is right, with and without a mask; the query that may see nothing gets exactly 0.")
 
@@ -113,6 +131,10 @@ def check_heads(split_heads, merge_heads) -> None:
                 "the head axis stays after the tokens: the result must be (b, h, n, e), heads before tokens."),
         Mistake("e taken as h", rearrange(x, "b n (h e) -> b h n e", e=3),
                 "there are 4 heads of width 3 instead of 3 heads of width 4: pass h=heads to rearrange, not e=heads."),
+        Mistake("reshaped, not moved", x.reshape(2, 3, 5, 4),
+                "`reshape(b, h, n, e)` keeps the numbers in their memory order, so a 'head' is a run of whole tokens, "
+                "not a slice of each token's width: view it as (b, n, h, e) first, then move the heads, "
+                "`.transpose(1, 2)`, or write `rearrange(x, 'b n (h e) -> b h n e', h=heads)`."),
     ])
     split = rearrange(x, "b n (h e) -> b h n e", h=3)
     what = "your merge_heads(split)"
@@ -120,15 +142,20 @@ def check_heads(split_heads, merge_heads) -> None:
     compare(got, x, what=what, mistakes=[
         Mistake("heads in the wrong order", rearrange(split, "b h n e -> b n (e h)"),
                 "the heads are merged in the wrong order: write '(h e)', the same as in split_heads."),
+        Mistake("reshaped, not moved", split.reshape(2, 5, 12),
+                "`reshape(b, n, h*e)` without moving the heads back mixes tokens: move the heads after the tokens "
+                "first, `.transpose(1, 2)`, or write `rearrange(x, 'b h n e -> b n (h e)')`."),
     ])
     passed("split_heads and merge_heads are right: head 2 of token 4 is numbers 8..11 of its width.")
 
 
-def reference_multi_head(x, context, to_q, to_k, to_v, heads, mask=None, *, order="h e", use_mask=True, scale=True):
+def reference_multi_head(x, context, to_q, to_k, to_v, heads, mask=None, *, order="h e", merge_order=None,
+                         use_mask=True, scale=True):
+    """The lesson's multi-head attention; `order` splits the heads, `merge_order` (default: the same) merges them."""
     split = lambda t, h: rearrange(t, f"b n ({order}) -> b h n e", h=h)  # noqa: E731
     q, k, v = split(to_q(x), heads), split(to_k(context), heads), split(to_v(context), heads)  # (b, h, n|j, e)
     out = reference_attention(q, k, v, mask, use_mask=use_mask, scale=scale)  # (b, h, n, e)
-    return rearrange(out, f"b h n e -> b n ({order})")  # (b, n, h*e)
+    return rearrange(out, f"b h n e -> b n ({merge_order or order})")  # (b, n, h*e)
 
 
 def check_multi_head(multi_head_attention) -> None:
@@ -140,8 +167,11 @@ def check_multi_head(multi_head_attention) -> None:
     mask = _qkv()[3]  # (b, 3, 5), with a row that sees nothing
     args = (x, context, to_q, to_k, to_v, 2, mask)
     what = "your multi_head_attention(x, context, to_q, to_k, to_v, heads=2, mask)"
+    advice = {"must match the size": f"the keys and values come from `context` (b, j, d) = {tuple(context.shape)} "
+                                     f"and the queries from x (b, n, d) = {tuple(x.shape)}: a size mismatch between "
+                                     "n and j usually means k or v was computed from x, not from context."}
     with torch.no_grad():
-        got = run_learner(multi_head_attention, *args, what=what)
+        got = run_learner(multi_head_attention, *args, what=what, advice=advice)
         compare(got, reference_multi_head(*args), what=what, mistakes=[
             Mistake("heads in the wrong order", reference_multi_head(*args, order="e h"),
                     "the heads are split (or merged) in the wrong order: use '(h e)' on both sides, as split_heads does."),
@@ -152,6 +182,13 @@ def check_multi_head(multi_head_attention) -> None:
                     "the mask has no effect: pass it on to attention(q, k, v, mask)."),
             Mistake("missing scale", reference_multi_head(*args, scale=False),
                     "the scores are not scaled: attention must multiply q·k by e**-0.5."),
+            *(Mistake("split and merged differently", reference_multi_head(*args, order=a, merge_order=b),
+                      f"the heads are split with '({a})' and merged with '({b})': use '(h e)' on both sides, as "
+                      "split_heads and merge_heads do.") for a, b in (("h e", "e h"), ("e h", "h e"))),
+            Mistake("to_k for the values", reference_multi_head(x, context, to_q, to_k, to_k, 2, mask),
+                    "the values are made with to_k: v = to_v(context), each projection its own."),
+            Mistake("to_q for the keys", reference_multi_head(x, context, to_q, to_q, to_v, 2, mask),
+                    "the keys are made with to_q: k = to_k(context), each projection its own."),
         ])
     passed("multi_head_attention is right: 2 heads, each its own slice, merged back side by side.")
 
@@ -171,7 +208,11 @@ def check_stable_softmax(stable_softmax) -> None:
                 "the weights sum to 1 down the columns: take the max and the sum along `dim`, with keepdim=True."),
     ])
     what = "your stable_softmax(s, dim=0)"
-    compare(run_learner(stable_softmax, s.T, 0, what=what), s.T.softmax(dim=0), what=what)
+    compare(run_learner(stable_softmax, s.T, 0, what=what), s.T.softmax(dim=0), what=what, mistakes=[
+        Mistake("dim ignored", s.T.softmax(dim=-1),
+                "it ignores its dim argument: the softmax ran over the last axis. Take the max and the sum along "
+                "`dim` (`s.amax(dim=dim, keepdim=True)`, `.sum(dim=dim, keepdim=True)`)."),
+    ])
     passed("stable_softmax is right, and finite for scores around 1000.")
 
 

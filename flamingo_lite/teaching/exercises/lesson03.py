@@ -45,6 +45,8 @@ register_nudges({  # a first hint where the full one is the answer: hint(key), t
     "of single media: give it a media axis first.",
     "03.feedforward": "Four layers in an nn.Sequential, in the spec's order: a LayerNorm, a bias-free Linear that widens by"
     " mult, GELU, a bias-free Linear back to dim.",
+    "03.count": "Count what each part holds: the latents, the time embeddings (only with media_embedding=\"per_media\"), "
+    "depth times one attention and one feed-forward, and the final norm. The exercise lists the layers inside each.",
 })
 
 
@@ -137,6 +139,9 @@ def _check_layer_order(learner, reference, what) -> None:
     """The four layers in their places: the checker would otherwise build its reference from the learner's shapes
     and report sizes that follow from the mistake."""
     children = list(learner.children())
+    if not any(isinstance(child, torch.nn.LayerNorm) for child in children):
+        fail(f"{what} has no LayerNorm: the block starts with one, self[0] = nn.LayerNorm(dim), then the widening "
+             "Linear, GELU and the narrowing Linear (four layers, the LayerNorm's weights are '0.weight' and '0.bias').")
     norm_last = len(children) == 4 and isinstance(children[-1], torch.nn.LayerNorm)
     if norm_last and not isinstance(children[0], torch.nn.LayerNorm):
         fail(f"{what}: the LayerNorm is appended last: it comes first, self[0] = nn.LayerNorm(dim), so the block "
@@ -193,6 +198,19 @@ _FIRST_LAYER_AGAIN = ("every pass of the loop ran the first layer, layers[0]: us
                       "`for attn, ff in layers:`, so each of the depth layers runs once.")
 
 
+def _check_layers_apart(learner, what) -> None:
+    """Every layer its own object: `[layer] * depth`, or one layer appended depth times, shares its weights, so the
+    reference's weights copied in leave only the last layer's, and the model has one layer's worth to train."""
+    first = {}
+    for name, p in learner.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            fail(f"{what}: {first[id(p)]} and {name} are one and the same parameter: one layer object is used in "
+                 "several places ([layer] * depth, or the same layer appended again), so the depth layers share their "
+                 "weights. Build a new layer in each pass: `for _ in range(depth): self.layers.append(nn.ModuleList("
+                 "[MyPerceiverAttention(...), MyFeedForward(...)]))`.")
+        first[id(p)] = name
+
+
 def check_layers(resampler_layers) -> None:
     """Step 03.layers: `resampler_layers(layers, x, z)`, depth x [attention, feed-forward], both residual.
 
@@ -207,7 +225,24 @@ def check_layers(resampler_layers) -> None:
     advice = {"in-place": _IN_PLACE_Z, "inplace": _IN_PLACE_Z}
     with torch.enable_grad():
         z = repeat(latents, "L d -> b t L d", b=2, t=2)  # (b, t, L, d): a view of the latents, as in the module
-        got = run_learner(resampler_layers, layers, x, z, what=what, advice=advice)
+        calls = []  # the shapes each attention is called with, in order: attn(media, latents)
+        record = lambda module, args, kwargs: calls.append([tuple(a.shape) for a in (*args, *kwargs.values())  # noqa: E731
+                                                             if isinstance(a, torch.Tensor)])
+        hooks = [attn.register_forward_pre_hook(record, with_kwargs=True) for attn, _ in layers]
+        error = None
+        try:
+            got = run_learner(resampler_layers, layers, x, z, what=what, advice=advice)
+        except ExerciseFailed as verdict:
+            error = verdict
+        finally:
+            for handle in hooks:
+                handle.remove()
+    if calls and calls[0][:2] == [tuple(z.shape), tuple(x.shape)]:
+        fail(f"{what}: the attention is called with its arguments swapped, attn(z, x): it is attn(x, z), the media x "
+             f"{tuple(x.shape)} first (the keys and values come from them and the latents), then the latents z "
+             f"{tuple(z.shape)} (the queries).")
+    if error is not None:
+        raise error
     with torch.no_grad():
         z = z.detach()  # (b, t, L, d)
         compare(got, reference_layers(layers, x, z), what=what, mistakes=[
@@ -270,6 +305,7 @@ def check_forward(resampler_cls) -> None:
     kwargs = dict(dim=16, depth=2, dim_head=4, heads=2, num_latents=3)
     learner = run_learner(resampler_cls, **kwargs, what=f"{resampler_cls.__name__}(dim=16, depth=2, ...)")
     what = f"your {resampler_cls.__name__}"
+    _check_layers_apart(learner, what)
     _check_latents_start_apart(learner, what)
     check_layer(learner, fl.PerceiverResampler, what=what, mistakes=_resampler_mistakes)
     one = (torch.randn(2, 6, 16, generator=torch.Generator().manual_seed(3)),)  # (b, n, d): one media each

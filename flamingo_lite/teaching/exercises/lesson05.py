@@ -129,17 +129,20 @@ def check_masked_softmax(masked_softmax) -> None:
 def reference_cross_attention(layer, x, media, media_locations=None, *, fill="zero", scale=True, order="h e",
                               use_mask=True, immediate=None, norm_media=False, axis=-1, heads=None, scale_value=None,
                               invert=False, norm_text=True, swap_kv=False, scale_after=False, out_layer=True,
-                              head_axis=True, merge_order=None, media_order="t m", mask_from_row0=False):
+                              head_axis=True, merge_order=None, media_order="t m", mask_from_row0=False,
+                              key_order=None, value_order=None):
     """The layer's forward from its own weights, and the usual mistakes; `heads` splits into that many heads,
     `scale_value` replaces the scale, `media_order` flattens the media in another order than the mask's,
-    `mask_from_row0` gives every row the mask of row 0."""
+    `mask_from_row0` gives every row the mask of row 0, `key_order` / `value_order` split the keys / the values
+    alone in another order than `order`."""
     b, t, m = media.shape[:3]
     heads = layer.heads if heads is None else heads
     q = rearrange(layer.to_q(layer.norm(x) if norm_text else x), f"b n ({order}) -> b h n e", h=heads)  # (b, h, n, e)
     media = layer.norm(media) if norm_media else media  # (b, t, m, d)
     k, v = layer.to_kv(rearrange(media, f"b t m d -> b ({media_order}) d")).chunk(2, dim=-1)  # 2 x (b, t*m, h*e)
     k, v = (v, k) if swap_kv else (k, v)
-    k, v = (rearrange(a, f"b j ({order}) -> b h j e", h=heads) for a in (k, v))  # (b, h, t*m, e)
+    k, v = (rearrange(a, f"b j ({split or order}) -> b h j e", h=heads)
+            for a, split in ((k, key_order), (v, value_order)))  # (b, h, t*m, e)
     sim = torch.einsum("b h i e, b h j e -> b h i j", q, k)  # (b, h, n, t*m)
     scale_by = q.shape[-1] ** -0.5 if scale_value is None else scale_value
     if scale and not scale_after:
@@ -189,6 +192,10 @@ def _cross_attention_mistakes(reference, x, media, media_locations=None):
         Mistake("missing scale", run(scale=False), "the scores are not scaled: multiply them by self.scale before the softmax."),
         Mistake("heads in the wrong order", run(order="e h"),
                 "the heads are split in the wrong order: write '(h e)', not '(e h)', for q, k and v and when merging."),
+        *(Mistake(f"the {which} split in another order", run(**{f"{which[:-1]}_order": "e h"}),
+                  f"the {which} are split with '(e h)' and the rest with '(h e)': split q, k and v alike, "
+                  "'b j (h e) -> b h j e', so each head's slice of the keys and values is its own.")
+          for which in ("keys", "values")),
         Mistake("media_locations ignored", run(use_mask=False),
                 "every word sees every image: with media_locations, build the mask and use masked_softmax."),
         Mistake("mask inverted", run(invert=True),
