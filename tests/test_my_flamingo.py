@@ -260,7 +260,8 @@ def test_what_an_earlier_section_calls_stands_in_when_the_file_lacks_it(tmp_path
     ns = {}
     lines = my_file.load_earlier("06", ns, path=path, needs=["MyMaskedCrossAttention", "MyFeedForward"])
     assert ns["my_cross_attention_mask"] is masks.cross_attention_mask
-    assert "my_flamingo.py has no my_cross_attention_mask yet: using flamingo_lite.masks.cross_attention_mask in its place" in lines
+    assert ("my_flamingo.py has no my_cross_attention_mask yet: using flamingo_lite.masks.cross_attention_mask in its place, "
+            "for your lesson 05 code, which calls it") in lines  # not this lesson's name: whose code needs it is said
     layer = ns["MyMaskedCrossAttention"](dim=16, dim_head=8, heads=2)
     tokens = "<image> a red circle".split()
     loc = masks.media_locations_from_tokens(tokens)[None]
@@ -549,7 +550,8 @@ def test_a_stand_in_is_there_before_the_sections_that_use_it_run(tmp_path):
     lines = my_file.load_earlier("09", ns, path=path, needs=["MyFlamingo"])
     assert ns["Resampler"] is fl.PerceiverResampler and ns["GatedBlock"] is fl.GatedCrossAttentionBlock
     assert ns["MyFlamingo"].__module__ != "flamingo_lite.tiny.model"  # the learner's Flamingo, built on the stand-ins
-    assert f"{path.name} has no MyPerceiverResampler yet: using flamingo_lite.PerceiverResampler in its place" in lines
+    assert (f"{path.name} has no MyPerceiverResampler yet: using flamingo_lite.PerceiverResampler in its place, for your "
+            "lesson 08 code, which calls it") in lines
     # the whole class, failed: Flamingo stands in, and the cell's aliases are not reported as failed names of their own
     my_file.mark_checked("check(MyFlamingo)", True, lesson="08", path=path)
     ns = {}

@@ -247,6 +247,9 @@ def load_earlier(lesson: str, namespace: dict, *, path=None, needs=()) -> list[s
         else:
             continue
         standins[name] = getattr(__import__(module_name, fromlist=[attr]), attr)
+        if name not in needs:  # not this lesson's: say whose code needs it, so the line does not read as a task here
+            callers = sorted({s.lesson for s in sections if name not in s.names and re.search(rf"\b{name}\b", s.body)})
+            fix += f", for your lesson {' and '.join(callers)} code, which calls it"
         said.append(f"{why}: using {module_name}.{attr} in its place{fix}")
     lines = []
     if sections:
