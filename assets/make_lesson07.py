@@ -33,7 +33,7 @@ def arrow(ax, start, end, color="#555555"):
 
 
 def shape(ax, x, y, colour, kind, size=0.32):
-    """A small picture of the course's data: one coloured shape, centred at (x, y)."""
+    """A small picture of the course's data: one coloured shape, centred at (x, y), in a frame of side 0.84."""
     ax.add_patch(Rectangle((x - 0.42, y - 0.42), 0.84, 0.84, fc="white", ec="#999999", lw=0.8))
     fill = COLOURS[colour]
     if kind == "circle":

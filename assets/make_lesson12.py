@@ -19,23 +19,11 @@ from matplotlib.patches import FancyArrowPatch, Rectangle  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flamingo_lite.files import write_figure_atomic  # noqa: E402
+from make_lesson07 import shape  # noqa: E402  (a picture of the course's data, drawn as in lesson 07's figure)
 
 FROZEN, TRAINED, DATA, ANSWER, TEXT = "#cfe2f3", "#f9cb9c", "#eeeeee", "#b6d7a8", "#333333"
 HERE = Path(__file__).resolve().parent
-COLOURS = {"red": "#d9534f", "blue": "#4a7bd0", "green": "#5cb85c"}
 WIDTH = 0.95  # one token's cell
-
-
-def shape(ax, x, y, colour, kind, size=0.3):
-    """A small picture of the course's data, one coloured shape, centred at (x, y)."""
-    ax.add_patch(Rectangle((x - 0.4, y - 0.4), 0.8, 0.8, fc="white", ec="#999999", lw=0.8))
-    fill = COLOURS[colour]
-    if kind == "circle":
-        ax.add_patch(plt.Circle((x, y), size, fc=fill, ec="none"))
-    elif kind == "square":
-        ax.add_patch(Rectangle((x - size, y - size), 2 * size, 2 * size, fc=fill, ec="none"))
-    else:
-        ax.add_patch(plt.Polygon([(x - size, y - size), (x + size, y - size), (x, y + size)], fc=fill, ec="none"))
 
 
 def token(ax, x, y, word, color=DATA):
