@@ -209,3 +209,26 @@ def test_rule_in_words_writes_the_prompt_as_words_and_votes_by_shared_words():
     assert sorted(s[:2] for s in shots) == sorted(support)  # every support example, as its two words
     assert all(s[2] == fs.IS and s[4] == fs.EOC_TOKEN and s[3] in fs.NAMES for s in shots)
     assert ho.rule_in_words(lm, [by_colour], 0, TOK)["attribute_vote"] == pytest.approx(1 / 16)  # nothing shown: a guess
+
+
+def test_lesson_12_quotes_the_recorded_rule_experiments():
+    """The numbers lesson 12 gives for benchmarks/rule_in_words.py and rule_text_lm.py are the records' own."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    lesson = "".join("".join(c["source"]) for c in json.loads(
+        (root / "notebooks" / "12_in_context_learning.ipynb").read_text())["cells"] if c["cell_type"] == "markdown")
+    lesson = " ".join(lesson.split())  # the prose, its line breaks as spaces
+    words = json.loads((root / "benchmarks" / "results" / "rule_in_words.json").read_text())["runs"]
+    highest = max(v for run in words.values() for v in run["lm_words_curve"].values())
+    assert f"stays at or below {highest:.2f}" in lesson
+    assert f"the vote reaches {words['colliding_links']['attribute_vote_curve']['16']:.2f} at 16 shots" in lesson
+    text = json.loads((root / "benchmarks" / "results" / "rule_text_lm.json").read_text())
+    before = text["colliding_links_before"]
+    quoted = (f"gets {text['lm_words_curve']['16']:.2f} on the words at 16 shots",
+              f"rises from {before['rule_inference']['curve']['16']:.2f} to {text['rule_inference']['curve']['16']:.2f}",
+              f"nearest neighbour ({text['rule_inference']['knn_curve']['16']:.2f})",
+              f"falls from {before['heldout_format']['curve']['16']:.2f} to {text['heldout_format']['curve']['16']:.2f}")
+    for claim in quoted:
+        assert claim in lesson, claim
