@@ -74,6 +74,11 @@ def test_01_attention_more_mistakes_are_named():
 
     fails_with(lesson01.check_attention, inverted_fill, match="wrong way round")
 
+    def keys_scale(q, k, v, mask=None):  # 1/sqrt(j), the number of keys, for 1/sqrt(e)
+        return attention(q * (q.shape[-1] / k.shape[-2]) ** 0.5, k, v, mask)
+
+    fails_with(lesson01.check_attention, keys_scale, match=r"scaled by 1/sqrt\(j\), the number of keys")
+
     def scaled_in_place(q, k, v, mask=None):  # right numbers, but the caller's q is scaled too
         q.mul_(q.shape[-1] ** -0.5)
         return attention(q * q.shape[-1] ** 0.5, k, v, mask)
@@ -401,6 +406,10 @@ def test_03_exercises():
     fails_with(lesson03.check_video, lambda r, f: r(f).mean(dim=1, keepdim=True), resampler,
                match="each frame was resampled on its own and the results averaged")
     fails_with(lesson03.check_video, lambda r, f: video(r, f, "no norm"), resampler, match="the final norm is missing")
+    fails_with(lesson03.check_video, lambda r, f: r(rearrange(f, "b T S d -> b 1 (T S) d")), resampler,
+               match=r"flattened first, and the forward then added one embedding, media_pos_emb\[0\]")
+    fails_with(lesson03.check_video, lambda r, f: r(rearrange(f + r.media_pos_emb[: f.shape[1]], "b T S d -> b 1 (T S) d")),
+               resampler, match=r"adds media_pos_emb\[0\] to its one media, on top of the frames' own embeddings")
     fails_with(lesson03.check_video, lambda r, f: video(r, f, "in place"), resampler,
                match="changed its input frames in place")
     fails_with(lesson03.check_video, lambda r, f: video(r, f, "global b"), resampler,

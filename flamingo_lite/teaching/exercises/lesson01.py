@@ -44,7 +44,7 @@ def reference_attention(q, k, v, mask=None, *, scale=True, axis=-1, fill="max_th
     the mask inverted), "inverted_fill" (the fill inverted, the empty rows still found from the mask as given)."""
     scores = torch.einsum("b h i e, b h j e -> b h i j", q, k)  # (b, h, i, j)
     if scale:
-        scores = scores * q.shape[-1] ** -0.5
+        scores = scores * (k.shape[-2] if scale == "keys" else q.shape[-1]) ** -0.5  # "keys": 1/sqrt(j), a mistake
     empty = None
     if mask is not None and use_mask:
         mask = mask if mask.ndim == 3 else rearrange(mask, "i j -> 1 i j")  # (b or 1, i, j)
@@ -83,6 +83,9 @@ def _attention_mistakes(q, k, v, mask):
                 "the scores are not scaled: multiply q·k by e**-0.5, e = q.shape[-1], before the softmax."),
         Mistake("softmax over the wrong axis", reference_attention(q, k, v, mask, axis=-2),
                 "the softmax runs over the queries (dim=-2); it must run over the keys, the last axis j."),
+        Mistake("scaled by the number of keys", reference_attention(q, k, v, mask, scale="keys"),
+                "the scores are scaled by 1/sqrt(j), the number of keys: the scale is 1/sqrt(e), e = q.shape[-1], the "
+                "width of one head's queries and keys."),
         Mistake("mask ignored", reference_attention(q, k, v, mask, use_mask=False),
                 "the mask has no effect: fill the scores where the mask is False, before the softmax."),
         *(Mistake("mask inverted", reference_attention(q, k, v, mask, use_mask=inverted, fill=filled),
@@ -99,7 +102,7 @@ def check_attention(attention) -> None:
     names = ("q", "k", "v", "mask")
     what = "your attention(q, k, v)"
     got = run_untouched(attention, q, k, v, what=what, names=names)  # an in-place q.mul_(scale) is named as such
-    compare(got, reference_attention(q, k, v), what=what, mistakes=_attention_mistakes(q, k, v, None)[2:4])
+    compare(got, reference_attention(q, k, v), what=what, mistakes=_attention_mistakes(q, k, v, None)[2:5])
     what = "your attention(q, k, v, mask)"
     head_axis = (f"the mask here is (b, i, j) = {tuple(mask.shape)}, the scores (b, h, i, j) = "
                  f"{(q.shape[0], q.shape[1], q.shape[2], k.shape[2])}: give the mask an axis for the heads, "

@@ -423,6 +423,13 @@ def check_video(resample_video, resampler) -> None:
                     "to all of them at once."),
             Mistake("final norm missing", _reference_video(resampler, video, norm=False),
                     "the final norm is missing: the resampler's forward ends with resampler.norm(z), and so must yours."),
+            Mistake("one embedding after flattening", resampler(rearrange(video, "b T S d -> b 1 (T S) d")),
+                    "the frames were flattened first, and the forward then added one embedding, media_pos_emb[0], to "
+                    "them all: add media_pos_emb[:T] to the frames before flattening, so each frame gets its own."),
+            Mistake("embedding 0 twice", resampler(rearrange(video + resampler.media_pos_emb[: video.shape[1]], "b T S d -> b 1 (T S) d")),
+                    "the flattened video went through resampler(...), whose forward adds media_pos_emb[0] to its one "
+                    "media, on top of the frames' own embeddings: run the layers and the norm yourself, as forward "
+                    "does, without adding an embedding again."),
         ])
     _check_video_gradients(resample_video, resampler, video, g, what)
     passed("resample_video turns 3 frames x 7 features into one media of latents for the whole video.")
