@@ -80,7 +80,8 @@ def main(argv=None) -> int:
         rows[i] = words
     n = max(len(r) for r in rows)
     tokens = torch.tensor([tok.encode(r + [PAD_TOKEN] * (n - len(r))) for r in rows], dtype=torch.long)  # (N, n)
-    kinds = ["rule" if i in set(replaced.tolist()) else k for i, k in enumerate(text.kinds)]
+    rule_rows = set(replaced.tolist())
+    kinds = ["rule" if i in rule_rows else k for i, k in enumerate(text.kinds)]
     text = fs.FewShotData(text.images, tokens, torch.zeros_like(tokens, dtype=torch.bool), text.num_images, kinds,
                           text.assignments)
     lm = TinyLM(LMConfig(vocab_size=len(tok), max_len=256, token_shift=setup.token_shift, positions=setup.positions))
