@@ -59,6 +59,9 @@ def test_lesson_shape(lesson):
     code = cells(nb, "code")
     assert "manual_seed" in source(code[0]), "the first code cell seeds everything"
     assert re.search(r"^\s*assert ", source(code[-1]), re.M), "the lesson ends with asserts"
+    number = path.name[:2]
+    said = "".join(output_text(out) for out in code[-1].get("outputs", []))
+    assert said.startswith(f"All checks of lesson {number} passed"), f"{path.name} ends on {said!r}: every lesson ends alike"
 
 
 def test_exercises_have_solutions_and_checks(lesson):

@@ -275,3 +275,26 @@ def test_exercise_checks_fail_on_the_stub_and_pass_with_the_solution(lesson_path
     assert checked >= 1
     solutions_after_last_check = [i - offset for i, c in enumerate(cells) if gen.is_solution(c) and i > last_check]
     assert solutions_after_last_check == [], f"{lesson_path.name}: solution cells with no check after them"
+
+
+def test_a_name_error_after_a_failed_check_says_which_cell_to_run(tmp_path):
+    """A lesson's last cell reads names its checks set: run on after a failed check and it meets a NameError, which
+    then says why (a cell above stopped early) besides the usual traceback, whose error stays a NameError."""
+    from nbclient import NotebookClient
+
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("from flamingo_lite.teaching.exercises import hint"),
+        nbformat.v4.new_code_cell("assert result_x.passed"),
+        nbformat.v4.new_code_cell("print(1 + 1)"),
+    ])
+    client = NotebookClient(notebook, km=current_env_kernel(), timeout=CELL_TIMEOUT_S, allow_errors=True,
+                            resources={"metadata": {"path": str(tmp_path)}})
+    path = os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    with client.setup_kernel(env={**os.environ, "PYTHONPATH": path}):
+        for index, cell in enumerate(notebook.cells):
+            client.execute_cell(cell, index)
+    outputs = notebook.cells[1].outputs
+    assert [o.ename for o in outputs if o.output_type == "error"] == ["NameError"]
+    said = "".join(o.text for o in outputs if o.output_type == "stream")
+    assert "'result_x' is set by a cell above that has not run to its end" in said and "Run All Above" in said
+    assert [o.text for o in notebook.cells[2].outputs] == ["2\n"]  # other cells are untouched

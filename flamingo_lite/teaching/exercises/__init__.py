@@ -17,6 +17,8 @@ A lesson's checks live in `exercises/lessonNN.py`. They are built from three pie
   and `heads_mistakes` are those numbers' usual mistakes, and `check_shapes_follow` names a parameter whose shape
   does not follow the constructor's arguments.
 - `hint(key)` prints the hint for one step (hidden until asked for).
+- `explain_name_errors()`, run on import, follows a NameError in a lesson with why it usually happens there: a
+  check above failed, so the rest of its cell, which sets the name, never ran.
 
 A failed check raises `ExerciseFailed`, whose message is the sentence; a passed one prints a line starting with
 "OK". Nothing here uses a bare `assert`, so checks keep working under `python -O`.
@@ -34,7 +36,7 @@ import torch
 __all__ = [
     "ExerciseFailed", "Mistake", "run_learner", "run_untouched", "compare", "check_layer", "check_layer_in_sizes",
     "check_shapes_follow", "scale_mistakes", "heads_mistakes", "passed", "fail", "hint", "register_hints", "register_nudges",
-    "refuse_the_answer",
+    "refuse_the_answer", "explain_name_errors",
 ]
 
 
@@ -367,3 +369,35 @@ def hint(key: str, level: int = 1) -> None:
         print(f"Hint ({key}): {_NUDGES[key]} Still stuck? hint(\"{key}\", 2) says what to write.")
     else:
         print(f"Hint ({key}): {_HINTS[key]}")
+
+
+def name_error_advice(error: NameError) -> str:
+    """What a NameError in a lesson usually means: a cell above did not run to its end."""
+    name = getattr(error, "name", None) or "that name"
+    return (f"'{name}' is set by a cell above that has not run to its end: a check that failed stops its cell "
+            "before the rest of it runs, and so does a skipped cell. Make the check above pass (or run the cells "
+            "above this one: Run > Run All Above Selected Cell), then run this cell again.")
+
+
+def explain_name_errors(shell=None) -> bool:
+    """In a notebook, follow a NameError's usual traceback with `name_error_advice`. A lesson's last cell reads
+    names its checks set, so after a failed check a learner who runs on meets a NameError there: this says why.
+    shell: the IPython shell (default: the running one). Returns whether one was found to install into."""
+    if shell is None:
+        try:
+            from IPython import get_ipython
+        except ImportError:
+            return False
+        shell = get_ipython()
+        if shell is None:
+            return False
+
+    def explain(shell, etype, value, tb, tb_offset=None):
+        shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
+        print(name_error_advice(value))
+
+    shell.set_custom_exc((NameError,), explain)
+    return True
+
+
+explain_name_errors()  # every lesson imports its checks from here, so every lesson gets it
