@@ -1,7 +1,7 @@
 """An experiment on the second half of why no rule is inferred: give the language model the rule in text, then ask
 Flamingo for it on pictures.
 
-    python benchmarks/rule_text_lm.py [--seed 0] [--p-rule 0.3]    # about 8 minutes on one core
+    python benchmarks/rule_text_lm.py [--seed 0] [--p-rule 0.3]    # about 11 minutes on one core
 
 `benchmarks/rule_in_words.py` shows that the frozen language model of every committed model is at chance on rule
 inference written as words, so Flamingo cannot get it from there. This run removes that cause and measures what is
@@ -12,9 +12,9 @@ the query is a combination none of the sequence's examples shows (`red circle is
 the usual picture sequences, which hold no rule episode. So the rule is no longer held out as a task for the
 language model; it is held out only on pictures.
 
-Writes benchmarks/results/rule_text_lm.json (atomically): the language model's rule inference on the words, and
-Flamingo's rule-inference and held-out-template curves on the pictures with their baselines, beside the
-colliding-links run of the same seed in benchmarks/results/heldout.json.
+Writes benchmarks/results/rule_text_lm.json (atomically), one run per seed under "runs", keeping the other seeds':
+the language model's rule inference on the words, and Flamingo's rule-inference and held-out-template curves on the
+pictures with their baselines, beside the colliding-links run of the same seed in benchmarks/results/heldout.json.
 """
 from __future__ import annotations
 
@@ -101,7 +101,9 @@ def main(argv=None) -> int:
             "rule_inference": {c: before["rule_inference"][c] for c in CURVES},
             "heldout_format": {c: before["heldout_format"][c] for c in CURVES}},
     }
-    write_text_atomic(out, json.dumps(record, indent=1) + "\n")
+    runs = json.loads(out.read_text())["runs"] if out.exists() else {}  # the other seeds' runs stay
+    runs[str(args.seed)] = record
+    write_text_atomic(out, json.dumps({"runs": dict(sorted(runs.items(), key=lambda kv: int(kv[0])))}, indent=1) + "\n")
     print(f"the language model on rule inference written as words: " + " ".join(f"k={k} {v:.2f}" for k, v in words.items()))
     for task in ("rule_inference", "heldout_format"):
         block = record[task]

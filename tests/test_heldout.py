@@ -224,7 +224,7 @@ def test_lesson_12_quotes_the_recorded_rule_experiments():
     highest = max(v for run in words.values() for v in run["lm_words_curve"].values())
     assert f"stays at or below {highest:.2f}" in lesson
     assert f"the vote reaches {words['colliding_links']['attribute_vote_curve']['16']:.2f} at 16 shots" in lesson
-    text = json.loads((root / "benchmarks" / "results" / "rule_text_lm.json").read_text())
+    text = json.loads((root / "benchmarks" / "results" / "rule_text_lm.json").read_text())["runs"]["0"]
     before = text["colliding_links_before"]
     quoted = (f"gets {text['lm_words_curve']['16']:.2f} on the words at 16 shots",
               f"rises from {before['rule_inference']['curve']['16']:.2f} to {text['rule_inference']['curve']['16']:.2f}",
