@@ -191,6 +191,18 @@ def test_02_project_mistakes(bug, named):
     fails_with(lesson02.check_project, lambda *a: project(*a, bug=bug), match=named)
 
 
+def test_02_project_that_normalises_the_latents_in_place_is_named():
+    def in_place(layer, x, latents):
+        latents.copy_(layer.norm_latents(latents))  # the caller's latents change too
+        return project(layer, x, latents, bug="raw latents")  # the normalised latents, read again
+
+    fails_with(lesson02.check_project, in_place, match="changed its input latents in place")
+
+
+def test_02_no_scale_names_the_layer_the_function_is_given():
+    fails_with(lesson02.check_attend, lambda *a: attend_latents(*a, bug="scale"), match="layer.scale in attend_latents")
+
+
 @pytest.mark.parametrize("bug, named", [("scale", "not scaled"), ("axis", "over the latents"), ("order", "wrong order")])
 def test_02_attend_mistakes(bug, named):
     fails_with(lesson02.check_attend, lambda *a: attend_latents(*a, bug=bug), match=named)
@@ -240,6 +252,18 @@ def test_02_exercises():
     x, latents = torch.randn(1, 1, 6, 16), torch.randn(1, 1, 3, 16)
     weights = layer.attention_weights(x, latents).detach()
     fails_with(lesson02.check_media_share, stub, weights, 6, layer, x, latents, match="not written yet")
+    diagonal = (img + img.transpose(0, 1)) / 2  # a picture symmetric about its diagonal, as a drawn circle is
+    square = rearrange(diagonal, "(gh p1) (gw p2) c -> (gh gw) (p1 p2 c)", p1=4, p2=4)
+
+    def wrong_unpatch(pattern):
+        return lambda p_, grid, p: rearrange(p_, pattern, gh=grid[0], gw=grid[1], p1=p, p2=p)
+
+    for pattern, named in [("(gw gh) (p1 p2 c) -> (gh p1) (gw p2) c", "read column by column"),
+                           ("(gh gw) (p2 p1 c) -> (gh p1) (gw p2) c", "each patch comes back transposed"),
+                           ("(gh gw) (c p1 p2) -> (gh p1) (gw p2) c", "read channels first")]:
+        fails_with(lesson02.check_unpatchify, wrong_unpatch(pattern), square, diagonal, (2, 2), 4, match=named)
+    fails_with(lesson02.check_unpatchify, lambda p_, grid, p: p_.reshape(grid[0] * p, grid[1] * p, 3), patches, img,
+               (2, 2), 4, match="a reshape keeps the numbers in their order")
     fails_with(lesson02.check_media_share, lambda w, n: w[..., n:].sum(-1), weights, 6, layer, x, latents, match="share of the latents")
     lesson02.check_media_share(lambda w, n: w[..., :n].sum(-1), weights, 6, layer, x, latents)
 
@@ -860,12 +884,16 @@ def test_hints_of_two_levels_nudge_first_and_name_the_second(capsys):
     """Where the full hint is the answer, hint(key) says what to think about and names hint(key, 2); the nudge
     holds none of the full hint's code."""
     from flamingo_lite.teaching import exercises
-    from flamingo_lite.teaching.exercises import lesson06, lesson07, lesson09  # noqa: F401 - their hints
+    import importlib
+
+    for number in range(1, 14):  # every lesson's hints
+        importlib.import_module(f"flamingo_lite.teaching.exercises.lesson{number:02d}")
 
     import contextlib
     import io
 
-    assert len(exercises._NUDGES) >= 20
+    # every step's first hint says what to think about; 08.class is itself that, naming 08.class.init and .forward
+    assert set(exercises._HINTS) - set(exercises._NUDGES) == {"08.class", "08.class.init", "08.class.forward"}
     for key, nudge in exercises._NUDGES.items():
         first, second = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(first):
@@ -880,10 +908,10 @@ def test_hints_of_two_levels_nudge_first_and_name_the_second(capsys):
         hint("03.init", 3)
     with pytest.raises(KeyError, match="nudges for steps without a hint: 99.nothing"):
         exercises.register_nudges({"99.nothing": "a nudge"})
-    hint("03.embed", 2)  # a one-level hint is the same at both levels
-    hint("03.embed")
+    hint("08.class", 2)  # a one-level hint is the same at both levels
+    hint("08.class")
     one, again = capsys.readouterr().out.strip().split("\n")
-    assert one == again and "Still stuck" not in one
+    assert one == again and "Still stuck? hint(" not in one
 
 
 def make_perceiver_attention_with(bug):

@@ -22,7 +22,8 @@ def fails(check, *args, match: str):
 
 
 def make_loss(*, normalise=True, clamp=True, labels="diagonal", directions="both", divide=True, detach=False,
-              in_place=False, dim=-1, only=None, exp=True, bounds_on_log=False, fixed=None, reduction="mean", batch=None):
+              in_place=False, dim=-1, only=None, exp=True, bounds_on_log=False, log_bounds_on_t=False, fixed=None,
+              reduction="mean", batch=None):
     def loss(image, text, log_t):
         if in_place:
             image.div_(image.norm(dim=-1, keepdim=True))
@@ -34,6 +35,8 @@ def make_loss(*, normalise=True, clamp=True, labels="diagonal", directions="both
             log_t = torch.tensor(float(log_t.detach()))
         if bounds_on_log:
             t = log_t.clamp(0.01, 1.0).exp()
+        elif log_bounds_on_t:
+            t = log_t.exp().clamp(MIN_LOG_TEMPERATURE, MAX_LOG_TEMPERATURE)
         else:
             t = log_t.clamp(MIN_LOG_TEMPERATURE, MAX_LOG_TEMPERATURE) if clamp else log_t
             t = t.exp() if exp else t
@@ -70,6 +73,7 @@ def test_loss_check_passes_the_solution_and_the_reference():
     (dict(only="text"), "only the caption embeddings are normalised"),
     (dict(exp=False), "divided by the log of the temperature"),
     (dict(bounds_on_log=True), "bounds are put on its log"),
+    (dict(log_bounds_on_t=True), "log's bounds are put on the temperature itself"),
     (dict(fixed=0.07), "temperature is a fixed 0.07"),
     (dict(fixed=0.123), "for every log_temperature .* does not use log_temperature \\(a fixed temperature\\?\\)"),
     (dict(reduction="sum"), "summed over the batch \\(reduction=\"sum\"\\)"),

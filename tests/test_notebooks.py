@@ -78,6 +78,16 @@ def test_exercises_have_solutions_and_checks(lesson):
         later_checks = [j for j in range(i + 1, len(tags)) if "check" in tags[j]]
         next_solution = min([j for j in solutions if j > i], default=len(tags))
         assert later_checks and later_checks[0] < next_solution, f"{path.name} cell {i}: a check cell follows"
+    marked = [i for i, c in enumerate(nb["cells"]) if "### BEGIN SOLUTION" in source(c)]
+    assert marked == solutions, f"{path.name}: cells {sorted(set(marked) - set(solutions))} hold a solution but are not " \
+        "tagged 'solution', so the student version would show it"
+
+
+def test_no_student_notebook_shows_a_solution():
+    student = sorted((ROOT / "notebooks" / "student").glob("[0-9][0-9]_*.ipynb"))
+    assert len(student) == len(LESSONS)
+    for path in student:
+        assert "BEGIN SOLUTION" not in path.read_text(), f"student/{path.name} holds a solution"
 
 
 def test_small_files_and_pictures_that_exist(lesson):

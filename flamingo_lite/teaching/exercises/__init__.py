@@ -200,8 +200,9 @@ def compare(
     nan_got, nan_want = torch.isnan(got), torch.isnan(want)
     if (nan_got & ~nan_want).any():
         where = tuple(int(i) for i in (nan_got & ~nan_want).nonzero()[0])
-        fail(f"{what} has NaN where the answer has a number (first at index {where}): a row with nothing to "
-             "attend to went through softmax; fill it with 0 instead.")
+        fail(f"{what} has NaN where the answer has a number (first at index {where}): in attention, a row with "
+             "nothing to attend to went through softmax (fill it with 0 instead); elsewhere, look for a division by 0 "
+             "or an infinity, such as a temperature or a norm that became 0.")
     if (nan_want & ~nan_got).any():
         fail(f"{what} has numbers where the answer is NaN: a NaN in the input must reach the outputs that use it.")
     if got.dim() == 0:  # one number: say both

@@ -236,3 +236,13 @@ def check_causal_mask(causal_mask) -> None:
 
 
 keep_rng(globals())  # no check moves the lesson's random numbers
+
+register_nudges({  # first hints for the steps whose full hint is the answer
+    "01.causal": "Query i may look at the keys at positions up to and including i. That is the lower triangle of an n "
+    "by n table of booleans; torch has a function for triangles, or build it by comparing positions.",
+    "01.heads": "Splitting heads moves a group of the last axis's numbers to an axis of its own, one group per head, "
+    "the head axis before the tokens. Merging is the same move backwards. Which of the two factors of the "
+    "last axis is the outer one decides which numbers head 0 gets.",
+    "01.multihead": "Three projections, queries from x and keys and values from the context, each split into heads; your "
+    "attention of step 1 on them; the heads merged back. Your earlier functions do all of it.",
+})

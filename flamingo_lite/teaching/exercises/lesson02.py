@@ -9,7 +9,7 @@ import flamingo_lite as fl
 
 from ..checker import randomise_norms
 from . import (Mistake, check_layer_in_sizes, compare, fail, heads_mistakes, passed, register_hints, register_nudges, run_learner,
-               scale_mistakes, keep_rng, refuse_the_answer)
+               run_untouched, scale_mistakes, keep_rng, refuse_the_answer)
 
 register_hints({
     "02.project": "Normalise x with layer.norm_media and the latents with layer.norm_latents; q = layer.to_q(latents "
@@ -28,6 +28,16 @@ register_hints({
     "02.share": "weights[..., :n] are the weights on the media features; sum them over the last axis.",
 })
 register_nudges({  # a first hint where the full one is the answer: hint(key), then hint(key, 2)
+    "02.project": "Each input gets its own LayerNorm before anything else. The queries come from the latents "
+    "alone; the keys and values from the features and the latents together, one sequence of n + L tokens, "
+    "features first. to_kv makes both at once: split its output in two along the features.",
+    "02.scores": "The attention of lesson 01, with one more leading axis (t): split the heads out of the last "
+    "axis, scores between every latent and every key, scaled, a softmax over the keys, a weighted sum of the "
+    "values, then the heads merged back in the order they were split.",
+    "02.unpatchify": "The patching was one rearrange from an image to patch vectors. Its inverse is the same "
+    "pattern read the other way round; rearrange needs the sizes it cannot infer from the input.",
+    "02.share": "The first n columns of the weights are the image's features, the last L the latents. A share "
+    "is a sum of weights.",
     "02.init": "The constructor keeps two numbers, the number of heads and the scale 1/sqrt(dim_head), and makes the"
     " layers the spec names: a LayerNorm for each of the two inputs, the media and the latents, and three"
     " bias-free Linear maps, queries from the latents, keys and values together, and the output back to "
@@ -76,7 +86,8 @@ def reference_attend(layer, q, k, v, *, scale=True, axis=-1, order="h e", heads=
 
 _LATENTS_LEFT_OUT = ("the latents are left out of the keys/values: concatenate the normalised features and the "
                      "normalised latents along the token axis (dim=-2) before to_kv, so the latents see each other too.")
-_NO_SCALE = "the scores are not scaled: multiply them by self.scale (dim_head**-0.5) before the softmax."
+_NO_SCALE = ("the scores are not scaled: multiply them by the layer's scale, dim_head**-0.5 (layer.scale in "
+             "attend_latents, self.scale in the module), before the softmax.")
 _AXIS = "the softmax runs over the latents (dim=-2); it must run over the keys, the last axis (n+L)."
 _ORDER = "the heads are split in the wrong order: write '(h e)', not '(e h)', so head 0 takes the first e numbers."
 _MERGE = ("the heads are split right but merged in the wrong order: merge with 'b t h L e -> b t L (h e)', the order "
@@ -92,7 +103,7 @@ def check_project(project) -> None:
     layer, (x, latents) = _layer(), _inputs()
     what = "your project(layer, x, latents)"
     with torch.no_grad():
-        got = run_learner(project, layer, x, latents, what=what, advice={
+        got = run_untouched(project, layer, x, latents, what=what, names=("layer", "x", "latents"), advice={
             "Sizes of tensors must match": "torch.cat joins the features and the latents along the token axis, dim=-2 "
             "(they have the same width d, not the same count).",
         })
@@ -190,14 +201,34 @@ def check_forward(layer_cls) -> None:
                          mistakes=_perceiver_mistakes)
 
 
-def check_unpatchify(unpatchify, patches, img, grid, p) -> None:
-    """Exercise 1: `unpatchify(patches, grid, p)` inverts the patching."""
-    what = "your unpatchify(patches, grid, p)"
-    compare(run_learner(unpatchify, patches, grid, p, what=what), img, what=what, mistakes=[
-        Mistake("grid axes swapped", rearrange(patches, "(gw gh) (p1 p2 c) -> (gh p1) (gw p2) c", gh=grid[0], gw=grid[1],
-                                                p1=p, p2=p),
+def _unpatchify_mistakes(patches, grid, p) -> list[Mistake]:
+    """The usual wrong inverses of the patching, on a square grid (so the grid's axes can be swapped)."""
+    gh, gw = grid
+    undo = lambda pattern: rearrange(patches, pattern, gh=gh, gw=gw, p1=p, p2=p)  # noqa: E731  (H, W, 3)
+    return [
+        Mistake("grid axes swapped", undo("(gw gh) (p1 p2 c) -> (gh p1) (gw p2) c"),
                 "the patches are read column by column: they are listed row by row, '(gh gw)'."),
-    ])
+        Mistake("patch axes swapped", undo("(gh gw) (p2 p1 c) -> (gh p1) (gw p2) c"),
+                "each patch comes back transposed: its numbers are listed row by row, '(p1 p2 c)', p1 the row."),
+        Mistake("channels first", undo("(gh gw) (c p1 p2) -> (gh p1) (gw p2) c"),
+                "each patch is read channels first: its numbers are listed pixel by pixel, the 3 colours of a pixel "
+                "together, '(p1 p2 c)'."),
+        Mistake("reshape", patches.reshape(gh * p, gw * p, -1),
+                "a reshape keeps the numbers in their order, so the patches' pixels do not go back to their places: "
+                "move the axes with rearrange, '(gh gw) (p1 p2 c) -> (gh p1) (gw p2) c'."),
+    ]
+
+
+def check_unpatchify(unpatchify, patches, img, grid, p) -> None:
+    """Exercise 1: `unpatchify(patches, grid, p)` inverts the patching. The usual mistakes are named on random
+    patches first: on a picture symmetric about its diagonal, two of them give the same image."""
+    square = torch.rand(3 * 3, 2 * 2 * 3, generator=torch.Generator().manual_seed(1))  # a 3 x 3 grid of 2 x 2 patches
+    what = "your unpatchify on a 3 x 3 grid of 2 x 2 random patches"
+    want = rearrange(square, "(gh gw) (p1 p2 c) -> (gh p1) (gw p2) c", gh=3, gw=3, p1=2, p2=2)  # (6, 6, 3)
+    compare(run_learner(unpatchify, square, (3, 3), 2, what=what), want, what=what,
+            mistakes=_unpatchify_mistakes(square, (3, 3), 2))
+    what = "your unpatchify(patches, grid, p)"
+    compare(run_learner(unpatchify, patches, grid, p, what=what), img, what=what)
     wide = torch.rand(2 * 3, 2 * 2 * 3, generator=torch.Generator().manual_seed(0))  # a 2 x 3 grid of 2 x 2 patches
     what = "your unpatchify on a 2 x 3 grid of 2 x 2 patches"
     want = rearrange(wide, "(gh gw) (p1 p2 c) -> (gh p1) (gw p2) c", gh=2, gw=3, p1=2, p2=2)  # (4, 6, 3)
@@ -224,3 +255,8 @@ def check_media_share(media_share, weights, n, attention_layer, x, latents) -> N
 
 
 keep_rng(globals())  # no check moves the lesson's random numbers
+
+register_nudges({  # first hints for the steps whose full hint is the answer
+    "02.forward": "The forward pass is your two functions of this lesson, one after the other, and then the output "
+    "projection back to width dim.",
+})

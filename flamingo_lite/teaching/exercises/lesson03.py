@@ -472,3 +472,13 @@ def check_param_count(resampler_param_count) -> None:
 
 
 keep_rng(globals())  # no check moves the lesson's random numbers
+
+register_nudges({  # first hints for the steps whose full hint is the answer
+    "03.embed": "One learned embedding per media, the same for every feature of that media and every sample. Slice "
+    "the embeddings to the number of media the input has; broadcasting does the rest.",
+    "03.layers": "Each layer is an attention and a feed-forward. Each computes an update of the latents, and the "
+    "residual adds it to what they already were. The attention's queries are the latents; its keys and "
+    "values also see the features.",
+    "03.video": "A video is frames of one media. Give each frame its own embedding first, then treat all frames' "
+    "features as one media's, and run the latents over it as forward does.",
+})

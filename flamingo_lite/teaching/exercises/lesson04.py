@@ -19,6 +19,12 @@ register_hints({
     "Immediate: a 1 in the column of its own text time; all previous: 1s in every column up to it.",
 })
 register_nudges({  # a first hint where the full one is the answer: hint(key), then hint(key, 2)
+    "04.text_time": "A token's text time is how many <image> markers come at or before it, counted along the "
+    "sequence. One cumulative operation of torch gives it; a marker counts for its own position.",
+    "04.media_mask": "Compare each token's text time with each image's number, 1 to t, by broadcasting a column "
+    "against a row. The two modes differ in one comparison.",
+    "04.mask": "Build it from your two earlier steps, then give each image's column one column per latent, "
+    "the latents of one image side by side.",
     "04.predict": "Write each token's text time under it first: the number of <image> markers at or before it. Each row"
     " then follows from that number: which images may the token see in each mode?",
 })
@@ -38,8 +44,8 @@ _FUTURE = ("text before the first image sees every image, the future ones includ
 _ANSWERS = (masks.text_time, masks.text_to_media_mask, masks.cross_attention_mask)  # what lesson 04 writes
 
 
-_FIRST_SEES_ONE = ("text before the first image sees image 1: its text time is 0 and must match no image (clamping "
-                   "text time to 1 is the leak this lesson fixes).")
+_FIRST_SEES_ONE = ("text before the first image sees image 1: its text time is 0 and must match no image in either "
+                   "mode, since no image comes before it; do not clamp text time to 1.")
 _INVERTED = "the mask is inverted: True must mean may attend, so keep the comparison, not its negation (~)."
 _IGNORED = ("the mode is ignored: only_attend_immediate_media=True and False give the same mask; keep text time == "
             "media time when it is True and text time >= media time when it is False.")

@@ -3,7 +3,7 @@
 `check_loss` runs the learner's loss on copies of small embeddings (an embedding normalised in place is named) and
 compares it with the reference (`flamingo_lite.tiny.contrastive.contrastive_loss`) and with the usual mistakes
 computed on the same input: labels not on the diagonal, only one direction, features not normalised (or over the
-batch, or on one side only), the temperature not clamped, clamped with its own bounds on its log, used without
+batch, or on one side only), the temperature not clamped, clamped with its own bounds on its log or its log's bounds on itself, used without
 `.exp()`, fixed, or multiplied instead of divided, the two terms added instead of averaged or summed over the batch;
 then it checks that the temperature is learned (it gets a gradient). `check_training_step` runs two steps of the
 learner's `training_step` and of the usual wrong steps on copies of the same small encoders, and names the mistake
@@ -40,7 +40,7 @@ register_nudges({  # a first hint where the full one is the answer: hint(key), t
 
 
 def _logits(image, text, log_t, *, normalise=("image", "text"), dim=-1, clamp=True, divide=True, exp=True,
-            bounds_on_log=False):
+            bounds_on_log=False, clamp_after_exp=False):
     if "image" in normalise:
         image = F.normalize(image, dim=dim)  # (B, e)
     if "text" in normalise:
@@ -50,6 +50,8 @@ def _logits(image, text, log_t, *, normalise=("image", "text"), dim=-1, clamp=Tr
     elif clamp:
         log_t = log_t.clamp(MIN_LOG_TEMPERATURE, MAX_LOG_TEMPERATURE)
     t = log_t.exp() if exp else log_t  # ()
+    if clamp_after_exp:  # the log's bounds put on T itself: T > 0 is clamped to at most log(1) = 0
+        t = t.clamp(MIN_LOG_TEMPERATURE, MAX_LOG_TEMPERATURE)  # ()
     return image @ text.T / t if divide else image @ text.T * t  # (B, B)
 
 
@@ -80,6 +82,7 @@ def _loss_variants(image, text, log_t) -> dict:
     out["temperature multiplied"] = symmetric(_logits(image, text, log_t, divide=False))
     out["no exp"] = symmetric(_logits(image, text, log_t, exp=False))
     out["bounds on log T"] = symmetric(_logits(image, text, log_t, bounds_on_log=True))
+    out["log bounds on T"] = symmetric(_logits(image, text, log_t, clamp=False, clamp_after_exp=True))
     out["no temperature"] = symmetric(_logits(image, text, torch.zeros(())))  # cosines alone, temperature 1
     return out
 
@@ -133,6 +136,9 @@ LOSS_MESSAGES = {
     "bounds on log T": "the temperature's bounds are put on its log: 0.01 and 1 bound the temperature itself, so clamp "
                        "the log with their logs, `log_temperature.clamp(MIN_LOG_TEMPERATURE, MAX_LOG_TEMPERATURE)`, "
                        "then `.exp()`.",
+    "log bounds on T": "the log's bounds are put on the temperature itself: T = exp(...) is positive, so "
+                       "`.clamp(MIN_LOG_TEMPERATURE, MAX_LOG_TEMPERATURE)` after `.exp()` makes it 0 (the upper bound is "
+                       "log 1 = 0) and the logits infinite; clamp the log first, `log_temperature.clamp(...).exp()`.",
     "no temperature": "the temperature is missing: divide the cosine similarities by "
                       "`log_temperature.clamp(...).exp()`.",
 }

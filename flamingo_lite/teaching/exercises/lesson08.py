@@ -29,7 +29,7 @@ from torch import nn
 from ...tiny import data as shapes_data
 from ...tiny.language_model import TinyLM
 from ...tiny.model import Flamingo, FlamingoConfig, make_vision_encoder, xattn_layers
-from . import Mistake, compare, fail, passed, register_hints, run_learner, keep_rng, refuse_the_answer
+from . import Mistake, compare, fail, passed, register_hints, register_nudges, run_learner, keep_rng, refuse_the_answer
 
 register_hints({
     "08.class": "Two halves, in the table's order. __init__ keeps the three things it is given (freezing the two "
@@ -603,3 +603,12 @@ def check_no_gate(differs_from_lm_at_init, tokens, images) -> None:
 
 
 keep_rng(globals())  # no check moves the lesson's random numbers
+
+register_nudges({  # first hints for the steps whose full hint is the answer
+    "08.no_gate": "Build the model of the given config, then run it and its own language model on the same tokens, and "
+    "compare the two outputs exactly.",
+    "08.placement": "A block goes before some of the language model's layers: the first one, and then one every so often. "
+    "Which layers those are is a condition on the layer index.",
+    "08.trainable": "Each parameter's name starts with the part of the model it belongs to. Keep the parts of the "
+    "parameters that train, each once, in order.",
+})

@@ -710,3 +710,14 @@ def _check_train_loop(train_flamingo, *, steps, batch_size, lr, gate_lr, weight_
 
 
 keep_rng(globals())  # no check moves the lesson's random numbers
+
+register_nudges({  # first hints for the steps whose full hint is the answer
+    "09.first_step": "The history records, at each logged step, every block's gate. Go through it in order and stop at the "
+    "first step where the chosen block's gate is far enough from 0; if none is, say so with None.",
+    "09.format": "The two formats differ in the number of words and in which word comes first. Look at the caption's "
+    "words and at which list, colours or shapes, each belongs to.",
+    "09.freeze": "Freeze the two pretrained parts so that no gradient reaches them; the two parts Flamingo adds keep "
+    "training. Give back the model.",
+    "09.groups": "Two groups of the parameters that train: the gates, with their own learning rate and no weight "
+    "decay, and everything else, with weight decay. A name tells you which is which.",
+})

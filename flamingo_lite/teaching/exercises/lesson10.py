@@ -12,7 +12,7 @@ from einops import rearrange
 
 from ... import masks
 from ...cross_attention import MaskedCrossAttention
-from . import Mistake, compare, fail, passed, register_hints, run_learner
+from . import Mistake, compare, fail, passed, register_hints, register_nudges, run_learner
 
 DIM, HEADS, DIM_HEAD = 16, 2, 8
 
@@ -158,3 +158,14 @@ def check_scores_computed(scores_computed, media_locations, num_media, num_laten
             fail("the heads are missing: every head computes its own scores.")
         fail(f"scores_computed(..., view={args[-1]!r}) should be {want}, yours is {got!r}.")
     passed("scores_computed is right: the segment view computes exactly the scores the mask keeps.")
+
+register_nudges({  # first hints for the steps whose full hint is the answer
+    "10.lengths": "A segment is the tokens that share one text time. Count, in each row, the tokens of each text time "
+    "from 1 to t; lesson 04's text time gives you each token's.",
+    "10.scores": "Count one score per query token and latent, per head. The mask view scores every token against every "
+    "image's latents; the segment view only the tokens that see an image, each against its one image's "
+    "latents.",
+    "10.segments": "Go through each row's segments, one per image: the tokens whose text time is that image's number. "
+    "Each segment attends to its one image's latents only; tokens before the first image keep their "
+    "zeros. Mind that text time counts from 1 and the media axis from 0.",
+})

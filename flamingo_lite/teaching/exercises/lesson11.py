@@ -16,7 +16,7 @@ import torch
 
 from ... import interop
 from ...tiny.model import xattn_layers
-from . import fail, passed, register_hints, run_learner
+from . import fail, passed, register_hints, register_nudges, run_learner
 
 CODEBASES = {"idefics": "first", "open_flamingo": "open_flamingo"}  # codebase -> the tiny model's xattn_placement
 CASES = [(8, 4), (7, 3), (6, 1), (5, 2), (3, 4)]  # (depth, every): one with K = 1, one with K > depth
@@ -158,3 +158,11 @@ def check_from_idefics_keys(fn) -> dict:
     key = next(k for k in right if not torch.equal(got[k], right[k]))
     fail(f"from_idefics_keys: {key!r} holds other numbers than the answer; no usual mistake matches, so check which "
          "IDEFICS tensor the table maps to it.")
+
+register_nudges({  # first hints for the steps whose full hint is the answer
+    "11.keys": "Follow the table above name by name. Two of flamingo_lite's weights are two of IDEFICS's joined "
+    "along the output axis, keys before values and gate before up, and the gates change shape.",
+    "11.placement": "The layer indices start at 0. The two codebases use the same frequency but count differently: one "
+    "keeps the layer whose index is a multiple of it, the other the layer whose position, counted from 1, "
+    "is.",
+})

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ...tiny import fewshot, heldout
-from . import Mistake, compare, fail, passed, register_hints, run_learner, run_untouched
+from . import Mistake, compare, fail, passed, register_hints, register_nudges, run_learner, run_untouched
 
 register_hints({
     "12.nearest": "Average each picture's features over its grid cells (`support.mean(dim=1)`, (k, d); "
@@ -221,3 +221,14 @@ def check_nearest_support(nearest_support) -> None:
             fail(f"{what} chose another picture on {wrong} of {len(examples)} episodes: {message}")
     fail(f"{what} chose another picture on {wrong} of {len(examples)} episodes, and no usual mistake matches: average "
          "each picture over its grid cells, normalise, and take the largest cosine (`hint(\"12.nearest\")`).")
+
+register_nudges({  # first hints for the steps whose full hint is the answer
+    "12.nearest": "Nearest neighbour on the frozen features: one vector per picture, the mean over its grid cells; "
+    "compare the query with every support picture by cosine similarity, and answer with the index of the "
+    "most similar.",
+    "12.prompt": "A prompt is the support examples in order, each an image marker, its words, the episode's name for "
+    "its class and the end-of-chunk token; then the query, which stops where the name would come. Mind "
+    "which name: the episode binds names to classes afresh.",
+    "12.score": "The answer is the next token after the prompt, so read the prediction at the prompt's last position. "
+    "Score each candidate by its log-probability over the whole vocabulary.",
+})

@@ -23,7 +23,7 @@ import copy
 import torch
 from torch import nn
 
-from . import Mistake, compare, fail, passed, register_hints, run_learner
+from . import Mistake, compare, fail, passed, register_hints, register_nudges, run_learner
 
 IMAGE, EOC, PAD, VOCAB = 1, 2, 0, 12  # the course's tokenizer: <pad> 0, <image> 1, <eoc> 2, 12 words
 
@@ -297,3 +297,15 @@ def check_captions(caption_fn, model, pictures: torch.Tensor, tokenizer) -> list
         fail(f"your caption {mine!r} should be {right!r}: decode the new tokens of each row with tokenizer.words.")
     passed(f"your captions are the beam search's ({len(got)} pictures, 3 beams).")
     return list(got)
+
+register_nudges({  # first hints for the steps whose full hint is the answer
+    "13.beams": "transformers' generate does the search: one image marker per picture as the prompt, the pictures "
+    "shaped as the model's forward wants them, three beams and a few new tokens. Then cut each caption at "
+    "its end-of-chunk token.",
+    "13.cache": "With the cache, GPT-2 gives the layer only the new tokens, while the conditioning holds the image "
+    "markers of the whole text. Stand in for the text already read by rows of zeros, run the block on all "
+    "rows, and keep the new ones.",
+    "13.layer": "The wrapper runs the gated block on the hidden states, when this layer has one, with the media and "
+    "locations stored by condition(), then hands the result and everything else it was given to the "
+    "original layer.",
+})
