@@ -937,7 +937,7 @@ def test_09_train_loop_hint_calls_the_model_as_the_lesson_does(capsys):
 
 # ---------------------------------------------------------------------------------------------------------- 09
 
-def segment_class(offset=1, softmax_dim=-1, blind_first=False):
+def segment_class(offset=1, softmax_dim=-1, blind_first=False, from_zero=False, first_row=False, detach=False):
     class Layer(nn.Module):
         def __init__(self, *, dim, dim_head=64, heads=8):
             super().__init__()
@@ -953,12 +953,14 @@ def segment_class(offset=1, softmax_dim=-1, blind_first=False):
             k, v = self.to_kv(media).chunk(2, dim=-1)
             k = rearrange(k, "b t m (h e) -> b h t m e", h=self.heads)
             v = rearrange(v, "b t m (h e) -> b h t m e", h=self.heads)
+            if detach:
+                k, v = k.detach(), v.detach()  # no gradient reaches to_kv or the media
             times = masks.text_time(media_locations)
             out = torch.zeros_like(q)
             for row in range(x.shape[0]):
-                for k_time in range(offset, media.shape[1] + offset):
-                    tokens = (times[row] == k_time).nonzero().flatten()
-                    index = k_time - offset
+                for k_time in range(0 if from_zero else offset, media.shape[1] + offset):
+                    tokens = (times[0 if first_row else row] == k_time).nonzero().flatten()
+                    index = k_time - offset  # from_zero: text time 0 reads index -1, the last media
                     if blind_first and k_time == 1:
                         tokens = ((times[row] == 0) | (times[row] == 1)).nonzero().flatten()
                     if len(tokens):
@@ -979,6 +981,11 @@ def test_09_segment_layer():
     fails(lesson10.check_segment_layer, segment_class(offset=0), match="numbered from 0")
     fails(lesson10.check_segment_layer, segment_class(softmax_dim=-2), match="softmax")
     fails(lesson10.check_segment_layer, segment_class(blind_first=True), match="before the first image")
+    fails(lesson10.check_segment_layer, segment_class(from_zero=True), match="text before the first image is not 0 "
+          "\\(in row 0\\).*a loop from 0 reads media -1")
+    fails(lesson10.check_segment_layer, segment_class(first_row=True), match="right for the first sample and wrong for "
+          "the others")
+    fails(lesson10.check_segment_layer, segment_class(detach=True), match="gives the right output, but .*no gradient")
 
     class NoOut(segment_class()):
         def forward(self, x, media, media_locations):

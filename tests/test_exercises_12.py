@@ -50,9 +50,19 @@ def test_the_prompt_solution_passes(capsys):
     (wrong_prompt(lambda c, n: ["<image>", "is", fewshot.NAMES[c], "<eoc>"], ["<image>", "is"]), "from the class index"),
     (wrong_prompt(lambda c, n: [*fewshot.class_words(c), "is", NAME(c, n), "<eoc>"], ["<image>", "is"]), "written as words"),
     (wrong_prompt(lambda c, n: ["<image>", "is", NAME(c, n), "<eoc>"], ["<image>", "is"], order=lambda s: s[::-1]), "reverse order"),
+    (wrong_prompt(lambda c, n: ["<image>", NAME(c, n), "is", "<eoc>"], ["<image>", "is"]), "name comes before the word"),
+    (wrong_prompt(lambda c, n: ["<image>", "is", NAME(c, n), "<eoc>"], ["<image>", "is", "<eoc>"]), "query ends with `<eoc>`"),
 ])
 def test_each_prompt_mistake_is_named(wrong, match):
     fails(lesson12.check_build_prompt, wrong, match=match)
+
+
+def test_a_prompt_with_the_query_first_is_named():
+    def query_first(support_classes, names, tokenizer, word="is"):
+        shots = [w for c in support_classes for w in ["<image>", word, NAME(c, names), "<eoc>"]]
+        return tokenizer.encode(["<image>", word] + shots)
+
+    fails(lesson12.check_build_prompt, query_first, match="the query comes first")
 
 
 def test_a_prompt_that_is_not_ids_or_unknown_is_named():
@@ -102,7 +112,7 @@ def test_the_prompt_mistakes_differ_from_the_answer_and_each_other():
     for word in lesson12.WORDS:
         right = prompt_solution(lesson12.SUPPORT, lesson12.NAMES_OF_CLASSES, tok, word)
         wrongs = [w for _, w in lesson12._prompt_mistakes(lesson12.SUPPORT, lesson12.NAMES_OF_CLASSES, word)]
-        assert all(w != right for w in wrongs) and len({tuple(w) for w in wrongs}) == len(wrongs) == 7
+        assert all(w != right for w in wrongs) and len({tuple(w) for w in wrongs}) == len(wrongs) == 10
 
 
 def score_solution(logits, candidate_ids):

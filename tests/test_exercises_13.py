@@ -64,6 +64,8 @@ LAYER_MISTAKES = {
     "gets no gradient.*would never train": lambda s, x, a, k: s.decoder_layer(
         s.gated_cross_attn_layer(x, s.media, s.media_locations).detach() if s.gated_cross_attn_layer is not None else x, *a, **k),
     "run the GPT-2 block alone there": lambda s, x, a, k: s.decoder_layer(s.gated_cross_attn_layer(x, s.media, s.media_locations), *a, **k),
+    "x is added twice: the gated block already returns x plus its gated update": lambda s, x, a, k: s.decoder_layer(
+        x + s.gated_cross_attn_layer(x, s.media, s.media_locations) if s.gated_cross_attn_layer is not None else x, *a, **k),
 }
 
 
@@ -110,6 +112,8 @@ def stand_ins(where):
                 x = self.gated_cross_attn_layer(x, self.media, self.media_locations[:, k:])
             elif where == "end":
                 x = self.gated_cross_attn_layer(torch.cat((x, pad), dim=1), self.media, self.media_locations)[:, :n]
+            elif where == "first rows":
+                x = self.gated_cross_attn_layer(torch.cat((pad, x), dim=1), self.media, self.media_locations)[:, :n]
             elif where == "kept":
                 x = self.gated_cross_attn_layer(torch.cat((pad, x), dim=1), self.media, self.media_locations)
         return self.decoder_layer(x, *args, **kwargs)
@@ -125,6 +129,7 @@ def test_13_cache_stub_solution_and_mistakes(capsys):
     fails(lesson13.check_cache, layer(stand_ins("none")), match="put k stand-in rows of zeros in front")
     fails(lesson13.check_cache, layer(stand_ins("dropped")), match="markers of the tokens already read were dropped")
     fails(lesson13.check_cache, layer(stand_ins("end")), match="the stand-in rows went after the text")
+    fails(lesson13.check_cache, layer(stand_ins("first rows")), match=r"kept the first n rows.*the last n rows, `\[:, k:\]`")
     fails(lesson13.check_cache, layer(stand_ins("kept")), match=r"drop the k stand-in rows|dropping the k stand-ins")
     fails(lesson13.check_cache, layer(LAYER_MISTAKES[r"pass them on, `self.decoder_layer\(x, \*args, \*\*kwargs\)`"]),
           match=r"pass them on, `self.decoder_layer\(x, \*args, \*\*kwargs\)`")
@@ -149,10 +154,10 @@ def test_13_beams_stub_solution_and_mistakes(captioning, capsys):
     assert capsys.readouterr().out.startswith("OK")
     assert "generate" not in vars(model)  # the recording wrapper is gone again
 
-    def decoded(num_beams=3, keep_prompt=False, keep_eoc=False, shape=lambda p: p[:, None, None]):
+    def decoded(num_beams=3, keep_prompt=False, keep_eoc=False, shape=lambda p: p[:, None, None], new_tokens=5):
         def captions(m, p):
             prompt = torch.full((p.shape[0], 1), tok.media_id)
-            out = m.generate(shape(p), prompt, num_beams=num_beams, max_new_tokens=5, pad_token_id=tok.pad_id)
+            out = m.generate(shape(p), prompt, num_beams=num_beams, max_new_tokens=new_tokens, pad_token_id=tok.pad_id)
             rows = out.tolist() if keep_prompt else out[:, 1:].tolist()
             texts = []
             for row in rows:
@@ -162,6 +167,14 @@ def test_13_beams_stub_solution_and_mistakes(captioning, capsys):
         return captions
 
     fails(lesson13.check_captions, decoded(num_beams=1), model, pictures, tok, match="num_beams=1: the paper decodes")
+    fails(lesson13.check_captions, decoded(new_tokens=3), model, pictures, tok, match="at most 3 new tokens: the exercise asks for 5")
+
+    def one_prompt(m, p):  # all k pictures in one prompt, as one sequence
+        out = m.generate(p[None, :, None], torch.full((1, len(p)), tok.media_id), num_beams=3, max_new_tokens=5,
+                         pad_token_id=tok.pad_id)
+        return [" ".join(tok.words(out[0, len(p):].tolist()))] * len(p)
+
+    fails(lesson13.check_captions, one_prompt, model, pictures, tok, match="each picture is captioned on its own|one caption per picture")
     fails(lesson13.check_captions, decoded(keep_prompt=True), model, pictures, tok, match="starts with the prompt")
     fails(lesson13.check_captions, decoded(keep_eoc=True), model, pictures, tok, match="keeps the end-of-chunk token")
     fails(lesson13.check_captions, decoded(shape=lambda p: p[:, None]), model, pictures, tok, match=r"pictures\[:, None, None\]")

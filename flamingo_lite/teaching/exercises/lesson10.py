@@ -3,7 +3,9 @@
 The layer is checked with the reference's weights on a batch with every awkward case (text before the first
 image, a marker at position 0, two markers in a row, a media without a marker), against the usual mistakes
 computed on the same input: media numbered from 0 (each segment reading the next image), text before the first
-image left attending to the first image, the softmax over the wrong axis, the scale forgotten, all previous media.
+image left attending to the first image (or, from a loop over text time 0, the last one), the softmax over the wrong
+axis, the scale forgotten, all previous media, and code right for the first sample only. A layer whose outputs match
+then runs `check_module`'s backward pass, so one that cuts the gradient (`media.detach()`) is named too.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from einops import rearrange
 
 from ... import masks
 from ...cross_attention import MaskedCrossAttention
+from ..checker import check_module
 from . import Mistake, compare, fail, passed, register_hints, register_nudges, run_learner
 
 DIM, HEADS, DIM_HEAD = 16, 2, 8
@@ -115,7 +118,22 @@ def check_segment_layer(layer_class) -> None:
             Mistake("all previous", ref(all_previous=True),
                     "each segment attends to every image up to its own: in the immediate mode it reads only its own."),
         ]
+    blind = masks.text_time(media_locations) == 0  # (b, n): text before the first image
+    if got.shape == want.shape and bool((got[blind].abs() > 1e-6).any()):
+        rows = sorted({int(r) for r in blind.nonzero()[:, 0] if (got[r][blind[r]].abs() > 1e-6).any()})
+        if not any(m.output.shape == got.shape and torch.allclose(got, m.output, atol=1e-5) for m in mistakes):
+            fail(f"text before the first image is not 0 (in row{'s' if len(rows) > 1 else ''} "
+                 f"{', '.join(map(str, rows))}): tokens with text "
+                 "time 0 belong to no segment, so loop over text times 1..t only and leave their rows at zero (a loop "
+                 "from 0 reads media -1, the last one).")
+    if got.shape == want.shape and torch.allclose(got[0], want[0], atol=1e-5) and not torch.allclose(got, want, atol=1e-5):
+        fail("your segment layer is right for the first sample and wrong for the others: each row has its own "
+             "markers, so take the text times, the segments and the media of that row (times[row], media[row]), "
+             "not of row 0.")
     compare(got, want, what="your segment layer", mistakes=mistakes)
+    result = check_module(mine, reference, (x, media, media_locations), verbose=False)  # the backward pass too
+    if not result.passed:
+        fail(f"your segment layer gives the right output, but {result.message.lstrip('✗ ')}")
     passed("your segment-view layer matches flamingo_lite.MaskedCrossAttention, text before the first image and a "
            "media without a marker included.")
 

@@ -70,6 +70,14 @@ def _prompt_mistakes(support, names, word) -> list[tuple[str, list]]:
         ("the support examples are in reverse order: keep the order of `support_classes`, which is the order of "
          "the pictures given with the prompt.",
          _words_prompt([[media, word, name(c), eoc] for c in reversed(support)], [media, word])),
+        (f"the name comes before the word (`<image> NAME {word}`): each example reads `<image> {word} NAME <eoc>`, "
+         "the order of the training captions, so the query's prompt can stop right before its name.",
+         _words_prompt([[media, name(c), word, eoc] for c in support], [media, word])),
+        (f"the query ends with `<eoc>`: the prompt stops at `<image> {word}`, where the name is to come; `<eoc>` "
+         "would say the example is over.", _words_prompt([[media, word, name(c), eoc] for c in support],
+                                                          [media, word, eoc])),
+        ("the query comes first: the support examples come first, in order, and the query last, so the name the "
+         "model writes next is the query's.", _words_prompt([[media, word]] + [[media, word, name(c), eoc] for c in support], [])),
     ]
     for other in WORDS:
         if other != word:

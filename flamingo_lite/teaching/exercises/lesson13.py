@@ -33,7 +33,7 @@ register_hints({
                 "`return self.decoder_layer(x, *args, **kwargs)`. condition() only stores media and media_locations.",
     "13.cache": "`k = self.media_locations.shape[1] - hidden_states.shape[1]`; put `x.new_zeros(b, k, d)` in front "
                 "of x (`torch.cat(..., dim=1)`), run the block on the k + n rows, keep `[:, k:]`, then the GPT-2 block.",
-    "13.beams": "`model.generate(pictures[:, None, None], prompt, num_beams=3, max_new_tokens=5, pad_token_id=0)` "
+    "13.beams": "`model.generate(pictures[:, None, None], prompt, num_beams=3, max_new_tokens=5, pad_token_id=tok.pad_id)` "
                 "with `prompt` = one `<image>` id per picture, shape (k, 1); the new tokens are `out[:, 1:]`; stop "
                 "each caption before its `<eoc>`.",
 })
@@ -111,7 +111,7 @@ class Remembering(nn.Module):
         self.media, self.media_locations = media, media_locations
 
 
-def _wrong_layer(*, before=True, locations=True, runs=True, passes_args=True, stand_ins="front"):
+def _wrong_layer(*, before=True, locations=True, runs=True, passes_args=True, stand_ins="front", residual=False):
     """A wrapper class with one usual mistake switched on (the defaults make the right one)."""
 
     class Wrong(Remembering):
@@ -126,7 +126,7 @@ def _wrong_layer(*, before=True, locations=True, runs=True, passes_args=True, st
             if stand_ins == "end":
                 return self.gated_cross_attn_layer(torch.cat((x, pad), dim=1), self.media, self.media_locations)[:, :n]
             out = self.gated_cross_attn_layer(torch.cat((pad, x), dim=1), self.media, self.media_locations)  # (b, k + n, d)
-            return out[:, k:]  # (b, n, d)
+            return out[:, :n] if stand_ins == "first rows kept" else out[:, k:]  # (b, n, d)
 
         def forward(self, hidden_states, *args, **kwargs):
             x = hidden_states
@@ -135,6 +135,8 @@ def _wrong_layer(*, before=True, locations=True, runs=True, passes_args=True, st
                 return call(x)
             if not before:
                 return self.attend(call(x))
+            if residual:  # a second residual around a block that has its own
+                return call(x + self.attend(x))
             return call(self.attend(x))
 
     return Wrong
@@ -160,6 +162,8 @@ LAYER_MISTAKES = {
                 "`self.gated_cross_attn_layer(x, self.media, self.media_locations)` when the layer has one."),
     "arguments dropped": (dict(passes_args=False), "GPT-2's arguments do not reach its block (the padding mask, the "
                           "KV cache): pass them on, `self.decoder_layer(x, *args, **kwargs)`."),
+    "two residuals": (dict(residual=True), "x is added twice: the gated block already returns x plus its gated "
+                      "update (lesson 06), so the wrapper adds nothing, `x = self.gated_cross_attn_layer(x, ...)`."),
 }
 
 
@@ -196,6 +200,8 @@ CACHE_MISTAKES = {
                 "give the k earlier markers k stand-in rows in front of x."),
     "end": (dict(stand_ins="end"), "the stand-in rows went after the text: the k extra columns of media_locations "
             "come first, so the zeros go in front (`torch.cat((zeros, x), dim=1)`)."),
+    "first rows kept": (dict(stand_ins="first rows kept"), "after the block you kept the first n rows, the k stand-ins "
+                        "and the start of the text: the text is the last n rows, `[:, k:]`."),
 }
 
 
@@ -262,18 +268,22 @@ def captions_by_beam_search(model, pictures: torch.Tensor, tokenizer) -> list[st
 
 def check_captions(caption_fn, model, pictures: torch.Tensor, tokenizer) -> list[str]:
     """Step "13.beams": the learner's `caption_fn(model, pictures)` against the same beam search; returns the captions."""
-    calls = []
+    calls, prompts = [], []
     generate = model.generate
 
     def recording(*args, **kwargs):
         calls.append(kwargs)
+        prompts.append(args[1] if len(args) > 1 else kwargs.get("lang_x"))
         return generate(*args, **kwargs)
 
     model.generate = recording
     try:
         got = run_learner(caption_fn, model, pictures, what="your captions(model, pictures)",
                           advice={"rank 6": "vision_x is (pictures, 1 picture each, 1 frame, 3, H, W): "
-                                            "`pictures[:, None, None]`."})
+                                            "`pictures[:, None, None]`.",
+                                  "index out of range": "each picture is captioned on its own: one row per picture, "
+                                  "vision_x `pictures[:, None, None]`, (k, 1, 1, 3, H, W), and a prompt of one <image> "
+                                  "per row, (k, 1); a prompt of k pictures numbers them past the media it embeds."})
     finally:
         del model.generate  # the instance attribute goes; the method is the class's again
     if not calls:
@@ -282,6 +292,14 @@ def check_captions(caption_fn, model, pictures: torch.Tensor, tokenizer) -> list
     if beams != 3:
         fail(f"your captions searched with num_beams={beams}: the paper decodes with beam search of 3 beams "
              "(App. A.2), `num_beams=3`.")
+    if isinstance(prompts[-1], torch.Tensor) and prompts[-1].shape[0] != pictures.shape[0]:
+        fail(f"your captions generated from {prompts[-1].shape[0]} prompt(s) for {pictures.shape[0]} pictures: each "
+             "picture is captioned on its own, one row per picture: vision_x `pictures[:, None, None]`, (k, 1, 1, 3, "
+             "H, W), and a prompt of one <image> per row, (k, 1).")
+    new_tokens = calls[-1].get("max_new_tokens")
+    if new_tokens is not None and new_tokens != 5:
+        fail(f"your captions generate at most {new_tokens} new tokens: the exercise asks for 5, `max_new_tokens=5`, "
+             "room for a caption and its <eoc>; beam search with another length can end on other captions.")
     if not isinstance(got, (list, tuple)) or not all(isinstance(c, str) for c in got):
         fail(f"your captions(model, pictures) returned a {type(got).__name__}: return a list of strings, one per picture.")
     want = captions_by_beam_search(model, pictures, tokenizer)
