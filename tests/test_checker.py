@@ -424,7 +424,7 @@ def test_a_correct_module_passes_every_check_and_is_left_as_it_was(capsys):
     before = {k: v.clone() for k, v in learner.state_dict().items()}
     grads = [p.grad for p in learner.parameters()]
     modes = [m.training for m in learner.modules()]
-    result = fl.check_module(learner, fl.GatedCrossAttentionBlock)
+    result = fl.check_module(learner, fl.GatedCrossAttentionBlock, reference_kwargs=dict(dim=16, dim_head=4, heads=2))
     assert result.passed and result.failed_check is None
     assert capsys.readouterr().out == (
         "✓ GatedCrossAttentionBlock matches flamingo_lite.GatedCrossAttentionBlock: output (2, 8, 16), every value "
@@ -499,3 +499,18 @@ def test_a_dropout_the_reference_has_too_is_not_compared_in_train_mode():
     sizes = dict(dim=16, depth=1, dim_head=4, heads=2, num_latents=3)
     result = fl.check_module(DropsOut(**sizes), DropsOut(**sizes), verbose=False)
     assert result.passed, result.message
+
+
+def test_a_reference_sized_from_the_learner_says_which_sizes_it_checked():
+    """Without reference_kwargs the reference takes the learner's sizes, so a block widened by 2 where the spec says 4
+    passes as a FeedForward(mult=2): the verdict says so, and with the spec's sizes the wrong width is named."""
+    class WidenedBy2(nn.Sequential):
+        def __init__(self, dim):
+            super().__init__(nn.LayerNorm(dim), nn.Linear(dim, 2 * dim, bias=False), nn.GELU(),
+                             nn.Linear(2 * dim, dim, bias=False))
+
+    sized = fl.check_module(WidenedBy2(16), fl.FeedForward, verbose=False)
+    assert sized.passed and "built to your module's sizes, dim=16, mult=2: pass reference_kwargs" in sized.message
+    spec = fl.check_module(WidenedBy2(16), fl.FeedForward, reference_kwargs=dict(dim=16), verbose=False)
+    assert not spec.passed and "1.weight" in spec.message and "(64, 16)" in spec.message
+    assert "built to your module's sizes" not in spec.message

@@ -58,7 +58,7 @@ def test_the_mistakes_differ_from_the_answer_and_from_each_other():
 
 
 def test_the_hint_exists(capsys):
-    hint("11.placement")
+    hint("11.placement", 2)
     assert "(i + 1) % every == 0" in capsys.readouterr().out
 
 
@@ -125,5 +125,5 @@ def test_missing_and_unknown_keys_are_named():
 
 
 def test_the_key_map_hint_exists(capsys):
-    hint("11.keys")
+    hint("11.keys", 2)
     assert "torch.cat([k_proj, v_proj])" in capsys.readouterr().out

@@ -393,6 +393,9 @@ def _swapped_norms(reference: nn.Module, inputs, got: torch.Tensor, atol, rtol):
     return None
 
 
+SIZE_NOTE = "  (the reference was built to your module's sizes"  # how the line that lists them starts
+
+
 def check_module(
     learner: nn.Module,
     reference,
@@ -425,12 +428,15 @@ def check_module(
     that a backward pass gives every parameter the reference trains, and every float input, the reference's
     gradient (`check_gradients=False` skips it). Parameters the reference does not train (requires_grad=False)
     are not compared.
+    Built from a class without `reference_kwargs`, the reference takes your module's sizes, so a size you got wrong
+    (a feed-forward widened by 2, not 4) is its size too: the verdict then lists the sizes it checked.
     Returns a `CheckResult` (also when your forward raises: the verdict says which call raised and what);
     with `raise_on_mismatch=True` a mismatch raises `AssertionError` with that verdict instead.
     """
     if not isinstance(learner, nn.Module):
         raise TypeError(f"learner must be an nn.Module (your module), got {type(learner).__name__}")
     name = type(learner).__name__
+    sized_from_learner = isinstance(reference, type) and reference_kwargs is None
     if isinstance(reference, type):
         if not issubclass(reference, nn.Module):
             raise TypeError(f"reference must be an nn.Module class or instance, got {reference!r}")
@@ -465,6 +471,11 @@ def check_module(
         notes_line = f"  (gates {', '.join(notes)} set to 0.5 so the check sees through them)"
     else:
         notes_line = ""
+    if sized_from_learner:  # a size the learner got wrong is the reference's too: say which sizes were checked
+        sizes = ", ".join(f"{key}={int(value) if isinstance(value, float) and value.is_integer() else value!r}"
+                          for key, value in kwargs.items())
+        size_note = f"{SIZE_NOTE}, {sizes}: pass reference_kwargs=dict(...) with the spec's sizes to check those too)"
+        notes_line = f"{notes_line}\n{size_note}" if notes_line else size_note
 
     missing, unexpected, misshaped = _compare_state_dicts(learner, reference)
     if missing or unexpected or misshaped:

@@ -233,12 +233,14 @@ def check_layer(
     Passes with a line starting "OK"; otherwise raises `ExerciseFailed` with `check_module`'s verdict.
     Returns the `CheckResult`.
     """
-    from ..checker import check_module  # the checker imports the layers; keep this module light to import
+    from ..checker import SIZE_NOTE, check_module  # the checker imports the layers; keep this module light to import
 
     try:
         result = check_module(learner, reference, inputs, atol=atol, rtol=rtol, verbose=False, **check_kwargs)
     except TypeError as error:  # no reference can be built to fit it: a constructor that names a parameter otherwise
         fail(f"{what}: {error}; the exercise's table lists the names the constructor must create.")
+    # the exercise checks the sizes itself (check_layer_in_sizes, check_shapes_follow): no need to list them
+    result.message = "\n".join(line for line in result.message.split("\n") if not line.startswith(SIZE_NOTE))
     if result.passed:
         passed(f"{what} matches the reference ({result.message.split(': ', 1)[-1]}).")
         return result
