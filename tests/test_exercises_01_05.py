@@ -177,6 +177,11 @@ def project(layer, x, latents, bug=None):
 
 def attend_latents(layer, q, k, v, bug=None):
     pattern = "b t n (e h) -> b t h n e" if bug == "order" else "b t n (h e) -> b t h n e"
+    if bug == "reshape":
+        b, t, n, inner = q.shape
+        q, k, v = (a.reshape(b, t, layer.heads, a.shape[2], inner // layer.heads) for a in (q, k, v))
+        out = (q @ k.transpose(-1, -2) * layer.scale).softmax(-1) @ v
+        return out.reshape(b, t, n, inner)
     q, k, v = (rearrange(a, pattern, h=layer.heads) for a in (q, k, v))
     scores = q @ k.transpose(-1, -2)
     if bug != "scale":
@@ -203,7 +208,8 @@ def test_02_no_scale_names_the_layer_the_function_is_given():
     fails_with(lesson02.check_attend, lambda *a: attend_latents(*a, bug="scale"), match="layer.scale in attend_latents")
 
 
-@pytest.mark.parametrize("bug, named", [("scale", "not scaled"), ("axis", "over the latents"), ("order", "wrong order")])
+@pytest.mark.parametrize("bug, named", [("scale", "not scaled"), ("axis", "over the latents"), ("order", "wrong order"),
+                                        ("reshape", "split \\(or merged\\) with a reshape alone")])
 def test_02_attend_mistakes(bug, named):
     fails_with(lesson02.check_attend, lambda *a: attend_latents(*a, bug=bug), match=named)
 
@@ -231,6 +237,18 @@ def make_perceiver_attention(bug=None, raises=False):
                                         ("axis", "over the latents"), ("order", "wrong order")])
 def test_02_forward_mistakes(bug, named):
     fails_with(lesson02.check_forward, make_perceiver_attention(bug), match=named)
+
+
+def test_02_a_norm_the_forward_never_uses_is_named():
+    class BothFromNormMedia(make_perceiver_attention()):
+        def forward(self, x, latents):
+            x_n, lat_n = self.norm_media(x), self.norm_media(latents)  # norm_latents made, never used
+            q = self.to_q(lat_n)
+            k, v = self.to_kv(torch.cat([x_n, lat_n], dim=-2)).chunk(2, dim=-1)
+            return self.to_out(attend_latents(self, q, k, v))
+
+    fails_with(lesson02.check_forward, BothFromNormMedia,
+               match="norm_latents.weight, norm_latents.bias take no part in your forward, so no gradient would reach")
 
 
 def test_02_stubs_and_solutions():

@@ -257,6 +257,11 @@ def check_layer(
                 if result.case is not None:
                     fail(f"{what} is right on the example but not on {result.case}: {mistake.message}")
                 fail(f"{what}: {mistake.message}")
+    unused = _parameters_left_out(learner, result.inputs) if forward_wrong and result.inputs is not None else []
+    if unused:
+        fail(f"{what}: {', '.join(unused)} take{'s' if len(unused) == 1 else ''} no part in your forward, so no gradient "
+             "would reach them and they would never train: use every layer your constructor makes, each on its own "
+             "input (a norm applied to the wrong tensor, or a layer made and never called?).")
     named = (result.heads_used is not None or result.swapped_norms is not None or result.missing_keys
              or result.unexpected_keys or result.shape_mismatches or result.error is not None)
     if not forward_wrong or named or result.output is None:
@@ -265,6 +270,22 @@ def check_layer(
         fail(f"{what}: {result.message.removeprefix('✗ ')}")
     fail(f"{what}: {result.message.removeprefix('✗ ')}; no usual mistake matches, so compare each line with the "
          "steps above.")
+
+
+def _parameters_left_out(learner, inputs) -> list[str]:
+    """The names of the learner's trainable parameters that its forward never uses: no gradient reaches them."""
+    named = [(name, p) for name, p in learner.named_parameters() if p.requires_grad]
+    if not named:
+        return []
+    try:
+        with torch.enable_grad():
+            out = learner(*(a.clone() if isinstance(a, torch.Tensor) else a for a in inputs))
+            if not isinstance(out, torch.Tensor) or not out.requires_grad:
+                return []  # the whole output is cut off: check_module's own verdict says what it can
+            grads = torch.autograd.grad(out.float().sum(), [p for _, p in named], allow_unused=True)
+    except Exception:  # a forward that fails here fails in check_module too, which names it
+        return []
+    return [name for (name, _), grad in zip(named, grads) if grad is None]
 
 
 def scale_mistakes(layer, run) -> list[Mistake]:

@@ -74,13 +74,18 @@ def reference_attend(layer, q, k, v, *, scale=True, axis=-1, order="h e", heads=
     `order`) merges them; `heads` splits into that many; `scale_value` replaces the scale."""
     heads = layer.heads if heads is None else heads
     merge = order if merge is None else merge
-    qh, kh, vh = (rearrange(a, f"b t n ({order}) -> b t h n e", h=heads) for a in (q, k, v))  # (b, t, h, n, e)
+    if order == "reshape":  # the heads split and merged by reshape alone: the numbers keep their order
+        qh, kh, vh = (a.reshape(*a.shape[:2], heads, a.shape[2], -1) for a in (q, k, v))  # (b, t, h, n, e)
+    else:
+        qh, kh, vh = (rearrange(a, f"b t n ({order}) -> b t h n e", h=heads) for a in (q, k, v))  # (b, t, h, n, e)
     scores = torch.einsum("b t h i e, b t h j e -> b t h i j", qh, kh)  # (b, t, h, L, n+L)
     if scale_value is not None:
         scores = scores * scale_value
     elif scale:
         scores = scores * (q.shape[-1] // heads) ** -0.5
     out = torch.einsum("b t h i j, b t h j e -> b t h i e", scores.softmax(dim=axis), vh)  # (b, t, h, L, e)
+    if merge == "reshape":
+        return out.reshape(*out.shape[:2], out.shape[3], -1)  # (b, t, L, h*e)
     return rearrange(out, f"b t h L e -> b t L ({merge})", h=heads)  # (b, t, L, h*e)
 
 
@@ -150,6 +155,9 @@ def check_attend(attend_latents) -> None:
             Mistake("heads in the wrong order", reference_attend(layer, q, k, v, order="e h"), _ORDER),
             Mistake("merged in the wrong order", reference_attend(layer, q, k, v, merge="e h"), _MERGE),
             Mistake("split in the wrong order", reference_attend(layer, q, k, v, order="e h", merge="h e"), _SPLIT),
+            Mistake("reshaped", reference_attend(layer, q, k, v, order="reshape"),
+                    "the heads are split (or merged) with a reshape alone: a reshape keeps the numbers in their order, "
+                    "so a 'head' mixes tokens; move the axes with rearrange, 'b t n (h e) -> b t h n e', and back."),
             Mistake("one head", reference_attend(layer, q, k, v, heads=1),
                     "this is one head of width h*e: split q, k, v with h=layer.heads before the scores."),
             *scale_mistakes(layer, lambda **kw: reference_attend(layer, q, k, v, **kw)),
