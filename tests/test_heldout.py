@@ -224,11 +224,20 @@ def test_lesson_12_quotes_the_recorded_rule_experiments():
     highest = max(v for run in words.values() for v in run["lm_words_curve"].values())
     assert f"stays at or below {highest:.2f}" in lesson
     assert f"the vote reaches {words['colliding_links']['attribute_vote_curve']['16']:.2f} at 16 shots" in lesson
-    text = json.loads((root / "benchmarks" / "results" / "rule_text_lm.json").read_text())["runs"]["0"]
-    before = text["colliding_links_before"]
-    quoted = (f"gets {text['lm_words_curve']['16']:.2f} on the words at 16 shots",
-              f"rises from {before['rule_inference']['curve']['16']:.2f} to {text['rule_inference']['curve']['16']:.2f}",
-              f"nearest neighbour ({text['rule_inference']['knn_curve']['16']:.2f})",
-              f"falls from {before['heldout_format']['curve']['16']:.2f} to {text['heldout_format']['curve']['16']:.2f}")
+    runs = json.loads((root / "benchmarks" / "results" / "rule_text_lm.json").read_text())["runs"]
+    assert sorted(runs) == ["0", "1", "2"]  # every seed the lesson quotes
+    rule = {s: (r["colliding_links_before"]["rule_inference"]["curve"]["16"], r["rule_inference"]["curve"]["16"],
+                r["rule_inference"]["knn_curve"]["16"]) for s, r in runs.items()}
+    held = {s: (r["colliding_links_before"]["heldout_format"]["curve"]["16"], r["heldout_format"]["curve"]["16"])
+            for s, r in runs.items()}
+    words = [runs[s]["lm_words_curve"]["16"] for s in ("0", "1", "2")]
+    quoted = (f"gets {words[0]:.2f}, {words[1]:.2f} and {words[2]:.2f} on the words at 16 shots (seeds 0, 1 and 2)",
+              "rises from {:.2f} to {:.2f} against nearest neighbour's {:.2f} on seed 0".format(*rule["0"]),
+              "from {:.2f} to {:.2f} against {:.2f} on seed 1".format(*rule["1"]),
+              "from {:.2f} to {:.2f} against {:.2f} on seed 2".format(*rule["2"]),
+              "falls on seed 0, from {:.2f} to {:.2f}".format(*held["0"]),
+              "from {:.2f} to {:.2f} on seed 1".format(*held["1"]), "from {:.2f} to {:.2f} on seed 2".format(*held["2"]))
     for claim in quoted:
         assert claim in lesson, claim
+    assert all(after < knn for _, after, knn in rule.values())  # "below nearest neighbour every time"
+    assert held["0"][1] < held["0"][0] and all(held[s][1] > held[s][0] for s in ("1", "2"))  # falls on 0, not on 1, 2
