@@ -414,8 +414,13 @@ def text_task_accuracy(lm: TinyLM, episodes: list[Episode], tokenizer: Tokenizer
         answers.append(tokenizer.index[NAMES[ep.names[ep.query_class]]])
         if ep.query_class not in [ep.pool_classes[i] for i in chosen]:
             prompts.pop(), answers.pop()  # only episodes the text says the answer for
-    logits = lm.to(device).eval()(torch.tensor(prompts, device=device))[:, -1]  # (E, V)
-    name_ids = torch.tensor([tokenizer.index[name] for name in NAMES], device=device)
+    return text_name_accuracy(lm, prompts, answers, tokenizer, device=device)
+
+
+def text_name_accuracy(lm: TinyLM, prompts: list[list[int]], answers: list[int], tokenizer: Tokenizer, *, device) -> float:
+    """The share of text prompts (of one length) whose likeliest next name, among the 16, is the answer's id."""
+    logits = lm.to(device).eval()(torch.tensor(prompts, dtype=torch.long, device=device))[:, -1]  # (E, V)
+    name_ids = torch.tensor([tokenizer.index[name] for name in NAMES], device=device)  # (16,)
     predicted = name_ids[score_candidates(logits, name_ids).argmax(-1)]  # (E,)
     return float((predicted == torch.tensor(answers, device=device)).float().mean())
 

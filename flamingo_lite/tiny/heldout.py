@@ -37,7 +37,7 @@ from ..validation import check_non_negative_int, check_positive_int
 from .data import COLOURS, EOC_TOKEN, SHAPES, Tokenizer, render_shape
 from .fewshot import (
     CLASSES, IS, NAMES, Episode, choose_support, class_words, episode_grids, make_heldout_episodes, score_batch,
-    score_candidates, shot_words,
+    score_candidates, shot_words, text_name_accuracy,
 )
 from .language_model import zero_attention_heads
 
@@ -192,10 +192,7 @@ def rule_in_words(lm, episodes: list[RuleEpisode], k: int, tokenizer: Tokenizer,
         most = max(votes.values(), default=0)
         winners = [n for n, v in votes.items() if v == most and v > 0]
         vote.append(1.0 / len(winners) if answer in winners else 0.0 if winners else 1.0 / len(NAMES))  # none: a guess
-    logits = lm.to(device).eval()(torch.tensor(prompts, dtype=torch.long, device=device))[:, -1]  # (E, V)
-    name_ids = torch.tensor([tokenizer.index[name] for name in NAMES], device=device)  # (16,)
-    predicted = name_ids[score_candidates(logits, name_ids).argmax(-1)]  # (E,)
-    return {"lm_words": float((predicted == torch.tensor(answers, device=device)).float().mean()),
+    return {"lm_words": text_name_accuracy(lm, prompts, answers, tokenizer, device=device),
             "attribute_vote": float(np.mean(vote))}
 
 
