@@ -95,7 +95,7 @@ def test_01_attention_more_mistakes_are_named():
     fails_with(lesson01.check_attention, two_d_only, match=r"has shape \(1, 2, 2, 3, 4\).*give the mask an axis for the "
                                                            r"heads, `mask\[:, None\]`")
     fails_with(lesson01.check_attention, lambda *a: two_d_only(*a, product="einsum"),
-               match=r"raised RuntimeError.*The mask here is \(b, i, j\).*`mask\[:, None\]`")
+               match=r"raised RuntimeError.*the mask here is \(b, i, j\).*`mask\[:, None\]`")
 
 
 def test_01_attention_stub_and_solution(capsys):
