@@ -208,6 +208,40 @@ def test_02_no_scale_names_the_layer_the_function_is_given():
     fails_with(lesson02.check_attend, lambda *a: attend_latents(*a, bug="scale"), match="layer.scale in attend_latents")
 
 
+def test_02_attend_that_scales_q_in_place_is_named():
+    def in_place(layer, q, k, v):
+        q.mul_(layer.scale)  # the caller's q changes
+        return attend_latents(layer, q, k, v, bug="scale")
+
+    fails_with(lesson02.check_attend, in_place, match="changed its input q in place")
+
+
+def test_02_heads_merged_by_a_reshape_alone_are_named():
+    def merged_by_reshape(layer, q, k, v):
+        q, k, v = (rearrange(a, "b t n (h e) -> b t h n e", h=layer.heads) for a in (q, k, v))
+        out = (q @ k.transpose(-1, -2) * layer.scale).softmax(-1) @ v  # (b, t, h, L, e)
+        return out.reshape(out.shape[0], out.shape[1], out.shape[3], -1)
+
+    fails_with(lesson02.check_attend, merged_by_reshape, match="with a reshape alone")
+
+
+def test_02_a_scale_that_two_mistakes_give_names_both():
+    class ModelWidth(make_perceiver_attention()):
+        def __init__(self, *, dim, dim_head=64, heads=8):
+            super().__init__(dim=dim, dim_head=dim_head, heads=heads)
+            self.scale = dim**-0.5  # at dim 16 and dim_head 4, the same number as 1 / dim_head
+
+    fails_with(lesson02.check_forward, ModelWidth, match="1 / dim_head: the square root is missing or dim \\*\\* -0.5")
+
+
+def test_02_media_share_for_one_sample_only_is_caught():
+    layer = fl.PerceiverAttention(dim=16, dim_head=4, heads=2)
+    x, latents = torch.randn(1, 1, 6, 16), torch.randn(1, 1, 3, 16)
+    weights = layer.attention_weights(x, latents).detach()
+    fails_with(lesson02.check_media_share, lambda w, n: w[0, 0, ..., :n].sum(-1)[None, None], weights, 6, layer, x,
+               latents, match="2 samples and 2 media")
+
+
 @pytest.mark.parametrize("bug, named", [("scale", "not scaled"), ("axis", "over the latents"), ("order", "wrong order"),
                                         ("reshape", "split \\(or merged\\) with a reshape alone")])
 def test_02_attend_mistakes(bug, named):

@@ -937,7 +937,8 @@ def test_09_train_loop_hint_calls_the_model_as_the_lesson_does(capsys):
 
 # ---------------------------------------------------------------------------------------------------------- 09
 
-def segment_class(offset=1, softmax_dim=-1, blind_first=False, from_zero=False, first_row=False, detach=False):
+def segment_class(offset=1, softmax_dim=-1, blind_first=False, from_zero=False, first_row=False, detach=False,
+                  every_image=False, markers_out=False, last_out=False, residual=False):
     class Layer(nn.Module):
         def __init__(self, *, dim, dim_head=64, heads=8):
             super().__init__()
@@ -958,15 +959,25 @@ def segment_class(offset=1, softmax_dim=-1, blind_first=False, from_zero=False, 
             times = masks.text_time(media_locations)
             out = torch.zeros_like(q)
             for row in range(x.shape[0]):
-                for k_time in range(0 if from_zero else offset, media.shape[1] + offset):
-                    tokens = (times[0 if first_row else row] == k_time).nonzero().flatten()
+                for k_time in range(0 if from_zero else offset, media.shape[1] + offset - (1 if last_out else 0)):
+                    in_segment = times[0 if first_row else row] == k_time
+                    if markers_out:
+                        in_segment = in_segment & ~media_locations[row]
+                    tokens = in_segment.nonzero().flatten()
                     index = k_time - offset  # from_zero: text time 0 reads index -1, the last media
+                    if every_image and k_time >= 1 and len(tokens):
+                        k_all = rearrange(k[row], "h t m e -> h (t m) e")
+                        v_all = rearrange(v[row], "h t m e -> h (t m) e")
+                        scores = q[row, :, tokens] @ k_all.transpose(-1, -2) * self.scale
+                        out[row, :, tokens] = scores.softmax(dim=-1) @ v_all
+                        continue
                     if blind_first and k_time == 1:
                         tokens = ((times[row] == 0) | (times[row] == 1)).nonzero().flatten()
                     if len(tokens):
                         scores = q[row, :, tokens] @ k[row, :, index].transpose(-1, -2) * self.scale
                         out[row, :, tokens] = scores.softmax(dim=softmax_dim) @ v[row, :, index]
-            return self.to_out(rearrange(out, "b h n e -> b n (h e)"))
+            out = self.to_out(rearrange(out, "b h n e -> b n (h e)"))
+            return out + x if residual else out
 
     return Layer
 
@@ -985,7 +996,14 @@ def test_09_segment_layer():
           "\\(in row 0\\).*a loop from 0 reads media -1")
     fails(lesson10.check_segment_layer, segment_class(first_row=True), match="right for the first sample and wrong for "
           "the others")
-    fails(lesson10.check_segment_layer, segment_class(detach=True), match="gives the right output, but .*no gradient")
+    fails(lesson10.check_segment_layer, segment_class(every_image=True), match="attends to the latents of all the images")
+    fails(lesson10.check_segment_layer, segment_class(markers_out=True), match="<image> tokens are left out of their segments")
+    fails(lesson10.check_segment_layer, segment_class(last_out=True), match="right on the example but not on .*the last "
+          "image's segment is left out")
+    with pytest.raises(ExerciseFailed) as failed:
+        lesson10.check_segment_layer(segment_class(residual=True))
+    assert "text before the first image is not 0" not in str(failed.value)  # a residual is not a text-time-0 bug
+    fails(lesson10.check_segment_layer, segment_class(detach=True), match="gives the right output on the example, but .*no gradient")
 
     class NoOut(segment_class()):
         def forward(self, x, media, media_locations):
@@ -1014,6 +1032,9 @@ def test_09_exercises():
     fails(lesson10.check_segment_lengths, stub, loc, 3, match="not written yet")
     lesson10.check_segment_lengths(lengths, loc, 3)
     fails(lesson10.check_segment_lengths, lambda ml, t: lengths(ml, t, 0), loc, 3, match="numbered from 0")
+    fails(lesson10.check_segment_lengths, lambda ml, t: ((masks.text_time(ml)[..., None] == torch.arange(1, t + 1))
+                                                        & ~ml[..., None]).sum(dim=1), loc, 3,
+          match="counted without its <image> token")
 
     def scores(ml, t, m, h, view, blind=False):
         b, n = ml.shape

@@ -83,6 +83,14 @@ def test_loss_check_names_each_mistake(wrong, match):
     fails(lesson07.check_loss, make_loss(**wrong), match=match)
 
 
+def test_a_temperature_clamped_in_place_is_told_how_to_clamp_it():
+    def in_place(image, text, log_t):
+        log_t.data.clamp_(MIN_LOG_TEMPERATURE, MAX_LOG_TEMPERATURE)  # the caller's log_temperature changes
+        return make_loss()(image, text, log_t)
+
+    fails(lesson07.check_loss, in_place, match="changed its input log_temperature in place.*never through `.data`")
+
+
 def test_loss_check_on_the_stub_and_on_a_number():
     fails(lesson07.check_loss, stub, match="not written yet")
     fails(lesson07.check_loss, lambda i, t, l: make_loss()(i, t, l).item(), match="return the loss as a 0-d tensor")

@@ -146,13 +146,13 @@ def run_learner(fn: Callable, *args, what: str, advice: dict[str, str] | None = 
         fail(said if said.endswith(".") else said + ".")
 
 
-def run_untouched(fn: Callable, *args, what: str, names: tuple[str, ...], fix: str | None = None, **kwargs):
+def run_untouched(fn: Callable, *args, what: str, names: tuple[str, ...], fix: str | dict | None = None, **kwargs):
     """`run_learner` on copies of the tensor arguments, then fail naming the first one `fn` changed in place.
 
     A function that changes its input in place can return the right value and still pass a check that computes
     the answer afterwards from the changed input; the copies keep the check's own inputs as they were.
     names: each positional argument's name, as the learner's function calls it. fix: the sentence that ends the
-    verdict, how to make a new tensor instead."""
+    verdict, how to make a new tensor instead (or {name: sentence}, one per argument)."""
     copies = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
     result = run_learner(fn, *copies, what=what, **kwargs)
     for name, given, used in zip(names, args, copies):
@@ -160,7 +160,7 @@ def run_untouched(fn: Callable, *args, what: str, names: tuple[str, ...], fix: s
                 torch.isnan(used), torch.isnan(given)) and torch.equal(used.nan_to_num(0.0), given.nan_to_num(0.0))):
             fail(f"{what} changed its input {name} in place (an in-place op such as `{name} += ...`, `{name}.div_(...)` "
                  f"or `{name}[...] = ...`): the caller's tensor changes too, and autograd cannot train through it; "
-                 f"{fix or f'write `{name} = {name} + ...`, which makes a new tensor.'}")
+                 f"{(fix.get(name) if isinstance(fix, dict) else fix) or f'write `{name} = {name} + ...`, which makes a new tensor.'}")
     return result
 
 
@@ -301,15 +301,14 @@ def scale_mistakes(layer, run) -> list[Mistake]:
         (dim**-0.5, "dim ** -0.5: the model width, not one head's"),
         *((fixed**-0.5, "a fixed number: compute it from the dim_head argument") for fixed in (4, 8, 64)),
     ]
-    seen, out = set(), []
+    reasons: dict[float, list[str]] = {}  # at some sizes two mistakes give one number: name them both
     for value, why in candidates:
-        if abs(value - right) < 1e-9 or round(value, 9) in seen:
-            continue
-        seen.add(round(value, 9))
-        out.append(Mistake("wrong scale", run(scale_value=value),
-                           f"the scores are scaled by {value:.4g} ({why}); the scale is dim_head ** -0.5 = {right:.4g}, "
-                           "self.scale = dim_head ** -0.5."))
-    return out
+        if abs(value - right) >= 1e-9:
+            reasons.setdefault(round(value, 9), []).append(why)
+    return [Mistake("wrong scale", run(scale_value=value),
+                    f"the scores are scaled by {value:.4g} ({' or '.join(whys)}); the scale is dim_head ** -0.5 = "
+                    f"{right:.4g}, self.scale = dim_head ** -0.5.")
+            for value, whys in reasons.items()]
 
 
 def heads_mistakes(layer, run) -> list[Mistake]:

@@ -74,7 +74,7 @@ def reference_attend(layer, q, k, v, *, scale=True, axis=-1, order="h e", heads=
     `order`) merges them; `heads` splits into that many; `scale_value` replaces the scale."""
     heads = layer.heads if heads is None else heads
     merge = order if merge is None else merge
-    if order == "reshape":  # the heads split and merged by reshape alone: the numbers keep their order
+    if order == "reshape":  # the heads split by a reshape alone: the numbers keep their order
         qh, kh, vh = (a.reshape(*a.shape[:2], heads, a.shape[2], -1) for a in (q, k, v))  # (b, t, h, n, e)
     else:
         qh, kh, vh = (rearrange(a, f"b t n ({order}) -> b t h n e", h=heads) for a in (q, k, v))  # (b, t, h, n, e)
@@ -148,16 +148,18 @@ def check_attend(attend_latents) -> None:
     with torch.no_grad():
         q, k, v = reference_project(layer, x, latents)
         what = "your attend_latents(layer, q, k, v)"
-        got = run_learner(attend_latents, layer, q, k, v, what=what)
+        got = run_untouched(attend_latents, layer, q, k, v, what=what, names=("layer", "q", "k", "v"))
         compare(got, reference_attend(layer, q, k, v), what=what, mistakes=[
             Mistake("missing scale", reference_attend(layer, q, k, v, scale=False), _NO_SCALE),
             Mistake("softmax over the wrong axis", reference_attend(layer, q, k, v, axis=-2), _AXIS),
             Mistake("heads in the wrong order", reference_attend(layer, q, k, v, order="e h"), _ORDER),
             Mistake("merged in the wrong order", reference_attend(layer, q, k, v, merge="e h"), _MERGE),
             Mistake("split in the wrong order", reference_attend(layer, q, k, v, order="e h", merge="h e"), _SPLIT),
-            Mistake("reshaped", reference_attend(layer, q, k, v, order="reshape"),
-                    "the heads are split (or merged) with a reshape alone: a reshape keeps the numbers in their order, "
-                    "so a 'head' mixes tokens; move the axes with rearrange, 'b t n (h e) -> b t h n e', and back."),
+            *(Mistake("reshaped", reference_attend(layer, q, k, v, order=split, merge=merge),
+                      "the heads are split (or merged) with a reshape alone: a reshape keeps the numbers in their "
+                      "order, so a 'head' mixes tokens; move the axes with rearrange, 'b t n (h e) -> b t h n e', and "
+                      "back with 'b t h L e -> b t L (h e)'.")
+              for split, merge in (("reshape", "reshape"), ("h e", "reshape"), ("reshape", "h e"))),
             Mistake("one head", reference_attend(layer, q, k, v, heads=1),
                     "this is one head of width h*e: split q, k, v with h=layer.heads before the scores."),
             *scale_mistakes(layer, lambda **kw: reference_attend(layer, q, k, v, **kw)),
@@ -259,6 +261,10 @@ def check_media_share(media_share, weights, n, attention_layer, x, latents) -> N
         k = rearrange(layer.to_kv(layer.norm_media(x)).chunk(2, dim=-1)[0], "b t n (h e) -> b t h n e", h=layer.heads)
         media_only = (torch.einsum("b t h i e, b t h j e -> b t h i j", q, k) * layer.scale).softmax(-1)
     compare(weights[..., :n] / got[..., None], media_only, what="patch weights / your share")
+    batch = torch.rand(2, 2, 3, 4, n + 5, generator=torch.Generator().manual_seed(0)).softmax(-1)  # (b, t, h, L, n+L)
+    what = "your media_share on weights of 2 samples and 2 media"
+    compare(run_learner(media_share, batch, n, what=what), batch[..., :n].sum(dim=-1), what=what,
+            shape_advice="keep every leading axis, (b, t, h, L): sum over the last one only, the keys.")
     passed("media_share is right: patch weights / share = media-only attention.")
 
 

@@ -190,7 +190,10 @@ def check_loss(loss_fn) -> None:
         with torch.no_grad():
             got = run_untouched(loss_fn, image, text, t, what=f"your contrastive_loss(image_emb, text_emb, "
                                 f"log_temperature={log_t:.2f})", names=("image_emb", "text_emb", "log_temperature"),
-                                fix="normalise with `F.normalize(x, dim=-1)`, which returns a new tensor.")
+                                fix={"image_emb": "normalise with `F.normalize(x, dim=-1)`, which returns a new tensor.",
+                                     "text_emb": "normalise with `F.normalize(x, dim=-1)`, which returns a new tensor.",
+                                     "log_temperature": "clamp it with `log_temperature.clamp(...)`, which returns a "
+                                     "new tensor, never through `.data` or `.clamp_()`."})
             variants = _loss_variants(image, text, t)
         if not isinstance(got, torch.Tensor):
             fail(f"contrastive_loss returned a {type(got).__name__}: return the loss as a 0-d tensor (no `.item()`), so "

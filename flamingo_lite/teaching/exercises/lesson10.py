@@ -45,7 +45,7 @@ def example_inputs(seed: int = 0):
 
 def segment_reference(layer, x, media, media_locations, *, media_offset=1, blind_sees_first=False, softmax_dim=-1,
                       scaled=True, all_previous=False, blind_zero=False,
-                      normed=True, projected=True):
+                      normed=True, projected=True, all_media=False, markers_out=False, last_left_out=False):
     """The segment view with the usual mistakes as switches: (b, n, d). `media_offset=1` is right (text time k reads
     media k-1); 0 is "media numbered from 0" (text time k reads media k, and text time 0 reads media 0)."""
     q = rearrange(layer.to_q(layer.norm(x) if normed else x), "b n (h e) -> b h n e", h=layer.heads)  # (b, h, n, e)
@@ -58,17 +58,23 @@ def segment_reference(layer, x, media, media_locations, *, media_offset=1, blind
     num_media = media.shape[1]
     for row in range(x.shape[0]):
         for k_time in range(0, num_media + 1):
-            tokens = (times[row] == k_time).nonzero().flatten()  # (s,)
+            in_segment = times[row] == k_time  # (n,)
+            if markers_out:  # the <image> token itself left out of the segment it opens
+                in_segment = in_segment & ~media_locations[row]
+            tokens = in_segment.nonzero().flatten()  # (s,)
             index = k_time - media_offset
+            if last_left_out and k_time == num_media:
+                continue
             if k_time == 0:
                 if not (blind_sees_first or (media_offset == 0 and not blind_zero)):
                     continue  # text before the first image sees nothing
                 index = 0
             if len(tokens) == 0 or not 0 <= index < num_media:
                 continue
-            if all_previous:
-                k_seg = rearrange(k[row, :, : index + 1], "h t m e -> h (t m) e")  # (h, t'*m, e)
-                v_seg = rearrange(v[row, :, : index + 1], "h t m e -> h (t m) e")  # (h, t'*m, e)
+            if all_previous or all_media:
+                last = num_media if all_media else index + 1
+                k_seg = rearrange(k[row, :, :last], "h t m e -> h (t m) e")  # (h, t'*m, e)
+                v_seg = rearrange(v[row, :, :last], "h t m e -> h (t m) e")  # (h, t'*m, e)
             else:
                 k_seg, v_seg = k[row, :, index], v[row, :, index]  # (h, m, e)
             scores = q[row, :, tokens] @ k_seg.transpose(-1, -2) * scale  # (h, s, m)
@@ -79,6 +85,36 @@ def segment_reference(layer, x, media, media_locations, *, media_offset=1, blind
 
 NUMBERED_FROM_0 = ("media are numbered from 0: a token with text time k belongs to media k - 1 (text time counts "
                    "the markers from 1, the media axis from 0), and text time 0 reads no media at all.")
+
+
+def segment_mistakes(reference, x, media, media_locations) -> list[Mistake]:
+    """The segment view's usual mistakes, each computed with `reference`'s weights on these inputs."""
+    ref = lambda **kw: segment_reference(reference, x, media, media_locations, **kw)  # noqa: E731
+    return [
+        Mistake("numbered from 0", ref(media_offset=0), NUMBERED_FROM_0),
+        Mistake("numbered from 0, blind zero", ref(media_offset=0, blind_zero=True), NUMBERED_FROM_0),
+        Mistake("blind sees first", ref(blind_sees_first=True),
+                "text before the first image attends to the first image: tokens with text time 0 must stay 0."),
+        Mistake("softmax axis", ref(softmax_dim=-2),
+                "the softmax runs over the segment's tokens: each token's weights must sum to 1 over the image's "
+                "latents (dim=-1)."),
+        Mistake("no scale", ref(scaled=False), "the scores are not scaled: multiply them by self.scale (1/sqrt(e))."),
+        Mistake("no norm", ref(normed=False), "the text is not normalised: the queries come from "
+                "`self.to_q(self.norm(x))`."),
+        Mistake("no to_out", ref(projected=False), "the heads' outputs are returned as they are: merge the heads "
+                "and pass them through `self.to_out`."),
+        Mistake("all previous", ref(all_previous=True),
+                "each segment attends to every image up to its own: in the immediate mode it reads only its own."),
+        Mistake("all media", ref(all_media=True),
+                "every token that follows an image attends to the latents of all the images, future ones "
+                "included: that is no segments at all; a segment attends only to its own image's m latents."),
+        Mistake("markers out", ref(markers_out=True),
+                "the <image> tokens are left out of their segments (their rows are 0): a marker's text time "
+                "counts itself, so it opens its segment and attends to its own image."),
+        Mistake("last left out", ref(last_left_out=True),
+                "the last image's segment is left out (its tokens stay 0): loop over text times 1 to t "
+                "inclusive, range(1, t + 1)."),
+    ]
 
 
 def check_segment_layer(layer_class) -> None:
@@ -101,39 +137,31 @@ def check_segment_layer(layer_class) -> None:
             got = run_learner(mine, x, media, media_locations, what="your layer's forward")
     with torch.no_grad():
         want = reference(x, media, media_locations)  # (b, n, d)
-        ref = lambda **kw: segment_reference(reference, x, media, media_locations, **kw)  # noqa: E731
-        mistakes = [
-            Mistake("numbered from 0", ref(media_offset=0), NUMBERED_FROM_0),
-            Mistake("numbered from 0, blind zero", ref(media_offset=0, blind_zero=True), NUMBERED_FROM_0),
-            Mistake("blind sees first", ref(blind_sees_first=True),
-                    "text before the first image attends to the first image: tokens with text time 0 must stay 0."),
-            Mistake("softmax axis", ref(softmax_dim=-2),
-                    "the softmax runs over the segment's tokens: each token's weights must sum to 1 over the image's "
-                    "latents (dim=-1)."),
-            Mistake("no scale", ref(scaled=False), "the scores are not scaled: multiply them by self.scale (1/sqrt(e))."),
-            Mistake("no norm", ref(normed=False), "the text is not normalised: the queries come from "
-                    "`self.to_q(self.norm(x))`."),
-            Mistake("no to_out", ref(projected=False), "the heads' outputs are returned as they are: merge the heads "
-                    "and pass them through `self.to_out`."),
-            Mistake("all previous", ref(all_previous=True),
-                    "each segment attends to every image up to its own: in the immediate mode it reads only its own."),
-        ]
-    blind = masks.text_time(media_locations) == 0  # (b, n): text before the first image
-    if got.shape == want.shape and bool((got[blind].abs() > 1e-6).any()):
-        rows = sorted({int(r) for r in blind.nonzero()[:, 0] if (got[r][blind[r]].abs() > 1e-6).any()})
-        if not any(m.output.shape == got.shape and torch.allclose(got, m.output, atol=1e-5) for m in mistakes):
+        mistakes = segment_mistakes(reference, x, media, media_locations)
+    close = lambda a, b: a.shape == b.shape and torch.allclose(a.float(), b.float(), atol=1e-5)  # noqa: E731
+    if isinstance(got, torch.Tensor) and not close(got, want):
+        for mistake in mistakes:
+            if close(got, mistake.output):
+                fail(f"your segment layer: {mistake.message}")
+        blind = masks.text_time(media_locations) == 0  # (b, n): text before the first image
+        if close(got[~blind], want[~blind]):
+            rows = sorted({int(r) for r in blind.nonzero()[:, 0] if (got[r][blind[r]].abs() > 1e-6).any()})
             fail(f"text before the first image is not 0 (in row{'s' if len(rows) > 1 else ''} "
-                 f"{', '.join(map(str, rows))}): tokens with text "
-                 "time 0 belong to no segment, so loop over text times 1..t only and leave their rows at zero (a loop "
-                 "from 0 reads media -1, the last one).")
-    if got.shape == want.shape and torch.allclose(got[0], want[0], atol=1e-5) and not torch.allclose(got, want, atol=1e-5):
-        fail("your segment layer is right for the first sample and wrong for the others: each row has its own "
-             "markers, so take the text times, the segments and the media of that row (times[row], media[row]), "
-             "not of row 0.")
-    compare(got, want, what="your segment layer", mistakes=mistakes)
-    result = check_module(mine, reference, (x, media, media_locations), verbose=False)  # the backward pass too
+                 f"{', '.join(map(str, rows))}): tokens with text time 0 belong to no segment, so loop over text times "
+                 "1..t only and leave their rows at zero (a loop from 0 reads media -1, the last one).")
+        if close(got[0], want[0]):
+            fail("your segment layer is right for the first sample and wrong for the others: each row has its own "
+                 "markers, so take the text times, the segments and the media of that row (times[row], media[row]), "
+                 "not of row 0.")
+    compare(got, want, what="your segment layer")
+    result = check_module(mine, reference, (x, media, media_locations), verbose=False)  # other cases, the backward pass
     if not result.passed:
-        fail(f"your segment layer gives the right output, but {result.message.lstrip('✗ ')}")
+        if result.failed_check == "case" and result.output is not None:
+            with torch.no_grad():
+                for mistake in segment_mistakes(result.reference, *result.inputs):
+                    if close(result.output, mistake.output):
+                        fail(f"your segment layer is right on the example but not on {result.case}: {mistake.message}")
+        fail(f"your segment layer gives the right output on the example, but {result.message.lstrip('✗ ')}")
     passed("your segment-view layer matches flamingo_lite.MaskedCrossAttention, text before the first image and a "
            "media without a marker included.")
 
@@ -144,7 +172,13 @@ def check_segment_lengths(segment_lengths, media_locations, num_media) -> torch.
     times = masks.text_time(media_locations)  # (b, n)
     want = masks.text_to_media_mask(times, num_media, True).sum(dim=1)  # (b, t)
     from_0 = (times[..., None] == torch.arange(num_media, device=times.device)).sum(dim=1)  # (b, t)
-    compare(got, want, what="your segment_lengths", mistakes=[Mistake("numbered from 0", from_0, NUMBERED_FROM_0)])
+    without_markers = ((times[..., None] == torch.arange(1, num_media + 1, device=times.device))
+                       & ~media_locations[..., None]).sum(dim=1)  # (b, t): each segment without its <image> token
+    compare(got, want, what="your segment_lengths", mistakes=[
+        Mistake("numbered from 0", from_0, NUMBERED_FROM_0),
+        Mistake("markers out", without_markers, "each segment is counted without its <image> token: the marker's "
+                "text time counts itself, so it belongs to the segment it opens."),
+    ])
     if got.dtype != torch.long:
         fail(f"segment_lengths returned {got.dtype}: counts are a long tensor (`.sum()` of a bool tensor gives one).")
     one_marker = torch.zeros(1, 6, dtype=torch.bool, device=media_locations.device)  # (1, n): one marker, three media
