@@ -151,6 +151,15 @@ def test_01_multi_head_stub_and_solution():
 
 def test_01_softmax_and_causal():
     fails_with(lesson01.check_stable_softmax, stub, match="not written yet")
+
+    def in_place(s, dim=-1):
+        s -= s.amax(dim, keepdim=True)  # the caller's scores change
+        return s.exp() / s.exp().sum(dim, keepdim=True)
+
+    fails_with(lesson01.check_stable_softmax, in_place, match="changed its input s in place")
+    fails_with(lesson01.check_stable_softmax, lambda s, dim=-1: (s - s.amax(dim)).exp(), match="keepdim=True")
+    fails_with(lesson01.check_causal_mask, lambda n: torch.ones(n, n, dtype=torch.bool).tril(1), match="also sees key i \\+ 1")
+    fails_with(lesson01.check_causal_mask, lambda n: torch.ones(n, n, dtype=torch.bool).triu(1), match="the mask is inverted")
     fails_with(lesson01.check_stable_softmax, lambda s, dim=-1: s.exp() / s.exp().sum(dim, keepdim=True), match="overflows")
     fails_with(lesson01.check_stable_softmax, lambda s, dim=-1: (s - s.max()).exp() / (s - s.max()).exp().sum(dim, keepdim=True),
                match="not\\s+of the whole tensor")
@@ -450,6 +459,8 @@ def test_03_numbers_fixed_to_the_example_are_named():
 
 def test_03_stubs_and_solutions():
     fails_with(lesson03.check_time_embeddings, stub, match="not written yet")
+    fails_with(lesson03.check_time_embeddings, lambda x, table: x + table[: x.shape[1]].detach(),
+               match="no gradient reaches media_pos_emb, so the embeddings would never train")
     fails_with(lesson03.check_layers, stub, match="not written yet")
     fails_with(lesson03.check_forward, make_resampler(raises=True), match="not written yet")
     lesson03.check_time_embeddings(add_time)
@@ -473,6 +484,8 @@ def test_03_exercises():
         x = rearrange(x, "b T S d -> b 1 (T S) d")
         latents = r.latents.detach() if bug == "detached" else r.latents
         z = repeat(latents, "L d -> b 1 L d", b=b if bug == "global b" else batch)
+        if bug == "latents per frame":
+            z = repeat(latents, "L d -> b T L d", b=batch, T=T)
         out = layers_fn(r.layers, x, z)
         return out if bug == "no norm" else r.norm(out)
 
@@ -494,6 +507,8 @@ def test_03_exercises():
                match="no gradient reaches resampler.latents")
     fails_with(lesson03.check_video, lambda r, f: video(r, f, "detached table"), resampler,
                match="no gradient reaches media_pos_emb, so it would never train")
+    fails_with(lesson03.check_video, lambda r, f: video(r, f, "latents per frame"), resampler,
+               match="disagree on the media axis.*not one set per frame")
     before = {k: v.clone() for k, v in resampler.state_dict().items()}
     state = torch.random.get_rng_state()
     lesson03.check_video(video, resampler)
@@ -502,6 +517,10 @@ def test_03_exercises():
     assert all(torch.equal(before[k], v) for k, v in resampler.state_dict().items())
     fails_with(lesson03.check_param_count, stub, match="not written yet")
     fails_with(lesson03.check_param_count, lambda **cfg: 0, match="you counted 0")
+    def without_embeddings(**cfg):
+        return sum(p.numel() for n, p in fl.PerceiverResampler(**cfg).named_parameters() if n != "media_pos_emb")
+
+    fails_with(lesson03.check_param_count, without_embeddings, match="as many numbers as media_pos_emb, not counted\\?")
 
 
 # ------------------------------------------------------------------------------------------------------------ 04
@@ -741,6 +760,19 @@ def test_05_forward_mistakes(bug, named):
         assert "width of all heads" not in message and "the model width" not in message
 
 
+def test_05_a_fill_that_float16_cannot_hold_is_named():
+    fails_with(lesson05.check_masked_softmax, lambda s, m: s.masked_fill(~m, -1e9).softmax(-1) * m.any(-1, keepdim=True),
+               match="float16 scores.*does not fit in float16")
+
+
+def test_05_a_residual_inside_the_layer_is_named():
+    class WithResidual(make_cross_attention()):
+        def forward(self, x, media, media_locations=None):
+            return super().forward(x, media, media_locations) + x
+
+    fails_with(lesson05.check_forward, WithResidual, match="x is added to the output inside the layer")
+
+
 def test_05_stubs_and_solutions():
     fails_with(lesson05.check_masked_softmax, stub, match="not written yet")
     fails_with(lesson05.check_forward, make_cross_attention(raises=True), match="not written yet")
@@ -774,6 +806,20 @@ def test_05_tokens_reached():
     def every_image(layer, x, media, loc, k):
         return (layer(x, media, loc) - layer(x, torch.randn_like(media), loc)).abs().amax(-1) > 1e-6
 
+    @torch.no_grad()
+    def with_itself(layer, x, media, loc, k):
+        changed = media.clone()
+        changed[:, k - 1] = torch.randn_like(media[:, 0])
+        return (layer(x, changed, loc) - layer(x, changed, loc)).abs().amax(-1) > 1e-6  # the new output against itself
+
+    @torch.no_grad()
+    def without_locations(layer, x, media, loc, k):
+        changed = media.clone()
+        changed[:, k - 1] = torch.randn_like(media[:, 0])
+        return (layer(x, media) - layer(x, changed)).abs().amax(-1) > 1e-6  # no mask: every word sees every image
+
+    fails_with(lesson05.check_tokens_reached, with_itself, x, media, loc, match="no token changed")
+    fails_with(lesson05.check_tokens_reached, without_locations, x, media, loc, match="pass media_locations to the layer")
     kept = media.clone()
     fails_with(lesson05.check_tokens_reached, in_place, x, media, loc, match="changed its input media in place.*media.clone")
     assert torch.equal(media, kept)  # the notebook's media are as they were, so the right answer passes after it

@@ -51,6 +51,8 @@ def test_the_prompt_solution_passes(capsys):
     (wrong_prompt(lambda c, n: [*fewshot.class_words(c), "is", NAME(c, n), "<eoc>"], ["<image>", "is"]), "written as words"),
     (wrong_prompt(lambda c, n: ["<image>", "is", NAME(c, n), "<eoc>"], ["<image>", "is"], order=lambda s: s[::-1]), "reverse order"),
     (wrong_prompt(lambda c, n: ["<image>", NAME(c, n), "is", "<eoc>"], ["<image>", "is"]), "name comes before the word"),
+    (lambda s, n, t, word="is": t.encode([w for i, c in enumerate(s) for w in ["<image>", "is", fewshot.NAMES[n[i]], "<eoc>"]]
+                                          + ["<image>", "is"]), "taken by the example's position"),
     (wrong_prompt(lambda c, n: ["<image>", "is", NAME(c, n), "<eoc>"], ["<image>", "is", "<eoc>"]), "query ends with `<eoc>`"),
 ])
 def test_each_prompt_mistake_is_named(wrong, match):
@@ -112,11 +114,18 @@ def test_the_prompt_mistakes_differ_from_the_answer_and_each_other():
     for word in lesson12.WORDS:
         right = prompt_solution(lesson12.SUPPORT, lesson12.NAMES_OF_CLASSES, tok, word)
         wrongs = [w for _, w in lesson12._prompt_mistakes(lesson12.SUPPORT, lesson12.NAMES_OF_CLASSES, word)]
-        assert all(w != right for w in wrongs) and len({tuple(w) for w in wrongs}) == len(wrongs) == 10
+        assert all(w != right for w in wrongs) and len({tuple(w) for w in wrongs}) == len(wrongs) == 11
 
 
 def score_solution(logits, candidate_ids):
     return logits[:, -1].log_softmax(dim=-1)[:, candidate_ids]
+
+
+def test_a_scorer_that_changes_the_logits_in_place_is_named():
+    def in_place(logits, candidate_ids):
+        return logits.sub_(logits.logsumexp(dim=-1, keepdim=True))[:, -1, candidate_ids]  # log_softmax, in place
+
+    fails(lesson12.check_score_names, in_place, match="changed its input logits in place")
 
 
 def test_the_score_stub_fails_and_the_solution_passes(capsys):

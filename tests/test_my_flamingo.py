@@ -587,7 +587,7 @@ def test_a_cell_built_on_an_earlier_lessons_stand_in_is_told_there_is_nothing_to
     assert shell.run_cell("%%my_flamingo\nclass MyBlock(nn.Module):\n    def __init__(self, dim):\n"
                           "        super().__init__()\n        self.attn = MyMaskedCrossAttention(dim=dim)\n").success
     out = capsys.readouterr().out
-    assert "note: this cell runs here on flamingo_lite's MyMaskedCrossAttention" in out
+    assert "note: this cell runs here on flamingo_lite.MaskedCrossAttention for your MyMaskedCrossAttention" in out
     assert "nothing to do in this lesson" in out and "will not run on its own" not in out
 
 

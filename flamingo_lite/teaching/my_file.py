@@ -291,9 +291,10 @@ def _magic(line: str, cell: str):
     earlier = [n for n in outside if n in FALLBACKS]  # an earlier lesson's module, not written yet: a stand-in runs
     other = [n for n in outside if n not in FALLBACKS]
     if earlier:
-        print(f"note: this cell runs here on flamingo_lite's {', '.join(earlier)} (the setup cell said so), which "
-              f"{path.name} does not have yet; nothing to do in this lesson: the file runs on its own once you have "
-              "written them in their own lessons.")
+        stand_ins = ", ".join(f"{FALLBACKS[n][0]}.{FALLBACKS[n][1]} for your {n}" for n in earlier)
+        print(f"note: this cell runs here on {stand_ins} (the setup cell said so), which {path.name} does not have "
+              "yet; nothing to do in this lesson: the file runs on its own once you have written them in their own "
+              "lessons.")
     if other:
         print(f"note: this cell uses {', '.join(other)} from the notebook, which {path.name} neither defines nor "
               "imports (it imports only torch and einops), so the file will not run on its own: write it from torch "

@@ -195,7 +195,9 @@ def check_stable_softmax(stable_softmax) -> None:
     """Step 01.softmax: `stable_softmax(s, dim=-1)` that never overflows."""
     s = torch.tensor([[1000.0, 1001.0, 1002.0], [-5.0, 0.0, 5.0]])  # (2, 3)
     what = "your stable_softmax(s)"
-    got = run_learner(stable_softmax, s, what=what)
+    got = run_untouched(stable_softmax, s, what=what, names=("s",), fix="write `s = s - s.amax(...)`, a new tensor.",
+                        advice={"must match the size": "keep the axis you reduce over, `keepdim=True`, so the max and "
+                                "the sum broadcast against s."})
     compare(got, s.softmax(dim=-1), what=what, mistakes=[
         Mistake("no max subtracted", s.exp() / s.exp().sum(dim=-1, keepdim=True),
                 "exp(1000) overflows to inf and inf/inf is NaN: subtract each row's max before exp."),
@@ -225,6 +227,10 @@ def check_causal_mask(causal_mask) -> None:
         Mistake("transposed", want.T, "query 0 sees every key: that is the mask transposed; query i may see keys j <= i."),
         Mistake("no diagonal", torch.tril(want, diagonal=-1),
                 "a query cannot see its own position: j <= i includes j == i, the diagonal."),
+        Mistake("one too many", torch.tril(torch.ones(4, 4, dtype=torch.bool), diagonal=1),
+                "query i also sees key i + 1, the next token: tril's diagonal is 0 (keys j <= i), not 1."),
+        Mistake("inverted", ~want, "the mask is inverted (True where a key is blocked): here True means may attend, "
+                "so query i's True keys are j <= i."),
     ])
     compare(run_learner(causal_mask, 1, what="your causal_mask(1)"), torch.ones(1, 1, dtype=torch.bool), what="your causal_mask(1)")
     passed("causal_mask is right: query i sees keys 0..i.")

@@ -109,6 +109,13 @@ def check_time_embeddings(add_time_embeddings) -> None:
         if not isinstance(got, torch.Tensor) or got.shape != x.shape or not torch.allclose(got, reference_embed(x, table), atol=1e-6):
             fail(f"{what} is right for 3 media but not for {t}: slice media_pos_emb[:t] with t = x.shape[1], "
                  "not a fixed number.")
+    x, table = torch.randn(2, 3, 5, 8, generator=g), torch.randn(4, 1, 8, generator=g).requires_grad_()
+    with torch.enable_grad():
+        got = run_learner(add_time_embeddings, x, table, what=what)
+        grad = torch.autograd.grad(got.sum(), table, allow_unused=True)[0] if got.requires_grad else None
+    if grad is None or not bool(grad[:3].any()):
+        fail(f"{what} is right, but no gradient reaches media_pos_emb, so the embeddings would never train: add "
+             "media_pos_emb[:t] itself, with no .detach() or torch.no_grad().")
     passed("add_time_embeddings is right: media i got embedding i on every feature.")
 
 
@@ -400,18 +407,22 @@ def _reference_video(resampler, frames, *, norm=True):
 def check_video(resample_video, resampler) -> None:
     """Exercise 1: `resample_video(resampler, frames)`, (b, T, S, d) -> (b, 1, L, d).
 
-    A batch of 3, a size no variable of the lesson has, so a batch size taken from the notebook fails; then a
+    A batch of 3 and 4 frames, sizes no variable of the lesson has and apart from each other, so a size taken from
+    the notebook fails and the batch and the frames are not confused; then a
     backward pass on a copy of the resampler, so latents (or other weights) kept out of autograd are named."""
     device = resampler.latents.device
     g = torch.Generator().manual_seed(5)
-    video = torch.randn(3, 3, 7, resampler.latents.shape[1], generator=g).to(device)  # (b, T, S, d)
+    video = torch.randn(3, 4, 7, resampler.latents.shape[1], generator=g).to(device)  # (b, T, S, d): b and T apart
     what = "your resample_video(resampler, frames)"
     batch = ("the latents were repeated for another batch size than the frames': take b from frames.shape[0], not "
              "from a variable of the notebook.")
+    per_frame = ("the latents and the flattened video disagree on the media axis: the video is one media, (b, 1, "
+                 "T*S, d), so its latents are (b, 1, L, d), not one set per frame.")
     with torch.no_grad():
         got = run_untouched(resample_video, resampler, video, what=what, names=("resampler", "frames"),
                             fix="write x = frames + media_pos_emb[:T], a new tensor.",
-                            advice={"must agree in batch": batch})
+                            advice={f"latents is ({video.shape[0]}, {video.shape[1]},": per_frame,
+                                    "Sizes of tensors must match": per_frame, "must agree in batch": batch})
         compare(got, _reference_video(resampler, video), what=what, mistakes=[
             Mistake("time embeddings forgotten", resampler(rearrange(video, "b T S d -> b 1 (T S) d") - resampler.media_pos_emb[0]),
                     "the frames got no time embeddings: add media_pos_emb[:T] before flattening, so their order matters."),
@@ -432,7 +443,8 @@ def check_video(resample_video, resampler) -> None:
                     "does, without adding an embedding again."),
         ])
     _check_video_gradients(resample_video, resampler, video, g, what)
-    passed("resample_video turns 3 frames x 7 features into one media of latents for the whole video.")
+    passed(f"resample_video turns {video.shape[1]} frames x {video.shape[2]} features into one media of latents for "
+           "the whole video.")
 
 
 def _check_video_gradients(resample_video, resampler, video, g, what) -> None:
@@ -456,6 +468,20 @@ def _check_video_gradients(resample_video, resampler, video, g, what) -> None:
              "train: keep every weight in the computation (no .detach(), no torch.no_grad()).")
 
 
+def _param_count_guess(cfg: dict, off: int) -> str:
+    """The parts of the resampler that have exactly as many numbers as an offset, to say which one it may be."""
+    parts = {}
+    for name, p in fl.PerceiverResampler(**cfg).named_parameters():
+        pieces = name.split(".")
+        if pieces[0] == "layers":  # layers.N.0.x is a layer's attention, layers.N.1.x its feed-forward
+            name = f"one layer's {'attention' if pieces[2] == '0' else 'feed-forward'} {'.'.join(pieces[3:])}"
+        parts.setdefault(p.numel(), set()).add(name)
+    match = sorted(parts.get(abs(off), ()), key=lambda n: (n.startswith("one layer"), n))[:3]
+    if not match:
+        return ""
+    return f"; as many numbers as {' or '.join(match)}, {'not counted' if off < 0 else 'counted twice'}?"
+
+
 def check_param_count(resampler_param_count) -> None:
     """Exercise 2: `resampler_param_count(...)` equals the module's count for three sizes."""
     for cfg in [
@@ -467,7 +493,8 @@ def check_param_count(resampler_param_count) -> None:
         got = run_learner(resampler_param_count, **cfg, what=f"your resampler_param_count(**{cfg})")
         if got != actual:
             fail(f"for {cfg} you counted {got}, the module has {actual} (off by {got - actual}): print "
-                 "[(n, p.numel()) for n, p in fl.PerceiverResampler(**cfg).named_parameters()] to see each part.")
+                 f"[(n, p.numel()) for n, p in fl.PerceiverResampler(**{cfg}).named_parameters()] to see each part"
+                 f"{_param_count_guess(cfg, got - actual)}.")
     passed("resampler_param_count matches the module for three sizes.")
 
 

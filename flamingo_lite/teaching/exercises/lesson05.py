@@ -123,6 +123,12 @@ def check_masked_softmax(masked_softmax) -> None:
                     "the mask has no effect: masked entries must get weight exactly 0."),
             Mistake("softmax, then the mask", scores.softmax(dim=-1) * m, _MULTIPLIED),
         ])
+    half = run_learner(masked_softmax, s.half(), mask, what="your masked_softmax on float16 scores",
+                       advice={"cannot be converted": "a fixed fill such as -1e9 does not fit in float16: fill with "
+                               "torch.finfo(scores.dtype).min (or -inf, then set the all-False rows to 0), which every "
+                               "dtype holds."})
+    compare(half.float(), reference_masked_softmax(s, mask), what="your masked_softmax on float16 scores", atol=2e-3,
+            rtol=2e-3)
     passed("masked_softmax is right: masked weights exactly 0, rows that see nothing all 0, no NaN.")
 
 
@@ -187,6 +193,9 @@ def _cross_attention_mistakes(reference, x, media, media_locations=None):
         *(_without_locations_mistakes(reference, x, media) if media_locations is None else []),
         Mistake("softmax over the text tokens", run(axis=-2), _axis_message(-2, 4)),
         Mistake("softmax over the heads", run(axis=-3), _axis_message(-3, 4)),
+        Mistake("residual inside", run() + x,
+                "x is added to the output inside the layer: return self.to_out(...) alone; the gated block around "
+                "it adds the residual, x + tanh(alpha) * attn(x, media) (lesson 06)."),
         Mistake("-inf fill", run(fill="inf"), _INF),
         Mistake("-finfo.max fill", run(fill="max"), _MAX),
         Mistake("missing scale", run(scale=False), "the scores are not scaled: multiply them by self.scale before the softmax."),
@@ -334,6 +343,9 @@ def check_tokens_reached(tokens_reached_by, x, media, media_locations, original_
             every_image = [Mistake("every image", times >= 1, "the words of every image changed: replace only image k, "
                                    "media[:, k - 1], and keep the others.")] if k > 1 else []  # at k = 1, the other mode's words
             compare(reached, allowed, what=what, mistakes=[
+                Mistake("nothing", torch.zeros_like(allowed),
+                        "no token changed: compare the layer's output on the media you were given with its output on "
+                        "a copy where image k, media[:, k - 1], is replaced."),
                 Mistake("image counted from 0", (times == k + 1) if mode else (times >= k + 1),
                         "you changed image k+1: image k counted from 1 is media[:, k - 1]."),
                 *every_image,
@@ -341,7 +353,9 @@ def check_tokens_reached(tokens_reached_by, x, media, media_locations, original_
                         f"these are the words image k reaches in the other mode (only_attend_immediate_media="
                         f"{not mode}): run the layer you are given, in its own mode, on the old and the new media, "
                         "rather than working the answer out from the text time."),
-                Mistake("everything", torch.ones_like(allowed), "every token changed: change only image k, keep the others."),
+                Mistake("everything", torch.ones_like(allowed),
+                        "every token changed, the words before the first image too: pass media_locations to the layer "
+                        "(without them every word sees every image), and change only image k."),
             ])
     if original_cls is None:
         return []

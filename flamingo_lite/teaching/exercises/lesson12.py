@@ -62,6 +62,9 @@ def _prompt_mistakes(support, names, word) -> list[tuple[str, list]]:
          "stops there.", _words_prompt([[media, word, name(c), eoc] for c in support], [media])),
         (f"the query's `<image>` is missing: the prompt ends with `<image> {word}` for the query picture (its marker "
          "is what lets the text see it).", _words_prompt([[media, word, name(c), eoc] for c in support], [word])),
+        ("the names are taken by the example's position (`names[i]`): `names` is indexed by class, so each example "
+         "gets its class's name, `NAMES[names[c]]`, wherever it stands in the prompt.",
+         _words_prompt([[media, word, fewshot.NAMES[names[i]], eoc] for i, c in enumerate(support)], [media, word])),
         ("the names come from the class index (`NAMES[c]`): use the episode's assignment, `NAMES[names[c]]`; every "
          "episode binds the names afresh.", _words_prompt([[media, word, fewshot.NAMES[c], eoc] for c in support], [media, word])),
         (f"the support examples are written as words (`red circle {word} NAME`): in this prompt each one is a "
@@ -151,7 +154,8 @@ def score_mistakes(logits: torch.Tensor, ids: list) -> list[Mistake]:
 def check_score_names(score_names) -> torch.Tensor:
     """Step "12.score": log p(candidate | prompt) at the last position, on random logits."""
     logits, ids = example_logits()
-    got = run_learner(score_names, logits.clone(), list(ids), what="your score_names(logits, candidate_ids)")
+    got = run_untouched(score_names, logits, list(ids), what="your score_names(logits, candidate_ids)",
+                        names=("logits", "candidate_ids"))
     want = fewshot.score_candidates(logits[:, -1], ids)  # (b, C)
     compare(got, want, what="your score_names", mistakes=score_mistakes(logits, ids),
             shape_advice="keep the batch axis, take the last position (`logits[:, -1]`, (b, V)), then the candidates' "
