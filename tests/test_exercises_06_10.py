@@ -593,6 +593,13 @@ def test_08_loss():
     fails(lesson09.check_loss, lambda lg, tk, p=0: flat(lg, tk, ignore_index=p), match="its own token")
     fails(lesson09.check_loss, lambda lg, tk, p=0: flat(lg[:, :-1], tk[:, 1:]), match="padding")
     fails(lesson09.check_loss, lambda lg, tk, p=0: flat(lg[:, 1:], tk[:, :-1], ignore_index=p), match="wrong way")
+    fails(lesson09.check_loss, lambda lg, tk, p=0: loss_08(lg.detach(), tk, p), match="a loss with no gradient")
+
+    def pads_in_place(lg, tk, p=0):
+        tk[tk == p] = -100  # the caller's tokens change
+        return F.cross_entropy(lg[:, :-1].reshape(-1, lg.shape[-1]), tk[:, 1:].reshape(-1))
+
+    fails(lesson09.check_loss, pads_in_place, match="changed its input tokens in place.*ignore_index=pad_id")
     # a fixed pad id passes with pad_id 0 and is named with pad_id 2
     fails(lesson09.check_loss, lambda lg, tk, p=0: flat(lg[:, :-1], tk[:, 1:], ignore_index=0),
           match=r"leaves out the targets with id 0, not those with id pad_id \(2 here\)")
@@ -666,6 +673,8 @@ def test_08_freeze_and_groups():
     fails(lesson09.check_groups, lambda m, **kw: groups_08(m, **kw, gate_rate=False), match="gate_lr")
     fails(lesson09.check_groups, lambda m, **kw: [{"params": [p for p in m.parameters() if p.requires_grad]}],
           match="weight decay")
+    fails(lesson09.check_groups, lambda m, **kw: [dict(g, params=iter(g["params"])) for g in groups_08(m, **kw)],
+          match="'params' is a list_iterator, not a list")
     # the package's own groups (what train_flamingo uses) pass the same check
     lesson09.check_groups(flamingo_lite.tiny.training.parameter_groups)
 

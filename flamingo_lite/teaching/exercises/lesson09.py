@@ -28,7 +28,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from ...tiny import data as shapes_data
 from ...tiny import training
 from ...tiny.model import Flamingo, FlamingoConfig
-from . import ExerciseFailed, Mistake, compare, fail, passed, register_hints, register_nudges, run_learner, keep_rng, refuse_the_answer
+from . import ExerciseFailed, Mistake, compare, fail, passed, register_hints, register_nudges, run_learner, run_untouched, keep_rng, refuse_the_answer
 
 register_hints({
     "09.loss": "The prediction at position i is for token i+1: take `logits[:, :-1]` and `tokens[:, 1:]`, flatten "
@@ -126,8 +126,13 @@ def check_loss(next_token_loss) -> None:
     another id (pad_id=2, where 0 is a real token), so a loss that leaves out a fixed id instead of pad_id is named."""
     refuse_the_answer(next_token_loss, (training.next_token_loss, training.next_token_loss_sum))
     logits, tokens = example_batch()
-    got = run_learner(next_token_loss, logits.clone(), tokens.clone(), 0,
-                      what="your next_token_loss(logits, tokens, pad_id)", advice=_LOSS_ADVICE)
+    given = logits.clone().requires_grad_()  # a leaf like the model's output: the loss must carry its gradient
+    got = run_untouched(next_token_loss, given, tokens, 0, what="your next_token_loss(logits, tokens, pad_id)",
+                        names=("logits", "tokens", "pad_id"), advice=_LOSS_ADVICE,
+                        fix="mask the padding with `ignore_index=pad_id`, never by writing into tokens.")
+    if isinstance(got, torch.Tensor) and not got.requires_grad:
+        fail("your next_token_loss gives a loss with no gradient (a .detach(), .item() turned back into a tensor, or "
+             "torch.no_grad()): the training step's backward() would have nothing to follow.")
     if isinstance(got, torch.Tensor) and got.numel() == 1:
         got = got.reshape(())
     want = training.next_token_loss(logits, tokens, 0)  # ()
@@ -209,6 +214,9 @@ def check_groups(parameter_groups, model: Flamingo | None = None, *, lr=7e-3, ga
     names = {id(p): n for n, p in model.named_parameters()}
     seen = {}
     for g in groups:
+        if not isinstance(g.get("params"), (list, tuple)):
+            fail(f"a group's 'params' is a {type(g.get('params')).__name__}, not a list: AdamW reads it once, so a "
+                 "generator is empty the next time anyone looks; write `list(...)` or build a list.")
         for p in list(g.get("params", [])):
             if id(p) in seen:
                 fail(f"{names.get(id(p), 'a parameter')} is in two groups: put each parameter in exactly one.")
