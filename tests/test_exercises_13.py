@@ -112,6 +112,9 @@ def stand_ins(where):
                 x = self.gated_cross_attn_layer(x, self.media, self.media_locations[:, k:])
             elif where == "end":
                 x = self.gated_cross_attn_layer(torch.cat((x, pad), dim=1), self.media, self.media_locations)[:, :n]
+            elif where == "batch 1":
+                x = self.gated_cross_attn_layer(torch.cat((x.new_zeros(1, k, d), x), dim=1), self.media,
+                                                self.media_locations)[:, k:]
             elif where == "first rows":
                 x = self.gated_cross_attn_layer(torch.cat((pad, x), dim=1), self.media, self.media_locations)[:, :n]
             elif where == "kept":
@@ -129,6 +132,7 @@ def test_13_cache_stub_solution_and_mistakes(capsys):
     fails(lesson13.check_cache, layer(stand_ins("none")), match="put k stand-in rows of zeros in front")
     fails(lesson13.check_cache, layer(stand_ins("dropped")), match="markers of the tokens already read were dropped")
     fails(lesson13.check_cache, layer(stand_ins("end")), match="the stand-in rows went after the text")
+    fails(lesson13.check_cache, layer(stand_ins("batch 1")), match="differ in batch or width")
     fails(lesson13.check_cache, layer(stand_ins("first rows")), match=r"kept the first n rows.*the last n rows, `\[:, k:\]`")
     fails(lesson13.check_cache, layer(stand_ins("kept")), match=r"drop the k stand-in rows|dropping the k stand-ins")
     fails(lesson13.check_cache, layer(LAYER_MISTAKES[r"pass them on, `self.decoder_layer\(x, \*args, \*\*kwargs\)`"]),
@@ -154,10 +158,12 @@ def test_13_beams_stub_solution_and_mistakes(captioning, capsys):
     assert capsys.readouterr().out.startswith("OK")
     assert "generate" not in vars(model)  # the recording wrapper is gone again
 
-    def decoded(num_beams=3, keep_prompt=False, keep_eoc=False, shape=lambda p: p[:, None, None], new_tokens=5):
+    def decoded(num_beams=3, keep_prompt=False, keep_eoc=False, shape=lambda p: p[:, None, None], new_tokens=5,
+                sample=False):
         def captions(m, p):
             prompt = torch.full((p.shape[0], 1), tok.media_id)
-            out = m.generate(shape(p), prompt, num_beams=num_beams, max_new_tokens=new_tokens, pad_token_id=tok.pad_id)
+            out = m.generate(shape(p), prompt, num_beams=num_beams, max_new_tokens=new_tokens, pad_token_id=tok.pad_id,
+                             do_sample=sample)
             rows = out.tolist() if keep_prompt else out[:, 1:].tolist()
             texts = []
             for row in rows:
@@ -167,6 +173,7 @@ def test_13_beams_stub_solution_and_mistakes(captioning, capsys):
         return captions
 
     fails(lesson13.check_captions, decoded(num_beams=1), model, pictures, tok, match="num_beams=1: the paper decodes")
+    fails(lesson13.check_captions, decoded(sample=True), model, pictures, tok, match="your captions sample")
     fails(lesson13.check_captions, decoded(new_tokens=3), model, pictures, tok, match="at most 3 new tokens: the exercise asks for 5")
 
     def one_prompt(m, p):  # all k pictures in one prompt, as one sequence

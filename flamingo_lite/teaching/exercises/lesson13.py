@@ -234,6 +234,8 @@ def check_cache(layer_class) -> None:
                           advice={"media_locations must have shape": "media_locations has k more columns than the text "
                                   "(the markers of the tokens in the cache): put k stand-in rows of zeros in front of x "
                                   "before the block, and keep only the text's rows after it.",
+                                  "Sizes of tensors must match except in dimension 1": "the stand-in rows and x "
+                                  "differ in batch or width: make them `x.new_zeros(b, k, d)`, with b and d from x.",
                                   "must match the size of tensor": KEPT, "Sizes of tensors must match": KEPT})
         if got.shape != want.shape:
             fail(f"your layer, continuing from the cache, gave logits of shape {tuple(got.shape)} instead of "
@@ -296,6 +298,9 @@ def check_captions(caption_fn, model, pictures: torch.Tensor, tokenizer) -> list
         fail(f"your captions generated from {prompts[-1].shape[0]} prompt(s) for {pictures.shape[0]} pictures: each "
              "picture is captioned on its own, one row per picture: vision_x `pictures[:, None, None]`, (k, 1, 1, 3, "
              "H, W), and a prompt of one <image> per row, (k, 1).")
+    if calls[-1].get("do_sample"):
+        fail("your captions sample (do_sample=True): beam search keeps the 3 likeliest sequences and is the same every "
+             "time; leave do_sample at its default, False.")
     new_tokens = calls[-1].get("max_new_tokens")
     if new_tokens is not None and new_tokens != 5:
         fail(f"your captions generate at most {new_tokens} new tokens: the exercise asks for 5, `max_new_tokens=5`, "
