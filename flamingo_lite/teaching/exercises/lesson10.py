@@ -161,7 +161,7 @@ def check_segment_layer(layer_class) -> None:
                 for mistake in segment_mistakes(result.reference, *result.inputs):
                     if close(result.output, mistake.output):
                         fail(f"your segment layer is right on the example but not on {result.case}: {mistake.message}")
-        fail(f"your segment layer gives the right output on the example, but {result.message.lstrip('✗ ')}")
+        fail(f"your segment layer gives the right output on the example, but {result.message.removeprefix('✗ ')}")
     passed("your segment-view layer matches flamingo_lite.MaskedCrossAttention, text before the first image and a "
            "media without a marker included.")
 
