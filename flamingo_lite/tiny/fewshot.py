@@ -313,6 +313,13 @@ def score_candidates(logits_last: torch.Tensor, candidate_ids) -> torch.Tensor:
     return logits_last.log_softmax(dim=-1)[:, ids]  # (b, C)
 
 
+def likeliest_name(logits_last: torch.Tensor, tokenizer: Tokenizer) -> torch.Tensor:
+    """The token id of the likeliest of the 16 names after each prompt: logits_last (b, V) -> (b,) long. Every
+    accuracy of a naming prompt (Flamingo's, the blind language model's, the text task's) is this against the answer."""
+    name_ids = torch.tensor([tokenizer.index[name] for name in NAMES], device=logits_last.device)  # (16,)
+    return name_ids[score_candidates(logits_last, name_ids).argmax(-1)]  # (b,)
+
+
 @torch.no_grad()
 def episode_grids(model: Flamingo, episodes: list[Episode], *, device=None) -> list[torch.Tensor]:
     """The frozen vision encoder's grid of every pool picture and the query, once per episode: (P+1, g, d) each.
@@ -383,10 +390,9 @@ def evaluate_shots(
         inside.append(ep.query_class in classes)
     tokens = torch.tensor(prompts, dtype=torch.long, device=device)  # (E, n): every prompt has the same length
     features = None if lm_only else torch.stack(pictures)  # (E, k+1, g, d)
-    name_ids = torch.tensor([tokenizer.index[name] for name in NAMES], device=device)  # (16,)
     answers_t = torch.tensor(answers, device=device)  # (E,)
     logits, after = score_batch(model, tokens, features, tokenizer, lm_only=lm_only, generate=True)  # (E, V), (E,)
-    score_ok_t = (name_ids[score_candidates(logits, name_ids).argmax(-1)] == answers_t).float()  # (E,)
+    score_ok_t = (likeliest_name(logits, tokenizer) == answers_t).float()  # (E,)
     gen_ok_t = ((logits.argmax(-1) == answers_t) & (after == tokenizer.eoc_id)).float()  # (E,)
     inside_t = torch.tensor(inside, device=device)
     return {
@@ -420,9 +426,7 @@ def text_task_accuracy(lm: TinyLM, episodes: list[Episode], tokenizer: Tokenizer
 def text_name_accuracy(lm: TinyLM, prompts: list[list[int]], answers: list[int], tokenizer: Tokenizer, *, device) -> float:
     """The share of text prompts (of one length) whose likeliest next name, among the 16, is the answer's id."""
     logits = lm.to(device).eval()(torch.tensor(prompts, dtype=torch.long, device=device))[:, -1]  # (E, V)
-    name_ids = torch.tensor([tokenizer.index[name] for name in NAMES], device=device)  # (16,)
-    predicted = name_ids[score_candidates(logits, name_ids).argmax(-1)]  # (E,)
-    return float((predicted == torch.tensor(answers, device=device)).float().mean())
+    return float((likeliest_name(logits, tokenizer) == torch.tensor(answers, device=device)).float().mean())
 
 
 # ----------------------------------------------------------------------------------------------------------------

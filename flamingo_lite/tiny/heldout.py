@@ -37,7 +37,7 @@ from ..validation import check_non_negative_int, check_positive_int
 from .data import COLOURS, EOC_TOKEN, SHAPES, Tokenizer, render_shape
 from .fewshot import (
     CLASSES, IS, NAMES, Episode, choose_support, class_words, episode_grids, make_heldout_episodes, score_batch,
-    score_candidates, shot_words, text_name_accuracy,
+    likeliest_name, shot_words, text_name_accuracy,
 )
 from .language_model import zero_attention_heads
 
@@ -151,9 +151,7 @@ def evaluate_format(model, episodes: list[Episode], k: int, tokenizer: Tokenizer
     tokens = torch.tensor(prompts, dtype=torch.long, device=device)  # (E, n): every prompt has the same length
     features = None if lm_only else torch.stack(pictures)  # (E, k+1, g, d)
     logits, _ = score_batch(model, tokens, features, tokenizer, lm_only=lm_only)  # (E, V)
-    name_ids = torch.tensor([tokenizer.index[name] for name in NAMES], device=device)  # (16,)
-    predicted = name_ids[score_candidates(logits, name_ids).argmax(-1)]  # (E,)
-    right = (predicted == torch.tensor(answers, device=device)).float()  # (E,)
+    right = (likeliest_name(logits, tokenizer) == torch.tensor(answers, device=device)).float()  # (E,)
     return {
         "scoring": float(right.mean()),
         "knn": None if lm_only else float(np.mean(knn_right)),
