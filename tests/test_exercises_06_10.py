@@ -635,6 +635,18 @@ def test_08_loss_a_mean_over_every_position_and_logits_not_flattened_are_named()
 
     fails(lesson09.check_loss, mask_from_inputs, match=r"padding mask is taken from the inputs \(`tokens\[:, :-1\]`\)")
 
+    def by_hand(lg, tk, p=0, dim=-1):  # -log_softmax gathered at the targets, averaged over the real ones
+        log_p = F.log_softmax(lg[:, :-1], dim=dim)  # (b, n-1, V)
+        picked = -log_p.gather(-1, tk[:, 1:, None]).squeeze(-1)  # (b, n-1)
+        real = (tk[:, 1:] != p).float()
+        return (picked * real).sum() / real.sum()
+
+    lesson09.check_loss(by_hand)  # over the vocabulary it is the loss
+    fails(lesson09.check_loss, lambda lg, tk, p=0: by_hand(lg, tk, p, dim=1),
+          match=r"normalised over the positions \(dim=1\), not over the vocabulary.*dim=-1")
+    fails(lesson09.check_loss, lambda lg, tk, p=0: by_hand(lg, tk, p, dim=0),
+          match=r"normalised over the batch \(dim=0\), not over the vocabulary")
+
     def off_by_a_bit(lg, tk, p=0):  # matches no usual mistake: the verdict gives both numbers, no index of a scalar
         return F.cross_entropy(lg[:, :-1].reshape(-1, lg.shape[-1]), tk[:, 1:].reshape(-1), ignore_index=p) + 0.1
 
@@ -680,11 +692,12 @@ def test_08_freeze_and_groups():
 
 
 def greedy_08(model, prompt, images, *, eoc_id, max_new_tokens=5, stop=True, feed=True, position=-1, sample=False,
-              pictures="all"):
+              pictures="all", window=None):
     ids, new = prompt.clone(), []
     given = images[None] if pictures == "all" else images[None, :1] if pictures == "first" else images  # (1, t, 3, H, W)
     for _ in range(max_new_tokens):
-        logits = model(ids[None], given)[0, position]  # (V,)
+        context = ids if window is None else ids[-window:]  # a window of the latest ids: a mistake
+        logits = model(context[None], given)[0, position]  # (V,)
         nid = int(torch.multinomial(logits.softmax(-1), 1)) if sample else int(logits.argmax())
         new.append(nid)
         if feed:
@@ -708,6 +721,24 @@ def test_08_greedy():
 
     fails(lesson09.check_greedy, prompt_end,
           match=r"repeats its first word though the input grows: it reads the same position.*`logits\[0, -1\]`")
+    # a window of the latest ids drops the <image> the prompt starts with (on the two-picture prompt of 7 ids)
+    fails(lesson09.check_greedy, lambda *a, **k: greedy_08(*a, **k, window=4),
+          match=r"at decoding step 0, greedy_decode gave the model 4 tokens that do not begin with the prompt: it "
+                r"feeds a window.*`<image>`")
+
+    def new_ids_only(model, prompt, images, *, eoc_id, max_new_tokens=5):  # the prompt once, then only the last id
+        ids, new = prompt, []
+        for _ in range(max_new_tokens):
+            nid = int(model(ids[None], images[None])[0, -1].argmax())
+            new.append(nid)
+            ids = torch.tensor([nid])
+            if nid == eoc_id:
+                break
+        return new
+
+    fails(lesson09.check_greedy, new_ids_only, match=r"at decoding step 1, greedy_decode gave the model 1 tokens")
+    fails(lesson09.check_greedy, lambda *a, max_new_tokens, **k: greedy_08(*a, max_new_tokens=max_new_tokens - 1, **k),
+          match=r"stops early: 2 tokens \('blue square'\) where max_new_tokens=3 allows 3")
     for pictures, shape in (("first", r"\(1, 1, 3, 16, 16\)"), ("no batch axis", r"\(2, 3, 16, 16\)")):  # right with one picture
         fails(lesson09.check_greedy, lambda *a, **k: greedy_08(*a, **k, pictures=pictures),
               match=f"raised ValueError: the model got images of shape {shape}, not \\(1, t, 3, H, W\\) = \\(1, 2, 3, 16, 16\\)")
@@ -737,6 +768,8 @@ def test_08_exercises():
     fails(lesson09.check_first_step_above, stub, match="not written yet")
     lesson09.check_first_step_above(first)
     fails(lesson09.check_first_step_above, lambda h, l, t: first(h, l, t, use_abs=False), match="negative")
+    fails(lesson09.check_first_step_above, lambda h, l, t: first({**h, "attn_gate_tanh": h["ff_gate_tanh"]}, l, t),
+          match=r"raised KeyError: 'ff_gate_tanh'; the exercise asks when the attention gate opens")
 
     def first_at_or_above(history, layer, threshold):
         return next((s for s, g in zip(history["step"], history["attn_gate_tanh"]) if abs(g[layer]) >= threshold), None)
@@ -780,7 +813,8 @@ def test_08_exercises():
 def loop_09(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_every, seed, zero_grad=True, freeze=True,
             gate_decay=False, shift=True, step_opt=True, first_log=True, keys=True, one_group=False, cosine=True,
             log_index=False, index_condition=False, log_early=False, locations=False, eval_at_end=True,
-            zero_grad_late=None, decay_off=False, loss_after=False, order_every_step=False, train_mode=True):
+            zero_grad_late=None, decay_off=False, loss_after=False, order_every_step=False, train_mode=True,
+            keep_partial=False, schedule_first=False, gate_log="tanh", loss_tensors=False, blocks_by_index=False):
     """The training loop of lesson 09, written as a learner would, with switches for the usual mistakes.
     zero_grad_late: "none" or "zeros", `optimizer.zero_grad(set_to_none=...)` called after `loss.backward()`."""
     import math
@@ -803,12 +837,18 @@ def loop_09(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_ev
         del history["ff_gate_tanh"]
 
     def log(step, loss):
-        blocks = [model.xattn[str(i)] for i in model.xattn_layers]
+        ids = range(len(model.xattn_layers)) if blocks_by_index else model.xattn_layers  # 0, 1, ...: a mistake
+        blocks = [model.xattn[str(i)] for i in ids]
         history["step"].append(step)
         history["loss"].append(loss)
-        history["attn_gate_tanh"].append([float(b.attn_gate.detach().tanh()) for b in blocks])
+        read = {"raw": lambda g: float(g.detach()), "abs": lambda g: abs(float(g.detach().tanh()))}.get(
+            gate_log, lambda g: float(g.detach().tanh()))
+        attn, ff = [read(b.attn_gate) for b in blocks], [read(b.ff_gate) for b in blocks]
+        if gate_log == "swapped":
+            attn, ff = ff, attn
+        history["attn_gate_tanh"].append(attn)
         if keys:
-            history["ff_gate_tanh"].append([float(b.ff_gate.detach().tanh()) for b in blocks])
+            history["ff_gate_tanh"].append(ff)
 
     queue = []
     for step in range(steps):
@@ -817,7 +857,8 @@ def loop_09(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_ev
         else:
             if not queue:
                 order = torch.randperm(len(data), generator=generator)  # (N,)
-                queue = list(order[: len(data) - len(data) % batch_size].split(batch_size))
+                whole = len(data) if keep_partial else len(data) - len(data) % batch_size  # all kept: a mistake
+                queue = list(order[:whole].split(batch_size))
             idx = queue.pop(0)
         part = data[idx]
         if locations:  # flamingo_lite's Flamingo takes them, the learner's MyFlamingo does not
@@ -836,12 +877,15 @@ def loop_09(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_ev
         loss.backward()
         if zero_grad_late:
             optimizer.zero_grad(set_to_none=zero_grad_late == "none")
+        if schedule_first:  # the schedule before the update: a mistake
+            schedule.step()
         if step_opt:
             optimizer.step()
-        schedule.step()
+        if not schedule_first:
+            schedule.step()
         if loss_after:  # the loss recomputed on the updated model: a mistake
             loss = loss_08(model(part.tokens, part.images), part.tokens)
-        history["loss_every_step"].append(loss.item())
+        history["loss_every_step"].append(loss if loss_tensors else loss.item())  # the tensor itself: a mistake
         if logged and not log_early:
             log(step if log_index else step + 1, loss.item())
     if eval_at_end:
@@ -898,6 +942,20 @@ def test_09_train_loop_names_locations_eval_zero_grad_order_decay_and_loss_after
                 r"`model\(part\.tokens, part\.images\)`")
     fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, eval_at_end=False),
           match=r"leaves the model in training mode: end it with `model\.eval\(\)`")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, keep_partial=True),
+          match=r"each epoch ends with a smaller batch of the 4 sequences left over \(44 is not a multiple of 8\)")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, schedule_first=True),
+          match=r"`schedule\.step\(\)` comes before `optimizer\.step\(\)`")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, gate_log="raw"),
+          match=r"the gates are logged without their tanh")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, gate_log="swapped"),
+          match=r"the two gates are swapped in the history")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, gate_log="abs"),
+          match=r"logged as sizes, `abs\(tanh\(gate\)\)`")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, loss_tensors=True),
+          match=r"history's 'loss_every_step' holds tensors, not numbers: append `loss\.item\(\)`.*graph alive")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, blocks_by_index=True),
+          match=r"raised KeyError: '1'; the check's model has gated blocks before LM layers 0 and 2")
     for late in ("none", "zeros"):  # set_to_none=True, then False (the weights still decay)
         fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, zero_grad_late=late),
               match=r"calls `optimizer\.zero_grad\(\)` after `loss\.backward\(\)`: the gradients are cleared before")
@@ -1012,7 +1070,7 @@ def test_09_segment_layer():
     with pytest.raises(ExerciseFailed) as failed:
         lesson10.check_segment_layer(segment_class(residual=True))
     assert "text before the first image is not 0" not in str(failed.value)  # a residual is not a text-time-0 bug
-    fails(lesson10.check_segment_layer, segment_class(detach=True), match="gives the right output on the example, but .*no gradient")
+    fails(lesson10.check_segment_layer, segment_class(detach=True), match=r"^your segment layer: .*to_kv\.weight gets no gradient.*would never train")
 
     class NoOut(segment_class()):
         def forward(self, x, media, media_locations):
@@ -1061,3 +1119,14 @@ def test_09_exercises():
 def test_every_step_has_a_hint(key, capsys):
     hint(key)
     assert capsys.readouterr().out.startswith(f"Hint ({key}):")
+
+
+def test_09_train_loop_names_without_the_warnings_of_its_own_wrong_loops():
+    """Naming a mistake runs wrong loops, one of them with the schedule before the update: torch's warning about that
+    one is the check's, and the learner, whose loop is right in that respect, never sees it."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, gate_log="swapped"), match="swapped")
+    assert not [w for w in caught if "lr_scheduler" in str(w.message)]

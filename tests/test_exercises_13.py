@@ -89,6 +89,22 @@ def test_13_layer_refuses_a_layer_that_would_never_train():
     fails(lesson13.check_layer, layer(no_grad), match="gets no gradient.*would never train")
 
 
+def test_13_layer_names_keywords_dropped_or_changed_though_gpt2_gives_the_same_logits():
+    """GPT-2 works without the keywords transformers hands its blocks, so these wrappers give the reference's logits;
+    a Llama-style model would not, and the check reads the blocks' arguments to say so."""
+    def block(s, x):
+        return s.gated_cross_attn_layer(x, s.media, s.media_locations) if s.gated_cross_attn_layer is not None else x
+
+    fails(lesson13.check_layer, layer(lambda s, x, a, k: s.decoder_layer(block(s, x), *a)),
+          match=r"does not pass on the keyword arguments transformers gives it \(encoder_attention_mask, use_cache, "
+                r"position_ids\).*Llama, SmolLM")
+    fails(lesson13.check_layer, layer(lambda s, x, a, k: s.decoder_layer(block(s, x), *a, **{**k, "use_cache": True})),
+          match=r"changes the keyword argument use_cache on its way to the GPT-2 block \(False became True\)")
+    # GPT-2's blocks take (hidden_states, past_key_values, attention_mask, ...): the last positional one, None here
+    fails(lesson13.check_layer, layer(lambda s, x, a, k: s.decoder_layer(block(s, x), *a[:-1], **k)),
+          match=r"gives the GPT-2 block 3 positional arguments, transformers gave 4")
+
+
 def test_13_layer_says_where_the_weights_must_be():
     class Renamed(layer(right)):
         def __init__(self, gated_cross_attn_layer, decoder_layer):

@@ -8,8 +8,10 @@ the same batch, so the verdict can name it:
 
 - `check_layer` (step "13.layer"): one forward pass over a batch with text before the first picture and a padded row
   (the padding mask reaches GPT-2's blocks positionally): the block after the GPT-2 block, `media_locations` left
-  out, the block never run, GPT-2's arguments not passed on; then one backward pass: every trainable parameter must
-  get a gradient (a block run under `torch.no_grad()` or on a detached input would never train).
+  out, the block never run, GPT-2's arguments not passed on; what the GPT-2 blocks are called with, keyword by
+  keyword (GPT-2 gives the same logits without most keywords, a Llama would not); then one backward pass: every
+  trainable parameter must get a gradient (a block run under `torch.no_grad()` or on a detached input would never
+  train).
 - `check_cache` (step "13.cache"): a sequence read in two calls with the KV cache, the second with markers, and
   greedy generation, in both modes, against the forward pass over the whole sequence: the stand-in rows left out,
   put at the end, kept in the output, the earlier markers dropped.
@@ -147,6 +149,58 @@ def _logits(model, vision_x, lang_x, mask=None) -> torch.Tensor:
         return model(vision_x, lang_x, attention_mask=mask).logits  # (b, n, V)
 
 
+def _described(value):
+    """A value handed to a GPT-2 block, as the check compares it: plain values themselves, a tensor by its shape, any
+    other object (a KV cache) by its type."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
+def _block_calls(model, vision_x, lang_x, mask) -> list:
+    """What every GPT-2 block inside the wrappers is called with, in one forward pass: (number of positional
+    arguments, {keyword: its description}) per call."""
+    calls, handles = [], []
+    for module in model.modules():
+        inner = getattr(module, "decoder_layer", None)
+        if isinstance(inner, nn.Module):
+            record = lambda _, args, kwargs: calls.append((len(args), {k: _described(v) for k, v in kwargs.items()}))  # noqa: E731
+            handles.append(inner.register_forward_pre_hook(record, with_kwargs=True))
+    try:
+        _logits(model, vision_x, lang_x, mask)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
+def _check_block_arguments(learner, reference, vision_x, lang_x, mask) -> None:
+    """The GPT-2 blocks get from the learner's wrapper what they get from flamingo_lite's: every keyword, with its
+    value. GPT-2 does its work without most of them, so a wrapper that drops `**kwargs` gives the same logits here, and
+    fails on a model that passes everything by keyword (Llama, SmolLM)."""
+    got = run_learner(_block_calls, learner, vision_x, lang_x, mask, what="Flamingo with your layer (a forward pass)")
+    want = _block_calls(reference, vision_x, lang_x, mask)
+    for (got_args, got_kwargs), (want_args, want_kwargs) in zip(got, want):
+        missing = [k for k in want_kwargs if k not in got_kwargs]
+        if missing:
+            fail(f"your layer does not pass on the keyword arguments transformers gives it ({', '.join(missing)}): "
+                 "GPT-2 here does without them, but a model that passes everything by keyword (Llama, SmolLM in the "
+                 "last cell) would lose its mask, positions or cache. Call `self.decoder_layer(x, *args, **kwargs)`.")
+        changed = [k for k in want_kwargs if got_kwargs[k] != want_kwargs[k]]
+        if changed:
+            k = changed[0]
+            fail(f"your layer changes the keyword argument {k} on its way to the GPT-2 block ({want_kwargs[k]!r} became "
+                 f"{got_kwargs[k]!r}): pass on what transformers gives, `self.decoder_layer(x, *args, **kwargs)`.")
+        if got_args != want_args:
+            fail(f"your layer gives the GPT-2 block {got_args} positional arguments, transformers gave {want_args}: "
+                 "pass them all on, `self.decoder_layer(x, *args, **kwargs)`.")
+    if len(got) != len(want):
+        fail(f"the GPT-2 blocks ran {len(got)} times in a forward pass with your layer, {len(want)} with flamingo_lite's: "
+             "call `self.decoder_layer` once per forward.")
+
+
 def _with_weights(layer_class, reference, *, immediate=True):
     _, model = example(layer_class, immediate=immediate)
     model.load_state_dict(reference.state_dict())
@@ -179,6 +233,7 @@ def check_layer(layer_class) -> None:
                 for name, (switch, message) in LAYER_MISTAKES.items()]
     compare(got, want, what="Flamingo's logits with your layer (blocks before layers 0 and 2 of 3, gates open)",
             mistakes=mistakes)
+    _check_block_arguments(learner, reference, vision_x, lang_x, mask)
     learner.train()
     learner.zero_grad(set_to_none=True)
     loss = run_learner(lambda: learner(vision_x, lang_x, attention_mask=mask, labels=lang_x).loss,
