@@ -514,3 +514,22 @@ def test_a_reference_sized_from_the_learner_says_which_sizes_it_checked():
     spec = fl.check_module(WidenedBy2(16), fl.FeedForward, reference_kwargs=dict(dim=16), verbose=False)
     assert not spec.passed and "1.weight" in spec.message and "(64, 16)" in spec.message
     assert "built to your module's sizes" not in spec.message
+
+
+def test_check_layer_leaves_out_the_size_note_the_result_names(capsys):
+    """An exercise checks its sizes itself, so `check_layer` drops the line `check_module` adds when it sized the
+    reference from the learner's module: the line the result names as its `size_note`, and nothing else."""
+    from flamingo_lite.teaching.exercises import check_layer
+
+    class Block(nn.Sequential):
+        def __init__(self, dim):
+            super().__init__(nn.LayerNorm(dim), nn.Linear(dim, 4 * dim, bias=False), nn.GELU(),
+                             nn.Linear(4 * dim, dim, bias=False))
+
+    result = check_layer(Block(16), fl.FeedForward, what="your block")
+    assert result.size_note and result.size_note.startswith("  (the reference was built to your module's sizes")
+    assert result.size_note not in result.message and "✓" in result.message
+    printed = capsys.readouterr().out
+    assert printed.startswith("OK: your block matches the reference") and "built to your module's sizes" not in printed
+    assert check_layer(Block(16), fl.FeedForward, what="your block", quiet=True)
+    assert capsys.readouterr().out == ""

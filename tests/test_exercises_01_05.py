@@ -98,6 +98,34 @@ def test_01_attention_more_mistakes_are_named():
                match=r"raised RuntimeError.*the mask here is \(b, i, j\).*`mask\[:, None\]`")
 
 
+def test_01_attention_scales_row_zero_masks_and_float16_fills_are_named():
+    """The second walkthrough of lesson 01 met these as 'no usual mistake matches', or passed them."""
+    fails_with(lesson01.check_attention, lambda q, k, v, mask=None: attention(q / q.shape[-1] ** 0.5, k, v, mask),
+               match=r"scaled by 1/e, not 1/sqrt\(e\)")
+    fails_with(lesson01.check_attention,
+               lambda q, k, v, mask=None: attention(q * (q.shape[-1] / (q.shape[1] * q.shape[-1])) ** 0.5, k, v, mask),
+               match=r"scaled by 1/sqrt\(h\*e\), the width of all heads together")
+    fails_with(lesson01.check_attention,
+               lambda q, k, v, mask=None: attention(q, k, v, mask[0] if mask is not None and mask.ndim == 3 else mask),
+               match=r"masked with row 0's mask \(`mask\[0\]`, right only for a batch of 1\)")
+
+    def fixed_fill(q, k, v, mask=None, fill=-1e9, dtype=None):  # right in float32
+        scores = torch.einsum("b h i e, b h j e -> b h i j", q, k) / q.shape[-1] ** 0.5
+        if mask is not None:
+            mask = (mask if mask.ndim == 3 else mask[None])[:, None]
+            scores = scores.masked_fill(~mask, fill)
+        weights = scores.softmax(-1)
+        if mask is not None:
+            weights = weights * mask.any(-1, keepdim=True).to(dtype or weights.dtype)
+        return weights @ v.to(weights.dtype)
+
+    fails_with(lesson01.check_attention, fixed_fill,
+               match=r"in float16 raised RuntimeError: value cannot be converted.*overflow.*-torch\.finfo\(scores\.dtype\)\.max")
+    fails_with(lesson01.check_attention, lambda *a: fixed_fill(*a, fill=-6e4, dtype=torch.float32),
+               match=r"in float16 returns torch\.float32: keep the inputs' dtype")
+    lesson01.check_attention(lambda *a: fixed_fill(*a, fill=-6e4))  # a fill that fits float16 is right too
+
+
 def test_01_attention_stub_and_solution(capsys):
     fails_with(lesson01.check_attention, stub, match="not written yet")
     lesson01.check_attention(attention)
@@ -132,6 +160,10 @@ def multi_head(x, context, to_q, to_k, to_v, heads, mask=None, bug=None):
     source = x if bug == "kv from x" else context
     q, k, v = split(to_q(x), h, order), split(to_k(source), h, order), split(to_v(source), h, order)
     out = attention(q, k, v, None if bug == "mask" else mask, bug="scale" if bug == "scale" else None)
+    if bug == "not merged":
+        return out
+    if bug == "reshape merge":
+        return out.reshape(out.shape[0], out.shape[2], -1)
     return merge(out, "order" if bug in ("order", "merge order") else None)
 
 
@@ -139,6 +171,8 @@ def multi_head(x, context, to_q, to_k, to_v, heads, mask=None, bug=None):
                                         ("mask", "mask has no effect"), ("scale", "not scaled"),
                                         ("merge order", r"split with '\(h e\)' and merged with '\(e h\)'"),
                                         ("to_k values", "the values are made with to_k"),
+                                        ("not merged", r"heads are never merged: the result is still \(b, h, n, e\)"),
+                                        ("reshape merge", r"merged with `reshape\(b, n, h\*e\)` without moving them"),
                                         ("kv from x", r"raised RuntimeError.*k or v was computed from x")])
 def test_01_multi_head_mistakes(bug, named):
     fails_with(lesson01.check_multi_head, lambda *a: multi_head(*a, bug=bug), match=named)
@@ -166,6 +200,12 @@ def test_01_softmax_and_causal():
     lesson01.check_stable_softmax(lambda s, dim=-1: (s - s.amax(dim, keepdim=True)).exp() / (s - s.amax(dim, keepdim=True)).exp().sum(dim, keepdim=True))
     fails_with(lesson01.check_stable_softmax, lambda s, dim=-1: (s - s.amax(-1, keepdim=True)).exp() / (s - s.amax(-1, keepdim=True)).exp().sum(-1, keepdim=True),
                match="ignores its dim argument")
+    def infinities_to_zero(s, dim=-1):  # the -inf of masked keys replaced by 0: they get weight
+        s = s.masked_fill(s == float("-inf"), 0.0)
+        return (s - s.amax(dim, keepdim=True)).exp() / (s - s.amax(dim, keepdim=True)).exp().sum(dim, keepdim=True)
+
+    fails_with(lesson01.check_stable_softmax, infinities_to_zero,
+               match=r"on scores with -inf entries differs.*a -inf score must get weight exactly 0")
     fails_with(lesson01.check_causal_mask, stub, match="not written yet")
     fails_with(lesson01.check_causal_mask, lambda n: torch.ones(n, n).triu().bool(), match="transposed")
     fails_with(lesson01.check_causal_mask, lambda n: torch.ones(n, n).tril(), match="dtype")
@@ -515,12 +555,28 @@ def test_03_exercises():
     assert torch.equal(torch.random.get_rng_state(), state)  # the lesson's own random draws stay as they were
     assert all(p.grad is None for p in resampler.parameters())  # the gradients were taken on a copy
     assert all(torch.equal(before[k], v) for k, v in resampler.state_dict().items())
+    fails_with(lesson03.check_time_embeddings, lambda x, table: x + table,
+               match=r"raised RuntimeError: The size of tensor a \(3\).*x is \(b, t, n, d\) = \(2, 3, 5, 8\).*`media_pos_emb\[:t\]`")
     fails_with(lesson03.check_param_count, stub, match="not written yet")
     fails_with(lesson03.check_param_count, lambda **cfg: 0, match="you counted 0")
     def without_embeddings(**cfg):
         return sum(p.numel() for n, p in fl.PerceiverResampler(**cfg).named_parameters() if n != "media_pos_emb")
 
     fails_with(lesson03.check_param_count, without_embeddings, match="as many numbers as media_pos_emb, not counted\\?")
+
+    def one_norm_per_attention(**cfg):  # norm_media left out of every layer: 2 * dim per layer
+        return sum(p.numel() for n, p in fl.PerceiverResampler(**cfg).named_parameters() if "norm_media" not in n)
+
+    # in the first size alone that is also media_pos_emb's count (4 x 32 = 2 layers x 2 x 32); the other size rules it out
+    message = fails_with(lesson03.check_param_count, one_norm_per_attention,
+                         match=r"off by -128.*as many numbers as every layer's attention norm_latents or every layer's "
+                               r"attention norm_media or every layer's feed-forward LayerNorm \[0\], not counted\?")
+    assert "media_pos_emb, not" not in message
+
+    def odd(**cfg):  # an offset that fits no part in every size: no guess
+        return without_embeddings(**cfg) + cfg["dim"] + 1
+
+    message = fails_with(lesson03.check_param_count, odd, match=r"to see each part\.$")
 
 
 # ------------------------------------------------------------------------------------------------------------ 04
@@ -773,6 +829,40 @@ def test_05_a_residual_inside_the_layer_is_named():
     fails_with(lesson05.check_forward, WithResidual, match="x is added to the output inside the layer")
 
 
+def test_05_the_mode_must_be_the_attribute_the_spec_names():
+    """The widgets and MyFlamingo switch the mode on a built layer; a layer that keeps it elsewhere does not follow."""
+    class Renamed(make_cross_attention()):
+        def __init__(self, *, only_attend_immediate_media=True, **kw):
+            super().__init__(only_attend_immediate_media=only_attend_immediate_media, **kw)
+            self.mode = only_attend_immediate_media
+            del self.only_attend_immediate_media
+
+        def forward(self, x, media, media_locations=None):
+            self.__dict__["only_attend_immediate_media"] = self.mode  # right in both modes, under another name
+            try:
+                return super().forward(x, media, media_locations)
+            finally:
+                del self.__dict__["only_attend_immediate_media"]
+
+    fails_with(lesson05.check_forward, Renamed,
+               match=r"has no attribute only_attend_immediate_media equal to the constructor's argument")
+
+    class DecidedOnce(make_cross_attention()):
+        def __init__(self, *, only_attend_immediate_media=True, **kw):
+            super().__init__(only_attend_immediate_media=only_attend_immediate_media, **kw)
+            self.fixed_mode = only_attend_immediate_media
+
+        def forward(self, x, media, media_locations=None):
+            current, self.only_attend_immediate_media = self.only_attend_immediate_media, self.fixed_mode
+            try:
+                return super().forward(x, media, media_locations)
+            finally:
+                self.only_attend_immediate_media = current
+
+    fails_with(lesson05.check_forward, DecidedOnce,
+               match=r"built with only_attend_immediate_media=True, then set to False,.*other mode")
+
+
 def test_05_stubs_and_solutions():
     fails_with(lesson05.check_masked_softmax, stub, match="not written yet")
     fails_with(lesson05.check_forward, make_cross_attention(raises=True), match="not written yet")
@@ -781,6 +871,7 @@ def test_05_stubs_and_solutions():
 
 
 def test_05_tokens_reached():
+    torch.manual_seed(0)  # the inputs below, whatever ran before
     tokens = "a photo of <image> a red circle <image> a blue square".split()
     loc = masks.media_locations_from_tokens(tokens)[None]
     x, media = torch.randn(1, len(tokens), 16), torch.randn(1, 2, 3, 16)
@@ -818,7 +909,17 @@ def test_05_tokens_reached():
         changed[:, k - 1] = torch.randn_like(media[:, 0])
         return (layer(x, media) - layer(x, changed)).abs().amax(-1) > 1e-6  # no mask: every word sees every image
 
-    fails_with(lesson05.check_tokens_reached, with_itself, x, media, loc, match="no token changed")
+    fails_with(lesson05.check_tokens_reached, with_itself, x, media, loc,
+               match=r"no token counts as changed: compare the layer's output on the media you were given \(not a second run")
+
+    @torch.no_grad()
+    def too_high_a_threshold(layer, x, media, loc, k):  # small changes missed: some of the right words, no others
+        changed = media.clone()
+        changed[:, k - 1] = torch.randn_like(media[:, 0])
+        return (layer(x, media, loc) - layer(x, changed, loc)).abs().amax(-1) > 0.1
+
+    fails_with(lesson05.check_tokens_reached, too_high_a_threshold, x, media, loc,
+               match=r"finds only some of the words image k reaches \(2 of 4, no others\).*too high a threshold")
     fails_with(lesson05.check_tokens_reached, without_locations, x, media, loc, match="pass media_locations to the layer")
     kept = media.clone()
     fails_with(lesson05.check_tokens_reached, in_place, x, media, loc, match="changed its input media in place.*media.clone")

@@ -66,6 +66,7 @@ class CheckResult:
     changed_inputs: list = field(default_factory=list)  # the arguments the learner's forward modified in place
     no_gradient: list = field(default_factory=list)  # parameters (or inputs) the reference trains but the learner's forward cuts off
     wrong_gradient: list = field(default_factory=list)  # parameters (or inputs) whose gradient differs from the reference's
+    size_note: str | None = None  # the message's line listing the sizes, when the reference was sized from the learner's
 
     def __bool__(self) -> bool:
         return self.passed
@@ -393,7 +394,7 @@ def _swapped_norms(reference: nn.Module, inputs, got: torch.Tensor, atol, rtol):
     return None
 
 
-SIZE_NOTE = "  (the reference was built to your module's sizes"  # how the line that lists them starts
+SIZE_NOTE = "  (the reference was built to your module's sizes"  # how the line that lists them starts (CheckResult.size_note)
 
 
 def check_module(
@@ -471,6 +472,7 @@ def check_module(
         notes_line = f"  (gates {', '.join(notes)} set to 0.5 so the check sees through them)"
     else:
         notes_line = ""
+    size_note = None
     if sized_from_learner:  # a size the learner got wrong is the reference's too: say which sizes were checked
         sizes = ", ".join(f"{key}={int(value) if isinstance(value, float) and value.is_integer() else value!r}"
                           for key, value in kwargs.items())
@@ -513,6 +515,7 @@ def check_module(
                 result = CheckResult(False, name, message, error=f"{type(error).__name__}: {error}")
                 return _finish(result, verbose, raise_on_mismatch)
         result = _verdict(name, ref_name, got, expected, inputs, kwargs, type(reference), reference, atol, rtol, notes_line)
+        result.size_note = size_note
         if isinstance(got, torch.Tensor):
             result.output, result.expected = got.detach(), expected.detach()
         result.reference, result.inputs = reference, tuple(inputs)

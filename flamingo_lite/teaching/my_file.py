@@ -292,9 +292,10 @@ def _magic(line: str, cell: str):
     other = [n for n in outside if n not in FALLBACKS]
     if earlier:
         stand_ins = ", ".join(f"{FALLBACKS[n][0]}.{FALLBACKS[n][1]} for your {n}" for n in earlier)
-        print(f"note: this cell runs here on {stand_ins} (the setup cell said so), which {path.name} does not have "
-              "yet; nothing to do in this lesson: the file runs on its own once you have written them in their own "
-              "lessons.")
+        names = ", ".join(earlier)
+        print(f"note: this cell runs here on {stand_ins} (the setup cell said so), because {path.name} does not have "
+              f"your {names} yet. There is nothing to do in this lesson: once you write "
+              f"{names} in {'its' if len(earlier) == 1 else 'their'} own lesson, your file uses yours.")
     if other:
         print(f"note: this cell uses {', '.join(other)} from the notebook, which {path.name} neither defines nor "
               "imports (it imports only torch and einops), so the file will not run on its own: write it from torch "

@@ -146,20 +146,23 @@ def run_learner(fn: Callable, *args, what: str, advice: dict[str, str] | None = 
         fail(said if said.endswith(".") else said + ".")
 
 
-def run_untouched(fn: Callable, *args, what: str, names: tuple[str, ...], fix: str | dict | None = None, **kwargs):
+def run_untouched(fn: Callable, *args, what: str, names: tuple[str, ...], fix: str | dict | None = None,
+                  trains: bool = True, **kwargs):
     """`run_learner` on copies of the tensor arguments, then fail naming the first one `fn` changed in place.
 
     A function that changes its input in place can return the right value and still pass a check that computes
     the answer afterwards from the changed input; the copies keep the check's own inputs as they were.
     names: each positional argument's name, as the learner's function calls it. fix: the sentence that ends the
-    verdict, how to make a new tensor instead (or {name: sentence}, one per argument)."""
+    verdict, how to make a new tensor instead (or {name: sentence}, one per argument). trains: whether `fn` is part of
+    what trains (then an in-place change also breaks autograd, and the verdict says so)."""
     copies = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
     result = run_learner(fn, *copies, what=what, **kwargs)
     for name, given, used in zip(names, args, copies):
         if isinstance(given, torch.Tensor) and not (used.shape == given.shape and torch.equal(
                 torch.isnan(used), torch.isnan(given)) and torch.equal(used.nan_to_num(0.0), given.nan_to_num(0.0))):
             fail(f"{what} changed its input {name} in place (an in-place op such as `{name} += ...`, `{name}.div_(...)` "
-                 f"or `{name}[...] = ...`): the caller's tensor changes too, and autograd cannot train through it; "
+                 f"or `{name}[...] = ...`): the caller's tensor changes too"
+                 f"{', and autograd cannot train through it' if trains else ''}; "
                  f"{(fix.get(name) if isinstance(fix, dict) else fix) or f'write `{name} = {name} + ...`, which makes a new tensor.'}")
     return result
 
@@ -222,6 +225,7 @@ def check_layer(
     mistakes: Callable | None = None,
     atol: float = 1e-5,
     rtol: float = 1e-4,
+    quiet: bool = False,
     **check_kwargs,
 ):
     """Check the learner's module with `check_module` (its weights are put back afterwards).
@@ -230,19 +234,22 @@ def check_layer(
     mistakes: `mistakes(reference, *inputs) -> list[Mistake]`, the outputs of the usual wrong implementations with
         the reference's weights; when the learner's output matches one, the check says that mistake's sentence
         (on the input set beyond the example where the output went wrong, when it was right on the example).
-    Passes with a line starting "OK"; otherwise raises `ExerciseFailed` with `check_module`'s verdict.
+    Passes with a line starting "OK" (none when `quiet`: a part of a larger check); otherwise raises `ExerciseFailed`
+    with `check_module`'s verdict.
     Returns the `CheckResult`.
     """
-    from ..checker import SIZE_NOTE, check_module  # the checker imports the layers; keep this module light to import
+    from ..checker import check_module  # the checker imports the layers; keep this module light to import
 
     try:
         result = check_module(learner, reference, inputs, atol=atol, rtol=rtol, verbose=False, **check_kwargs)
     except TypeError as error:  # no reference can be built to fit it: a constructor that names a parameter otherwise
         fail(f"{what}: {error}; the exercise's table lists the names the constructor must create.")
     # the exercise checks the sizes itself (check_layer_in_sizes, check_shapes_follow): no need to list them
-    result.message = "\n".join(line for line in result.message.split("\n") if not line.startswith(SIZE_NOTE))
+    if result.size_note:
+        result.message = "\n".join(line for line in result.message.split("\n") if line != result.size_note)
     if result.passed:
-        passed(f"{what} matches the reference ({result.message.split(': ', 1)[-1]}).")
+        if not quiet:
+            passed(f"{what} matches the reference ({result.message.split(': ', 1)[-1]}).")
         return result
     forward_wrong = result.failed_check in (None, "forward", "case")  # the values differ, on the example or a case
     if forward_wrong and result.output is not None and mistakes is not None:  # a mistake may change the shape too

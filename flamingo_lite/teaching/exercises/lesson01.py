@@ -40,11 +40,13 @@ _ANSWERS_ATTEND = (attend, attention_weights)  # the package's attention: what t
 
 def reference_attention(q, k, v, mask=None, *, scale=True, axis=-1, fill="max_then_zero", use_mask=True):
     """Attention as the lesson defines it, and the usual mistakes: fill="inf" (NaN rows), "max" (no zeroing:
-    a uniform average), axis=-2 (softmax over the queries), scale=False, use_mask=False or "inverted" (every use of
+    a uniform average), axis=-2 (softmax over the queries), scale=False, "keys" (1/sqrt(j)), "heads" (1/sqrt(h*e))
+    or "1/e" (no square root), use_mask=False or "inverted" (every use of
     the mask inverted), "inverted_fill" (the fill inverted, the empty rows still found from the mask as given)."""
     scores = torch.einsum("b h i e, b h j e -> b h i j", q, k)  # (b, h, i, j)
     if scale:
-        scores = scores * (k.shape[-2] if scale == "keys" else q.shape[-1]) ** -0.5  # "keys": 1/sqrt(j), a mistake
+        width = {"keys": k.shape[-2], "heads": q.shape[1] * q.shape[-1]}.get(scale, q.shape[-1])  # (mistakes: j, h*e)
+        scores = scores * (width ** -1.0 if scale == "1/e" else width ** -0.5)
     empty = None
     if mask is not None and use_mask:
         mask = mask if mask.ndim == 3 else rearrange(mask, "i j -> 1 i j")  # (b or 1, i, j)
@@ -71,14 +73,28 @@ def _qkv(seed=0, b=2, h=2, i=3, j=5, e=4):
     return q, k, v, mask
 
 
+def _check_attention_in_float16(attention, q, k, v, mask) -> None:
+    """The same attention in float16, where -1e9 (or float32's lowest) does not fit: the fill must come from the
+    scores' own dtype, and the answer keeps the inputs' dtype."""
+    what = "your attention(q, k, v, mask) in float16"
+    half = [t.half() for t in (q, k, v)]
+    overflow = ("a fixed fill such as -1e9 (or float32's -3.4e38) does not fit in float16, whose largest number is "
+                "65504: fill with `-torch.finfo(scores.dtype).max`, which fits whatever dtype the scores have.")
+    got = run_learner(attention, *half, mask, what=what, advice={"overflow": overflow})
+    if isinstance(got, torch.Tensor) and got.dtype != torch.float16:
+        fail(f"{what} returns {got.dtype}: keep the inputs' dtype (a fill or a tensor made in float32 promotes the "
+             "result); make new tensors with the scores' dtype.")
+    compare(got, reference_attention(q, k, v, mask), what=what, atol=2e-2, rtol=2e-2)
+
+
 def _attention_mistakes(q, k, v, mask):
     return [
         Mistake("-inf fill", reference_attention(q, k, v, mask, fill="inf"),
                 "the query that may see nothing comes out as NaN: a -inf fill makes its softmax 0/0. Fill with "
                 "-torch.finfo(scores.dtype).max and then set the weights of rows whose mask is all False to 0."),
         Mistake("-finfo.max fill", reference_attention(q, k, v, mask, fill="max"),
-                "the query that may see nothing gets a uniform average of every value (the look into the future of "
-                "the original code): after the softmax, set the weights of rows whose mask is all False to 0."),
+                "the query that may see nothing gets a uniform average of every value, though its mask says it may "
+                "see none: after the softmax, set the weights of rows whose mask is all False to 0."),
         Mistake("missing scale", reference_attention(q, k, v, mask, scale=False),
                 "the scores are not scaled: multiply q·k by e**-0.5, e = q.shape[-1], before the softmax."),
         Mistake("softmax over the wrong axis", reference_attention(q, k, v, mask, axis=-2),
@@ -86,12 +102,21 @@ def _attention_mistakes(q, k, v, mask):
         Mistake("scaled by the number of keys", reference_attention(q, k, v, mask, scale="keys"),
                 "the scores are scaled by 1/sqrt(j), the number of keys: the scale is 1/sqrt(e), e = q.shape[-1], the "
                 "width of one head's queries and keys."),
+        Mistake("scaled by 1/e", reference_attention(q, k, v, mask, scale="1/e"),
+                "the scores are scaled by 1/e, not 1/sqrt(e): multiply q·k by e**-0.5, e = q.shape[-1]."),
+        Mistake("scaled by the whole width", reference_attention(q, k, v, mask, scale="heads"),
+                "the scores are scaled by 1/sqrt(h*e), the width of all heads together: each head's scores are "
+                "scaled by its own width, e**-0.5 with e = q.shape[-1]."),
         Mistake("mask ignored", reference_attention(q, k, v, mask, use_mask=False),
                 "the mask has no effect: fill the scores where the mask is False, before the softmax."),
         *(Mistake("mask inverted", reference_attention(q, k, v, mask, use_mask=inverted, fill=filled),
                   "the mask is used the wrong way round: True means 'may attend', so fill where the mask is False "
                   "(`scores.masked_fill(~mask, ...)`).")
           for inverted in ("inverted", "inverted_fill") for filled in ("max_then_zero", "max", "inf")),
+        *([Mistake("row 0's mask for every row", reference_attention(q, k, v, mask[0]),
+                   "every batch row is masked with row 0's mask (`mask[0]`, right only for a batch of 1): keep the "
+                   "batch axis, `mask[:, None]` (b, 1, i, j), so each row gets its own.")]
+          if mask is not None and mask.ndim == 3 else []),
     ]
 
 
@@ -102,7 +127,8 @@ def check_attention(attention) -> None:
     names = ("q", "k", "v", "mask")
     what = "your attention(q, k, v)"
     got = run_untouched(attention, q, k, v, what=what, names=names)  # an in-place q.mul_(scale) is named as such
-    compare(got, reference_attention(q, k, v), what=what, mistakes=_attention_mistakes(q, k, v, None)[2:5])
+    unmasked = [m for m in _attention_mistakes(q, k, v, None) if "scale" in m.name or "axis" in m.name]  # no mask: no fill
+    compare(got, reference_attention(q, k, v), what=what, mistakes=unmasked)
     what = "your attention(q, k, v, mask)"
     head_axis = (f"the mask here is (b, i, j) = {tuple(mask.shape)}, the scores (b, h, i, j) = "
                  f"{(q.shape[0], q.shape[1], q.shape[2], k.shape[2])}: give the mask an axis for the heads, "
@@ -113,6 +139,7 @@ def check_attention(attention) -> None:
     what = "your attention(q, k, v, mask) with a 2-D (i, j) mask"
     got = run_untouched(attention, q, k, v, mask[0], what=what, names=names)
     compare(got, reference_attention(q, k, v, mask[0]), what=what, mistakes=_attention_mistakes(q, k, v, mask[0]))
+    _check_attention_in_float16(attention, q, k, v, mask)
     passed("attention is right, with and without a mask; the query that may see nothing gets exactly 0.")
 
 
@@ -149,10 +176,15 @@ def check_heads(split_heads, merge_heads) -> None:
 
 def reference_multi_head(x, context, to_q, to_k, to_v, heads, mask=None, *, order="h e", merge_order=None,
                          use_mask=True, scale=True):
-    """The lesson's multi-head attention; `order` splits the heads, `merge_order` (default: the same) merges them."""
+    """The lesson's multi-head attention; `order` splits the heads, `merge_order` (default: the same) merges them,
+    or, as mistakes, "none" (the heads never merged) or "reshape" (merged by a reshape that does not move them)."""
     split = lambda t, h: rearrange(t, f"b n ({order}) -> b h n e", h=h)  # noqa: E731
     q, k, v = split(to_q(x), heads), split(to_k(context), heads), split(to_v(context), heads)  # (b, h, n|j, e)
     out = reference_attention(q, k, v, mask, use_mask=use_mask, scale=scale)  # (b, h, n, e)
+    if merge_order == "none":
+        return out  # (b, h, n, e)
+    if merge_order == "reshape":
+        return out.reshape(out.shape[0], out.shape[2], -1)  # (b, n, h*e), tokens mixed
     return rearrange(out, f"b h n e -> b n ({merge_order or order})")  # (b, n, h*e)
 
 
@@ -183,6 +215,12 @@ def check_multi_head(multi_head_attention) -> None:
             *(Mistake("split and merged differently", reference_multi_head(*args, order=a, merge_order=b),
                       f"the heads are split with '({a})' and merged with '({b})': use '(h e)' on both sides, as "
                       "split_heads and merge_heads do.") for a, b in (("h e", "e h"), ("e h", "h e"))),
+            Mistake("heads not merged", reference_multi_head(*args, merge_order="none"),
+                    "the heads are never merged: the result is still (b, h, n, e); put them back side by side with "
+                    "your merge_heads, (b, n, h*e)."),
+            Mistake("merged by reshape", reference_multi_head(*args, merge_order="reshape"),
+                    "the heads are merged with `reshape(b, n, h*e)` without moving them back after the tokens, so "
+                    "tokens are mixed: use your merge_heads (`rearrange(out, 'b h n e -> b n (h e)')`)."),
             Mistake("to_k for the values", reference_multi_head(x, context, to_q, to_k, to_k, 2, mask),
                     "the values are made with to_k: v = to_v(context), each projection its own."),
             Mistake("to_q for the keys", reference_multi_head(x, context, to_q, to_q, to_v, 2, mask),
@@ -207,6 +245,11 @@ def check_stable_softmax(stable_softmax) -> None:
         Mistake("wrong axis", s.softmax(dim=0),
                 "the weights sum to 1 down the columns: take the max and the sum along `dim`, with keepdim=True."),
     ])
+    masked = torch.tensor([[0.0, float("-inf"), 1.0], [float("-inf"), 2.0, 2.0]])  # (2, 3): masked keys
+    what = "your stable_softmax(s) on scores with -inf entries"
+    compare(run_learner(stable_softmax, masked.clone(), what=what), masked.softmax(dim=-1), what=what,
+            unmatched="a -inf score must get weight exactly 0 and leave the rest of its row a softmax: exp(-inf - max) "
+                      "is 0, so no special case is needed (do not replace -inf by a number).")
     what = "your stable_softmax(s, dim=0)"
     compare(run_learner(stable_softmax, s.T, 0, what=what), s.T.softmax(dim=0), what=what, mistakes=[
         Mistake("dim ignored", s.T.softmax(dim=-1),

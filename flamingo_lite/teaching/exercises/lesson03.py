@@ -86,8 +86,11 @@ def check_time_embeddings(add_time_embeddings) -> None:
     x, table = torch.randn(2, 3, 5, 8, generator=g), torch.randn(4, 1, 8, generator=g)  # (b, t, n, d), (T, 1, d)
     what = "your add_time_embeddings(x, media_pos_emb)"
     try:
+        sizes = (f"x is (b, t, n, d) = {tuple(x.shape)} and media_pos_emb (T, 1, d) = {tuple(table.shape)}, one row "
+                 "per media it can number: take the first t rows, `media_pos_emb[:t]` (t, 1, d) with t = x.shape[1], "
+                 "which broadcasts against x over b and n.")
         got = run_untouched(add_time_embeddings, x, table, what=what, names=("x", "media_pos_emb"),
-                            fix="return x + media_pos_emb[:t], a new tensor.")
+                            fix="return x + media_pos_emb[:t], a new tensor.", advice={"must match the size": sizes})
     except ExerciseFailed:
         _name_batch_slice(add_time_embeddings, x, table, what)
         raise
@@ -468,22 +471,45 @@ def _check_video_gradients(resample_video, resampler, video, g, what) -> None:
              "train: keep every weight in the computation (no .detach(), no torch.no_grad()).")
 
 
-def _param_count_guess(cfg: dict, off: int) -> str:
-    """The parts of the resampler that have exactly as many numbers as an offset, to say which one it may be."""
-    parts = {}
-    for name, p in fl.PerceiverResampler(**cfg).named_parameters():
+def _resampler_parts(cfg: dict) -> dict:
+    """How many numbers each part of a resampler of size `cfg` has: every parameter and every module that holds
+    parameters, by name; a part of the layers counted over all of them ("every layer's attention norm_media")."""
+    parts: dict = {}
+    resampler = fl.PerceiverResampler(**cfg)
+    for name, p in resampler.named_parameters():
         pieces = name.split(".")
+        prefix, rest = "", pieces
         if pieces[0] == "layers":  # layers.N.0.x is a layer's attention, layers.N.1.x its feed-forward
-            name = f"one layer's {'attention' if pieces[2] == '0' else 'feed-forward'} {'.'.join(pieces[3:])}"
-        parts.setdefault(p.numel(), set()).add(name)
-    match = sorted(parts.get(abs(off), ()), key=lambda n: (n.startswith("one layer"), n))[:3]
+            prefix, rest = f"every layer's {'attention' if pieces[2] == '0' else 'feed-forward'} ", pieces[3:]
+            if pieces[2] == "1":  # the feed-forward is a Sequential: say what its numbered part is
+                kind = type(resampler.get_submodule(".".join(pieces[:4]))).__name__
+                rest = [f"{kind} [{pieces[3]}]", *rest[1:]]
+        for end in range(1, len(rest) + 1):  # each module that holds the parameter, then the parameter itself
+            part = prefix + ".".join(rest[:end])
+            parts[part] = parts.get(part, 0) + p.numel()
+    return parts
+
+
+def _param_count_guess(offsets: list) -> str:
+    """The parts of the resampler with exactly as many numbers as the count is off by, in every size where it is
+    off (one size alone often matches some part by chance), to say which one it may be. offsets: [(cfg, off)]."""
+    sign = {off > 0 for _, off in offsets}
+    if len(sign) != 1:
+        return ""
+    common = None
+    for cfg, off in offsets:
+        names = {part for part, n in _resampler_parts(cfg).items() if n == abs(off)}
+        common = names if common is None else common & names
+    match = sorted(common or (), key=lambda n: (n.startswith("every layer"), n.count("."), n))[:3]
     if not match:
         return ""
-    return f"; as many numbers as {' or '.join(match)}, {'not counted' if off < 0 else 'counted twice'}?"
+    return f"; as many numbers as {' or '.join(match)}, {'counted twice' if sign == {True} else 'not counted'}?"
 
 
 def check_param_count(resampler_param_count) -> None:
-    """Exercise 2: `resampler_param_count(...)` equals the module's count for three sizes."""
+    """Exercise 2: `resampler_param_count(...)` equals the module's count for three sizes; where it is off, the
+    verdict guesses the part from the offsets of all three (a part is named only if it fits every one)."""
+    offsets, first = [], None
     for cfg in [
         dict(dim=32, depth=2, dim_head=16, heads=2, num_latents=64, num_media_embeds=4, ff_mult=4),
         dict(dim=24, depth=3, dim_head=8, heads=4, num_latents=5, num_media_embeds=2, ff_mult=2),
@@ -492,9 +518,13 @@ def check_param_count(resampler_param_count) -> None:
         actual = sum(p.numel() for p in fl.PerceiverResampler(**cfg).parameters())
         got = run_learner(resampler_param_count, **cfg, what=f"your resampler_param_count(**{cfg})")
         if got != actual:
-            fail(f"for {cfg} you counted {got}, the module has {actual} (off by {got - actual}): print "
-                 f"[(n, p.numel()) for n, p in fl.PerceiverResampler(**{cfg}).named_parameters()] to see each part"
-                 f"{_param_count_guess(cfg, got - actual)}.")
+            offsets.append((cfg, got - actual))
+            first = first or (cfg, got, actual)
+    if first:
+        cfg, got, actual = first
+        fail(f"for {cfg} you counted {got}, the module has {actual} (off by {got - actual}): print "
+             f"[(n, p.numel()) for n, p in fl.PerceiverResampler(**{cfg}).named_parameters()] to see each part"
+             f"{_param_count_guess(offsets)}.")
     passed("resampler_param_count matches the module for three sizes.")
 
 

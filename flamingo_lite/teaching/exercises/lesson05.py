@@ -318,6 +318,27 @@ def check_forward(layer_cls) -> None:
     except ExerciseFailed as failed:
         fail(f"{str(failed).rstrip('.')}: {_NO_LOCATIONS}, no mask built from None.")
     check_layer(learner, fl.MaskedCrossAttention, (x, media, None), what=what, mistakes=_cross_attention_mistakes)
+    _check_mode_switch(layer_cls, x, media)
+
+
+def _check_mode_switch(layer_cls, x, media) -> None:
+    """The mode is the attribute the spec names, read at every forward: lesson 06's widget and MyFlamingo switch it
+    on a built layer (`layer.only_attend_immediate_media = False`), so a layer that keeps it under another name, or
+    decides once in its constructor, would not follow."""
+    name = layer_cls.__name__
+    with torch.random.fork_rng(devices=[]):
+        learner = run_learner(layer_cls, **_SIZES[0], only_attend_immediate_media=True,
+                              what=f"{name}(dim=16, dim_head=4, heads=2, only_attend_immediate_media=True)")
+    if getattr(learner, "only_attend_immediate_media", None) is not True:
+        fail(f"your {name} has no attribute only_attend_immediate_media equal to the constructor's argument (True "
+             "here): keep it under that name, `self.only_attend_immediate_media = only_attend_immediate_media`, as "
+             "the spec's table says; the widgets and MyFlamingo switch the mode by setting it.")
+    learner.only_attend_immediate_media = False
+    locations = fl.teaching.checker.example_inputs(learner)[2]  # (b, n) bool
+    reference = fl.MaskedCrossAttention(**_SIZES[0], only_attend_immediate_media=False)
+    with torch.no_grad():
+        check_layer(learner, reference, (x, media, locations), mistakes=_cross_attention_mistakes, quiet=True,
+                    what=f"your {name} built with only_attend_immediate_media=True, then set to False,")
 
 
 def check_tokens_reached(tokens_reached_by, x, media, media_locations, original_cls=None) -> list:
@@ -334,7 +355,7 @@ def check_tokens_reached(tokens_reached_by, x, media, media_locations, original_
             what = f"your tokens_reached_by(layer, x, media, media_locations, {k}) (only_attend_immediate_media={mode})"
             # copies of the tensors: a function that changes them in place is named, and the notebook's own stay as they were
             reached = run_untouched(tokens_reached_by, layer, x, media, media_locations, k, what=what,
-                                    names=("layer", "x", "media", "media_locations", "k"), advice=out_of_range,
+                                    names=("layer", "x", "media", "media_locations", "k"), advice=out_of_range, trains=False,
                                     fix="change a copy, `new_media = media.clone()`, so the caller's media stay as they were.")
             if not isinstance(reached, torch.Tensor) or reached.dtype != torch.bool:
                 fail(f"{what} must return a (b, n) bool tensor, True where a token's output changed; got "
@@ -342,10 +363,12 @@ def check_tokens_reached(tokens_reached_by, x, media, media_locations, original_
             allowed = (times == k) if mode else (times >= k)  # (b, n)
             every_image = [Mistake("every image", times >= 1, "the words of every image changed: replace only image k, "
                                    "media[:, k - 1], and keep the others.")] if k > 1 else []  # at k = 1, the other mode's words
-            compare(reached, allowed, what=what, mistakes=[
+            mistakes = [
                 Mistake("nothing", torch.zeros_like(allowed),
-                        "no token changed: compare the layer's output on the media you were given with its output on "
-                        "a copy where image k, media[:, k - 1], is replaced."),
+                        "no token counts as changed: compare the layer's output on the media you were given (not a "
+                        "second run on the new ones) with its output on a copy where image k, media[:, k - 1], is "
+                        "replaced, and measure each token's change by its size, `(new - old).abs().amax(dim=-1) > "
+                        "1e-6` (a signed mean over the features cancels out to about 0)."),
                 Mistake("image counted from 0", (times == k + 1) if mode else (times >= k + 1),
                         "you changed image k+1: image k counted from 1 is media[:, k - 1]."),
                 *every_image,
@@ -356,7 +379,15 @@ def check_tokens_reached(tokens_reached_by, x, media, media_locations, original_
                 Mistake("everything", torch.ones_like(allowed),
                         "every token changed, the words before the first image too: pass media_locations to the layer "
                         "(without them every word sees every image), and change only image k."),
-            ])
+            ]
+            some = (reached.shape == allowed.shape and bool(reached.any()) and not (reached & ~allowed).any()
+                    and bool((allowed & ~reached).any()))  # some of the right words and no others
+            if some and not any(torch.equal(reached, m.output) for m in mistakes):
+                fail(f"{what} finds only some of the words image k reaches ({int(reached.sum())} of "
+                     f"{int(allowed.sum())}, no others): a change is missed when it is measured with its sign or "
+                     "against too high a threshold; measure each token's change by its size, "
+                     "`(new - old).abs().amax(dim=-1) > 1e-6` (a signed mean over the features cancels out).")
+            compare(reached, allowed, what=what, mistakes=mistakes)
     if original_cls is None:
         return []
     leaky = original_cls(dim=dim, dim_head=8, heads=2, only_attend_immediate_media=False).to(x.device)
