@@ -470,6 +470,14 @@ def test_the_mark_round_trips_and_is_not_read_as_names():
         (("a", "b"), True), ((), True), ((), False), (("c",), False)]
     assert my_file.Section("05", ("c",), "c = 3") != my_file.Section("05", ("c",), "c = 3", failed=True)
     assert my_file.FAILED not in tool.assemble() and not any(s.failed for s in my_file.parse(tool.assemble()))
+    # a section that calls a failed one says so in its header; the words are worked out again, never read as names
+    calling = [my_file.Section("02", ("project",), "def project(x):\n    return x", failed=True),
+               my_file.Section("02", ("Attention",), "class Attention:\n    f = project"),
+               my_file.Section("02", ("other",), "projected = 1")]
+    text = my_file.render(calling)
+    assert ("# === lesson 02: Attention === (calls project, which failed its check: this section runs on it as it "
+            "is)\n") in text and "# === lesson 02: other ===\n" in text
+    assert my_file.parse(text) == calling and my_file.render(my_file.parse(text)) == text
 
 
 def _lesson05_cell(name):
@@ -523,9 +531,16 @@ def test_a_failed_section_flamingo_lite_has_no_stand_in_for_is_used_as_it_is_and
     ns = {}
     lines = my_file.load_earlier("06", ns, path=path, needs=["MyMaskedCrossAttention", "MyFeedForward"])
     assert ns["masked_softmax"].__code__.co_filename == "my_flamingo.py, lesson 05"  # the learner's, from the file
-    assert ("your masked_softmax failed lesson 05's check when you last ran it: used as it is (fix it in lesson 05 "
-            "and run its check again)") in lines
+    assert ("your masked_softmax failed lesson 05's check when you last ran it: used as it is, and your "
+            "MyMaskedCrossAttention calls it (fix it in lesson 05 and run its check again)") in lines
     assert ns["MyMaskedCrossAttention"] is not fl.MaskedCrossAttention
+    # the file read on its own says it too: the caller's header names what it calls that failed
+    text = path.read_text(encoding="utf-8")
+    assert ("# === lesson 05: MyMaskedCrossAttention === (calls masked_softmax, which failed its check: this section "
+            "runs on it as it is)\n") in text
+    assert "# === lesson 05: masked_softmax === " + my_file.FAILED + "\n" in text
+    my_file.mark_checked("check(masked_softmax)", False, lesson="05", path=path)  # fixed: both headers clear
+    assert "calls masked_softmax" not in path.read_text(encoding="utf-8")
 
 
 def test_a_name_redefined_in_a_plain_cell_is_a_try_out_and_marks_nothing(shell, checked):

@@ -27,7 +27,8 @@ that raised `ExerciseFailed` marks the current lesson's section defining `MyMask
 and the same check passing takes the mark away, as does running the cell again with changed code (new code, not
 checked yet). A later lesson's `start` uses flamingo_lite's version of a marked module in its place (`FALLBACKS`),
 and says so, so it does not build on code known to be wrong; a marked section of other names is used as it is,
-with a line saying it failed its check.
+with a line saying it failed its check. A section whose code calls a marked one's names says so in its own header,
+`(calls project, which failed its check: ...)`, worked out anew at every write.
 
 `tools/make_my_flamingo.py` assembles the course's own `notebooks/my_flamingo.py` from the lessons' cells with the
 same functions, so running a solution lesson leaves that file byte for byte as it is.
@@ -70,8 +71,12 @@ from torch import nn
 # What follows a section's header when its check failed the last time it ran. It stands after the closing `===`,
 # so it is never read as names (a section with no names has "(no names)" between the `===`s).
 FAILED = "(failed its check: fix it and run the check again)"
+# What follows it on a section whose code calls a failed section's names: worked out anew at every write, from the
+# failed marks, so it is never kept from the file.
+CALLS_FAILED = "(calls {names}, which failed {whose} check: this section runs on it as it is)"
 HEADER = re.compile(
-    rf"^# === lesson (?P<lesson>[0-9A-Za-z_]+): (?P<names>[^=]*?) ===(?P<failed> {re.escape(FAILED)})?$", re.M
+    rf"^# === lesson (?P<lesson>[0-9A-Za-z_]+): (?P<names>[^=]*?) ===(?P<failed> {re.escape(FAILED)})?"
+    r"(?P<calls> \(calls [^()]*, which failed (?:its|their) check: this section runs on it as it is\))?$", re.M
 )
 NO_NAMES = "(no names)"
 _BEGIN = re.compile(r"^[ \t]*###\s*BEGIN SOLUTION\s*$")
@@ -102,9 +107,17 @@ class Section:
         self.lesson, self.names, self.body = str(lesson), tuple(names), body.strip("\n").rstrip()
         self.failed = bool(failed)
 
-    def header(self) -> str:
+    def header(self, calls_failed: tuple[str, ...] = ()) -> str:
+        """The header line; `calls_failed`: names of failed sections this one's code calls."""
         mark = f" {FAILED}" if self.failed else ""
+        if calls_failed:
+            whose = "its" if len(calls_failed) == 1 else "their"
+            mark += " " + CALLS_FAILED.format(names=", ".join(calls_failed), whose=whose)
         return f"# === lesson {self.lesson}: {', '.join(self.names) or NO_NAMES} ==={mark}"
+
+    def calls(self, names) -> tuple[str, ...]:
+        """Those of `names` (defined elsewhere) that this section's code reads."""
+        return tuple(n for n in names if n not in self.names and re.search(rf"\b{re.escape(n)}\b", self.body))
 
     def _key(self):
         return self.lesson, self.names, self.body, self.failed
@@ -176,8 +189,10 @@ def preamble_names() -> set:
 
 
 def render(sections: list[Section]) -> str:
-    """The file's text: the preamble, then each section under its header."""
-    return PREAMBLE + "".join(f"\n\n{s.header()}\n{s.body}\n" for s in sections)
+    """The file's text: the preamble, then each section under its header; a section that calls a failed one's names
+    says so in its header, so the file read on its own tells which code runs on code known to be wrong."""
+    failed = [n for s in sections if s.failed for n in s.names]
+    return PREAMBLE + "".join(f"\n\n{s.header(s.calls(failed))}\n{s.body}\n" for s in sections)
 
 
 def parse(text: str) -> list[Section]:
@@ -265,8 +280,11 @@ def load_earlier(lesson: str, namespace: dict, *, path=None, needs=()) -> list[s
                 lines.append(f"from your {path.name}, lesson {les}: {', '.join(names)}")
         for s in sections:
             if s.failed and not set(s.names) & set(FALLBACKS):  # a failed cell with nothing to stand in for it
+                callers = [n for other in sections if other is not s and other.calls(s.names)
+                           for n in other.names if n not in standins]
+                by = f", and your {', '.join(callers)} call{'s' if len(callers) == 1 else ''} it" if callers else ""
                 lines.append(f"your {', '.join(s.names)} failed lesson {s.lesson}'s check when you last ran it: used as "
-                             f"it is (fix it in lesson {s.lesson} and run its check again)")
+                             f"it is{by} (fix it in lesson {s.lesson} and run its check again)")
     namespace.update(standins)  # a stub's or a failed section's definition gives way to the stand-in
     lines += said
     for line in lines:
