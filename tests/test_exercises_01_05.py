@@ -173,7 +173,7 @@ def multi_head(x, context, to_q, to_k, to_v, heads, mask=None, bug=None):
                                         ("to_k values", "the values are made with to_k"),
                                         ("not merged", r"heads are never merged: the result is still \(b, h, n, e\)"),
                                         ("reshape merge", r"merged with `reshape\(b, n, h\*e\)` without moving them"),
-                                        ("kv from x", r"raised RuntimeError.*k or v was computed from x")])
+                                        ("kv from x", r"raised RuntimeError.*k or v from x")])
 def test_01_multi_head_mistakes(bug, named):
     fails_with(lesson01.check_multi_head, lambda *a: multi_head(*a, bug=bug), match=named)
 
@@ -492,7 +492,7 @@ def test_03_numbers_fixed_to_the_example_are_named():
     fails_with(lesson03.check_time_embeddings, lambda x, table: x + table[:3], match="right for 3 media but")
     fails_with(lesson03.check_feedforward, make_feedforward("mult fixed"), match="use the mult argument")
     fails_with(lesson03.check_forward, make_resampler("ff_mult dropped"), match="pass ff_mult on")
-    fails_with(lesson03.check_forward, make_resampler("extra layer"), match="has 4 layers: depth=3 asks for 3")
+    fails_with(lesson03.check_forward, make_resampler("extra layer"), match=r"depth=2, \.\.\.\) has 3 layers: depth=2 asks for 2")
     fails_with(lesson03.check_forward, make_resampler("num_latents fixed"), match="latents has shape .*use num_latents")
     fails_with(lesson03.check_forward, make_resampler("num_media_embeds fixed"), match="media_pos_emb .*use num_media_embeds")
 
@@ -1220,3 +1220,98 @@ def test_03_forward_says_to_add_the_media_embedding_argument():
                              num_media_embeds=num_media_embeds, ff_mult=ff_mult)
 
     fails_with(lesson03.check_forward, Old, match="add media_embedding=\"per_media\" to the constructor")
+
+
+def test_01_code_that_would_never_train_or_fixes_the_head_count_is_named():
+    """The third walkthrough of lesson 01: a detached softmax or output, a projection under no_grad and a head
+    count written into the code all passed."""
+    fails_with(lesson01.check_attention, lambda q, k, v, mask=None: attention(q, k, v, mask).detach(),
+               match=r"its output has no gradient.*nothing before it would ever train")
+
+    def detached_weights(q, k, v, mask=None):  # the weights cut off: v still gets its gradient, q and k do not
+        scores = torch.einsum("b h i e, b h j e -> b h i j", q, k) / q.shape[-1] ** 0.5
+        if mask is not None:
+            mask = (mask if mask.ndim == 3 else mask[None])[:, None]
+            scores = scores.masked_fill(~mask, -torch.finfo(scores.dtype).max)
+        weights = scores.softmax(-1).detach()
+        if mask is not None:
+            weights = weights * mask.any(-1, keepdim=True)
+        return weights @ v
+
+    fails_with(lesson01.check_attention, detached_weights, match=r"no gradient reaches q .*would never train")
+
+    def q_without_gradient(x, context, to_q, to_k, to_v, heads, mask=None):
+        with torch.no_grad():
+            q = to_q(x)
+        return multi_head(x, context, lambda _: q, to_k, to_v, heads, mask)
+
+    fails_with(lesson01.check_multi_head, q_without_gradient, match=r"no gradient reaches to_q\.weight")
+    fails_with(lesson01.check_multi_head, lambda x, c, q, k, v, heads, mask=None: multi_head(x, c, q, k, v, 2, mask),
+               match=r"heads=4, mask\) gives the answer for 2 heads: the number of heads is fixed in your code")
+    fails_with(lesson01.check_multi_head, lambda x, c, q, k, v, heads, mask=None: multi_head(c, x, q, k, v, heads, mask),
+               match=r"one of them was made from the other's tensor \(q from context")
+
+
+def test_05_masked_softmax_that_would_not_train_or_is_not_exactly_zero_is_named():
+    """The third walkthrough of lesson 05: a detached softmax, a float64 answer and a -30 fill all passed."""
+    def fill(s, m, value=float("-inf"), detach=False, dtype=None):
+        weights = s.masked_fill(~m, value).softmax(-1).nan_to_num(0.0)
+        weights = weights.detach() if detach else weights
+        return weights.to(dtype) if dtype else weights
+
+    masked_check = lesson05.check_masked_softmax
+    masked_check(fill)  # -inf, and the empty rows' NaN set to 0: right
+    fails_with(masked_check, lambda s, m: fill(s, m, detach=True), match=r"output has no gradient.*would never train")
+    fails_with(masked_check, lambda s, m: fill(s, m, dtype=torch.float64),
+               match=r"returns torch\.float64 for torch\.float32 scores")
+    fails_with(masked_check, lambda s, m: fill(s, m, -30.0) * m.any(-1, keepdim=True),
+               match=r"masked entries get weights up to .*, not exactly 0: a finite fill such as -30")
+    fails_with(masked_check, lambda s, m: fill(s, m) * m.any(-1),
+               match=r"raised RuntimeError.*`mask\.any\(dim=-1, keepdim=True\)`")
+
+    def partly_detached(s, m):  # the normaliser cut off: right values, wrong gradient
+        e = s.masked_fill(~m, float("-inf")).exp()
+        return (e / e.sum(-1, keepdim=True).detach()).nan_to_num(0.0)
+
+    fails_with(masked_check, partly_detached, match=r"the scores do not get softmax's gradient")
+
+
+def test_03_layers_in_a_plain_list_and_attention_sizes_passed_on_swapped_are_named():
+    """The third walkthrough of lesson 03: layers in a Python list got 'no usual mistake matches', and heads and
+    dim_head passed on swapped passed the check (it sized its reference from the learner's attention)."""
+    class ListLayers(make_resampler()):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            layers = list(self.layers)
+            del self.layers
+            self.layers = layers
+
+    fails_with(lesson03.check_forward, ListLayers,
+               match=r"keeps layers in a plain Python list, `layers`.*would never train.*`self\.layers = nn\.ModuleList")
+
+    class Swapped(make_resampler()):
+        def __init__(self, *, dim, depth, dim_head=64, heads=8, ff_mult=4, **kw):
+            super().__init__(dim=dim, depth=depth, dim_head=dim_head, heads=heads, ff_mult=ff_mult, **kw)
+            self.layers = nn.ModuleList(
+                nn.ModuleList([fl.PerceiverAttention(dim=dim, dim_head=heads, heads=dim_head), fl.FeedForward(dim, ff_mult)])
+                for _ in range(depth))
+
+    fails_with(lesson03.check_forward, Swapped,
+               match=r"layer 0 attention has heads=4, where the resampler was built with heads=2, dim_head=4")
+
+    class Viewed(make_resampler()):  # a list of layers that are registered too: only a view, and right
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.attentions = [pair[0] for pair in self.layers]
+
+    lesson03.check_forward(Viewed)
+
+
+def test_03_a_hidden_width_rounded_before_the_multiplication_is_named():
+    class Rounded(nn.Sequential):  # dim * int(mult): right for whole numbers only
+        def __init__(self, dim, mult=4):
+            super().__init__(nn.LayerNorm(dim), nn.Linear(dim, dim * int(mult), bias=False), nn.GELU(),
+                             nn.Linear(dim * int(mult), dim, bias=False))
+
+    fails_with(lesson03.check_feedforward, Rounded,
+               match=r"mult=2\.5\)'s 1\.weight has shape \(32, 16\), where \(40, 16\) is expected.*`dim \* int\(mult\)` gives 32")

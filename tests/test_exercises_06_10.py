@@ -642,6 +642,13 @@ def test_08_loss_a_mean_over_every_position_and_logits_not_flattened_are_named()
         return (picked * real).sum() / real.sum()
 
     lesson09.check_loss(by_hand)  # over the vocabulary it is the loss
+    flat_loss = lambda lg, tk, p=0: F.cross_entropy(lg[:, :-1].reshape(-1, lg.shape[-1]), tk[:, 1:].reshape(-1),  # noqa: E731
+                                                    ignore_index=p)
+    fails(lesson09.check_loss, lambda lg, tk, p=0: -flat_loss(lg, tk, p), match=r"the loss has the wrong sign")
+    fails(lesson09.check_loss, lambda lg, tk, p=0: F.nll_loss(lg[:, :-1].reshape(-1, lg.shape[-1]), tk[:, 1:].reshape(-1),
+                                                               ignore_index=p),
+          match=r"the logits are read as log-probabilities")
+    fails(lesson09.check_loss, lambda lg, tk, p=0: flat_loss(lg[:1], tk[:1], p), match=r"only the first sequence is scored")
     fails(lesson09.check_loss, lambda lg, tk, p=0: by_hand(lg, tk, p, dim=1),
           match=r"normalised over the positions \(dim=1\), not over the vocabulary.*dim=-1")
     fails(lesson09.check_loss, lambda lg, tk, p=0: by_hand(lg, tk, p, dim=0),
@@ -676,6 +683,13 @@ def test_08_freeze_and_groups():
     fails(lesson09.check_freeze, lambda m: (m.lm.requires_grad_(False), m)[1],
           match=r"\(vision still has requires_grad")
     fails(lesson09.check_freeze, lambda m: m.requires_grad_(False), match="resampler and xattn were frozen too")
+
+    def plain_attribute(m):  # `requires_grad = False` on the module: a new attribute, nothing frozen
+        m.vision.requires_grad = False
+        m.lm.requires_grad = False
+        return m
+
+    fails(lesson09.check_freeze, plain_attribute, match=r"`model\.vision\.requires_grad = False` sets a plain attribute")
     fails(lesson09.check_freeze, lambda m: (freeze_08(m), m.xattn.requires_grad_(False), m)[2],
           match="xattn was frozen too")
     fails(lesson09.check_groups, stub, match="not written yet")
@@ -685,6 +699,10 @@ def test_08_freeze_and_groups():
     fails(lesson09.check_groups, lambda m, **kw: groups_08(m, **kw, gate_rate=False), match="gate_lr")
     fails(lesson09.check_groups, lambda m, **kw: [{"params": [p for p in m.parameters() if p.requires_grad]}],
           match="weight decay")
+    fails(lesson09.check_groups, lambda m, **kw: [dict(g, params=[n for n, p in m.named_parameters()
+                                                                  if any(p is q for q in g["params"])])
+                                                   for g in groups_08(m, **kw)],
+          match=r"'params' holds str values, not the parameters themselves")
     fails(lesson09.check_groups, lambda m, **kw: [dict(g, params=iter(g["params"])) for g in groups_08(m, **kw)],
           match="'params' is a list_iterator, not a list")
     # the package's own groups (what train_flamingo uses) pass the same check
@@ -737,6 +755,26 @@ def test_08_greedy():
         return new
 
     fails(lesson09.check_greedy, new_ids_only, match=r"at decoding step 1, greedy_decode gave the model 1 tokens")
+
+    def eoc_anywhere(model, prompt, images, *, eoc_id, max_new_tokens=5):  # stops at the prompt's own <eoc>
+        ids, new = prompt, []
+        for _ in range(max_new_tokens):
+            nid = int(model(ids[None], images[None])[0, -1].argmax())
+            new.append(nid)
+            ids = torch.cat([ids, torch.tensor([nid])])
+            if eoc_id in ids.tolist():
+                break
+        return new
+
+    fails(lesson09.check_greedy, eoc_anywhere, match=r"holds an <eoc> of its own.*not at one anywhere in the ids")
+
+    def prompt_in_place(model, prompt, images, *, eoc_id, max_new_tokens=5):
+        prompt[0] = prompt[0]  # a no-op write stays: only values that change count
+        new = greedy_08(model, prompt, images, eoc_id=eoc_id, max_new_tokens=max_new_tokens)
+        prompt[-1] = new[0]  # the caller's prompt overwritten
+        return new
+
+    fails(lesson09.check_greedy, prompt_in_place, match=r"changed the prompt it was given in place")
     fails(lesson09.check_greedy, lambda *a, max_new_tokens, **k: greedy_08(*a, max_new_tokens=max_new_tokens - 1, **k),
           match=r"stops early: 2 tokens \('blue square'\) where max_new_tokens=3 allows 3")
     for pictures, shape in (("first", r"\(1, 1, 3, 16, 16\)"), ("no batch axis", r"\(2, 3, 16, 16\)")):  # right with one picture
@@ -814,7 +852,8 @@ def loop_09(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_ev
             gate_decay=False, shift=True, step_opt=True, first_log=True, keys=True, one_group=False, cosine=True,
             log_index=False, index_condition=False, log_early=False, locations=False, eval_at_end=True,
             zero_grad_late=None, decay_off=False, loss_after=False, order_every_step=False, train_mode=True,
-            keep_partial=False, schedule_first=False, gate_log="tanh", loss_tensors=False, blocks_by_index=False):
+            keep_partial=False, schedule_first=False, gate_log="tanh", loss_tensors=False, blocks_by_index=False,
+            log_last=True, extra_loss=False, optimizer_class=None, first_after=False):
     """The training loop of lesson 09, written as a learner would, with switches for the usual mistakes.
     zero_grad_late: "none" or "zeros", `optimizer.zero_grad(set_to_none=...)` called after `loss.backward()`."""
     import math
@@ -828,7 +867,7 @@ def loop_09(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_ev
     groups = [g for g in groups if g["params"]]
     if one_group:
         groups = [{"params": [p for g in groups for p in g["params"]], "weight_decay": weight_decay}]
-    optimizer = torch.optim.AdamW(groups, lr=lr)
+    optimizer = (optimizer_class or torch.optim.AdamW)(groups, lr=lr)
     rate = (lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0)))) if cosine else (lambda s: 1.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
     generator = torch.Generator().manual_seed(seed)
@@ -846,6 +885,8 @@ def loop_09(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_ev
         attn, ff = [read(b.attn_gate) for b in blocks], [read(b.ff_gate) for b in blocks]
         if gate_log == "swapped":
             attn, ff = ff, attn
+        if gate_log == "attn twice":
+            ff = attn
         history["attn_gate_tanh"].append(attn)
         if keys:
             history["ff_gate_tanh"].append(ff)
@@ -866,10 +907,10 @@ def loop_09(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_ev
         else:
             logits = model(part.tokens, part.images)  # (B, n, V)
         loss = loss_08(logits, part.tokens) if shift else F.cross_entropy(logits.flatten(0, 1), part.tokens.flatten())
-        if step == 0 and first_log:
+        if step == 0 and first_log and not first_after:
             log(0, loss.item())
         count = step if index_condition else step + 1  # the condition tested on the 0-based index: a mistake
-        logged = count % log_every == 0 or step + 1 == steps
+        logged = count % log_every == 0 or (log_last and step + 1 == steps)  # log_last=False: a mistake
         if logged and log_early:  # before the update: a mistake
             log(step + 1, loss.item())
         if zero_grad and not zero_grad_late:
@@ -886,6 +927,10 @@ def loop_09(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_ev
         if loss_after:  # the loss recomputed on the updated model: a mistake
             loss = loss_08(model(part.tokens, part.images), part.tokens)
         history["loss_every_step"].append(loss if loss_tensors else loss.item())  # the tensor itself: a mistake
+        if step == 0 and first_after:  # step 0 logged after the first update: a mistake
+            log(0, loss.item())
+        if extra_loss and step == 0:  # the step-0 loss appended twice: a mistake
+            history["loss_every_step"].append(loss.item())
         if logged and not log_early:
             log(step if log_index else step + 1, loss.item())
     if eval_at_end:
@@ -897,12 +942,12 @@ def test_09_train_loop_reference_is_the_packages():
     """The loop the check names mistakes with gives train_flamingo's history when it makes none."""
     import copy
 
-    args = dict(steps=6, batch_size=8, lr=5e-3, gate_lr=5e-2, weight_decay=0.5, log_every=2, seed=0)
+    args = dict(steps=6, batch_size=8, lr=5e-3, gate_lr=5e-2, weight_decay=0.5, log_every=4, seed=0)
     model, data = lesson09.tiny_setup(0)
     package = flamingo_lite.tiny.training.train_flamingo(copy.deepcopy(model).freeze_pretrained(), data, **args,
                                                          device="cpu", progress=False)
     assert lesson09.reference_loop(model, data, **args) == package
-    assert len(package["step"]) == 4 and package["attn_gate_tanh"][0] == [0.0, 0.0] and package["attn_gate_tanh"][-1] != [0.0, 0.0]
+    assert package["step"] == [0, 4, 6] and package["attn_gate_tanh"][0] == [0.0, 0.0] and package["attn_gate_tanh"][-1] != [0.0, 0.0]
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")  # the loop without optimizer.step
@@ -920,11 +965,11 @@ def test_09_train_loop():
     fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, keys=False), match="ff_gate_tanh")
     # "step" counts the updates done, from 1; a loop one off is told so
     fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, log_index=True),
-          match=r"logs the steps \[0, 1, 3, 5\], train_flamingo logs \[0, 2, 4, 6\]: off by one; 'step' counts the optimizer updates")
+          match=r"logs the steps \[0, 3, 5\], train_flamingo logs \[0, 4, 6\]: off by one; 'step' counts the optimizer updates")
     fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, index_condition=True),
-          match=r"logs the steps \[0, 1, 3, 5, 6\].*off by one")
+          match=r"logs the steps \[0, 1, 5, 6\].*off by one")
     fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, index_condition=True, log_index=True),
-          match=r"logs the steps \[0, 0, 2, 4, 5\].*off by one")
+          match=r"logs the steps \[0, 0, 4, 5\].*off by one")
     fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, log_early=True),
           match=r"gates are those before its update, off by one")
     fails(lesson09.check_train_loop, lambda m, d, **k: loop_09(m, d, **{**k, "seed": k["seed"] + 1}), match="first batch")
@@ -950,6 +995,16 @@ def test_09_train_loop_names_locations_eval_zero_grad_order_decay_and_loss_after
           match=r"the gates are logged without their tanh")
     fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, gate_log="swapped"),
           match=r"the two gates are swapped in the history")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, optimizer_class=torch.optim.Adam),
+          match=r"steps with Adam, not AdamW: the paper trains with AdamW \(App\. B\.1\.2\)")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, gate_log="attn twice"),
+          match=r"'ff_gate_tanh' holds the attention gates")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, first_after=True),
+          match=r"step 0's entry is logged after the first update")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, log_last=False),
+          match=r"logs the steps \[0, 4\], train_flamingo logs \[0, 4, 6\]: the last step is not logged")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, extra_loss=True),
+          match=r"'loss_every_step' has 7 entries for 6 steps")
     fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, gate_log="abs"),
           match=r"logged as sizes, `abs\(tanh\(gate\)\)`")
     fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, loss_tensors=True),

@@ -105,6 +105,21 @@ def test_13_layer_names_keywords_dropped_or_changed_though_gpt2_gives_the_same_l
           match=r"gives the GPT-2 block 3 positional arguments, transformers gave 4")
 
 
+def test_13_a_condition_that_stores_nothing_is_told_what_is_none():
+    fails(lesson13.check_layer, layer(right, condition=lambda self: None),
+          match=r"something is None.*self\.media and self\.media_locations are None until condition\(\) stores them")
+
+
+def test_13_cache_refuses_a_cached_layer_that_would_never_train():
+    """A walkthrough's cached layer run under torch.no_grad() passed the cache check and failed only in the training
+    cell, with torch's own error."""
+    def no_grad_cached(self, x, args, kwargs):
+        with torch.no_grad():
+            return cached(self, x, args, kwargs)
+
+    fails(lesson13.check_cache, layer(no_grad_cached), match=r"gets no gradient.*would never train")
+
+
 def test_13_layer_says_where_the_weights_must_be():
     class Renamed(layer(right)):
         def __init__(self, gated_cross_attn_layer, decoder_layer):

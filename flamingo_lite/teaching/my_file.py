@@ -313,7 +313,8 @@ def _magic(line: str, cell: str):
         names = ", ".join(earlier)
         print(f"note: this cell runs here on {stand_ins} (the setup cell said so), because {path.name} does not have "
               f"your {names} yet. There is nothing to do in this lesson: once you write "
-              f"{names} in {'its' if len(earlier) == 1 else 'their'} own lesson, your file uses yours.")
+              f"{names} in {'its' if len(earlier) == 1 else 'their'} own lesson, your file uses yours (until then, "
+              f"imported on its own outside the notebooks, {path.name} lacks {'it' if len(earlier) == 1 else 'them'}).")
     if other:
         print(f"note: this cell uses {', '.join(other)} from the notebook, which {path.name} neither defines nor "
               "imports (it imports only torch and einops), so the file will not run on its own: write it from torch "

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from torch import nn
 
 __all__ = [
     "ExerciseFailed", "Mistake", "run_learner", "run_untouched", "compare", "check_layer", "check_layer_in_sizes",
@@ -240,6 +241,7 @@ def check_layer(
     """
     from ..checker import check_module  # the checker imports the layers; keep this module light to import
 
+    _check_modules_registered(learner, what)
     try:
         result = check_module(learner, reference, inputs, atol=atol, rtol=rtol, verbose=False, **check_kwargs)
     except TypeError as error:  # no reference can be built to fit it: a constructor that names a parameter otherwise
@@ -277,6 +279,25 @@ def check_layer(
         fail(f"{what}: {result.message.removeprefix('✗ ')}")
     fail(f"{what}: {result.message.removeprefix('✗ ')}; no usual mistake matches, so compare each line with the "
          "steps above.")
+
+
+def _check_modules_registered(learner, what: str) -> None:
+    """Fail naming a module's attribute that holds layers in a plain list, tuple or dict: PyTorch does not see the
+    layers inside, so their weights are in no state_dict and no optimizer, and they would never train or load."""
+    if not isinstance(learner, nn.Module):
+        return
+    registered = {id(m) for m in learner.modules()}  # a list of layers registered elsewhere too is only a view
+    for module_name, module in learner.named_modules():
+        for name, value in vars(module).items():
+            items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+            unseen = [item for item in items if isinstance(item, nn.Module) and id(item) not in registered]
+            if name.startswith("_") or not unseen:
+                continue
+            where = f"{module_name}.{name}" if module_name else name
+            kind = {dict: "nn.ModuleDict"}.get(type(value), "nn.ModuleList")
+            fail(f"{what} keeps layers in a plain Python {type(value).__name__}, `{where}`: PyTorch does not see the "
+                 f"layers inside, so their weights are in no state_dict and no optimizer (they would never train, "
+                 f"nor load): wrap it, `self.{name} = {kind}(...)`.")
 
 
 def _parameters_left_out(learner, inputs) -> list[str]:

@@ -140,7 +140,34 @@ def check_attention(attention) -> None:
     got = run_untouched(attention, q, k, v, mask[0], what=what, names=names)
     compare(got, reference_attention(q, k, v, mask[0]), what=what, mistakes=_attention_mistakes(q, k, v, mask[0]))
     _check_attention_in_float16(attention, q, k, v, mask)
-    passed("attention is right, with and without a mask; the query that may see nothing gets exactly 0.")
+    _check_gradients(lambda a, b, c: attention(a, b, c, mask), lambda a, b, c: reference_attention(a, b, c, mask),
+                     (q, k, v), ("q", "k", "v"), what="your attention(q, k, v, mask)")
+    passed("attention is right, with and without a mask; the query that may see nothing gets exactly 0, and the "
+           "gradients reach q, k and v.")
+
+
+def _check_gradients(fn, reference, inputs, names, *, what: str) -> None:
+    """Every input the reference's output depends on gets the reference's gradient from the learner's `fn` too: a
+    `.detach()` or `torch.no_grad()` inside cuts it off, and whatever feeds that input would never train. The same
+    random cotangent goes back through both."""
+    mine = [t.detach().clone().requires_grad_() for t in inputs]
+    theirs = [t.detach().clone().requires_grad_() for t in inputs]
+    with torch.enable_grad():
+        got = run_learner(fn, *mine, what=what)
+        want = reference(*theirs)
+        cotangent = torch.randn(want.shape, generator=torch.Generator().manual_seed(7))
+        (want * cotangent).sum().backward()
+        if not isinstance(got, torch.Tensor) or not got.requires_grad:
+            fail(f"{what} is right, but its output has no gradient (a .detach() or torch.no_grad() on it), so nothing "
+                 "before it would ever train: compute it with gradients.")
+        (got * cotangent).sum().backward()
+    for name, a, b in zip(names, mine, theirs):
+        if a.grad is None or not bool(a.grad.any()):
+            fail(f"{what} is right, but no gradient reaches {name} (a .detach() or torch.no_grad() in the way), so "
+                 f"whatever makes {name} would never train: keep every step in autograd.")
+        if not torch.allclose(a.grad, b.grad, atol=1e-5, rtol=1e-4):
+            fail(f"{what} is right, but the gradient it gives {name} is not attention's (a step is detached, so "
+                 "only part of the gradient flows back): keep every step in autograd, no .detach().")
 
 
 def check_heads(split_heads, merge_heads) -> None:
@@ -199,34 +226,60 @@ def check_multi_head(multi_head_attention) -> None:
     what = "your multi_head_attention(x, context, to_q, to_k, to_v, heads=2, mask)"
     advice = {"must match the size": f"the keys and values come from `context` (b, j, d) = {tuple(context.shape)} "
                                      f"and the queries from x (b, n, d) = {tuple(x.shape)}: a size mismatch between "
-                                     "n and j usually means k or v was computed from x, not from context."}
+                                     "n and j means one of them was made from the other's tensor (q from context, or "
+                                     "k or v from x)."}
     with torch.no_grad():
         got = run_learner(multi_head_attention, *args, what=what, advice=advice)
-        compare(got, reference_multi_head(*args), what=what, mistakes=[
-            Mistake("heads in the wrong order", reference_multi_head(*args, order="e h"),
-                    "the heads are split (or merged) in the wrong order: use '(h e)' on both sides, as split_heads does."),
-            Mistake("one head", reference_multi_head(x, context, to_q, to_k, to_v, 1, mask),
-                    "this is one head of width 8, not 2 heads of width 4: split q, k and v with split_heads(..., heads) "
-                    "before attention."),
-            Mistake("mask ignored", reference_multi_head(*args, use_mask=False),
-                    "the mask has no effect: pass it on to attention(q, k, v, mask)."),
-            Mistake("missing scale", reference_multi_head(*args, scale=False),
-                    "the scores are not scaled: attention must multiply q·k by e**-0.5."),
-            *(Mistake("split and merged differently", reference_multi_head(*args, order=a, merge_order=b),
-                      f"the heads are split with '({a})' and merged with '({b})': use '(h e)' on both sides, as "
-                      "split_heads and merge_heads do.") for a, b in (("h e", "e h"), ("e h", "h e"))),
-            Mistake("heads not merged", reference_multi_head(*args, merge_order="none"),
-                    "the heads are never merged: the result is still (b, h, n, e); put them back side by side with "
-                    "your merge_heads, (b, n, h*e)."),
-            Mistake("merged by reshape", reference_multi_head(*args, merge_order="reshape"),
-                    "the heads are merged with `reshape(b, n, h*e)` without moving them back after the tokens, so "
-                    "tokens are mixed: use your merge_heads (`rearrange(out, 'b h n e -> b n (h e)')`)."),
-            Mistake("to_k for the values", reference_multi_head(x, context, to_q, to_k, to_k, 2, mask),
-                    "the values are made with to_k: v = to_v(context), each projection its own."),
-            Mistake("to_q for the keys", reference_multi_head(x, context, to_q, to_q, to_v, 2, mask),
-                    "the keys are made with to_q: k = to_k(context), each projection its own."),
-        ])
-    passed("multi_head_attention is right: 2 heads, each its own slice, merged back side by side.")
+        _compare_multi_head(got, args, what)
+    for heads in (4, 1):  # other head counts: a 2 written into the code fails here
+        other = (x, context, to_q, to_k, to_v, heads, mask)
+        what_other = f"your multi_head_attention(..., heads={heads}, mask)"
+        with torch.no_grad():
+            got = run_learner(multi_head_attention, *other, what=what_other, advice=advice)
+        two = reference_multi_head(*args)  # (b, n, h*e) with 2 heads
+        if isinstance(got, torch.Tensor) and got.shape == two.shape and torch.allclose(got.float(), two, atol=1e-5):
+            fail(f"{what_other} gives the answer for 2 heads: the number of heads is fixed in your code; pass `heads` "
+                 "on to split_heads.")
+        with torch.no_grad():
+            _compare_multi_head(got, other, what_other)
+    weights = [layer.weight for layer in (to_q, to_k, to_v)]
+
+    def run(fn, wq, wk, wv):  # the projections as functions of their weights, so each gets a gradient to compare
+        projections = [lambda t, w=w: t @ w.T for w in (wq, wk, wv)]
+        return fn(x, context, *projections, 2, mask)
+
+    _check_gradients(lambda *w: run(multi_head_attention, *w), lambda *w: run(reference_multi_head, *w), weights,
+                     ("to_q.weight", "to_k.weight", "to_v.weight"), what=what)
+    passed("multi_head_attention is right: heads=1, 2 and 4, each head its own slice, merged back side by side, and "
+           "the gradients reach to_q, to_k and to_v.")
+
+
+def _compare_multi_head(got, args, what) -> None:
+    x, context, to_q, to_k, to_v, heads, mask = args
+    compare(got, reference_multi_head(*args), what=what, mistakes=[
+        Mistake("heads in the wrong order", reference_multi_head(*args, order="e h"),
+                "the heads are split (or merged) in the wrong order: use '(h e)' on both sides, as split_heads does."),
+        *([Mistake("one head", reference_multi_head(x, context, to_q, to_k, to_v, 1, mask),
+                   f"this is one head of width 8, not {heads} heads of width {8 // heads}: split q, k and v with "
+                   "split_heads(..., heads) before attention.")] if heads > 1 else []),
+        Mistake("mask ignored", reference_multi_head(*args, use_mask=False),
+                "the mask has no effect: pass it on to attention(q, k, v, mask)."),
+        Mistake("missing scale", reference_multi_head(*args, scale=False),
+                "the scores are not scaled: attention must multiply q·k by e**-0.5."),
+        *(Mistake("split and merged differently", reference_multi_head(*args, order=a, merge_order=b),
+                  f"the heads are split with '({a})' and merged with '({b})': use '(h e)' on both sides, as "
+                  "split_heads and merge_heads do.") for a, b in (("h e", "e h"), ("e h", "h e"))),
+        Mistake("heads not merged", reference_multi_head(*args, merge_order="none"),
+                "the heads are never merged: the result is still (b, h, n, e); put them back side by side with "
+                "your merge_heads, (b, n, h*e)."),
+        Mistake("merged by reshape", reference_multi_head(*args, merge_order="reshape"),
+                "the heads are merged with `reshape(b, n, h*e)` without moving them back after the tokens, so "
+                "tokens are mixed: use your merge_heads (`rearrange(out, 'b h n e -> b n (h e)')`)."),
+        Mistake("to_k for the values", reference_multi_head(x, context, to_q, to_k, to_k, heads, mask),
+                "the values are made with to_k: v = to_v(context), each projection its own."),
+        Mistake("to_q for the keys", reference_multi_head(x, context, to_q, to_q, to_v, heads, mask),
+                "the keys are made with to_q: k = to_k(context), each projection its own."),
+    ])
 
 
 def check_stable_softmax(stable_softmax) -> None:

@@ -175,6 +175,13 @@ def check_feedforward(feedforward_cls) -> None:
     check_layer(learner, fl.FeedForward, x, what=what, mistakes=_feedforward_mistakes)
     check_shapes_follow(learner, reference, f"{feedforward_cls.__name__}(16, mult=2)",
                          "the hidden width is int(dim * mult): use the mult argument, not a fixed 4.")
+    call = f"{feedforward_cls.__name__}(16, mult=2.5)"  # a mult that is not a whole number: int(dim * mult) = 40
+    with torch.random.fork_rng(devices=[]):
+        learner = run_learner(feedforward_cls, 16, mult=2.5, what=call,
+                              advice={"float": "the hidden width must be a whole number: `int(dim * mult)`."})
+        reference = fl.FeedForward(16, mult=2.5)
+    check_shapes_follow(learner, reference, call, "the hidden width is int(dim * mult), 40 here: multiply first, then "
+                        "take int() (`dim * int(mult)` gives 32).")
 
 
 def reference_layers(layers, x, z, *, attn_residual=True, ff_residual=True, parallel=False, x_becomes=None):
@@ -317,10 +324,13 @@ def check_forward(resampler_cls) -> None:
     what = f"your {resampler_cls.__name__}"
     _check_layers_apart(learner, what)
     _check_latents_start_apart(learner, what)
-    check_layer(learner, fl.PerceiverResampler, what=what, mistakes=_resampler_mistakes)
+    _check_depth(learner, kwargs["depth"], f"{resampler_cls.__name__}(dim=16, depth=2, ...)")
+    _check_attention_sizes(learner, kwargs, what)
+    check_layer(learner, fl.PerceiverResampler, what=what, mistakes=_resampler_mistakes, reference_kwargs=kwargs)
     one = (torch.randn(2, 6, 16, generator=torch.Generator().manual_seed(3)),)  # (b, n, d): one media each
     try:
-        check_layer(learner, fl.PerceiverResampler, one, what=f"{what} on a (b, n, d) input", mistakes=_resampler_mistakes)
+        check_layer(learner, fl.PerceiverResampler, one, what=f"{what} on a (b, n, d) input", mistakes=_resampler_mistakes,
+                    reference_kwargs=kwargs)
     except ExerciseFailed as failed:
         if " raised " not in str(failed):
             raise
@@ -335,13 +345,33 @@ def check_forward(resampler_cls) -> None:
     check_shapes_follow(learner, reference, call, _size_advice)
 
 
-def _check_built_as_asked(learner, reference, depth: int, call: str) -> None:
-    """The learner's module has the parameters the reference has when built with the same arguments: the forward
-    checks build their reference from the learner's own shapes, so a layer too many would be in both."""
+def _check_attention_sizes(learner, kwargs: dict, what: str) -> None:
+    """Each layer's attention is built with the resampler's heads and dim_head: passed on swapped (or fixed), the
+    weights keep their shapes (heads * dim_head is the same), and the forward splits another number of heads."""
+    layers = getattr(learner, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        return
+    for i, pair in enumerate(layers):
+        attention = pair[0] if isinstance(pair, torch.nn.ModuleList) and len(pair) else None
+        heads = getattr(attention, "heads", None)
+        if isinstance(heads, int) and heads != kwargs["heads"]:
+            fail(f"{what}'s layer {i} attention has heads={heads}, where the resampler was built with "
+                 f"heads={kwargs['heads']}, dim_head={kwargs['dim_head']}: pass them on by name, "
+                 "`MyPerceiverAttention(dim=dim, dim_head=dim_head, heads=heads)` (swapped, the weights keep their "
+                 "shapes and only the number of heads changes).")
+
+
+def _check_depth(learner, depth: int, call: str) -> None:
     layers = getattr(learner, "layers", None)
     if isinstance(layers, torch.nn.ModuleList) and len(layers) != depth:
         fail(f"{call} has {len(layers)} layers: depth={depth} asks for {depth}, one (attention, feed-forward) pair "
              "for each i in range(depth).")
+
+
+def _check_built_as_asked(learner, reference, depth: int, call: str) -> None:
+    """The learner's module has the parameters the reference has when built with the same arguments: the forward
+    checks build their reference from the learner's own shapes, so a layer too many would be in both."""
+    _check_depth(learner, depth, call)
     theirs, ours = set(learner.state_dict()), set(reference.state_dict())
     extra, missing = sorted(theirs - ours), sorted(ours - theirs)
     if extra or missing:

@@ -105,7 +105,9 @@ def check_masked_softmax(masked_softmax) -> None:
                     (rearrange(mask, "b i j -> b 1 i j"), "your masked_softmax(scores, mask) with a head axis to broadcast")):
         scores = s if m.ndim == 3 else rearrange(s, "b i j -> b 1 i j").expand(2, 2, 3, 5).clone()  # (b, [h,] n, j)
         given = {"scores": scores.clone(), "mask": m.clone()}  # the learner's own copies, to see them changed
-        got = run_learner(masked_softmax, given["scores"], given["mask"], what=what)
+        keep = {"must match the size": "a row's 'sees nothing' test must keep its axis to broadcast against the "
+                "scores: `mask.any(dim=-1, keepdim=True)`."}
+        got = run_learner(masked_softmax, given["scores"], given["mask"], what=what, advice=keep)
         for name, before in (("scores", scores), ("mask", m)):
             if not torch.equal(given[name], before):
                 fail(f"{what} changes its input {name} in place (an op with a trailing _, such as masked_fill_, or "
@@ -123,13 +125,40 @@ def check_masked_softmax(masked_softmax) -> None:
                     "the mask has no effect: masked entries must get weight exactly 0."),
             Mistake("softmax, then the mask", scores.softmax(dim=-1) * m, _MULTIPLIED),
         ])
+        if got.dtype != scores.dtype:
+            fail(f"{what} returns {got.dtype} for {scores.dtype} scores: keep the scores' dtype (a tensor made in "
+                 "another dtype promotes the result), or the layer that calls it mixes dtypes.")
+        leak = got.masked_select(~m.expand_as(got))  # the weights of masked entries
+        if bool((leak != 0).any()):
+            fail(f"{what}: masked entries get weights up to {float(leak.abs().max()):.2g}, not exactly 0: a finite "
+                 "fill such as -30 leaves exp(fill - max) above 0; fill with -inf, then give the rows that see "
+                 "nothing 0.")
     half = run_learner(masked_softmax, s.half(), mask, what="your masked_softmax on float16 scores",
                        advice={"cannot be converted": "a fixed fill such as -1e9 does not fit in float16: fill with "
                                "torch.finfo(scores.dtype).min (or -inf, then set the all-False rows to 0), which every "
                                "dtype holds."})
     compare(half.float(), reference_masked_softmax(s, mask), what="your masked_softmax on float16 scores", atol=2e-3,
             rtol=2e-3)
-    passed("masked_softmax is right: masked weights exactly 0, rows that see nothing all 0, no NaN.")
+    _check_softmax_gradient(masked_softmax, s, mask)
+    passed("masked_softmax is right: masked weights exactly 0, rows that see nothing all 0, no NaN, and the gradient "
+           "reaches the scores.")
+
+
+def _check_softmax_gradient(masked_softmax, s, mask) -> None:
+    """The scores get the reference's gradient: a `.detach()` inside would leave the queries and keys untrained."""
+    mine, theirs = s.clone().requires_grad_(), s.clone().requires_grad_()
+    cotangent = torch.randn(s.shape, generator=torch.Generator().manual_seed(3))  # (b, n, j)
+    what = "your masked_softmax(scores, mask)"
+    with torch.enable_grad():
+        got = run_learner(masked_softmax, mine, mask, what=what)
+        (reference_masked_softmax(theirs, mask) * cotangent).sum().backward()
+        if not got.requires_grad:
+            fail(f"{what} is right, but its output has no gradient (a .detach() or torch.no_grad()), so the queries "
+                 "and keys before it would never train: compute it with gradients.")
+        (got * cotangent).sum().backward()
+    if mine.grad is None or not torch.allclose(mine.grad, theirs.grad, atol=1e-5, rtol=1e-4):
+        fail(f"{what} is right, but the scores do not get softmax's gradient (a step is detached), so the queries and "
+             "keys before it would never train as they should: keep every step in autograd.")
 
 
 def reference_cross_attention(layer, x, media, media_locations=None, *, fill="zero", scale=True, order="h e",

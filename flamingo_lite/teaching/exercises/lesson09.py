@@ -174,6 +174,15 @@ def check_loss(next_token_loss) -> None:
         _mask_from_inputs(logits, tokens, 0),
         _log_softmax_over(logits, tokens, 0, dim=1),
         _log_softmax_over(logits, tokens, 0, dim=0),
+        Mistake("negated", -want, "the loss has the wrong sign: cross-entropy is -log p of the right token, a positive "
+                "number that training makes smaller; minimising its negative would push the right tokens down."),
+        Mistake("no log_softmax", F.nll_loss(logits[:, :-1].reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1),
+                                             ignore_index=0),
+                "the logits are read as log-probabilities (`F.nll_loss` on them, or `-logits.gather(...)`): take "
+                "`F.log_softmax(logits, dim=-1)` first, or use `F.cross_entropy`, which does both."),
+        Mistake("row 0 only", flat(logits[:1, :-1], tokens[:1, 1:], ignore_index=0),
+                "only the first sequence is scored (`logits[0]`, right for a batch of 1): flatten every sequence of "
+                "the batch, `logits[:, :-1].reshape(-1, V)`."),
     ]
     compare(got, want, what="your next_token_loss", mistakes=mistakes)
 
@@ -209,6 +218,11 @@ def check_freeze(freeze_pretrained, config: FlamingoConfig | None = None) -> Non
     parts = {part: [p.requires_grad for n, p in model.named_parameters() if n.split(".")[0] == part]
              for part in ("vision", "lm", "resampler", "xattn")}
     left = [part for part in ("vision", "lm") if any(parts[part])]
+    plain = [part for part in left if vars(getattr(model, part)).get("requires_grad") is False]
+    if plain:
+        fail(f"`model.{plain[0]}.requires_grad = False` sets a plain attribute on the module, which nothing reads: "
+             "its parameters still train. Call the method, `model.vision.requires_grad_(False)` and "
+             "`model.lm.requires_grad_(False)`, which sets it on every parameter.")
     if left:
         has = "have" if len(left) > 1 else "has"
         fail(f"the frozen parts were left trainable ({', '.join(left)} still {has} requires_grad=True): call "
@@ -236,6 +250,11 @@ def check_groups(parameter_groups, model: Flamingo | None = None, *, lr=7e-3, ga
         if not isinstance(g.get("params"), (list, tuple)):
             fail(f"a group's 'params' is a {type(g.get('params')).__name__}, not a list: AdamW reads it once, so a "
                  "generator is empty the next time anyone looks; write `list(...)` or build a list.")
+        kinds = {type(p).__name__ for p in g.get("params", []) if not isinstance(p, torch.Tensor)}
+        if kinds:
+            fail(f"a group's 'params' holds {', '.join(sorted(kinds))} values, not the parameters themselves: put the "
+                 "tensors `p` of `for n, p in model.named_parameters()` in the list (the names are only to choose "
+                 "the group).")
         for p in list(g.get("params", [])):
             if id(p) in seen:
                 fail(f"{names.get(id(p), 'a parameter')} is in two groups: put each parameter in exactly one.")
@@ -305,10 +324,14 @@ class ScriptedModel(nn.Module):
 def _decode(greedy_decode, model, prompt, images, *, eoc_id: int, max_new_tokens: int, seed: int) -> list:
     """The learner's answer as a list of ids, with the random numbers seeded in a fork: a decoder that samples draws
     its own numbers, never the notebook's."""
+    given = prompt.clone()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        got = run_learner(greedy_decode, model, prompt.clone(), images, eoc_id=eoc_id, max_new_tokens=max_new_tokens,
+        got = run_learner(greedy_decode, model, given, images, eoc_id=eoc_id, max_new_tokens=max_new_tokens,
                           what="your greedy_decode(model, prompt, images, eoc_id=..., max_new_tokens=...)")
+    if not torch.equal(given, prompt):
+        fail("greedy_decode changed the prompt it was given in place (`prompt[...] = ...` or an in-place op): the "
+             "caller's prompt changes too; build the growing ids as a new tensor, `ids = torch.cat([ids, new])`.")
     if isinstance(got, torch.Tensor):
         got = got.flatten().tolist()
     if not isinstance(got, (list, tuple)):
@@ -386,6 +409,10 @@ def _check_greedy_passes_every_picture(greedy_decode, tok) -> None:
     model = ScriptedModel([red, circle, tok.eoc_id], len(prompt), images_shape=(1, *images.shape))
     got = _decode(greedy_decode, model, prompt, images, eoc_id=tok.eoc_id, max_new_tokens=5, seed=0)
     _check_prompt_kept(model, prompt)
+    if len(model.lengths) == 1 and got != [red, circle, tok.eoc_id] and len(got) <= 1:
+        fail("greedy_decode stops after one step on a prompt that holds an <eoc> of its own (`<image> a red circle "
+             "<eoc> <image> a`): stop at the <eoc> you generate, `if next_id == eoc_id: break`, not at one anywhere in "
+             "the ids.")
     if got != [red, circle, tok.eoc_id]:
         fail("greedy_decode is wrong on a prompt with two pictures: pass the model every picture, images[None] "
              "(1, t, 3, H, W), and read the last position as with one.")
@@ -487,7 +514,7 @@ def two_input_copy(model: Flamingo) -> TwoInputFlamingo:
 def reference_loop(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_every, seed,
                    zero_grad=True, gate_decay=False, one_group=False, schedule=True, shift=True, freeze=True,
                    log_before_update=False, loss_after_update=False, order_every_step=False, keep_partial=False,
-                   schedule_first=False, gate_log="tanh") -> dict:
+                   schedule_first=False, gate_log="tanh", first_after=False) -> dict:
     """`training.train_flamingo`'s history, made by a loop that can make the usual mistakes (the flags), to name them.
 
     "step" in the history counts the optimizer updates done: 0 before the first, then `step + 1` right after the
@@ -497,8 +524,9 @@ def reference_loop(model, data, *, steps, batch_size, lr, gate_lr, weight_decay,
     loss_after_update: the loss computed again after the update, and that one logged; order_every_step: a new random
     order drawn at every step, its first batch taken; keep_partial: each epoch's last, smaller batch kept;
     schedule_first: `scheduler.step()` called before `optimizer.step()`; gate_log: "tanh" (right), "raw" (the gate
-    parameters logged without their tanh), "abs" (the tanh's size, its sign lost) or "swapped" (the attention gates
-    logged as the feed-forward's, and back)."""
+    parameters logged without their tanh), "abs" (the tanh's size, its sign lost), "swapped" (the attention gates
+    logged as the feed-forward's, and back) or "attn twice" (the attention gates logged for both); first_after: step
+    0's entry logged after the first update (the gates no longer 0)."""
     if freeze:
         model.freeze_pretrained()
     model.train()
@@ -522,6 +550,8 @@ def reference_loop(model, data, *, steps, batch_size, lr, gate_lr, weight_decay,
         read = {"raw": lambda g: float(g.detach()), "abs": lambda g: abs(float(g.detach().tanh()))}.get(
             gate_log, lambda g: float(g.detach().tanh()))
         attn, ff = [read(b.attn_gate) for b in blocks], [read(b.ff_gate) for b in blocks]
+        if gate_log == "attn twice":
+            ff = attn
         if gate_log == "swapped":
             attn, ff = ff, attn
         history["attn_gate_tanh"].append(attn)
@@ -541,7 +571,7 @@ def reference_loop(model, data, *, steps, batch_size, lr, gate_lr, weight_decay,
             queue = list(order[:whole].split(batch_size))
         part = data[queue.pop(0)]
         loss = loss_of(part)
-        if step == 0:
+        if step == 0 and not first_after:
             log(0, loss.item())
         logged = (step + 1) % log_every == 0 or step + 1 == steps
         if logged and log_before_update:
@@ -558,6 +588,8 @@ def reference_loop(model, data, *, steps, batch_size, lr, gate_lr, weight_decay,
             with torch.no_grad():
                 loss = loss_of(part)
         history["loss_every_step"].append(loss.item())
+        if step == 0 and first_after:
+            log(0, loss.item())
         if logged and not log_before_update:
             log(step + 1, loss.item())
     model.eval()
@@ -589,13 +621,13 @@ class _StepWatch:
     """While active (a `with` block), watches the optimizer steps on `model`'s parameters: `steps` counts them,
     `cleared` those that found every gradient cleared (None or all zeros) after a backward pass had run,
     `backward` says whether any gradient was computed, `decay` is the first step's weight decay by parameter name,
-    `in_eval` counts the steps taken with the model in eval mode."""
+    `in_eval` counts the steps taken with the model in eval mode, `kind` is the optimizer's class."""
 
     def __init__(self, model: nn.Module):
         self.model = model
 
     def __enter__(self):
-        self.steps, self.cleared, self.backward, self.decay, self.in_eval = 0, 0, False, {}, 0
+        self.steps, self.cleared, self.backward, self.decay, self.in_eval, self.kind = 0, 0, False, {}, 0, None
         names = {id(p): n for n, p in self.model.named_parameters()}
 
         def on_step(optimizer, args, kwargs):
@@ -604,6 +636,7 @@ class _StepWatch:
             if not params:  # another optimizer than the one training this model
                 return
             self.steps += 1
+            self.kind = type(optimizer)
             self.in_eval += not self.model.training
             if self.backward and all(p.grad is None or not p.grad.any() for p in params):
                 self.cleared += 1
@@ -636,7 +669,7 @@ _LOOP_ADVICE["'1'"] = ("the check's model has gated blocks before LM layers 0 an
 
 
 def check_train_loop(train_flamingo, *, steps: int = 6, batch_size: int = 8, lr: float = 5e-3, gate_lr: float = 5e-2,
-                     weight_decay: float = 0.5, log_every: int = 2, seed: int = 0) -> None:
+                     weight_decay: float = 0.5, log_every: int = 4, seed: int = 0) -> None:
     """Step "09.loop": the learner's `train_flamingo` and the package's, from the same tiny model and seed, give the
     same history (losses and gates within 1e-5); the frozen parts stay as they were, the new parts change, the
     weights (not the gates) are decayed, the model trains in training mode (it is handed over in eval mode) and is left
@@ -645,7 +678,7 @@ def check_train_loop(train_flamingo, *, steps: int = 6, batch_size: int = 8, lr:
 
     "step" counts the optimizer updates done so far, from 1: step 0 is the model before any update, step s the model
     right after the s-th update, so `for step in range(steps)` (0-based) logs `step + 1` after its update, when
-    `(step + 1) % log_every == 0` and after the last: [0, 2, 4, 6] for the defaults here. A learner one off (the
+    `(step + 1) % log_every == 0` and after the last: [0, 4, 6] for the defaults here (the last, 6, off the interval). A learner one off (the
     0-based loop index logged, or the condition tested on it) is told so. The models are built in a forked RNG: the
     notebook's random numbers stay as they were."""
     refuse_the_answer(train_flamingo, (training.train_flamingo,))
@@ -721,9 +754,20 @@ def _check_train_loop(train_flamingo, *, steps, batch_size, lr, gate_lr, weight_
             "`(step + 1) % log_every == 0 or step + 1 == steps`.")
     if list(got["step"]) != list(want["step"]):
         steps_got = list(got["step"])
+        if steps_got == list(want["step"])[:-1]:
+            fail(f"your history logs the steps {steps_got}, train_flamingo logs {list(want['step'])}: the last step is "
+                 f"not logged ({steps} is not a multiple of log_every={log_every}); log after the last update too, "
+                 "`or step + 1 == steps`, so the plots end where the training did.")
         if steps_got[:1] == [0] and _off_by_one(steps_got, list(want["step"])):
             fail(f"your history logs the steps {steps_got}, train_flamingo logs {list(want['step'])}: off by one; {rule}")
         fail(f"your history logs the steps {steps_got}, train_flamingo logs {list(want['step'])}: {rule}")
+    if len(got["loss_every_step"]) != steps:
+        fail(f"your history's 'loss_every_step' has {len(got['loss_every_step'])} entries for {steps} steps: append "
+             "each update's loss once, right after its update.")
+    if watch.kind is not None and watch.kind is not torch.optim.AdamW:
+        fail(f"your train_flamingo steps with {watch.kind.__name__}, not AdamW: the paper trains with AdamW (App. "
+             "B.1.2), whose weight decay shrinks the weights apart from the gradient (Adam's adds it to the "
+             "gradient, where Adam's scaling weakens it); use `torch.optim.AdamW(parameter_groups(...), lr=lr)`.")
     undecayed = sorted(n for n, decay in watch.decay.items() if not n.endswith("_gate") and decay != weight_decay)
     if undecayed:
         decay = watch.decay[undecayed[0]]
@@ -768,6 +812,10 @@ def _check_train_loop(train_flamingo, *, steps, batch_size, lr, gate_lr, weight_
                                "so log `float(block.attn_gate.tanh())` and `float(block.ff_gate.tanh())`."),
         (dict(gate_log="abs"), "the gates are logged as sizes, `abs(tanh(gate))`: log the tanh itself, sign "
                                "included (a gate can open negative)."),
+        (dict(gate_log="attn twice"), "'ff_gate_tanh' holds the attention gates: log every block's "
+                                      "`tanh(ff_gate)` there, `float(block.ff_gate.detach().tanh())`."),
+        (dict(first_after=True), "step 0's entry is logged after the first update, so its gates are not 0: log step "
+                                 "0 before `optimizer.step()`, the model as it was before any update."),
         (dict(gate_log="swapped"), "the two gates are swapped in the history: 'attn_gate_tanh' is every block's "
                                    "`tanh(attn_gate)`, 'ff_gate_tanh' its `tanh(ff_gate)`."),
     ]

@@ -227,13 +227,21 @@ def check_layer(layer_class) -> None:
     vision_x, lang_x, mask = batch()
     want = _logits(reference, vision_x, lang_x, mask)
     got = run_learner(_logits, learner, vision_x, lang_x, mask, what="Flamingo with your layer (a forward pass)",
-                      advice={"NoneType": "a layer without a block has gated_cross_attn_layer None: run the GPT-2 "
-                                          "block alone there."})
+                      advice={"NoneType": "something is None: a layer without a block has gated_cross_attn_layer "
+                                          "None (run the GPT-2 block alone there), and self.media and "
+                                          "self.media_locations are None until condition() stores them."})
     mistakes = [Mistake(name, _logits(_with_weights(_wrong_layer(**switch), reference), vision_x, lang_x, mask), message)
                 for name, (switch, message) in LAYER_MISTAKES.items()]
     compare(got, want, what="Flamingo's logits with your layer (blocks before layers 0 and 2 of 3, gates open)",
             mistakes=mistakes)
     _check_block_arguments(learner, reference, vision_x, lang_x, mask)
+    _check_trains(learner, vision_x, lang_x, mask)
+    passed("your layer gives flamingo_lite.hf's logits, and every trainable parameter gets a gradient.")
+
+
+def _check_trains(learner, vision_x, lang_x, mask=None) -> None:
+    """One training step's backward pass: every trainable parameter gets a gradient (a block run under
+    `torch.no_grad()` or on a detached input would never train)."""
     learner.train()
     learner.zero_grad(set_to_none=True)
     loss = run_learner(lambda: learner(vision_x, lang_x, attention_mask=mask, labels=lang_x).loss,
@@ -246,7 +254,7 @@ def check_layer(layer_class) -> None:
     for name, p in learner.named_parameters():
         if p.requires_grad and (p.grad is None or not bool(p.grad.any())):
             fail(f"the parameter {name} gets no gradient, {never}")
-    passed("your layer gives flamingo_lite.hf's logits, and every trainable parameter gets a gradient.")
+    learner.eval()
 
 
 CACHE_MISTAKES = {
@@ -304,7 +312,9 @@ def check_cache(layer_class) -> None:
         full = _logits(reference, *_prompt_and_generated(reference, vision_x, lang_x))
         generated = run_learner(_generated, learner, vision_x, lang_x, what=f"your layer in generate ({mode})")
         compare(generated, full[:, lang_x.shape[1] - 1 : -1], what=f"the logits of generation with your layer ({mode})")
-    passed("your layer continues from the KV cache exactly as a forward pass over the whole sequence, in both modes.")
+        _check_trains(learner, vision_x, lang_x)  # the training cell below trains this layer
+    passed("your layer continues from the KV cache exactly as a forward pass over the whole sequence, in both modes, "
+           "and every trainable parameter gets a gradient.")
 
 
 def _prompt_and_generated(model, vision_x, lang_x):
