@@ -102,6 +102,18 @@ def test_01_attention_scales_row_zero_masks_and_float16_fills_are_named():
     """The second walkthrough of lesson 01 met these as 'no usual mistake matches', or passed them."""
     fails_with(lesson01.check_attention, lambda q, k, v, mask=None: attention(q / q.shape[-1] ** 0.5, k, v, mask),
                match=r"scaled by 1/e, not 1/sqrt\(e\)")
+
+    def scaled_after(q, k, v, mask=None):
+        scores = torch.einsum("b h i e, b h j e -> b h i j", q, k)
+        if mask is not None:
+            mask = (mask if mask.ndim == 3 else mask[None])[:, None]
+            scores = scores.masked_fill(~mask, -torch.finfo(scores.dtype).max)
+        weights = scores.softmax(-1)
+        if mask is not None:
+            weights = weights.masked_fill(~mask.any(-1, keepdim=True), 0.0)
+        return (weights / q.shape[-1] ** 0.5) @ v
+
+    fails_with(lesson01.check_attention, scaled_after, match=r"weights are scaled after the softmax, so they no longer sum")
     fails_with(lesson01.check_attention,
                lambda q, k, v, mask=None: attention(q * (q.shape[-1] / (q.shape[1] * q.shape[-1])) ** 0.5, k, v, mask),
                match=r"scaled by 1/sqrt\(h\*e\), the width of all heads together")
@@ -1274,6 +1286,8 @@ def test_05_masked_softmax_that_would_not_train_or_is_not_exactly_zero_is_named(
         return (e / e.sum(-1, keepdim=True).detach()).nan_to_num(0.0)
 
     fails_with(masked_check, partly_detached, match=r"the scores do not get softmax's gradient")
+    fails_with(masked_check, lambda s, m: fill(s, m).masked_fill(~m.all(-1, keepdim=True), 0.0),
+               match=r"every row with a masked entry came out 0.*not `~mask\.all\(\.\.\.\)`")
 
 
 def test_03_layers_in_a_plain_list_and_attention_sizes_passed_on_swapped_are_named():

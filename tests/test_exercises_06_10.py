@@ -853,7 +853,7 @@ def loop_09(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_ev
             log_index=False, index_condition=False, log_early=False, locations=False, eval_at_end=True,
             zero_grad_late=None, decay_off=False, loss_after=False, order_every_step=False, train_mode=True,
             keep_partial=False, schedule_first=False, gate_log="tanh", loss_tensors=False, blocks_by_index=False,
-            log_last=True, extra_loss=False, optimizer_class=None, first_after=False):
+            log_last=True, extra_loss=False, optimizer_class=None, first_after=False, cosine_over=None, clip=None):
     """The training loop of lesson 09, written as a learner would, with switches for the usual mistakes.
     zero_grad_late: "none" or "zeros", `optimizer.zero_grad(set_to_none=...)` called after `loss.backward()`."""
     import math
@@ -868,7 +868,8 @@ def loop_09(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_ev
     if one_group:
         groups = [{"params": [p for g in groups for p in g["params"]], "weight_decay": weight_decay}]
     optimizer = (optimizer_class or torch.optim.AdamW)(groups, lr=lr)
-    rate = (lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0)))) if cosine else (lambda s: 1.0)
+    span = cosine_over or steps  # steps - 1: a mistake
+    rate = (lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / span, 1.0)))) if cosine else (lambda s: 1.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
     generator = torch.Generator().manual_seed(seed)
     history = {"step": [], "loss": [], "attn_gate_tanh": [], "ff_gate_tanh": [], "loss_every_step": []}
@@ -918,6 +919,8 @@ def loop_09(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_ev
         loss.backward()
         if zero_grad_late:
             optimizer.zero_grad(set_to_none=zero_grad_late == "none")
+        if clip is not None:  # gradient clipping, which train_flamingo does not do: a mistake
+            nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], clip)
         if schedule_first:  # the schedule before the update: a mistake
             schedule.step()
         if step_opt:
@@ -1185,3 +1188,20 @@ def test_09_train_loop_names_without_the_warnings_of_its_own_wrong_loops():
         warnings.simplefilter("always")
         fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, gate_log="swapped"), match="swapped")
     assert not [w for w in caught if "lr_scheduler" in str(w.message)]
+
+
+def test_09_train_loop_names_a_cosine_one_step_short_and_clipped_gradients():
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, cosine_over=k["steps"] - 1),
+          match=r"the cosine spans steps - 1 steps")
+    for clip in (0.1, 0.05):
+        fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, clip=clip),
+              match=rf"the gradients are clipped \(`clip_grad_norm_\(\.\.\., {clip}\)`")
+
+
+def test_09_loss_with_label_smoothing_is_named():
+    def smoothed(logits, tokens, pad_id=0):
+        v = logits.shape[-1]
+        return F.cross_entropy(logits[:, :-1].reshape(-1, v), tokens[:, 1:].reshape(-1), ignore_index=pad_id,
+                               label_smoothing=0.1)
+
+    fails(lesson09.check_loss, smoothed, match=r"the targets are smoothed \(`label_smoothing=0\.1`\)")

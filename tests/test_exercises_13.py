@@ -162,7 +162,7 @@ def test_13_cache_stub_solution_and_mistakes(capsys):
     fails(lesson13.check_cache, layer(right), match="media_locations has k more columns than the text")
     fails(lesson13.check_cache, layer(stand_ins("none")), match="put k stand-in rows of zeros in front")
     fails(lesson13.check_cache, layer(stand_ins("dropped")), match="markers of the tokens already read were dropped")
-    fails(lesson13.check_cache, layer(stand_ins("end")), match="the stand-in rows went after the text")
+    fails(lesson13.check_cache, layer(stand_ins("end")), match=r"first columns \(`media_locations\[:, :n\]`, or stand-in rows put after")
     fails(lesson13.check_cache, layer(stand_ins("batch 1")), match="differ in batch or width")
     fails(lesson13.check_cache, layer(stand_ins("first rows")), match=r"kept the first n rows.*the last n rows, `\[:, k:\]`")
     fails(lesson13.check_cache, layer(stand_ins("kept")), match=r"drop the k stand-in rows|dropping the k stand-ins")
@@ -224,3 +224,60 @@ def test_13_hints_exist(capsys):
     for key in ("13.layer", "13.cache", "13.beams"):
         hint(key)
     assert capsys.readouterr().out.count("Hint (13.") == 3
+
+
+def test_13_a_layer_that_changes_x_in_place_is_named_not_a_raw_autograd_error():
+    def in_place(self, x, args, kwargs):
+        if self.gated_cross_attn_layer is not None:
+            x += self.gated_cross_attn_layer(x, self.media, self.media_locations) - x  # the right numbers
+        return self.decoder_layer(x, *args, **kwargs)
+
+    fails(lesson13.check_layer, layer(in_place), match=r"backward pass through your layer raised RuntimeError.*changes a "
+                                                          r"tensor in place \(`x \+= ...`")
+
+
+def test_13_cache_given_the_first_n_markers_is_named():
+    def first_columns(self, x, args, kwargs):
+        if self.gated_cross_attn_layer is not None:
+            x = self.gated_cross_attn_layer(x, self.media, self.media_locations[:, : x.shape[1]])
+        return self.decoder_layer(x, *args, **kwargs)
+
+    fails(lesson13.check_cache, layer(first_columns), match=r"markers of the tokens already read: .*`media_locations\[:, :n\]`")
+
+
+class Scripted:
+    """A model whose generate gives fixed rows, as a trained captioner would: captions of 3, 5 and 1 words and one
+    ended by <eoc> with padding after it (what transformers' generate gives a row that finished first)."""
+
+    def __init__(self, tok):
+        rows = [["a", "red", "circle", "<eoc>"], ["green", "square", "in", "blue", "triangle"], ["yellow", "<eoc>"],
+                ["blue", "circle", "<eoc>"]]
+        ids = {w: i for i, w in enumerate(tok.vocab)}
+        self.rows = torch.tensor([[tok.media_id] + [ids[w] for w in r] + [tok.pad_id] * (5 - len(r)) for r in rows])
+
+    def generate(self, vision_x, lang_x, *, max_new_tokens, **kwargs):
+        return self.rows[: len(lang_x), : 1 + max_new_tokens]
+
+
+def test_13_captions_decoded_wrong_are_named():
+    tok = Tokenizer()
+    model, pictures = Scripted(tok), torch.rand(4, 3, 16, 16)
+    want = lesson13.captions_by_beam_search(model, pictures, tok)
+    assert want == ["a red circle", "green square in blue triangle", "yellow", "blue circle"]
+    assert lesson13.check_captions(lambda m, p: lesson13.captions_by_beam_search(m, p, tok), model, pictures, tok) == want
+
+    def decoded(start=1, cut=lambda w: w[: w.index("<eoc>")] if "<eoc>" in w else w, join=" ".join):
+        def captions(m, p):
+            out = m.generate(p[:, None, None], torch.full((len(p), 1), tok.media_id), num_beams=3, max_new_tokens=5,
+                             pad_token_id=tok.pad_id)
+            return [join(cut(tok.words(row))) for row in out[:, start:].tolist()]
+        return captions
+
+    fails(lesson13.check_captions, decoded(start=2), model, pictures, tok, match=r"lost its first word.*`out\[:, 1:\]`")
+    fails(lesson13.check_captions, decoded(cut=lambda w: w[:-1]), model, pictures, tok,
+          match=r"'green square in blue' lost its last word.*has no <eoc> to cut at")
+    fails(lesson13.check_captions, decoded(join="".join), model, pictures, tok, match=r"join the words with spaces")
+    fails(lesson13.check_captions, decoded(cut=lambda w: w), model, pictures, tok, match=r"keeps the end-of-chunk token")
+    fails(lesson13.check_captions, decoded(start=0), model, pictures, tok, match=r"starts with the prompt")
+    fails(lesson13.check_captions, decoded(cut=lambda w: w[:2]), model, pictures, tok,
+          match=r"'a red' should be 'a red circle': decode the new tokens")

@@ -41,10 +41,10 @@ _ANSWERS_ATTEND = (attend, attention_weights)  # the package's attention: what t
 def reference_attention(q, k, v, mask=None, *, scale=True, axis=-1, fill="max_then_zero", use_mask=True):
     """Attention as the lesson defines it, and the usual mistakes: fill="inf" (NaN rows), "max" (no zeroing:
     a uniform average), axis=-2 (softmax over the queries), scale=False, "keys" (1/sqrt(j)), "heads" (1/sqrt(h*e))
-    or "1/e" (no square root), use_mask=False or "inverted" (every use of
+    or "1/e" (no square root), "after" (the weights scaled after the softmax), use_mask=False or "inverted" (every use of
     the mask inverted), "inverted_fill" (the fill inverted, the empty rows still found from the mask as given)."""
     scores = torch.einsum("b h i e, b h j e -> b h i j", q, k)  # (b, h, i, j)
-    if scale:
+    if scale and scale != "after":
         width = {"keys": k.shape[-2], "heads": q.shape[1] * q.shape[-1]}.get(scale, q.shape[-1])  # (mistakes: j, h*e)
         scores = scores * (width ** -1.0 if scale == "1/e" else width ** -0.5)
     empty = None
@@ -60,6 +60,8 @@ def reference_attention(q, k, v, mask=None, *, scale=True, axis=-1, fill="max_th
     weights = scores.softmax(dim=axis)  # (b, h, i, j)
     if empty is not None and fill == "max_then_zero":
         weights = weights.masked_fill(empty, 0.0)
+    if scale == "after":
+        weights = weights * q.shape[-1] ** -0.5  # (b, h, i, j)
     return torch.einsum("b h i j, b h j e -> b h i e", weights, v)  # (b, h, i, e)
 
 
@@ -102,6 +104,9 @@ def _attention_mistakes(q, k, v, mask):
         Mistake("scaled by the number of keys", reference_attention(q, k, v, mask, scale="keys"),
                 "the scores are scaled by 1/sqrt(j), the number of keys: the scale is 1/sqrt(e), e = q.shape[-1], the "
                 "width of one head's queries and keys."),
+        Mistake("scale after the softmax", reference_attention(q, k, v, mask, scale="after"),
+                "the weights are scaled after the softmax, so they no longer sum to 1: the scale multiplies the "
+                "scores, q·k * e**-0.5, before the softmax."),
         Mistake("scaled by 1/e", reference_attention(q, k, v, mask, scale="1/e"),
                 "the scores are scaled by 1/e, not 1/sqrt(e): multiply q·k by e**-0.5, e = q.shape[-1]."),
         Mistake("scaled by the whole width", reference_attention(q, k, v, mask, scale="heads"),

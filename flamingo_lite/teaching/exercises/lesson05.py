@@ -124,6 +124,9 @@ def check_masked_softmax(masked_softmax) -> None:
             Mistake("mask ignored", reference_masked_softmax(scores, m, use_mask=False),
                     "the mask has no effect: masked entries must get weight exactly 0."),
             Mistake("softmax, then the mask", scores.softmax(dim=-1) * m, _MULTIPLIED),
+            Mistake("all for any", reference_masked_softmax(scores, m) * m.all(dim=-1, keepdim=True),
+                    "every row with a masked entry came out 0, not only the rows that see nothing: a row sees nothing "
+                    "when no entry is True, `~mask.any(dim=-1, keepdim=True)`, not `~mask.all(...)`."),
         ])
         if got.dtype != scores.dtype:
             fail(f"{what} returns {got.dtype} for {scores.dtype} scores: keep the scores' dtype (a tensor made in "

@@ -180,6 +180,9 @@ def check_loss(next_token_loss) -> None:
                                              ignore_index=0),
                 "the logits are read as log-probabilities (`F.nll_loss` on them, or `-logits.gather(...)`): take "
                 "`F.log_softmax(logits, dim=-1)` first, or use `F.cross_entropy`, which does both."),
+        Mistake("label smoothing", flat(logits[:, :-1], tokens[:, 1:], ignore_index=0, label_smoothing=0.1),
+                "the targets are smoothed (`label_smoothing=0.1`): the loss the paper trains with is the plain "
+                "next-token cross-entropy, -log p of the right token; leave label_smoothing at its default, 0."),
         Mistake("row 0 only", flat(logits[:1, :-1], tokens[:1, 1:], ignore_index=0),
                 "only the first sequence is scored (`logits[0]`, right for a batch of 1): flatten every sequence of "
                 "the batch, `logits[:, :-1].reshape(-1, V)`."),
@@ -514,7 +517,7 @@ def two_input_copy(model: Flamingo) -> TwoInputFlamingo:
 def reference_loop(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_every, seed,
                    zero_grad=True, gate_decay=False, one_group=False, schedule=True, shift=True, freeze=True,
                    log_before_update=False, loss_after_update=False, order_every_step=False, keep_partial=False,
-                   schedule_first=False, gate_log="tanh", first_after=False) -> dict:
+                   schedule_first=False, gate_log="tanh", first_after=False, cosine_over=None, clip=None) -> dict:
     """`training.train_flamingo`'s history, made by a loop that can make the usual mistakes (the flags), to name them.
 
     "step" in the history counts the optimizer updates done: 0 before the first, then `step + 1` right after the
@@ -526,7 +529,9 @@ def reference_loop(model, data, *, steps, batch_size, lr, gate_lr, weight_decay,
     schedule_first: `scheduler.step()` called before `optimizer.step()`; gate_log: "tanh" (right), "raw" (the gate
     parameters logged without their tanh), "abs" (the tanh's size, its sign lost), "swapped" (the attention gates
     logged as the feed-forward's, and back) or "attn twice" (the attention gates logged for both); first_after: step
-    0's entry logged after the first update (the gates no longer 0)."""
+    0's entry logged after the first update (the gates no longer 0); cosine_over: the number of steps the cosine
+    spans (`steps` is right; `steps - 1` is the usual slip); clip: the gradients' norm clipped to this before each
+    update (train_flamingo clips nothing)."""
     if freeze:
         model.freeze_pretrained()
     model.train()
@@ -538,7 +543,8 @@ def reference_loop(model, data, *, steps, batch_size, lr, gate_lr, weight_decay,
         groups = [{"params": others, "weight_decay": weight_decay},
                   {"params": gates, "lr": gate_lr, "weight_decay": weight_decay if gate_decay else 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=lr)
-    rate = (lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0)))) if schedule else (lambda s: 1.0)
+    span = cosine_over or steps
+    rate = (lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / span, 1.0)))) if schedule else (lambda s: 1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
     generator = torch.Generator().manual_seed(seed)
     history = {key: [] for key in HISTORY_KEYS}
@@ -579,6 +585,8 @@ def reference_loop(model, data, *, steps, batch_size, lr, gate_lr, weight_decay,
         if zero_grad:
             optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(others + gates, clip)
         if schedule_first:
             scheduler.step()
         optimizer.step()
@@ -818,7 +826,11 @@ def _check_train_loop(train_flamingo, *, steps, batch_size, lr, gate_lr, weight_
                                  "0 before `optimizer.step()`, the model as it was before any update."),
         (dict(gate_log="swapped"), "the two gates are swapped in the history: 'attn_gate_tanh' is every block's "
                                    "`tanh(attn_gate)`, 'ff_gate_tanh' its `tanh(ff_gate)`."),
-    ]
+        (dict(cosine_over=steps - 1), "the cosine spans steps - 1 steps, so the learning rate reaches its floor one "
+                                      "step early: `min(s / steps, 1)`, over all `steps`."),
+    ] + [(dict(clip=clip), f"the gradients are clipped (`clip_grad_norm_(..., {clip})`, as in some other training "
+                           "loops): train_flamingo clips nothing, so leave the gradients as backward() gives them.")
+         for clip in (0.1, 0.05)]  # the gradients' norms here are 0.04 to 0.16: a clip at 1.0 changes nothing
     for flags, message in variants:
         fresh, _ = tiny_setup(seed)
         with warnings.catch_warnings():  # the schedule-first variant warns as torch does: not the learner's warning

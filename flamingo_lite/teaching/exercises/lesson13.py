@@ -250,7 +250,9 @@ def _check_trains(learner, vision_x, lang_x, mask=None) -> None:
              "forward).")
     if not loss.requires_grad:
         fail(f"the loss gets no gradient from any parameter, {never}")
-    loss.backward()
+    run_learner(loss.backward, what="the backward pass through your layer",
+                advice={"modified by an inplace operation": "your forward changes a tensor in place (`x += ...`, "
+                        "`x[...] = ...`) that autograd still needs: write `x = x + ...`, which makes a new tensor."})
     for name, p in learner.named_parameters():
         if p.requires_grad and (p.grad is None or not bool(p.grad.any())):
             fail(f"the parameter {name} gets no gradient, {never}")
@@ -261,8 +263,9 @@ CACHE_MISTAKES = {
     "dropped": (dict(stand_ins="dropped"), "the markers of the tokens already read were dropped "
                 "(`media_locations[:, k:]`), so the new text counts its pictures from 0 again: keep every column and "
                 "give the k earlier markers k stand-in rows in front of x."),
-    "end": (dict(stand_ins="end"), "the stand-in rows went after the text: the k extra columns of media_locations "
-            "come first, so the zeros go in front (`torch.cat((zeros, x), dim=1)`)."),
+    "end": (dict(stand_ins="end"), "the text was given the markers of the tokens already read: media_locations' "
+            "first columns (`media_locations[:, :n]`, or stand-in rows put after the text) are those of the k tokens "
+            "in the cache; the text's own are the last n, so the zeros go in front (`torch.cat((zeros, x), dim=1)`)."),
     "first rows kept": (dict(stand_ins="first rows kept"), "after the block you kept the first n rows, the k stand-ins "
                         "and the start of the text: the text is the last n rows, `[:, k:]`."),
 }
@@ -378,13 +381,30 @@ def check_captions(caption_fn, model, pictures: torch.Tensor, tokenizer) -> list
     for mine, right in zip(got, want):
         if mine == right:
             continue
-        if "<image>" in mine:
-            fail(f"your caption {mine!r} starts with the prompt: keep only the new tokens (`out[:, 1:]`).")
-        if "<eoc>" in mine:
-            fail(f"your caption {mine!r} keeps the end-of-chunk token: stop each caption before its `<eoc>`.")
-        fail(f"your caption {mine!r} should be {right!r}: decode the new tokens of each row with tokenizer.words.")
+        _name_caption_mistake(mine, right)
     passed(f"your captions are the beam search's ({len(got)} pictures, 3 beams).")
     return list(got)
+
+def _name_caption_mistake(mine: str, right: str) -> None:
+    """Fail naming how the learner's caption departs from beam search's, from the two strings alone."""
+    words, want = mine.split(), right.split()
+    if "<image>" in words:
+        fail(f"your caption {mine!r} starts with the prompt: keep only the new tokens (`out[:, 1:]`).")
+    if "<eoc>" in words:
+        fail(f"your caption {mine!r} keeps the end-of-chunk token: stop each caption before its `<eoc>`.")
+    if mine.replace(" ", "") == right.replace(" ", "") and words != want:
+        fail(f"your caption {mine!r} should be {right!r}: join the words with spaces, `' '.join(words)`.")
+    if words == want[1:]:
+        fail(f"your caption {mine!r} lost its first word ({right!r}): the prompt is one token, the <image>, so the "
+             "new tokens start at column 1 (`out[:, 1:]`).")
+    if words == want[:-1] and len(want) == 5:
+        fail(f"your caption {mine!r} lost its last word ({right!r}): a caption that reached 5 new tokens has no "
+             "<eoc> to cut at, so keep all its words (cut at `words.index('<eoc>')` only when '<eoc>' is there).")
+    if words[: len(want)] == want:
+        fail(f"your caption {mine!r} goes on past its end ({right!r}): cut each caption at its first <eoc>, "
+             "`words[: words.index('<eoc>')]`.")
+    fail(f"your caption {mine!r} should be {right!r}: decode the new tokens of each row with tokenizer.words.")
+
 
 register_nudges({  # first hints for the steps whose full hint is the answer
     "13.beams": "transformers' generate does the search: one image marker per picture as the prompt, the pictures "
