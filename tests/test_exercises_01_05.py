@@ -379,6 +379,8 @@ def test_02_exercises():
                (2, 2), 4, match="a reshape keeps the numbers in their order")
     fails_with(lesson02.check_media_share, lambda w, n: w[..., n:].sum(-1), weights, 6, layer, x, latents, match="share of the latents")
     lesson02.check_media_share(lambda w, n: w[..., :n].sum(-1), weights, 6, layer, x, latents)
+    fails_with(lesson02.check_media_share, lambda w, n: w[..., :6].sum(-1), weights, 6, layer, x, latents,
+               match=r"media_share\(weights, n=3\): this is the share of the first 6 keys whatever n is")
 
 
 # ------------------------------------------------------------------------------------------------------------ 03
@@ -613,6 +615,8 @@ def media_mask(tt, t, immediate, bug=None):
         immediate = immediate == "immediate"
     if bug == "clamp":
         tt = tt.clamp(min=1)
+    if bug == "text time - 1":
+        tt = tt - 1
     if bug == "always ==":
         out = tt[..., None] == mt
     else:
@@ -626,7 +630,7 @@ def media_mask(tt, t, immediate, bug=None):
     return out | (tt[..., None] == 0) if bug == "future" else out
 
 
-def full_mask(loc, t, m, immediate, bug=None):
+def full_mask(loc, t, m, immediate=True, bug=None):
     if bug == "markers":
         t = int(loc.sum(-1).max())
     per_media = media_mask(text_time(loc), t, immediate, None if bug in ("interleaved", "m fixed", "markers") else bug)
@@ -644,7 +648,9 @@ def test_04_text_time_mistakes(bug, named):
 _FIXED = "a fixed number where the size comes from the arguments \\(num_media / num_latents\\)"
 
 
-@pytest.mark.parametrize("bug, named", [("from 0", "numbered from 0"), ("swapped", "modes are swapped"),
+@pytest.mark.parametrize("bug, named", [("from 0", "numbered from 0 here, so every text time points one image too far: a "
+                                                  "word after image i sees image i \\+ 1"),
+                                        ("swapped", "modes are swapped"), ("text time - 1", "text time is one too low"),
                                         ("future", "look into\\s+the future"), ("clamp", "sees image 1"),
                                         ("inverted", "mask is inverted"), ("long", "returned a torch.int64 tensor: return torch.bool"),
                                         ("always ==", "the mode is ignored"), ("mode as a string", "the mode is ignored"),
@@ -658,6 +664,7 @@ def test_04_media_mask_mistakes(bug, named):
 
 
 @pytest.mark.parametrize("bug, named", [("from 0", "numbered from 0"), ("swapped", "modes are swapped"),
+                                        ("text time - 1", "text time is one too low"),
                                         ("future", "look into\\s+the future"), ("interleaved", "interleaved"),
                                         ("clamp", "sees image 1"), ("inverted", "mask is inverted"),
                                         ("long", "returned a torch.int64 tensor: return torch.bool"),
@@ -668,6 +675,14 @@ def test_04_media_mask_mistakes(bug, named):
                                         (">", "does not see its own image in the all-previous mode")])
 def test_04_full_mask_mistakes(bug, named):
     fails_with(lesson04.check_cross_attention_mask, lambda *a: full_mask(*a, bug=bug), match=named)
+
+
+def test_04_full_mask_with_another_default_mode_is_named():
+    def all_previous_by_default(loc, t, m, only_attend_immediate_media=False):
+        return full_mask(loc, t, m, only_attend_immediate_media)
+
+    fails_with(lesson04.check_cross_attention_mask, all_previous_by_default,
+               match=r"called without only_attend_immediate_media is not the immediate mode: keep the signature's default")
 
 
 def test_04_stubs_and_solutions():
@@ -1103,8 +1118,8 @@ def test_hints_of_two_levels_nudge_first_and_name_the_second(capsys):
     import contextlib
     import io
 
-    # every step's first hint says what to think about; 08.class is itself that, naming 08.class.init and .forward
-    assert set(exercises._HINTS) - set(exercises._NUDGES) == {"08.class", "08.class.init", "08.class.forward"}
+    # every step's first hint says what to think about (a test's own "99." hints aside)
+    assert {key for key in set(exercises._HINTS) - set(exercises._NUDGES) if not key.startswith("99.")} == set()
     for key, nudge in exercises._NUDGES.items():
         first, second = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(first):
@@ -1119,8 +1134,9 @@ def test_hints_of_two_levels_nudge_first_and_name_the_second(capsys):
         hint("03.init", 3)
     with pytest.raises(KeyError, match="nudges for steps without a hint: 99.nothing"):
         exercises.register_nudges({"99.nothing": "a nudge"})
-    hint("08.class", 2)  # a one-level hint is the same at both levels
-    hint("08.class")
+    exercises.register_hints({"99.one_level": "look at the shapes"})
+    hint("99.one_level", 2)  # a hint without a nudge is the same at both levels
+    hint("99.one_level")
     one, again = capsys.readouterr().out.strip().split("\n")
     assert one == again and "Still stuck? hint(" not in one
 
@@ -1273,7 +1289,7 @@ def test_05_masked_softmax_that_would_not_train_or_is_not_exactly_zero_is_named(
 
     masked_check = lesson05.check_masked_softmax
     masked_check(fill)  # -inf, and the empty rows' NaN set to 0: right
-    fails_with(masked_check, lambda s, m: fill(s, m, detach=True), match=r"output has no gradient.*would never train")
+    fails_with(masked_check, lambda s, m: fill(s, m, detach=True), match=r"output has no gradient.*nothing before it would ever train")
     fails_with(masked_check, lambda s, m: fill(s, m, dtype=torch.float64),
                match=r"returns torch\.float64 for torch\.float32 scores")
     fails_with(masked_check, lambda s, m: fill(s, m, -30.0) * m.any(-1, keepdim=True),
@@ -1285,7 +1301,7 @@ def test_05_masked_softmax_that_would_not_train_or_is_not_exactly_zero_is_named(
         e = s.masked_fill(~m, float("-inf")).exp()
         return (e / e.sum(-1, keepdim=True).detach()).nan_to_num(0.0)
 
-    fails_with(masked_check, partly_detached, match=r"the scores do not get softmax's gradient")
+    fails_with(masked_check, partly_detached, match=r"the gradient it gives the scores is not softmax's")
     fails_with(masked_check, lambda s, m: fill(s, m).masked_fill(~m.all(-1, keepdim=True), 0.0),
                match=r"every row with a masked entry came out 0.*not `~mask\.all\(\.\.\.\)`")
 
@@ -1329,3 +1345,36 @@ def test_03_a_hidden_width_rounded_before_the_multiplication_is_named():
 
     fails_with(lesson03.check_feedforward, Rounded,
                match=r"mult=2\.5\)'s 1\.weight has shape \(32, 16\), where \(40, 16\) is expected.*`dim \* int\(mult\)` gives 32")
+
+
+def test_02_steps_that_would_not_train_or_change_the_dtype_are_named():
+    """The fourth walkthrough of lesson 02: a detached q, a project under no_grad and detached weights passed the step
+    checks (the module check caught them later), and a float64 step passed too."""
+    def project(layer, x, latents, cut=None):
+        x, latents = layer.norm_media(x), layer.norm_latents(latents)
+        q = layer.to_q(latents)
+        q = q.detach() if cut == "q" else q.double() if cut == "double" else q
+        k, v = layer.to_kv(torch.cat((x, latents), dim=-2)).chunk(2, dim=-1)
+        return q, k, v
+
+    lesson02.check_project(project)
+    fails_with(lesson02.check_project, lambda *a: project(*a, cut="q"),
+               match=r"the gradient it gives latents is not the projections'")
+    fails_with(lesson02.check_project, lambda *a: project(*a, cut="double"), match=r"project\(layer, x, latents\) returns torch\.float64 for torch\.float32 inputs")
+
+    def no_grad(*a):
+        with torch.no_grad():
+            return project(*a)
+
+    fails_with(lesson02.check_project, no_grad, match=r"output has no gradient")
+
+    def attend(layer, q, k, v, cut=None):
+        q, k, v = (rearrange(t, "b t n (h e) -> b t h n e", h=layer.heads) for t in (q, k, v))
+        weights = (torch.einsum("b t h i e, b t h j e -> b t h i j", q, k) * layer.scale).softmax(dim=-1)
+        weights = weights.detach() if cut == "weights" else weights.double() if cut == "double" else weights
+        out = torch.einsum("b t h i j, b t h j e -> b t h i e", weights, v.to(weights.dtype))
+        return rearrange(out, "b t h n e -> b t n (h e)")
+
+    lesson02.check_attend(attend)
+    fails_with(lesson02.check_attend, lambda *a: attend(*a, cut="weights"), match=r"no gradient reaches q")
+    fails_with(lesson02.check_attend, lambda *a: attend(*a, cut="double"), match=r"returns torch\.float64 for torch\.float32")

@@ -186,6 +186,16 @@ def test_06_exercises():
             self.extra = nn.Parameter(torch.zeros(1))
 
     fails(lesson06.check_params_with_gradient, who, Extra, match="not the reference's: run lesson06.check_forward")
+
+    def who_then_steps(block, inputs):  # right names, then an optimizer step that moves the weights
+        names = who(block, inputs)
+        torch.optim.SGD(block.parameters(), lr=0.1).step()
+        return names
+
+    fails(lesson06.check_params_with_gradient, who_then_steps, good,
+          match=r"changed the block's parameters \(attn_gate, ff_gate\): an optimizer step")
+    fails(lesson06.check_params_with_gradient, lambda b, i: sorted({n.split(".")[0] for n in who(b, i)}), good,
+          match=r"the top-level parts: return every parameter's full name")
     # a block whose forward detaches the cross-attention: the block is named, not the learner's right function
     fails(lesson06.check_params_with_gradient, who, block_class(detached),
           match="your block gives attn.norm.bias, .* no gradient.*your params_with_gradient is not the problem")
@@ -309,7 +319,7 @@ def flamingo_class(*, every_layer=False, shift=False, before=True, resampler=Tru
                    extra=False, lm_heads=False, double_residual=False, shared=False, skip_lm_layers=False,
                    media_id=None, pass_immediate=True, double_lm=False, skip_block=None, dim_head_from=None,
                    discard_block=False, lm_alone=False, keys_in_dict=False, eval_too=True, first_picture=False,
-                   locations_of_row0=False):
+                   locations_of_row0=False, no_media_embeds=False, cut=None):
     """The lesson's MyFlamingo, with the usual mistakes as switches. dim_head_from: "heads" or "lm_heads", the head
     width computed as `config.dim // config.heads` (or `// config.lm_heads`) instead of `config.dim_head`."""
     from flamingo_lite.tiny.model import freeze
@@ -330,7 +340,8 @@ def flamingo_class(*, every_layer=False, shift=False, before=True, resampler=Tru
             dim_head = config.dim // getattr(config, dim_head_from) if dim_head_from else config.dim_head
             self.resampler = flamingo_lite.PerceiverResampler(
                 dim=config.dim, depth=resampler_depth or config.resampler_depth, dim_head=dim_head, heads=heads,
-                num_latents=num_latents or config.num_latents, num_media_embeds=config.num_media_embeds,
+                num_latents=num_latents or config.num_latents,
+                **({} if no_media_embeds else {"num_media_embeds": config.num_media_embeds}),
                 ff_mult=config.ff_mult, media_embedding=config.media_embedding)
             depth, every = len(lm.blocks), config.cross_attn_every
             self.xattn_layers = [i for i in range(depth) if every_layer or (i + shift) % every == 0]
@@ -351,7 +362,12 @@ def flamingo_class(*, every_layer=False, shift=False, before=True, resampler=Tru
             if lm_alone:
                 return self.lm(tokens)  # (b, n, V): the pictures never reach it
             feats = self.vision(images)  # (b, t, g, d)
-            media = self.resampler(feats) if resampler else feats  # (b, t, L, d)
+            if cut == "no_grad":  # the new parts run without gradients: right numbers, nothing trains
+                with torch.no_grad():
+                    media = self.resampler(feats)  # (b, t, L, d)
+            else:
+                media = self.resampler(feats) if resampler else feats  # (b, t, L, d)
+            media = media.detach() if cut == "detach" else media
             media = media[:, :1].expand_as(media) if first_picture else media  # (b, t, L, d): picture 0 in every slot
             loc = tokens == (self.config.media_token_id if media_id is None else media_id) if locations else None  # (b, n)
             loc = loc[:1].expand_as(loc) if locations_of_row0 else loc  # (b, n): row 0's markers for every row
@@ -1063,7 +1079,8 @@ def test_09_train_loop_hint_calls_the_model_as_the_lesson_does(capsys):
 # ---------------------------------------------------------------------------------------------------------- 09
 
 def segment_class(offset=1, softmax_dim=-1, blind_first=False, from_zero=False, first_row=False, detach=False,
-                  every_image=False, markers_out=False, last_out=False, residual=False):
+                  every_image=False, markers_out=False, last_out=False, residual=False, heads_fixed=None,
+                  times_fixed=None, float32_buffer=False, width_from_x=False, extra_gate=False):
     class Layer(nn.Module):
         def __init__(self, *, dim, dim_head=64, heads=8):
             super().__init__()
@@ -1073,18 +1090,24 @@ def segment_class(offset=1, softmax_dim=-1, blind_first=False, from_zero=False, 
             self.to_q = nn.Linear(dim, inner, bias=False)
             self.to_kv = nn.Linear(dim, inner * 2, bias=False)
             self.to_out = nn.Linear(inner, dim, bias=False)
+            if extra_gate:  # a parameter the reference does not have
+                self.gate = nn.Parameter(torch.zeros(1))
 
         def forward(self, x, media, media_locations):
-            q = rearrange(self.to_q(self.norm(x)), "b n (h e) -> b h n e", h=self.heads)
+            h = heads_fixed or self.heads  # heads_fixed: the lesson's 2 typed in
+            q = rearrange(self.to_q(self.norm(x)), "b n (h e) -> b h n e", h=h)
             k, v = self.to_kv(media).chunk(2, dim=-1)
-            k = rearrange(k, "b t m (h e) -> b h t m e", h=self.heads)
-            v = rearrange(v, "b t m (h e) -> b h t m e", h=self.heads)
+            k = rearrange(k, "b t m (h e) -> b h t m e", h=h)
+            v = rearrange(v, "b t m (h e) -> b h t m e", h=h)
             if detach:
                 k, v = k.detach(), v.detach()  # no gradient reaches to_kv or the media
             times = masks.text_time(media_locations)
-            out = torch.zeros_like(q)
+            out = torch.zeros(q.shape) if float32_buffer else torch.zeros_like(q)
+            if width_from_x:  # the heads' width read off x: right only while heads * dim_head == dim
+                out = x.new_zeros(x.shape[0], h, x.shape[1], x.shape[-1] // h)
+            last = times_fixed or media.shape[1] + offset - (1 if last_out else 0)  # times_fixed: the example's 4
             for row in range(x.shape[0]):
-                for k_time in range(0 if from_zero else offset, media.shape[1] + offset - (1 if last_out else 0)):
+                for k_time in range(0 if from_zero else offset, last):
                     in_segment = times[0 if first_row else row] == k_time
                     if markers_out:
                         in_segment = in_segment & ~media_locations[row]
@@ -1147,6 +1170,31 @@ def test_09_segment_layer():
     fails(lesson10.check_segment_layer, PlusOne, match="numbered from 0|indexed past")
 
 
+def test_10_segment_layer_names_sizes_typed_in_a_float32_buffer_and_its_parameters():
+    fails(lesson10.check_segment_layer, segment_class(heads_fixed=2), match=r"built with heads=4, dim_head=6")
+    fails(lesson10.check_segment_layer, segment_class(times_fixed=4), match=r"on a row with 4 markers")
+    fails(lesson10.check_segment_layer, segment_class(width_from_x=True), match=r"built with heads=4, dim_head=6")
+    fails(lesson10.check_segment_layer, segment_class(float32_buffer=True),
+          match=r"in float64 raised RuntimeError.*`q\.new_zeros\(shape\)`")
+    fails(lesson10.check_segment_layer, segment_class(extra_gate=True),
+          match=r"parameters are not the reference's \(norm, to_q, to_kv, to_out\): not in the reference gate\.")
+
+
+def test_10_segment_lengths_on_a_copy_and_with_four_media():
+    x, media, loc = lesson10.example_inputs()
+    given = loc.clone()
+
+    def wipes(ml, t):  # the right counts, then the markers erased in place
+        out = (masks.text_time(ml)[..., None] == torch.arange(1, t + 1)).sum(dim=1)
+        ml[:] = False
+        return out
+
+    fails(lesson10.check_segment_lengths, wipes, loc, 3, match=r"changed its input media_locations in place")
+    assert torch.equal(loc, given)  # the notebook's batch is as it was
+    fails(lesson10.check_segment_lengths, lambda ml, t: (masks.text_time(ml)[..., None] == torch.arange(1, 4)).sum(dim=1),
+          loc, 3, match=r"four markers and 4 media.*take the number of media from num_media")
+
+
 def test_09_exercises():
     x, media, loc = lesson10.example_inputs()
 
@@ -1205,3 +1253,50 @@ def test_09_loss_with_label_smoothing_is_named():
                                label_smoothing=0.1)
 
     fails(lesson09.check_loss, smoothed, match=r"the targets are smoothed \(`label_smoothing=0\.1`\)")
+
+
+def test_06_a_block_right_for_batch_1_only_or_all_previous_by_default_is_named():
+    def first_row_only(self, x, media, loc):  # right on the one-sentence example
+        y = right(self, x[:1], media[:1], None if loc is None else loc[:1])
+        return y.expand_as(x)
+
+    fails(lesson06.check_forward, block_class(first_row_only), match=r"right on the example but not on a batch of 3")
+
+    class AllPreviousByDefault(block_class(right)):
+        def __init__(self, *, dim, dim_head=64, heads=8, ff_mult=4, only_attend_immediate_media=False):
+            super().__init__(dim=dim, dim_head=dim_head, heads=heads, ff_mult=ff_mult,
+                             only_attend_immediate_media=only_attend_immediate_media)
+
+    fails(lesson06.check_forward, AllPreviousByDefault, match=r"built without only_attend_immediate_media runs in the "
+                                                             r"all-previous mode: keep the constructor's default")
+
+
+def test_08_flamingo_class_names_sizes_typed_in_and_a_forward_that_cuts_the_graph():
+    config = FlamingoConfig()
+    fails(lesson08.check_flamingo_class, flamingo_class(num_latents=8), config, match=r"resampler\.latents")
+    fails(lesson08.check_flamingo_class, flamingo_class(no_media_embeds=True), config, match=r"media_pos_emb")
+    for cut in ("no_grad", "detach"):
+        fails(lesson08.check_flamingo_class, flamingo_class(cut=cut), config,
+              match=r"gets no gradient .*they require grad, so your forward cuts them off: a `torch\.no_grad\(\)` or "
+                    r"`\.detach\(\)`")
+    fails(lesson08.check_flamingo_class, flamingo_class(freeze_all=True), config,
+          match=r"no parameter of your model gets a gradient: only the vision encoder and the language model are "
+                r"frozen; the resampler and the gated blocks must train\.$")
+
+
+def test_06_a_gate_of_another_dtype_is_named_not_the_feed_forward():
+    class Float64Gate(block_class(right)):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.attn_gate = nn.Parameter(torch.tensor([0.0], dtype=torch.float64))
+
+    fails(lesson06.check_forward, Float64Gate, match=r"attn_gate is torch\.float64, its layers torch\.float32")
+
+
+@pytest.mark.parametrize("key", ["08.class", "08.class.init", "08.class.forward"])
+def test_08_class_hints_say_more_at_level_2(key, capsys):
+    hint(key)
+    first = capsys.readouterr().out
+    hint(key, 2)
+    second = capsys.readouterr().out
+    assert first.split(":", 1)[1].strip() != second.split(":", 1)[1].strip()

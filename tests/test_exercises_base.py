@@ -198,3 +198,15 @@ def test_09_the_packages_loss_is_named():
 
     with pytest.raises(ExerciseFailed, match="calls flamingo_lite.tiny.training.next_token_loss"):
         lesson09.check_loss(next_token_loss)
+
+
+def test_compare_says_how_a_result_stopped_being_a_tensor():
+    import numpy as np
+
+    want = torch.ones(3)
+    with pytest.raises(ExerciseFailed, match=r"returned a float, not a tensor: keep it a tensor: float\(\.\.\.\), \.item\(\)"):
+        compare(3.0, want, what="your f")
+    with pytest.raises(ExerciseFailed, match=r"returned a ndarray, not a tensor: stay in torch: \.numpy\(\)"):
+        compare(np.ones(3), want, what="your f")
+    with pytest.raises(ExerciseFailed, match=r"returned a NoneType, not a tensor: return the result, do not print it"):
+        compare(None, want, what="your f")

@@ -603,7 +603,7 @@ def test_a_cell_built_on_an_earlier_lessons_stand_in_is_told_there_is_nothing_to
                           "        super().__init__()\n        self.attn = MyMaskedCrossAttention(dim=dim)\n").success
     out = capsys.readouterr().out
     assert "note: this cell runs here on flamingo_lite.MaskedCrossAttention for your MyMaskedCrossAttention" in out
-    assert "nothing to do in this lesson" in out and "will not run on its own" not in out
+    assert "nothing more to do about it here" in out and "will not run on its own" not in out
 
 
 def test_the_courses_own_cells_take_nothing_from_the_notebook():

@@ -312,7 +312,8 @@ def _magic(line: str, cell: str):
         stand_ins = ", ".join(f"{FALLBACKS[n][0]}.{FALLBACKS[n][1]} for your {n}" for n in earlier)
         names = ", ".join(earlier)
         print(f"note: this cell runs here on {stand_ins} (the setup cell said so), because {path.name} does not have "
-              f"your {names} yet. There is nothing to do in this lesson: once you write "
+              f"your {names} yet. Your code in this cell is recorded all the same; nothing more to do about it here: once "
+              f"you write "
               f"{names} in {'its' if len(earlier) == 1 else 'their'} own lesson, your file uses yours (until then, "
               f"imported on its own outside the notebooks, {path.name} lacks {'it' if len(earlier) == 1 else 'them'}).")
     if other:

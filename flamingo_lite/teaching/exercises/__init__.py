@@ -36,8 +36,8 @@ from torch import nn
 
 __all__ = [
     "ExerciseFailed", "Mistake", "run_learner", "run_untouched", "compare", "check_layer", "check_layer_in_sizes",
-    "check_shapes_follow", "scale_mistakes", "heads_mistakes", "passed", "fail", "hint", "register_hints", "register_nudges",
-    "refuse_the_answer", "explain_name_errors",
+    "check_gradients_reach", "check_shapes_follow", "scale_mistakes", "heads_mistakes", "passed", "fail", "hint",
+    "register_hints", "register_nudges", "refuse_the_answer", "explain_name_errors",
 ]
 
 
@@ -184,14 +184,19 @@ def compare(
     mistakes: list[Mistake] = (),
     atol: float = 1e-5,
     rtol: float = 1e-4,
-    shape_advice: str = "check the einops patterns and which axes you reduce over.",
+    shape_advice: str = ("check the shape each step makes: the einops patterns, the axes you reduce over, a batch axis "
+                         "kept whole."),
     unmatched: str = "compare your code with the maths above step by step.",
 ) -> None:
     """Pass when `got` equals `want`; otherwise fail with the message of the first mistake `got` matches, or with
     what differs (shape, NaN, or the largest difference and where). `shape_advice` ends a wrong-shape verdict,
     `unmatched` a verdict that no usual mistake matches (where to look instead)."""
     if not isinstance(got, torch.Tensor):
-        fail(f"{what} returned a {type(got).__name__}, not a tensor: return the result, do not print it.")
+        fix = ("keep it a tensor: float(...), .item() and .tolist() turn it into Python numbers"
+               if isinstance(got, (int, float, list)) else
+               "stay in torch: .numpy() turns it into an array" if type(got).__module__ == "numpy" else
+               "return the result, do not print it")
+        fail(f"{what} returned a {type(got).__name__}, not a tensor: {fix}.")
     got = got.detach().to(want.device, torch.float32)
     want = want.detach().float()
     if _same(got, want, atol, rtol):
@@ -279,6 +284,31 @@ def check_layer(
         fail(f"{what}: {result.message.removeprefix('✗ ')}")
     fail(f"{what}: {result.message.removeprefix('✗ ')}; no usual mistake matches, so compare each line with the "
          "steps above.")
+
+
+def check_gradients_reach(fn, reference, inputs, names, *, what: str, of: str = "attention's") -> None:
+    """Every input the reference's output depends on gets the reference's gradient from the learner's `fn` too: a
+    `.detach()` or `torch.no_grad()` inside cuts it off, and whatever feeds that input would never train. The same
+    random cotangent goes back through both. fn and reference return a tensor each; of: whose gradient the right one
+    is, for the verdict ("attention's")."""
+    mine = [t.detach().clone().requires_grad_() for t in inputs]
+    theirs = [t.detach().clone().requires_grad_() for t in inputs]
+    with torch.enable_grad():
+        got = run_learner(fn, *mine, what=what)
+        want = reference(*theirs)
+        cotangent = torch.randn(want.shape, generator=torch.Generator().manual_seed(7))
+        (want * cotangent).sum().backward()
+        if not isinstance(got, torch.Tensor) or not got.requires_grad:
+            fail(f"{what} is right, but its output has no gradient (a .detach() or torch.no_grad() on it), so nothing "
+                 "before it would ever train: compute it with gradients.")
+        (got * cotangent).sum().backward()
+    for name, a, b in zip(names, mine, theirs):
+        if a.grad is None or not bool(a.grad.any()):
+            fail(f"{what} is right, but no gradient reaches {name} (a .detach() or torch.no_grad() in the way), so "
+                 f"whatever makes {name} would never train: keep every step in autograd.")
+        if not torch.allclose(a.grad, b.grad, atol=1e-5, rtol=1e-4):
+            fail(f"{what} is right, but the gradient it gives {name} is not {of} (a step is detached, so "
+                 "only part of the gradient flows back): keep every step in autograd, no .detach().")
 
 
 def _check_modules_registered(learner, what: str) -> None:

@@ -8,8 +8,8 @@ from einops import rearrange
 
 from ...attention import attend, attention_weights
 from . import (
-    Mistake, compare, fail, passed, register_hints, register_nudges, run_learner, run_untouched, keep_rng,
-    refuse_the_answer,
+    Mistake, check_gradients_reach, compare, fail, passed, register_hints, register_nudges, run_learner, run_untouched,
+    keep_rng, refuse_the_answer,
 )
 
 register_hints({
@@ -145,34 +145,10 @@ def check_attention(attention) -> None:
     got = run_untouched(attention, q, k, v, mask[0], what=what, names=names)
     compare(got, reference_attention(q, k, v, mask[0]), what=what, mistakes=_attention_mistakes(q, k, v, mask[0]))
     _check_attention_in_float16(attention, q, k, v, mask)
-    _check_gradients(lambda a, b, c: attention(a, b, c, mask), lambda a, b, c: reference_attention(a, b, c, mask),
+    check_gradients_reach(lambda a, b, c: attention(a, b, c, mask), lambda a, b, c: reference_attention(a, b, c, mask),
                      (q, k, v), ("q", "k", "v"), what="your attention(q, k, v, mask)")
     passed("attention is right, with and without a mask; the query that may see nothing gets exactly 0, and the "
            "gradients reach q, k and v.")
-
-
-def _check_gradients(fn, reference, inputs, names, *, what: str) -> None:
-    """Every input the reference's output depends on gets the reference's gradient from the learner's `fn` too: a
-    `.detach()` or `torch.no_grad()` inside cuts it off, and whatever feeds that input would never train. The same
-    random cotangent goes back through both."""
-    mine = [t.detach().clone().requires_grad_() for t in inputs]
-    theirs = [t.detach().clone().requires_grad_() for t in inputs]
-    with torch.enable_grad():
-        got = run_learner(fn, *mine, what=what)
-        want = reference(*theirs)
-        cotangent = torch.randn(want.shape, generator=torch.Generator().manual_seed(7))
-        (want * cotangent).sum().backward()
-        if not isinstance(got, torch.Tensor) or not got.requires_grad:
-            fail(f"{what} is right, but its output has no gradient (a .detach() or torch.no_grad() on it), so nothing "
-                 "before it would ever train: compute it with gradients.")
-        (got * cotangent).sum().backward()
-    for name, a, b in zip(names, mine, theirs):
-        if a.grad is None or not bool(a.grad.any()):
-            fail(f"{what} is right, but no gradient reaches {name} (a .detach() or torch.no_grad() in the way), so "
-                 f"whatever makes {name} would never train: keep every step in autograd.")
-        if not torch.allclose(a.grad, b.grad, atol=1e-5, rtol=1e-4):
-            fail(f"{what} is right, but the gradient it gives {name} is not attention's (a step is detached, so "
-                 "only part of the gradient flows back): keep every step in autograd, no .detach().")
 
 
 def check_heads(split_heads, merge_heads) -> None:
@@ -253,7 +229,7 @@ def check_multi_head(multi_head_attention) -> None:
         projections = [lambda t, w=w: t @ w.T for w in (wq, wk, wv)]
         return fn(x, context, *projections, 2, mask)
 
-    _check_gradients(lambda *w: run(multi_head_attention, *w), lambda *w: run(reference_multi_head, *w), weights,
+    check_gradients_reach(lambda *w: run(multi_head_attention, *w), lambda *w: run(reference_multi_head, *w), weights,
                      ("to_q.weight", "to_k.weight", "to_v.weight"), what=what)
     passed("multi_head_attention is right: heads=1, 2 and 4, each head its own slice, merged back side by side, and "
            "the gradients reach to_q, to_k and to_v.")

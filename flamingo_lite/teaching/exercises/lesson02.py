@@ -8,7 +8,7 @@ from einops import rearrange
 import flamingo_lite as fl
 
 from ..checker import randomise_norms
-from . import (Mistake, check_layer_in_sizes, compare, fail, heads_mistakes, passed, register_hints, register_nudges, run_learner,
+from . import (Mistake, check_gradients_reach, check_layer_in_sizes, compare, fail, heads_mistakes, passed, register_hints, register_nudges, run_learner,
                run_untouched, scale_mistakes, keep_rng, refuse_the_answer)
 
 register_hints({
@@ -138,7 +138,19 @@ def check_project(project) -> None:
         for index, name in ((1, "k"), (2, "v")):
             compare(got[index], want[index], what=f"{what}: {name}",
                     mistakes=[Mistake(m, out[index], message) for m, out, message in named])
+    _check_dtypes(got, x, what)
+    flat = lambda fn: lambda a, b: torch.cat([t.flatten() for t in fn(layer, a, b)])  # noqa: E731  (q, k, v) as one
+    check_gradients_reach(flat(project), flat(reference_project), (x, latents), ("x", "latents"), what=what,
+                          of="the projections'")
     passed(f"project is right: q {tuple(want[0].shape)}, k and v {tuple(want[1].shape)} (n + L = 6 + 3 keys).")
+
+
+def _check_dtypes(got, given, what) -> None:
+    """Every returned tensor keeps the input's dtype: a float64 step passes the comparison and breaks the layer."""
+    for t in got if isinstance(got, (tuple, list)) else (got,):
+        if isinstance(t, torch.Tensor) and t.dtype != given.dtype:
+            fail(f"{what} returns {t.dtype} for {given.dtype} inputs: keep the inputs' dtype (a .double() or a tensor "
+                 "made in another dtype promotes the result), or the layer's next matmul mixes dtypes.")
 
 
 def check_attend(attend_latents) -> None:
@@ -164,6 +176,9 @@ def check_attend(attend_latents) -> None:
                     "this is one head of width h*e: split q, k, v with h=layer.heads before the scores."),
             *scale_mistakes(layer, lambda **kw: reference_attend(layer, q, k, v, **kw)),
         ])
+    _check_dtypes(got, q, what)
+    check_gradients_reach(lambda a, b, c: attend_latents(layer, a, b, c), lambda a, b, c: reference_attend(layer, a, b, c),
+                          (q, k, v), ("q", "k", "v"), what=what)
     passed("attend_latents is right: every latent's weights sum to 1 over the n+L keys, in each head.")
 
 
@@ -265,6 +280,13 @@ def check_media_share(media_share, weights, n, attention_layer, x, latents) -> N
     what = "your media_share on weights of 2 samples and 2 media"
     compare(run_learner(media_share, batch, n, what=what), batch[..., :n].sum(dim=-1), what=what,
             shape_advice="keep every leading axis, (b, t, h, L): sum over the last one only, the keys.")
+    fewer = n // 2  # another number of features, so a count typed in shows
+    what = f"your media_share(weights, n={fewer})"
+    compare(run_learner(media_share, batch, fewer, what=what), batch[..., :fewer].sum(dim=-1), what=what, mistakes=[
+        Mistake("n fixed", batch[..., :n].sum(dim=-1),
+                f"this is the share of the first {n} keys whatever n is: take the first n, `weights[..., :n]`, with the "
+                "n the function is given, not a number typed in."),
+    ])
     passed("media_share is right: patch weights / share = media-only attention.")
 
 

@@ -35,8 +35,12 @@ _CASES = [
     [[1, 0, 1, 0, 0, 0, 0, 0], [0, 1, 0, 0, 1, 0, 0, 1]],  # a batch of two
 ]
 
-_FROM_0 = ("media are numbered from 0 here, so every word looks at the image before its own: number them 1..t, "
+_FROM_0 = ("media are numbered from 0 here, so every text time points one image too far: a word after image i sees "
+           "image i + 1, and text before the first image sees the first: number them 1..t, "
            "torch.arange(1, num_media + 1), as text time counts from 1.")
+_ONE_LOW = ("every word's text time is one too low (`text_time - 1`): a word after image i sees image i - 1, and the "
+            "words after the first image see nothing; text time is already the number of the image a word follows, "
+            "so compare it as it is.")
 _SWAPPED = "the modes are swapped: only_attend_immediate_media=True keeps text time == media time, False keeps >=."
 _FUTURE = ("text before the first image sees every image, the future ones included (the original code's look into "
            "the future): text time 0 must see nothing, in both modes.")
@@ -115,6 +119,8 @@ def _media_mistakes(tt, t, mode, markers, expand=lambda per_media: per_media) ->
     """The usual wrong per-media masks, each passed through `expand` (the full mask's repeat over latents)."""
     out = [
         Mistake("media numbered from 0", expand(reference_media_mask(tt, t, mode, first=0)), _FROM_0),
+        *([Mistake("text time one too low", expand(reference_media_mask(tt - 1, t, mode)), _ONE_LOW)]
+          if mode else []),  # in the all-previous mode it is the mask of `>` (named below): the immediate mode tells
         Mistake("modes swapped", expand(reference_media_mask(tt, t, not mode)), _SWAPPED),
         Mistake("look into the future", expand(reference_media_mask(tt, t, mode, future=True)), _FUTURE),
         Mistake("first image seen early", expand(reference_media_mask(tt, t, mode, clamp=True)), _FIRST_SEES_ONE),
@@ -140,14 +146,17 @@ def _media_mistakes(tt, t, mode, markers, expand=lambda per_media: per_media) ->
     return out
 
 
-def _both_modes(fn, args, what) -> dict:
-    """The learner's mask in each mode, {mode: mask}, each of dtype bool; a mask that ignores the mode is named."""
+def _both_modes(fn, args, what, right) -> dict:
+    """The learner's mask in each mode, {mode: mask}, each of dtype bool; a mask that ignores the mode is named.
+    right: mode -> the right mask. The same mask in both modes is the mode ignored only when it is one mode's right
+    mask: a mask wrong in another way (text time one too low) can be the same in both modes on a short sentence."""
     got = {}
     for mode in (True, False):
         call = what.format(mode=mode)
         got[mode] = run_learner(fn, *args, mode, what=call)
         _check_dtype(got[mode], torch.bool, call)
-    if all(isinstance(g, torch.Tensor) for g in got.values()) and torch.equal(got[True], got[False]):
+    same = all(isinstance(g, torch.Tensor) for g in got.values()) and torch.equal(got[True], got[False])
+    if same and any(torch.equal(got[True], right(mode)) for mode in (True, False)):
         fail(f"{what.format(mode='True or False')}: {_IGNORED}")
     return got
 
@@ -158,7 +167,7 @@ def check_media_mask(my_text_to_media_mask) -> None:
     for rows, loc, t, markers in _runs():
         tt = masks.text_time(loc)  # (b, n)
         what = f"your my_text_to_media_mask(text_time, {t}, only_attend_immediate_media={{mode}}) for {rows}"
-        got = _both_modes(my_text_to_media_mask, (tt, t), what)
+        got = _both_modes(my_text_to_media_mask, (tt, t), what, lambda mode: reference_media_mask(tt, t, mode))
         for mode in (True, False):
             compare(got[mode], reference_media_mask(tt, t, mode), what=what.format(mode=mode),
                     mistakes=_media_mistakes(tt, t, mode, markers))
@@ -172,7 +181,8 @@ def check_cross_attention_mask(my_cross_attention_mask) -> None:
         tt = masks.text_time(loc)  # (b, n)
         for m in (1, 3):
             what = f"your my_cross_attention_mask({rows}, {t}, {m}, only_attend_immediate_media={{mode}})"
-            got = _both_modes(my_cross_attention_mask, (loc, t, m), what)
+            got = _both_modes(my_cross_attention_mask, (loc, t, m), what,
+                              lambda mode: masks.cross_attention_mask(loc, t, m, mode))
             expand = lambda per_media: repeat(per_media, "b n t -> b n (t m)", m=m)  # noqa: E731
             for mode in (True, False):
                 right = reference_media_mask(tt, t, mode)  # (b, n, t)
@@ -186,6 +196,14 @@ def check_cross_attention_mask(my_cross_attention_mask) -> None:
                             "the latents are interleaved across images: write '(t m)', so each image's m latents sit "
                             "side by side, as the media tensor (b, t, m, d) flattens."),
                 ])
+    loc = torch.tensor(_CASES[0], dtype=torch.bool)  # (1, n): the modes differ on it
+    default = run_learner(my_cross_attention_mask, loc, 2, 3, what="your my_cross_attention_mask(media_locations, 2, 3)",
+                          advice={"missing 1 required positional argument": "keep the signature's default, "
+                                  "only_attend_immediate_media=True."})
+    if isinstance(default, torch.Tensor) and not torch.equal(default, masks.cross_attention_mask(loc, 2, 3, True)):
+        fail("your my_cross_attention_mask called without only_attend_immediate_media is not the immediate mode: keep "
+             "the signature's default, only_attend_immediate_media=True, the paper's choice (each word attends to the "
+             "image just before it, Sec. 2.3 and Fig. 7) and the one every layer of the course assumes when none is given.")
     passed("my_cross_attention_mask equals flamingo_lite's mask in both modes.")
 
 

@@ -8,7 +8,7 @@ from einops import rearrange
 import flamingo_lite as fl
 
 from ... import masks
-from . import (ExerciseFailed, Mistake, check_layer, check_layer_in_sizes, compare, fail, heads_mistakes, passed,
+from . import (ExerciseFailed, Mistake, check_gradients_reach, check_layer, check_layer_in_sizes, compare, fail, heads_mistakes, passed,
                register_hints, register_nudges, run_learner, run_untouched, scale_mistakes, keep_rng, refuse_the_answer)
 
 register_hints({
@@ -142,26 +142,11 @@ def check_masked_softmax(masked_softmax) -> None:
                                "dtype holds."})
     compare(half.float(), reference_masked_softmax(s, mask), what="your masked_softmax on float16 scores", atol=2e-3,
             rtol=2e-3)
-    _check_softmax_gradient(masked_softmax, s, mask)
+    # a .detach() inside would leave the queries and keys before it untrained
+    check_gradients_reach(lambda scores: masked_softmax(scores, mask), lambda scores: reference_masked_softmax(scores, mask),
+                          (s,), ("the scores",), what="your masked_softmax(scores, mask)", of="softmax's")
     passed("masked_softmax is right: masked weights exactly 0, rows that see nothing all 0, no NaN, and the gradient "
            "reaches the scores.")
-
-
-def _check_softmax_gradient(masked_softmax, s, mask) -> None:
-    """The scores get the reference's gradient: a `.detach()` inside would leave the queries and keys untrained."""
-    mine, theirs = s.clone().requires_grad_(), s.clone().requires_grad_()
-    cotangent = torch.randn(s.shape, generator=torch.Generator().manual_seed(3))  # (b, n, j)
-    what = "your masked_softmax(scores, mask)"
-    with torch.enable_grad():
-        got = run_learner(masked_softmax, mine, mask, what=what)
-        (reference_masked_softmax(theirs, mask) * cotangent).sum().backward()
-        if not got.requires_grad:
-            fail(f"{what} is right, but its output has no gradient (a .detach() or torch.no_grad()), so the queries "
-                 "and keys before it would never train: compute it with gradients.")
-        (got * cotangent).sum().backward()
-    if mine.grad is None or not torch.allclose(mine.grad, theirs.grad, atol=1e-5, rtol=1e-4):
-        fail(f"{what} is right, but the scores do not get softmax's gradient (a step is detached), so the queries and "
-             "keys before it would never train as they should: keep every step in autograd.")
 
 
 def reference_cross_attention(layer, x, media, media_locations=None, *, fill="zero", scale=True, order="h e",

@@ -16,7 +16,8 @@ import torch
 
 from ... import masks
 from ...gated import GatedCrossAttentionBlock
-from . import (Mistake, _same, check_shapes_follow, compare, fail, passed, register_hints, register_nudges, run_learner, run_untouched,
+from . import (Mistake, _same, check_layer, check_shapes_follow, compare, fail, passed, register_hints, register_nudges,
+               run_learner, run_untouched,
                keep_rng, refuse_the_answer)
 
 DIM, HEADS, DIM_HEAD = 16, 2, 8
@@ -150,6 +151,11 @@ def _check_gates_train(block) -> None:
         if gate in parameters and not parameters[gate].requires_grad:
             fail(f"your block's {gate} has requires_grad=False, so it never trains: create it as "
                  f"nn.Parameter(torch.tensor([0.0])), which learns by default.")
+        others = {p.dtype for name, p in parameters.items() if not name.endswith("_gate")}
+        if gate in parameters and len(others) == 1 and parameters[gate].dtype not in others:
+            fail(f"your block's {gate} is {parameters[gate].dtype}, its layers {others.pop()}: multiplying by it "
+                 "changes the text stream's dtype; create it as nn.Parameter(torch.tensor([0.0])), in the default "
+                 "dtype like the layers.")
 
 
 def _check_sublayers(mine, reference, inputs) -> None:
@@ -199,7 +205,10 @@ def check_forward(block_class) -> None:
             _check_sublayers(mine, reference, (x, media, media_locations))  # no mistake of the block's own: a sub-layer's?
         compare(got, variants["right"], what=what, mistakes=mistakes)
         _check_gradients(mine, reference, (x, media, media_locations), what)
+        # beyond the one-sentence example: a batch of 3, more media than markers, a row with no marker
+        check_layer(mine, reference, (x, media, media_locations), what=what, quiet=True, mistakes=_known_mistakes)
     closed = run_learner(block_class, dim=DIM, dim_head=DIM_HEAD, heads=HEADS, what="building your block")
+    _check_default_mode(closed, x, media, media_locations)
     for gate in ("attn_gate", "ff_gate"):
         value = getattr(closed, gate, None)
         if isinstance(value, torch.Tensor) and bool((value != 0).any()):
@@ -214,6 +223,24 @@ def check_forward(block_class) -> None:
              "output (tanh(0) = 0), and nothing else may be added.")
     passed("your GatedCrossAttentionBlock, constructor and forward, matches the reference in both modes, and is the "
            "identity with closed gates.")
+
+
+def _known_mistakes(reference, x, media, media_locations) -> list:
+    variants = _variants(reference, x, media, media_locations)
+    return [Mistake(name, variants[name], MESSAGES[name]) for name in MESSAGES]
+
+
+def _check_default_mode(block, x, media, media_locations) -> None:
+    """A block built without only_attend_immediate_media runs in the immediate mode, the paper's choice."""
+    block = copy.deepcopy(block)
+    block.load_state_dict(_opened_reference(True).state_dict())
+    with torch.no_grad():
+        got = run_learner(block, x, media, media_locations, what="your block's forward")
+        all_previous = _opened_reference(False)(x, media, media_locations)  # (1, n, d)
+    if isinstance(got, torch.Tensor) and _same(got.float(), all_previous, 1e-5, 1e-4):
+        fail("your block built without only_attend_immediate_media runs in the all-previous mode: keep the "
+             "constructor's default, only_attend_immediate_media=True, the paper's choice (Sec. 2.3 and Fig. 7), "
+             "which every later lesson assumes when it builds a block without saying.")
 
 
 def _check_gradients(mine, reference, inputs, what) -> None:
@@ -307,7 +334,13 @@ def _check_block_learns(block, inputs, want) -> None:
 
 def _measured(params_with_gradient, block, inputs, want) -> list:
     """The learner's answer on `block`, a list; the mistakes any answer can show (every name, unsorted) are named."""
+    before = {name: p.detach().clone() for name, p in block.named_parameters()}
     got = run_learner(params_with_gradient, block, inputs, what="your params_with_gradient(block, inputs)")
+    moved = [name for name, p in block.named_parameters() if not torch.equal(p.detach(), before[name])]
+    if moved:
+        fail(f"your params_with_gradient changed the block's parameters ({', '.join(moved[:3])}"
+             f"{', ...' if len(moved) > 3 else ''}): an optimizer step or an in-place change; it must only read which "
+             "gradients are not 0, leaving the weights as they were.")
     if not isinstance(got, (list, tuple)):
         fail(f"params_with_gradient returned a {type(got).__name__}: return a sorted list of parameter names.")
     got = list(got)
@@ -339,6 +372,9 @@ def check_params_with_gradient(params_with_gradient, block_class) -> list:
     want = _learning(fresh, inputs)
     _check_block_learns(fresh, inputs, want)
     opened = _measured(params_with_gradient, fresh, inputs, want)
+    if opened and all("." not in name for name in opened) and any("." in name for name in want):
+        fail(f"your params_with_gradient gives {opened}, the top-level parts: return every parameter's full name from "
+             "`block.named_parameters()`, such as 'attn.to_q.weight'.")
     if "attn.to_q.weight" not in opened:
         fail("with attn_gate opened, the cross-attention's weights must get a gradient too: does your function run a "
              "new forward and backward pass each time?")

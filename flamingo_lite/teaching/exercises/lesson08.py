@@ -110,7 +110,9 @@ def other_config(config: FlamingoConfig) -> FlamingoConfig:
     it (only_attend_immediate_media=False, not the blocks' default). Its dim_head is chosen so that the
     cross-attention's inner width (heads * dim_head) differs from that of the LM's heads (lm_heads * dim_head) and
     from those of a head width computed from dim (heads * (dim // heads) = dim, heads * (dim // lm_heads)): the
-    shapes then say which mistake was made."""
+    shapes then say which mistake was made. Its resampler has other sizes too (two more latents, a per-picture
+    embedding table one row longer than the pictures need), so a size typed in rather than read from the config
+    shows as a shape."""
     config = example_config(config)
     heads = 2 if config.lm_heads != 2 else 1
 
@@ -118,7 +120,9 @@ def other_config(config: FlamingoConfig) -> FlamingoConfig:
         return {d * heads, d * config.lm_heads, config.dim, heads * (config.dim // config.lm_heads)}
 
     dim_head = next((d for d in (8, 4, 2, 3, 5, 6, 7) if len(widths(d)) == 4), config.dim_head)
-    return replace(config, heads=heads, dim_head=dim_head, media_token_id=_OTHER_ID, only_attend_immediate_media=False)
+    return replace(config, heads=heads, dim_head=dim_head, media_token_id=_OTHER_ID, only_attend_immediate_media=False,
+                   num_latents=config.num_latents + 2, media_embedding="per_media",
+                   num_media_embeds=config.num_media_embeds + 1)
 
 
 def example_batch() -> tuple:
@@ -392,9 +396,12 @@ def check_flamingo_class(flamingo_class, config: FlamingoConfig) -> None:
 
     mine.zero_grad(set_to_none=True)
     out = run_learner(mine, tokens, images, what=f"your {name}'s forward(tokens, images)")  # (b, n, V)
+    cut = ("; they require grad, so your forward cuts them off: a `torch.no_grad()` or `.detach()` there (around the "
+           "resampler, the pictures' features or an LM layer) gives the right numbers and trains nothing")
     if not out.requires_grad:
+        trainable = any(p.requires_grad for n, p in mine.named_parameters() if n.split(".")[0] in _TRAINED)
         fail("no parameter of your model gets a gradient: only the vision encoder and the language model are frozen; "
-             "the resampler and the gated blocks must train.")
+             f"the resampler and the gated blocks must train{cut if trainable else ''}.")
     out.float().pow(2).mean().backward()
     for part in _FROZEN:
         leaked = [n for n, p in mine.named_parameters() if n.split(".")[0] == part and p.grad is not None]
@@ -403,8 +410,10 @@ def check_flamingo_class(flamingo_class, config: FlamingoConfig) -> None:
                  f"frozen; freeze it in the constructor (`{part}.requires_grad_(False).eval()`: no gradients, eval mode).")
     dead = [n for n, p in mine.named_parameters() if n.split(".")[0] in _TRAINED and p.grad is None]
     if dead:
+        frozen = [n for n in dead if not dict(mine.named_parameters())[n].requires_grad]
         fail(f"{dead[0]} gets no gradient ({len(dead)} parameters of the resampler and the gated blocks in all): "
-             "freeze only the vision encoder and the language model; the new parts must train.")
+             + ("freeze only the vision encoder and the language model; the new parts must train." if frozen else
+                f"the new parts must train{cut}."))
 
     other = other_config(config)
     with torch.random.fork_rng(devices=[]):  # the second build must not move the notebook's random numbers
@@ -605,6 +614,13 @@ def check_no_gate(differs_from_lm_at_init, tokens, images) -> None:
 keep_rng(globals())  # no check moves the lesson's random numbers
 
 register_nudges({  # first hints for the steps whose full hint is the answer
+    "08.class": "Write __init__ first, from the table of attributes above, then forward, from Fig. 3 read bottom to "
+    "top.",
+    "08.class.init": "Five attributes: the three given (the config, and the two pretrained parts, frozen) and the two "
+    "that train, the resampler and one gated block for each layer index in self.xattn_layers, each built from the "
+    "config's sizes.",
+    "08.class.forward": "Pictures become features, then media; the <image> tokens say where each picture is; then the "
+    "language model's own steps, with a gated block run just before each layer that has one.",
     "08.no_gate": "Build the model of the given config, then run it and its own language model on the same tokens, and "
     "compare the two outputs exactly.",
     "08.placement": "A block goes before some of the language model's layers: the first one, and then one every so often. "

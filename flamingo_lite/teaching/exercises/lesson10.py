@@ -14,7 +14,7 @@ from einops import rearrange
 
 from ... import masks
 from ...cross_attention import MaskedCrossAttention
-from . import Mistake, check_layer, compare, fail, passed, register_hints, register_nudges, run_learner
+from . import Mistake, check_layer, compare, fail, passed, register_hints, register_nudges, run_learner, run_untouched
 
 DIM, HEADS, DIM_HEAD = 16, 2, 8
 
@@ -122,10 +122,8 @@ def check_segment_layer(layer_class) -> None:
     torch.manual_seed(3)
     reference = MaskedCrossAttention(dim=DIM, dim_head=DIM_HEAD, heads=HEADS)
     mine = run_learner(layer_class, dim=DIM, dim_head=DIM_HEAD, heads=HEADS, what="building your layer")
-    try:
-        mine.load_state_dict(reference.state_dict())
-    except RuntimeError as error:
-        fail(f"your layer's parameters are not the reference's (norm, to_q, to_kv, to_out): {str(error).splitlines()[0]}")
+    _check_parameter_names(mine, reference)
+    mine.load_state_dict(reference.state_dict())
     try:
         with torch.no_grad():
             got = mine(x, media, media_locations)
@@ -156,13 +154,61 @@ def check_segment_layer(layer_class) -> None:
     # the other cases and the backward pass, the usual mistakes named on the case where they show
     check_layer(mine, reference, (x, media, media_locations), what="your segment layer", mistakes=segment_mistakes,
                 quiet=True)
+    _check_other_sizes(layer_class)
     passed("your segment-view layer matches flamingo_lite.MaskedCrossAttention, text before the first image and a "
            "media without a marker included.")
 
 
+def _check_parameter_names(mine, reference) -> None:
+    """The learner's layer has the reference's parameters, by name and shape, each named when it is not."""
+    want, have = reference.state_dict(), mine.state_dict() if isinstance(mine, torch.nn.Module) else {}
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    shapes = [f"{k} is {tuple(have[k].shape)}, not {tuple(want[k].shape)}" for k in want
+              if k in have and have[k].shape != want[k].shape]
+    said = "; ".join(part for part in (f"missing {', '.join(missing)}" if missing else "",
+                                       f"not in the reference {', '.join(extra)}" if extra else "",
+                                       "; ".join(shapes)) if part)
+    if said:
+        fail(f"your layer's parameters are not the reference's (norm, to_q, to_kv, to_out): {said}. Keep the layers "
+             "of lesson 05's MaskedCrossAttention, under their names, and no others.")
+
+
+def _check_other_sizes(layer_class) -> None:
+    """Built with other sizes than the lesson's (4 heads of width 6, so the heads' width differs from dim, and a row
+    with 4 markers), and run in float64: a number typed in, or a tensor made in float32, shows here."""
+    heads, dim_head = 4, 6
+    call = f"your layer built with heads={heads}, dim_head={dim_head}, on a row with 4 markers"
+    generator = torch.Generator().manual_seed(5)
+    locations = torch.zeros(2, 10, dtype=torch.bool)  # (b, n)
+    locations[0, [0, 3, 5, 8]] = True
+    locations[1, [1, 4]] = True
+    x, media = torch.randn(2, 10, DIM, generator=generator), torch.randn(2, 4, 3, DIM, generator=generator)
+    with torch.random.fork_rng(devices=[]):  # building draws random weights: the lesson's own draws stay as they were
+        torch.manual_seed(4)
+        reference = MaskedCrossAttention(dim=DIM, dim_head=dim_head, heads=heads)
+        mine = run_learner(layer_class, dim=DIM, dim_head=dim_head, heads=heads, what=f"building {call}")
+    _check_parameter_names(mine, reference)
+    check_layer(mine, reference, (x, media, locations), what=call, mistakes=segment_mistakes, quiet=True,
+                check_cases=False)
+    mine, reference = mine.double(), reference.double()
+    mine.load_state_dict(reference.state_dict())
+    with torch.no_grad():
+        got = run_learner(mine, x.double(), media.double(), locations, what=f"{call}, in float64", advice={
+            "dtype": "a tensor made in float32 (torch.zeros(shape)) meets float64 ones: make new tensors from the "
+                     "input, `q.new_zeros(shape)`, so they take its dtype and device."})
+        want = reference(x.double(), media.double(), locations)  # (b, n, d)
+    if isinstance(got, torch.Tensor) and got.dtype != torch.float64:
+        fail(f"{call}, in float64, returns {got.dtype}: make new tensors from the input (`q.new_zeros(shape)`), so "
+             "they take its dtype.")
+    compare(got, want, what=f"{call}, in float64")
+
+
 def check_segment_lengths(segment_lengths, media_locations, num_media) -> torch.Tensor:
     """Exercise "10.lengths" on the lesson's batch and on one marker for three media."""
-    got = run_learner(segment_lengths, media_locations, num_media, what="your segment_lengths(media_locations, num_media)")
+    # on a copy: an in-place change would otherwise rewrite the notebook's own batch, and every later cell with it
+    got = run_untouched(segment_lengths, media_locations, num_media, what="your segment_lengths(media_locations, num_media)",
+                        names=("media_locations", "num_media"), trains=False,
+                        fix="make a new tensor (`media_locations.long()`, a comparison), never write into it.")
     times = masks.text_time(media_locations)  # (b, n)
     want = masks.text_to_media_mask(times, num_media, True).sum(dim=1)  # (b, t)
     from_0 = (times[..., None] == torch.arange(num_media, device=times.device)).sum(dim=1)  # (b, t)
@@ -180,6 +226,10 @@ def check_segment_lengths(segment_lengths, media_locations, num_media) -> torch.
     other = run_learner(segment_lengths, one_marker, 3, what="your segment_lengths(one marker, 3 media)")
     compare(other, torch.tensor([[4, 0, 0]]), what="segment_lengths for one marker and three media (a media without a "
             "marker has length 0)")
+    four = torch.tensor([[1, 0, 1, 0, 0, 1, 1, 0]], dtype=torch.bool, device=media_locations.device)  # (1, n): 4 media
+    compare(run_learner(segment_lengths, four, 4, what="your segment_lengths(four markers, 4 media)"),
+            torch.tensor([[2, 3, 1, 2]]), what="segment_lengths for four markers and 4 media",
+            shape_advice="take the number of media from num_media, not from the lesson's example (3).")
     passed("segment_lengths is right.")
     return got
 
