@@ -1218,6 +1218,8 @@ def test_09_exercises():
     fails(lesson10.check_scores_computed, stub, loc, 3, 4, 2, match="not written yet")
     lesson10.check_scores_computed(scores, loc, 3, 4, 2)
     fails(lesson10.check_scores_computed, lambda *a: scores(*a, blind=True), loc, 3, 4, 2, match="before the first image")
+    fails(lesson10.check_scores_computed, lambda ml, t, m, h, view: scores(ml, int(ml.sum(-1).max()), m, h, view), loc,
+          3, 4, 2, match=r"counts a column for each marker \(4\), but num_media=6")
 
 
 @pytest.mark.parametrize("key", ["06.forward", "08.class", "08.class.init", "08.class.forward", "08.placement", "09.loss", "09.freeze", "09.groups",

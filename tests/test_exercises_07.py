@@ -23,8 +23,12 @@ def fails(check, *args, match: str):
 
 def make_loss(*, normalise=True, clamp=True, labels="diagonal", directions="both", divide=True, detach=False,
               in_place=False, dim=-1, only=None, exp=True, bounds_on_log=False, log_bounds_on_t=False, fixed=None,
-              reduction="mean", batch=None):
+              reduction="mean", batch=None, cut=None, lower_only=False, as_float32=False):
     def loss(image, text, log_t):
+        if cut in ("both", "text"):  # the right numbers; the encoders before the loss would never learn
+            image, text = (image if cut == "text" else image.detach()), text.detach()
+        if as_float32:
+            image, text, log_t = image.float(), text.float(), log_t.float()
         if in_place:
             image.div_(image.norm(dim=-1, keepdim=True))
             text.div_(text.norm(dim=-1, keepdim=True))
@@ -38,7 +42,8 @@ def make_loss(*, normalise=True, clamp=True, labels="diagonal", directions="both
         elif log_bounds_on_t:
             t = log_t.exp().clamp(MIN_LOG_TEMPERATURE, MAX_LOG_TEMPERATURE)
         else:
-            t = log_t.clamp(MIN_LOG_TEMPERATURE, MAX_LOG_TEMPERATURE) if clamp else log_t
+            t = log_t.clamp(min=MIN_LOG_TEMPERATURE) if lower_only else (
+                log_t.clamp(MIN_LOG_TEMPERATURE, MAX_LOG_TEMPERATURE) if clamp else log_t)
             t = t.exp() if exp else t
         if fixed is not None:
             t = fixed
@@ -78,6 +83,11 @@ def test_loss_check_passes_the_solution_and_the_reference():
     (dict(fixed=0.123), "for every log_temperature .* does not use log_temperature \\(a fixed temperature\\?\\)"),
     (dict(reduction="sum"), "summed over the batch \\(reduction=\"sum\"\\)"),
     (dict(batch=6), "raised .*right for a batch of 6 pairs but not of 4: take the batch size from the input"),
+    (dict(reduction="none"), r"returned a tensor of shape \(6,\): return one number, a 0-d tensor"),
+    (dict(cut="both"), r"your contrastive_loss is right, but its output has no gradient"),
+    (dict(cut="text"), r"no gradient reaches text_emb"),
+    (dict(lower_only=True), r"not held at its upper bound: at log_temperature .*, above MAX_LOG_TEMPERATURE"),
+    (dict(as_float32=True), r"on float64 embeddings returns torch\.float32: keep the inputs' dtype"),
 ])
 def test_loss_check_names_each_mistake(wrong, match):
     fails(lesson07.check_loss, make_loss(**wrong), match=match)
@@ -94,7 +104,19 @@ def test_a_temperature_clamped_in_place_is_told_how_to_clamp_it():
 def test_loss_check_on_the_stub_and_on_a_number():
     fails(lesson07.check_loss, stub, match="not written yet")
     fails(lesson07.check_loss, lambda i, t, l: make_loss()(i, t, l).item(), match="return the loss as a 0-d tensor")
+    fails(lesson07.check_loss, lambda i, t, l: make_loss()(i, t, l).reshape(1), match=r"shape \(1,\): return one number")
+
+    def under_no_grad(i, t, l):
+        with torch.no_grad():
+            return make_loss()(i, t, l)
+
+    fails(lesson07.check_loss, under_no_grad, match=r"temperature is not learned.*`torch\.no_grad\(\)`")
     fails(lesson07.check_loss, lambda i, t, l: make_loss()(i, t, l) + 0.3, match=r"gives \d+\.\d+, the answer is \d+\.\d+; no usual mistake matches")
+
+
+def learner_loss(image, text, log_t):
+    """The learner's own loss, as the notebook's step calls my_contrastive_loss (the package's would be refused)."""
+    return make_loss()(image, text, log_t)
 
 
 def embed(vision, text, log_t, batch):
@@ -102,14 +124,14 @@ def embed(vision, text, log_t, batch):
 
 
 def step_no_zero_grad(vision, text, log_t, optimizer, batch):
-    loss = contrastive_loss(*embed(vision, text, log_t, batch), log_t)
+    loss = learner_loss(*embed(vision, text, log_t, batch), log_t)
     loss.backward()
     optimizer.step()
     return loss.item()
 
 
 def step_zero_grad_late(vision, text, log_t, optimizer, batch):
-    loss = contrastive_loss(*embed(vision, text, log_t, batch), log_t)
+    loss = learner_loss(*embed(vision, text, log_t, batch), log_t)
     loss.backward()
     optimizer.zero_grad()
     optimizer.step()
@@ -118,14 +140,14 @@ def step_zero_grad_late(vision, text, log_t, optimizer, batch):
 
 def step_without_step(vision, text, log_t, optimizer, batch):
     optimizer.zero_grad()
-    loss = contrastive_loss(*embed(vision, text, log_t, batch), log_t)
+    loss = learner_loss(*embed(vision, text, log_t, batch), log_t)
     loss.backward()
     return loss.item()
 
 
 def step_detached(vision, text, log_t, optimizer, batch):
     optimizer.zero_grad()
-    loss = contrastive_loss(*embed(vision, text, log_t, batch), torch.tensor(log_t.item(), dtype=log_t.dtype))
+    loss = learner_loss(*embed(vision, text, log_t, batch), torch.tensor(log_t.item(), dtype=log_t.dtype))
     loss.backward()
     optimizer.step()
     return loss.item()
@@ -135,7 +157,7 @@ def step_vision_no_grad(vision, text, log_t, optimizer, batch):
     optimizer.zero_grad()
     with torch.no_grad():  # the pictures' embedding computed without gradients
         image_emb = vision.embed(batch["images"].to(log_t.dtype))
-    loss = contrastive_loss(image_emb, text(batch["tokens"]), log_t)
+    loss = learner_loss(image_emb, text(batch["tokens"]), log_t)
     loss.backward()
     optimizer.step()
     return loss.item()
@@ -145,7 +167,7 @@ def step_text_no_grad(vision, text, log_t, optimizer, batch):
     optimizer.zero_grad()
     with torch.no_grad():
         text_emb = text(batch["tokens"])
-    loss = contrastive_loss(vision.embed(batch["images"].to(log_t.dtype)), text_emb, log_t)
+    loss = learner_loss(vision.embed(batch["images"].to(log_t.dtype)), text_emb, log_t)
     loss.backward()
     optimizer.step()
     return loss.item()
@@ -154,7 +176,7 @@ def step_text_no_grad(vision, text, log_t, optimizer, batch):
 def step_new_optimizer(vision, text, log_t, optimizer, batch):
     optimizer = torch.optim.Adam([*vision.parameters(), *text.parameters(), log_t], lr=1e-2)  # a new one every step
     optimizer.zero_grad()
-    loss = contrastive_loss(*embed(vision, text, log_t, batch), log_t)
+    loss = learner_loss(*embed(vision, text, log_t, batch), log_t)
     loss.backward()
     optimizer.step()
     return loss.item()
@@ -162,21 +184,29 @@ def step_new_optimizer(vision, text, log_t, optimizer, batch):
 
 def step_twice(vision, text, log_t, optimizer, batch):
     optimizer.zero_grad()
-    loss = contrastive_loss(*embed(vision, text, log_t, batch), log_t)
+    loss = learner_loss(*embed(vision, text, log_t, batch), log_t)
     loss.backward()
     optimizer.step()
     optimizer.step()  # a second update with the same gradient
     return loss.item()
 
 
+def right_step(vision, text, log_t, optimizer, batch):
+    optimizer.zero_grad()
+    loss = learner_loss(*embed(vision, text, log_t, batch), log_t)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 def step_returns_tensor(vision, text, log_t, optimizer, batch):
-    training_step(vision, text, log_t, optimizer, batch)
+    right_step(vision, text, log_t, optimizer, batch)
     return torch.tensor(0.0)
 
 
 def step_images_not_cast(vision, text, log_t, optimizer, batch):
     optimizer.zero_grad()
-    loss = contrastive_loss(vision.embed(batch["images"]), text(batch["tokens"]), log_t)  # float32 pictures, float64 weights
+    loss = learner_loss(vision.embed(batch["images"]), text(batch["tokens"]), log_t)  # float32 pictures, float64 weights
     loss.backward()
     optimizer.step()
     return loss.item()
@@ -185,7 +215,7 @@ def step_images_not_cast(vision, text, log_t, optimizer, batch):
 def step_grid_not_embedding(vision, text, log_t, optimizer, batch):
     optimizer.zero_grad()
     image_emb = vision(batch["images"].to(log_t.dtype)).mean(dim=(1, 2))  # the resampler's grid, pooled by hand
-    loss = contrastive_loss(image_emb[:, : text(batch["tokens"]).shape[1]], text(batch["tokens"]), log_t)
+    loss = learner_loss(image_emb[:, : text(batch["tokens"]).shape[1]], text(batch["tokens"]), log_t)
     loss.backward()
     optimizer.step()
     return loss.item()
@@ -193,16 +223,17 @@ def step_grid_not_embedding(vision, text, log_t, optimizer, batch):
 
 def step_grid_raises(vision, text, log_t, optimizer, batch):
     optimizer.zero_grad()
-    loss = contrastive_loss(vision(batch["images"].to(log_t.dtype)), text(batch["tokens"]), log_t)  # rank 4: raises
+    loss = learner_loss(vision(batch["images"].to(log_t.dtype)), text(batch["tokens"]), log_t)  # rank 4: raises
     loss.backward()
     optimizer.step()
     return loss.item()
 
 
-def test_step_check_passes_the_reference():
+def test_step_check_passes_the_right_step_and_refuses_the_packages():
     state = torch.random.get_rng_state()
-    lesson07.check_training_step(training_step)
+    lesson07.check_training_step(right_step)
     assert torch.equal(torch.random.get_rng_state(), state)
+    fails(lesson07.check_training_step, training_step, match=r"calls flamingo_lite\.tiny\.contrastive\.contrastive_loss")
 
 
 @pytest.mark.parametrize("wrong, match", [
@@ -235,3 +266,14 @@ def test_step_check_without_a_usual_mistake_reads_well():
     message = str(caught.value)
     assert message.startswith("the vector of all weights after two of your training steps differs from the answer")
     assert "maths" not in message and "in the hint's order" in message
+
+
+def test_a_step_that_calls_the_packages_loss_is_refused():
+    def packaged(vision, text, log_t, optimizer, batch):
+        loss = contrastive_loss(*embed(vision, text, log_t, batch), log_t)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    fails(lesson07.check_training_step, packaged, match=r"calls flamingo_lite\.tiny\.contrastive\.contrastive_loss")

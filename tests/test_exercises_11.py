@@ -127,3 +127,12 @@ def test_missing_and_unknown_keys_are_named():
 def test_the_key_map_hint_exists(capsys):
     hint("11.keys", 2)
     assert "torch.cat([k_proj, v_proj])" in capsys.readouterr().out
+
+
+def test_a_conversion_that_empties_the_given_state_dict_is_named():
+    def pops(sd):
+        out = key_solution(sd)
+        sd.pop("cross_attn.q_proj.weight")  # the right dict, and the caller's loses a key
+        return out
+
+    fails(lesson11.check_from_idefics_keys, pops, match=r"changed the state_dict it was given \(`sd\.pop\(\.\.\.\)`")

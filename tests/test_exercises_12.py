@@ -223,3 +223,28 @@ def test_12_nearest_support_rejects_bad_shapes_by_name():
         heldout.nearest_support(torch.zeros(3, 4, 8), torch.zeros(5, 8))
     with pytest.raises(TypeError, match="support and query must be tensors"):
         heldout.nearest_support([[0.0]], torch.zeros(4, 8))
+
+
+def test_a_prompt_that_sorts_the_support_in_place_stops_at_a_length_or_is_not_flat_is_named():
+    def sorts(support_classes, names, tokenizer, word="is"):
+        support_classes.sort()
+        return prompt_solution(support_classes, names, tokenizer, word)
+
+    fails(lesson12.check_build_prompt, sorts, match=r"changed support_classes in place \(a `\.sort\(\)`")
+    fails(lesson12.check_build_prompt, lambda s, n, t, word="is": prompt_solution(s, n, t, word)[:64],
+          match=r"<32 classes>.* stops after 64 of the 130 tokens: a prompt has every shot it is given")
+    fails(lesson12.check_build_prompt, lambda s, n, t, word="is": t.words(prompt_solution(s, n, t, word)),
+          match=r"returned the words themselves: return their token ids")
+    fails(lesson12.check_build_prompt, lambda s, n, t, word="is": [prompt_solution([c], n, t, word) for c in s] or [[]],
+          match=r"returned a list of lists \(one per shot\?\)")
+
+
+def test_a_nearest_support_that_counts_the_query_among_the_candidates_is_named():
+    def with_query(support, query):
+        pool = torch.cat([support, query[None]])  # (k + 1, g, d): the query among the candidates
+        pooled = torch.nn.functional.normalize(pool.mean(dim=1), dim=-1)  # (k + 1, d)
+        return int((pooled @ torch.nn.functional.normalize(query.mean(dim=0), dim=-1)).argmax())
+
+    with pytest.raises(ExerciseFailed, match=r"returned 6, outside range\(6\), the 6 support pictures: index k is the "
+                                             r"query itself"):
+        lesson12.check_nearest_support(with_query)

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from ...tiny import contrastive
 from ...tiny.contrastive import MAX_LOG_TEMPERATURE, MIN_LOG_TEMPERATURE, CaptionEncoder, ConvVisionEncoder
-from . import ExerciseFailed, Mistake, compare, fail, passed, register_hints, register_nudges, run_learner, run_untouched, keep_rng
+from . import (ExerciseFailed, Mistake, check_gradients_reach, compare, fail, passed, register_hints, register_nudges,
+               refuse_the_answer, run_learner, run_untouched, keep_rng)
 
 register_hints({
     "07.loss": "Normalise both with `F.normalize(x, dim=-1)`; the temperature is "
@@ -198,10 +199,20 @@ def check_loss(loss_fn) -> None:
         if not isinstance(got, torch.Tensor):
             fail(f"contrastive_loss returned a {type(got).__name__}: return the loss as a 0-d tensor (no `.item()`), so "
                  "it can be backpropagated.")
+        if got.dim() != 0:
+            fail(f"contrastive_loss returned a tensor of shape {tuple(got.shape)}: return one number, a 0-d tensor: "
+                 "the mean of the two cross-entropies, each the default mean over the batch (no reduction='none', no "
+                 "reshape).")
         results[log_t] = (got, variants)
     for log_t, (got, variants) in results.items():
         t = torch.tensor(log_t)
-        mistakes = [Mistake(name, variants[name], LOSS_MESSAGES[name]) for name in LOSS_MESSAGES]
+        messages = dict(LOSS_MESSAGES)
+        if log_t > MAX_LOG_TEMPERATURE:  # a clamp of the lower end alone shows here, with the upper end left open
+            messages["temperature not clamped"] = (
+                f"the temperature is not held at its upper bound: at log_temperature {log_t:.2f}, above "
+                "MAX_LOG_TEMPERATURE, your loss uses it as it is; clamp both ends, `log_temperature.clamp("
+                "MIN_LOG_TEMPERATURE, MAX_LOG_TEMPERATURE)`, before `.exp()`.")
+        mistakes = [Mistake(name, variants[name], messages[name]) for name in messages]
         mistakes += _fixed_temperature_mistakes(image, text, t)
         try:
             compare(got.reshape(()), variants["right"], what=f"your loss (log_temperature {log_t:.2f})", mistakes=mistakes)
@@ -214,11 +225,19 @@ def check_loss(loss_fn) -> None:
     loss = run_learner(loss_fn, image, text, log_t, what="your contrastive_loss with a learned log_temperature")
     if not loss.requires_grad:
         fail("the temperature is not learned: the loss has no gradient for log_temperature; keep it a tensor in the "
-             "computation (no `.item()`, `float()` or `.detach()`).")
+             "computation (no `.item()`, `float()`, `.detach()` or `torch.no_grad()`).")
     loss.backward()
     if log_t.grad is None or float(log_t.grad.abs()) == 0.0:
         fail("the temperature is not learned: log_temperature gets no gradient; compute the temperature from it with "
              "tensor operations (clamp, exp), not from a number.")
+    # the encoders before the loss learn only through the embeddings' gradients
+    t = torch.tensor(math.log(0.2))
+    check_gradients_reach(lambda a, b: loss_fn(a, b, t), lambda a, b: contrastive.contrastive_loss(a, b, t),
+                          (image, text), ("image_emb", "text_emb"), what="your contrastive_loss", of="the loss's")
+    double = run_learner(loss_fn, image.double(), text.double(), t.double(), what="your contrastive_loss in float64")
+    if isinstance(double, torch.Tensor) and double.dtype != torch.float64:
+        fail(f"your contrastive_loss on float64 embeddings returns {double.dtype}: keep the inputs' dtype (no `.float()` "
+             "inside); the training step below runs in float64.")
     passed("your contrastive loss matches the reference: normalised features, labels on the diagonal, both "
            "directions, a clamped temperature that learns.")
 
@@ -333,6 +352,8 @@ def _grid_instead_of_embedding(step_fn) -> bool:
 
 def check_training_step(step_fn) -> None:
     """Step "07.step": two steps of the learner's training_step(vision, text, log_temperature, optimizer, batch)."""
+    # the step trains with the learner's own loss: the package's would hide a wrong one
+    refuse_the_answer(step_fn, (contrastive.contrastive_loss, contrastive.training_step))
     if _grid_instead_of_embedding(step_fn):
         fail("training_step calls vision(images), which gives the grid of features (B, 1, g, d) that Flamingo's "
              "resampler reads: the contrastive loss compares one vector per picture, vision.embed(images), (B, e).")

@@ -243,6 +243,8 @@ def check_scores_computed(scores_computed, media_locations, num_media, num_laten
     big = torch.zeros(2, 1024, dtype=torch.bool)
     big[:, ::256] = True
     cases += [((big, 4, 64, 8, "mask"), 2 * 8 * 1024 * 4 * 64), ((big, 4, 64, 8, "segments"), 8 * 64 * 2 * 1024)]
+    # more media than markers (a batch padded with media no marker points to yet): the mask has a column for each
+    cases += [((big, 6, 64, 8, "mask"), 2 * 8 * 1024 * 6 * 64)]
     for args, want in cases:
         got = run_learner(scores_computed, *args, what=f"your scores_computed(..., view={args[-1]!r})")
         got = int(got) if isinstance(got, torch.Tensor) and got.numel() == 1 else got
@@ -252,6 +254,9 @@ def check_scores_computed(scores_computed, media_locations, num_media, num_laten
             fail("the segment view counts text before the first image: those tokens compute no scores at all.")
         if args[-1] == "segments" and got == args[2] * seeing:
             fail("the heads are missing: every head computes its own scores.")
+        if args[-1] == "mask" and got == want // args[1] * int(args[0].sum(-1).max()):
+            fail(f"scores_computed(..., view='mask') counts a column for each marker ({int(args[0].sum(-1).max())}), "
+                 f"but num_media={args[1]}: the mask has t * m columns whatever the markers, so take t from num_media.")
         fail(f"scores_computed(..., view={args[-1]!r}) should be {want}, yours is {got!r}.")
     passed("scores_computed is right: the segment view computes exactly the scores the mask keeps.")
 

@@ -127,7 +127,12 @@ def check_from_idefics_keys(fn) -> dict:
     """fn(IDEFICS state_dict) -> flamingo_lite state_dict; passes when a GatedCrossAttentionBlock loads it strictly
     and it holds what `interop.from_idefics` puts there."""
     sd = idefics_state_dict()
-    got = run_learner(fn, dict(sd), what="your from_idefics_keys(sd)")
+    given = dict(sd)  # the learner's copy
+    got = run_learner(fn, given, what="your from_idefics_keys(sd)")
+    if set(given) != set(sd) or any(given[k] is not v for k, v in sd.items() if k in given):
+        fail("your from_idefics_keys changed the state_dict it was given (`sd.pop(...)`, `del sd[...]` or an "
+             "assignment into it): the caller's dict changes too, and a second conversion of the same weights fails; "
+             "read it, `sd[key]`, and build a new dict.")
     if not isinstance(got, dict):
         fail(f"from_idefics_keys returned a {type(got).__name__}: return a dict of tensors, flamingo_lite key -> tensor.")
     layer = interop.from_idefics(dict(sd), heads=HEADS)  # the reference conversion, with per-channel gates

@@ -64,7 +64,8 @@ def _prompt_mistakes(support, names, word) -> list[tuple[str, list]]:
          "is what lets the text see it).", _words_prompt([[media, word, name(c), eoc] for c in support], [word])),
         ("the names are taken by the example's position (`names[i]`): `names` is indexed by class, so each example "
          "gets its class's name, `NAMES[names[c]]`, wherever it stands in the prompt.",
-         _words_prompt([[media, word, fewshot.NAMES[names[i]], eoc] for i, c in enumerate(support)], [media, word])),
+         _words_prompt([[media, word, fewshot.NAMES[names[i % len(names)]], eoc] for i, c in enumerate(support)],
+                       [media, word])),  # (past the 12 names, a learner's own names[i] raises, and says so)
         ("the names come from the class index (`NAMES[c]`): use the episode's assignment, `NAMES[names[c]]`; every "
          "episode binds the names afresh.", _words_prompt([[media, word, fewshot.NAMES[c], eoc] for c in support], [media, word])),
         (f"the support examples are written as words (`red circle {word} NAME`): in this prompt each one is a "
@@ -94,15 +95,27 @@ def check_build_prompt(build_prompt) -> list:
     """Step "12.prompt": the k-shot prompt of a fixed episode and the 0-shot prompt, in the training template
     (`word="is"`) and in a new format (`word="a"`)."""
     tok = fewshot.fewshot_tokenizer()
+    long_support = [c % 12 for c in range(5, 5 + 32)]  # 32 shots, as the curve below asks for
     for word in WORDS:
-        for support in (SUPPORT, []):
-            call = f"your build_prompt({support}, names, tokenizer, word={word!r})"
-            got = run_learner(build_prompt, list(support), list(NAMES_OF_CLASSES), tok, word=word, what=call,
+        for support in (SUPPORT, [], long_support):
+            shown = support if len(support) <= 4 else f"<{len(support)} classes>"
+            call = f"your build_prompt({shown}, names, tokenizer, word={word!r})"
+            given = list(support)  # the learner's copy: a list changed in place would change the caller's
+            got = run_learner(build_prompt, given, list(NAMES_OF_CLASSES), tok, word=word, what=call,
                               advice={"unexpected keyword argument 'word'": "give build_prompt a fourth argument, "
                                       "word=fewshot.IS: the word between each picture and its name."})
+            if given != list(support):
+                fail(f"{call} changed support_classes in place (a `.sort()`, `.pop()` or `.reverse()` on it): the "
+                     "caller's list changes too, and the order of the shots is the prompt's; read it, never change it.")
             if isinstance(got, torch.Tensor):
                 fail("your build_prompt returned a tensor: return the list of token ids, `tokenizer.encode(words)` "
                      "(the evaluation below makes one tensor of all the prompts with `torch.tensor(prompts)`).")
+            if isinstance(got, (list, tuple)) and got and all(isinstance(i, str) for i in got):
+                fail("your build_prompt returned the words themselves: return their token ids, "
+                     "`tokenizer.encode(words)`, a list of ints.")
+            if isinstance(got, (list, tuple)) and any(isinstance(i, (list, tuple)) for i in got):
+                fail("your build_prompt returned a list of lists (one per shot?): return one flat list of token ids, "
+                     "the shots one after the other, `tokenizer.encode(words)` of all the words.")
             if not isinstance(got, (list, tuple)) or not all(isinstance(i, int) for i in got):
                 fail(f"your build_prompt returned {type(got).__name__}: return the list of token ids, "
                      "`tokenizer.encode(words)`.")
@@ -112,6 +125,9 @@ def check_build_prompt(build_prompt) -> list:
             for message, wrong in _prompt_mistakes(support, NAMES_OF_CLASSES, word):
                 if list(got) == wrong:
                     fail(f"{call}: {message}")
+            if len(support) > 4 and list(got) == want[: len(got)]:
+                fail(f"{call} stops after {len(got)} of the {len(want)} tokens: a prompt has every shot it is given "
+                     "(32 shots here, as the curve below uses), so no length limit.")
             fail(f"{call} gives {' '.join(tok.words(got))!r}, expected {' '.join(tok.words(want))!r}; no usual "
                  "mistake matches, so compare word by word.")
     want_k = fewshot.build_prompt(SUPPORT, NAMES_OF_CLASSES, tok)
@@ -227,6 +243,12 @@ def check_nearest_support(nearest_support) -> None:
                "the most similar support picture.")
         return
     wrong = sum(a != b for a, b in zip(chosen, right))
+    outside = [(got, len(support)) for got, (support, _) in zip(chosen, examples) if not 0 <= got < len(support)]
+    if outside:
+        got, k = outside[0]
+        fail(f"{what} returned {got}, outside range({k}), the {k} support pictures"
+             f"{': index k is the query itself, which was among the candidates' if got == k else ''}. Compare the "
+             "query with the support pictures only, and return the index of one of them.")
     mistakes = [_nearest_mistakes(support, query) for support, query in examples]
     for name, message in _NEAREST_MESSAGES.items():
         if chosen == [m[name] for m in mistakes]:
