@@ -1358,6 +1358,8 @@ def test_02_steps_that_would_not_train_or_change_the_dtype_are_named():
         return q, k, v
 
     lesson02.check_project(project)
+    fails_with(lesson02.check_project, lambda layer, x, latents: project(layer, x.squeeze(), latents.squeeze()),
+               match=r"on one sample with one media: q has shape \(3, 8\), expected \(1, 1, 3, 8\): keep every axis")
     fails_with(lesson02.check_project, lambda *a: project(*a, cut="q"),
                match=r"the gradient it gives latents is not the projections'")
     fails_with(lesson02.check_project, lambda *a: project(*a, cut="double"), match=r"project\(layer, x, latents\) returns torch\.float64 for torch\.float32 inputs")

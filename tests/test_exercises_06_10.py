@@ -319,7 +319,7 @@ def flamingo_class(*, every_layer=False, shift=False, before=True, resampler=Tru
                    extra=False, lm_heads=False, double_residual=False, shared=False, skip_lm_layers=False,
                    media_id=None, pass_immediate=True, double_lm=False, skip_block=None, dim_head_from=None,
                    discard_block=False, lm_alone=False, keys_in_dict=False, eval_too=True, first_picture=False,
-                   locations_of_row0=False, no_media_embeds=False, cut=None):
+                   locations_of_row0=False, no_media_embeds=False, cut=None, plain_dict=False):
     """The lesson's MyFlamingo, with the usual mistakes as switches. dim_head_from: "heads" or "lm_heads", the head
     width computed as `config.dim // config.heads` (or `// config.lm_heads`) instead of `config.dim_head`."""
     from flamingo_lite.tiny.model import freeze
@@ -350,7 +350,7 @@ def flamingo_class(*, every_layer=False, shift=False, before=True, resampler=Tru
                 dim=config.dim, dim_head=dim_head, heads=heads, ff_mult=config.ff_mult, **immediate)
             one = make()
             blocks = {i if int_keys else str(i): one if shared else make() for i in self.xattn_layers}
-            setattr(self, xattn_name, nn.ModuleDict(blocks))
+            setattr(self, xattn_name, blocks if plain_dict else nn.ModuleDict(blocks))
             if extra:  # flamingo-pytorch's per-picture embedding, which the paper's Flamingo does not have
                 self.media_pos_emb = nn.Parameter(torch.zeros(config.num_media_embeds, 1, config.dim))
             if freeze_all:
@@ -1302,3 +1302,21 @@ def test_08_class_hints_say_more_at_level_2(key, capsys):
     hint(key, 2)
     second = capsys.readouterr().out
     assert first.split(":", 1)[1].strip() != second.split(":", 1)[1].strip()
+
+
+def test_06_and_08_blocks_in_a_plain_list_or_dict_are_named_with_why():
+    class Listed(block_class(right)):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            layers = [self.attn, self.ff]
+            del self.attn, self.ff
+            self.layers = layers  # a plain list: PyTorch does not see the layers inside
+
+        def forward(self, x, media, media_locations=None):
+            attn, ff = self.layers
+            x = x + attn(x, media, media_locations) * self.attn_gate.tanh()
+            return x + ff(x) * self.ff_gate.tanh()
+
+    fails(lesson06.check_forward, Listed, match=r"keeps layers in a plain Python list, `layers`")
+    fails(lesson08.check_flamingo_class, flamingo_class(plain_dict=True), FlamingoConfig(),
+          match=r"keeps layers in a plain Python dict, `xattn`.*`self\.xattn = nn\.ModuleDict\(\.\.\.\)`")

@@ -139,6 +139,14 @@ def check_project(project) -> None:
             compare(got[index], want[index], what=f"{what}: {name}",
                     mistakes=[Mistake(m, out[index], message) for m, out, message in named])
     _check_dtypes(got, x, what)
+    one = (x[:1, :1], latents[:1, :1])  # (1, 1, n, d), (1, 1, L, d): one sample, one media, as the lesson's picture
+    with torch.no_grad():
+        small = run_learner(project, layer, *one, what=f"{what} on one sample with one media")
+        for name, mine, right in zip("qkv", small if isinstance(small, (tuple, list)) else (small,) * 3,
+                                     reference_project(layer, *one)):
+            compare(mine, right, what=f"{what} on one sample with one media: {name}",
+                    shape_advice="keep every axis, even one of size 1 (no `.squeeze()`): q, k and v stay "
+                                 "(b, t, tokens, h*e).")
     flat = lambda fn: lambda a, b: torch.cat([t.flatten() for t in fn(layer, a, b)])  # noqa: E731  (q, k, v) as one
     check_gradients_reach(flat(project), flat(reference_project), (x, latents), ("x", "latents"), what=what,
                           of="the projections'")

@@ -16,9 +16,8 @@ import torch
 
 from ... import masks
 from ...gated import GatedCrossAttentionBlock
-from . import (Mistake, _same, check_layer, check_shapes_follow, compare, fail, passed, register_hints, register_nudges,
-               run_learner, run_untouched,
-               keep_rng, refuse_the_answer)
+from . import (Mistake, _check_modules_registered, _same, check_layer, check_shapes_follow, compare, fail, passed,
+               register_hints, register_nudges, run_learner, run_untouched, keep_rng, refuse_the_answer)
 
 DIM, HEADS, DIM_HEAD = 16, 2, 8
 ATTN_GATE, FF_GATE = 0.7, -0.4  # opened, different, and tanh(g) far from g: every mistake gives other numbers
@@ -186,6 +185,7 @@ def check_forward(block_class) -> None:
         mine = run_learner(block_class, dim=DIM, dim_head=DIM_HEAD, heads=HEADS, only_attend_immediate_media=mode,
                            what="building your block")
         _check_gates_train(mine)
+        _check_modules_registered(mine, "your block")  # layers in a plain list: named before the missing names
         want, have = set(reference.state_dict()), set(mine.state_dict())
         if want != have:  # a missing or misnamed parameter, said in words before load_state_dict's own report
             said = [f"missing {', '.join(sorted(want - have))}" if want - have else "",

@@ -29,7 +29,8 @@ from torch import nn
 from ...tiny import data as shapes_data
 from ...tiny.language_model import TinyLM
 from ...tiny.model import Flamingo, FlamingoConfig, make_vision_encoder, xattn_layers
-from . import Mistake, compare, fail, passed, register_hints, register_nudges, run_learner, keep_rng, refuse_the_answer
+from . import (Mistake, _check_modules_registered, compare, fail, passed, register_hints, register_nudges, run_learner,
+               keep_rng, refuse_the_answer)
 
 register_hints({
     "08.class": "Two halves, in the table's order. __init__ keeps the three things it is given (freezing the two "
@@ -322,6 +323,7 @@ def _build_and_compare(flamingo_class, config: FlamingoConfig, lm: nn.Module, vi
                                                                  "`str(i)`."})
     if not isinstance(mine, nn.Module):
         fail(f"{name}(...) built a {type(mine).__name__}: your class must subclass nn.Module.")
+    _check_modules_registered(mine, f"your {name}")  # a plain dict or list of blocks: named, with why it matters
     for attr, kind in (("vision", nn.Module), ("lm", nn.Module), ("resampler", nn.Module), ("xattn", nn.ModuleDict)):
         if not isinstance(getattr(mine, attr, None), kind):
             fail(f"your model has no `self.{attr}` that is a torch.nn.{kind.__name__}: the table above names every "
