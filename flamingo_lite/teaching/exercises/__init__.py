@@ -36,7 +36,7 @@ from torch import nn
 
 __all__ = [
     "ExerciseFailed", "Mistake", "run_learner", "run_untouched", "compare", "check_layer", "check_layer_in_sizes",
-    "check_gradients_reach", "check_shapes_follow", "scale_mistakes", "heads_mistakes", "passed", "fail", "hint",
+    "check_gradients_reach", "check_dtype_kept", "check_shapes_follow", "scale_mistakes", "heads_mistakes", "passed", "fail", "hint",
     "register_hints", "register_nudges", "refuse_the_answer", "explain_name_errors",
 ]
 
@@ -284,6 +284,15 @@ def check_layer(
         fail(f"{what}: {result.message.removeprefix('✗ ')}")
     fail(f"{what}: {result.message.removeprefix('✗ ')}; no usual mistake matches, so compare each line with the "
          "steps above.")
+
+
+def check_dtype_kept(got, given: torch.Tensor, what: str, *, inputs: str = "inputs", fix: str) -> None:
+    """Fail when a returned tensor (or any of a tuple of them) has another dtype than the input `given`: the
+    comparisons cast to float32, so a float64 step passes them and breaks the layer that calls it. fix: how to keep
+    the dtype, the verdict's end."""
+    for t in got if isinstance(got, (tuple, list)) else (got,):
+        if isinstance(t, torch.Tensor) and t.dtype != given.dtype:
+            fail(f"{what} returns {t.dtype} for {given.dtype} {inputs}: {fix}")
 
 
 def check_gradients_reach(fn, reference, inputs, names, *, what: str, of: str = "attention's") -> None:

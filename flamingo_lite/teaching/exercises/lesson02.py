@@ -8,7 +8,7 @@ from einops import rearrange
 import flamingo_lite as fl
 
 from ..checker import randomise_norms
-from . import (Mistake, check_gradients_reach, check_layer_in_sizes, compare, fail, heads_mistakes, passed, register_hints, register_nudges, run_learner,
+from . import (Mistake, check_dtype_kept, check_gradients_reach, check_layer_in_sizes, compare, fail, heads_mistakes, passed, register_hints, register_nudges, run_learner,
                run_untouched, scale_mistakes, keep_rng, refuse_the_answer)
 
 register_hints({
@@ -46,6 +46,9 @@ register_nudges({  # a first hint where the full one is the answer: hint(key), t
 
 _ANSWERS_ATTEND = (fl.attention.attend, fl.attention.attention_weights)  # the package's attention
 
+
+_DTYPE_FIX = ("keep the inputs' dtype (a .double() or a tensor made in another dtype promotes the result), or the "
+              "layer's next matmul mixes dtypes.")
 
 def _inputs(seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -138,7 +141,7 @@ def check_project(project) -> None:
         for index, name in ((1, "k"), (2, "v")):
             compare(got[index], want[index], what=f"{what}: {name}",
                     mistakes=[Mistake(m, out[index], message) for m, out, message in named])
-    _check_dtypes(got, x, what)
+    check_dtype_kept(got, x, what, fix=_DTYPE_FIX)
     one = (x[:1, :1], latents[:1, :1])  # (1, 1, n, d), (1, 1, L, d): one sample, one media, as the lesson's picture
     with torch.no_grad():
         small = run_learner(project, layer, *one, what=f"{what} on one sample with one media")
@@ -151,14 +154,6 @@ def check_project(project) -> None:
     check_gradients_reach(flat(project), flat(reference_project), (x, latents), ("x", "latents"), what=what,
                           of="the projections'")
     passed(f"project is right: q {tuple(want[0].shape)}, k and v {tuple(want[1].shape)} (n + L = 6 + 3 keys).")
-
-
-def _check_dtypes(got, given, what) -> None:
-    """Every returned tensor keeps the input's dtype: a float64 step passes the comparison and breaks the layer."""
-    for t in got if isinstance(got, (tuple, list)) else (got,):
-        if isinstance(t, torch.Tensor) and t.dtype != given.dtype:
-            fail(f"{what} returns {t.dtype} for {given.dtype} inputs: keep the inputs' dtype (a .double() or a tensor "
-                 "made in another dtype promotes the result), or the layer's next matmul mixes dtypes.")
 
 
 def check_attend(attend_latents) -> None:
@@ -184,7 +179,7 @@ def check_attend(attend_latents) -> None:
                     "this is one head of width h*e: split q, k, v with h=layer.heads before the scores."),
             *scale_mistakes(layer, lambda **kw: reference_attend(layer, q, k, v, **kw)),
         ])
-    _check_dtypes(got, q, what)
+    check_dtype_kept(got, q, what, fix=_DTYPE_FIX)
     check_gradients_reach(lambda a, b, c: attend_latents(layer, a, b, c), lambda a, b, c: reference_attend(layer, a, b, c),
                           (q, k, v), ("q", "k", "v"), what=what)
     passed("attend_latents is right: every latent's weights sum to 1 over the n+L keys, in each head.")

@@ -8,7 +8,7 @@ from einops import rearrange
 import flamingo_lite as fl
 
 from ... import masks
-from . import (ExerciseFailed, Mistake, check_gradients_reach, check_layer, check_layer_in_sizes, compare, fail, heads_mistakes, passed,
+from . import (ExerciseFailed, Mistake, check_dtype_kept, check_gradients_reach, check_layer, check_layer_in_sizes, compare, fail, heads_mistakes, passed,
                register_hints, register_nudges, run_learner, run_untouched, scale_mistakes, keep_rng, refuse_the_answer)
 
 register_hints({
@@ -128,9 +128,8 @@ def check_masked_softmax(masked_softmax) -> None:
                     "every row with a masked entry came out 0, not only the rows that see nothing: a row sees nothing "
                     "when no entry is True, `~mask.any(dim=-1, keepdim=True)`, not `~mask.all(...)`."),
         ])
-        if got.dtype != scores.dtype:
-            fail(f"{what} returns {got.dtype} for {scores.dtype} scores: keep the scores' dtype (a tensor made in "
-                 "another dtype promotes the result), or the layer that calls it mixes dtypes.")
+        check_dtype_kept(got, scores, what, inputs="scores", fix="keep the scores' dtype (a tensor made in another "
+                         "dtype promotes the result), or the layer that calls it mixes dtypes.")
         leak = got.masked_select(~m.expand_as(got))  # the weights of masked entries
         if bool((leak != 0).any()):
             fail(f"{what}: masked entries get weights up to {float(leak.abs().max()):.2g}, not exactly 0: a finite "
