@@ -75,3 +75,47 @@ def test_layers_do_not_import_plotting_or_widgets():
     code = "import sys, flamingo_lite; bad = [m for m in ('matplotlib', 'ipywidgets') if m in sys.modules]; print(bad)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def lesson_times():
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import lesson_times
+    finally:
+        sys.path.pop(0)
+    return lesson_times
+
+
+def test_every_stated_lesson_time_is_the_estimate():
+    # a lesson's header, the README's table and the instructor guide's total, all from tools/lesson_times.py
+    assert lesson_times().mismatches() == []
+
+
+def test_lesson_times_count_what_the_learner_reads_writes_and_waits_for():
+    times = lesson_times()
+
+    def markdown(text):
+        return {"cell_type": "markdown", "metadata": {}, "source": text.splitlines(keepends=True)}
+
+    def code(text, tags=(), seconds=None):
+        metadata = {"tags": list(tags)}
+        if seconds is not None:
+            metadata["execution"] = {"iopub.execute_input": "2026-01-01T00:00:00.000000Z",
+                                     "shell.execute_reply": f"2026-01-01T00:00:{seconds:02d}.000000Z"}
+        return {"cell_type": "code", "metadata": metadata, "source": text.splitlines(keepends=True)}
+
+    notebook = {"cells": [
+        markdown("# Title\n\none two three"),
+        code("x = 1\n# a comment is not read as code\ny = 2\n", seconds=30),
+        code("def f():\n    ### BEGIN SOLUTION\n    a = 1\n    return a\n    ### END SOLUTION\n", tags=["solution"]),
+        markdown("## Going further: more\n\nfour five"),
+        code("z = 3\n"),
+        markdown("### Under it\n\nsix"),
+        markdown("## Back\n\nseven"),
+    ]}
+    counts = times.count(notebook)
+    assert (counts.words, counts.further_words) == (6, 8)
+    assert (counts.given_lines, counts.further_given_lines, counts.written_lines) == (3, 1, 2)
+    assert counts.run_seconds == 30
+    assert counts.core_minutes() == 6 / 180 + 3 / 20 + 2 * 1.0 + 0.5
+    assert [times.rounded(m) for m in (0.4, 7.4, 7.5, 42.49)] == [5, 5, 10, 40]
