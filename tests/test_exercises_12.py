@@ -86,6 +86,15 @@ def test_a_prompt_that_ignores_the_word_is_named():
           match=r"word='is'\): the prompt is written with `a`, but word='is' was asked")
 
 
+def test_a_prompt_builder_with_another_default_word_is_named():
+    """Right for every word it is given, but the curve calls it with none: the default must be the training one."""
+    def default_a(support_classes, names, tokenizer, word="a"):
+        return prompt_solution(support_classes, names, tokenizer, word)
+
+    fails(lesson12.check_build_prompt, default_a, match=r"with no word, gives .*the prompt with word='a': its default "
+          r"word is the training template's, `word=fewshot.IS`")
+
+
 def test_evaluate_format_writes_its_prompts_with_the_builder_it_is_given():
     from flamingo_lite.tiny import heldout
     from flamingo_lite.tiny.language_model import LMConfig, TinyLM
@@ -188,6 +197,8 @@ def nearest_wrong(mistake):
             return nearest_solution(support, query)
         if mistake == "first":
             return 0
+        if mistake == "plus one":
+            return nearest_solution(support, query) + 1
         raise AssertionError(mistake)
 
     return nearest
@@ -208,7 +219,7 @@ def test_12_nearest_support_passes_the_solution_and_the_package(capsys):
     ("flattened", "flattened into one long vector"), ("max-pooled", "max-pooled"),
     ("euclidean", "Euclidean distance of unnormalised features"),
     ("tensor of cosines", "returned Tensor.*one Python int"), ("in place", "changed its input support in place"),
-    ("first", "no usual mistake matches"),
+    ("first", "no usual mistake matches"), ("plus one", "index plus one: `argmax` already counts from 0"),
 ])
 def test_12_nearest_support_mistakes_are_named(mistake, match):
     fails(lesson12.check_nearest_support, nearest_wrong(mistake), match=match)

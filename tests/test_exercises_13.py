@@ -213,6 +213,11 @@ def test_13_beams_stub_solution_and_mistakes(captioning, capsys):
         return [" ".join(tok.words(out[0, len(p):].tolist()))] * len(p)
 
     fails(lesson13.check_captions, one_prompt, model, pictures, tok, match="each picture is captioned on its own|one caption per picture")
+
+    def one_picture_at_a_time(m, p):  # right, only slower: one generate call per picture
+        return [lesson13.captions_by_beam_search(m, picture[None], tok)[0] for picture in p]
+
+    assert lesson13.check_captions(one_picture_at_a_time, model, pictures, tok) == want
     fails(lesson13.check_captions, decoded(keep_prompt=True), model, pictures, tok, match="starts with the prompt")
     fails(lesson13.check_captions, decoded(keep_eoc=True), model, pictures, tok, match="keeps the end-of-chunk token")
     fails(lesson13.check_captions, decoded(shape=lambda p: p[:, None]), model, pictures, tok, match=r"pictures\[:, None, None\]")

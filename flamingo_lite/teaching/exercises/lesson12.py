@@ -131,6 +131,13 @@ def check_build_prompt(build_prompt) -> list:
             fail(f"{call} gives {' '.join(tok.words(got))!r}, expected {' '.join(tok.words(want))!r}; no usual "
                  "mistake matches, so compare word by word.")
     want_k = fewshot.build_prompt(SUPPORT, NAMES_OF_CLASSES, tok)
+    call = f"your build_prompt({SUPPORT}, names, tokenizer), with no word,"
+    got = run_learner(build_prompt, list(SUPPORT), list(NAMES_OF_CLASSES), tok, what=call)
+    if list(got) != want_k:  # the curve below calls it so: the training template
+        default = next((w for w in WORDS if list(got) == tok.encode(heldout.template_words(SUPPORT, NAMES_OF_CLASSES, w))), None)
+        fail(f"{call} gives {' '.join(tok.words(got))!r}" + (f", the prompt with word={default!r}" if default else "")
+             + f": its default word is the training template's, `word=fewshot.IS` ({fewshot.IS!r}), since the curve "
+             "below calls build_prompt without one.")
     passed(f"build_prompt is right: {' '.join(tok.words(want_k))!r} ({len(want_k)} tokens for {len(SUPPORT)} shots; "
            "0 shots is just '<image> is'), and the same with `a`.")
     return want_k
@@ -243,6 +250,9 @@ def check_nearest_support(nearest_support) -> None:
                "the most similar support picture.")
         return
     wrong = sum(a != b for a, b in zip(chosen, right))
+    if chosen == [r + 1 for r in right]:
+        fail(f"{what} returns the right picture's index plus one: `argmax` already counts from 0, as the support "
+             "pictures are indexed, so return `int(cosines.argmax())` as it is.")
     outside = [(got, len(support)) for got, (support, _) in zip(chosen, examples) if not 0 <= got < len(support)]
     if outside:
         got, k = outside[0]

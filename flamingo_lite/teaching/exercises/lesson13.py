@@ -358,21 +358,23 @@ def check_captions(caption_fn, model, pictures: torch.Tensor, tokenizer) -> list
         del model.generate  # the instance attribute goes; the method is the class's again
     if not calls:
         fail("your captions(model, pictures) never called model.generate: let transformers' generate write them.")
-    beams = calls[-1].get("num_beams", 1)
-    if beams != 3:
-        fail(f"your captions searched with num_beams={beams}: the paper decodes with beam search of 3 beams "
-             "(App. A.2), `num_beams=3`.")
-    if isinstance(prompts[-1], torch.Tensor) and prompts[-1].shape[0] != pictures.shape[0]:
-        fail(f"your captions generated from {prompts[-1].shape[0]} prompt(s) for {pictures.shape[0]} pictures: each "
-             "picture is captioned on its own, one row per picture: vision_x `pictures[:, None, None]`, (k, 1, 1, 3, "
-             "H, W), and a prompt of one <image> per row, (k, 1).")
-    if calls[-1].get("do_sample"):
-        fail("your captions sample (do_sample=True): beam search keeps the 3 likeliest sequences and is the same every "
-             "time; leave do_sample at its default, False.")
-    new_tokens = calls[-1].get("max_new_tokens")
-    if new_tokens is not None and new_tokens != 5:
-        fail(f"your captions generate at most {new_tokens} new tokens: the exercise asks for 5, `max_new_tokens=5`, "
-             "room for a caption and its <eoc>; beam search with another length can end on other captions.")
+    for call in calls:  # one call for all pictures, or one per picture: each is the same search
+        beams = call.get("num_beams", 1)
+        if beams != 3:
+            fail(f"your captions searched with num_beams={beams}: the paper decodes with beam search of 3 beams "
+                 "(App. A.2), `num_beams=3`.")
+        if call.get("do_sample"):
+            fail("your captions sample (do_sample=True): beam search keeps the 3 likeliest sequences and is the same "
+                 "every time; leave do_sample at its default, False.")
+        new_tokens = call.get("max_new_tokens")
+        if new_tokens is not None and new_tokens != 5:
+            fail(f"your captions generate at most {new_tokens} new tokens: the exercise asks for 5, `max_new_tokens=5`, "
+                 "room for a caption and its <eoc>; beam search with another length can end on other captions.")
+    rows = sum(p.shape[0] for p in prompts if isinstance(p, torch.Tensor))  # prompt rows over all calls
+    if all(isinstance(p, torch.Tensor) for p in prompts) and rows != pictures.shape[0]:
+        fail(f"your captions generated from {rows} prompt row(s) for {pictures.shape[0]} pictures: each picture is "
+             "captioned on its own, one row per picture: vision_x `pictures[:, None, None]`, (k, 1, 1, 3, H, W), and "
+             "a prompt of one <image> per row, (k, 1).")
     if not isinstance(got, (list, tuple)) or not all(isinstance(c, str) for c in got):
         fail(f"your captions(model, pictures) returned a {type(got).__name__}: return a list of strings, one per picture.")
     want = captions_by_beam_search(model, pictures, tokenizer)
