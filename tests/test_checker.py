@@ -533,3 +533,19 @@ def test_check_layer_leaves_out_the_size_note_the_result_names(capsys):
     assert printed.startswith("OK: your block matches the reference") and "built to your module's sizes" not in printed
     assert check_layer(Block(16), fl.FeedForward, what="your block", quiet=True)
     assert capsys.readouterr().out == ""
+
+
+class DefaultHeadsFour(fl.PerceiverAttention):
+    """Right when built with the spec's sizes, but `heads` defaults to 4 where the reference's is 8."""
+
+    def __init__(self, *, dim, dim_head=64, heads=4):
+        super().__init__(dim=dim, dim_head=dim_head, heads=heads)
+
+
+def test_a_constructor_default_other_than_the_references_is_named(capsys):
+    result = fl.check_module(DefaultHeadsFour(dim=16, dim_head=4, heads=2), fl.PerceiverAttention,
+                             reference_kwargs=dict(dim=16, dim_head=4, heads=2))
+    assert not result and result.failed_check == "defaults"
+    assert "default heads=4 is not the reference's, heads=8: keep the spec's defaults" in capsys.readouterr().out
+    # the same class with the reference's defaults passes
+    assert fl.check_module(fl.PerceiverAttention(dim=16, dim_head=4, heads=2), fl.PerceiverAttention, verbose=False)

@@ -373,8 +373,14 @@ def test_02_exercises():
 
     for pattern, named in [("(gw gh) (p1 p2 c) -> (gh p1) (gw p2) c", "read column by column"),
                            ("(gh gw) (p2 p1 c) -> (gh p1) (gw p2) c", "each patch comes back transposed"),
-                           ("(gh gw) (c p1 p2) -> (gh p1) (gw p2) c", "read channels first")]:
+                           ("(gh gw) (c p1 p2) -> (gh p1) (gw p2) c", "read channels first"),
+                           ("(gh gw) (p1 p2 c) -> (gw p2) (gh p1) c", "the image comes back transposed")]:
         fails_with(lesson02.check_unpatchify, wrong_unpatch(pattern), square, diagonal, (2, 2), 4, match=named)
+    def grid_swapped(p_, grid, p):  # gw, gh = grid: on a square grid the same image
+        return rearrange(p_, "(gh gw) (p1 p2 c) -> (gh p1) (gw p2) c", gh=grid[1], gw=grid[0], p1=p, p2=p)
+
+    fails_with(lesson02.check_unpatchify, grid_swapped, patches, img, (2, 2), 4,
+               match=r"2 x 3 grid of 2 x 2 patches: the grid's two sizes are swapped: grid is \(rows, columns\)")
     fails_with(lesson02.check_unpatchify, lambda p_, grid, p: p_.reshape(grid[0] * p, grid[1] * p, 3), patches, img,
                (2, 2), 4, match="a reshape keeps the numbers in their order")
     fails_with(lesson02.check_media_share, lambda w, n: w[..., n:].sum(-1), weights, 6, layer, x, latents, match="share of the latents")
@@ -509,6 +515,18 @@ def test_03_numbers_fixed_to_the_example_are_named():
     fails_with(lesson03.check_forward, make_resampler("extra layer"), match=r"depth=2, \.\.\.\) has 3 layers: depth=2 asks for 2")
     fails_with(lesson03.check_forward, make_resampler("num_latents fixed"), match="latents has shape .*use num_latents")
     fails_with(lesson03.check_forward, make_resampler("num_media_embeds fixed"), match="media_pos_emb .*use num_media_embeds")
+
+
+def test_03_a_parameter_made_only_in_other_sizes_is_named():
+    class DeepExtra(make_resampler()):  # right at the example's depth 2, one weight more from depth 3
+        def __init__(self, *, depth, **kw):
+            super().__init__(depth=depth, **kw)
+            if depth > 2:
+                self.extra_scale = nn.Parameter(torch.ones(1))
+
+    fails_with(lesson03.check_forward, DeepExtra,
+               match=r"^DeepExtra\(dim=16, depth=3, .*\)'s parameters are not fl\.PerceiverResampler's with the same "
+                     r"arguments: not in the reference extra_scale\. Build exactly the table's attributes")
 
 
 def test_03_stubs_and_solutions():
@@ -1380,3 +1398,73 @@ def test_02_steps_that_would_not_train_or_change_the_dtype_are_named():
     lesson02.check_attend(attend)
     fails_with(lesson02.check_attend, lambda *a: attend(*a, cut="weights"), match=r"no gradient reaches q")
     fails_with(lesson02.check_attend, lambda *a: attend(*a, cut="double"), match=r"returns torch\.float64 for torch\.float32")
+
+
+def test_01_attention_with_the_scale_written_as_a_number_is_named():
+    def fixed_scale(q, k, v, mask=None):  # 4 ** -0.5: right for the first inputs' heads of width 4 only
+        return attention(q * (0.5 * q.shape[-1] ** 0.5), k, v, mask)
+
+    fails_with(lesson01.check_attention, fixed_scale,
+               match=r"width e=8: the scale is the number 0.5, right for heads of width 4 only: .*q.shape\[-1\] \*\* -0.5")
+
+
+def test_01_softmax_calling_torch_or_changing_the_dtype_is_named():
+    def stable(s, dim=-1):
+        e = (s - s.amax(dim=dim, keepdim=True)).exp()
+        return e / e.sum(dim=dim, keepdim=True)
+
+    lesson01.check_stable_softmax(stable)
+    for calls_torch in (lambda s, dim=-1: torch.softmax(s, dim=dim), lambda s, dim=-1: s.softmax(dim),
+                        lambda s, dim=-1: torch.nn.functional.softmax(s, dim=dim)):
+        fails_with(lesson01.check_stable_softmax, calls_torch, match=r"calls torch's softmax .* which this exercise writes out")
+    fails_with(lesson01.check_stable_softmax, lambda s, dim=-1: stable(s.float(), dim),
+               match=r"in float16 returns torch.float32 for torch.float16 scores: keep the scores' dtype")
+
+
+def test_01_heads_merged_by_a_view_after_a_transpose_are_named():
+    def merge_view(x):  # fine on a tensor whose transpose happens to be contiguous, an error on a layer's output
+        b, h, n, e = x.shape
+        return x.transpose(1, 2).view(b, n, h * e)
+
+    fails_with(lesson01.check_heads, split, merge_view,
+               match=r"view size is not compatible.*`.view` cannot regroup them: use `.reshape\(...\)`")
+    lesson01.check_heads(split, lambda x: x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1))
+
+
+def test_05_masked_softmax_in_float32_for_float16_scores_is_named():
+    def in_float32(scores, mask):
+        s = scores.float().masked_fill(~mask, float("-inf")).masked_fill(~mask.any(-1, keepdim=True), 0.0)
+        return s.softmax(-1).masked_fill(~mask, 0.0)
+
+    fails_with(lesson05.check_masked_softmax, in_float32,
+               match=r"on float16 scores returns torch.float32 for torch.float16 scores: keep the scores' dtype")
+
+
+def test_05_tokens_reached_for_the_first_sample_only_or_with_sizes_written_in_is_named():
+    torch.manual_seed(0)
+    tokens = "a photo of <image> a red circle <image> a blue square".split()
+    loc = masks.media_locations_from_tokens(tokens)[None]
+    x, media = torch.randn(1, len(tokens), 16), torch.randn(1, 2, 3, 16)
+
+    @torch.no_grad()
+    def reached(layer, x, media, loc, k, first_only=False, new=None):
+        changed = media.clone()
+        rows = slice(0, 1) if first_only else slice(None)
+        changed[rows, k - 1] = torch.randn_like(media[rows, k - 1]) if new is None else new()
+        return (layer(x, media, loc) - layer(x, changed, loc)).abs().amax(-1) > 1e-6
+
+    lesson05.check_tokens_reached(reached, x, media, loc)
+    fails_with(lesson05.check_tokens_reached, lambda *a: reached(*a, first_only=True), x, media, loc,
+               match=r"batch of 2 .*only the first sample's words changed: replace image k in every sample")
+    fails_with(lesson05.check_tokens_reached, lambda *a: reached(*a, new=lambda: torch.randn(3, 16)), x, media, loc,
+               match=r"batch of 2 .*raised RuntimeError.*a size written into your code fits the lesson's media only")
+
+
+def test_02_attend_with_the_head_count_written_in_is_named():
+    def two_heads(layer, q, k, v):  # right for the first layer's 2 heads only
+        q, k, v = (rearrange(a, "b t n (h e) -> b t h n e", h=2) for a in (q, k, v))
+        out = (q @ k.transpose(-1, -2) * layer.scale).softmax(-1) @ v
+        return rearrange(out, "b t h L e -> b t L (h e)")
+
+    fails_with(lesson02.check_attend, two_heads,
+               match=r"for a layer of 4 heads: this is the answer for 2 heads: the number of heads is written into your code")

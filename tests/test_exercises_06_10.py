@@ -64,6 +64,8 @@ BLOCK_MISTAKES = {
     "feed-forward runs before the cross-attention": lambda s, x, m, l: (lambda y: y + s.attn(y, m, l) * s.attn_gate.tanh())(
         x + s.ff(x) * s.ff_gate.tanh()),
     "update alone, without the block's input": lambda s, x, m, l: right(s, x, m, l) - x,
+    "gates go through a sigmoid: use tanh": lambda s, x, m, l: (lambda y: y + s.ff(y) * torch.sigmoid(s.ff_gate))(
+        x + s.attn(x, m, l) * torch.sigmoid(s.attn_gate)),
     "changed its input x in place \\(an in-place op such as `x \\+= ...`": lambda s, x, m, l: in_place(s, x, m, l),
     "parameters attn.norm.weight, .*attn.to_out.weight get no gradient": lambda s, x, m, l: detached(s, x, m, l),
 }
@@ -1257,6 +1259,23 @@ def test_09_loss_with_label_smoothing_is_named():
     fails(lesson09.check_loss, smoothed, match=r"the targets are smoothed \(`label_smoothing=0\.1`\)")
 
 
+def test_09_loss_with_targets_shifted_by_two_or_rolled_is_named():
+    def shifted_by_two(logits, tokens, pad_id=0):
+        v = logits.shape[-1]
+        return F.cross_entropy(logits[:, :-2].reshape(-1, v), tokens[:, 2:].reshape(-1), ignore_index=pad_id)
+
+    def rolled(shift):
+        def loss(logits, tokens, pad_id=0):  # every position kept, the targets moved by a roll that wraps round
+            v = logits.shape[-1]
+            return F.cross_entropy(logits.reshape(-1, v), tokens.roll(shift, dims=1).reshape(-1), ignore_index=pad_id)
+
+        return loss
+
+    fails(lesson09.check_loss, shifted_by_two, match=r"the targets are shifted one place too far: .* a shift of one")
+    fails(lesson09.check_loss, rolled(-1), match=r"the targets are rolled \(`tokens\.roll\(-1, dims=1\)`\): the roll")
+    fails(lesson09.check_loss, rolled(1), match=r"the targets are rolled the wrong way \(`tokens\.roll\(1, dims=1\)`\)")
+
+
 def test_06_a_block_right_for_batch_1_only_or_all_previous_by_default_is_named():
     def first_row_only(self, x, media, loc):  # right on the one-sentence example
         y = right(self, x[:1], media[:1], None if loc is None else loc[:1])
@@ -1320,3 +1339,31 @@ def test_06_and_08_blocks_in_a_plain_list_or_dict_are_named_with_why():
     fails(lesson06.check_forward, Listed, match=r"keeps layers in a plain Python list, `layers`")
     fails(lesson08.check_flamingo_class, flamingo_class(plain_dict=True), FlamingoConfig(),
           match=r"keeps layers in a plain Python dict, `xattn`.*`self\.xattn = nn\.ModuleDict\(\.\.\.\)`")
+
+
+def test_06_gate_gradient_with_a_block_whose_gates_get_no_gradient_names_the_block():
+    def gates_detached(self, x, media, loc):
+        x = x + self.attn(x, media, loc) * self.attn_gate.detach().tanh()
+        return x + self.ff(x) * self.ff_gate.detach().tanh()
+
+    def by_hand(block, inputs, target):  # right: the block is what is wrong
+        x, m, l = inputs
+        with torch.no_grad():
+            return (2 * (x - target) / x.numel() * block.attn(x, m, l)).sum()
+
+    fails(lesson06.check_attn_gate_gradient, by_hand, block_class(gates_detached),
+          match=r"your block's gates get no gradient .*run lesson06.check_forward on your block first")
+
+
+def test_09_greedy_that_appends_float_ids_is_named():
+    def float_ids(model, prompt, images, *, eoc_id, max_new_tokens=5):  # right ids, appended as floats
+        ids, new = prompt.clone(), []
+        for _ in range(max_new_tokens):
+            nid = int(model(ids[None], images[None])[0, -1].argmax())
+            new.append(nid)
+            ids = torch.cat([ids, torch.tensor([nid], dtype=torch.float32)])
+            if nid == eoc_id:
+                break
+        return new
+
+    fails(lesson09.check_greedy, float_ids, match=r"the model got token ids of dtype torch.float32, not torch.long")

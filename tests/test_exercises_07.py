@@ -23,7 +23,7 @@ def fails(check, *args, match: str):
 
 def make_loss(*, normalise=True, clamp=True, labels="diagonal", directions="both", divide=True, detach=False,
               in_place=False, dim=-1, only=None, exp=True, bounds_on_log=False, log_bounds_on_t=False, fixed=None,
-              reduction="mean", batch=None, cut=None, lower_only=False, as_float32=False):
+              reduction="mean", batch=None, cut=None, lower_only=False, as_float32=False, roll=0, twice=None):
     def loss(image, text, log_t):
         if cut in ("both", "text"):  # the right numbers; the encoders before the loss would never learn
             image, text = (image if cut == "text" else image.detach()), text.detach()
@@ -48,8 +48,12 @@ def make_loss(*, normalise=True, clamp=True, labels="diagonal", directions="both
         if fixed is not None:
             t = fixed
         logits = image @ text.T / t if divide else image @ text.T * t
+        if twice == "divided":  # the temperature applied a second time: divided by T again, or by exp(log T)
+            logits = logits / t
+        elif twice == "log":
+            logits = logits * (-log_t.clamp(MIN_LOG_TEMPERATURE, MAX_LOG_TEMPERATURE)).exp()
         size = len(logits) if batch is None else batch  # `batch`: the batch size written into the loss
-        y = torch.arange(size) if labels == "diagonal" else torch.zeros(size, dtype=torch.long)
+        y = torch.arange(size).roll(roll) if labels == "diagonal" else torch.zeros(size, dtype=torch.long)
         i2t, t2i = F.cross_entropy(logits, y, reduction=reduction), F.cross_entropy(logits.T, y, reduction=reduction)
         return {"both": (i2t + t2i) / 2, "i2t": i2t, "t2i": t2i, "sum": i2t + t2i}[directions]
 
@@ -88,6 +92,10 @@ def test_loss_check_passes_the_solution_and_the_reference():
     (dict(cut="text"), r"no gradient reaches text_emb"),
     (dict(lower_only=True), r"not held at its upper bound: at log_temperature .*, above MAX_LOG_TEMPERATURE"),
     (dict(as_float32=True), r"on float64 embeddings returns torch\.float32: keep the inputs' dtype"),
+    (dict(roll=1), r"labels are rolled by one: picture i matches caption i"),
+    (dict(roll=-1), r"labels are rolled by one: picture i matches caption i"),
+    (dict(twice="divided"), r"divided by the temperature twice, by T \* T: divide once"),
+    (dict(twice="log"), r"divided by the temperature twice, by T \* T: divide once"),
 ])
 def test_loss_check_names_each_mistake(wrong, match):
     fails(lesson07.check_loss, make_loss(**wrong), match=match)

@@ -136,3 +136,16 @@ def test_a_conversion_that_empties_the_given_state_dict_is_named():
         return out
 
     fails(lesson11.check_from_idefics_keys, pops, match=r"changed the state_dict it was given \(`sd\.pop\(\.\.\.\)`")
+
+
+def test_gates_that_only_fit_per_channel_are_named_on_scalar_gates():
+    """`.squeeze()` makes (1, 1, d) gates (d,), right, and scalar (1,) gates 0-d; indexing or a width typed in
+    raises."""
+    squeezed = mutate(attn_gate=lambda sd, o: sd["alpha_cross_attn"].squeeze(),
+                      ff_gate=lambda sd, o: sd["alpha_dense"].squeeze())
+    fails(lesson11.check_from_idefics_keys, squeezed, match=r"on a layer with scalar gates: 'attn_gate' has shape \(\), "
+          r"expected \(1,\); a scalar gate is \(1,\) in IDEFICS and in flamingo_lite, and `\.squeeze\(\)` drops")
+    fails(lesson11.check_from_idefics_keys, mutate(attn_gate=lambda sd, o: sd["alpha_cross_attn"][0, 0]),
+          match=r"scalar gates raised IndexError: too many indices .*; a scalar gate is \(1,\), with one axis")
+    fails(lesson11.check_from_idefics_keys, mutate(ff_gate=lambda sd, o: sd["alpha_dense"].reshape(lesson11.DIM)),
+          match=r"scalar gates raised RuntimeError: .*; a scalar gate is \(1,\), one number")

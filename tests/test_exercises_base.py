@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import flamingo_lite as fl
-from flamingo_lite.teaching.exercises import ExerciseFailed, Mistake, check_layer, compare, hint, register_hints, run_learner
+from flamingo_lite.teaching.exercises import (ExerciseFailed, Mistake, check_layer, check_parameter_names, compare,
+                                              hint, register_hints, run_learner)
 
 
 
@@ -210,3 +211,21 @@ def test_compare_says_how_a_result_stopped_being_a_tensor():
         compare(np.ones(3), want, what="your f")
     with pytest.raises(ExerciseFailed, match=r"returned a NoneType, not a tensor: return the result, do not print it"):
         compare(None, want, what="your f")
+
+
+def test_check_parameter_names_says_what_is_missing_extra_or_misshaped():
+    reference = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))  # 0.weight, 0.bias, 1.weight, 1.bias
+    check_parameter_names(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2)), reference, what="your net")
+    no_bias = torch.nn.Sequential(torch.nn.Linear(4, 3, bias=False), torch.nn.Linear(3, 2, bias=False))
+    with pytest.raises(ExerciseFailed, match=r"^your net's parameters are not the reference's \(0, 1\): missing "
+                                             r"0\.bias, 1\.bias\.$"):
+        check_parameter_names(no_bias, reference, what="your net", parts="0, 1")
+    with pytest.raises(ExerciseFailed, match=r"^your net's parameters are not the reference's: missing 0\.bias and 1 "
+                                             r"more\. Add the biases\.$"):
+        check_parameter_names(no_bias, reference, what="your net", most=1, fix="Add the biases.")
+    wider = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Linear(5, 2), torch.nn.Linear(2, 2))
+    with pytest.raises(ExerciseFailed, match=r"not in the reference 2\.bias, 2\.weight; 0\.weight is \(5, 4\), not "
+                                             r"\(3, 4\); 0\.bias is \(5,\), not \(3,\); 1\.weight is \(2, 5\), "
+                                             r"not \(2, 3\)\.$"):
+        check_parameter_names(wider, reference, what="your net", shapes=True)
+    check_parameter_names(wider[:2], reference, what="your net")  # the same names: shapes are left to check_shapes_follow

@@ -60,7 +60,7 @@ class CheckResult:
     expected: torch.Tensor | None = field(default=None, repr=False)  # the reference's output
     reference: nn.Module | None = field(default=None, repr=False)  # the reference as run (gates opened)
     inputs: tuple | None = field(default=None, repr=False)  # the inputs both were run on
-    failed_check: str | None = None  # which check failed: "forward", "dtype", "inputs", "train_mode", "case", "backward", "gradient"
+    failed_check: str | None = None  # which check failed: "forward", "dtype", "inputs", "train_mode", "case", "backward", "gradient", "defaults"
     case: str | None = None  # the input set beyond the example that the learner's output is wrong on
     dtype: torch.dtype | None = None  # the learner's output dtype, when it is not the reference's
     changed_inputs: list = field(default_factory=list)  # the arguments the learner's forward modified in place
@@ -411,6 +411,7 @@ def check_module(
     verbose: bool = True,
     check_gradients: bool = True,
     check_cases: bool = True,
+    check_defaults: bool = True,
 ) -> CheckResult:
     """Copy the reference's weights into `learner`, run both, and say whether the outputs match.
 
@@ -428,7 +429,8 @@ def check_module(
     reference lacks is named), that it is right on the input sets of `extra_cases` (`check_cases=False` skips them), and
     that a backward pass gives every parameter the reference trains, and every float input, the reference's
     gradient (`check_gradients=False` skips it). Parameters the reference does not train (requires_grad=False)
-    are not compared.
+    are not compared. Last, your constructor's defaults must be the reference's, where both have the argument
+    (`check_defaults=False` skips it): the check builds both with the same sizes, so only the signature shows it.
     Built from a class without `reference_kwargs`, the reference takes your module's sizes, so a size you got wrong
     (a feed-forward widened by 2, not 4) is its size too: the verdict then lists the sizes it checked.
     Returns a `CheckResult` (also when your forward raises: the verdict says which call raised and what);
@@ -528,6 +530,7 @@ def check_module(
             lambda: _train_mode_problem(learner, reference, name, ref_name, inputs, got, atol, rtol),
             lambda: _cases_problem(learner, reference, name, ref_name, seed, atol, rtol) if check_cases else None,
             lambda: _gradient_problem(learner, reference, name, ref_name, inputs, seed, atol, rtol) if check_gradients else None,
+            lambda: _defaults_problem(learner, name, ref_name, type(reference)) if check_defaults else None,
         ]
         for check in checks:  # a failed CheckResult is falsy, so each is compared with None
             problem = check()
@@ -546,6 +549,31 @@ def check_module(
             module.training = training
         for p in reference.parameters():
             p.grad = None
+
+
+def _defaults_problem(learner, name, ref_name, reference_cls) -> CheckResult | None:
+    """A constructor default other than the reference's (heads=4 where it has heads=8). The check builds both with
+    the same sizes, so only the signature shows it, and `MyLayer(dim=...)` alone would build another layer."""
+    try:
+        mine = inspect.signature(type(learner).__init__).parameters
+        theirs = inspect.signature(reference_cls.__init__).parameters
+    except (TypeError, ValueError):  # a constructor without a signature to read
+        return None
+    empty = inspect.Parameter.empty
+    for key, parameter in mine.items():
+        other = theirs.get(key)
+        if other is None or empty in (parameter.default, other.default):
+            continue
+        try:
+            same = bool(parameter.default == other.default)
+        except Exception:  # defaults that do not compare (tensors): not a size
+            continue
+        if not same:
+            message = (f"✗ {name} matches {ref_name} when both are built with the same sizes, but its constructor's "
+                       f"default {key}={parameter.default!r} is not the reference's, {key}={other.default!r}: keep "
+                       f"the spec's defaults, so that {name} built without {key} is the same layer.")
+            return CheckResult(False, name, message, failed_check="defaults")
+    return None
 
 
 def _version(value):

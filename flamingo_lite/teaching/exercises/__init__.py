@@ -14,8 +14,9 @@ A lesson's checks live in `exercises/lessonNN.py`. They are built from three pie
   it differs, tries each known mistake computed with the same weights on the same inputs.
 - `check_layer_in_sizes(layer_cls, reference_cls, sizes, ...)` runs `check_layer` on the learner's class built in
   each size, so a number fixed to the first size (a head count, a scale) is named in the second; `scale_mistakes`
-  and `heads_mistakes` are those numbers' usual mistakes, and `check_shapes_follow` names a parameter whose shape
-  does not follow the constructor's arguments.
+  and `heads_mistakes` are those numbers' usual mistakes, `check_parameter_names` names a parameter that is
+  missing or not the reference's, and `check_shapes_follow` one whose shape does not follow the constructor's
+  arguments.
 - `hint(key)` prints the hint for one step (hidden until asked for).
 - `explain_name_errors()`, run on import, follows a NameError in a lesson with why it usually happens there: a
   check above failed, so the rest of its cell, which sets the name, never ran.
@@ -36,8 +37,9 @@ from torch import nn
 
 __all__ = [
     "ExerciseFailed", "Mistake", "run_learner", "run_untouched", "compare", "check_layer", "check_layer_in_sizes",
-    "check_gradients_reach", "check_dtype_kept", "check_shapes_follow", "scale_mistakes", "heads_mistakes", "passed", "fail", "hint",
-    "register_hints", "register_nudges", "refuse_the_answer", "explain_name_errors",
+    "check_gradients_reach", "check_dtype_kept", "check_parameter_names", "check_shapes_follow", "scale_mistakes",
+    "heads_mistakes", "passed", "fail", "hint", "register_hints", "register_nudges", "refuse_the_answer",
+    "explain_name_errors",
 ]
 
 
@@ -416,6 +418,32 @@ def check_layer_in_sizes(layer_cls, reference_cls, sizes: list[dict], *, what: s
             first = ", ".join(f"{k}={v}" for k, v in sizes[0].items())
             fail(f"{str(failed).rstrip('.')}. It passed with {first}, so a number is fixed to that size: take every "
                  "size from the constructor's arguments (heads, dim_head, dim).")
+
+
+def check_parameter_names(learner, reference, *, what: str, whose: str = "the reference's", parts: str = "",
+                          shapes: bool = False, most: int | None = None, fix: str = "") -> None:
+    """Fail when the learner's module has other parameters than `reference` (their state_dict keys), saying in words
+    which are missing and which the reference does not have, before load_state_dict's own report.
+    what: the module, for the verdict ("your block"); whose: the reference, possessive; parts: its top-level
+    attributes, named in the verdict; shapes: also list each parameter whose shape differs; most: list at most this
+    many names of each kind; fix: a sentence that ends the verdict."""
+    want = reference.state_dict()
+    have = learner.state_dict() if isinstance(learner, nn.Module) else {}
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+
+    def listed(names: list) -> str:
+        if most is None or len(names) <= most:
+            return ", ".join(names)
+        return f"{', '.join(names[:most])} and {len(names) - most} more"
+
+    said = [f"missing {listed(missing)}" if missing else "", f"not in the reference {listed(extra)}" if extra else ""]
+    if shapes:
+        said += [f"{k} is {tuple(have[k].shape)}, not {tuple(want[k].shape)}" for k in want
+                 if k in have and have[k].shape != want[k].shape]
+    said = "; ".join(part for part in said if part)
+    if said:
+        named = f"{whose} ({parts})" if parts else whose
+        fail(f"{what}'s parameters are not {named}: {said}." + (f" {fix}" if fix else ""))
 
 
 def check_shapes_follow(learner, reference, call: str, advice) -> None:

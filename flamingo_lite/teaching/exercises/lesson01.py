@@ -8,8 +8,8 @@ from einops import rearrange
 
 from ...attention import attend, attention_weights
 from . import (
-    Mistake, check_gradients_reach, compare, fail, passed, register_hints, register_nudges, run_learner, run_untouched,
-    keep_rng, refuse_the_answer,
+    Mistake, _names_used, check_dtype_kept, check_gradients_reach, compare, fail, passed, register_hints,
+    register_nudges, run_learner, run_untouched, keep_rng, refuse_the_answer,
 )
 
 register_hints({
@@ -89,6 +89,19 @@ def _check_attention_in_float16(attention, q, k, v, mask) -> None:
     compare(got, reference_attention(q, k, v, mask), what=what, atol=2e-2, rtol=2e-2)
 
 
+def _check_attention_at_another_width(attention, mask) -> None:
+    """Heads of width 8 instead of 4: a scale written into the code as a number is right for one width only."""
+    q, k, v, _ = _qkv(seed=3, e=8)  # (b, h, i|j, 8)
+    what = "your attention(q, k, v, mask) with heads of width e=8"
+    got = run_untouched(attention, q, k, v, mask, what=what, names=("q", "k", "v", "mask"))
+    width4 = reference_attention(q * (4**-0.5 / 8**-0.5), k, v, mask)  # the scores scaled by 4**-0.5 = 0.5
+    compare(got, reference_attention(q, k, v, mask), what=what, mistakes=[
+        Mistake("scale fixed at e=4", width4,
+                "the scale is the number 0.5, right for heads of width 4 only: compute it from the queries, "
+                "`q.shape[-1] ** -0.5`."),
+    ])
+
+
 def _attention_mistakes(q, k, v, mask):
     return [
         Mistake("-inf fill", reference_attention(q, k, v, mask, fill="inf"),
@@ -145,6 +158,7 @@ def check_attention(attention) -> None:
     got = run_untouched(attention, q, k, v, mask[0], what=what, names=names)
     compare(got, reference_attention(q, k, v, mask[0]), what=what, mistakes=_attention_mistakes(q, k, v, mask[0]))
     _check_attention_in_float16(attention, q, k, v, mask)
+    _check_attention_at_another_width(attention, mask)
     check_gradients_reach(lambda a, b, c: attention(a, b, c, mask), lambda a, b, c: reference_attention(a, b, c, mask),
                      (q, k, v), ("q", "k", "v"), what="your attention(q, k, v, mask)")
     passed("attention is right, with and without a mask; the query that may see nothing gets exactly 0, and the "
@@ -171,7 +185,9 @@ def check_heads(split_heads, merge_heads) -> None:
     ])
     split = rearrange(x, "b n (h e) -> b h n e", h=3)
     what = "your merge_heads(split)"
-    got = run_learner(merge_heads, split, what=what)
+    view_advice = {"view size is not compatible": "after a transpose the numbers are no longer in memory order, and "
+                   "`.view` cannot regroup them: use `.reshape(...)` or `rearrange(x, 'b h n e -> b n (h e)')`."}
+    got = run_learner(merge_heads, split.contiguous(), what=what, advice=view_advice)  # as a layer's output comes
     compare(got, x, what=what, mistakes=[
         Mistake("heads in the wrong order", rearrange(split, "b h n e -> b n (e h)"),
                 "the heads are merged in the wrong order: write '(h e)', the same as in split_heads."),
@@ -265,6 +281,10 @@ def _compare_multi_head(got, args, what) -> None:
 
 def check_stable_softmax(stable_softmax) -> None:
     """Step 01.softmax: `stable_softmax(s, dim=-1)` that never overflows."""
+    code = getattr(stable_softmax, "__code__", None)
+    if code is not None and "softmax" in _names_used(code):
+        fail("your stable_softmax calls torch's softmax (`torch.softmax`, `F.softmax` or `s.softmax`), which this "
+             "exercise writes out: exp of the scores minus their max, divided by the sum of those exps.")
     s = torch.tensor([[1000.0, 1001.0, 1002.0], [-5.0, 0.0, 5.0]])  # (2, 3)
     what = "your stable_softmax(s)"
     got = run_untouched(stable_softmax, s, what=what, names=("s",), fix="write `s = s - s.amax(...)`, a new tensor.",
@@ -290,6 +310,10 @@ def check_stable_softmax(stable_softmax) -> None:
                 "it ignores its dim argument: the softmax ran over the last axis. Take the max and the sum along "
                 "`dim` (`s.amax(dim=dim, keepdim=True)`, `.sum(dim=dim, keepdim=True)`)."),
     ])
+    what = "your stable_softmax(s) in float16"
+    half = s.half()  # (2, 3): 1000 fits in float16, and s - max is at most 0, so nothing overflows
+    check_dtype_kept(run_learner(stable_softmax, half, what=what), half, what, inputs="scores",
+                     fix="keep the scores' dtype; a `.float()` or a tensor made in float32 changes it.")
     passed("stable_softmax is right, and finite for scores around 1000.")
 
 

@@ -156,6 +156,22 @@ def check_project(project) -> None:
     passed(f"project is right: q {tuple(want[0].shape)}, k and v {tuple(want[1].shape)} (n + L = 6 + 3 keys).")
 
 
+def _check_attend_with_other_heads(attend_latents) -> None:
+    """A layer of 4 heads of width 4: a head count or a width written into the code as a number fails here."""
+    torch.manual_seed(1)
+    layer = fl.PerceiverAttention(dim=16, dim_head=4, heads=4).eval()
+    x, latents = _inputs(seed=1)
+    what = "your attend_latents(layer, q, k, v) for a layer of 4 heads"
+    with torch.no_grad():
+        q, k, v = reference_project(layer, x, latents)
+        got = run_untouched(attend_latents, layer, q, k, v, what=what, names=("layer", "q", "k", "v"))
+        compare(got, reference_attend(layer, q, k, v), what=what, mistakes=[
+            *(Mistake("two heads", reference_attend(layer, q, k, v, heads=2, scale_value=scale),
+                      "this is the answer for 2 heads: the number of heads is written into your code; split with "
+                      "h=layer.heads.") for scale in (layer.scale, 8**-0.5)),  # scaled as the layer says, or by e=8
+        ])
+
+
 def check_attend(attend_latents) -> None:
     """Step 02.scores: `attend_latents(layer, q, k, v) -> (b, t, L, h*e)`, heads split, attended and merged."""
     refuse_the_answer(attend_latents, _ANSWERS_ATTEND)
@@ -182,6 +198,7 @@ def check_attend(attend_latents) -> None:
     check_dtype_kept(got, q, what, fix=_DTYPE_FIX)
     check_gradients_reach(lambda a, b, c: attend_latents(layer, a, b, c), lambda a, b, c: reference_attend(layer, a, b, c),
                           (q, k, v), ("q", "k", "v"), what=what)
+    _check_attend_with_other_heads(attend_latents)
     passed("attend_latents is right: every latent's weights sum to 1 over the n+L keys, in each head.")
 
 
@@ -241,6 +258,9 @@ def _unpatchify_mistakes(patches, grid, p) -> list[Mistake]:
         Mistake("channels first", undo("(gh gw) (c p1 p2) -> (gh p1) (gw p2) c"),
                 "each patch is read channels first: its numbers are listed pixel by pixel, the 3 colours of a pixel "
                 "together, '(p1 p2 c)'."),
+        Mistake("image transposed", undo("(gh gw) (p1 p2 c) -> (gw p2) (gh p1) c"),
+                "the image comes back transposed, its height and width swapped: its axes are the height, then the "
+                "width, '(gh p1) (gw p2) c'."),
         Mistake("reshape", patches.reshape(gh * p, gw * p, -1),
                 "a reshape keeps the numbers in their order, so the patches' pixels do not go back to their places: "
                 "move the axes with rearrange, '(gh gw) (p1 p2 c) -> (gh p1) (gw p2) c'."),
@@ -249,7 +269,8 @@ def _unpatchify_mistakes(patches, grid, p) -> list[Mistake]:
 
 def check_unpatchify(unpatchify, patches, img, grid, p) -> None:
     """Exercise 1: `unpatchify(patches, grid, p)` inverts the patching. The usual mistakes are named on random
-    patches first: on a picture symmetric about its diagonal, two of them give the same image."""
+    patches first: on a picture symmetric about its diagonal, two of them give the same image. A wide grid last, where
+    the grid's two sizes taken the other way round are named (a square grid cannot show it)."""
     square = torch.rand(3 * 3, 2 * 2 * 3, generator=torch.Generator().manual_seed(1))  # a 3 x 3 grid of 2 x 2 patches
     what = "your unpatchify on a 3 x 3 grid of 2 x 2 random patches"
     want = rearrange(square, "(gh gw) (p1 p2 c) -> (gh p1) (gw p2) c", gh=3, gw=3, p1=2, p2=2)  # (6, 6, 3)
@@ -260,7 +281,11 @@ def check_unpatchify(unpatchify, patches, img, grid, p) -> None:
     wide = torch.rand(2 * 3, 2 * 2 * 3, generator=torch.Generator().manual_seed(0))  # a 2 x 3 grid of 2 x 2 patches
     what = "your unpatchify on a 2 x 3 grid of 2 x 2 patches"
     want = rearrange(wide, "(gh gw) (p1 p2 c) -> (gh p1) (gw p2) c", gh=2, gw=3, p1=2, p2=2)  # (4, 6, 3)
-    compare(run_learner(unpatchify, wide, (2, 3), 2, what=what), want, what=what)
+    compare(run_learner(unpatchify, wide, (2, 3), 2, what=what), want, what=what, mistakes=[
+        Mistake("grid read as (columns, rows)", rearrange(wide, "(gh gw) (p1 p2 c) -> (gh p1) (gw p2) c", gh=3, gw=2,
+                                                          p1=2, p2=2),
+                "the grid's two sizes are swapped: grid is (rows, columns), so `gh, gw = grid`."),
+    ])
     passed("unpatchify inverts the patching, for square and wide grids.")
 
 

@@ -9,8 +9,8 @@ from einops import rearrange, repeat
 
 import flamingo_lite as fl
 
-from . import (ExerciseFailed, Mistake, check_layer, check_shapes_follow, compare, fail, passed, register_hints, register_nudges,
-               run_learner, run_untouched, keep_rng, refuse_the_answer)
+from . import (ExerciseFailed, Mistake, check_layer, check_parameter_names, check_shapes_follow, compare, fail, passed,
+               register_hints, register_nudges, run_learner, run_untouched, keep_rng, refuse_the_answer)
 
 register_hints({
     "03.embed": "media_pos_emb[:t] has shape (t, 1, d): adding it to x (b, t, n, d) broadcasts embedding i onto "
@@ -372,13 +372,8 @@ def _check_built_as_asked(learner, reference, depth: int, call: str) -> None:
     """The learner's module has the parameters the reference has when built with the same arguments: the forward
     checks build their reference from the learner's own shapes, so a layer too many would be in both."""
     _check_depth(learner, depth, call)
-    theirs, ours = set(learner.state_dict()), set(reference.state_dict())
-    extra, missing = sorted(theirs - ours), sorted(ours - theirs)
-    if extra or missing:
-        said = "; ".join(part for part in (f"unexpected {', '.join(extra[:3])}" if extra else "",
-                                           f"missing {', '.join(missing[:3])}" if missing else "") if part)
-        fail(f"{call} does not have the parameters fl.PerceiverResampler has with the same arguments ({said}): "
-             "build exactly the table's attributes from the constructor's arguments.")
+    check_parameter_names(learner, reference, what=call, whose="fl.PerceiverResampler's with the same arguments",
+                          most=3, fix="Build exactly the table's attributes from the constructor's arguments.")
 
 
 def _size_advice(name: str) -> str:

@@ -139,6 +139,8 @@ def check_masked_softmax(masked_softmax) -> None:
                        advice={"cannot be converted": "a fixed fill such as -1e9 does not fit in float16: fill with "
                                "torch.finfo(scores.dtype).min (or -inf, then set the all-False rows to 0), which every "
                                "dtype holds."})
+    check_dtype_kept(half, s.half(), "your masked_softmax on float16 scores", inputs="scores",
+                     fix="keep the scores' dtype; a `.float()` or a tensor made in float32 changes it.")
     compare(half.float(), reference_masked_softmax(s, mask), what="your masked_softmax on float16 scores", atol=2e-3,
             rtol=2e-3)
     # a .detach() inside would leave the queries and keys before it untrained
@@ -357,6 +359,32 @@ def _check_mode_switch(layer_cls, x, media) -> None:
                     what=f"your {name} built with only_attend_immediate_media=True, then set to False,")
 
 
+def _check_tokens_reached_in_a_batch(tokens_reached_by, media_locations, advice) -> None:
+    """A batch of 2 with other sizes than the lesson's (width 8, 2 latents): sizes written into the code, or a change
+    made to the first sample only, show here."""
+    g = torch.Generator().manual_seed(5)
+    row = media_locations[0].cpu()  # (n,)
+    locations = torch.stack([row, row.roll(2)]).to(media_locations.device)  # (2, n): the images elsewhere in row 1
+    x = torch.randn(2, row.shape[0], 8, generator=g).to(media_locations.device)  # (2, n, 8)
+    media = torch.randn(2, int(row.sum()), 2, 8, generator=g).to(media_locations.device)  # (2, t, 2, 8)
+    layer = fl.MaskedCrossAttention(dim=8, dim_head=4, heads=2).to(media_locations.device)
+    what = "your tokens_reached_by on a batch of 2 (width 8, 2 latents per image), k=1"
+    sizes = ("a size written into your code fits the lesson's media only: make the new image from the media you "
+             "are given, `torch.randn_like(media[:, k - 1])`.")
+    advice = {**advice, "expanded size": sizes, "must match the size": sizes}
+    reached = run_untouched(tokens_reached_by, layer, x, media, locations, 1, what=what, advice=advice, trains=False,
+                            names=("layer", "x", "media", "media_locations", "k"),
+                            fix="change a copy, `new_media = media.clone()`, so the caller's media stay as they were.")
+    allowed = masks.text_time(locations) == 1  # (2, n)
+    first_only = allowed.clone()
+    first_only[1] = False
+    compare(reached, allowed, what=what, mistakes=[
+        Mistake("first sample only", first_only,
+                "only the first sample's words changed: replace image k in every sample, `new_media[:, k - 1] = ...`, "
+                "and compare every row."),
+    ])
+
+
 def check_tokens_reached(tokens_reached_by, x, media, media_locations, original_cls=None) -> list:
     """Exercise: `tokens_reached_by(layer, x, media, media_locations, k)`, checked on flamingo_lite's layer in both
     modes (and, if given, on the original code's leaky all-previous mode). Returns the leak's reached row."""
@@ -404,6 +432,7 @@ def check_tokens_reached(tokens_reached_by, x, media, media_locations, original_
                      "against too high a threshold; measure each token's change by its size, "
                      "`(new - old).abs().amax(dim=-1) > 1e-6` (a signed mean over the features cancels out).")
             compare(reached, allowed, what=what, mistakes=mistakes)
+    _check_tokens_reached_in_a_batch(tokens_reached_by, media_locations, out_of_range)
     if original_cls is None:
         return []
     leaky = original_cls(dim=dim, dim_head=8, heads=2, only_attend_immediate_media=False).to(x.device)

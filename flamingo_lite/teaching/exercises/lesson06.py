@@ -1,12 +1,12 @@
 """Checks for lesson 06: the learner writes `GatedCrossAttentionBlock.forward`, then three exercises about its gates.
 
 Each check runs the learner's code on a small input, compares it with the answer computed from the reference's
-own sub-layers, and when it differs, with the usual mistakes computed on the same input (gates without tanh, a
-residual missing, the feed-forward fed the block's input instead of the cross-attention's output, the two gates
-swapped, a layer left ungated or gated by the other's gate, the cross-attention in the other mode, the feed-forward
-left out or run first, the update returned without the input), so the verdict names the mistake; a forward that
-changes its input x in place is named too. A gate that is not a trainable nn.Parameter is named before anything runs, and a block whose own
-cross-attention or feed-forward is off is sent back to that layer's lesson.
+own sub-layers, and when it differs, with the usual mistakes computed on the same input (gates without tanh or
+through a sigmoid, a residual missing, the feed-forward fed the block's input instead of the cross-attention's output,
+the two gates swapped, a layer left ungated or gated by the other's gate, the cross-attention in the other mode, the
+feed-forward left out or run first, the update returned without the input), so the verdict names the mistake; a
+forward that changes its input x in place is named too. A gate that is not a trainable nn.Parameter is named before
+anything runs, and a block whose own cross-attention or feed-forward is off is sent back to that layer's lesson.
 """
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ import torch
 
 from ... import masks
 from ...gated import GatedCrossAttentionBlock
-from . import (Mistake, _check_modules_registered, _same, check_layer, check_shapes_follow, compare, fail, passed,
-               register_hints, register_nudges, run_learner, run_untouched, keep_rng, refuse_the_answer)
+from . import (Mistake, _check_modules_registered, _same, check_layer, check_parameter_names, check_shapes_follow,
+               compare, fail, passed, register_hints, register_nudges, run_learner, run_untouched, keep_rng,
+               refuse_the_answer)
 
 DIM, HEADS, DIM_HEAD = 16, 2, 8
 ATTN_GATE, FF_GATE = 0.7, -0.4  # opened, different, and tanh(g) far from g: every mistake gives other numbers
@@ -104,6 +105,8 @@ def _variants(reference, x, media, media_locations) -> dict:
     yf = x + f.tanh() * ff(x)  # the feed-forward first, the cross-attention reading its output
     out["ff first"] = yf + a.tanh() * attn(yf, media, media_locations)
     out["update only"] = out["right"] - x
+    y_sig = x + a.sigmoid() * xattn
+    out["sigmoid gates"] = y_sig + f.sigmoid() * ff(y_sig)
     return out
 
 
@@ -135,6 +138,9 @@ MESSAGES = {
                 "self.attn(x, media, media_locations)`, then the feed-forward on that new x.",
     "update only": "this is the update alone, without the block's input: the block returns `x` plus the gated "
                    "layers' outputs, so keep the `x +` (each line `x = x + ...`).",
+    "sigmoid gates": "the gates go through a sigmoid: use tanh, `self.attn_gate.tanh()` and `self.ff_gate.tanh()`; "
+                     "sigmoid(0) is 0.5, so closed gates would let half of each layer through, where tanh(0) = 0 "
+                     "keeps the new block the identity.",
 }
 
 
@@ -186,12 +192,7 @@ def check_forward(block_class) -> None:
                            what="building your block")
         _check_gates_train(mine)
         _check_modules_registered(mine, "your block")  # layers in a plain list: named before the missing names
-        want, have = set(reference.state_dict()), set(mine.state_dict())
-        if want != have:  # a missing or misnamed parameter, said in words before load_state_dict's own report
-            said = [f"missing {', '.join(sorted(want - have))}" if want - have else "",
-                    f"not in the reference {', '.join(sorted(have - want))}" if have - want else ""]
-            fail(f"your block's parameters are not the reference's (attn, attn_gate, ff, ff_gate): "
-                 f"{'; '.join(part for part in said if part)}.")
+        check_parameter_names(mine, reference, what="your block", parts="attn, attn_gate, ff, ff_gate")
         # the names agree; a shape that differs is named (load_state_dict would quietly load a (1,) gate into ())
         check_shapes_follow(mine, reference, "your block", _shape_advice)
         mine.load_state_dict(reference.state_dict())
@@ -206,7 +207,8 @@ def check_forward(block_class) -> None:
         compare(got, variants["right"], what=what, mistakes=mistakes)
         _check_gradients(mine, reference, (x, media, media_locations), what)
         # beyond the one-sentence example: a batch of 3, more media than markers, a row with no marker
-        check_layer(mine, reference, (x, media, media_locations), what=what, quiet=True, mistakes=_known_mistakes)
+        check_layer(mine, reference, (x, media, media_locations), what=what, quiet=True, mistakes=_known_mistakes,
+                    check_defaults=False)  # the defaults are named below, each in its own words
     closed = run_learner(block_class, dim=DIM, dim_head=DIM_HEAD, heads=HEADS, what="building your block")
     _check_default_mode(closed, x, media, media_locations)
     for gate in ("attn_gate", "ff_gate"):
@@ -402,6 +404,9 @@ def check_attn_gate_gradient(attn_gate_gradient, block_class) -> tuple:
     _check_gates_train(closed)
     goal = torch.randn(inputs[0].shape, generator=torch.Generator().manual_seed(5))  # (b, n, d)
     (closed(*inputs) - goal).pow(2).mean().backward()
+    if closed.attn_gate.grad is None or closed.ff_gate.grad is None:  # the block, not this exercise, is wrong
+        fail("your block's gates get no gradient (a .detach(), .data or no_grad on them), so there is no autograd "
+             "answer to compare with: run lesson06.check_forward on your block first, then come back here.")
     want = closed.attn_gate.grad.reshape(())  # ()
     n = inputs[0].numel()
     with torch.no_grad():  # the chain rule on the wrong layer's output, or without the mask

@@ -2,12 +2,13 @@
 
 `check_loss` runs the learner's loss on copies of small embeddings (an embedding normalised in place is named) and
 compares it with the reference (`flamingo_lite.tiny.contrastive.contrastive_loss`) and with the usual mistakes
-computed on the same input: labels not on the diagonal, only one direction, features not normalised (or over the
-batch, or on one side only), the temperature not clamped, clamped with its own bounds on its log or its log's bounds on itself, used without
-`.exp()`, fixed, or multiplied instead of divided, the two terms added instead of averaged or summed over the batch;
-then it checks that the temperature is learned (it gets a gradient). `check_training_step` runs two steps of the
-learner's `training_step` and of the usual wrong steps on copies of the same small encoders, and names the mistake
-whose weights the learner's match, an encoder whose weights never move, or an optimizer passed in that never steps.
+computed on the same input: labels not on the diagonal (or rolled by one), only one direction, features not
+normalised (or over the batch, or on one side only), the temperature not clamped, clamped with its own bounds on its
+log or its log's bounds on itself, used without `.exp()`, fixed, multiplied instead of divided, or applied twice,
+the two terms added instead of averaged or summed over the batch; then it checks that the temperature is learned (it
+gets a gradient). `check_training_step` runs two steps of the learner's `training_step` and of the usual wrong steps
+on copies of the same small encoders, and names the mistake whose weights the learner's match, an encoder whose
+weights never move, or an optimizer passed in that never steps.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ register_nudges({  # a first hint where the full one is the answer: hint(key), t
 
 
 def _logits(image, text, log_t, *, normalise=("image", "text"), dim=-1, clamp=True, divide=True, exp=True,
-            bounds_on_log=False, clamp_after_exp=False):
+            bounds_on_log=False, clamp_after_exp=False, twice=False):
     if "image" in normalise:
         image = F.normalize(image, dim=dim)  # (B, e)
     if "text" in normalise:
@@ -53,6 +54,8 @@ def _logits(image, text, log_t, *, normalise=("image", "text"), dim=-1, clamp=Tr
     t = log_t.exp() if exp else log_t  # ()
     if clamp_after_exp:  # the log's bounds put on T itself: T > 0 is clamped to at most log(1) = 0
         t = t.clamp(MIN_LOG_TEMPERATURE, MAX_LOG_TEMPERATURE)  # ()
+    if twice:  # the temperature applied twice: the logits divided by T * T
+        t = t * t
     return image @ text.T / t if divide else image @ text.T * t  # (B, B)
 
 
@@ -67,6 +70,8 @@ def _loss_variants(image, text, log_t) -> dict:
     out["labels not on the diagonal"] = (F.cross_entropy(logits, first) + F.cross_entropy(logits.T, first)) / 2
     flipped = diagonal.flip(0)  # (B,): the anti-diagonal
     out["labels on the anti-diagonal"] = (F.cross_entropy(logits, flipped) + F.cross_entropy(logits.T, flipped)) / 2
+    rolled = diagonal.roll(1)  # (B,): picture i labelled with caption i - 1; roll(-1) gives the same mean of the two
+    out["labels rolled"] = (F.cross_entropy(logits, rolled) + F.cross_entropy(logits.T, rolled)) / 2
     out["only image to text"] = i2t
     out["only text to image"] = t2i
     out["the two terms added"] = i2t + t2i
@@ -85,6 +90,7 @@ def _loss_variants(image, text, log_t) -> dict:
     out["bounds on log T"] = symmetric(_logits(image, text, log_t, bounds_on_log=True))
     out["log bounds on T"] = symmetric(_logits(image, text, log_t, clamp=False, clamp_after_exp=True))
     out["no temperature"] = symmetric(_logits(image, text, torch.zeros(())))  # cosines alone, temperature 1
+    out["temperature twice"] = symmetric(_logits(image, text, log_t, twice=True))
     return out
 
 
@@ -142,6 +148,10 @@ LOSS_MESSAGES = {
                        "log 1 = 0) and the logits infinite; clamp the log first, `log_temperature.clamp(...).exp()`.",
     "no temperature": "the temperature is missing: divide the cosine similarities by "
                       "`log_temperature.clamp(...).exp()`.",
+    "labels rolled": "the labels are rolled by one: picture i matches caption i, not its neighbour, so the labels "
+                     "are `torch.arange(B)`, with no `.roll`.",
+    "temperature twice": "the logits are divided by the temperature twice, by T * T: divide once, `image @ text.T / "
+                         "temperature`.",
 }
 
 

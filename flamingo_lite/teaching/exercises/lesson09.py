@@ -2,21 +2,22 @@
 parameter groups) and greedy decoding, then two exercises that read the training's results.
 
 The loss is checked on logits and tokens with padding, against the loss not shifted (scoring each position's own
-token), shifted the wrong way, counted on padding, or averaged over every position, padding included, then with
-padding of another id than 0 (a fixed `ignore_index=0` is named); a loss written by hand with its log_softmax over the
-positions or the batch is named, and logits passed to cross-entropy without flattening are named from the error they
-raise. Freezing and the parameter groups are read off the learner's model and groups. Greedy decoding runs on a
-scripted model whose next token is known at every position but has only about 1/5 of the probability, twice from
-different seeds, so a decoder that samples, does not stop at `<eoc>`, reads the wrong position or never feeds its own
-word back gives a recognisable answer; a decoder that gives the model a window of the latest tokens, or only the new
-ones, is named from the prompt's start missing from the model's input. The training loop trains a model whose forward
-takes (tokens, images), as the learner's MyFlamingo does, and is compared with the package's history, where "step"
-counts the optimizer updates done (from 1; step 0 is before the first); a loop one step off, one that clears the
-gradients before the step, leaves out the weight decay, logs a loss computed after the update, draws a new order every
-step, keeps each epoch's smaller last batch (the check's 44 sequences leave 4 over), steps the schedule before the
-optimizer, or logs the gates without their tanh or swapped is named, and the model must be left in eval mode.
-`first_step_above` is tried on gates exactly at the threshold (not above it) and on a history logged unevenly;
-`caption_format` on a caption whose third word is not "in".
+token), shifted the wrong way or by two, its targets rolled (either way) instead of sliced, counted on padding, or
+averaged over every position, padding included, then with padding of another id than 0 (a fixed `ignore_index=0` is
+named); a loss written by hand with its log_softmax over the positions or the batch is named, and logits passed to
+cross-entropy without flattening are named from the error they raise. Freezing and the parameter groups are read off
+the learner's model and groups. Greedy decoding runs on a scripted model whose next token is known at every position
+but has only about 1/5 of the probability, twice from different seeds, so a decoder that samples, does not stop at
+`<eoc>`, reads the wrong position or never feeds its own word back gives a recognisable answer; a decoder that gives
+the model a window of the latest tokens, or only the new ones, is named from the prompt's start missing from the
+model's input. The training loop trains a model whose forward takes (tokens, images), as the learner's MyFlamingo
+does, and is compared with the package's history, where "step" counts the optimizer updates done (from 1; step 0 is
+before the first); a loop one step off, one that clears the gradients before the step, leaves out the weight decay,
+logs a loss computed after the update, draws a new order every step, keeps each epoch's smaller last batch (the
+check's 44 sequences leave 4 over), steps the schedule before the optimizer, or logs the gates without their tanh or
+swapped is named, and the model must be left in eval mode. `first_step_above` is tried on gates exactly at the
+threshold (not above it) and on a history logged unevenly; `caption_format` on a caption whose third word is not
+"in".
 """
 from __future__ import annotations
 
@@ -167,6 +168,15 @@ def check_loss(next_token_loss) -> None:
         Mistake("shifted the wrong way", flat(logits[:, 1:], tokens[:, :-1], ignore_index=0),
                 "the shift goes the wrong way: position i predicts token i+1, so drop the *last* logits "
                 "(`logits[:, :-1]`) and the *first* tokens (`tokens[:, 1:]`)."),
+        Mistake("shifted by two", flat(logits[:, :-2], tokens[:, 2:], ignore_index=0),
+                "the targets are shifted one place too far: position i predicts token i+1, the very next one, so "
+                "compare `logits[:, :-1]` with `tokens[:, 1:]`, a shift of one."),
+        Mistake("rolled", flat(logits, tokens.roll(-1, dims=1), ignore_index=0),
+                "the targets are rolled (`tokens.roll(-1, dims=1)`): the roll wraps the first token round to the end, "
+                "so the last position is scored against it; slice instead, `logits[:, :-1]` with `tokens[:, 1:]`."),
+        Mistake("rolled the wrong way", flat(logits, tokens.roll(1, dims=1), ignore_index=0),
+                "the targets are rolled the wrong way (`tokens.roll(1, dims=1)`): position i predicts token i+1, not "
+                "i-1, and the roll wraps a token round; slice instead, `logits[:, :-1]` with `tokens[:, 1:]`."),
         Mistake("sum", flat(logits[:, :-1], tokens[:, 1:], ignore_index=0, reduction="sum"),
                 "the loss is a sum: take the mean over the real target tokens (the default `reduction='mean'`)."),
         _mean_over_every_position(logits, tokens, 0),
@@ -314,6 +324,11 @@ class ScriptedModel(nn.Module):
             raise ValueError(f"the model got images of shape {tuple(images.shape)}, not (1, t, 3, H, W) = "
                              f"{self.images_shape}: pass every picture of the prompt, with a batch axis of 1 "
                              "(images[None])")
+        if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long:  # a real model embeds ids: long only
+            raise TypeError(f"the model got token ids of dtype {getattr(tokens, 'dtype', type(tokens).__name__)}, "
+                            "not torch.long: an id appended as a float (torch.tensor([next_id]) of a float, or "
+                            "torch.cat with a float tensor) cannot be embedded; keep the prompt's dtype, "
+                            "`torch.tensor([next_id], dtype=ids.dtype)`")
         b, n = tokens.shape
         self.lengths.append(n)
         self.starts.append(tokens[0, : self.prompt_len].tolist())

@@ -14,7 +14,8 @@ from einops import rearrange
 
 from ... import masks
 from ...cross_attention import MaskedCrossAttention
-from . import Mistake, check_layer, compare, fail, passed, register_hints, register_nudges, run_learner, run_untouched
+from . import (Mistake, check_layer, check_parameter_names, compare, fail, passed, register_hints, register_nudges,
+               run_learner, run_untouched)
 
 DIM, HEADS, DIM_HEAD = 16, 2, 8
 
@@ -161,16 +162,8 @@ def check_segment_layer(layer_class) -> None:
 
 def _check_parameter_names(mine, reference) -> None:
     """The learner's layer has the reference's parameters, by name and shape, each named when it is not."""
-    want, have = reference.state_dict(), mine.state_dict() if isinstance(mine, torch.nn.Module) else {}
-    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
-    shapes = [f"{k} is {tuple(have[k].shape)}, not {tuple(want[k].shape)}" for k in want
-              if k in have and have[k].shape != want[k].shape]
-    said = "; ".join(part for part in (f"missing {', '.join(missing)}" if missing else "",
-                                       f"not in the reference {', '.join(extra)}" if extra else "",
-                                       "; ".join(shapes)) if part)
-    if said:
-        fail(f"your layer's parameters are not the reference's (norm, to_q, to_kv, to_out): {said}. Keep the layers "
-             "of lesson 05's MaskedCrossAttention, under their names, and no others.")
+    check_parameter_names(mine, reference, what="your layer", parts="norm, to_q, to_kv, to_out", shapes=True,
+                          fix="Keep the layers of lesson 05's MaskedCrossAttention, under their names, and no others.")
 
 
 def _check_other_sizes(layer_class) -> None:

@@ -8,7 +8,7 @@
 - `from_idefics_keys(sd)`: an IDEFICS gated layer's `state_dict` renamed into flamingo_lite's. The answer is
   `interop.from_idefics(sd).state_dict()`; a wrong answer is compared with the usual mistakes on the same weights
   (keys and values swapped in `to_kv`, SwiGLU's halves swapped, the two norms swapped, per-channel gates left
-  `(1, 1, d)`), so the verdict names the mistake.
+  `(1, 1, d)`), so the verdict names the mistake; a second layer with scalar gates `(1,)` names a `.squeeze()`.
 """
 from __future__ import annotations
 
@@ -81,16 +81,18 @@ def check_gated_layers(fn) -> dict:
 DIM, DIM_VISUAL, HEADS, DIM_HEAD, HIDDEN = 16, 24, 2, 8, 40
 
 
-def idefics_state_dict(seed: int = 0) -> dict:
-    """A random IDEFICS gated-layer state_dict (per-channel gates, width 16, 2 heads of 8, media 24, MLP 40)."""
+def idefics_state_dict(seed: int = 0, *, gate: str = "per_channel") -> dict:
+    """A random IDEFICS gated-layer state_dict (width 16, 2 heads of 8, media 24, MLP 40), with per-channel gates
+    `(1, 1, d)` (IDEFICS's alpha_type="vector") or scalar ones `(1,)` (gate="scalar", alpha_type="float")."""
+    gates = (1, 1, DIM) if gate == "per_channel" else (1,)
     shapes = {
         "input_layernorm.weight": (DIM,),
         "cross_attn.q_proj.weight": (HEADS * DIM_HEAD, DIM),
         "cross_attn.k_proj.weight": (HEADS * DIM_HEAD, DIM_VISUAL),
         "cross_attn.v_proj.weight": (HEADS * DIM_HEAD, DIM_VISUAL),
         "cross_attn.o_proj.weight": (DIM, HEADS * DIM_HEAD),
-        "alpha_cross_attn": (1, 1, DIM),
-        "alpha_dense": (1, 1, DIM),
+        "alpha_cross_attn": gates,
+        "alpha_dense": gates,
         "post_attention_layernorm.weight": (DIM,),
         "mlp.gate_proj.weight": (HIDDEN, DIM),
         "mlp.up_proj.weight": (HIDDEN, DIM),
@@ -125,44 +127,72 @@ def _same_dict(got: dict, want: dict) -> bool:
 
 def check_from_idefics_keys(fn) -> dict:
     """fn(IDEFICS state_dict) -> flamingo_lite state_dict; passes when a GatedCrossAttentionBlock loads it strictly
-    and it holds what `interop.from_idefics` puts there."""
-    sd = idefics_state_dict()
+    and it holds what `interop.from_idefics` puts there, for a layer with per-channel gates and then for one with
+    scalar gates, (1,) on both sides (a `.squeeze()` makes those 0-d and passes on per-channel gates alone). Returns
+    the learner's conversion of the per-channel layer."""
+    got = _check_conversion(fn, idefics_state_dict())
+    _check_conversion(fn, idefics_state_dict(1, gate="scalar"), case=" on a layer with scalar gates",
+                      advice=_SCALAR_GATE_ADVICE)
+    passed("from_idefics_keys is right: a GatedCrossAttentionBlock(norm='rmsnorm', ff_activation='swiglu', "
+           "gate='per_channel') loads it with strict=True.")
+    return got
+
+
+# a gate indexed or reshaped to the per-channel shape raises on a scalar gate (1,)
+_SCALAR_GATE_ADVICE = {
+    "too many indices": "a scalar gate is (1,), with one axis: `.reshape(-1)` makes both (1,) and (1, 1, d) 1-D, "
+                        "without indexing.",
+    "invalid index of a 0-dim tensor": "a scalar gate is (1,), with one axis: `.reshape(-1)` makes both (1,) and "
+                                       "(1, 1, d) 1-D, without indexing.",
+    "is invalid for input of size 1": "a scalar gate is (1,), one number: `.reshape(-1)` makes both (1,) and "
+                                      "(1, 1, d) 1-D, whatever their width.",
+}
+
+
+def _check_conversion(fn, sd: dict, *, case: str = "", advice: dict | None = None) -> dict:
+    """The learner's conversion of `sd` against `interop.from_idefics`'s; fails naming what differs, the usual
+    mistakes by name. case: which layer, for the verdict (" on a layer with scalar gates"); advice: for
+    `run_learner`. Returns the learner's dict."""
+    what = f"from_idefics_keys{case}"
     given = dict(sd)  # the learner's copy
-    got = run_learner(fn, given, what="your from_idefics_keys(sd)")
+    got = run_learner(fn, given, what=f"your from_idefics_keys(sd){case}", advice=advice)
     if set(given) != set(sd) or any(given[k] is not v for k, v in sd.items() if k in given):
         fail("your from_idefics_keys changed the state_dict it was given (`sd.pop(...)`, `del sd[...]` or an "
              "assignment into it): the caller's dict changes too, and a second conversion of the same weights fails; "
              "read it, `sd[key]`, and build a new dict.")
     if not isinstance(got, dict):
         fail(f"from_idefics_keys returned a {type(got).__name__}: return a dict of tensors, flamingo_lite key -> tensor.")
-    layer = interop.from_idefics(dict(sd), heads=HEADS)  # the reference conversion, with per-channel gates
+    layer = interop.from_idefics(dict(sd), heads=HEADS)  # the reference conversion
     right = {k: v.detach() for k, v in layer.state_dict().items()}
     missing, unknown = sorted(set(right) - set(got)), sorted(set(got) - set(right))
     if unknown:
-        fail(f"from_idefics_keys returned key {unknown[0]!r}, which a flamingo_lite GatedCrossAttentionBlock does not "
+        fail(f"{what} returned key {unknown[0]!r}, which a flamingo_lite GatedCrossAttentionBlock does not "
              "have: use the names in the table's right-hand column.")
     if missing:
-        fail(f"from_idefics_keys has no {missing[0]!r}: every flamingo_lite key needs a value (see the table).")
+        fail(f"{what} has no {missing[0]!r}: every flamingo_lite key needs a value (see the table).")
     for key in right:
         if not isinstance(got[key], torch.Tensor):
-            fail(f"from_idefics_keys: {key!r} is a {type(got[key]).__name__}, not a tensor.")
+            fail(f"{what}: {key!r} is a {type(got[key]).__name__}, not a tensor.")
         if got[key].shape != right[key].shape:
-            extra = (" the per-channel gates are (1, 1, d) in IDEFICS and (d,) in flamingo_lite: `.reshape(-1)`."
-                     if key in ("attn_gate", "ff_gate") else " check which tensors you concatenate, and along dim 0.")
-            fail(f"from_idefics_keys: {key!r} has shape {tuple(got[key].shape)}, expected {tuple(right[key].shape)};"
-                 + extra)
+            if key not in ("attn_gate", "ff_gate"):
+                extra = " check which tensors you concatenate, and along dim 0."
+            elif got[key].dim() == 0:  # a (1,) gate squeezed
+                extra = (" a scalar gate is (1,) in IDEFICS and in flamingo_lite, and `.squeeze()` drops its one axis: "
+                         "`.reshape(-1)` makes both (1,) and (1, 1, d) 1-D.")
+            else:
+                extra = " the per-channel gates are (1, 1, d) in IDEFICS and (d,) in flamingo_lite: `.reshape(-1)`."
+            fail(f"{what}: {key!r} has shape {tuple(got[key].shape)}, expected {tuple(right[key].shape)};" + extra)
     got = {k: v.detach() for k, v in got.items()}
     if _same_dict(got, right):
         layer.load_state_dict(got, strict=True)
-        passed("from_idefics_keys is right: a GatedCrossAttentionBlock(norm='rmsnorm', ff_activation='swiglu', "
-               "gate='per_channel') loads it with strict=True.")
         return got
     for message, wrong in _key_mistakes(sd, right):
         if _same_dict(got, wrong):
-            fail(f"from_idefics_keys: {message}")
+            fail(f"{what}: {message}")
     key = next(k for k in right if not torch.equal(got[k], right[k]))
-    fail(f"from_idefics_keys: {key!r} holds other numbers than the answer; no usual mistake matches, so check which "
+    fail(f"{what}: {key!r} holds other numbers than the answer; no usual mistake matches, so check which "
          "IDEFICS tensor the table maps to it.")
+
 
 register_nudges({  # first hints for the steps whose full hint is the answer
     "11.keys": "Follow the table above name by name. Two of flamingo_lite's weights are two of IDEFICS's joined "
