@@ -1367,3 +1367,26 @@ def test_09_greedy_that_appends_float_ids_is_named():
         return new
 
     fails(lesson09.check_greedy, float_ids, match=r"the model got token ids of dtype torch.float32, not torch.long")
+
+
+def test_10_a_segment_layer_that_calls_the_packages_segment_attend_is_named():
+    from flamingo_lite.segments import segment_attend, segment_layout
+
+    class PackageSegments(segment_class()):  # the right numbers, from step 6's one call: the package's answer
+        def forward(self, x, media, media_locations):
+            q = self.to_q(self.norm(x))  # (b, n, h*e)
+            k, v = self.to_kv(media).chunk(2, dim=-1)  # 2 x (b, t, m, h*e)
+            layout = segment_layout(media_locations, media.shape[1])
+            out = segment_attend(q, k, v, layout, heads=self.heads, scale=self.scale)  # (b, n, h*e)
+            return self.to_out(out)
+
+    fails(lesson10.check_segment_layer, PackageSegments,
+          match=r"calls flamingo_lite.segments.segment_attend, the package's own answer to this exercise")
+
+
+def test_09_loss_with_the_vocabulary_size_written_in_is_named():
+    def twelve(logits, tokens, pad_id=0):  # right for the course's 12 words only
+        return F.cross_entropy(logits[:, :-1].reshape(-1, 12), tokens[:, 1:].reshape(-1), ignore_index=pad_id)
+
+    fails(lesson09.check_loss, twelve, match=r"vocabulary of 20 raised \w+Error.*the vocabulary size is written "
+                                             r"into your code: take it from the logits, `logits.shape\[-1\]`")

@@ -218,6 +218,14 @@ def check_loss(next_token_loss) -> None:
     ]
     compare(got, training.next_token_loss(logits, other, pad_id), what=f"your next_token_loss with pad_id={pad_id}",
             mistakes=mistakes)
+    wide = torch.randn(3, 8, 20, generator=torch.Generator().manual_seed(1))  # (b, n, V=20): another vocabulary
+    what = "your next_token_loss on logits of a vocabulary of 20"
+    got = run_learner(next_token_loss, wide.clone(), tokens.clone(), 0, what=what,
+                      advice={**_LOSS_ADVICE, **dict.fromkeys(("is invalid for input of size", "Expected input batch_size"),
+                              "the vocabulary size is written into your code: take it from the logits, "
+                              "`logits.shape[-1]`, as in `reshape(-1, logits.shape[-1])`.")})
+    compare(got.reshape(()) if isinstance(got, torch.Tensor) and got.numel() == 1 else got,
+            training.next_token_loss(wide, tokens, 0), what=what)
     passed(f"next_token_loss is right: {want.item():.4f} on a batch with padding, only the {int((tokens[:, 1:] != 0).sum())} "
            "real next tokens counted.")
 

@@ -14,8 +14,9 @@ from einops import rearrange
 
 from ... import masks
 from ...cross_attention import MaskedCrossAttention
-from . import (Mistake, check_layer, check_parameter_names, compare, fail, passed, register_hints, register_nudges,
-               run_learner, run_untouched)
+from ...segments import segment_attend
+from . import (Mistake, check_layer, check_parameter_names, compare, fail, passed, refuse_the_answer, register_hints,
+               register_nudges, run_learner, run_untouched)
 
 DIM, HEADS, DIM_HEAD = 16, 2, 8
 
@@ -119,6 +120,7 @@ def segment_mistakes(reference, x, media, media_locations) -> list[Mistake]:
 
 def check_segment_layer(layer_class) -> None:
     """Step "10.segments": the learner's segment-view layer with the reference's weights."""
+    refuse_the_answer(layer_class, (segment_attend, MaskedCrossAttention))  # step 6's one call is the package's
     x, media, media_locations = example_inputs()
     torch.manual_seed(3)
     reference = MaskedCrossAttention(dim=DIM, dim_head=DIM_HEAD, heads=HEADS)
