@@ -31,9 +31,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-LESSONS_DIR = ROOT / "notebooks"
-LESSON_GLOB = "[0-9][0-9]_*.ipynb"
+from make_student_notebooks import BEGIN, END, LESSON_GLOB, LESSONS_DIR, ROOT, SOLUTION_TAG  # one reading of a lesson
+
 README = ROOT / "README.md"
 GUIDE = ROOT / "docs" / "teaching.md"
 
@@ -45,9 +44,6 @@ ROUND_TO = 5
 WORD = re.compile(r"\w+")
 HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
 GOING_FURTHER = re.compile(r"^going further\b", re.I)
-BEGIN = re.compile(r"^\s*###\s*BEGIN SOLUTION\s*$")
-END = re.compile(r"^\s*###\s*END SOLUTION\s*$")
-SOLUTION_TAG = "solution"
 
 
 @dataclass

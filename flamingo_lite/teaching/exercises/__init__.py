@@ -427,9 +427,13 @@ def check_parameter_names(learner, reference, *, what: str, whose: str = "the re
     what: the module, for the verdict ("your block"); whose: the reference, possessive; parts: its top-level
     attributes, named in the verdict; shapes: also list each parameter whose shape differs; most: list at most this
     many names of each kind; fix: a sentence that ends the verdict."""
-    want = reference.state_dict()
-    have = learner.state_dict() if isinstance(learner, nn.Module) else {}
-    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    from ..checker import _compare_state_dicts  # the checker imports the layers; keep this module light to import
+
+    if isinstance(learner, nn.Module):
+        missing, extra, misshaped = _compare_state_dicts(learner, reference)
+    else:
+        missing, extra, misshaped = list(reference.state_dict()), [], []
+    missing, extra = sorted(missing), sorted(extra)
 
     def listed(names: list) -> str:
         if most is None or len(names) <= most:
@@ -438,8 +442,7 @@ def check_parameter_names(learner, reference, *, what: str, whose: str = "the re
 
     said = [f"missing {listed(missing)}" if missing else "", f"not in the reference {listed(extra)}" if extra else ""]
     if shapes:
-        said += [f"{k} is {tuple(have[k].shape)}, not {tuple(want[k].shape)}" for k in want
-                 if k in have and have[k].shape != want[k].shape]
+        said += [f"{k} is {mine}, not {theirs}" for k, mine, theirs in misshaped]
     said = "; ".join(part for part in said if part)
     if said:
         named = f"{whose} ({parts})" if parts else whose
