@@ -966,6 +966,15 @@ def test_05_tokens_reached():
     fails_with(lesson05.check_tokens_reached, too_high_a_threshold, x, media, loc,
                match=r"finds only some of the words image k reaches \(2 of 4, no others\).*too high a threshold")
     fails_with(lesson05.check_tokens_reached, without_locations, x, media, loc, match="pass media_locations to the layer")
+
+    @torch.no_grad()
+    def fitted_threshold(layer, x, media, loc, k):  # right on the lesson's layer, whose changes are all large
+        changed = media.clone()
+        changed[:, k - 1] = torch.randn_like(media[:, 0])
+        return (layer(x, media, loc) - layer(x, changed, loc)).abs().amax(-1) > 1e-2
+
+    fails_with(lesson05.check_tokens_reached, fitted_threshold, x, media, loc,
+               match=r"1000 times smaller, k=1 finds 0 of the 4 words image 1 reaches: .*> 1e-6")
     kept = media.clone()
     fails_with(lesson05.check_tokens_reached, in_place, x, media, loc, match="changed its input media in place.*media.clone")
     assert torch.equal(media, kept)  # the notebook's media are as they were, so the right answer passes after it

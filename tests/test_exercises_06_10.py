@@ -2,6 +2,8 @@
 with the solution, and names each mistake it claims to recognise when fed a wrong implementation."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -87,6 +89,21 @@ def test_06_forward_stub_solution_and_mistakes(capsys):
     assert capsys.readouterr().out.startswith("OK")
     for message, wrong in BLOCK_MISTAKES.items():
         fails(lesson06.check_forward, block_class(wrong), match=message)
+
+
+@pytest.mark.parametrize("default", ["dim_head=32", "heads=4", "ff_mult=2"])
+def test_06_a_constructor_default_other_than_the_references_is_named(default):
+    """The check builds the block with the lesson's sizes, so only the signature shows another default."""
+    key, value = default.split("=")
+    sizes = {"dim_head": 64, "heads": 8, "ff_mult": 4, key: int(value)}
+
+    class OtherDefault(block_class(right)):
+        def __init__(self, *, dim, dim_head=sizes["dim_head"], heads=sizes["heads"], ff_mult=sizes["ff_mult"],
+                     only_attend_immediate_media=True):
+            super().__init__(dim=dim, dim_head=dim_head, heads=heads, ff_mult=ff_mult,
+                             only_attend_immediate_media=only_attend_immediate_media)
+
+    fails(lesson06.check_forward, OtherDefault, match=f"constructor's default {default} is not the reference's")
 
 
 def test_06_constructor_stub_and_misnamed_gate(capsys):
@@ -285,6 +302,19 @@ def test_06_exercise_mistakes_are_named():
           match="this is ff_gate's gradient")
     fails(lesson06.check_attn_gate_gradient, lambda b, i, t: by_hand(b, i, t, locations=False), good,
           match="run without media_locations")
+
+    def first_sample_only(block, inputs, target):  # right on the check's sentence, a batch of 1
+        x, m, l = inputs
+        with torch.no_grad():
+            return (2 * (x[0] - target[0]) / x[0].numel() * block.attn(x, m, l)[0]).sum()
+
+    def one_sample_mean(block, inputs, target):  # the size of one sample written in
+        x, m, l = inputs
+        with torch.no_grad():
+            return (2 * (x - target) / (x.shape[1] * x.shape[2]) * block.attn(x, m, l)).sum()
+
+    for wrong in (first_sample_only, one_sample_mean):
+        fails(lesson06.check_attn_gate_gradient, wrong, good, match="right on one sentence but not on a batch of 2")
 
     def slope_by_autograd(a):  # the answer asked of autograd, not worked out
         a = a.clone().requires_grad_(True)
@@ -522,8 +552,12 @@ def test_07_exercises():
                                                  r"list \(list\(\.\.\.\)\)") as caught:
             lesson08.check_placement(not_a_list)
         assert "off by one" not in str(caught.value)
+    fails(lesson08.check_placement, lambda d, e: tuple(range(0, d, e)),
+          match=r"gives the right layers \[0, 1, 2, 3\], but as a tuple: return a list")
     config = FlamingoConfig()
     fails(lesson08.check_trainable, stub, config, TinyLM, VisionEncoder, match="not written yet")
+    fails(lesson08.check_trainable, lambda m: {n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad},
+          config, TinyLM, VisionEncoder, match=r"right names, but in a set, which has no order: return a sorted list")
     lesson08.check_trainable(lambda m: sorted({n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad}),
                              config, TinyLM, VisionEncoder)
     fails(lesson08.check_trainable, lambda m: sorted({n.split(".")[0] for n, p in m.named_parameters()}),
@@ -833,6 +867,13 @@ def test_08_exercises():
     fails(lesson09.check_first_step_above, first_at_or_above, match=r"exactly 0\.04: that does not exceed.*not `>=`")
     fails(lesson09.check_first_step_above, lambda h, l, t: first_at_or_above(h, l, t) if l == 1 else first(h, l, t),
           match=r"returned step 20, where \|tanh\(attn_gate\)\| is exactly 0\.3")  # a negative gate at -0.3
+
+    def tanh_again(history, layer, threshold):  # the logged values are tanh(attn_gate) already
+        return next((s for s, g in zip(history["step"], history["attn_gate_tanh"]) if abs(math.tanh(g[layer])) > threshold),
+                    None)
+
+    fails(lesson09.check_first_step_above, tanh_again,
+          match=r"returned None, where \|tanh\(attn_gate\)\| first exceeds 0.295 at step 20: .*without another tanh")
 
     def from_index(history, layer, threshold, every=10):  # the step worked out from the entry's index
         for index, gates in enumerate(history["attn_gate_tanh"]):
@@ -1165,6 +1206,22 @@ def test_09_segment_layer():
 
     fails(lesson10.check_segment_layer, NoOut, match="to_out")
 
+    class HandWrittenMaskView(segment_class()):  # right in every number, at the mask view's cost
+        def forward(self, x, media, media_locations):
+            q = rearrange(self.to_q(self.norm(x)), "b n (h e) -> b h n e", h=self.heads)  # (b, h, n, e)
+            k, v = self.to_kv(media).chunk(2, dim=-1)  # 2 x (b, t, m, h*e)
+            k = rearrange(k, "b t m (h e) -> b h (t m) e", h=self.heads)  # (b, h, t*m, e)
+            v = rearrange(v, "b t m (h e) -> b h (t m) e", h=self.heads)  # (b, h, t*m, e)
+            times = masks.text_time(media_locations)  # (b, n)
+            image_of_latent = torch.arange(media.shape[1]).repeat_interleave(media.shape[2]) + 1  # (t*m,)
+            allowed = times[:, None, :, None] == image_of_latent  # (b, 1, n, t*m)
+            scores = (q @ k.transpose(-1, -2) * self.scale).masked_fill(~allowed, float("-inf"))  # (b, h, n, t*m)
+            out = torch.nan_to_num(scores.softmax(dim=-1)) @ v  # (b, h, n, e): rows that see nothing are 0
+            return self.to_out(rearrange(out, "b h n e -> b n (h e)"))  # (b, n, d)
+
+    fails(lesson10.check_segment_layer, HandWrittenMaskView,
+          match=r"right numbers at the mask view's cost: .* takes 393,216 FLOPs, where the segment view needs 24,576")
+
     class PlusOne(segment_class()):  # text time k read as media index k: runs past the last media
         def forward(self, x, media, media_locations):
             return media[:, media.shape[1]]
@@ -1223,6 +1280,19 @@ def test_09_exercises():
     fails(lesson10.check_scores_computed, lambda ml, t, m, h, view: scores(ml, int(ml.sum(-1).max()), m, h, view), loc,
           3, 4, 2, match=r"counts a column for each marker \(4\), but num_media=6")
 
+    def without(factor):  # one factor of the count left out
+        def count(ml, t, m, h, view):
+            b, n = ml.shape
+            seeing = int((~masks.rows_without_media(ml)).sum())
+            sizes = {"b": b, "n": n, "t": t, "m": m, "h": h} if view == "mask" else {"seeing": seeing, "m": m, "h": h}
+            return math.prod(v for k, v in sizes.items() if k != factor or (view != "mask" and factor in "bnt"))
+
+        return count
+
+    for factor, named in [("b", "the batch size b"), ("h", "heads"), ("m", "num_latents m"), ("t", "num_media t")]:
+        fails(lesson10.check_scores_computed, without(factor), loc, 3, 4, 2,
+              match=rf"times too small, .*a factor is missing \(.*{named}.*\)")
+
 
 @pytest.mark.parametrize("key", ["06.forward", "08.class", "08.class.init", "08.class.forward", "08.placement", "09.loss", "09.freeze", "09.groups",
                                  "09.greedy", "09.loop", "10.segments", "10.lengths", "10.scores"])
@@ -1248,6 +1318,20 @@ def test_09_train_loop_names_a_cosine_one_step_short_and_clipped_gradients():
     for clip in (0.1, 0.05):
         fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, clip=clip),
               match=rf"the gradients are clipped \(`clip_grad_norm_\(\.\.\., {clip}\)`")
+
+
+def test_09_loss_on_probabilities_is_named():
+    def softmax_first(logits, tokens, pad_id=0):
+        v = logits.shape[-1]
+        return F.cross_entropy(logits[:, :-1].softmax(dim=-1).reshape(-1, v), tokens[:, 1:].reshape(-1),
+                               ignore_index=pad_id)
+
+    fails(lesson09.check_loss, softmax_first, match=r"F.cross_entropy was given probabilities .*applied twice")
+
+
+def test_08_placement_one_layer_too_many_is_named():
+    fails(lesson08.check_placement, lambda d, e: [i for i in range(d + 1) if i % e == 0],
+          match=r"xattn_layer_indices\(4, 1\) = \[0, 1, 2, 3, 4\]: layer 4 is past the last.*range\(depth\)")
 
 
 def test_09_loss_with_label_smoothing_is_named():

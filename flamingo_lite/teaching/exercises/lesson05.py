@@ -385,6 +385,23 @@ def _check_tokens_reached_in_a_batch(tokens_reached_by, media_locations, advice)
     ])
 
 
+def _check_small_changes(tokens_reached_by, x, media, media_locations) -> None:
+    """A layer whose outputs are a thousand times smaller, so that image 1 moves its words by about 1e-4: every
+    change is still a change, and a threshold fitted to the lesson's layer (1e-2, say) misses them all."""
+    layer = fl.MaskedCrossAttention(dim=x.shape[-1], dim_head=8, heads=2).to(x.device)
+    with torch.no_grad():
+        layer.to_out.weight.mul_(1e-3)  # every output, and so every change, a thousand times smaller
+    what = "your tokens_reached_by on a layer whose outputs are 1000 times smaller, k=1"
+    reached = run_untouched(tokens_reached_by, layer, x, media, media_locations, 1, what=what, trains=False,
+                            names=("layer", "x", "media", "media_locations", "k"))
+    allowed = masks.text_time(media_locations) == 1  # (b, n)
+    if isinstance(reached, torch.Tensor) and reached.shape == allowed.shape and torch.equal(reached, allowed):
+        return
+    fail(f"{what} finds {int(torch.as_tensor(reached).sum())} of the {int(allowed.sum())} words image 1 reaches: "
+         "there each change is about 1e-4, and a change is a change however small. Measure it against a threshold "
+         "far below any real change, `(new - old).abs().amax(dim=-1) > 1e-6`.")
+
+
 def check_tokens_reached(tokens_reached_by, x, media, media_locations, original_cls=None) -> list:
     """Exercise: `tokens_reached_by(layer, x, media, media_locations, k)`, checked on flamingo_lite's layer in both
     modes (and, if given, on the original code's leaky all-previous mode). Returns the leak's reached row."""
@@ -433,6 +450,7 @@ def check_tokens_reached(tokens_reached_by, x, media, media_locations, original_
                      "`(new - old).abs().amax(dim=-1) > 1e-6` (a signed mean over the features cancels out).")
             compare(reached, allowed, what=what, mistakes=mistakes)
     _check_tokens_reached_in_a_batch(tokens_reached_by, media_locations, out_of_range)
+    _check_small_changes(tokens_reached_by, x, media, media_locations)
     if original_cls is None:
         return []
     leaky = original_cls(dim=dim, dim_head=8, heads=2, only_attend_immediate_media=False).to(x.device)

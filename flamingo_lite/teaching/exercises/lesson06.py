@@ -191,6 +191,7 @@ def check_forward(block_class) -> None:
         mine = run_learner(block_class, dim=DIM, dim_head=DIM_HEAD, heads=HEADS, only_attend_immediate_media=mode,
                            what="building your block")
         _check_gates_train(mine)
+        _check_other_defaults(mine)
         _check_modules_registered(mine, "your block")  # layers in a plain list: named before the missing names
         check_parameter_names(mine, reference, what="your block", parts="attn, attn_gate, ff, ff_gate")
         # the names agree; a shape that differs is named (load_state_dict would quietly load a (1,) gate into ())
@@ -230,6 +231,16 @@ def check_forward(block_class) -> None:
 def _known_mistakes(reference, x, media, media_locations) -> list:
     variants = _variants(reference, x, media, media_locations)
     return [Mistake(name, variants[name], MESSAGES[name]) for name in MESSAGES]
+
+
+def _check_other_defaults(block) -> None:
+    """A default size other than the reference's (dim_head, heads or ff_mult), named before the shapes it changes;
+    the mode's default is named by _check_default_mode, in its own words."""
+    from ..checker import _defaults_problem  # the checker imports the layers; keep this module light to import
+
+    problem = _defaults_problem(block, "your block", "the reference", GatedCrossAttentionBlock)
+    if problem is not None and "only_attend_immediate_media=" not in problem.message:
+        fail(problem.message.removeprefix("✗ "))
 
 
 def _check_default_mode(block, x, media, media_locations) -> None:
@@ -434,8 +445,32 @@ def check_attn_gate_gradient(attn_gate_gradient, block_class) -> tuple:
                 "dz/d attn_gate is block.attn(x, media, media_locations), with the mask."),
     ]
     compare(got.reshape(()), want, what="your attn_gate_gradient", mistakes=mistakes, atol=1e-7, rtol=1e-4)
+    _check_gate_gradient_in_a_batch(attn_gate_gradient, closed)
     passed(f"attn_gate_gradient is right: by hand {float(got):.4f}, autograd {want.item():.4f}")
     return float(got), want.item()
+
+
+def _check_gate_gradient_in_a_batch(attn_gate_gradient, closed) -> None:
+    """The same answer on a batch of 2 (the lesson's sentence and a second one): a gradient worked out on the first
+    sample only, or averaged over one sample's numbers, is right on batch 1 and wrong here."""
+    x, media, media_locations = example_inputs()
+    other_x, other_media, _ = example_inputs(seed=1)
+    inputs = (torch.cat([x, other_x]), torch.cat([media, other_media]), media_locations.repeat(2, 1))  # batch of 2
+    goal = torch.randn(inputs[0].shape, generator=torch.Generator().manual_seed(6))  # (2, n, d)
+    block = copy.deepcopy(closed)
+    block.zero_grad(set_to_none=True)
+    (block(*inputs) - goal).pow(2).mean().backward()
+    want = block.attn_gate.grad.reshape(())  # ()
+    given = copy.deepcopy(closed)
+    given.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        got = run_learner(attn_gate_gradient, given, inputs, goal, advice=_AUTOGRAD,
+                          what="your attn_gate_gradient(block, inputs, target) on a batch of 2")
+    got = torch.as_tensor(got, dtype=torch.float32).reshape(-1)
+    if got.numel() != 1 or not torch.allclose(got.reshape(()), want, atol=1e-7, rtol=1e-4):
+        fail(f"attn_gate_gradient is right on one sentence but not on a batch of 2 (yours {got.flatten()[:1].tolist()}, "
+             f"autograd {want.item():.6f}): the mean runs over every number of the batch, x.numel(), and the sum "
+             "too; index no sample (x[0]) and write in no size.")
 
 
 keep_rng(globals())  # no check moves the lesson's random numbers

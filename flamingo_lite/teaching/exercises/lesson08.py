@@ -443,11 +443,17 @@ def check_placement(xattn_layer_indices) -> int:
             if got == want:
                 fail(f"xattn_layer_indices({depth}, {every}) gives the right layers {want}, but not as a list: return "
                      "a list (list(...)).")
+        if isinstance(got, tuple) and list(got) == want:
+            fail(f"xattn_layer_indices({depth}, {every}) gives the right layers {list(got)}, but as a tuple: return a "
+                 "list, as the exercise asks (Flamingo's xattn_layers is one).")
         if not isinstance(got, (list, tuple)) or list(got) != want:
             got = list(got) if isinstance(got, (list, tuple)) else got
             if got == [i for i in range(depth) if (i + 1) % every == 0]:
                 fail(f"xattn_layer_indices({depth}, {every}) = {got}: off by one; the paper's blocks start at the first "
                      f"layer (i % every == 0), so the answer is {want}.")
+            if got == [i for i in range(depth + 1) if i % every == 0]:
+                fail(f"xattn_layer_indices({depth}, {every}) = {got}: layer {depth} is past the last; a model of depth "
+                     f"{depth} has layers 0 to {depth - 1}, so loop over range(depth): the answer is {want}.")
             if got == [i for i in range(1, depth) if i % every == 0]:
                 fail(f"xattn_layer_indices({depth}, {every}) = {got}: layer 0 is missing; the first block goes before "
                      f"the first layer, so the answer is {want}.")
@@ -467,6 +473,9 @@ def check_trainable(trainable_names, config, lm_class, vision_class) -> list:
              (vision_class(), [])]
     for module, want in cases:
         got = run_learner(trainable_names, module, what=f"your trainable_names({type(module).__name__})")
+        if isinstance(got, (set, frozenset)) and sorted(got) == want:
+            fail(f"trainable_names({type(module).__name__}) has the right names, but in a {type(got).__name__}, "
+                 "which has no order: return a sorted list, `sorted(...)`.")
         got = sorted(got) if isinstance(got, (set, frozenset)) else got
         if not isinstance(got, (list, tuple)):
             fail(f"trainable_names returned a {type(got).__name__}: return a sorted list of names.")

@@ -16,7 +16,7 @@ before the first); a loop one step off, one that clears the gradients before the
 logs a loss computed after the update, draws a new order every step, keeps each epoch's smaller last batch (the
 check's 44 sequences leave 4 over), steps the schedule before the optimizer, or logs the gates without their tanh or
 swapped is named, and the model must be left in eval mode. `first_step_above` is tried on gates exactly at the
-threshold (not above it) and on a history logged unevenly; `caption_format` on a caption whose third word is not
+threshold (not above it), on one just above it that a second tanh brings below, and on a history logged unevenly; `caption_format` on a caption whose third word is not
 "in".
 """
 from __future__ import annotations
@@ -193,6 +193,9 @@ def check_loss(next_token_loss) -> None:
         Mistake("label smoothing", flat(logits[:, :-1], tokens[:, 1:], ignore_index=0, label_smoothing=0.1),
                 "the targets are smoothed (`label_smoothing=0.1`): the loss the paper trains with is the plain "
                 "next-token cross-entropy, -log p of the right token; leave label_smoothing at its default, 0."),
+        Mistake("softmax first", flat(logits[:, :-1].softmax(dim=-1), tokens[:, 1:], ignore_index=0),
+                "F.cross_entropy was given probabilities (`logits.softmax(-1)`): it takes the logits themselves and "
+                "applies log_softmax inside, so a softmax before it is applied twice."),
         Mistake("row 0 only", flat(logits[:1, :-1], tokens[:1, 1:], ignore_index=0),
                 "only the first sequence is scored (`logits[0]`, right for a batch of 1): flatten every sequence of "
                 "the batch, `logits[:, :-1].reshape(-1, V)`."),
@@ -450,7 +453,8 @@ def check_first_step_above(first_step_above) -> None:
     last, 25, as train_flamingo logs (so not evenly: a step computed from the entry's index is named)."""
     toy = {"step": [0, 10, 20, 25], "attn_gate_tanh": [[0.0, 0.0], [0.01, -0.2], [0.04, -0.3], [0.06, -0.3]]}
     every = toy["step"][1]  # the logging interval
-    for layer, threshold, want in [(0, 0.05, 25), (1, 0.05, 10), (0, 0.5, None), (0, 0.04, 25), (1, 0.3, None)]:
+    for layer, threshold, want in [(0, 0.05, 25), (1, 0.05, 10), (0, 0.5, None), (0, 0.04, 25), (1, 0.3, None),
+                                   (1, 0.295, 20)]:  # tanh(0.3) = 0.291: the logged values taken through tanh again miss it
         got = run_learner(first_step_above, toy, layer, threshold, what=f"your first_step_above(history, {layer}, {threshold})",
                           advice={"ff_gate_tanh": "the exercise asks when the attention gate opens: read "
                                                   "history['attn_gate_tanh'] (this history has only that one)."})
@@ -463,6 +467,11 @@ def check_first_step_above(first_step_above) -> None:
             fail(f"first_step_above(history, {layer}, {threshold}) returned step {got}, where |tanh(attn_gate)| is "
                  f"exactly {threshold}: that does not exceed the threshold, so compare with a strict "
                  "`abs(gate) > threshold`, not `>=`.")
+        twice = next((s for s, g in zip(toy["step"], toy["attn_gate_tanh"]) if abs(math.tanh(g[layer])) > threshold), None)
+        if got == twice:
+            fail(f"first_step_above(history, {layer}, {threshold}) returned {got!r}, where |tanh(attn_gate)| first "
+                 f"exceeds {threshold} at step {want}: history['attn_gate_tanh'] holds tanh(attn_gate) already, so "
+                 "compare its values themselves, without another tanh.")
         if want is None:
             fail(f"when no gate passes the threshold the answer is None, yours is {got!r}: return None after the loop.")
         index = toy["step"].index(want)

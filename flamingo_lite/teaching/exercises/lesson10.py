@@ -5,7 +5,8 @@ image, a marker at position 0, two markers in a row, a media without a marker), 
 computed on the same input: media numbered from 0 (each segment reading the next image), text before the first
 image left attending to the first image (or, from a loop over text time 0, the last one), the softmax over the wrong
 axis, the scale forgotten, all previous media, and code right for the first sample only. A layer whose outputs match
-then runs `check_module`'s backward pass, so one that cuts the gradient (`media.detach()`) is named too.
+then runs `check_module`'s backward pass, so one that cuts the gradient (`media.detach()`) is named too, and its
+multiply-adds are counted, so the mask view written by hand, right in every number, is named by its cost.
 """
 from __future__ import annotations
 
@@ -158,6 +159,7 @@ def check_segment_layer(layer_class) -> None:
     check_layer(mine, reference, (x, media, media_locations), what="your segment layer", mistakes=segment_mistakes,
                 quiet=True)
     _check_other_sizes(layer_class)
+    _check_cost(layer_class)
     passed("your segment-view layer matches flamingo_lite.MaskedCrossAttention, text before the first image and a "
            "media without a marker included.")
 
@@ -166,6 +168,37 @@ def _check_parameter_names(mine, reference) -> None:
     """The learner's layer has the reference's parameters, by name and shape, each named when it is not."""
     check_parameter_names(mine, reference, what="your layer", parts="norm, to_q, to_kv, to_out", shapes=True,
                           fix="Keep the layers of lesson 05's MaskedCrossAttention, under their names, and no others.")
+
+
+def _check_cost(layer_class) -> None:
+    """The segment view's point is what it does not compute: on 16 images, 4 tokens each, a layer that scores every
+    token against every image and then masks (the mask view written by hand) gives the same numbers at 16 times
+    the attention's cost. Its multiply-adds are counted (torch's FlopCounterMode) against the two views' own; on CPU the
+    counter does not see inside F.scaled_dot_product_attention, so a mask handed to it is not named."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    b, t, per_image, m = 2, 16, 4, 3
+    n = t * per_image
+    locations = torch.zeros(b, n, dtype=torch.bool)  # (b, n)
+    locations[:, ::per_image] = True  # a marker every 4 tokens: 16 segments of 4
+    generator = torch.Generator().manual_seed(6)
+    x, media = torch.randn(b, n, DIM, generator=generator), torch.randn(b, t, m, DIM, generator=generator)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(4)
+        mine = run_learner(layer_class, dim=DIM, dim_head=DIM_HEAD, heads=HEADS, what="building your layer")
+    inner = HEADS * DIM_HEAD
+    projections = 2 * b * n * DIM * inner * 2 + 2 * b * t * m * DIM * 2 * inner  # to_q and to_out, to_kv
+    segment_view = 2 * 2 * HEADS * m * DIM_HEAD * b * n  # scores and weighted values: each token, its m latents
+    mask_view = 2 * 2 * b * HEADS * n * t * m * DIM_HEAD  # every token against every image's latents
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        run_learner(mine, x, media, locations, what="your layer on 16 images, 4 tokens each")
+    attention = counter.get_total_flops() - projections
+    if attention > (segment_view + mask_view) / 2:
+        fail(f"your segment layer gives the right numbers at the mask view's cost: on 16 images of 4 tokens each its "
+             f"attention takes {attention:,} FLOPs, where the segment view needs {segment_view:,} and the mask view "
+             f"{mask_view:,}. Score each segment's tokens against its own image's latents only, "
+             "`q[row, :, tokens] @ k[row, :, k_time - 1].transpose(-1, -2)`, rather than every token against every "
+             "image and a mask.")
 
 
 def _check_other_sizes(layer_class) -> None:
@@ -252,6 +285,16 @@ def check_scores_computed(scores_computed, media_locations, num_media, num_laten
         if args[-1] == "mask" and got == want // args[1] * int(args[0].sum(-1).max()):
             fail(f"scores_computed(..., view='mask') counts a column for each marker ({int(args[0].sum(-1).max())}), "
                  f"but num_media={args[1]}: the mask has t * m columns whatever the markers, so take t from num_media.")
+        locations, t, m, h, view = args
+        rows, length = locations.shape
+        factors = ({"the batch size b": rows, "the text length n": length, "num_media t": t} if view == "mask" else
+                   {"the tokens that see an image": int((~masks.rows_without_media(locations)).sum())})
+        factors.update({"num_latents m": m, "heads": h})
+        missing = [name for name, factor in factors.items() if factor > 1 and isinstance(got, int) and got * factor == want]
+        if missing:
+            fail(f"scores_computed(..., view={view!r}) is {want // got} times too small, {got} where {want} is right: "
+                 f"a factor is missing ({' or '.join(missing)}); count one score per query token and latent, per head"
+                 f"{' and per sample' if view == 'mask' else ''}.")
         fail(f"scores_computed(..., view={args[-1]!r}) should be {want}, yours is {got!r}.")
     passed("scores_computed is right: the segment view computes exactly the scores the mask keeps.")
 
