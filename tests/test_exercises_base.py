@@ -124,6 +124,46 @@ def test_every_lessons_checks_leave_the_global_random_state_as_they_found_it():
     assert torch.equal(torch.random.get_rng_state(), state)
 
 
+def test_failed_checks_names_the_checks_whose_last_run_failed():
+    """A lesson's last cell asserts `failed_checks(lesson)` is empty: a check that failed is listed until it passes,
+    and a check run inside another is judged with it, not on its own."""
+    import types
+
+    from flamingo_lite.teaching.exercises import failed_checks, keep_rng
+
+    lesson = types.ModuleType("a_lesson_module")
+    namespace = vars(lesson)
+
+    def check_inner(ok):
+        if not ok:
+            raise ExerciseFailed("inner wrong")
+
+    def check_outer(ok):
+        try:
+            check_inner(False)  # a check trying a variant that fails, as a check may
+        except ExerciseFailed:
+            pass
+        if not ok:
+            raise ExerciseFailed("outer wrong")
+
+    for check in (check_inner, check_outer):
+        check.__module__ = "a_lesson_module"
+        namespace[check.__name__] = check
+    keep_rng(namespace)
+    assert failed_checks(lesson) == []
+    with pytest.raises(ExerciseFailed):
+        namespace["check_outer"](False)
+    assert failed_checks(lesson) == ["check_outer"]  # the inner check's failure inside it is not the learner's
+    with pytest.raises(ExerciseFailed):
+        namespace["check_inner"](False)
+    assert failed_checks(lesson) == ["check_inner", "check_outer"]
+    namespace["check_outer"](True)
+    assert failed_checks(lesson) == ["check_inner"]  # passed now, so no longer listed
+    namespace["check_inner"](True)
+    assert failed_checks(lesson) == []
+    assert failed_checks(types.ModuleType("another_lesson")) == []
+
+
 # The package's own answer handed in as the learner's: each way of reaching it is named.
 from flamingo_lite import masks as package_masks  # noqa: E402
 from flamingo_lite.masks import text_time as imported_text_time  # noqa: E402

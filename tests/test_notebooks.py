@@ -1,4 +1,5 @@
 """Notebook hygiene: every lesson as a learner meets it, committed executed, in order, clean, and shaped alike."""
+import ast
 import json
 import re
 from pathlib import Path
@@ -62,6 +63,20 @@ def test_lesson_shape(lesson):
     number = path.name[:2]
     said = "".join(output_text(out) for out in code[-1].get("outputs", []))
     assert said.startswith(f"All checks of lesson {number} passed"), f"{path.name} ends on {said!r}: every lesson ends alike"
+
+
+def test_the_last_cell_says_what_failed(lesson):
+    """A lesson's last cell cannot pass while one of its exercise checks failed, and each of its asserts says which
+    claim does not hold: a learner who runs it meets no empty AssertionError."""
+    path, nb = lesson
+    if path.name.startswith("00_"):
+        pytest.skip("the welcome lesson has no exercises")
+    last = source(cells(nb, "code")[-1])
+    number = path.name[:2]
+    first_assert = next(line for line in last.splitlines() if line.startswith("assert"))
+    assert f"failed_checks(lesson{number})" in first_assert, f"{path.name}: the last cell first asserts no check failed"
+    bare = [node.lineno for node in ast.walk(ast.parse(last)) if isinstance(node, ast.Assert) and node.msg is None]
+    assert not bare, f"{path.name}: the last cell's asserts on lines {bare} have no message"
 
 
 def test_exercises_have_solutions_and_checks(lesson):

@@ -43,6 +43,16 @@ def test_plot_loss_draws_the_logged_losses():
     plt.close("all")
 
 
+def test_an_empty_history_is_named_before_drawing():
+    """A training cell stopped before its first entry leaves an empty history: the plot says so, instead of numpy's
+    'zero-size array' from inside matplotlib."""
+    empty = {"step": [], "loss": [], "attn_gate_tanh": [], "ff_gate_tanh": [], "loss_every_step": []}
+    for plot in (plot_loss, plot_gates, gate_curves):
+        with pytest.raises(ValueError, match=r"history has no logged step .*training cell above stopped"):
+            plot(empty)
+    plt.close("all")
+
+
 def test_widget_frame_is_the_history_and_renders():
     shown = frame(HISTORY, 1)
     assert shown == {"step": 10, "loss": 1.0, "attn": [0.1, -0.2], "ff": [0.05, 0.1]}

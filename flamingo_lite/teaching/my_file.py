@@ -15,7 +15,7 @@ comment naming the lesson and the names the cell defines:
 
 Running the cell again replaces its section in place (a section of the same lesson that defines one of the same
 names is the same cell); a new cell's section is appended. The file starts with `PREAMBLE`, a docstring and the
-imports every section may use (torch, nn, F, rearrange, repeat, math), so it imports on its own:
+imports every section may use (torch, nn, F, einsum, rearrange, repeat, math), so it imports on its own:
 `from my_flamingo import MyPerceiverResampler`. It is written atomically, so an interrupted write never leaves
 half a file.
 
@@ -64,7 +64,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, repeat
+from einops import einsum, rearrange, repeat
 from torch import nn
 '''
 

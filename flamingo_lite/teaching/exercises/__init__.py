@@ -17,6 +17,9 @@ A lesson's checks live in `exercises/lessonNN.py`. They are built from three pie
   and `heads_mistakes` are those numbers' usual mistakes, `check_parameter_names` names a parameter that is
   missing or not the reference's, and `check_shapes_follow` one whose shape does not follow the constructor's
   arguments.
+- `needs(*checks)`, at the top of a cell that runs the learner's code, stops it in one line when one of those
+  checks found that code wrong.
+- `failed_checks(lesson)` names the lesson's checks whose last run failed; a lesson's last cell asserts it is empty.
 - `hint(key)` prints the hint for one step (hidden until asked for).
 - `explain_name_errors()`, run on import, follows a NameError in a lesson with why it usually happens there: a
   check above failed, so the rest of its cell, which sets the name, never ran.
@@ -39,7 +42,7 @@ __all__ = [
     "ExerciseFailed", "Mistake", "run_learner", "run_untouched", "compare", "check_layer", "check_layer_in_sizes",
     "check_gradients_reach", "check_dtype_kept", "check_parameter_names", "check_shapes_follow", "scale_mistakes",
     "heads_mistakes", "passed", "fail", "hint", "register_hints", "register_nudges", "refuse_the_answer",
-    "explain_name_errors",
+    "explain_name_errors", "failed_checks", "needs",
 ]
 
 
@@ -69,13 +72,46 @@ def keep_rng(namespace: dict) -> None:
             namespace[name] = _forked(fn)
 
 
+_VERDICTS: dict[tuple[str, str], bool] = {}  # (lesson module, check name): whether its last run passed
+_RUNNING: list[str] = []  # the checks now running, outermost first: only the outermost one's verdict is kept
+
+
 def _forked(check: Callable) -> Callable:
     @functools.wraps(check)
     def run(*args, **kwargs):
-        with torch.random.fork_rng(devices=[]):  # the notebook's own draws stay as they were
-            return check(*args, **kwargs)
+        key = (check.__module__, check.__name__)
+        outermost = not _RUNNING
+        _RUNNING.append(check.__name__)
+        try:
+            with torch.random.fork_rng(devices=[]):  # the notebook's own draws stay as they were
+                result = check(*args, **kwargs)
+        except BaseException:
+            if outermost:
+                _VERDICTS[key] = False
+            raise
+        finally:
+            _RUNNING.pop()
+        if outermost:
+            _VERDICTS[key] = True
+        return result
 
     return run
+
+
+def needs(*checks: Callable) -> None:
+    """Stop a cell that runs the learner's code when one of `checks` (a lesson's check functions) found that code
+    wrong: say so in one line, instead of a traceback from inside code already known to be wrong. A check not yet
+    run stops nothing."""
+    wrong = [check.__name__ for check in checks if _VERDICTS.get((check.__module__, check.__name__)) is False]
+    if wrong:
+        fail(f"this cell runs your code that {', '.join(wrong)} found wrong above: fix it there, run that check "
+             "again, then this cell.")
+
+
+def failed_checks(lesson: types.ModuleType) -> list[str]:
+    """The names of `lesson`'s checks whose last run in this kernel did not pass (a lesson's last cell asserts there
+    are none, so that it cannot pass while an exercise above still fails)."""
+    return sorted(name for (module, name), ok in _VERDICTS.items() if module == lesson.__name__ and not ok)
 
 
 def refuse_the_answer(learner, answers: tuple) -> None:

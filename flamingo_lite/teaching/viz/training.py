@@ -16,8 +16,16 @@ from ...tiny.model import Flamingo
 DPI = 80
 
 
+def _logged(history: dict) -> None:
+    """A history with no logged step is a training run that stopped before its first entry: say so before drawing."""
+    if not isinstance(history, dict) or not history.get("step"):
+        raise ValueError("history has no logged step (history['step'] is empty): the training cell above stopped "
+                         "before its first entry; run it again to its end, then plot.")
+
+
 def gate_curves(history: dict):
     """The logged steps and tanh of each gate: `(steps (S,), attn (S, layers), ff (S, layers))` as arrays."""
+    _logged(history)
     steps = np.asarray(history["step"], dtype=float)  # (S,)
     attn = np.asarray(history["attn_gate_tanh"], dtype=float)  # (S, layers)
     ff = np.asarray(history["ff_gate_tanh"], dtype=float)  # (S, layers)
@@ -28,6 +36,7 @@ def gate_curves(history: dict):
 
 def plot_loss(history: dict, *, ax=None, label: str | None = None, upto: int | None = None):
     """The training loss at every step (thin) and at the logged steps (dots). Returns the axes."""
+    _logged(history)
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3), dpi=DPI)
     every = history.get("loss_every_step")
