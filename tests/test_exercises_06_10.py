@@ -872,6 +872,12 @@ def test_08_exercises():
         return next((s for s, g in zip(history["step"], history["attn_gate_tanh"]) if abs(math.tanh(g[layer])) > threshold),
                     None)
 
+    def sorts_the_history(history, layer, threshold):  # right answers, and the caller's history reordered
+        history["attn_gate_tanh"].sort(key=lambda g: abs(g[layer]), reverse=True)
+        return first(history, layer, threshold)
+
+    fails(lesson09.check_first_step_above, sorts_the_history,
+          match=r"changed the history it was given \(sorted, or edited, a list in place\)")
     fails(lesson09.check_first_step_above, tanh_again,
           match=r"returned None, where \|tanh\(attn_gate\)\| first exceeds 0.295 at step 20: .*without another tanh")
 
@@ -912,7 +918,8 @@ def loop_09(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_ev
             log_index=False, index_condition=False, log_early=False, locations=False, eval_at_end=True,
             zero_grad_late=None, decay_off=False, loss_after=False, order_every_step=False, train_mode=True,
             keep_partial=False, schedule_first=False, gate_log="tanh", loss_tensors=False, blocks_by_index=False,
-            log_last=True, extra_loss=False, optimizer_class=None, first_after=False, cosine_over=None, clip=None):
+            log_last=True, extra_loss=False, optimizer_class=None, first_after=False, cosine_over=None, clip=None,
+            lambda_ahead=False):
     """The training loop of lesson 09, written as a learner would, with switches for the usual mistakes.
     zero_grad_late: "none" or "zeros", `optimizer.zero_grad(set_to_none=...)` called after `loss.backward()`."""
     import math
@@ -928,7 +935,8 @@ def loop_09(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_ev
         groups = [{"params": [p for g in groups for p in g["params"]], "weight_decay": weight_decay}]
     optimizer = (optimizer_class or torch.optim.AdamW)(groups, lr=lr)
     span = cosine_over or steps  # steps - 1: a mistake
-    rate = (lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / span, 1.0)))) if cosine else (lambda s: 1.0)
+    ahead = 1 if lambda_ahead else 0  # the lambda reading step s + 1: a mistake
+    rate = (lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min((s + ahead) / span, 1.0)))) if cosine else (lambda s: 1.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
     generator = torch.Generator().manual_seed(seed)
     history = {"step": [], "loss": [], "attn_gate_tanh": [], "ff_gate_tanh": [], "loss_every_step": []}
@@ -1053,6 +1061,8 @@ def test_09_train_loop_names_locations_eval_zero_grad_order_decay_and_loss_after
           match=r"each epoch ends with a smaller batch of the 4 sequences left over \(44 is not a multiple of 8\)")
     fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, schedule_first=True),
           match=r"`schedule\.step\(\)` comes before `optimizer\.step\(\)`")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, lambda_ahead=True),
+          match=r"next step's learning rate.* or the schedule's lambda reads step s \+ 1")
     fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, gate_log="raw"),
           match=r"the gates are logged without their tanh")
     fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, gate_log="swapped"),

@@ -100,7 +100,7 @@ def test_every_lessons_checks_leave_the_global_random_state_as_they_found_it():
 
     from flamingo_lite.teaching.exercises import ExerciseFailed, keep_rng
 
-    for n in range(1, 10):
+    for n in range(1, 14):  # lessons 10-13 record their verdicts only (record_verdicts), for failed_checks
         module = importlib.import_module(f"flamingo_lite.teaching.exercises.lesson{n:02d}")
         checks = [v for k, v in vars(module).items() if k.startswith("check_") and callable(v) and v.__module__ == module.__name__]
         assert checks and all(hasattr(c, "__wrapped__") for c in checks), module.__name__
@@ -162,6 +162,26 @@ def test_failed_checks_names_the_checks_whose_last_run_failed():
     namespace["check_inner"](True)
     assert failed_checks(lesson) == []
     assert failed_checks(types.ModuleType("another_lesson")) == []
+
+
+@pytest.mark.parametrize("number", range(1, 14))
+def test_every_lessons_failed_check_is_seen_by_its_last_cell(number):
+    """Each lesson's last cell asserts failed_checks(lessonNN) is empty: a stub fed to any check of the lesson must
+    show there (lesson 10's checks were not recorded, so its last cell passed with every exercise failing)."""
+    import importlib
+    import inspect
+
+    from flamingo_lite.teaching.exercises import failed_checks
+
+    module = importlib.import_module(f"flamingo_lite.teaching.exercises.lesson{number:02d}")
+    name, check = next((k, v) for k, v in sorted(vars(module).items()) if k.startswith("check_") and callable(v)
+                       and v.__module__ == module.__name__)
+    arguments = [None] * len(inspect.signature(check).parameters.values())
+    try:
+        check(*arguments)  # nonsense in: the check fails (or raises) and its verdict is kept
+    except Exception:
+        pass
+    assert name in failed_checks(module), f"lesson {number:02d}: {name} failed, and failed_checks does not say so"
 
 
 # The package's own answer handed in as the learner's: each way of reaching it is named.

@@ -42,7 +42,7 @@ __all__ = [
     "ExerciseFailed", "Mistake", "run_learner", "run_untouched", "compare", "check_layer", "check_layer_in_sizes",
     "check_gradients_reach", "check_dtype_kept", "check_parameter_names", "check_shapes_follow", "scale_mistakes",
     "heads_mistakes", "passed", "fail", "hint", "register_hints", "register_nudges", "refuse_the_answer",
-    "explain_name_errors", "failed_checks", "needs",
+    "explain_name_errors", "failed_checks", "needs", "record_verdicts",
 ]
 
 
@@ -67,23 +67,33 @@ def keep_rng(namespace: dict) -> None:
     """Make every `check_*` function of a lesson's module (pass its `globals()`) leave the global random state as it
     found it: a check builds modules and draws inputs, and the lesson's later cells must draw the same numbers
     whether the check ran, failed early, or changed since the lesson's outputs were committed."""
+    _wrap_checks(namespace, fork=True)
+
+
+def record_verdicts(namespace: dict) -> None:
+    """Keep each `check_*` function's verdict for `failed_checks`, leaving the random state to the check (lessons
+    10-13, whose committed outputs follow the draws their checks make). `keep_rng` records them too."""
+    _wrap_checks(namespace, fork=False)
+
+
+def _wrap_checks(namespace: dict, *, fork: bool) -> None:
     for name, fn in list(namespace.items()):
         if name.startswith("check_") and callable(fn) and getattr(fn, "__module__", None) == namespace["__name__"]:
-            namespace[name] = _forked(fn)
+            namespace[name] = _forked(fn, fork=fork)
 
 
 _VERDICTS: dict[tuple[str, str], bool] = {}  # (lesson module, check name): whether its last run passed
 _RUNNING: list[str] = []  # the checks now running, outermost first: only the outermost one's verdict is kept
 
 
-def _forked(check: Callable) -> Callable:
+def _forked(check: Callable, *, fork: bool = True) -> Callable:
     @functools.wraps(check)
     def run(*args, **kwargs):
         key = (check.__module__, check.__name__)
         outermost = not _RUNNING
         _RUNNING.append(check.__name__)
         try:
-            with torch.random.fork_rng(devices=[]):  # the notebook's own draws stay as they were
+            with torch.random.fork_rng(devices=[], enabled=fork):  # the notebook's own draws stay as they were
                 result = check(*args, **kwargs)
         except BaseException:
             if outermost:

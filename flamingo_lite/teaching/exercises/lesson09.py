@@ -455,9 +455,13 @@ def check_first_step_above(first_step_above) -> None:
     every = toy["step"][1]  # the logging interval
     for layer, threshold, want in [(0, 0.05, 25), (1, 0.05, 10), (0, 0.5, None), (0, 0.04, 25), (1, 0.3, None),
                                    (1, 0.295, 20)]:  # tanh(0.3) = 0.291: the logged values taken through tanh again miss it
-        got = run_learner(first_step_above, toy, layer, threshold, what=f"your first_step_above(history, {layer}, {threshold})",
+        given = copy.deepcopy(toy)  # the learner's own: a change to it is named, and the next case starts afresh
+        got = run_learner(first_step_above, given, layer, threshold, what=f"your first_step_above(history, {layer}, {threshold})",
                           advice={"ff_gate_tanh": "the exercise asks when the attention gate opens: read "
                                                   "history['attn_gate_tanh'] (this history has only that one)."})
+        if given != toy:
+            fail("your first_step_above changed the history it was given (sorted, or edited, a list in place): the "
+                 "lesson's history would no longer line up its steps, losses and gates. Read it without changing it.")
         if got == want and (want is not None or got is None):
             continue
         if (layer, want) == (1, 10) and got is None:
@@ -845,9 +849,10 @@ def _check_train_loop(train_flamingo, *, steps, batch_size, lr, gate_lr, weight_
         (dict(keep_partial=True), f"each epoch ends with a smaller batch of the {len(data) % batch_size} sequences left "
                                   f"over ({len(data)} is not a multiple of {batch_size}): keep whole batches only, "
                                   "`order[: len(data) - len(data) % batch_size]`, as train_flamingo does."),
-        (dict(schedule_first=True), "`schedule.step()` comes before `optimizer.step()`, so every update uses the next "
-                                    "step's learning rate and the first one never uses lr: call `optimizer.step()`, "
-                                    "then `schedule.step()`."),
+        (dict(schedule_first=True), "every update uses the next step's learning rate, so the first one never uses lr: "
+                                    "either `schedule.step()` comes before `optimizer.step()` (call "
+                                    "`optimizer.step()`, then `schedule.step()`), or the schedule's lambda reads "
+                                    "step s + 1 (it gets the number of updates done, from 0: write it with s)."),
         (dict(gate_log="raw"), "the gates are logged without their tanh: the block multiplies by `tanh(attn_gate)`, "
                                "so log `float(block.attn_gate.tanh())` and `float(block.ff_gate.tanh())`."),
         (dict(gate_log="abs"), "the gates are logged as sizes, `abs(tanh(gate))`: log the tanh itself, sign "

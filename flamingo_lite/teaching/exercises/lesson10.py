@@ -16,8 +16,8 @@ from einops import rearrange
 from ... import masks
 from ...cross_attention import MaskedCrossAttention
 from ...segments import segment_attend
-from . import (Mistake, check_layer, check_parameter_names, compare, fail, passed, refuse_the_answer, register_hints,
-               register_nudges, run_learner, run_untouched)
+from . import (Mistake, check_layer, check_parameter_names, compare, fail, passed, record_verdicts, refuse_the_answer,
+               register_hints, register_nudges, run_learner, run_untouched)
 
 DIM, HEADS, DIM_HEAD = 16, 2, 8
 
@@ -308,3 +308,6 @@ register_nudges({  # first hints for the steps whose full hint is the answer
     "Each segment attends to its one image's latents only; tokens before the first image keep their "
     "zeros. Mind that text time counts from 1 and the media axis from 0.",
 })
+
+
+record_verdicts(globals())  # failed_checks(lesson10) sees every check's last verdict

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from ...tiny import fewshot, heldout
-from . import Mistake, compare, fail, passed, register_hints, register_nudges, run_learner, run_untouched
+from . import (Mistake, compare, fail, passed, record_verdicts, register_hints, register_nudges, run_learner,
+               run_untouched)
 
 register_hints({
     "12.nearest": "Average each picture's features over its grid cells (`support.mean(dim=1)`, (k, d); "
@@ -276,3 +277,6 @@ register_nudges({  # first hints for the steps whose full hint is the answer
     "12.score": "The answer is the next token after the prompt, so read the prediction at the prompt's last position. "
     "Score each candidate by its log-probability over the whole vocabulary.",
 })
+
+
+record_verdicts(globals())  # failed_checks(lesson12) sees every check's last verdict
