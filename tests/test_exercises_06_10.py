@@ -182,6 +182,8 @@ def test_06_exercises():
         return sorted(n for n, p in block.named_parameters() if p.grad is not None and bool((p.grad != 0).any()))
 
     lesson06.check_params_with_gradient(who, good)
+    fails(lesson06.check_params_with_gradient, lambda b, i: tuple(who(b, i)), good,
+          match=r"params_with_gradient returned a tuple: return a sorted list")
     fails(lesson06.check_params_with_gradient, lambda b, i: sorted(n for n, _ in b.named_parameters()), good, match="every parameter")
 
     def by_hand(block, inputs, target, sign=1):
@@ -552,6 +554,11 @@ def test_07_exercises():
                                                  r"list \(list\(\.\.\.\)\)") as caught:
             lesson08.check_placement(not_a_list)
         assert "off by one" not in str(caught.value)
+    fails(lesson08.check_placement, lambda d, e: [float(i) for i in range(0, d, e)],
+          match=r"gives the right layers, but as float values: layer indices are ints")
+    fails(lesson08.check_trainable, lambda m: tuple(sorted({n.split(".")[0] for n, p in m.named_parameters()
+                                                            if p.requires_grad})),
+          FlamingoConfig(), TinyLM, VisionEncoder, match=r"right names, but in a tuple: return a sorted list")
     fails(lesson08.check_placement, lambda d, e: tuple(range(0, d, e)),
           match=r"gives the right layers \[0, 1, 2, 3\], but as a tuple: return a list")
     config = FlamingoConfig()

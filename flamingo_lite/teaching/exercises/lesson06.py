@@ -354,7 +354,7 @@ def _measured(params_with_gradient, block, inputs, want) -> list:
         fail(f"your params_with_gradient changed the block's parameters ({', '.join(moved[:3])}"
              f"{', ...' if len(moved) > 3 else ''}): an optimizer step or an in-place change; it must only read which "
              "gradients are not 0, leaving the weights as they were.")
-    if not isinstance(got, (list, tuple)):
+    if not isinstance(got, list):
         fail(f"params_with_gradient returned a {type(got).__name__}: return a sorted list of parameter names.")
     got = list(got)
     if not all(isinstance(name, str) for name in got):

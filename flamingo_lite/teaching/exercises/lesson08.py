@@ -443,6 +443,9 @@ def check_placement(xattn_layer_indices) -> int:
             if got == want:
                 fail(f"xattn_layer_indices({depth}, {every}) gives the right layers {want}, but not as a list: return "
                      "a list (list(...)).")
+        if isinstance(got, (list, tuple)) and list(got) == want and not all(type(i) is int for i in got):
+            fail(f"xattn_layer_indices({depth}, {every}) gives the right layers, but as {type(got[0]).__name__} "
+                 "values: layer indices are ints (range gives them), and the gated blocks are keyed str(i).")
         if isinstance(got, tuple) and list(got) == want:
             fail(f"xattn_layer_indices({depth}, {every}) gives the right layers {list(got)}, but as a tuple: return a "
                  "list, as the exercise asks (Flamingo's xattn_layers is one).")
@@ -477,6 +480,9 @@ def check_trainable(trainable_names, config, lm_class, vision_class) -> list:
             fail(f"trainable_names({type(module).__name__}) has the right names, but in a {type(got).__name__}, "
                  "which has no order: return a sorted list, `sorted(...)`.")
         got = sorted(got) if isinstance(got, (set, frozenset)) else got
+        if isinstance(got, tuple) and sorted(got) == want:
+            fail(f"trainable_names({type(module).__name__}) has the right names, but in a tuple: return a sorted "
+                 "list, `sorted(...)`.")
         if not isinstance(got, (list, tuple)):
             fail(f"trainable_names returned a {type(got).__name__}: return a sorted list of names.")
         got = list(got)
@@ -627,9 +633,9 @@ keep_rng(globals())  # no check moves the lesson's random numbers
 register_nudges({  # first hints for the steps whose full hint is the answer
     "08.class": "Write __init__ first, from the table of attributes above, then forward, from Fig. 3 read bottom to "
     "top.",
-    "08.class.init": "Five attributes: the three given (the config, and the two pretrained parts, frozen) and the two "
-    "that train, the resampler and one gated block for each layer index in self.xattn_layers, each built from the "
-    "config's sizes.",
+    "08.class.init": "Six attributes: the three given (the config, and the two pretrained parts, frozen), the list "
+    "self.xattn_layers, and the two that train, the resampler and one gated block for each layer index in "
+    "self.xattn_layers, each built from the config's sizes.",
     "08.class.forward": "Pictures become features, then media; the <image> tokens say where each picture is; then the "
     "language model's own steps, with a gated block run just before each layer that has one.",
     "08.no_gate": "Build the model of the given config, then run it and its own language model on the same tokens, and "
