@@ -168,6 +168,10 @@ def test_06_exercises():
     fails(lesson06.check_tanh_slope, stub, match="not written yet")
     lesson06.check_tanh_slope(lambda a: 1 - a.tanh() ** 2)
     fails(lesson06.check_tanh_slope, lambda a: 1 - a**2, match="1 - alpha")
+    lesson06.check_tanh_slope(lambda a: 1 / a.cosh() ** 2)  # the same derivative, written another way
+    fails(lesson06.check_tanh_slope, lambda a: 1 - a.double().tanh() ** 2, match=r"returns torch.float64 for torch.float32 alpha")
+    fails(lesson06.check_tanh_slope, lambda a: ((a + 1e-2).tanh() - (a - 1e-2).tanh()) / 2e-2,
+          match=r"close to the slope but not equal to it .*a difference quotient")
     fails(lesson06.check_tanh_slope, lambda a: 1 - a.tanh_() ** 2, match="changed its input alpha in place.*alpha.tanh_")
     good = block_class(right)
     fails(lesson06.check_params_with_gradient, stub, good, match="not written yet")

@@ -16,8 +16,8 @@ import torch
 
 from ... import masks
 from ...gated import GatedCrossAttentionBlock
-from . import (Mistake, _check_modules_registered, _same, check_layer, check_parameter_names, check_shapes_follow,
-               compare, fail, passed, register_hints, register_nudges, run_learner, run_untouched, keep_rng,
+from . import (Mistake, _check_modules_registered, _same, check_dtype_kept, check_layer, check_parameter_names,
+               check_shapes_follow, compare, fail, passed, register_hints, register_nudges, run_learner, run_untouched, keep_rng,
                refuse_the_answer)
 
 DIM, HEADS, DIM_HEAD = 16, 2, 8
@@ -311,6 +311,13 @@ def check_tanh_slope(tanh_slope) -> None:
                 "1 - tanh(alpha)**2."),
         Mistake("the square alone", a.tanh() ** 2, "this is tanh(alpha)**2 alone: the slope is 1 minus it."),
     ]
+    check_dtype_kept(got, a, "your tanh_slope(alpha)", inputs="alpha",
+                     fix="compute in alpha's dtype (no .double() or .float()), so the slope fits the layer it serves.")
+    if (isinstance(got, torch.Tensor) and got.shape == a.shape and not torch.allclose(got, alpha.grad, atol=1e-6, rtol=1e-6)
+            and torch.allclose(got, alpha.grad, atol=1e-3)):
+        fail("your tanh_slope is close to the slope but not equal to it (off by up to "
+             f"{float((got - alpha.grad).abs().max()):.1e}): a difference quotient such as (tanh(a + h) - tanh(a - h)) "
+             "/ 2h only approximates it; the exercise is the derivative itself, 1 - tanh(alpha)**2.")
     compare(got, alpha.grad, what="your tanh_slope", mistakes=mistakes, atol=1e-6)
     passed("tanh_slope is right: at alpha = 0 the slope is exactly 1.")
 
