@@ -551,9 +551,10 @@ def check_module(
             p.grad = None
 
 
-def _defaults_problem(learner, name, ref_name, reference_cls) -> CheckResult | None:
+def _defaults_problem(learner, name, ref_name, reference_cls, skip: tuple = ()) -> CheckResult | None:
     """A constructor default other than the reference's (heads=4 where it has heads=8). The check builds both with
-    the same sizes, so only the signature shows it, and `MyLayer(dim=...)` alone would build another layer."""
+    the same sizes, so only the signature shows it, and `MyLayer(dim=...)` alone would build another layer.
+    skip: arguments whose defaults the caller names itself, in its own words."""
     try:
         mine = inspect.signature(type(learner).__init__).parameters
         theirs = inspect.signature(reference_cls.__init__).parameters
@@ -562,7 +563,7 @@ def _defaults_problem(learner, name, ref_name, reference_cls) -> CheckResult | N
     empty = inspect.Parameter.empty
     for key, parameter in mine.items():
         other = theirs.get(key)
-        if other is None or empty in (parameter.default, other.default):
+        if key in skip or other is None or empty in (parameter.default, other.default):
             continue
         try:
             same = bool(parameter.default == other.default)

@@ -79,14 +79,16 @@ def record_verdicts(namespace: dict) -> None:
 def _wrap_checks(namespace: dict, *, fork: bool) -> None:
     for name, fn in list(namespace.items()):
         if name.startswith("check_") and callable(fn) and getattr(fn, "__module__", None) == namespace["__name__"]:
-            namespace[name] = _forked(fn, fork=fork)
+            namespace[name] = _judged(fn, fork=fork)
 
 
 _VERDICTS: dict[tuple[str, str], bool] = {}  # (lesson module, check name): whether its last run passed
 _RUNNING: list[str] = []  # the checks now running, outermost first: only the outermost one's verdict is kept
 
 
-def _forked(check: Callable, *, fork: bool = True) -> Callable:
+def _judged(check: Callable, *, fork: bool = True) -> Callable:
+    """`check`, with its verdict kept for failed_checks and, when `fork`, the global random state restored after."""
+
     @functools.wraps(check)
     def run(*args, **kwargs):
         key = (check.__module__, check.__name__)

@@ -238,8 +238,9 @@ def _check_other_defaults(block) -> None:
     the mode's default is named by _check_default_mode, in its own words."""
     from ..checker import _defaults_problem  # the checker imports the layers; keep this module light to import
 
-    problem = _defaults_problem(block, "your block", "the reference", GatedCrossAttentionBlock)
-    if problem is not None and "only_attend_immediate_media=" not in problem.message:
+    problem = _defaults_problem(block, "your block", "the reference", GatedCrossAttentionBlock,
+                                skip=("only_attend_immediate_media",))
+    if problem is not None:
         fail(problem.message.removeprefix("✗ "))
 
 
@@ -430,11 +431,7 @@ def check_attn_gate_gradient(attn_gate_gradient, block_class) -> tuple:
     with torch.no_grad():  # the chain rule on the wrong layer's output, or without the mask
         x, media, _ = inputs
         unmasked = (2 * (x - goal) / n * closed.attn(x, media, None)).sum()  # ()
-    given = copy.deepcopy(closed)  # without the gradients just computed, which the answer must not read
-    given.zero_grad(set_to_none=True)
-    with torch.no_grad():  # by hand: a gradient asked of autograd is named
-        got = run_learner(attn_gate_gradient, given, inputs, goal, what="your attn_gate_gradient(block, inputs, target)",
-                          advice=_AUTOGRAD)
+    got = _by_hand(attn_gate_gradient, closed, inputs, goal, "your attn_gate_gradient(block, inputs, target)")
     if got is None:
         fail(f"attn_gate_gradient returned None (block.attn_gate.grad before any backward pass?): {_BY_HAND}")
     got = torch.as_tensor(got, dtype=torch.float32).reshape(-1)
@@ -457,6 +454,15 @@ def check_attn_gate_gradient(attn_gate_gradient, block_class) -> tuple:
     return float(got), want.item()
 
 
+def _by_hand(attn_gate_gradient, closed, inputs, goal, what: str):
+    """The learner's answer, on a copy of the block without the gradients the check computed (the answer must not
+    read them), run without gradients (a gradient asked of autograd is named)."""
+    given = copy.deepcopy(closed)
+    given.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        return run_learner(attn_gate_gradient, given, inputs, goal, what=what, advice=_AUTOGRAD)
+
+
 def _check_gate_gradient_in_a_batch(attn_gate_gradient, closed) -> None:
     """The same answer on a batch of 2 (the lesson's sentence and a second one): a gradient worked out on the first
     sample only, or averaged over one sample's numbers, is right on batch 1 and wrong here."""
@@ -468,11 +474,7 @@ def _check_gate_gradient_in_a_batch(attn_gate_gradient, closed) -> None:
     block.zero_grad(set_to_none=True)
     (block(*inputs) - goal).pow(2).mean().backward()
     want = block.attn_gate.grad.reshape(())  # ()
-    given = copy.deepcopy(closed)
-    given.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        got = run_learner(attn_gate_gradient, given, inputs, goal, advice=_AUTOGRAD,
-                          what="your attn_gate_gradient(block, inputs, target) on a batch of 2")
+    got = _by_hand(attn_gate_gradient, closed, inputs, goal, "your attn_gate_gradient(block, inputs, target) on a batch of 2")
     got = torch.as_tensor(got, dtype=torch.float32).reshape(-1)
     if got.numel() != 1 or not torch.allclose(got.reshape(()), want, atol=1e-7, rtol=1e-4):
         fail(f"attn_gate_gradient is right on one sentence but not on a batch of 2 (yours {got.flatten()[:1].tolist()}, "
