@@ -915,6 +915,23 @@ def test_05_stubs_and_solutions():
     lesson05.check_forward(make_cross_attention())
 
 
+def test_05_an_exp_without_the_max_subtracted_is_named():
+    def unstable(scores, mask):  # right on small scores; exp overflows on large ones
+        e = scores.exp() * mask
+        total = e.sum(dim=-1, keepdim=True)
+        return torch.where(total > 0, e / total.clamp_min(1e-30), torch.zeros_like(e))
+
+    fails_with(lesson05.check_masked_softmax, unstable,
+               match=r"on scores of a few hundred \(the largest is \d+\) gives NaN or inf: exp\(x\) overflows float32")
+
+    def unstable_zeroed(scores, mask):  # the same, its NaN turned into zeros
+        e = scores.masked_fill(~mask, float("-inf")).exp()
+        return (e / e.sum(-1, keepdim=True)).nan_to_num(0.0)
+
+    fails_with(lesson05.check_masked_softmax, unstable_zeroed,
+               match=r"on scores of a few hundred differs .*exp\(x\) overflows float32 past x = 88")
+
+
 def test_05_tokens_reached():
     torch.manual_seed(0)  # the inputs below, whatever ran before
     tokens = "a photo of <image> a red circle <image> a blue square".split()
@@ -1325,7 +1342,8 @@ def test_05_masked_softmax_that_would_not_train_or_is_not_exactly_zero_is_named(
                match=r"raised RuntimeError.*`mask\.any\(dim=-1, keepdim=True\)`")
 
     def partly_detached(s, m):  # the normaliser cut off: right values, wrong gradient
-        e = s.masked_fill(~m, float("-inf")).exp()
+        filled = s.masked_fill(~m, float("-inf"))
+        e = (filled - filled.amax(-1, keepdim=True)).exp()
         return (e / e.sum(-1, keepdim=True).detach()).nan_to_num(0.0)
 
     fails_with(masked_check, partly_detached, match=r"the gradient it gives the scores is not softmax's")

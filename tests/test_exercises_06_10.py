@@ -274,6 +274,16 @@ def test_06_a_mistake_inside_the_cross_attention_or_the_feed_forward_is_sent_to_
     fails(lesson06.check_forward, OwnAttention, match="self.attn \\(your MyMaskedCrossAttention from lesson 05\\).*"
                                                       "lesson05.check_forward")
 
+    class CrossedSizes(block_class(right)):  # heads and dim_head crossed: the same weight shapes, other heads
+        def __init__(self, *, dim, dim_head=64, heads=8, ff_mult=4, only_attend_immediate_media=True):
+            super().__init__(dim=dim, dim_head=dim_head, heads=heads, ff_mult=ff_mult,
+                             only_attend_immediate_media=only_attend_immediate_media)
+            self.attn = flamingo_lite.MaskedCrossAttention(dim=dim, dim_head=heads, heads=dim_head,
+                                                           only_attend_immediate_media=only_attend_immediate_media)
+
+    fails(lesson06.check_forward, CrossedSizes,
+          match=r"splits into 8 heads of width 2, not 2 of width 8: heads and dim_head are crossed")
+
     class DoubledFeedForward(block_class(right)):
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
@@ -321,6 +331,20 @@ def test_06_exercise_mistakes_are_named():
 
     for wrong in (first_sample_only, one_sample_mean):
         fails(lesson06.check_attn_gate_gradient, wrong, good, match="right on one sentence but not on a batch of 2")
+
+    def subtracted_in_place(block, inputs, target):  # the right number, with the caller's x changed
+        x, m, l = inputs
+        with torch.no_grad():
+            dz = block.attn(x, m, l)
+            return (2 * x.sub_(target) / x.numel() * dz).sum()
+
+    def target_changed(block, inputs, target):
+        x, m, l = inputs
+        with torch.no_grad():
+            return (2 * target.neg_().add_(x) / x.numel() * block.attn(x, m, l)).sum()
+
+    fails(lesson06.check_attn_gate_gradient, subtracted_in_place, good, match=r"changed x \(inputs\[0\]\) in place.*x - target")
+    fails(lesson06.check_attn_gate_gradient, target_changed, good, match=r"changed target in place")
 
     def slope_by_autograd(a):  # the answer asked of autograd, not worked out
         a = a.clone().requires_grad_(True)
@@ -617,6 +641,15 @@ def test_07_no_gate_names_a_tolerance_a_self_comparison_and_another_lm():
     fails(lesson08.check_no_gate, lambda c, t, i: differs(c, t, i, compare=lambda a, b: (a != b).all()),
           data.tokens, data.images,
           match=r"differ from the LM's at one value only.*`\(a != b\)\.all\(\)` asks whether every")
+
+    fails(lesson08.check_no_gate, lambda c, t, i: differs(c, t, i, compare=lambda a, b: not torch.equal(a[0], b[0])),
+          data.tokens, data.images,
+          match=r"compares part of the logits only: it sees one value raised by 1 at the first sequence's first position but not at the last")
+    fails(lesson08.check_no_gate, lambda c, t, i: differs(c, t, i, compare=lambda a, b: not torch.equal(a[:, -1], b[:, -1])),
+          data.tokens, data.images,
+          match=r"compares part of the logits only: it sees one value raised by 1 at the last sequence's last position but not at the first")
+    fails(lesson08.check_no_gate, lambda c, t, i: differs(c, t, i, compare=lambda a, b: (a - b).abs().max()),
+          data.tokens, data.images, match=r"returned a torch.float32 tensor \(a difference, such as the largest one\?\)")
 
     def from_gates(cfg, t, i):  # the gates read instead of the logits
         return any(g != 0 for g in Flamingo(cfg).gates()["attn"])
@@ -959,7 +992,8 @@ def loop_09(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_ev
         blocks = [model.xattn[str(i)] for i in ids]
         history["step"].append(step)
         history["loss"].append(loss)
-        read = {"raw": lambda g: float(g.detach()), "abs": lambda g: abs(float(g.detach().tanh()))}.get(
+        read = {"raw": lambda g: float(g.detach()), "abs": lambda g: abs(float(g.detach().tanh())),
+                "tanh twice": lambda g: math.tanh(float(g.detach().tanh()))}.get(
             gate_log, lambda g: float(g.detach().tanh()))
         attn, ff = [read(b.attn_gate) for b in blocks], [read(b.ff_gate) for b in blocks]
         if gate_log == "swapped":
@@ -1090,6 +1124,8 @@ def test_09_train_loop_names_locations_eval_zero_grad_order_decay_and_loss_after
           match=r"'loss_every_step' has 7 entries for 6 steps")
     fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, gate_log="abs"),
           match=r"logged as sizes, `abs\(tanh\(gate\)\)`")
+    fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, gate_log="tanh twice"),
+          match=r"logged as tanh\(tanh\(gate\)\), the tanh applied twice")
     fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, loss_tensors=True),
           match=r"history's 'loss_every_step' holds tensors, not numbers: append `loss\.item\(\)`.*graph alive")
     fails(lesson09.check_train_loop, lambda *a, **k: loop_09(*a, **k, blocks_by_index=True),
@@ -1242,6 +1278,22 @@ def test_09_segment_layer():
 
     fails(lesson10.check_segment_layer, HandWrittenMaskView,
           match=r"right numbers at the mask view's cost: .* takes 393,216 FLOPs, where the segment view needs 24,576")
+
+    class SdpaMaskView(segment_class()):  # the same mask handed to SDPA, whose insides the CPU counter does not see
+        def forward(self, x, media, media_locations):
+            q = rearrange(self.to_q(self.norm(x)), "b n (h e) -> b h n e", h=self.heads)  # (b, h, n, e)
+            k, v = self.to_kv(media).chunk(2, dim=-1)  # 2 x (b, t, m, h*e)
+            k = rearrange(k, "b t m (h e) -> b h (t m) e", h=self.heads)  # (b, h, t*m, e)
+            v = rearrange(v, "b t m (h e) -> b h (t m) e", h=self.heads)  # (b, h, t*m, e)
+            times = masks.text_time(media_locations)  # (b, n)
+            image_of_latent = torch.arange(media.shape[1]).repeat_interleave(media.shape[2]) + 1  # (t*m,)
+            allowed = times[:, None, :, None] == image_of_latent  # (b, 1, n, t*m)
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=self.scale)
+            return self.to_out(rearrange(out.nan_to_num(0.0), "b h n e -> b n (h e)"))  # (b, n, d)
+
+    fails(lesson10.check_segment_layer, SdpaMaskView,
+          match=r"right numbers at the mask view's cost: .* takes 393,216 FLOPs, where the segment view needs 24,576")
+    assert torch.nn.functional.scaled_dot_product_attention.__name__ == "scaled_dot_product_attention"  # put back
 
     class PlusOne(segment_class()):  # text time k read as media index k: runs past the last media
         def forward(self, x, media, media_locations):

@@ -164,6 +164,33 @@ def test_failed_checks_names_the_checks_whose_last_run_failed():
     assert failed_checks(types.ModuleType("another_lesson")) == []
 
 
+def test_needs_stops_a_cell_whose_code_failed_its_check_or_was_never_checked():
+    """`needs(check)` stops a cell in one line when `check` failed, and when it has not run in the kernel (a stub
+    whose check cell was skipped would raise NotImplementedError from deep inside the cell)."""
+    import types
+
+    from flamingo_lite.teaching.exercises import keep_rng, needs
+
+    lesson = types.ModuleType("a_needing_lesson")
+
+    def check_part(ok):
+        if not ok:
+            raise ExerciseFailed("part wrong")
+
+    check_part.__module__ = "a_needing_lesson"
+    vars(lesson)["check_part"] = check_part
+    keep_rng(vars(lesson))
+    check = vars(lesson)["check_part"]
+    with pytest.raises(ExerciseFailed, match=r"check_part has not checked yet in this kernel: run the exercise and its check cell"):
+        needs(check)
+    with pytest.raises(ExerciseFailed):
+        check(False)
+    with pytest.raises(ExerciseFailed, match=r"your code that check_part found wrong above"):
+        needs(check)
+    check(True)
+    needs(check)  # passed: the cell runs
+
+
 @pytest.mark.parametrize("number", range(1, 14))
 def test_every_lessons_failed_check_is_seen_by_its_last_cell(number):
     """Each lesson's last cell asserts failed_checks(lessonNN) is empty: a stub fed to any check of the lesson must

@@ -112,12 +112,17 @@ def _judged(check: Callable, *, fork: bool = True) -> Callable:
 
 def needs(*checks: Callable) -> None:
     """Stop a cell that runs the learner's code when one of `checks` (a lesson's check functions) found that code
-    wrong: say so in one line, instead of a traceback from inside code already known to be wrong. A check not yet
-    run stops nothing."""
-    wrong = [check.__name__ for check in checks if _VERDICTS.get((check.__module__, check.__name__)) is False]
+    wrong, or has not run in this kernel yet: say so in one line, instead of a traceback from inside code already
+    known to be wrong, or from a stub still unwritten (its `NotImplementedError`) whose check cell was skipped."""
+    verdicts = [(check.__name__, _VERDICTS.get((check.__module__, check.__name__))) for check in checks]
+    wrong = [name for name, ok in verdicts if ok is False]
     if wrong:
         fail(f"this cell runs your code that {', '.join(wrong)} found wrong above: fix it there, run that check "
              "again, then this cell.")
+    unrun = [name for name, ok in verdicts if ok is None]
+    if unrun:
+        fail(f"this cell runs your code that {', '.join(unrun)} has not checked yet in this kernel: run the exercise "
+             "and its check cell above first (after a restart, run the cells above in order).")
 
 
 def failed_checks(lesson: types.ModuleType) -> list[str]:

@@ -143,6 +143,17 @@ def check_masked_softmax(masked_softmax) -> None:
                      fix="keep the scores' dtype; a `.float()` or a tensor made in float32 changes it.")
     compare(half.float(), reference_masked_softmax(s, mask), what="your masked_softmax on float16 scores", atol=2e-3,
             rtol=2e-3)
+    big = s * 100  # (b, n, j): scores of a few hundred, where exp overflows float32 (past 88)
+    what = "your masked_softmax on scores of a few hundred"
+    got = run_learner(masked_softmax, big.clone(), mask.clone(), what=what)
+    if isinstance(got, torch.Tensor) and got.shape == big.shape and not bool(torch.isfinite(got).all()):
+        fail(f"{what} (the largest is {float(big.max()):.0f}) gives NaN or inf: exp(x) overflows float32 past x = 88, "
+             "and inf / inf is NaN. Subtract each row's largest score before the exp, as softmax does, or call "
+             "`.softmax(dim=-1)` on the filled scores, which does it for you.")
+    compare(got, reference_masked_softmax(big, mask), what=what,
+            unmatched="look at the exp: right on small scores and wrong on these, it has likely overflowed. exp(x) "
+            "overflows float32 past x = 88 (inf / inf is NaN, and nan_to_num hides it as 0). Subtract each row's largest score "
+            "before the exp, or call `.softmax(dim=-1)` on the filled scores.")
     # a .detach() inside would leave the queries and keys before it untrained
     check_gradients_reach(lambda scores: masked_softmax(scores, mask), lambda scores: reference_masked_softmax(scores, mask),
                           (s,), ("the scores",), what="your masked_softmax(scores, mask)", of="softmax's")

@@ -15,6 +15,7 @@ import copy
 import torch
 
 from ... import masks
+from ...cross_attention import MaskedCrossAttention
 from ...gated import GatedCrossAttentionBlock
 from . import (Mistake, _check_modules_registered, _same, check_dtype_kept, check_layer, check_parameter_names,
                check_shapes_follow, compare, fail, passed, register_hints, register_nudges, run_learner, run_untouched, keep_rng,
@@ -171,6 +172,7 @@ def _check_sublayers(mine, reference, inputs) -> None:
         attn = run_learner(mine.attn, x, media, media_locations, what="your block's self.attn(x, media, media_locations)")
         want = reference.attn(x, media, media_locations)  # (b, n, d)
         if not (isinstance(attn, torch.Tensor) and attn.shape == want.shape and torch.allclose(attn, want, atol=1e-5)):
+            _swapped_sizes(attn, reference, inputs)
             fail("your block's cross-attention, self.attn (your MyMaskedCrossAttention from lesson 05), gives other "
                  "numbers than the reference's with the same weights: run lesson05.check_forward(MyMaskedCrossAttention) "
                  "in lesson 05, which names what differs.")
@@ -180,6 +182,22 @@ def _check_sublayers(mine, reference, inputs) -> None:
             fail("your block's feed-forward, self.ff (your MyFeedForward from lesson 03), gives other numbers than the "
                  "reference's with the same weights: run lesson03.check_feedforward(MyFeedForward) in lesson 03, which "
                  "names what differs.")
+
+
+def _swapped_sizes(attn, reference, inputs) -> None:
+    """Fail when the learner's cross-attention gives the numbers of one built with heads and dim_head swapped (the
+    weights' shapes are the same, heads * dim_head, so they load, and only the split into heads differs): the
+    block's constructor passed them crossed, and lesson 05's layer is not the one to fix."""
+    if not isinstance(attn, torch.Tensor):
+        return
+    crossed = MaskedCrossAttention(dim=DIM, dim_head=HEADS, heads=DIM_HEAD,
+                                   only_attend_immediate_media=reference.attn.only_attend_immediate_media)
+    crossed.load_state_dict(reference.attn.state_dict())
+    want = crossed(*inputs)  # (b, n, d)
+    if attn.shape == want.shape and torch.allclose(attn, want, atol=1e-5):
+        fail(f"your block's cross-attention splits into {DIM_HEAD} heads of width {HEADS}, not {HEADS} of width "
+             f"{DIM_HEAD}: heads and dim_head are crossed where the block builds it. Pass each by name, "
+             "`MyMaskedCrossAttention(dim=dim, dim_head=dim_head, heads=heads, ...)`.")
 
 
 def check_forward(block_class) -> None:
@@ -456,11 +474,19 @@ def check_attn_gate_gradient(attn_gate_gradient, block_class) -> tuple:
 
 def _by_hand(attn_gate_gradient, closed, inputs, goal, what: str):
     """The learner's answer, on a copy of the block without the gradients the check computed (the answer must not
-    read them), run without gradients (a gradient asked of autograd is named)."""
+    read them), run without gradients (a gradient asked of autograd is named), on copies of the inputs and the
+    target: one changed in place (`x.sub_(target)`) is named, since the caller's tensor would change with it."""
     given = copy.deepcopy(closed)
     given.zero_grad(set_to_none=True)
+    copies = tuple(t.clone() for t in (*inputs, goal))  # x, media, media_locations, target
     with torch.no_grad():
-        return run_learner(attn_gate_gradient, given, inputs, goal, what=what, advice=_AUTOGRAD)
+        got = run_learner(attn_gate_gradient, given, copies[:3], copies[3], what=what, advice=_AUTOGRAD)
+    for name, was, now in zip(("x (inputs[0])", "media (inputs[1])", "media_locations (inputs[2])", "target"), (*inputs, goal), copies):
+        if not torch.equal(was, now):
+            fail(f"{what} changed {name} in place (an in-place op such as `x.sub_(target)`, `x -= ...` or "
+                 "`x[...] = ...`): the caller's tensor changes with it, and in a training step it is the batch itself; "
+                 "write `x - target`, which makes a new tensor.")
+    return got
 
 
 def _check_gate_gradient_in_a_batch(attn_gate_gradient, closed) -> None:

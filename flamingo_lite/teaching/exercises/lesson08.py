@@ -551,6 +551,13 @@ def _one_logit_off(logits: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def _last_logit_off(logits: torch.Tensor) -> torch.Tensor:
+    """The logits with one value, the last of the last sequence's last position, raised by 1: (b, n, V)."""
+    logits = logits.clone()
+    logits[-1, -1, -1] += 1.0
+    return logits
+
+
 def _off_by_a_millionth(logits: torch.Tensor) -> torch.Tensor:
     """The logits times (1 + 1e-6): not exactly the language model's, yet close enough for torch.allclose's default
     tolerance (rtol 1e-5): (b, n, V)."""
@@ -560,6 +567,9 @@ def _off_by_a_millionth(logits: torch.Tensor) -> torch.Tensor:
 def _answer(differs_from_lm_at_init, config: FlamingoConfig, tokens, images, what: str) -> bool:
     got = run_learner(differs_from_lm_at_init, config, tokens, images, what=what)
     if isinstance(got, torch.Tensor):
+        if got.is_floating_point() or got.is_complex():
+            fail(f"differs_from_lm_at_init returned a {got.dtype} tensor (a difference, such as the largest one?), not "
+                 "an answer: return True or False, `not torch.equal(a, b)` (a bool tensor of one value will do too).")
         if got.numel() != 1:
             fail(f"differs_from_lm_at_init returned a tensor of {got.numel()} values: compare the whole logits at "
                  "once (`torch.equal`) to get one answer.")
@@ -572,7 +582,9 @@ def _answer(differs_from_lm_at_init, config: FlamingoConfig, tokens, images, wha
 def check_no_gate(differs_from_lm_at_init, tokens, images) -> None:
     """Step "08.no_gate": False for the default config, True with `tanh_gate=False` (a bool or a one-value tensor),
     True for a model with closed gates whose logits differ from the language model's at one value only (so an
-    answer that asks whether every logit differs, or reads the gates instead of the logits, is wrong), and True for
+    answer that asks whether every logit differs, or reads the gates instead of the logits, is wrong), True when the
+    one value is in the last sequence's last position instead (so an answer that compares the first sequence only,
+    or the last position only, is wrong), and True for
     a model whose logits are off the language model's by one part in a million (exactly equal is asked, so a
     comparison with a tolerance, such as torch.allclose, is wrong)."""
     answers, runs = {}, {}
@@ -608,6 +620,10 @@ def check_no_gate(differs_from_lm_at_init, tokens, images) -> None:
             one = _answer(differs_from_lm_at_init, FlamingoConfig(), tokens, images,
                           what="your differs_from_lm_at_init(FlamingoConfig(), ...), one of its logits raised by 1")
         torch.manual_seed(0)
+        with _ChangedLogits(_last_logit_off):
+            last = _answer(differs_from_lm_at_init, FlamingoConfig(), tokens, images,
+                           what="your differs_from_lm_at_init(FlamingoConfig(), ...), its last logit raised by 1")
+        torch.manual_seed(0)
         with _ChangedLogits(_off_by_a_millionth) as nudged:
             close = _answer(differs_from_lm_at_init, FlamingoConfig(), tokens, images,
                             what="your differs_from_lm_at_init(FlamingoConfig(), ...), its logits off by a millionth")
@@ -616,10 +632,17 @@ def check_no_gate(differs_from_lm_at_init, tokens, images) -> None:
              "from its config): a model whose gates are 0 but whose logits are not the LM's (one raised by 1, here) "
              "differs, and yours says it does not. The question is about the logits: compare `model(tokens, images)` "
              "with `model.lm(tokens)`.")
-    if not one:
+    if not one and not last:
         fail("differs_from_lm_at_init says a model whose logits differ from the LM's at one value only (raised by 1) "
              "does not differ: `(a != b).all()` asks whether every logit differs, but one is enough: use "
              "`not torch.equal(a, b)` (or `(a != b).any()`).")
+    if one != last:
+        seen, unseen = (("the first sequence's first position", "the last sequence's last position") if one else
+                        ("the last sequence's last position", "the first sequence's first position"))
+        fail(f"differs_from_lm_at_init compares part of the logits only: it sees one value raised by 1 at {seen} but "
+             f"not at {unseen}, where it says the model does not differ (a slice such as `logits[0]` or "
+             "`logits[:, -1]`?). Compare the whole logits, every sequence and every position: "
+             "`not torch.equal(model(tokens, images), model.lm(tokens))`.")
     if nudged.ran and not close:
         fail("differs_from_lm_at_init says a model whose logits are the LM's times (1 + 1e-6) does not differ: it "
              "compares with a tolerance (torch.allclose forgives 1e-5 relative), but the question is whether they are "

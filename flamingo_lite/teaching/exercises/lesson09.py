@@ -563,7 +563,7 @@ def reference_loop(model, data, *, steps, batch_size, lr, gate_lr, weight_decay,
     loss_after_update: the loss computed again after the update, and that one logged; order_every_step: a new random
     order drawn at every step, its first batch taken; keep_partial: each epoch's last, smaller batch kept;
     schedule_first: `scheduler.step()` called before `optimizer.step()`; gate_log: "tanh" (right), "raw" (the gate
-    parameters logged without their tanh), "abs" (the tanh's size, its sign lost), "swapped" (the attention gates
+    parameters logged without their tanh), "abs" (the tanh's size, its sign lost), "tanh twice", "swapped" (the attention gates
     logged as the feed-forward's, and back) or "attn twice" (the attention gates logged for both); first_after: step
     0's entry logged after the first update (the gates no longer 0); cosine_over: the number of steps the cosine
     spans (`steps` is right; `steps - 1` is the usual slip); clip: the gradients' norm clipped to this before each
@@ -589,7 +589,8 @@ def reference_loop(model, data, *, steps, batch_size, lr, gate_lr, weight_decay,
         blocks = [model.xattn[str(i)] for i in model.xattn_layers]
         history["step"].append(step)
         history["loss"].append(loss)
-        read = {"raw": lambda g: float(g.detach()), "abs": lambda g: abs(float(g.detach().tanh()))}.get(
+        read = {"raw": lambda g: float(g.detach()), "abs": lambda g: abs(float(g.detach().tanh())),
+                "tanh twice": lambda g: float(g.detach().tanh().tanh())}.get(
             gate_log, lambda g: float(g.detach().tanh()))
         attn, ff = [read(b.attn_gate) for b in blocks], [read(b.ff_gate) for b in blocks]
         if gate_log == "attn twice":
@@ -855,6 +856,9 @@ def _check_train_loop(train_flamingo, *, steps, batch_size, lr, gate_lr, weight_
                                     "step s + 1 (it gets the number of updates done, from 0: write it with s)."),
         (dict(gate_log="raw"), "the gates are logged without their tanh: the block multiplies by `tanh(attn_gate)`, "
                                "so log `float(block.attn_gate.tanh())` and `float(block.ff_gate.tanh())`."),
+        (dict(gate_log="tanh twice"), "the gates are logged as tanh(tanh(gate)), the tanh applied twice: log "
+                                      "`float(block.attn_gate.tanh())` once (a helper that applies tanh to a value "
+                                      "already tanh'd does it again)."),
         (dict(gate_log="abs"), "the gates are logged as sizes, `abs(tanh(gate))`: log the tanh itself, sign "
                                "included (a gate can open negative)."),
         (dict(gate_log="attn twice"), "'ff_gate_tanh' holds the attention gates: log every block's "
