@@ -326,3 +326,29 @@ def test_articles_draw_a_first_word_per_caption_that_a_link_may_share():
     assert fs.FewShotSetup(links=fs.COLLIDING_LINKS, articles=fs.CAPTION_ARTICLES).articles == fs.CAPTION_ARTICLES
     with pytest.raises(ValueError, match="articles must be a non-empty tuple"):
         fs.make_training_data(4, articles=("",))
+
+
+def test_attribute_captions_name_one_attribute_per_sequence_and_leave_the_default_data_alone():
+    """`p_attribute` (benchmarks/rule_text_lm.py --p-attribute): that share of the caption sequences names one
+    attribute of each picture, the same one through the sequence; at 0 no draw is made, so the data are unchanged."""
+    from flamingo_lite.tiny.data import COLOURS, SHAPES
+
+    plain, zero = fs.make_training_data(60, seed=3), fs.make_training_data(60, seed=3, p_attribute=0.0)
+    assert torch.equal(plain.tokens, zero.tokens) and torch.equal(plain.images, zero.images)
+    tok = fs.fewshot_tokenizer()
+    data = fs.make_training_data(80, seed=4, p_attribute=1.0, tokenizer=tok)
+    kinds = set()
+    for i, kind in enumerate(data.kinds):
+        if kind != "caption":
+            continue
+        words = [w for w in tok.words(data.tokens[i]) if w != "<pad>"]
+        chunks = " ".join(words).split(" <eoc>")[:-1]
+        said = {("colour" if c.split()[-1] in COLOURS else "shape" if c.split()[-1] in SHAPES else "?") for c in chunks}
+        assert all(len(c.split()) == 3 for c in chunks), words  # `<image> a red`: one attribute word
+        assert len(said) == 1 and "?" not in said, words  # one attribute through the sequence
+        kinds |= said
+    assert kinds == {"colour", "shape"}
+    with pytest.raises(ValueError, match="p_attribute"):
+        fs.FewShotSetup(p_attribute=1.5)
+    with pytest.raises(ValueError, match="p_attribute"):
+        fs.make_training_data(4, p_attribute=-0.1)

@@ -241,3 +241,27 @@ def test_lesson_12_quotes_the_recorded_rule_experiments():
         assert claim in lesson, claim
     assert all(after < knn for _, after, knn in rule.values())  # "below nearest neighbour every time"
     assert held["0"][1] < held["0"][0] and all(held[s][1] > held[s][0] for s in ("1", "2"))  # falls on 0, not on 1, 2
+
+
+def test_lesson_12_quotes_the_recorded_attribute_caption_runs():
+    """The numbers lesson 12 gives for `benchmarks/rule_text_lm.py --p-attribute` are the record's own."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    lesson = "".join("".join(c["source"]) for c in json.loads(
+        (root / "notebooks" / "12_in_context_learning.ipynb").read_text())["cells"] if c["cell_type"] == "markdown")
+    lesson = " ".join(lesson.split())
+    runs = json.loads((root / "benchmarks" / "results" / "rule_attribute_captions.json").read_text())["runs"]
+    half, every = runs["p_attribute=0.5, seed=0"], runs["p_attribute=1.0, seed=0"]
+    assert (half["p_attribute"], every["p_attribute"], half["seed"], every["seed"]) == (0.5, 1.0, 0, 0)
+    text_only = json.loads((root / "benchmarks" / "results" / "rule_text_lm.json").read_text())["runs"]["0"]
+    rule = half["rule_inference"]
+    for claim in (f"reaches {rule['curve']['16']:.2f} at 16 shots ({text_only['rule_inference']['curve']['16']:.2f} with the "
+                  f"rule text alone, nearest neighbour {rule['knn_curve']['16']:.2f})",
+                  f"it reaches {every['rule_inference']['curve']['16']:.2f} again",
+                  f"({half['heldout_format']['curve']['16']:.2f} and {every['heldout_format']['curve']['16']:.2f}, against "
+                  f"{half['heldout_format']['knn_curve']['16']:.2f})"):
+        assert claim in lesson, claim
+    assert all(r["rule_inference"]["curve"]["16"] < r["rule_inference"]["knn_curve"]["16"] for r in (half, every))  # "does not close"
+    assert rule["curve"]["16"] > text_only["rule_inference"]["curve"]["16"]  # "narrows a little"

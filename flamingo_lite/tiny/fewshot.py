@@ -152,6 +152,7 @@ def make_training_data(
     tokenizer: Tokenizer | None = None,
     links: tuple = (IS,),
     articles: tuple = ("a",),
+    p_attribute: float = 0.0,
 ) -> FewShotData:
     """Interleaved training sequences, deterministic from `seed` (see the module doc).
 
@@ -162,6 +163,9 @@ def make_training_data(
     data are the same as without the argument.
     `articles`: the first word of a caption, one drawn per caption (`<image> the red circle <eoc>`); with one, no
     draw is made, as for `links`.
+    `p_attribute`: the share of caption sequences that name one attribute of each picture, colour or shape, drawn
+    per sequence (`<image> a red <eoc> <image> a blue <eoc>`), so that colour and shape each pay on their own; at 0
+    no draw is made, so the default data are the same as without the argument.
     """
     num_sequences = check_positive_int("num_sequences", num_sequences)
     check_positive_int("max_images", max_images)
@@ -173,7 +177,7 @@ def make_training_data(
         raise ValueError(f"links must be a non-empty tuple of words (\"\" for none), got {links!r}")
     if not articles or any(not isinstance(w, str) or not w for w in articles):
         raise ValueError(f"articles must be a non-empty tuple of words, got {articles!r}")
-    for name, p in (("p_all_picture", p_all_picture), ("p_caption", p_caption), ("p_next", p_next)):
+    for name, p in (("p_all_picture", p_all_picture), ("p_caption", p_caption), ("p_next", p_next), ("p_attribute", p_attribute)):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{name} must lie in [0, 1], got {p}")
     tok = tokenizer if tokenizer is not None else fewshot_tokenizer()
@@ -186,9 +190,13 @@ def make_training_data(
             kinds.append("caption")
             assignments.append(None)
             words = []
+            # the one attribute this sequence's captions name (None: both), drawn only when p_attribute > 0
+            named = ("colour", "shape")[int(rng.integers(2))] if p_attribute > 0 and rng.random() < p_attribute else None
             for _ in range(int(rng.integers(1, max_images + 1))):
                 c = int(rng.integers(len(CLASSES)))
                 caption = caption_words(*CLASSES[c])  # ['a', 'red', 'circle']
+                if named is not None:
+                    caption = [caption[0], CLASSES[c][0] if named == "colour" else CLASSES[c][1]]  # ['a', 'red']
                 if len(articles) > 1:
                     caption[0] = articles[int(rng.integers(len(articles)))]
                 words += [MEDIA_TOKEN, *caption, EOC_TOKEN]
@@ -454,6 +462,7 @@ class FewShotSetup:
     p_all_picture: float = 0.3
     p_caption: float = 0.3
     p_next: float = 0.0
+    p_attribute: float = 0.0  # the share of caption sequences naming one attribute only (make_training_data)
     vision: str = "pretrained"  # FlamingoConfig.vision: the contrastively pretrained encoder, or "handmade"
     token_shift: int = 4
     positions: str = "none"  # the LM's position signal: "none" lets prompts grow past the training length
@@ -481,7 +490,7 @@ class FewShotSetup:
         for name in ("lm_lr", "lr", "gate_lr"):
             check_positive_number(f"FewShotSetup.{name}", getattr(self, name))
         check_non_negative_number("FewShotSetup.weight_decay", self.weight_decay)
-        for name in ("p_all_picture", "p_caption", "p_next"):
+        for name in ("p_all_picture", "p_caption", "p_next", "p_attribute"):
             check_probability(f"FewShotSetup.{name}", getattr(self, name))
         check_non_negative_int("FewShotSetup.token_shift", self.token_shift)
         check_seed("FewShotSetup.seed", self.seed)
@@ -526,7 +535,7 @@ def run_fewshot(setup: FewShotSetup | None = None, *, device=None, progress: boo
     tok = fewshot_tokenizer(setup.links)
     seed_everything(setup.seed)
     kwargs = dict(max_images=setup.max_images, max_shots=setup.max_shots, p_all_picture=setup.p_all_picture, p_caption=setup.p_caption,
-                  tokenizer=tok, links=setup.links, articles=setup.articles)
+                  tokenizer=tok, links=setup.links, articles=setup.articles, p_attribute=setup.p_attribute)
     text = make_training_data(setup.num_train, seed=setup.seed * 2, text_only=True, **kwargs)
     train = make_training_data(setup.num_train, seed=setup.seed * 2 + 1, p_next=setup.p_next, **kwargs)
     episodes = make_heldout_episodes(setup.num_heldout, seed=setup.seed, pool_size=setup.pool_size)
