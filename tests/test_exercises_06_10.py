@@ -1264,14 +1264,18 @@ def test_09_segment_layer():
     fails(lesson10.check_segment_layer, NoOut, match="to_out")
 
     class HandWrittenMaskView(segment_class()):  # right in every number, at the mask view's cost
-        def forward(self, x, media, media_locations):
+        def every_pair(self, x, media, media_locations):
+            """q (b, h, n, e), k and v (b, h, t*m, e), and which latents each token may see (b, 1, n, t*m)."""
             q = rearrange(self.to_q(self.norm(x)), "b n (h e) -> b h n e", h=self.heads)  # (b, h, n, e)
             k, v = self.to_kv(media).chunk(2, dim=-1)  # 2 x (b, t, m, h*e)
             k = rearrange(k, "b t m (h e) -> b h (t m) e", h=self.heads)  # (b, h, t*m, e)
             v = rearrange(v, "b t m (h e) -> b h (t m) e", h=self.heads)  # (b, h, t*m, e)
             times = masks.text_time(media_locations)  # (b, n)
             image_of_latent = torch.arange(media.shape[1]).repeat_interleave(media.shape[2]) + 1  # (t*m,)
-            allowed = times[:, None, :, None] == image_of_latent  # (b, 1, n, t*m)
+            return q, k, v, times[:, None, :, None] == image_of_latent  # allowed: (b, 1, n, t*m)
+
+        def forward(self, x, media, media_locations):
+            q, k, v, allowed = self.every_pair(x, media, media_locations)
             scores = (q @ k.transpose(-1, -2) * self.scale).masked_fill(~allowed, float("-inf"))  # (b, h, n, t*m)
             out = torch.nan_to_num(scores.softmax(dim=-1)) @ v  # (b, h, n, e): rows that see nothing are 0
             return self.to_out(rearrange(out, "b h n e -> b n (h e)"))  # (b, n, d)
@@ -1279,15 +1283,9 @@ def test_09_segment_layer():
     fails(lesson10.check_segment_layer, HandWrittenMaskView,
           match=r"right numbers at the mask view's cost: .* takes 393,216 FLOPs, where the segment view needs 24,576")
 
-    class SdpaMaskView(segment_class()):  # the same mask handed to SDPA, whose insides the CPU counter does not see
+    class SdpaMaskView(HandWrittenMaskView):  # the same mask handed to SDPA, whose insides the CPU counter does not see
         def forward(self, x, media, media_locations):
-            q = rearrange(self.to_q(self.norm(x)), "b n (h e) -> b h n e", h=self.heads)  # (b, h, n, e)
-            k, v = self.to_kv(media).chunk(2, dim=-1)  # 2 x (b, t, m, h*e)
-            k = rearrange(k, "b t m (h e) -> b h (t m) e", h=self.heads)  # (b, h, t*m, e)
-            v = rearrange(v, "b t m (h e) -> b h (t m) e", h=self.heads)  # (b, h, t*m, e)
-            times = masks.text_time(media_locations)  # (b, n)
-            image_of_latent = torch.arange(media.shape[1]).repeat_interleave(media.shape[2]) + 1  # (t*m,)
-            allowed = times[:, None, :, None] == image_of_latent  # (b, 1, n, t*m)
+            q, k, v, allowed = self.every_pair(x, media, media_locations)
             out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=self.scale)
             return self.to_out(rearrange(out.nan_to_num(0.0), "b h n e -> b n (h e)"))  # (b, n, d)
 
