@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     }
     runs = json.loads(out.read_text())["runs"] if out.exists() else {}  # the other seeds' runs stay
     runs[str(args.seed) if args.p_attribute == 0 else f"p_attribute={args.p_attribute}, seed={args.seed}"] = record
-    write_text_atomic(out, json.dumps({"runs": dict(sorted(runs.items(), key=lambda kv: (kv[1]["p_attribute"] if "p_attribute" in kv[1] else 0.0, kv[1]["seed"])))}, indent=1) + "\n")
+    write_text_atomic(out, json.dumps({"runs": dict(sorted(runs.items(), key=lambda kv: (kv[1].get("p_attribute", 0.0), kv[1]["seed"])))}, indent=1) + "\n")
     print(f"the language model on rule inference written as words: " + " ".join(f"k={k} {v:.2f}" for k, v in words.items()))
     for task in ("rule_inference", "heldout_format"):
         block = record[task]

@@ -343,8 +343,8 @@ def test_06_exercise_mistakes_are_named():
         with torch.no_grad():
             return (2 * target.neg_().add_(x) / x.numel() * block.attn(x, m, l)).sum()
 
-    fails(lesson06.check_attn_gate_gradient, subtracted_in_place, good, match=r"changed x \(inputs\[0\]\) in place.*x - target")
-    fails(lesson06.check_attn_gate_gradient, target_changed, good, match=r"changed target in place")
+    fails(lesson06.check_attn_gate_gradient, subtracted_in_place, good, match=r"changed its input x \(inputs\[0\]\) in place.*x - target")
+    fails(lesson06.check_attn_gate_gradient, target_changed, good, match=r"changed its input target in place")
 
     def slope_by_autograd(a):  # the answer asked of autograd, not worked out
         a = a.clone().requires_grad_(True)

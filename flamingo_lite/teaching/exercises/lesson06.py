@@ -185,18 +185,20 @@ def _check_sublayers(mine, reference, inputs) -> None:
 
 
 def _swapped_sizes(attn, reference, inputs) -> None:
-    """Fail when the learner's cross-attention gives the numbers of one built with heads and dim_head swapped (the
-    weights' shapes are the same, heads * dim_head, so they load, and only the split into heads differs): the
-    block's constructor passed them crossed, and lesson 05's layer is not the one to fix."""
+    """Fail when the learner's cross-attention gives the numbers of one split into another number of heads (the
+    weights' shapes are heads * dim_head either way, so they load): the block's constructor passed the sizes wrong,
+    most often heads and dim_head crossed, and lesson 05's layer is not the one to fix."""
+    from ..checker import _other_head_counts  # the checker imports the layers; keep this module light to import
+
     if not isinstance(attn, torch.Tensor):
         return
-    crossed = MaskedCrossAttention(dim=DIM, dim_head=HEADS, heads=DIM_HEAD,
-                                   only_attend_immediate_media=reference.attn.only_attend_immediate_media)
-    crossed.load_state_dict(reference.attn.state_dict())
-    want = crossed(*inputs)  # (b, n, d)
-    if attn.shape == want.shape and torch.allclose(attn, want, atol=1e-5):
-        fail(f"your block's cross-attention splits into {DIM_HEAD} heads of width {HEADS}, not {HEADS} of width "
-             f"{DIM_HEAD}: heads and dim_head are crossed where the block builds it. Pass each by name, "
+    kwargs = dict(dim=DIM, dim_head=DIM_HEAD, heads=HEADS, only_attend_immediate_media=reference.attn.only_attend_immediate_media)
+    heads = _other_head_counts(MaskedCrossAttention, kwargs, reference.attn.state_dict(), inputs, attn, 1e-5, 1e-5)
+    if heads is not None:
+        why = ("heads and dim_head are crossed where the block builds it" if heads == DIM_HEAD else
+               "the block builds it with other sizes than its own")
+        fail(f"your block's cross-attention splits into {heads} heads of width {HEADS * DIM_HEAD // heads}, not {HEADS} "
+             f"of width {DIM_HEAD}: {why}. Pass each by name, "
              "`MyMaskedCrossAttention(dim=dim, dim_head=dim_head, heads=heads, ...)`.")
 
 
@@ -478,15 +480,13 @@ def _by_hand(attn_gate_gradient, closed, inputs, goal, what: str):
     target: one changed in place (`x.sub_(target)`) is named, since the caller's tensor would change with it."""
     given = copy.deepcopy(closed)
     given.zero_grad(set_to_none=True)
-    copies = tuple(t.clone() for t in (*inputs, goal))  # x, media, media_locations, target
-    with torch.no_grad():
-        got = run_learner(attn_gate_gradient, given, copies[:3], copies[3], what=what, advice=_AUTOGRAD)
-    for name, was, now in zip(("x (inputs[0])", "media (inputs[1])", "media_locations (inputs[2])", "target"), (*inputs, goal), copies):
-        if not torch.equal(was, now):
-            fail(f"{what} changed {name} in place (an in-place op such as `x.sub_(target)`, `x -= ...` or "
-                 "`x[...] = ...`): the caller's tensor changes with it, and in a training step it is the batch itself; "
-                 "write `x - target`, which makes a new tensor.")
-    return got
+    with torch.no_grad():  # run_untouched: on copies, so that an input changed in place is named
+        return run_untouched(lambda x, media, media_locations, target: attn_gate_gradient(
+                                 given, (x, media, media_locations), target),
+                             *inputs, goal, what=what, advice=_AUTOGRAD, trains=False,
+                             names=("x (inputs[0])", "media (inputs[1])", "media_locations (inputs[2])", "target"),
+                             fix="write `x - target`, which makes a new tensor (in a training step the caller's x is "
+                                 "the batch itself).")
 
 
 def _check_gate_gradient_in_a_batch(attn_gate_gradient, closed) -> None:

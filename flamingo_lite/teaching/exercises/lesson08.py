@@ -544,18 +544,14 @@ class _ChangedLogits:
         Flamingo.forward = self.forward
 
 
-def _one_logit_off(logits: torch.Tensor) -> torch.Tensor:
-    """The logits with one value, the first of the first sequence's first position, raised by 1: (b, n, V)."""
-    logits = logits.clone()
-    logits[0, 0, 0] += 1.0
-    return logits
+def _one_logit_off(at: tuple):
+    """A change of the logits (b, n, V) -> (b, n, V) that raises one value, the one at index `at`, by 1."""
+    def change(logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.clone()
+        logits[at] += 1.0
+        return logits
 
-
-def _last_logit_off(logits: torch.Tensor) -> torch.Tensor:
-    """The logits with one value, the last of the last sequence's last position, raised by 1: (b, n, V)."""
-    logits = logits.clone()
-    logits[-1, -1, -1] += 1.0
-    return logits
+    return change
 
 
 def _off_by_a_millionth(logits: torch.Tensor) -> torch.Tensor:
@@ -616,11 +612,11 @@ def check_no_gate(differs_from_lm_at_init, tokens, images) -> None:
         fail(f"for tanh_gate={gated} the answer is {want}, yours is {answers[gated]}: {why}.")
     with torch.random.fork_rng(devices=[]):  # the extra calls must not move the notebook's random numbers
         torch.manual_seed(0)
-        with _ChangedLogits(_one_logit_off) as one_off:
+        with _ChangedLogits(_one_logit_off((0, 0, 0))) as one_off:  # the first sequence's first position
             one = _answer(differs_from_lm_at_init, FlamingoConfig(), tokens, images,
                           what="your differs_from_lm_at_init(FlamingoConfig(), ...), one of its logits raised by 1")
         torch.manual_seed(0)
-        with _ChangedLogits(_last_logit_off):
+        with _ChangedLogits(_one_logit_off((-1, -1, -1))):  # the last sequence's last position
             last = _answer(differs_from_lm_at_init, FlamingoConfig(), tokens, images,
                            what="your differs_from_lm_at_init(FlamingoConfig(), ...), its last logit raised by 1")
         torch.manual_seed(0)
