@@ -243,6 +243,13 @@ class MyFlamingo(nn.Module):
             x = lm_block(x)  # (b, n, d): the frozen LM layer, unchanged
         return self.lm.head(x)  # (b, n, V)
 
+    def train(self, mode=True):
+        # model.train() reaches every submodule: put the frozen parts back in eval mode
+        super().train(mode)
+        self.vision.eval()
+        self.lm.eval()
+        return self
+
 
 # === lesson 09: next_token_loss ===
 def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor, pad_id: int = 0) -> torch.Tensor:

@@ -225,6 +225,41 @@ def test_01_softmax_and_causal():
     lesson01.check_causal_mask(lambda n: torch.arange(n)[:, None] >= torch.arange(n))
 
 
+def test_01_code_that_would_never_train_is_named():
+    def zeroed_in_place(q, k, v, mask=None):  # the empty rows zeroed in the softmax's own output
+        scores = torch.einsum("b h i e, b h j e -> b h i j", q, k) * q.shape[-1] ** -0.5  # (b, h, i, j)
+        mask = (mask if mask.ndim == 3 else mask[None])[:, None]  # (b, 1, i, j)
+        weights = scores.masked_fill(~mask, -torch.finfo(scores.dtype).max).softmax(dim=-1)  # (b, h, i, j)
+        weights.masked_fill_(~mask.any(-1, keepdim=True), 0.0)
+        return weights @ v
+
+    fails_with(lesson01.check_attention, lambda q, k, v, mask=None: attention(q, k, v, mask) if mask is None
+               else zeroed_in_place(q, k, v, mask), match=r"right numbers, but its backward pass fails .*in-place op")
+
+    def nan_hidden(q, k, v, mask=None):  # a -inf fill, its NaN rows cleaned up: a real NaN is hidden too
+        return attention(q, k, v, mask, bug="inf").nan_to_num(0.0)
+
+    fails_with(lesson01.check_attention, nan_hidden,
+               match=r"with a NaN in key 2 of sample 0 has numbers where the answer is NaN")
+    for cut, name in ((lambda x, c: (x.detach(), c), "x"), (lambda x, c: (x, c.detach()), "context")):
+        fails_with(lesson01.check_multi_head, lambda x, c, *rest, cut=cut: multi_head(*cut(x, c), *rest),
+                   match=rf"is right, but no gradient reaches {name} ")
+
+    def data_softmax(s, dim=-1):  # .data: the same numbers, out of autograd
+        s = s.data - s.data.amax(dim, keepdim=True)
+        return s.exp() / s.exp().sum(dim, keepdim=True)
+
+    def divided_in_place(s, dim=-1):
+        e = (s - s.amax(dim, keepdim=True)).exp()
+        e /= e.sum(dim, keepdim=True)  # exp's output, which its backward needs, changed
+        return e
+
+    fails_with(lesson01.check_stable_softmax, data_softmax, match="its output has no gradient")
+    fails_with(lesson01.check_stable_softmax, lambda s, dim=-1: (s - s.amin(dim, keepdim=True)).exp()
+               / (s - s.amin(dim, keepdim=True)).exp().sum(dim, keepdim=True), match="the row's min is subtracted, not its max")
+    fails_with(lesson01.check_stable_softmax, divided_in_place, match="right numbers, but its backward pass fails")
+
+
 # ------------------------------------------------------------------------------------------------------------ 02
 
 
@@ -292,7 +327,7 @@ def test_02_a_scale_that_two_mistakes_give_names_both():
             super().__init__(dim=dim, dim_head=dim_head, heads=heads)
             self.scale = dim**-0.5  # at dim 16 and dim_head 4, the same number as 1 / dim_head
 
-    fails_with(lesson02.check_forward, ModelWidth, match="1 / dim_head: the square root is missing or dim \\*\\* -0.5")
+    fails_with(lesson02.check_forward, ModelWidth, match="1 / dim_head: the square root is missing, or the scale is applied twice or dim \\*\\* -0.5")
 
 
 def test_02_media_share_for_one_sample_only_is_caught():
@@ -609,6 +644,41 @@ def test_03_exercises():
         return without_embeddings(**cfg) + cfg["dim"] + 1
 
     message = fails_with(lesson03.check_param_count, odd, match=r"to see each part\.$")
+
+
+def test_02_project_with_norm_media_for_both_inputs_is_named():
+    def one_norm(layer, x, latents):
+        x, lat = layer.norm_media(x), layer.norm_media(latents)
+        k, v = layer.to_kv(torch.cat([x, lat], dim=-2)).chunk(2, dim=-1)
+        return layer.to_q(lat), k, v
+
+    fails_with(lesson02.check_project, one_norm, match=r"latents through norm_media: the latents have their own norm.*norm_media is for the features x only")
+
+
+def test_02_and_03_a_cast_inside_forward_is_named_in_float64():
+    class Cast(make_perceiver_attention()):
+        def forward(self, x, latents):
+            return super().forward(x, latents).float()
+
+    fails_with(lesson02.check_forward, Cast, match=r"Cast in float64 returns float32 where .* returns float64: a cast")
+
+    class Fixed(make_resampler()):
+        def forward(self, x):
+            return super().forward(x) @ torch.eye(x.shape[-1])  # a float32 tensor made inside meets float64 weights
+
+    fails_with(lesson03.check_forward, Fixed, match=r"Fixed runs in float32 but raises in float64 .*make new tensors like")
+
+
+def test_03_layers_that_cut_the_media_off_and_a_count_that_rounds_ff_mult_first_are_named():
+    fails_with(lesson03.check_layers, lambda layers, x, z: layers_fn(layers, x.detach(), z),
+               match="gives the media x no gradient")
+
+    def rounded_first(**cfg):  # dim * int(ff_mult): right whenever ff_mult is whole
+        hidden = cfg["dim"] * int(cfg["ff_mult"])
+        exact = int(cfg["dim"] * cfg["ff_mult"])
+        return sum(p.numel() for p in fl.PerceiverResampler(**cfg).parameters()) - 2 * cfg["depth"] * cfg["dim"] * (exact - hidden)
+
+    fails_with(lesson03.check_param_count, rounded_first, match=r"'ff_mult': 2\.5\} you counted 256 numbers too few: .*int\(dim \* ff_mult\) = 40, not dim \* int\(ff_mult\) = 32")
 
 
 # ------------------------------------------------------------------------------------------------------------ 04

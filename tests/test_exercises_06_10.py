@@ -381,7 +381,7 @@ def flamingo_class(*, every_layer=False, shift=False, before=True, resampler=Tru
                    extra=False, lm_heads=False, double_residual=False, shared=False, skip_lm_layers=False,
                    media_id=None, pass_immediate=True, double_lm=False, skip_block=None, dim_head_from=None,
                    discard_block=False, lm_alone=False, keys_in_dict=False, eval_too=True, first_picture=False,
-                   locations_of_row0=False, no_media_embeds=False, cut=None, plain_dict=False):
+                   locations_of_row0=False, no_media_embeds=False, cut=None, plain_dict=False, train_mode="kept"):
     """The lesson's MyFlamingo, with the usual mistakes as switches. dim_head_from: "heads" or "lm_heads", the head
     width computed as `config.dim // config.heads` (or `// config.lm_heads`) instead of `config.dim_head`."""
     from flamingo_lite.tiny.model import freeze
@@ -448,6 +448,14 @@ def flamingo_class(*, every_layer=False, shift=False, before=True, resampler=Tru
                     x = self.xattn[str(i)](x, media, loc)  # (b, n, d)
             return self.lm.head(x) if head else x  # (b, n, V)
 
+        def train(self, mode=True):  # train_mode: "kept" (the frozen parts stay in eval), or a mistake
+            if train_mode == "not overridden":
+                return super().train(mode)
+            if train_mode != "no super":
+                super().train(mode)
+            self.vision.eval(), self.lm.eval()
+            return None if train_mode == "no return" else self
+
     return MyFlamingo
 
 
@@ -456,6 +464,12 @@ def test_07_flamingo_class(capsys):
     lesson08.check_flamingo_class(flamingo_class(), config)
     assert capsys.readouterr().out.startswith("OK")
     fails(lesson08.check_flamingo_class, flamingo_class(init_stub=True), config, match="not written yet")
+    fails(lesson08.check_flamingo_class, flamingo_class(train_mode="not overridden"), config,
+          match=r"MyFlamingo\.train\(\) puts the vision encoder back in training mode .*override train")
+    fails(lesson08.check_flamingo_class, flamingo_class(train_mode="no super"), config,
+          match=r"MyFlamingo\.train\(\) leaves self\.resampler in eval mode.*super\(\)\.train\(mode\)")
+    fails(lesson08.check_flamingo_class, flamingo_class(train_mode="no return"), config,
+          match=r"MyFlamingo\.train\(\) returns NoneType, not the model: end it with `return self`")
     fails(lesson08.check_flamingo_class, flamingo_class(forward_stub=True), config, match="forward.*not written yet")
     fails(lesson08.check_flamingo_class, flamingo_class(before=False), config, match="after the LM layers")
     fails(lesson08.check_flamingo_class, flamingo_class(every_layer=True), config, match="before every LM layer")
@@ -470,6 +484,13 @@ def test_07_flamingo_class(capsys):
     fails(lesson08.check_flamingo_class, flamingo_class(freeze_all=True), config, match="resampler and the gated blocks must train")
     fails(lesson08.check_flamingo_class, flamingo_class(eval_too=False), config,
           match=r"leaves the vision encoder in training mode: .*`vision\.requires_grad_\(False\)\.eval\(\)`")
+
+    class VisionNotInEval(flamingo_class()):  # the LM put in eval mode, the vision encoder only frozen
+        def __init__(self, config, *, lm, vision):
+            super().__init__(config, lm=lm, vision=vision)
+            self.vision.training = True
+
+    fails(lesson08.check_flamingo_class, VisionNotInEval, config, match=r"leaves the vision encoder in training mode")
 
     class FrozenResampler(flamingo_class()):
         def __init__(self, config, *, lm, vision):
@@ -1305,7 +1326,7 @@ def test_10_segment_layer_names_sizes_typed_in_a_float32_buffer_and_its_paramete
     fails(lesson10.check_segment_layer, segment_class(times_fixed=4), match=r"on a row with 4 markers")
     fails(lesson10.check_segment_layer, segment_class(width_from_x=True), match=r"built with heads=4, dim_head=6")
     fails(lesson10.check_segment_layer, segment_class(float32_buffer=True),
-          match=r"in float64 raised RuntimeError.*`q\.new_zeros\(shape\)`")
+          match=r"runs in float32 but raises in float64 \(RuntimeError: .*`q\.new_zeros\(shape\)`")
     fails(lesson10.check_segment_layer, segment_class(extra_gate=True),
           match=r"parameters are not the reference's \(norm, to_q, to_kv, to_out\): not in the reference gate\.")
 

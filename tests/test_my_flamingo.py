@@ -417,6 +417,31 @@ def test_a_changed_cell_clears_the_mark_and_the_same_cell_keeps_it(shell, checke
     assert _marks(checked) == {("first",): False, ("second",): False}
 
 
+def test_code_changed_after_its_check_passed_counts_as_unchecked_until_the_check_runs_again(shell):
+    """A check passed, then its %%my_flamingo cell ran again with other code: the lesson's last cell and `needs`
+    must not go on trusting the old verdict."""
+    my_file.start("04", shell.user_ns)
+    setup = ("from flamingo_lite.teaching.exercises import failed_checks, needs, lesson04\n"
+             "mine = lambda: [f for f in failed_checks(lesson04) if f.startswith('check_text_time')]\n")  # other tests' verdicts aside
+    right = "%%my_flamingo\ndef my_text_time(media_locations):\n    return media_locations.long().cumsum(dim=-1)"
+    wrong = "%%my_flamingo\ndef my_text_time(media_locations):\n    return media_locations.long().cumsum(dim=0)"
+    assert shell.run_cell(setup).success and shell.run_cell(right).success
+    assert shell.run_cell("lesson04.check_text_time(my_text_time)").success
+    assert shell.run_cell("assert not mine()").success
+    assert shell.run_cell(right).success  # the same code again: the verdict still holds
+    assert shell.run_cell("needs(lesson04.check_text_time)").success
+    assert shell.run_cell(wrong).success  # new code, its check not run again
+    stopped = shell.run_cell("needs(lesson04.check_text_time)")
+    assert isinstance(stopped.error_in_exec, ExerciseFailed)
+    assert "your my_text_time, changed since check_text_time last ran on it" in str(stopped.error_in_exec)
+    assert shell.run_cell("failed = mine()").success
+    assert shell.user_ns["failed"] == ["check_text_time, not run since your my_text_time changed"]
+    assert not shell.run_cell("lesson04.check_text_time(my_text_time)").success  # the check, run again, fails it
+    assert shell.run_cell("failed = mine()").success and shell.user_ns["failed"] == ["check_text_time"]
+    assert shell.run_cell(right).success and shell.run_cell("lesson04.check_text_time(my_text_time)").success
+    assert shell.run_cell("failed = mine()").success and shell.user_ns["failed"] == []
+
+
 def test_another_error_or_a_cell_that_checks_nothing_leaves_the_marks(shell, checked):
     shell.user_ns["verdicts"]["first"] = "fail"
     shell.run_cell("check_it(first)")

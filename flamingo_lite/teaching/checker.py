@@ -526,6 +526,7 @@ def check_module(
             return _finish(result, verbose, raise_on_mismatch)
         checks = [
             lambda: _dtype_problem(name, ref_name, got, expected),
+            lambda: _dtype_in_float64_problem(learner, reference, name, ref_name, inputs),
             lambda: _changed_inputs_problem(learner, name, inputs, mine, versions),
             lambda: _train_mode_problem(learner, reference, name, ref_name, inputs, got, atol, rtol),
             lambda: _cases_problem(learner, reference, name, ref_name, seed, atol, rtol) if check_cases else None,
@@ -614,6 +615,40 @@ def _dtype_problem(name, ref_name, got, expected):
     message = (f"✗ {name} returns {str(got.dtype).removeprefix('torch.')} where {ref_name} returns "
                f"{str(expected.dtype).removeprefix('torch.')}: a cast inside forward (.double(), .half(), .float(), "
                "or a dtype= argument) changes the output's dtype; compute in the dtype of the inputs and weights.")
+    return CheckResult(False, name, message, failed_check="dtype", dtype=got.dtype)
+
+
+def _dtype_in_float64_problem(learner, reference, name, ref_name, inputs):
+    """In float32 a `.float()` inside forward changes nothing, so the module runs once more in float64 (copies of both,
+    the inputs' floats cast): the output must be float64 too, and the forward must run at all."""
+    floats = [v for v in inputs if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    if not floats or any(v.dtype != torch.float32 for v in floats):
+        return None
+    try:
+        mine, theirs = copy.deepcopy(learner).double(), copy.deepcopy(reference).double()
+    except Exception:  # a module that cannot be copied is checked in its own dtype only
+        return None
+    doubled = [v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for v in _cloned(inputs)]
+    with torch.no_grad():
+        try:
+            expected = theirs(*_cloned(doubled))
+        except Exception:
+            return None
+        try:
+            got = mine(*doubled)
+        except Exception as error:
+            said = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            message = (f"✗ {name} runs in float32 but raises in float64 ({type(error).__name__}: {said}"
+                       f"{_learner_line(error)}): a tensor made inside forward in a fixed dtype meets the inputs' "
+                       "dtype; make new tensors from the inputs (`q.new_zeros(shape)`, `torch.zeros_like(x)`), so "
+                       "they take their dtype and device.")
+            return CheckResult(False, name, message, error=f"{type(error).__name__}: {error}", failed_check="dtype")
+    if not isinstance(got, torch.Tensor) or not isinstance(expected, torch.Tensor) or got.dtype == expected.dtype:
+        return None
+    message = (f"✗ {name} in float64 returns {str(got.dtype).removeprefix('torch.')} where {ref_name} returns "
+               f"{str(expected.dtype).removeprefix('torch.')}: a cast inside forward (.float(), .half(), or a dtype= "
+               "argument) fixes the output's dtype, which in float32 goes unseen; compute in the dtype of the inputs "
+               "and weights.")
     return CheckResult(False, name, message, failed_check="dtype", dtype=got.dtype)
 
 

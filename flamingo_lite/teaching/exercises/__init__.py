@@ -42,7 +42,7 @@ __all__ = [
     "ExerciseFailed", "Mistake", "run_learner", "run_untouched", "compare", "check_layer", "check_layer_in_sizes",
     "check_gradients_reach", "check_dtype_kept", "check_parameter_names", "check_shapes_follow", "scale_mistakes",
     "heads_mistakes", "passed", "fail", "hint", "register_hints", "register_nudges", "refuse_the_answer",
-    "explain_name_errors", "failed_checks", "needs", "record_verdicts",
+    "explain_name_errors", "failed_checks", "forget_verdicts_of", "needs", "record_verdicts",
 ]
 
 
@@ -83,6 +83,8 @@ def _wrap_checks(namespace: dict, *, fork: bool) -> None:
 
 
 _VERDICTS: dict[tuple[str, str], bool] = {}  # (lesson module, check name): whether its last run passed
+_CHECKED: dict[tuple[str, str], set] = {}  # (lesson module, check name): the names of the functions and classes it ran on
+_CHANGED: dict[tuple[str, str], list] = {}  # a check whose learner code changed since it ran: those names
 _RUNNING: list[str] = []  # the checks now running, outermost first: only the outermost one's verdict is kept
 
 
@@ -93,6 +95,9 @@ def _judged(check: Callable, *, fork: bool = True) -> Callable:
     def run(*args, **kwargs):
         key = (check.__module__, check.__name__)
         outermost = not _RUNNING
+        if outermost:
+            _CHECKED[key] = {getattr(a, "__name__", None) for a in (*args, *kwargs.values())} - {None}
+            _CHANGED.pop(key, None)
         _RUNNING.append(check.__name__)
         try:
             with torch.random.fork_rng(devices=[], enabled=fork):  # the notebook's own draws stay as they were
@@ -110,6 +115,15 @@ def _judged(check: Callable, *, fork: bool = True) -> Callable:
     return run
 
 
+def forget_verdicts_of(names) -> None:
+    """The learner's code for `names` changed (a `%%my_flamingo` cell run again with new code): the verdicts of the
+    checks that ran on them no longer say anything about it, so those checks count as not run until they run again."""
+    for key, checked in _CHECKED.items():
+        if key in _VERDICTS and set(names) & checked:
+            del _VERDICTS[key]
+            _CHANGED[key] = sorted(set(names) & checked)
+
+
 def needs(*checks: Callable) -> None:
     """Stop a cell that runs the learner's code when one of `checks` (a lesson's check functions) found that code
     wrong, or has not run in this kernel yet: say so in one line, instead of a traceback from inside code already
@@ -119,6 +133,12 @@ def needs(*checks: Callable) -> None:
     if wrong:
         fail(f"this cell runs your code that {', '.join(wrong)} found wrong above: fix it there, run that check "
              "again, then this cell.")
+    changed = [(check.__name__, _CHANGED[(check.__module__, check.__name__)]) for check in checks
+               if (check.__module__, check.__name__) in _CHANGED]
+    if changed:
+        name, what = changed[0]
+        fail(f"this cell runs your {', '.join(what)}, changed since {name} last ran on it: run that check again, "
+             "then this cell.")
     unrun = [name for name, ok in verdicts if ok is None]
     if unrun:
         fail(f"this cell runs your code that {', '.join(unrun)} has not checked yet in this kernel: run the exercise "
@@ -128,7 +148,10 @@ def needs(*checks: Callable) -> None:
 def failed_checks(lesson: types.ModuleType) -> list[str]:
     """The names of `lesson`'s checks whose last run in this kernel did not pass (a lesson's last cell asserts there
     are none, so that it cannot pass while an exercise above still fails)."""
-    return sorted(name for (module, name), ok in _VERDICTS.items() if module == lesson.__name__ and not ok)
+    wrong = [name for (module, name), ok in _VERDICTS.items() if module == lesson.__name__ and not ok]
+    changed = [f"{name}, not run since your {', '.join(what)} changed" for (module, name), what in _CHANGED.items()
+               if module == lesson.__name__]
+    return sorted(wrong + changed)
 
 
 def refuse_the_answer(learner, answers: tuple) -> None:
@@ -365,7 +388,13 @@ def check_gradients_reach(fn, reference, inputs, names, *, what: str, of: str = 
         if not isinstance(got, torch.Tensor) or not got.requires_grad:
             fail(f"{what} is right, but its output has no gradient (a .detach() or torch.no_grad() on it), so nothing "
                  "before it would ever train: compute it with gradients.")
-        (got * cotangent).sum().backward()
+        try:
+            (got * cotangent).sum().backward()
+        except RuntimeError as error:  # autograd's own message points inside torch: say what the learner did
+            said = str(error).strip().splitlines()[0].split(": [")[0]  # autograd's sentence, without its tensor dump
+            fail(f"{what} gives the right numbers, but its backward pass fails ({said}): an in-place op "
+                 "(`w.masked_fill_(...)`, `w[rows] = 0`, `e /= ...`, `.exp_()`) changed a tensor autograd saved "
+                 "for the gradient; use the out-of-place form (`w = w.masked_fill(...)`, `e = e / ...`).")
     for name, a, b in zip(names, mine, theirs):
         if a.grad is None or not bool(a.grad.any()):
             fail(f"{what} is right, but no gradient reaches {name} (a .detach() or torch.no_grad() in the way), so "
@@ -418,7 +447,7 @@ def scale_mistakes(layer, run) -> list[Mistake]:
     right = dim_head**-0.5
     candidates = [
         (dim_head**0.5, "dim_head ** 0.5: the scores are divided by self.scale instead of multiplied"),
-        (1 / dim_head, "1 / dim_head: the square root is missing"),
+        (1 / dim_head, "1 / dim_head: the square root is missing, or the scale is applied twice"),
         (inner**-0.5, "(heads * dim_head) ** -0.5: the width of all heads together, not of one head"),
         (dim**-0.5, "dim ** -0.5: the model width, not one head's"),
         *((fixed**-0.5, "a fixed number: compute it from the dim_head argument") for fixed in (4, 8, 64)),

@@ -157,6 +157,13 @@ def check_attention(attention) -> None:
     what = "your attention(q, k, v, mask) with a 2-D (i, j) mask"
     got = run_untouched(attention, q, k, v, mask[0], what=what, names=names)
     compare(got, reference_attention(q, k, v, mask[0]), what=what, mistakes=_attention_mistakes(q, k, v, mask[0]))
+    nan_k = k.clone()  # (b, h, j, e)
+    nan_k[0, :, 2] = float("nan")  # key 2 of sample 0: the rows that may see it must come out NaN, the others not
+    what = "your attention(q, k, v, mask) with a NaN in key 2 of sample 0"
+    got = run_untouched(attention, q, nan_k, v, mask, what=what, names=names)
+    compare(got, reference_attention(q, nan_k, v, mask), what=what,
+            unmatched="a NaN in a key must reach exactly the queries that may see that key: fill the masked scores "
+                      "with a number, not -inf, and do not clean up with nan_to_num (it would hide a real NaN too).")
     _check_attention_in_float16(attention, q, k, v, mask)
     _check_attention_at_another_width(attention, mask)
     check_gradients_reach(lambda a, b, c: attention(a, b, c, mask), lambda a, b, c: reference_attention(a, b, c, mask),
@@ -247,8 +254,12 @@ def check_multi_head(multi_head_attention) -> None:
 
     check_gradients_reach(lambda *w: run(multi_head_attention, *w), lambda *w: run(reference_multi_head, *w), weights,
                      ("to_q.weight", "to_k.weight", "to_v.weight"), what=what)
+    fixed = [lambda t, w=layer.weight.detach(): t @ w.T for layer in (to_q, to_k, to_v)]  # the weights held still
+    check_gradients_reach(lambda a, c: multi_head_attention(a, c, *fixed, 2, mask),
+                          lambda a, c: reference_multi_head(a, c, *fixed, 2, mask), (x, context), ("x", "context"),
+                          what=what)
     passed("multi_head_attention is right: heads=1, 2 and 4, each head its own slice, merged back side by side, and "
-           "the gradients reach to_q, to_k and to_v.")
+           "the gradients reach to_q, to_k and to_v, x and the context.")
 
 
 def _compare_multi_head(got, args, what) -> None:
@@ -301,8 +312,12 @@ def check_stable_softmax(stable_softmax) -> None:
     ])
     masked = torch.tensor([[0.0, float("-inf"), 1.0], [float("-inf"), 2.0, 2.0]])  # (2, 3): masked keys
     what = "your stable_softmax(s) on scores with -inf entries"
-    compare(run_learner(stable_softmax, masked.clone(), what=what), masked.softmax(dim=-1), what=what,
-            unmatched="a -inf score must get weight exactly 0 and leave the rest of its row a softmax: exp(-inf - max) "
+    low = masked - masked.amin(dim=-1, keepdim=True)  # (2, 3): -inf - (-inf) is NaN
+    compare(run_learner(stable_softmax, masked.clone(), what=what), masked.softmax(dim=-1), what=what, mistakes=[
+        Mistake("min subtracted", low.exp() / low.exp().sum(dim=-1, keepdim=True),
+                "the row's min is subtracted, not its max: with a -inf score the min is -inf and -inf - (-inf) is "
+                "NaN (and on wide rows exp of score - min overflows); subtract the max, so every exp is at most 1."),
+    ], unmatched="a -inf score must get weight exactly 0 and leave the rest of its row a softmax: exp(-inf - max) "
                       "is 0, so no special case is needed (do not replace -inf by a number).")
     what = "your stable_softmax(s, dim=0)"
     compare(run_learner(stable_softmax, s.T, 0, what=what), s.T.softmax(dim=0), what=what, mistakes=[
@@ -314,7 +329,9 @@ def check_stable_softmax(stable_softmax) -> None:
     half = s.half()  # (2, 3): 1000 fits in float16, and s - max is at most 0, so nothing overflows
     check_dtype_kept(run_learner(stable_softmax, half, what=what), half, what, inputs="scores",
                      fix="keep the scores' dtype; a `.float()` or a tensor made in float32 changes it.")
-    passed("stable_softmax is right, and finite for scores around 1000.")
+    check_gradients_reach(stable_softmax, lambda t: t.softmax(dim=-1), (s,), ("s",), what=what.replace(" in float16", ""),
+                          of="softmax's")
+    passed("stable_softmax is right, finite for scores around 1000, and its gradient is softmax's.")
 
 
 def check_causal_mask(causal_mask) -> None:

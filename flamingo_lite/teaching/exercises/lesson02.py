@@ -118,11 +118,18 @@ def check_project(project) -> None:
         if not isinstance(got, (tuple, list)) or len(got) != 3:
             fail(f"{what} must return three tensors, q, k, v; it returned {type(got).__name__}.")
         want = reference_project(layer, x, latents)
+        swapped_k = layer.to_kv(torch.cat((layer.norm_latents(x), layer.norm_media(latents)), dim=-2)).chunk(2, dim=-1)[0]
+        if all(isinstance(t, torch.Tensor) and t.shape == w.shape for t, w in zip(got[:2], (want[0], swapped_k))) and \
+                torch.allclose(got[0].float(), layer.to_q(layer.norm_media(latents)), atol=1e-5) and \
+                torch.allclose(got[1].float(), swapped_k, atol=1e-5):  # q and k both say so
+            fail(f"{what}: {_NORMS_SWAPPED}")
         compare(got[0], want[0], what=f"{what}: q", mistakes=[
             Mistake("q from the features", layer.to_q(layer.norm_media(x)),
                     "q comes from the features; the queries are the latents: to_q(norm_latents(latents))."),
             Mistake("latents not normalised", layer.to_q(latents), "q is made from the latents before norm_latents."),
-            Mistake("norms swapped", layer.to_q(layer.norm_media(latents)), _NORMS_SWAPPED),
+            Mistake("latents through norm_media", layer.to_q(layer.norm_media(latents)),
+                    "q is made from the latents through norm_media: the latents have their own norm, "
+                    "to_q(norm_latents(latents)); norm_media is for the features x only."),
             Mistake("heads already split", rearrange(want[0], "b t n (h e) -> b t h n e", h=layer.heads),
                     "q, k, v come back with the heads split: return them as (b, t, tokens, h*e); step 2 splits them."),
         ])

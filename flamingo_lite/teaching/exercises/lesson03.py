@@ -239,6 +239,7 @@ def check_layers(resampler_layers) -> None:
     x, latents = torch.randn(2, 2, 5, 16, generator=g), torch.randn(3, 16, generator=g)  # (b, t, n, d), (L, d)
     what = "your resampler_layers(layers, x, z)"
     latents.requires_grad_(True)
+    x.requires_grad_(True)  # the media's gradient trains the time embeddings and everything before
     advice = {"in-place": _IN_PLACE_Z, "inplace": _IN_PLACE_Z}
     with torch.enable_grad():
         z = repeat(latents, "L d -> b t L d", b=2, t=2)  # (b, t, L, d): a view of the latents, as in the module
@@ -261,7 +262,7 @@ def check_layers(resampler_layers) -> None:
     if error is not None:
         raise error
     with torch.no_grad():
-        z = z.detach()  # (b, t, L, d)
+        media, z, x = x, z.detach(), x.detach()  # media: the leaf the learner was given; (b, t, L, d), (b, t, n, d)
         compare(got, reference_layers(layers, x, z), what=what, mistakes=[
             Mistake("missing residual (attention)", reference_layers(layers, x, z, attn_residual=False), _NO_ATTN_RESIDUAL),
             Mistake("missing residual (feed-forward)", reference_layers(layers, x, z, ff_residual=False), _NO_FF_RESIDUAL),
@@ -281,12 +282,17 @@ def check_layers(resampler_layers) -> None:
     if got.requires_grad:
         run_learner(lambda: (got * cotangent).sum().backward(), what=f"the backward pass through {what}", advice=advice)
     mine, latents.grad = latents.grad, None
+    mine_media, media.grad = media.grad, None
     with torch.enable_grad():
-        (reference_layers(layers, x, repeat(latents, "L d -> b t L d", b=2, t=2)) * cotangent).sum().backward()
+        (reference_layers(layers, media, repeat(latents, "L d -> b t L d", b=2, t=2)) * cotangent).sum().backward()
     if mine is None or not torch.allclose(mine, latents.grad, atol=1e-5, rtol=1e-4):
         fail(f"{what} gives the latents {'no' if mine is None else 'a wrong'} gradient though its output is right: z "
              "must reach the output through autograd wherever it is used (no .detach() or torch.no_grad() on it), or "
              f"the latents would not train{'' if mine is None else ' as they should'}.")
+    if mine_media is None or not torch.allclose(mine_media, media.grad, atol=1e-5, rtol=1e-4):
+        fail(f"{what} gives the media x {'no' if mine_media is None else 'a wrong'} gradient though its output is "
+             "right: x must reach each attention through autograd (no .detach() or torch.no_grad() on it), or the time "
+             "embeddings added to it, and whatever makes the features, would never train.")
     passed("resampler_layers is right: two layers, each adding its update to the latents.")
 
 
@@ -525,7 +531,8 @@ def _param_count_guess(offsets: list) -> str:
     for cfg, off in offsets:
         names = {part for part, n in _resampler_parts(cfg).items() if n == abs(off)}
         common = names if common is None else common & names
-    match = sorted(common or (), key=lambda n: (n.startswith("every layer"), n.count("."), n))[:3]
+    common = {n for n in common or () if "." not in n or n.rsplit(".", 1)[0] not in common}  # a module holding one weight: say it once
+    match = sorted(common, key=lambda n: (n.startswith("every layer"), n.count("."), n))[:3]
     if not match:
         return ""
     return f"; as many numbers as {' or '.join(match)}, {'counted twice' if sign == {True} else 'not counted'}?"
@@ -539,18 +546,27 @@ def check_param_count(resampler_param_count) -> None:
         dict(dim=32, depth=2, dim_head=16, heads=2, num_latents=64, num_media_embeds=4, ff_mult=4),
         dict(dim=24, depth=3, dim_head=8, heads=4, num_latents=5, num_media_embeds=2, ff_mult=2),
         dict(dim=16, depth=0, dim_head=4, heads=1, num_latents=3, num_media_embeds=1, ff_mult=4),
+        dict(dim=16, depth=1, dim_head=4, heads=2, num_latents=3, num_media_embeds=2, ff_mult=2.5),  # int(dim * mult)
     ]:
         actual = sum(p.numel() for p in fl.PerceiverResampler(**cfg).parameters())
         got = run_learner(resampler_param_count, **cfg, what=f"your resampler_param_count(**{cfg})")
         if got != actual:
             offsets.append((cfg, got - actual))
             first = first or (cfg, got, actual)
+    rounded = [(cfg, off) for cfg, off in offsets if cfg["ff_mult"] != int(cfg["ff_mult"])]
+    if rounded and len(rounded) == len(offsets) and all(  # wrong only where ff_mult is not whole
+            off == -2 * cfg["depth"] * cfg["dim"] * (int(cfg["dim"] * cfg["ff_mult"]) - cfg["dim"] * int(cfg["ff_mult"]))
+            for cfg, off in rounded):
+        cfg, off = rounded[0]
+        fail(f"for {cfg} you counted {-off} numbers too few: the feed-forward's hidden width is "
+             f"int(dim * ff_mult) = {int(cfg['dim'] * cfg['ff_mult'])}, not dim * int(ff_mult) = "
+             f"{cfg['dim'] * int(cfg['ff_mult'])}; round after multiplying.")
     if first:
         cfg, got, actual = first
         fail(f"for {cfg} you counted {got}, the module has {actual} (off by {got - actual}): print "
              f"[(n, p.numel()) for n, p in fl.PerceiverResampler(**{cfg}).named_parameters()] to see each part"
              f"{_param_count_guess(offsets)}.")
-    passed("resampler_param_count matches the module for three sizes.")
+    passed("resampler_param_count matches the module for four sizes, ff_mult=2.5 among them.")
 
 
 keep_rng(globals())  # no check moves the lesson's random numbers

@@ -48,7 +48,8 @@ register_hints({
                         "tokens with the config's `<image>` id, (b, n); x = the LM's embeddings of the tokens; then for "
                         "each `i, lm_block` of `enumerate(self.lm.blocks)`: if i has a block, "
                         "`x = self.xattn[str(i)](x, media, media_locations)`; then `x = lm_block(x)`. The block adds "
-                        "its own residual, so no `x +` around it. Return the LM's head of x.",
+                        "its own residual, so no `x +` around it. Return the LM's head of x. Then `train(self, "
+                        "mode=True)`: `super().train(mode)`, `self.vision.eval()`, `self.lm.eval()`, `return self`.",
     "08.placement": "A block goes before layer i when i % every == 0: layer 0 always, then every `every`-th.",
     "08.trainable": "`name.split('.')[0]` for each `name, p in model.named_parameters()` with `p.requires_grad`; "
                     "a set removes the repeats, `sorted` orders them.",
@@ -338,6 +339,24 @@ def _build_and_compare(flamingo_class, config: FlamingoConfig, lm: nn.Module, vi
         if module.training and not any(p.requires_grad for p in module.parameters()):
             fail(f"your model leaves {_PARTS[part]} in training mode: requires_grad_(False) stops its gradients, "
                  f"but a frozen part also runs in eval mode, as the table says: `{part}.requires_grad_(False).eval()`.")
+    modes = {module: module.training for module in mine.modules()}
+    for module in modes:  # all in eval first, as after model.eval(), so train() must switch the new parts on itself
+        module.training = False
+    training = run_learner(mine.train, what=f"your {name}'s train()")
+    back_in_training = [part for part in _FROZEN if getattr(mine, part).training]
+    left_in_eval = [part for part in _TRAINED if not getattr(mine, part).training]
+    for module, mode in modes.items():  # the model as it was built
+        module.training = mode
+    if training is not mine:
+        fail(f"your {name}.train() returns {type(training).__name__}, not the model: end it with `return self`, as "
+             "nn.Module.train does (`model = model.train()` is common).")
+    if back_in_training:
+        fail(f"your {name}.train() puts {_PARTS[back_in_training[0]]} back in training mode (nn.Module.train sets "
+             f"every submodule's mode): override train, `super().train(mode)`, then `self.vision.eval()` and "
+             "`self.lm.eval()`, so the frozen parts always run in eval mode.")
+    if left_in_eval:
+        fail(f"your {name}.train() leaves self.{left_in_eval[0]} in eval mode, so it would train without its "
+             "training-time behaviour: call `super().train(mode)` first, then put only the frozen parts in eval.")
     keys = sorted(mine.xattn.keys(), key=int) if all(k.isdigit() for k in mine.xattn.keys()) else list(mine.xattn.keys())
     if keys != [str(i) for i in want_layers]:
         fail(_placement_mistake(keys, len(lm.blocks), config.cross_attn_every, want_layers)
@@ -390,7 +409,7 @@ def check_flamingo_class(flamingo_class, config: FlamingoConfig) -> None:
     name = flamingo_class.__name__
     torch.manual_seed(0)
     lm = TinyLM(config.lm_config())
-    vision = make_vision_encoder(config)
+    vision = make_vision_encoder(config).train()  # as a module comes: in training mode, so a missing eval() shows
     reference = _open_gates(Flamingo(config, lm=copy.deepcopy(lm), vision=copy.deepcopy(vision)).eval())
     tokens, images = example_batch()  # (b, n), (b, t, 3, H, W)
     mine = _build_and_compare(flamingo_class, config, lm, vision, reference, tokens, images,
@@ -420,7 +439,7 @@ def check_flamingo_class(flamingo_class, config: FlamingoConfig) -> None:
     other = other_config(config)
     with torch.random.fork_rng(devices=[]):  # the second build must not move the notebook's random numbers
         torch.manual_seed(1)
-        lm, vision = TinyLM(other.lm_config()), make_vision_encoder(other)
+        lm, vision = TinyLM(other.lm_config()), make_vision_encoder(other).train()
         reference = _open_gates(Flamingo(other, lm=copy.deepcopy(lm), vision=copy.deepcopy(vision)).eval())
         _build_and_compare(flamingo_class, other, lm, vision, reference, _swapped(tokens, _IMAGE_ID, _OTHER_ID), images,
                            what=f"your {name}'s logits with a second config (heads={other.heads} and dim_head="

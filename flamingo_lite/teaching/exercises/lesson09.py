@@ -365,6 +365,9 @@ def _decode(greedy_decode, model, prompt, images, *, eoc_id: int, max_new_tokens
         got = got.flatten().tolist()
     if not isinstance(got, (list, tuple)):
         fail(f"greedy_decode returned a {type(got).__name__}: return the list of new token ids.")
+    if any(isinstance(i, torch.Tensor) for i in got):  # a list of 0-d tensors: `ids == [3, 7, 2]` is then False
+        fail("greedy_decode returned a list of tensors, not of token ids: append `int(next_id)` (or "
+             "`next_id.item()`), so the caller gets Python ints it can compare, index with and decode.")
     return [int(i) for i in got]
 
 
@@ -495,13 +498,16 @@ def check_caption_format(caption_format) -> None:
     cases = [("a red circle", "colour_first"), ("a circle in red", "shape_first"), ("a yellow triangle", "colour_first"),
              ("a square in blue", "shape_first"), ("a circle red", None), ("a red", None), ("", None),
              ("a red circle in blue", None), ("a circle in square", None), ("the red circle", None),
-             ("a circle on red", None)]
+             ("a circle on red", None), ("a red red", None), ("a blue yellow", None)]
     for caption, want in cases:
         got = run_learner(caption_format, caption, what=f"your caption_format({caption!r})")
         words = caption.split()
         if got == "shape_first" and len(words) == 4 and words[2] != "in":
             fail(f"caption_format({caption!r}) should be {want!r}, yours is {got!r}: a shape-first caption is "
                  "`a SHAPE in COLOUR`; check that the third word is 'in'.")
+        if got == "colour_first" and len(words) == 3 and words[2] not in shapes_data.SHAPES:
+            fail(f"caption_format({caption!r}) should be {want!r}, yours is {got!r}: a colour-first caption is "
+                 "`a COLOUR SHAPE`; check that the third word is a shape too.")
         if got != want:
             fail(f"caption_format({caption!r}) should be {want!r}, yours is {got!r}: check the number of words and that "
                  "each word is from the right list.")

@@ -219,7 +219,7 @@ def _check_cost(layer_class) -> None:
 
 def _check_other_sizes(layer_class) -> None:
     """Built with other sizes than the lesson's (4 heads of width 6, so the heads' width differs from dim, and a row
-    with 4 markers), and run in float64: a number typed in, or a tensor made in float32, shows here."""
+    with 4 markers): a number typed in shows here, and check_module's float64 run shows a tensor made in float32."""
     heads, dim_head = 4, 6
     call = f"your layer built with heads={heads}, dim_head={dim_head}, on a row with 4 markers"
     generator = torch.Generator().manual_seed(5)
@@ -234,17 +234,6 @@ def _check_other_sizes(layer_class) -> None:
     _check_parameter_names(mine, reference)
     check_layer(mine, reference, (x, media, locations), what=call, mistakes=segment_mistakes, quiet=True,
                 check_cases=False)
-    mine, reference = mine.double(), reference.double()
-    mine.load_state_dict(reference.state_dict())
-    with torch.no_grad():
-        got = run_learner(mine, x.double(), media.double(), locations, what=f"{call}, in float64", advice={
-            "dtype": "a tensor made in float32 (torch.zeros(shape)) meets float64 ones: make new tensors from the "
-                     "input, `q.new_zeros(shape)`, so they take its dtype and device."})
-        want = reference(x.double(), media.double(), locations)  # (b, n, d)
-    if isinstance(got, torch.Tensor) and got.dtype != torch.float64:
-        fail(f"{call}, in float64, returns {got.dtype}: make new tensors from the input (`q.new_zeros(shape)`), so "
-             "they take its dtype.")
-    compare(got, want, what=f"{call}, in float64")
 
 
 def check_segment_lengths(segment_lengths, media_locations, num_media) -> torch.Tensor:
