@@ -1016,6 +1016,14 @@ def test_05_tokens_reached():
 
     fails_with(lesson05.check_tokens_reached, stub, x, media, loc, match="not written yet")
     fails_with(lesson05.check_tokens_reached, lambda *a: reached(*a).float(), x, media, loc, match="bool")
+
+    def signed(layer, x, media, loc, k):  # only the words whose output went up in some feature
+        changed = media.clone()
+        changed[:, k - 1] = torch.randn_like(changed[:, k - 1])
+        return (layer(x, changed, loc) - layer(x, media, loc) > 1e-6).any(-1)
+
+    fails_with(lesson05.check_tokens_reached, signed, x, media, loc,
+               match=r"moves one feature only.*a change measured with its sign .*is missed")
     for other_mode in (lambda times, k: times >= k, lambda times, k: times == k):  # from the text time, one mode for both
         fails_with(lesson05.check_tokens_reached, lambda layer, x, media, loc, k: other_mode(masks.text_time(loc), k),
                    x, media, loc, match="image k reaches in the other mode")

@@ -618,6 +618,14 @@ def test_07_exercises():
                              config, TinyLM, VisionEncoder)
     fails(lesson08.check_trainable, lambda m: sorted({n.split(".")[0] for n, p in m.named_parameters()}),
           config, TinyLM, VisionEncoder, match="frozen parts")
+
+    def every_parameter(m):  # a part counts only when all its parameters train
+        parts = dict.fromkeys(n.split(".")[0] for n, _ in m.named_parameters())
+        return sorted(part for part in parts if all(p.requires_grad for n, p in m.named_parameters()
+                                                    if n.split(".")[0] == part))
+
+    fails(lesson08.check_trainable, every_parameter, config, TinyLM, VisionEncoder,
+          match=r"leaves out `blocks` of a TinyLM whose first block is frozen.*\(`any`, not `all`\)")
     # the parts in the order they come, not sorted
     fails(lesson08.check_trainable,
           lambda m: list(dict.fromkeys(n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad)),
@@ -844,6 +852,8 @@ def greedy_08(model, prompt, images, *, eoc_id, max_new_tokens=5, stop=True, fee
 
 def test_08_greedy():
     fails(lesson09.check_greedy, stub, match="not written yet")
+    fails(lesson09.check_greedy, lambda *a, **k: [torch.tensor(i) for i in greedy_08(*a, **k)],
+          match=r"returned a list of tensors, not of token ids: append `int\(next_id\)`")
     lesson09.check_greedy(greedy_08)
     fails(lesson09.check_greedy, lambda *a, **k: greedy_08(*a, **k, stop=False), match="does not stop at <eoc>")
     fails(lesson09.check_greedy, lambda *a, **k: greedy_08(*a, **k, feed=False), match="repeats")
@@ -976,6 +986,13 @@ def test_08_exercises():
 
     fails(lesson09.check_caption_format, fmt_without_in,
           match=r"caption_format\('a circle on red'\) should be None, yours is 'shape_first'.*third word is 'in'")
+
+    def colour_only(caption):  # a three-word caption judged by its colour alone
+        w = caption.split()
+        return "colour_first" if len(w) == 3 and w[0] == "a" and w[1] in shapes_data.COLOURS else fmt(caption)
+
+    fails(lesson09.check_caption_format, colour_only,
+          match=r"caption_format\('a red red'\) should be None, yours is 'colour_first'.*third word is a shape too")
 
 
 def loop_09(model, data, *, steps, batch_size, lr, gate_lr, weight_decay, log_every, seed, zero_grad=True, freeze=True,

@@ -111,6 +111,8 @@ def test_the_key_map_solution_passes(capsys):
     (mutate(attn_gate=lambda sd, o: sd["alpha_cross_attn"]), r"reshape\(-1\)"),
     (mutate(**{"attn.to_kv.weight": lambda sd, o: sd["cross_attn.k_proj.weight"]}), "along dim 0"),
     (mutate(**{"attn.to_q.weight": lambda sd, o: sd["cross_attn.o_proj.weight"]}), "no usual mistake matches"),
+    (mutate(**{"attn.to_q.weight": lambda sd, o: sd["cross_attn.k_proj.weight"]}),
+     r"'attn\.to_q\.weight' has shape .*check which IDEFICS tensor the table maps to it"),
 ])
 def test_each_key_map_mistake_is_named(wrong, match):
     fails(lesson11.check_from_idefics_keys, wrong, match=match)

@@ -119,3 +119,18 @@ def test_lesson_times_count_what_the_learner_reads_writes_and_waits_for():
     assert counts.run_seconds == 30
     assert counts.core_minutes() == 6 / 180 + 3 / 20 + 2 * 1.0 + 0.5
     assert [times.rounded(m) for m in (0.4, 7.4, 7.5, 42.49)] == [5, 5, 10, 40]
+
+
+def test_the_readmes_speed_claims_are_the_benchmarks_record():
+    """README's speed line quotes benchmarks/results/cpu_fp32.json: the module row, the sweep and weights only at 32."""
+    import json
+
+    root = Path(__file__).resolve().parents[1]
+    record = json.loads((root / "benchmarks" / "results" / "cpu_fp32.json").read_text())
+    module = record["modules"]["MaskedCrossAttention (t=32)"]["flamingo_lite"]["speedup_vs_seed"]
+    sweep = record["sweep"]["32"]["segments"]["speedup_vs_seed"]
+    weights = record["weights_only"]["32"]["segments"]["speedup_vs_seed"]
+    readme = " ".join((root / "README.md").read_text().split())
+    claim = (f"{module:.1f}x faster than flamingo-pytorch with input gradients ({sweep:.1f}x in the media sweep), "
+             f"{weights:.1f}x with weight gradients only")
+    assert claim in readme, claim

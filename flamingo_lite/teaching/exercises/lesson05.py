@@ -413,6 +413,24 @@ def _check_small_changes(tokens_reached_by, x, media, media_locations) -> None:
          "far below any real change, `(new - old).abs().amax(dim=-1) > 1e-6`.")
 
 
+def _check_changes_down(tokens_reached_by, x, media, media_locations) -> None:
+    """A layer whose output moves in one feature only, run as it is and with that feature negated: each word's
+    change goes up in one run and down in the other, so a change measured with its sign is missed in one of them."""
+    allowed = masks.text_time(media_locations) == 1  # (b, n): image 1's words, immediate mode
+    for sign in (1.0, -1.0):
+        layer = fl.MaskedCrossAttention(dim=x.shape[-1], dim_head=8, heads=2).to(x.device)
+        with torch.no_grad():
+            layer.to_out.weight[1:] = 0.0  # only feature 0 of each word moves
+            layer.to_out.weight.mul_(sign)
+        what = "your tokens_reached_by on a layer that moves one feature only, k=1"
+        reached = run_untouched(tokens_reached_by, layer, x, media, media_locations, 1, what=what, trains=False,
+                                names=("layer", "x", "media", "media_locations", "k"))
+        if isinstance(reached, torch.Tensor) and reached.shape == allowed.shape and not torch.equal(reached, allowed):
+            fail(f"{what} finds {int(reached.sum())} of the {int(allowed.sum())} words image 1 reaches: where a word's "
+                 "one feature goes down, a change measured with its sign (`new - old > 1e-6`) is missed; measure it "
+                 "by its size, `(new - old).abs().amax(dim=-1) > 1e-6`.")
+
+
 def check_tokens_reached(tokens_reached_by, x, media, media_locations, original_cls=None) -> list:
     """Exercise: `tokens_reached_by(layer, x, media, media_locations, k)`, checked on flamingo_lite's layer in both
     modes (and, if given, on the original code's leaky all-previous mode). Returns the leak's reached row."""
@@ -462,6 +480,7 @@ def check_tokens_reached(tokens_reached_by, x, media, media_locations, original_
             compare(reached, allowed, what=what, mistakes=mistakes)
     _check_tokens_reached_in_a_batch(tokens_reached_by, media_locations, out_of_range)
     _check_small_changes(tokens_reached_by, x, media, media_locations)
+    _check_changes_down(tokens_reached_by, x, media, media_locations)
     if original_cls is None:
         return []
     leaky = original_cls(dim=dim, dim_head=8, heads=2, only_attend_immediate_media=False).to(x.device)

@@ -490,9 +490,12 @@ def check_placement(xattn_layer_indices) -> int:
 
 def check_trainable(trainable_names, config, lm_class, vision_class) -> list:
     """Step "08.trainable": the trainable top-level parts of a Flamingo, its LM alone, and the vision encoder."""
+    half_frozen = lm_class(config.lm_config())
+    half_frozen.blocks[0].requires_grad_(False)  # a part with some parameters frozen still trains
     cases = [(Flamingo(config), ["resampler", "xattn"]),
              (lm_class(config.lm_config()), ["blocks", "lm_head", "ln_f", "pos_emb", "tok_emb"]),
-             (vision_class(), [])]
+             (vision_class(), []),
+             (half_frozen, ["blocks", "lm_head", "ln_f", "pos_emb", "tok_emb"])]
     for module, want in cases:
         got = run_learner(trainable_names, module, what=f"your trainable_names({type(module).__name__})")
         if isinstance(got, (set, frozenset)) and sorted(got) == want:
@@ -513,6 +516,10 @@ def check_trainable(trainable_names, config, lm_class, vision_class) -> list:
         if sorted(got) == want and got != want:
             fail(f"trainable_names({type(module).__name__}) has the right names in another order, {got}: sort them, "
                  "`return sorted(...)`.")
+        if module is half_frozen and got == [name for name in want if name != "blocks"]:
+            fail(f"trainable_names leaves out `blocks` of a {type(module).__name__} whose first block is frozen and the "
+                 "others train: a part is trainable when at least one of its parameters has requires_grad (`any`, "
+                 "not `all`).")
         if got != want:
             fail(f"trainable_names({type(module).__name__}) should be {want}, yours is {got}.")
     passed("trainable_names is right: only the resampler and the gated blocks learn.")

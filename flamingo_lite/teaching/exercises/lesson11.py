@@ -174,8 +174,11 @@ def _check_conversion(fn, sd: dict, *, case: str = "", advice: dict | None = Non
         if not isinstance(got[key], torch.Tensor):
             fail(f"{what}: {key!r} is a {type(got[key]).__name__}, not a tensor.")
         if got[key].shape != right[key].shape:
-            if key not in ("attn_gate", "ff_gate"):
+            if key in ("attn.to_kv.weight", "ff.1.weight"):  # the two weights made of two IDEFICS tensors
                 extra = " check which tensors you concatenate, and along dim 0."
+            elif key not in ("attn_gate", "ff_gate"):
+                extra = (" check which IDEFICS tensor the table maps to it: its shape is (outputs, inputs), so a "
+                         "tensor of another projection, or one transposed, has another shape.")
             elif got[key].dim() == 0:  # a (1,) gate squeezed
                 extra = (" a scalar gate is (1,) in IDEFICS and in flamingo_lite, and `.squeeze()` drops its one axis: "
                          "`.reshape(-1)` makes both (1,) and (1, 1, d) 1-D.")

@@ -405,7 +405,9 @@ def _name_caption_mistake(mine: str, right: str) -> None:
     if words[: len(want)] == want:
         fail(f"your caption {mine!r} goes on past its end ({right!r}): cut each caption at its first <eoc>, "
              "`words[: words.index('<eoc>')]`.")
-    fail(f"your caption {mine!r} should be {right!r}: decode the new tokens of each row with tokenizer.words.")
+    fail(f"your caption {mine!r} should be {right!r}: the prompt is the <image> token alone (a longer prompt, such as "
+         "`<image> a`, starts the model elsewhere), and a caption is the new tokens of its row decoded with "
+         "tokenizer.words.")
 
 
 register_nudges({  # first hints for the steps whose full hint is the answer
