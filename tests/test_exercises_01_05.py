@@ -666,7 +666,7 @@ def test_02_and_03_a_cast_inside_forward_is_named_in_float64():
         def forward(self, x):
             return super().forward(x) @ torch.eye(x.shape[-1])  # a float32 tensor made inside meets float64 weights
 
-    fails_with(lesson03.check_forward, Fixed, match=r"Fixed runs in float32 but raises in float64 .*make new tensors like")
+    fails_with(lesson03.check_forward, Fixed, match=r"Fixed runs in float32 but raises in float64 .*make new tensors from the inputs")
 
 
 def test_03_layers_that_cut_the_media_off_and_a_count_that_rounds_ff_mult_first_are_named():

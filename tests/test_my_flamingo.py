@@ -442,6 +442,20 @@ def test_code_changed_after_its_check_passed_counts_as_unchecked_until_the_check
     assert shell.run_cell("failed = mine()").success and shell.user_ns["failed"] == []
 
 
+def test_a_plain_cell_redefined_after_its_check_passed_counts_as_unchecked(shell):
+    """Lesson 01 writes no file: a function changed in a plain cell after its check passed is caught all the same."""
+    right = ("def stable_softmax(s, dim=-1):\n    e = (s - s.amax(dim, keepdim=True)).exp()\n"
+             "    return e / e.sum(dim, keepdim=True)")
+    assert shell.run_cell("from flamingo_lite.teaching.exercises import failed_checks, lesson01\n"
+                          "mine = lambda: [f for f in failed_checks(lesson01) if f.startswith('check_stable')]").success
+    assert shell.run_cell(right).success and shell.run_cell("lesson01.check_stable_softmax(stable_softmax)").success
+    assert shell.run_cell(right).success and shell.run_cell("failed = mine()").success  # the same code again
+    assert shell.user_ns["failed"] == []
+    assert shell.run_cell("def stable_softmax(s, dim=-1):\n    return s.exp() / s.exp().sum(dim, keepdim=True)").success
+    assert shell.run_cell("failed = mine()").success
+    assert shell.user_ns["failed"] == ["check_stable_softmax, not run since your stable_softmax changed"]
+
+
 def test_another_error_or_a_cell_that_checks_nothing_leaves_the_marks(shell, checked):
     shell.user_ns["verdicts"]["first"] = "fail"
     shell.run_cell("check_it(first)")

@@ -302,11 +302,6 @@ def _magic(line: str, cell: str):
         raise RuntimeError("%%my_flamingo needs to know the lesson: run the lesson's setup cell (my_file.start) first")
     code = shell.transform_cell(cell)
     exec(compile(code, shell.compile.cache(cell), "exec"), shell.user_ns)  # an error propagates: nothing is written
-    names, body = defined_names(clean_source(cell)), clean_source(cell)
-    before = parse(file_path().read_text(encoding="utf-8")) if file_path().exists() else []
-    if not any(s.lesson == lesson and s.body == body for s in before):  # new code: an earlier verdict says nothing
-        from .exercises import forget_verdicts_of
-        forget_verdicts_of(names)
     path = record(lesson, cell)
     sections = parse(path.read_text(encoding="utf-8")) if path.exists() else []
     defined = preamble_names() | {n for section in sections for n in section.names}

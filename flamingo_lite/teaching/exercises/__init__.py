@@ -18,8 +18,9 @@ A lesson's checks live in `exercises/lessonNN.py`. They are built from three pie
   missing or not the reference's, and `check_shapes_follow` one whose shape does not follow the constructor's
   arguments.
 - `needs(*checks)`, at the top of a cell that runs the learner's code, stops it in one line when one of those
-  checks found that code wrong.
-- `failed_checks(lesson)` names the lesson's checks whose last run failed; a lesson's last cell asserts it is empty.
+  checks found that code wrong, has not run, or ran on code the notebook has since replaced by other code.
+- `failed_checks(lesson)` names the lesson's checks whose last run failed or judged code since changed; a lesson's
+  last cell asserts it is empty.
 - `hint(key)` prints the hint for one step (hidden until asked for).
 - `explain_name_errors()`, run on import, follows a NameError in a lesson with why it usually happens there: a
   check above failed, so the rest of its cell, which sets the name, never ran.
@@ -42,7 +43,7 @@ __all__ = [
     "ExerciseFailed", "Mistake", "run_learner", "run_untouched", "compare", "check_layer", "check_layer_in_sizes",
     "check_gradients_reach", "check_dtype_kept", "check_parameter_names", "check_shapes_follow", "scale_mistakes",
     "heads_mistakes", "passed", "fail", "hint", "register_hints", "register_nudges", "refuse_the_answer",
-    "explain_name_errors", "failed_checks", "forget_verdicts_of", "needs", "record_verdicts",
+    "explain_name_errors", "failed_checks", "needs", "record_verdicts",
 ]
 
 
@@ -83,8 +84,7 @@ def _wrap_checks(namespace: dict, *, fork: bool) -> None:
 
 
 _VERDICTS: dict[tuple[str, str], bool] = {}  # (lesson module, check name): whether its last run passed
-_CHECKED: dict[tuple[str, str], set] = {}  # (lesson module, check name): the names of the functions and classes it ran on
-_CHANGED: dict[tuple[str, str], list] = {}  # a check whose learner code changed since it ran: those names
+_CHECKED: dict[tuple[str, str], dict] = {}  # (lesson module, check name): {name: code} of the functions and classes it ran on
 _RUNNING: list[str] = []  # the checks now running, outermost first: only the outermost one's verdict is kept
 
 
@@ -96,8 +96,8 @@ def _judged(check: Callable, *, fork: bool = True) -> Callable:
         key = (check.__module__, check.__name__)
         outermost = not _RUNNING
         if outermost:
-            _CHECKED[key] = {getattr(a, "__name__", None) for a in (*args, *kwargs.values())} - {None}
-            _CHANGED.pop(key, None)
+            _CHECKED[key] = {a.__name__: _code_of(a) for a in (*args, *kwargs.values())
+                             if isinstance(getattr(a, "__name__", None), str) and _code_of(a) is not None}
         _RUNNING.append(check.__name__)
         try:
             with torch.random.fork_rng(devices=[], enabled=fork):  # the notebook's own draws stay as they were
@@ -115,13 +115,27 @@ def _judged(check: Callable, *, fork: bool = True) -> Callable:
     return run
 
 
-def forget_verdicts_of(names) -> None:
-    """The learner's code for `names` changed (a `%%my_flamingo` cell run again with new code): the verdicts of the
-    checks that ran on them no longer say anything about it, so those checks count as not run until they run again."""
-    for key, checked in _CHECKED.items():
-        if key in _VERDICTS and set(names) & checked:
-            del _VERDICTS[key]
-            _CHANGED[key] = sorted(set(names) & checked)
+def _code_of(obj):
+    """What a check judged of a function or class: its code objects (the same code run again compares equal)."""
+    if isinstance(obj, types.FunctionType):
+        return obj.__code__
+    if isinstance(obj, type) and obj.__module__ == "__main__":
+        return tuple(sorted((k, v.__code__) for k, v in vars(obj).items() if isinstance(v, types.FunctionType)))
+    return None
+
+
+def _changed_since(key) -> list[str]:
+    """The names a check ran on whose code in the notebook is no longer the code it judged (a cell run again with
+    other code): its verdict no longer says anything about them."""
+    try:
+        from IPython import get_ipython
+        shell = get_ipython()
+    except ImportError:
+        shell = None
+    if shell is None:
+        return []
+    return [name for name, code in _CHECKED.get(key, {}).items()
+            if name in shell.user_ns and _code_of(shell.user_ns[name]) != code]
 
 
 def needs(*checks: Callable) -> None:
@@ -133,8 +147,8 @@ def needs(*checks: Callable) -> None:
     if wrong:
         fail(f"this cell runs your code that {', '.join(wrong)} found wrong above: fix it there, run that check "
              "again, then this cell.")
-    changed = [(check.__name__, _CHANGED[(check.__module__, check.__name__)]) for check in checks
-               if (check.__module__, check.__name__) in _CHANGED]
+    changed = [(check.__name__, what) for check in checks
+               if (what := _changed_since((check.__module__, check.__name__)))]
     if changed:
         name, what = changed[0]
         fail(f"this cell runs your {', '.join(what)}, changed since {name} last ran on it: run that check again, "
@@ -148,10 +162,10 @@ def needs(*checks: Callable) -> None:
 def failed_checks(lesson: types.ModuleType) -> list[str]:
     """The names of `lesson`'s checks whose last run in this kernel did not pass (a lesson's last cell asserts there
     are none, so that it cannot pass while an exercise above still fails)."""
-    wrong = [name for (module, name), ok in _VERDICTS.items() if module == lesson.__name__ and not ok]
-    changed = [f"{name}, not run since your {', '.join(what)} changed" for (module, name), what in _CHANGED.items()
-               if module == lesson.__name__]
-    return sorted(wrong + changed)
+    mine = [(name, ok, _changed_since((module, name))) for (module, name), ok in _VERDICTS.items()
+            if module == lesson.__name__]
+    return sorted(name if not ok else f"{name}, not run since your {', '.join(what)} changed"
+                  for name, ok, what in mine if not ok or what)
 
 
 def refuse_the_answer(learner, answers: tuple) -> None:
