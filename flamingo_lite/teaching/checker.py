@@ -609,10 +609,11 @@ def _listed(names: list) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
-def _dtype_problem(name, ref_name, got, expected):
+def _dtype_problem(name, ref_name, got, expected, when: str = ""):
+    """when: the run it was, such as " in float64", where a cast to float32 that float32 inputs hide shows."""
     if got.dtype == expected.dtype:
         return None
-    message = (f"✗ {name} returns {str(got.dtype).removeprefix('torch.')} where {ref_name} returns "
+    message = (f"✗ {name}{when} returns {str(got.dtype).removeprefix('torch.')} where {ref_name} returns "
                f"{str(expected.dtype).removeprefix('torch.')}: a cast inside forward (.double(), .half(), .float(), "
                "or a dtype= argument) changes the output's dtype; compute in the dtype of the inputs and weights.")
     return CheckResult(False, name, message, failed_check="dtype", dtype=got.dtype)
@@ -643,13 +644,9 @@ def _dtype_in_float64_problem(learner, reference, name, ref_name, inputs):
                        "dtype; make new tensors from the inputs (`q.new_zeros(shape)`, `torch.zeros_like(x)`), so "
                        "they take their dtype and device.")
             return CheckResult(False, name, message, error=f"{type(error).__name__}: {error}", failed_check="dtype")
-    if not isinstance(got, torch.Tensor) or not isinstance(expected, torch.Tensor) or got.dtype == expected.dtype:
+    if not isinstance(got, torch.Tensor) or not isinstance(expected, torch.Tensor):
         return None
-    message = (f"✗ {name} in float64 returns {str(got.dtype).removeprefix('torch.')} where {ref_name} returns "
-               f"{str(expected.dtype).removeprefix('torch.')}: a cast inside forward (.float(), .half(), or a dtype= "
-               "argument) fixes the output's dtype, which in float32 goes unseen; compute in the dtype of the inputs "
-               "and weights.")
-    return CheckResult(False, name, message, failed_check="dtype", dtype=got.dtype)
+    return _dtype_problem(name, ref_name, got, expected, when=" in float64")
 
 
 def _train_mode_problem(learner, reference, name, ref_name, inputs, got, atol, rtol):
