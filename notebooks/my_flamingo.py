@@ -3,6 +3,7 @@
 Written by the `%%my_flamingo` cells of the lessons: each section is a cell as it last ran without an error, and
 running that cell again replaces its section. A header ending in "(failed its check: ...)" is a cell whose check
 failed when it last ran: later lessons say so, and use flamingo_lite's version in its place where there is one.
+One ending in "(changed since its check passed: ...)" holds code its check has not run on: later lessons say so.
 It needs only torch and einops:
 
     from my_flamingo import MyPerceiverResampler, MyGatedCrossAttentionBlock

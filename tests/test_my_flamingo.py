@@ -23,6 +23,7 @@ import flamingo_lite as fl
 from flamingo_lite import masks
 from flamingo_lite.teaching import my_file
 from flamingo_lite.teaching.checker import check_module
+from flamingo_lite.teaching import exercises
 from flamingo_lite.teaching.exercises import ExerciseFailed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -674,3 +675,46 @@ def test_a_long_cell_is_warned_of_code_whose_check_failed(shell, checked, capsys
     del shell.user_ns["verdicts"]["first"]
     assert shell.run_cell("check_it(first)").success
     assert my_file.warn_failed("first", "second") == ()
+
+
+def test_code_changed_after_its_check_passed_is_marked_in_the_file_until_the_check_runs_again(shell, tmp_path, capsys):
+    """The file read on its own, or by a later lesson, tells code its check passed on from code changed since."""
+    path = tmp_path / "mine.py"
+    my_file.start("04", shell.user_ns)
+    right = "%%my_flamingo\ndef my_text_time(media_locations):\n    return media_locations.long().cumsum(dim=-1)"
+    other = "%%my_flamingo\ndef my_text_time(media_locations):\n    return media_locations.cumsum(dim=-1).long()"
+    wrong = "%%my_flamingo\ndef my_text_time(media_locations):\n    return media_locations.long().cumsum(dim=0)"
+    changes = lambda: {s.names: (s.failed, s.changed) for s in my_file.parse(path.read_text())}  # noqa: E731
+    assert shell.run_cell("from flamingo_lite.teaching.exercises import lesson04").success
+    assert shell.run_cell(right).success and shell.run_cell("lesson04.check_text_time(my_text_time)").success
+    assert changes() == {("my_text_time",): (False, False)}
+    capsys.readouterr()
+    assert shell.run_cell(other).success  # new code, its check not run again
+    assert changes() == {("my_text_time",): (False, True)}
+    assert f"# === lesson 04: my_text_time === {my_file.CHANGED}\ndef my_text_time" in path.read_text()
+    assert "note: your my_text_time changed since check_text_time passed on it: run that check again" in capsys.readouterr().out
+    assert shell.run_cell(other).success and changes() == {("my_text_time",): (False, True)}  # the same code: still unchecked
+    saved = dict(exercises._CHECKED)
+    exercises._CHECKED.clear()  # a restarted kernel knows no verdict: the file's mark is all that says it
+    try:
+        assert shell.run_cell(other).success and changes() == {("my_text_time",): (False, True)}
+        namespace = {}
+        lines = my_file.load_earlier("05", namespace, path=path, needs=("my_cross_attention_mask",))
+        assert ("your my_text_time changed in lesson 04 after its check passed, and the check has not run on it "
+                "since: used as it is (run lesson 04's check again)") in lines
+        assert "my_text_time" in namespace  # used, not replaced
+    finally:
+        exercises._CHECKED.update(saved)
+    assert shell.run_cell("lesson04.check_text_time(my_text_time)").success  # the check on the new code: the mark goes
+    assert changes() == {("my_text_time",): (False, False)}
+    assert shell.run_cell(wrong).success and changes() == {("my_text_time",): (False, True)}
+    assert not shell.run_cell("lesson04.check_text_time(my_text_time)").success  # a failed check replaces the mark
+    assert changes() == {("my_text_time",): (True, False)}
+    assert shell.run_cell(right).success and changes() == {("my_text_time",): (False, False)}  # not judged yet: no mark
+    assert shell.run_cell("lesson04.check_text_time(my_text_time)").success
+    assert shell.run_cell(wrong).success and changes() == {("my_text_time",): (False, True)}
+    assert shell.run_cell(right).success and changes() == {("my_text_time",): (False, False)}  # back to the code it passed
+    sections = my_file.parse(path.read_text())
+    sections[0].changed = True
+    assert my_file.parse(my_file.render(sections)) == sections  # the mark round-trips, and is not read as a name
+    assert my_file.CHANGED not in tool.assemble()

@@ -25,9 +25,13 @@ that raised `ExerciseFailed` marks the current lesson's section defining `MyMask
     # === lesson 05: MyMaskedCrossAttention === (failed its check: fix it and run the check again)
 
 and the same check passing takes the mark away, as does running the cell again with changed code (new code, not
-checked yet). A later lesson's `start` uses flamingo_lite's version of a marked module in its place (`FALLBACKS`),
+checked yet). Code changed after its check passed in this kernel is marked too, until that check runs on it again:
+
+    # === lesson 05: MyMaskedCrossAttention === (changed since its check passed: run the check again)
+ A later lesson's `start` uses flamingo_lite's version of a marked module in its place (`FALLBACKS`),
 and says so, so it does not build on code known to be wrong; a marked section of other names is used as it is,
-with a line saying it failed its check. A section whose code calls a marked one's names says so in its own header,
+with a line saying it failed its check; a changed one is used as it is, with a line saying it is not checked. A
+section whose code calls a marked one's names says so in its own header,
 `(calls project, which failed its check: ...)`, worked out anew at every write.
 
 `tools/make_my_flamingo.py` assembles the course's own `notebooks/my_flamingo.py` from the lessons' cells with the
@@ -43,7 +47,7 @@ from pathlib import Path
 from ..files import write_text_atomic
 
 __all__ = [
-    "ENV_VAR", "FAILED", "FALLBACKS", "PREAMBLE", "Section", "checked_names", "clean_source", "defined_names",
+    "CHANGED", "ENV_VAR", "FAILED", "FALLBACKS", "PREAMBLE", "Section", "checked_names", "clean_source", "defined_names",
     "failed_checks", "file_path", "warn_failed", "load_earlier", "mark_checked", "parse", "record", "register", "render", "start",
 ]
 
@@ -56,6 +60,7 @@ PREAMBLE = '''\
 Written by the `%%my_flamingo` cells of the lessons: each section is a cell as it last ran without an error, and
 running that cell again replaces its section. A header ending in "(failed its check: ...)" is a cell whose check
 failed when it last ran: later lessons say so, and use flamingo_lite's version in its place where there is one.
+One ending in "(changed since its check passed: ...)" holds code its check has not run on: later lessons say so.
 It needs only torch and einops:
 
     from my_flamingo import MyPerceiverResampler, MyGatedCrossAttentionBlock
@@ -71,11 +76,13 @@ from torch import nn
 # What follows a section's header when its check failed the last time it ran. It stands after the closing `===`,
 # so it is never read as names (a section with no names has "(no names)" between the `===`s).
 FAILED = "(failed its check: fix it and run the check again)"
+# What follows it on a section whose code changed after its check passed, until the check runs on the new code.
+CHANGED = "(changed since its check passed: run the check again)"
 # What follows it on a section whose code calls a failed section's names: worked out anew at every write, from the
 # failed marks, so it is never kept from the file.
 CALLS_FAILED = "(calls {names}, which failed {whose} check: this section runs on it as it is)"
 HEADER = re.compile(
-    rf"^# === lesson (?P<lesson>[0-9A-Za-z_]+): (?P<names>[^=]*?) ===(?P<failed> {re.escape(FAILED)})?"
+    rf"^# === lesson (?P<lesson>[0-9A-Za-z_]+): (?P<names>[^=]*?) ===(?P<failed> {re.escape(FAILED)})?(?P<changed> {re.escape(CHANGED)})?"
     r"(?P<calls> \(calls [^()]*, which failed (?:its|their) check: this section runs on it as it is\))?$", re.M
 )
 NO_NAMES = "(no names)"
@@ -101,15 +108,16 @@ _state = {"lesson": None, "recorded": {}}  # the running lesson; each name's obj
 
 
 class Section:
-    """One cell's part of the file: its lesson, the names it defines, its source, and whether its check failed."""
+    """One cell's part of the file: its lesson, the names it defines, its source, whether its check failed, and
+    whether its code changed after its check passed (`changed`, until the check runs again)."""
 
-    def __init__(self, lesson: str, names: tuple[str, ...], body: str, failed: bool = False):
+    def __init__(self, lesson: str, names: tuple[str, ...], body: str, failed: bool = False, changed: bool = False):
         self.lesson, self.names, self.body = str(lesson), tuple(names), body.strip("\n").rstrip()
-        self.failed = bool(failed)
+        self.failed, self.changed = bool(failed), bool(changed) and not failed
 
     def header(self, calls_failed: tuple[str, ...] = ()) -> str:
         """The header line; `calls_failed`: names of failed sections this one's code calls."""
-        mark = f" {FAILED}" if self.failed else ""
+        mark = f" {FAILED}" if self.failed else f" {CHANGED}" if self.changed else ""
         if calls_failed:
             whose = "its" if len(calls_failed) == 1 else "their"
             mark += " " + CALLS_FAILED.format(names=", ".join(calls_failed), whose=whose)
@@ -120,13 +128,13 @@ class Section:
         return tuple(n for n in names if n not in self.names and re.search(rf"\b{re.escape(n)}\b", self.body))
 
     def _key(self):
-        return self.lesson, self.names, self.body, self.failed
+        return self.lesson, self.names, self.body, self.failed, self.changed
 
     def __eq__(self, other):
         return isinstance(other, Section) and self._key() == other._key()
 
     def __repr__(self):
-        return f"Section(lesson={self.lesson!r}, names={self.names!r}, failed={self.failed!r})"
+        return f"Section(lesson={self.lesson!r}, names={self.names!r}, failed={self.failed!r}, changed={self.changed!r})"
 
 
 def file_path() -> Path:
@@ -202,7 +210,8 @@ def parse(text: str) -> list[Section]:
     for i, match in enumerate(headers):
         end = headers[i + 1].start() if i + 1 < len(headers) else len(text)
         names = tuple(n.strip() for n in match["names"].split(",") if n.strip() and n.strip() != NO_NAMES)
-        sections.append(Section(match["lesson"], names, text[match.end():end], failed=bool(match["failed"])))
+        sections.append(Section(match["lesson"], names, text[match.end():end], failed=bool(match["failed"]),
+                                changed=bool(match["changed"])))
     return sections
 
 
@@ -216,15 +225,20 @@ def merge(sections: list[Section], new: Section) -> list[Section]:
     return kept
 
 
-def record(lesson: str, cell: str, path: str | os.PathLike | None = None) -> Path:
-    """Write one cell of `lesson` into the file at `path` (default `file_path()`), replacing its old section."""
+def record(lesson: str, cell: str, path: str | os.PathLike | None = None, *, changed: bool = False) -> Path:
+    """Write one cell of `lesson` into the file at `path` (default `file_path()`), replacing its old section.
+
+    changed: the cell's code is not the code its check passed on in this kernel (the section is marked `CHANGED`).
+    """
     path = Path(path) if path is not None else file_path()
     body = clean_source(cell)
     new = Section(lesson, defined_names(body), body)
     old = parse(path.read_text(encoding="utf-8")) if path.exists() else []
-    # the same code run again keeps its mark (it still fails its check); changed code is not checked yet
-    same_cell = [s for s in old if s.lesson == new.lesson and set(s.names) & set(new.names)]
-    new.failed = any(s.failed and s.body == new.body for s in same_cell)
+    # the same code run again keeps its mark (it still fails its check, or is still unchecked); other code that
+    # no check passed on is not checked yet
+    same_cell = [s for s in old if s.lesson == new.lesson and set(s.names) & set(new.names) and s.body == new.body]
+    new.failed = any(s.failed for s in same_cell)
+    new.changed = not new.failed and (changed or any(s.changed for s in same_cell))
     text = render(merge(old, new))
     if not path.exists() or path.read_text(encoding="utf-8") != text:
         write_text_atomic(path, text)
@@ -238,8 +252,8 @@ def load_earlier(lesson: str, namespace: dict, *, path=None, needs=()) -> list[s
     defines in a section that is still the student stub or whose check failed, is taken from flamingo_lite
     (`FALLBACKS`) with a line saying so, and so is each one an earlier section calls. The sections are all loaded,
     since a later lesson's code calls the earlier ones' (lesson 05's layer calls lesson 04's mask); a failed
-    section's names that flamingo_lite has no stand-in for are used as they are, with a line saying so. Returns
-    the lines printed.
+    section's names that flamingo_lite has no stand-in for are used as they are, with a line saying so, and so are
+    a changed section's (code its check has not run on). Returns the lines printed.
     """
     path = Path(path) if path is not None else file_path()
     if not needs:
@@ -285,6 +299,9 @@ def load_earlier(lesson: str, namespace: dict, *, path=None, needs=()) -> list[s
                 by = f", and your {', '.join(callers)} call{'s' if len(callers) == 1 else ''} it" if callers else ""
                 lines.append(f"your {', '.join(s.names)} failed lesson {s.lesson}'s check when you last ran it: used as "
                              f"it is{by} (fix it in lesson {s.lesson} and run its check again)")
+            elif s.changed and not set(s.names) & set(standins):
+                lines.append(f"your {', '.join(s.names)} changed in lesson {s.lesson} after its check passed, and the "
+                             f"check has not run on it since: used as it is (run lesson {s.lesson}'s check again)")
     namespace.update(standins)  # a stub's or a failed section's definition gives way to the stand-in
     lines += said
     for line in lines:
@@ -302,7 +319,14 @@ def _magic(line: str, cell: str):
         raise RuntimeError("%%my_flamingo needs to know the lesson: run the lesson's setup cell (my_file.start) first")
     code = shell.transform_cell(cell)
     exec(compile(code, shell.compile.cache(cell), "exec"), shell.user_ns)  # an error propagates: nothing is written
-    path = record(lesson, cell)
+    from .exercises import passed_on_other_code
+
+    unchecked = passed_on_other_code(defined_names(clean_source(cell)), shell.user_ns)  # [(check, name)]
+    path = record(lesson, cell, changed=bool(unchecked))
+    if unchecked:
+        check, name = unchecked[0]
+        print(f"note: your {name} changed since {check} passed on it: run that check again ({path.name} marks this "
+              "section until it passes).")
     sections = parse(path.read_text(encoding="utf-8")) if path.exists() else []
     defined = preamble_names() | {n for section in sections for n in section.names}
     outside = outside_names(clean_source(cell), defined)
@@ -354,8 +378,9 @@ def _cell_line(error: BaseException) -> int | None:
 def mark_checked(source: str, failed: bool, *, failing_line: int | None = None, lesson: str | None = None,
                  path=None, only=None) -> list[Section]:
     """Mark (`failed=True`) or clear the sections of `lesson` (default: the current one) that define a name the
-    cell `source` checks (`checked_names`), of the names in `only` when it is given. Returns the sections changed;
-    the file is written only when some are.
+    cell `source` checks (`checked_names`), of the names in `only` when it is given; either way a `changed` mark
+    goes, since the check has now run on the code. Returns the sections changed; the file is written only when
+    some are.
     """
     names = set(checked_names(source, failing_line))
     if only is not None:
@@ -365,9 +390,9 @@ def mark_checked(source: str, failed: bool, *, failing_line: int | None = None, 
     if not names or lesson is None or not path.exists():
         return []
     sections = parse(path.read_text(encoding="utf-8"))
-    changed = [s for s in sections if s.lesson == lesson and names & set(s.names) and s.failed != failed]
+    changed = [s for s in sections if s.lesson == lesson and names & set(s.names) and (s.failed != failed or s.changed)]
     for s in changed:
-        s.failed = failed
+        s.failed, s.changed = failed, False  # a verdict on the code as it is now
     if changed:
         write_text_atomic(path, render(sections))
     return changed

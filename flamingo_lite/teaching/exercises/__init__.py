@@ -43,7 +43,7 @@ __all__ = [
     "ExerciseFailed", "Mistake", "run_learner", "run_untouched", "compare", "check_layer", "check_layer_in_sizes",
     "check_gradients_reach", "check_dtype_kept", "check_parameter_names", "check_shapes_follow", "scale_mistakes",
     "heads_mistakes", "passed", "fail", "hint", "register_hints", "register_nudges", "refuse_the_answer",
-    "explain_name_errors", "failed_checks", "needs", "record_verdicts",
+    "explain_name_errors", "failed_checks", "needs", "passed_on_other_code", "record_verdicts",
 ]
 
 
@@ -136,6 +136,13 @@ def _changed_since(key) -> list[str]:
         return []
     return [name for name, code in _CHECKED.get(key, {}).items()
             if name in shell.user_ns and _code_of(shell.user_ns[name]) != code]
+
+
+def passed_on_other_code(names, namespace: dict) -> list[tuple[str, str]]:
+    """(check, name) for each of `names` whose code in `namespace` is not the code a check passed on in this
+    kernel: the learner's file marks such a section until the check runs again (`my_file.CHANGED`)."""
+    return [(check, name) for (module, check), judged in _CHECKED.items() if _VERDICTS.get((module, check))
+            for name, code in judged.items() if name in names and name in namespace and _code_of(namespace[name]) != code]
 
 
 def needs(*checks: Callable) -> None:
