@@ -1,5 +1,6 @@
 """Lesson 12's checks: the stub fails saying it is not written, the solution passes, and every usual mistake the
 checks claim to recognise is fed to them and named in the verdict."""
+import numpy as np
 import pytest
 import torch
 
@@ -54,6 +55,10 @@ def test_the_prompt_solution_passes(capsys):
     (lambda s, n, t, word="is": t.encode([w for i, c in enumerate(s) for w in ["<image>", "is", fewshot.NAMES[n[i]], "<eoc>"]]
                                           + ["<image>", "is"]), "taken by the example's position"),
     (wrong_prompt(lambda c, n: ["<image>", "is", NAME(c, n), "<eoc>"], ["<image>", "is", "<eoc>"]), "query ends with `<eoc>`"),
+    (wrong_prompt(lambda c, n: ["is", "<image>", NAME(c, n), "<eoc>"], ["is", "<image>"]), "word comes before the picture"),
+    (wrong_prompt(lambda c, n: ["<image>", "is", NAME(c, n), "<eoc>"], ["<image>", "is"], order=lambda s: s[:-1]),
+     "last support example is left out"),
+    (wrong_prompt(lambda c, n: ["<image>", "is", NAME(c, n), "<eoc>"], ["<image>", "is"], order=sorted), "support examples are sorted"),
 ])
 def test_each_prompt_mistake_is_named(wrong, match):
     fails(lesson12.check_build_prompt, wrong, match=match)
@@ -84,6 +89,43 @@ def test_a_prompt_that_ignores_the_word_is_named():
           match=r"unexpected keyword argument 'word'; give build_prompt a fourth argument, word=fewshot.IS")
     fails(lesson12.check_build_prompt, lambda s, n, t, word="is": prompt_solution(s, n, t, "a"),
           match=r"word='is'\): the prompt is written with `a`, but word='is' was asked")
+
+
+def test_a_prompt_that_uses_the_word_for_one_part_only_is_named():
+    def query_only(support_classes, names, tokenizer, word="is"):
+        shots = [w for c in support_classes for w in ["<image>", "is", NAME(c, names), "<eoc>"]]
+        return tokenizer.encode(shots + ["<image>", word])
+
+    def support_only(support_classes, names, tokenizer, word="is"):
+        shots = [w for c in support_classes for w in ["<image>", word, NAME(c, names), "<eoc>"]]
+        return tokenizer.encode(shots + ["<image>", "is"])
+
+    fails(lesson12.check_build_prompt, query_only, match=r"support examples are written with `is` and only the query with `a`")
+    fails(lesson12.check_build_prompt, support_only, match=r"only the query is written with `is`")
+
+
+def test_a_prompt_builder_whose_default_list_grows_is_named():
+    def growing(support_classes, names, tokenizer, word="is", words=[]):  # noqa: B006 - the mistake under test
+        for c in support_classes:
+            words += ["<image>", word, NAME(c, names), "<eoc>"]
+        return tokenizer.encode(words + ["<image>", word])
+
+    fails(lesson12.check_build_prompt, growing, match=r"gives another prompt when called again with the same arguments: "
+          r".*a default list argument \(`words=\[\]`\) that keeps growing")
+
+
+def test_any_other_wrong_prompt_is_shown_with_its_first_wrong_word():
+    def doubled(support_classes, names, tokenizer, word="is"):
+        return prompt_solution(support_classes, names, tokenizer, word) + [tokenizer.index[word]]  # `<image> is is`
+
+    fails(lesson12.check_build_prompt, doubled, match=r"they first differ at word 19: yours has 'is', expected nothing "
+          r"\(the prompt ends there\); no usual mistake matches")
+
+    def eoc_first(support_classes, names, tokenizer, word="is"):  # wrong at 0 shots only, and not a growing list
+        return prompt_solution(support_classes, names, tokenizer, word) if support_classes else tokenizer.encode(["<eoc>", "<image>", word])
+
+    fails(lesson12.check_build_prompt, eoc_first, match=r"build_prompt\(\[\], .* first differ at word 1: yours has '<eoc>', "
+          r"expected '<image>'; no usual mistake matches")
 
 
 def test_a_prompt_builder_with_another_default_word_is_named():
@@ -123,7 +165,7 @@ def test_the_prompt_mistakes_differ_from_the_answer_and_each_other():
     for word in lesson12.WORDS:
         right = prompt_solution(lesson12.SUPPORT, lesson12.NAMES_OF_CLASSES, tok, word)
         wrongs = [w for _, w in lesson12._prompt_mistakes(lesson12.SUPPORT, lesson12.NAMES_OF_CLASSES, word)]
-        assert all(w != right for w in wrongs) and len({tuple(w) for w in wrongs}) == len(wrongs) == 11
+        assert all(w != right for w in wrongs) and len({tuple(w) for w in wrongs}) == len(wrongs) == 16
 
 
 def score_solution(logits, candidate_ids):
@@ -151,6 +193,10 @@ def test_the_score_stub_fails_and_the_solution_passes(capsys):
     (lambda lg, ids: lg.log_softmax(1)[:, -1][:, ids], "over the positions"),
     (lambda lg, ids: lg[:, -1][:, ids].log_softmax(-1), "renormalised over the candidates"),
     (lambda lg, ids: lg[:, -1].log_softmax(-1)[:, : len(ids)], "first C vocabulary entries"),
+    (lambda lg, ids: -lg[:, -1].log_softmax(-1)[:, ids], "negative log-probabilities"),
+    (lambda lg, ids: lg[:, -1].log_softmax(0)[:, ids], "over the batch \\(dim=0\\)"),
+    (lambda lg, ids: lg.log_softmax(-1).mean(1)[:, ids], "scores are averaged over the prompt's positions"),
+    (lambda lg, ids: lg.mean(1).log_softmax(-1)[:, ids], "logits are averaged over the prompt's positions"),
 ])
 def test_each_score_mistake_is_named(wrong, match):
     fails(lesson12.check_score_names, wrong, match=match)
@@ -199,6 +245,15 @@ def nearest_wrong(mistake):
             return 0
         if mistake == "plus one":
             return nearest_solution(support, query) + 1
+        if mistake == "features averaged":
+            return int((normalize(support.mean(dim=-1), dim=-1) @ normalize(query.mean(dim=-1), dim=-1)).argmax())
+        if mistake == "per-cell cosines":
+            cells = torch.einsum("kgd,gd->kg", normalize(support, dim=-1), normalize(query, dim=-1))  # (k, g)
+            return int(cells.mean(dim=1).argmax())
+        if mistake == "normalised across pictures":
+            return int((normalize(support.mean(dim=1), dim=0) @ normalize(query.mean(dim=0), dim=0)).argmax())
+        if mistake == "cosine over dim 0":
+            return int(torch.nn.functional.cosine_similarity(support.mean(dim=1), query.mean(dim=0)[None], dim=0).argmax())
         raise AssertionError(mistake)
 
     return nearest
@@ -210,6 +265,7 @@ def test_12_nearest_support_passes_the_solution_and_the_package(capsys):
     lesson12.check_nearest_support(nearest_solution)
     lesson12.check_nearest_support(heldout.nearest_support)
     lesson12.check_nearest_support(lambda s, q: torch.tensor(nearest_solution(s, q)))  # a 0-d integer tensor is an index
+    lesson12.check_nearest_support(lambda s, q: np.int64(nearest_solution(s, q)))  # and so is NumPy's integer
     assert capsys.readouterr().out.startswith("OK: nearest_support is right on 40 random episodes")
     fails(lesson12.check_nearest_support, stub, match="not written yet")
 
@@ -220,6 +276,10 @@ def test_12_nearest_support_passes_the_solution_and_the_package(capsys):
     ("euclidean", "Euclidean distance of unnormalised features"),
     ("tensor of cosines", "returned Tensor.*one Python int"), ("in place", "changed its input support in place"),
     ("first", "no usual mistake matches"), ("plus one", "index plus one: `argmax` already counts from 0"),
+    ("features averaged", r"features are averaged \(`mean\(dim=-1\)`\), not the grid cells"),
+    ("per-cell cosines", "cosines are taken cell by cell and then averaged"),
+    ("normalised across pictures", r"normalised across the pictures \(`dim=0`\)"),
+    ("cosine over dim 0", r"cosine runs over the support pictures \(`dim=0`\), so it gives one number per feature"),
 ])
 def test_12_nearest_support_mistakes_are_named(mistake, match):
     fails(lesson12.check_nearest_support, nearest_wrong(mistake), match=match)
@@ -259,3 +319,25 @@ def test_a_nearest_support_that_counts_the_query_among_the_candidates_is_named()
     with pytest.raises(ExerciseFailed, match=r"returned 6, outside range\(6\), the 6 support pictures: index k is the "
                                              r"query itself"):
         lesson12.check_nearest_support(with_query)
+
+
+def test_the_nearest_mistakes_differ_from_the_answer_and_each_other():
+    """Each mistake chooses its own pictures on the 40 episodes, so each verdict names one mistake only."""
+    examples = lesson12.nearest_examples()
+    from flamingo_lite.tiny import heldout
+
+    right = [heldout.nearest_support(s, q) for s, q in examples]
+    choices = {name: [lesson12._nearest_mistakes(s, q)[name] for s, q in examples] for name in lesson12._NEAREST_MESSAGES}
+    assert all(c != right for c in choices.values())
+    assert len({tuple(c) for c in choices.values()}) == len(choices) == 9
+
+
+def test_a_cosine_index_past_the_support_is_not_blamed_on_the_query():
+    """Only an index k on every episode is the query among the candidates; one past the end now and then is not."""
+    def sometimes_past(support, query):
+        right = nearest_solution(support, query)
+        return len(support) if right == 0 else right
+
+    with pytest.raises(ExerciseFailed, match=r"outside range\(6\), the 6 support pictures\. Compare the query with each") as caught:
+        lesson12.check_nearest_support(sometimes_past)
+    assert "query itself" not in str(caught.value)

@@ -5,22 +5,26 @@ nearest-neighbour baseline.
   then `<image> is` for the query. The answer is `fewshot.build_prompt`; a wrong prompt is compared with the usual
   mistakes on the same episode (the `<eoc>` left out, the query's `is` or its `<image>` left out, a class's own
   index used as its name instead of the episode's assignment, the support written as words instead of pictures,
-  the support in reverse order), so the verdict names the mistake.
+  the support in reverse or sorted order, the last example left out, the word before the picture, the word
+  ignored or used for the query only), so the verdict names the mistake; a builder that gives another prompt when
+  called again (a default list that grows) is named, and any other wrong prompt is shown with its first wrong word.
 - `score_names(logits, candidate_ids)`: from the model's logits over the whole prompt (b, n, V), the
   log-probability of each candidate name as the next token (b, C). The answer is `fewshot.score_candidates` at the
   last position; the usual mistakes (the first position instead of the last, raw logits, probabilities instead of
-  log-probabilities, log_softmax over positions, renormalised over the candidates only, the first C vocabulary
-  entries instead of the candidates' ids) are computed on the same logits.
+  log-probabilities, log_softmax over positions or over the batch, renormalised over the candidates only, the
+  first C vocabulary entries instead of the candidates' ids, the sign flipped, averaged over positions) are
+  computed on the same logits.
 - `nearest_support(support, query)`: the index of the support picture whose grid-averaged frozen features have the
   largest cosine with the query's. The answer is `heldout.nearest_support`; on 40 random episodes whose pictures
   have features of very different sizes, the learner's choices are compared with those of the usual mistakes (no
-  normalisation, the farthest picture, the grid flattened instead of averaged, max-pooled, the Euclidean distance of
-  unnormalised features), so the verdict names the mistake.
+  normalisation, the farthest picture, the grid flattened instead of averaged, max-pooled, the features averaged
+  instead of the cells, cosines per cell, normalised across pictures, the cosine over the pictures' axis, the
+  Euclidean distance of unnormalised features), so the verdict names the mistake. Any single integer is an index.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
-
 import torch.nn.functional as F
 
 from ...tiny import fewshot, heldout
@@ -83,13 +87,35 @@ def _prompt_mistakes(support, names, word) -> list[tuple[str, list]]:
                                                           [media, word, eoc])),
         ("the query comes first: the support examples come first, in order, and the query last, so the name the "
          "model writes next is the query's.", _words_prompt([[media, word]] + [[media, word, name(c), eoc] for c in support], [])),
+        (f"the word comes before the picture (`{word} <image> NAME`): each example reads `<image> {word} NAME <eoc>`, "
+         "the picture's marker first, as in the training captions.",
+         _words_prompt([[word, media, name(c), eoc] for c in support], [word, media])),
+        ("the last support example is left out (a loop or a slice one short?): the prompt has one example for each "
+         "class in `support_classes`.", _words_prompt([[media, word, name(c), eoc] for c in support[:-1]], [media, word])),
+        ("the support examples are sorted: keep the order of `support_classes`, which is the order of the pictures "
+         "given with the prompt.", _words_prompt([[media, word, name(c), eoc] for c in sorted(support)], [media, word])),
     ]
     for other in WORDS:
         if other != word:
             mistakes.append((f"the prompt is written with `{other}`, but word={word!r} was asked: put the word "
                              f"argument between each picture and its name, `<image> WORD NAME <eoc>`.",
                              _words_prompt([[media, other, name(c), eoc] for c in support], [media, other])))
+            mistakes.append((f"the support examples are written with `{other}` and only the query with `{word}`: "
+                             "every example and the query use the same word, the `word` argument.",
+                             _words_prompt([[media, other, name(c), eoc] for c in support], [media, word])))
+            mistakes.append((f"only the query is written with `{other}`: the query uses the same word as the examples, "
+                             "the `word` argument.",
+                             _words_prompt([[media, word, name(c), eoc] for c in support], [media, other])))
     return mistakes
+
+
+def _first_difference(got: list, want: list, tok) -> str:
+    """Where two prompts first differ, in words: the learner need not compare 130 tokens by eye."""
+    got_words, want_words = tok.words(got), tok.words(want)
+    at = next((i for i, (a, b) in enumerate(zip(got_words, want_words)) if a != b), min(len(got_words), len(want_words)))
+    yours = repr(got_words[at]) if at < len(got_words) else "nothing (it ends there)"
+    expected = repr(want_words[at]) if at < len(want_words) else "nothing (the prompt ends there)"
+    return f"they first differ at word {at + 1}: yours has {yours}, expected {expected}"
 
 
 def check_build_prompt(build_prompt) -> list:
@@ -97,6 +123,7 @@ def check_build_prompt(build_prompt) -> list:
     (`word="is"`) and in a new format (`word="a"`)."""
     tok = fewshot.fewshot_tokenizer()
     long_support = [c % 12 for c in range(5, 5 + 32)]  # 32 shots, as the curve below asks for
+    earlier = []  # the prompts returned so far: one that starts with an earlier one's examples kept them
     for word in WORDS:
         for support in (SUPPORT, [], long_support):
             shown = support if len(support) <= 4 else f"<{len(support)} classes>"
@@ -121,6 +148,7 @@ def check_build_prompt(build_prompt) -> list:
                 fail(f"your build_prompt returned {type(got).__name__}: return the list of token ids, "
                      "`tokenizer.encode(words)`.")
             want = tok.encode(heldout.template_words(support, NAMES_OF_CLASSES, word))
+            earlier.append(got)
             if list(got) == want:
                 continue
             for message, wrong in _prompt_mistakes(support, NAMES_OF_CLASSES, word):
@@ -129,8 +157,14 @@ def check_build_prompt(build_prompt) -> list:
             if len(support) > 4 and list(got) == want[: len(got)]:
                 fail(f"{call} stops after {len(got)} of the {len(want)} tokens: a prompt has every shot it is given "
                      "(32 shots here, as the curve below uses), so no length limit.")
-            fail(f"{call} gives {' '.join(tok.words(got))!r}, expected {' '.join(tok.words(want))!r}; no usual "
-                 "mistake matches, so compare word by word.")
+            again = run_learner(build_prompt, list(support), list(NAMES_OF_CLASSES), tok, word=word, what=call)
+            kept = any(list(got) == list(before)[:-2] + want for before in earlier[:-1])  # an earlier call's examples, then this prompt
+            if list(again) != list(got) or kept:
+                fail(f"{call} gives another prompt when called again with the same arguments: something outlives "
+                     "the call, such as a default list argument (`words=[]`) that keeps growing; make the list "
+                     "inside the function, `words = []`.")
+            fail(f"{call} gives {' '.join(tok.words(got))!r}, expected {' '.join(tok.words(want))!r}: "
+                 f"{_first_difference(list(got), want, tok)}; no usual mistake matches.")
     want_k = fewshot.build_prompt(SUPPORT, NAMES_OF_CLASSES, tok)
     call = f"your build_prompt({SUPPORT}, names, tokenizer), with no word,"
     got = run_learner(build_prompt, list(SUPPORT), list(NAMES_OF_CLASSES), tok, what=call)
@@ -172,6 +206,18 @@ def score_mistakes(logits: torch.Tensor, ids: list) -> list[Mistake]:
         Mistake("first C entries", last.log_softmax(-1)[:, : len(ids)],
                 "these are the first C vocabulary entries, not the candidates: index the columns with "
                 "`candidate_ids`."),
+        Mistake("negated", -last.log_softmax(-1)[:, ids],
+                "these are negative log-probabilities (a loss's sign): the best candidate would get the lowest "
+                "score; return `log_softmax` itself, so that `argmax` picks the likeliest."),
+        Mistake("over the batch", last.log_softmax(dim=0)[:, ids],
+                "the log_softmax runs over the batch (dim=0), across prompts: normalise each prompt's row over the "
+                "vocabulary, `dim=-1`."),
+        Mistake("averaged over positions", logits.log_softmax(-1).mean(dim=1)[:, ids],
+                "the scores are averaged over the prompt's positions: only the last position predicts the token "
+                "after the prompt, `logits[:, -1]`."),
+        Mistake("logits averaged over positions", logits.mean(dim=1).log_softmax(-1)[:, ids],
+                "the logits are averaged over the prompt's positions: only the last position predicts the token "
+                "after the prompt, `logits[:, -1]`."),
     ]
 
 
@@ -195,7 +241,15 @@ def _nearest_mistakes(support: torch.Tensor, query: torch.Tensor) -> dict[str, i
     cosine = F.normalize(pooled_support, dim=-1) @ F.normalize(pooled_query, dim=-1)  # (k,)
     flat = F.normalize(support.flatten(1), dim=-1) @ F.normalize(query.flatten(), dim=-1)  # (k,)
     maxed = F.normalize(support.amax(dim=1), dim=-1) @ F.normalize(query.amax(dim=0), dim=-1)  # (k,)
+    over_features = F.normalize(support.mean(dim=-1), dim=-1) @ F.normalize(query.mean(dim=-1), dim=-1)  # (k,)
+    per_cell = (F.normalize(support, dim=-1) * F.normalize(query, dim=-1)).sum(dim=-1).mean(dim=1)  # (k,)
+    across_pictures = F.normalize(pooled_support, dim=0) @ F.normalize(pooled_query, dim=-1)  # (k,)
+    cosine_dim0 = F.cosine_similarity(pooled_support, pooled_query[None], dim=0)  # (d,): one per feature
     return {
+        "features averaged": int(over_features.argmax()),
+        "per-cell cosines": int(per_cell.argmax()),
+        "normalised across pictures": int(across_pictures.argmax()),
+        "cosine over dim 0": int(cosine_dim0.argmax()),
         "not normalised": int((pooled_support @ pooled_query).argmax()),
         "farthest": int(cosine.argmin()),
         "flattened": int(flat.argmax()),
@@ -205,6 +259,14 @@ def _nearest_mistakes(support: torch.Tensor, query: torch.Tensor) -> dict[str, i
 
 
 _NEAREST_MESSAGES = {
+    "features averaged": "the features are averaged (`mean(dim=-1)`), not the grid cells: average each picture "
+                         "over its cells, `support.mean(dim=1)` (k, d) and `query.mean(dim=0)` (d,), keeping the features.",
+    "per-cell cosines": "the cosines are taken cell by cell and then averaged: average the features over the cells "
+                        "first, then one cosine per support picture, so where the object sits does not count.",
+    "normalised across pictures": "the support features are normalised across the pictures (`dim=0`): normalise "
+                                  "each picture's vector over its features, `F.normalize(..., dim=-1)`.",
+    "cosine over dim 0": "the cosine runs over the support pictures (`dim=0`), so it gives one number per feature and "
+                         "the index is a feature's: take it over the features, `dim=-1`, one number per support picture.",
     "not normalised": "the features are not normalised: a dot product favours the support picture with the largest "
                       "features, not the most similar one; normalise both with `F.normalize(..., dim=-1)` first, so "
                       "the product is a cosine.",
@@ -239,8 +301,8 @@ def check_nearest_support(nearest_support) -> None:
     for support, query in examples:
         got = run_untouched(nearest_support, support, query, what=what, names=("support", "query"),
                             fix="`F.normalize` and `.mean` return new tensors.")
-        if isinstance(got, torch.Tensor) and got.numel() == 1 and not got.is_floating_point():
-            got = int(got)
+        if (isinstance(got, torch.Tensor) and got.numel() == 1 and not got.is_floating_point()) or isinstance(got, np.integer):
+            got = int(got)  # a single integer, as argmax gives it, is an index whatever its type
         if isinstance(got, bool) or not isinstance(got, int):
             fail(f"{what} returned {type(got).__name__} {got!r}: return the index of the most similar support picture, "
                  "one Python int in range(k), `int(cosines.argmax())`.")
@@ -254,16 +316,17 @@ def check_nearest_support(nearest_support) -> None:
     if chosen == [r + 1 for r in right]:
         fail(f"{what} returns the right picture's index plus one: `argmax` already counts from 0, as the support "
              "pictures are indexed, so return `int(cosines.argmax())` as it is.")
-    outside = [(got, len(support)) for got, (support, _) in zip(chosen, examples) if not 0 <= got < len(support)]
-    if outside:
-        got, k = outside[0]
-        fail(f"{what} returned {got}, outside range({k}), the {k} support pictures"
-             f"{': index k is the query itself, which was among the candidates' if got == k else ''}. Compare the "
-             "query with the support pictures only, and return the index of one of them.")
     mistakes = [_nearest_mistakes(support, query) for support, query in examples]
     for name, message in _NEAREST_MESSAGES.items():
         if chosen == [m[name] for m in mistakes]:
             fail(f"{what} chose another picture on {wrong} of {len(examples)} episodes: {message}")
+    outside = [(got, len(support)) for got, (support, _) in zip(chosen, examples) if not 0 <= got < len(support)]
+    if outside:
+        got, k = outside[0]
+        query_itself = all(c == len(support) for c, (support, _) in zip(chosen, examples))  # the query always wins
+        fail(f"{what} returned {got}, outside range({k}), the {k} support pictures"
+             f"{': index k is the query itself, which was among the candidates' if query_itself else ''}. Compare "
+             "the query with each support picture, one number per picture, and return the index of one of them.")
     fail(f"{what} chose another picture on {wrong} of {len(examples)} episodes, and no usual mistake matches: average "
          "each picture over its grid cells, normalise, and take the largest cosine (`hint(\"12.nearest\")`).")
 
