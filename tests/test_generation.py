@@ -82,3 +82,38 @@ def test_too_long_is_an_error_before_any_work():
     model, tokens, images = model_and_prompt()
     with pytest.raises(ValueError, match="max_len"):
         generate(model, tokens, images, max_new_tokens=100, eoc_id=EOC)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_prompts_continued_together_are_continued_as_one_by_one(num_beams):
+    """A batch of prompts is written as each prompt alone; a row that ends early is filled with <eoc>. The committed
+    many-links model writes a name after `<image> is` and a caption, one word longer, after `<image> a`."""
+    from pathlib import Path
+
+    from flamingo_lite.tiny import fewshot, heldout
+
+    model, setup = fewshot.load_model(Path(__file__).resolve().parents[1] / "assets" / "fewshot_many_links.pt")
+    tok = fewshot.fewshot_tokenizer(setup.links)
+    prompts, pictures = [], []
+    for i, ep in enumerate(fewshot.make_heldout_episodes(6, seed=0, pool_size=setup.pool_size)):
+        classes = ep.pool_classes[:4]
+        prompts.append(tok.encode(heldout.template_words(classes, ep.names, heldout.HELDOUT_WORD if i % 2 else fewshot.IS)))
+        pictures.append(torch.cat([ep.pool_images[:4], ep.query_image[None]]))  # (5, 3, H, W)
+    batch, images = torch.tensor(prompts), torch.stack(pictures)  # (6, n), (6, 5, 3, H, W)
+    eoc, n = tok.eoc_id, batch.shape[1]
+    together = generate(model, batch, images, max_new_tokens=5, eoc_id=eoc, num_beams=num_beams)
+    alone = [generate(model, batch[i : i + 1], images[i : i + 1], max_new_tokens=5, eoc_id=eoc, num_beams=num_beams)[0]
+             for i in range(len(batch))]
+    assert len({len(one) for one in alone}) > 1, "rows of different lengths: a name, or a caption"
+    assert together.shape == (len(batch), max(len(one) for one in alone))
+    for row, one in zip(together, alone):
+        assert torch.equal(row[: len(one)], one) and one[-1] == eoc
+        assert bool((row[len(one) :] == eoc).all())  # filled after its first <eoc>
+    assert torch.equal(together, generate(model, batch, images, max_new_tokens=5, eoc_id=eoc, num_beams=num_beams,
+                                          use_cache=False))
+
+
+def test_pictures_for_another_number_of_prompts_is_an_error_before_any_work():
+    model, tokens, images = model_and_prompt()
+    with pytest.raises(ValueError, match=r"one row of pictures per prompt: tokens \(2, 12\) and images \(1, 2, 3, 16, 16\)"):
+        generate(model, tokens.repeat(2, 1), images, max_new_tokens=2, eoc_id=EOC)

@@ -128,15 +128,18 @@ def generate(
     num_beams: int = 1,
     use_cache: bool = True,
 ) -> torch.Tensor:
-    """Continue one prompt: tokens (1, n) long, images (1, t, 3, H, W) -> the prompt and its continuation (1, n+s).
+    """Continue each prompt: tokens (b, n) long, images (b, t, 3, H, W) -> the prompts and their continuations (b, n+s).
 
-    num_beams=1 is greedy search; more keeps that many continuations, scored by their summed log-probabilities.
-    Stops after `max_new_tokens`, or when every beam has written `eoc_id` (None: never stops early).
-    use_cache=False recomputes everything at every step (the same result, slower).
+    num_beams=1 is greedy search; more keeps that many continuations per prompt, scored by their summed
+    log-probabilities. Stops after `max_new_tokens`, or when every beam of every prompt has written `eoc_id` (None:
+    never stops early). The prompts are continued side by side, each as it would be alone; a row is cut after its
+    first `eoc_id`, and one that ends before the longest is filled with `eoc_id`, so `out[:, n:]` reads up to the
+    first `eoc_id` of each row. use_cache=False recomputes everything at every step (the same result, slower).
     """
     tokens = model.lm.check_tokens(tokens)
-    if tokens.shape[0] != 1 or images.shape[0] != 1:
-        raise ValueError(f"generate continues one prompt: tokens {tuple(tokens.shape)} and images {tuple(images.shape)} need batch 1")
+    if not isinstance(images, torch.Tensor) or images.shape[:1] != tokens.shape[:1]:
+        raise ValueError(f"generate needs one row of pictures per prompt: tokens {tuple(tokens.shape)} and images "
+                         f"{tuple(getattr(images, 'shape', ()))} must have the same batch size")
     if not isinstance(num_beams, int) or num_beams < 1:
         raise ValueError(f"num_beams must be a positive int, got {num_beams!r}")
     if tokens.shape[1] + max_new_tokens > model.lm.config.max_len:
@@ -146,33 +149,39 @@ def generate(
     was_training = model.training
     model.eval()
     decoder = (CachedDecoder if use_cache else UncachedDecoder)(model, images)
-    logits = decoder.prefill(tokens)  # (1, V)
-    beams = tokens  # (B, n), B = 1 until the first step
-    scores = torch.zeros(1, device=tokens.device)  # (B,)
+    logits = decoder.prefill(tokens)  # (b, V)
+    b, n = tokens.shape
+    first_row = torch.arange(b, device=tokens.device)[:, None]  # (b, 1): prompt p's beams are rows p*B .. p*B+B-1
+    beams = tokens  # (b*B, n'), B = 1 until the first step
+    scores = torch.zeros(b, 1, device=tokens.device)  # (b, B)
     for written in range(max_new_tokens):
-        logprobs = _next_logprobs(logits, model.config.media_token_id)  # (B, V)
+        logprobs = _next_logprobs(logits, model.config.media_token_id)  # (b*B, V)
         if eoc_id is not None:
-            done = beams[:, -1] == eoc_id  # (B,) a finished beam only carries itself forward, unchanged
+            done = beams[:, -1] == eoc_id  # (b*B,) a finished beam only carries itself forward, unchanged
             logprobs[done] = float("-inf")
             logprobs[done, eoc_id] = 0.0
-            if bool(done.all()) and beams.shape[1] > tokens.shape[1]:
+            if bool(done.all()) and beams.shape[1] > n:
                 break
-        total = (scores[:, None] + logprobs).flatten()  # (B*V,)
-        scores, flat = total.topk(min(num_beams, total.numel()))  # (B',), (B',)
-        rows, next_ids = flat // logprobs.shape[1], flat % logprobs.shape[1]  # (B',), (B',)
-        beams = torch.cat((beams[rows], next_ids[:, None]), dim=1)  # (B', n+1)
-        if num_beams > 1:  # greedy keeps its one row as it is
+        vocab, kept = logprobs.shape[1], scores.shape[1]
+        total = (scores[:, :, None] + logprobs.view(b, kept, vocab)).flatten(1)  # (b, B*V): each prompt's own
+        scores, flat = total.topk(min(num_beams, total.shape[1]), dim=1)  # (b, B'), (b, B')
+        rows = (first_row * kept + flat // vocab).flatten()  # (b*B',): the beam each new one extends
+        next_ids = (flat % vocab).flatten()  # (b*B',)
+        beams = torch.cat((beams[rows], next_ids[:, None]), dim=1)  # (b*B', n'+1)
+        if num_beams > 1:  # greedy keeps its rows as they are
             decoder.reorder(rows)
         if written == max_new_tokens - 1 or (eoc_id is not None and bool((next_ids == eoc_id).all())):
             break
-        logits = decoder.step(next_ids[:, None])  # (B', V)
+        logits = decoder.step(next_ids[:, None])  # (b*B', V)
     model.train(was_training)
-    best = beams[scores.argmax()]  # (n+s,)
+    best = beams.view(b, scores.shape[1], -1)[first_row[:, 0], scores.argmax(dim=1)]  # (b, n+s): each prompt's best beam
     if eoc_id is not None:
-        ends = (best[tokens.shape[1] :] == eoc_id).nonzero()
-        if len(ends):
-            best = best[: tokens.shape[1] + int(ends[0]) + 1]  # up to and including the first <eoc>
-    return best[None]  # (1, n+s)
+        ended = (best[:, n:] == eoc_id).int().cumsum(dim=1)  # (b, s): how many <eoc> up to each new token
+        after = (ended - (best[:, n:] == eoc_id).int()) > 0  # (b, s): past the first <eoc>
+        new = best[:, n:].masked_fill(after, eoc_id)  # (b, s)
+        width = int((~after).sum(dim=1).max())  # the longest row, up to and including its first <eoc>
+        best = torch.cat((best[:, :n], new[:, :width]), dim=1)  # (b, n+width)
+    return best  # (b, n+s)
 
 
 def _next_logprobs(logits: torch.Tensor, media_token_id: int) -> torch.Tensor:

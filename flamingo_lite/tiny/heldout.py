@@ -201,7 +201,7 @@ OPEN_ENDED_CURVES = ("open_ended_curve", "likelihood_curve", "open_ended_name", 
 
 @torch.no_grad()
 def open_ended(model, episodes: list[Episode], k: int, tokenizer: Tokenizer, *, word: str = HELDOUT_WORD, seed: int = 0,
-               num_beams: int = OPEN_ENDED_BEAMS, max_new_tokens: int = 5, device=None) -> dict:
+               num_beams: int = OPEN_ENDED_BEAMS, max_new_tokens: int = 5, device=None, batch_size: int = 32) -> dict:
     """The k-shot prompts of `evaluate_format` (the same support pictures), answered by beam search instead of scored.
 
     Likelihood scoring ranks the 16 names only, so it credits a name even where the model would write something else;
@@ -209,22 +209,32 @@ def open_ended(model, episodes: list[Episode], k: int, tokenizer: Tokenizer, *, 
     beam 3, App. A.2), until `<eoc>`. Returns the shares of prompts whose answer is `exact` (the query's name, then
     `<eoc>`), begins with any of the 16 names (`name`), or is a caption of the picture instead (`caption`, a colour
     and a shape as `<image> a red circle` has them), and `likelihood`, the scoring accuracy on the same prompts.
+    `batch_size` prompts are written at a time, each as it would be alone.
     """
     from .generation import generate  # generation builds on the model, not on the evaluation
 
     check_non_negative_int("k", k)
     check_positive_int("num_beams", num_beams)
+    check_positive_int("batch_size", batch_size)
     device = get_device(device)
     rng = np.random.default_rng([seed, k, 20])  # evaluate_format's stream: the same support, prompt by prompt
     name_ids = {tokenizer.index[name] for name in NAMES}
-    exact, named, captioned = [], [], []
+    prompts, pictures = [], []
     for ep in episodes:
         chosen = choose_support(ep, k, rng=rng)
-        classes = [ep.pool_classes[j] for j in chosen]
-        prompt = torch.tensor([tokenizer.encode(template_words(classes, ep.names, word))], device=device)  # (1, n)
-        images = torch.cat([ep.pool_images[chosen], ep.query_image[None]])[None].to(device)  # (1, k+1, 3, H, W)
-        out = generate(model, prompt, images, max_new_tokens=max_new_tokens, eoc_id=tokenizer.eoc_id, num_beams=num_beams)
-        written = out[0, prompt.shape[1]:].tolist()  # the answer, `<eoc>` included when it was written
+        prompts.append(tokenizer.encode(template_words([ep.pool_classes[j] for j in chosen], ep.names, word)))
+        pictures.append(torch.cat([ep.pool_images[chosen], ep.query_image[None]]))  # (k+1, 3, H, W)
+    tokens = torch.tensor(prompts, device=device)  # (E, n): every prompt has the same length
+    images = torch.stack(pictures).to(device)  # (E, k+1, 3, H, W)
+    written_rows = []
+    for start in range(0, len(episodes), batch_size):  # a batch of prompts at a time, each written as if alone
+        out = generate(model, tokens[start : start + batch_size], images[start : start + batch_size],
+                       max_new_tokens=max_new_tokens, eoc_id=tokenizer.eoc_id, num_beams=num_beams)  # (b, n+s)
+        written_rows += out[:, tokens.shape[1]:].tolist()
+    exact, named, captioned = [], [], []
+    for ep, written in zip(episodes, written_rows):
+        if tokenizer.eoc_id in written:  # the answer, `<eoc>` included when it was written
+            written = written[: written.index(tokenizer.eoc_id) + 1]
         answer = tokenizer.index[NAMES[ep.names[ep.query_class]]]
         exact.append(written[:2] == [answer, tokenizer.eoc_id])
         named.append(bool(written) and written[0] in name_ids)
