@@ -285,14 +285,14 @@ def check_layers(resampler_layers) -> None:
     mine_media, media.grad = media.grad, None
     with torch.enable_grad():
         (reference_layers(layers, media, repeat(latents, "L d -> b t L d", b=2, t=2)) * cotangent).sum().backward()
-    if mine is None or not torch.allclose(mine, latents.grad, atol=1e-5, rtol=1e-4):
-        fail(f"{what} gives the latents {'no' if mine is None else 'a wrong'} gradient though its output is right: z "
-             "must reach the output through autograd wherever it is used (no .detach() or torch.no_grad() on it), or "
-             f"the latents would not train{'' if mine is None else ' as they should'}.")
-    if mine_media is None or not torch.allclose(mine_media, media.grad, atol=1e-5, rtol=1e-4):
-        fail(f"{what} gives the media x {'no' if mine_media is None else 'a wrong'} gradient though its output is "
-             "right: x must reach each attention through autograd (no .detach() or torch.no_grad() on it), or the time "
-             "embeddings added to it, and whatever makes the features, would never train.")
+    for name, given, right, why in (
+        ("the latents", mine, latents.grad, "z must reach the output through autograd wherever it is used (no .detach() "
+         "or torch.no_grad() on it), or the latents would not train" + ("" if mine is None else " as they should")),
+        ("the media x", mine_media, media.grad, "x must reach each attention through autograd (no .detach() or "
+         "torch.no_grad() on it), or the time embeddings added to it, and whatever makes the features, would never train"),
+    ):
+        if given is None or not torch.allclose(given, right, atol=1e-5, rtol=1e-4):
+            fail(f"{what} gives {name} {'no' if given is None else 'a wrong'} gradient though its output is right: {why}.")
     passed("resampler_layers is right: two layers, each adding its update to the latents.")
 
 
