@@ -40,6 +40,9 @@ def test_the_solution_passes(capsys):
     (lambda d, k, cb: [i for i in range(d) if (i - (cb == "open_flamingo")) % k == 0], "wrong way"),
     (lambda d, k, cb: list(range(d)), "every layer gets a block"),
     (lambda d, k, cb: solution(d, k, cb)[:-1], "no usual mistake matches"),
+    (lambda d, k, cb: [i for i in range(d + 1) if (i + (cb == "open_flamingo")) % k == 0],
+     r"gated_layers\(8, 4, 'idefics'\) returned \[0, 4, 8\], with 8, which is no layer: a model of depth 8 has layers 0 to 7"),
+    (lambda d, k, cb: solution(d, k, cb) + solution(d, k, cb)[:1], r"with a layer listed twice"),
 ])
 def test_each_mistake_is_named(wrong, match):
     fails(lesson11.check_gated_layers, wrong, match=match)

@@ -72,6 +72,13 @@ def check_gated_layers(fn) -> dict:
         if got == wrong:
             fail(f"gated_layers: {message}")
     key = next(k for k in want if got[k] != want[k])
+    depth = key[0]
+    outside = [i for i in got[key] if not 0 <= i < depth]
+    if outside:
+        fail(f"gated_layers{key} returned {got[key]}, with {outside[0]}, which is no layer: a model of depth {depth} "
+             f"has layers 0 to {depth - 1}, so i runs over `range(depth)` (no `range(depth + 1)`, no index past the end).")
+    if len(set(got[key])) != len(got[key]):
+        fail(f"gated_layers{key} returned {got[key]}, with a layer listed twice: each layer gets at most one block.")
     fail(f"gated_layers{key} returned {got[key]}, expected {want[key]}; no usual mistake matches, so check the "
          "rule for that codebase and the range of i.")
 
