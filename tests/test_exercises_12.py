@@ -341,3 +341,29 @@ def test_a_cosine_index_past_the_support_is_not_blamed_on_the_query():
     with pytest.raises(ExerciseFailed, match=r"outside range\(6\), the 6 support pictures\. Compare the query with each") as caught:
         lesson12.check_nearest_support(sometimes_past)
     assert "query itself" not in str(caught.value)
+
+
+def test_a_prompt_builder_that_changes_names_in_place_is_named():
+    def sorts_names(support_classes, names, tokenizer, word="is"):
+        ids = prompt_solution(support_classes, names, tokenizer, word)
+        names.sort()  # after use: the prompt is right, the episode's names are not
+        return ids
+
+    fails(lesson12.check_build_prompt, sorts_names, match=r"changed names in place \(a `\.sort\(\)` or an assignment")
+
+
+def test_a_batch_of_one_prompt_and_an_empty_zero_shot_prompt_are_named():
+    fails(lesson12.check_build_prompt, lambda s, n, t, word="is": [prompt_solution(s, n, t, word)],
+          match=r"returned a batch of one prompt, `\[ids\]`: return the ids themselves")
+    fails(lesson12.check_build_prompt, lambda s, n, t, word="is": prompt_solution(s, n, t, word) if s else [],
+          match=r"gives an empty prompt: with 0 shots there are no examples, but the query is still there, `<image> is`")
+
+
+def test_a_scorer_returning_indices_or_relying_on_the_order_of_the_ids_is_named():
+    fails(lesson12.check_score_names, lambda lg, ids: score_solution(lg, ids).argmax(-1),
+          match=r"returned integers \(3,\), indices rather than scores")
+    fails(lesson12.check_score_names, lambda lg, ids: score_solution(lg, sorted(ids)), match="no usual mistake matches")
+    fails(lesson12.check_score_names, lambda lg, ids: lg[:, -1].log_softmax(-1)[:, min(ids): min(ids) + len(ids)],
+          match="no usual mistake matches")
+    _, ids = lesson12.example_logits()
+    assert ids != sorted(ids)  # the check's candidates come in an order of their own

@@ -181,8 +181,11 @@ def test_needs_stops_a_cell_whose_code_failed_its_check_or_was_never_checked():
     vars(lesson)["check_part"] = check_part
     keep_rng(vars(lesson))
     check = vars(lesson)["check_part"]
-    with pytest.raises(ExerciseFailed, match=r"check_part has not checked yet in this kernel: run the exercise and its check cell"):
+    with pytest.raises(ExerciseFailed, match=r"this cell builds on your code that check_part has not checked yet in this "
+                                             r"kernel: run the exercise and its check cell"):
         needs(check)
+    with pytest.raises(ExerciseFailed, match=r"check_part, check_part have not checked yet"):  # two checks: plural
+        needs(check, check)
     with pytest.raises(ExerciseFailed):
         check(False)
     with pytest.raises(ExerciseFailed, match=r"your code that check_part found wrong above"):

@@ -718,3 +718,23 @@ def test_code_changed_after_its_check_passed_is_marked_in_the_file_until_the_che
     sections[0].changed = True
     assert my_file.parse(my_file.render(sections)) == sections  # the mark round-trips, and is not read as a name
     assert my_file.CHANGED not in tool.assemble()
+
+
+def test_a_helper_changed_after_the_check_passed_makes_the_function_unchecked(shell):
+    """The checked function calls a helper of the same notebook: the helper redefined alone changes what was checked."""
+    helper = "def shifted(media_locations):\n    return media_locations.long()\n"
+    user = "def my_text_time(media_locations):\n    return shifted(media_locations).cumsum(dim=-1)"
+    assert shell.run_cell("from flamingo_lite.teaching.exercises import failed_checks, needs, lesson04\n"
+                          "mine = lambda: [f for f in failed_checks(lesson04) if f.startswith('check_text_time')]").success
+    assert shell.run_cell(helper + user).success and shell.run_cell("lesson04.check_text_time(my_text_time)").success
+    assert shell.run_cell(helper).success and shell.run_cell("needs(lesson04.check_text_time)").success  # the same helper
+    assert shell.run_cell("def shifted(media_locations):\n    return media_locations.long() * 2").success
+    stopped = shell.run_cell("needs(lesson04.check_text_time)")
+    assert "this cell builds on your my_text_time, changed since check_text_time last ran on it" in str(stopped.error_in_exec)
+    assert shell.run_cell("failed = mine()").success
+    assert shell.user_ns["failed"] == ["check_text_time, not run since your my_text_time changed"]
+    assert shell.run_cell(helper).success and shell.run_cell("needs(lesson04.check_text_time)").success  # back again
+    # a function that calls itself, or two that call each other, still has one code to compare
+    assert shell.run_cell("def ping(n):\n    return pong(n - 1) if n else 0\ndef pong(n):\n    return ping(n)").success
+    code = exercises._code_of(shell.user_ns["ping"])
+    assert code == exercises._code_of(shell.user_ns["ping"]) and "pong" in str(code)

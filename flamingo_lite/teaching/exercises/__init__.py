@@ -115,13 +115,38 @@ def _judged(check: Callable, *, fork: bool = True) -> Callable:
     return run
 
 
-def _code_of(obj):
-    """What a check judged of a function or class: its code objects (the same code run again compares equal)."""
+def _code_of(obj, _seen=None):
+    """What a check judged of a function or class: its code objects (the same code run again compares equal), and
+    those of the notebook's own functions and classes it calls by name, so a helper changed later counts too."""
+    seen = set() if _seen is None else _seen
+    if id(obj) in seen:  # a function that calls itself, or two that call each other
+        return "recursion"
+    seen.add(id(obj))
     if isinstance(obj, types.FunctionType):
-        return obj.__code__
-    if isinstance(obj, type) and obj.__module__ == "__main__":
-        return tuple(sorted((k, v.__code__) for k, v in vars(obj).items() if isinstance(v, types.FunctionType)))
-    return None
+        functions = [obj]
+    elif isinstance(obj, type) and obj.__module__ == "__main__":
+        functions = [v for _, v in sorted(vars(obj).items()) if isinstance(v, types.FunctionType)]
+    else:
+        return None
+    own = tuple(f.__code__ for f in functions)
+    namespace = functions[0].__globals__ if functions else {}  # the notebook's: every function of it shares one
+    called = sorted({name for f in functions for name in _names_read(f.__code__)
+                     if _is_notebooks(namespace.get(name)) and namespace.get(name) is not obj})
+    return own, tuple((name, _code_of(namespace[name], seen)) for name in called)
+
+
+def _names_read(code) -> set:
+    """The global names a code object and the functions nested in it read."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _names_read(const)
+    return names
+
+
+def _is_notebooks(obj) -> bool:
+    """A function or class defined in the notebook (not imported from a package)."""
+    return isinstance(obj, (types.FunctionType, type)) and getattr(obj, "__module__", None) == "__main__"
 
 
 def _changed_since(key) -> list[str]:
@@ -152,17 +177,18 @@ def needs(*checks: Callable) -> None:
     verdicts = [(check.__name__, _VERDICTS.get((check.__module__, check.__name__))) for check in checks]
     wrong = [name for name, ok in verdicts if ok is False]
     if wrong:
-        fail(f"this cell runs your code that {', '.join(wrong)} found wrong above: fix it there, run that check "
+        fail(f"this cell builds on your code that {', '.join(wrong)} found wrong above: fix it there, run that check "
              "again, then this cell.")
     changed = [(check.__name__, what) for check in checks
                if (what := _changed_since((check.__module__, check.__name__)))]
     if changed:
         name, what = changed[0]
-        fail(f"this cell runs your {', '.join(what)}, changed since {name} last ran on it: run that check again, "
+        fail(f"this cell builds on your {', '.join(what)}, changed since {name} last ran on it: run that check again, "
              "then this cell.")
     unrun = [name for name, ok in verdicts if ok is None]
     if unrun:
-        fail(f"this cell runs your code that {', '.join(unrun)} has not checked yet in this kernel: run the exercise "
+        fail(f"this cell builds on your code that {', '.join(unrun)} {'has' if len(unrun) == 1 else 'have'} not checked "
+             "yet in this kernel: run the exercise "
              "and its check cell above first (after a restart, run the cells above in order).")
 
 

@@ -128,19 +128,26 @@ def check_build_prompt(build_prompt) -> list:
         for support in (SUPPORT, [], long_support):
             shown = support if len(support) <= 4 else f"<{len(support)} classes>"
             call = f"your build_prompt({shown}, names, tokenizer, word={word!r})"
-            given = list(support)  # the learner's copy: a list changed in place would change the caller's
-            got = run_learner(build_prompt, given, list(NAMES_OF_CLASSES), tok, word=word, what=call,
+            given, given_names = list(support), list(NAMES_OF_CLASSES)  # the learner's copies: a list changed in place would change the caller's
+            got = run_learner(build_prompt, given, given_names, tok, word=word, what=call,
                               advice={"unexpected keyword argument 'word'": "give build_prompt a fourth argument, "
                                       "word=fewshot.IS: the word between each picture and its name."})
             if given != list(support):
                 fail(f"{call} changed support_classes in place (a `.sort()`, `.pop()` or `.reverse()` on it): the "
                      "caller's list changes too, and the order of the shots is the prompt's; read it, never change it.")
+            if given_names != NAMES_OF_CLASSES:
+                fail(f"{call} changed names in place (a `.sort()` or an assignment into it): it is the episode's own "
+                     "list, so every later prompt of that episode, and the answer it is scored against, would change "
+                     "with it; read it, never change it.")
             if isinstance(got, torch.Tensor):
                 fail("your build_prompt returned a tensor: return the list of token ids, `tokenizer.encode(words)` "
                      "(the evaluation below makes one tensor of all the prompts with `torch.tensor(prompts)`).")
             if isinstance(got, (list, tuple)) and got and all(isinstance(i, str) for i in got):
                 fail("your build_prompt returned the words themselves: return their token ids, "
                      "`tokenizer.encode(words)`, a list of ints.")
+            if isinstance(got, (list, tuple)) and len(got) == 1 and isinstance(got[0], (list, tuple)):
+                fail("your build_prompt returned a batch of one prompt, `[ids]`: return the ids themselves, one flat "
+                     "list (the evaluation below makes the batch of all the prompts itself).")
             if isinstance(got, (list, tuple)) and any(isinstance(i, (list, tuple)) for i in got):
                 fail("your build_prompt returned a list of lists (one per shot?): return one flat list of token ids, "
                      "the shots one after the other, `tokenizer.encode(words)` of all the words.")
@@ -154,6 +161,9 @@ def check_build_prompt(build_prompt) -> list:
             for message, wrong in _prompt_mistakes(support, NAMES_OF_CLASSES, word):
                 if list(got) == wrong:
                     fail(f"{call}: {message}")
+            if not support and not got:
+                fail(f"{call} gives an empty prompt: with 0 shots there are no examples, but the query is still there, "
+                     f"`<image> {word}`, where the model writes its guess.")
             if len(support) > 4 and list(got) == want[: len(got)]:
                 fail(f"{call} stops after {len(got)} of the {len(want)} tokens: a prompt has every shot it is given "
                      "(32 shots here, as the curve below uses), so no length limit.")
@@ -179,11 +189,13 @@ def check_build_prompt(build_prompt) -> list:
 
 
 def example_logits(seed: int = 0):
-    """Logits (3, 6, V) over the few-shot vocabulary and the 16 name ids."""
+    """Logits (3, 6, V) over the few-shot vocabulary and the 16 name ids, in an order of their own: neither sorted nor
+    a run of consecutive ids, so a scorer that sorts them or takes a range of ids is found out."""
     tok = fewshot.fewshot_tokenizer()
     generator = torch.Generator().manual_seed(seed)
     logits = 3 * torch.randn(3, 6, len(tok), generator=generator)  # (b, n, V)
-    return logits, [tok.index[name] for name in fewshot.NAMES]
+    order = torch.randperm(len(fewshot.NAMES), generator=generator).tolist()
+    return logits, [tok.index[fewshot.NAMES[i]] for i in order]
 
 
 def score_mistakes(logits: torch.Tensor, ids: list) -> list[Mistake]:
@@ -226,6 +238,9 @@ def check_score_names(score_names) -> torch.Tensor:
     logits, ids = example_logits()
     got = run_untouched(score_names, logits, list(ids), what="your score_names(logits, candidate_ids)",
                         names=("logits", "candidate_ids"))
+    if isinstance(got, torch.Tensor) and not got.is_floating_point():
+        fail(f"your score_names returned integers {tuple(got.shape)}, indices rather than scores: return every "
+             "candidate's log-probability, (b, C); the evaluation takes the argmax itself.")
     want = fewshot.score_candidates(logits[:, -1], ids)  # (b, C)
     compare(got, want, what="your score_names", mistakes=score_mistakes(logits, ids),
             shape_advice="keep the batch axis, take the last position (`logits[:, -1]`, (b, V)), then the candidates' "
