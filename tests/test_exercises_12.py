@@ -367,3 +367,17 @@ def test_a_scorer_returning_indices_or_relying_on_the_order_of_the_ids_is_named(
           match="no usual mistake matches")
     _, ids = lesson12.example_logits()
     assert ids != sorted(ids)  # the check's candidates come in an order of their own
+
+
+def test_a_scorer_in_another_dtype_and_a_nearest_counted_from_the_end_are_named():
+    fails(lesson12.check_score_names, lambda lg, ids: score_solution(lg, ids).double(),
+          match=r"returned torch.float64 scores from torch.float32 logits: keep the logits' dtype")
+    fails(lesson12.check_nearest_support, lambda s, q: nearest_solution(s.flip(0), q),
+          match=r"counts the support pictures from the end \(reversed, or flipped\)")
+
+    def swapped(query, support):  # the signature's arguments the wrong way round
+        pooled_support = torch.nn.functional.normalize(support.mean(dim=1), dim=-1)
+        pooled_query = torch.nn.functional.normalize(query.mean(dim=0), dim=-1)
+        return int((pooled_support @ pooled_query).argmax())
+
+    fails(lesson12.check_nearest_support, swapped, match=r"check the signature's order: `nearest_support\(support, query\)`")

@@ -13,13 +13,14 @@ nearest-neighbour baseline.
   last position; the usual mistakes (the first position instead of the last, raw logits, probabilities instead of
   log-probabilities, log_softmax over positions or over the batch, renormalised over the candidates only, the
   first C vocabulary entries instead of the candidates' ids, the sign flipped, averaged over positions) are
-  computed on the same logits.
+  computed on the same logits; indices instead of scores, and scores in another dtype, are named before.
 - `nearest_support(support, query)`: the index of the support picture whose grid-averaged frozen features have the
   largest cosine with the query's. The answer is `heldout.nearest_support`; on 40 random episodes whose pictures
   have features of very different sizes, the learner's choices are compared with those of the usual mistakes (no
   normalisation, the farthest picture, the grid flattened instead of averaged, max-pooled, the features averaged
   instead of the cells, cosines per cell, normalised across pictures, the cosine over the pictures' axis, the
-  Euclidean distance of unnormalised features), so the verdict names the mistake. Any single integer is an index.
+  Euclidean distance of unnormalised features, the pictures counted from the end), so the verdict names the
+  mistake. Any single integer is an index.
 """
 from __future__ import annotations
 
@@ -241,6 +242,9 @@ def check_score_names(score_names) -> torch.Tensor:
     if isinstance(got, torch.Tensor) and not got.is_floating_point():
         fail(f"your score_names returned integers {tuple(got.shape)}, indices rather than scores: return every "
              "candidate's log-probability, (b, C); the evaluation takes the argmax itself.")
+    if isinstance(got, torch.Tensor) and got.is_floating_point() and got.dtype != logits.dtype:
+        fail(f"your score_names returned {got.dtype} scores from {logits.dtype} logits: keep the logits' dtype "
+             "(no `.half()` or `.double()`), so the scores are the model's to the last digit.")
     want = fewshot.score_candidates(logits[:, -1], ids)  # (b, C)
     compare(got, want, what="your score_names", mistakes=score_mistakes(logits, ids),
             shape_advice="keep the batch axis, take the last position (`logits[:, -1]`, (b, V)), then the candidates' "
@@ -331,6 +335,9 @@ def check_nearest_support(nearest_support) -> None:
     if chosen == [r + 1 for r in right]:
         fail(f"{what} returns the right picture's index plus one: `argmax` already counts from 0, as the support "
              "pictures are indexed, so return `int(cosines.argmax())` as it is.")
+    if chosen == [len(support) - 1 - r for r, (support, _) in zip(right, examples)]:
+        fail(f"{what} counts the support pictures from the end (reversed, or flipped): index i is support[i], so "
+             "compare them in the order given and return the index as `argmax` gives it.")
     mistakes = [_nearest_mistakes(support, query) for support, query in examples]
     for name, message in _NEAREST_MESSAGES.items():
         if chosen == [m[name] for m in mistakes]:
@@ -341,7 +348,8 @@ def check_nearest_support(nearest_support) -> None:
         query_itself = all(c == len(support) for c, (support, _) in zip(chosen, examples))  # the query always wins
         fail(f"{what} returned {got}, outside range({k}), the {k} support pictures"
              f"{': index k is the query itself, which was among the candidates' if query_itself else ''}. Compare "
-             "the query with each support picture, one number per picture, and return the index of one of them.")
+             "the query with each support picture, one number per picture, and return the index of one of them "
+             "(and check the signature's order: `nearest_support(support, query)`).")
     fail(f"{what} chose another picture on {wrong} of {len(examples)} episodes, and no usual mistake matches: average "
          "each picture over its grid cells, normalise, and take the largest cosine (`hint(\"12.nearest\")`).")
 
