@@ -59,6 +59,11 @@ def test_the_prompt_solution_passes(capsys):
     (wrong_prompt(lambda c, n: ["<image>", "is", NAME(c, n), "<eoc>"], ["<image>", "is"], order=lambda s: s[:-1]),
      "last support example is left out"),
     (wrong_prompt(lambda c, n: ["<image>", "is", NAME(c, n), "<eoc>"], ["<image>", "is"], order=sorted), "support examples are sorted"),
+    (wrong_prompt(lambda c, n: ["<image>", *fewshot.class_words(c), "is", NAME(c, n), "<eoc>"], ["<image>", "is"]),
+     "each example has its class's words as well"),
+    (wrong_prompt(lambda c, n: ["<image>", "is", "<eoc>", NAME(c, n)], ["<image>", "is"]), "the `<eoc>` comes before the name"),
+    (wrong_prompt(lambda c, n: ["<image>", "is", fewshot.NAMES[n.index(c)], "<eoc>"], ["<image>", "is"]),
+     r"names are looked up the other way \(`names.index\(c\)`\)"),
 ])
 def test_each_prompt_mistake_is_named(wrong, match):
     fails(lesson12.check_build_prompt, wrong, match=match)
@@ -165,7 +170,7 @@ def test_the_prompt_mistakes_differ_from_the_answer_and_each_other():
     for word in lesson12.WORDS:
         right = prompt_solution(lesson12.SUPPORT, lesson12.NAMES_OF_CLASSES, tok, word)
         wrongs = [w for _, w in lesson12._prompt_mistakes(lesson12.SUPPORT, lesson12.NAMES_OF_CLASSES, word)]
-        assert all(w != right for w in wrongs) and len({tuple(w) for w in wrongs}) == len(wrongs) == 16
+        assert all(w != right for w in wrongs) and len({tuple(w) for w in wrongs}) == len(wrongs) == 19
 
 
 def score_solution(logits, candidate_ids):

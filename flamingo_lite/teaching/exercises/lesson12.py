@@ -6,7 +6,8 @@ nearest-neighbour baseline.
   mistakes on the same episode (the `<eoc>` left out, the query's `is` or its `<image>` left out, a class's own
   index used as its name instead of the episode's assignment, the support written as words instead of pictures,
   the support in reverse or sorted order, the last example left out, the word before the picture, the word
-  ignored or used for the query only), so the verdict names the mistake; a builder that gives another prompt when
+  ignored or used for the query only, the class's words added, `<eoc>` before the name, the names looked up the
+  other way), so the verdict names the mistake; a builder that gives another prompt when
   called again (a default list that grows) is named, and any other wrong prompt is shown with its first wrong word.
 - `score_names(logits, candidate_ids)`: from the model's logits over the whole prompt (b, n, V), the
   log-probability of each candidate name as the next token (b, C). The answer is `fewshot.score_candidates` at the
@@ -95,7 +96,16 @@ def _prompt_mistakes(support, names, word) -> list[tuple[str, list]]:
          "class in `support_classes`.", _words_prompt([[media, word, name(c), eoc] for c in support[:-1]], [media, word])),
         ("the support examples are sorted: keep the order of `support_classes`, which is the order of the pictures "
          "given with the prompt.", _words_prompt([[media, word, name(c), eoc] for c in sorted(support)], [media, word])),
+        (f"each example has its class's words as well (`<image> red circle {word} NAME`): the picture is all the "
+         f"prompt shows of the class, `<image> {word} NAME <eoc>`, so the model has to see what it shows.",
+         _words_prompt([[media, *fewshot.class_words(c), word, name(c), eoc] for c in support], [media, word])),
+        (f"the `<eoc>` comes before the name (`<image> {word} <eoc> NAME`): it ends each example, after its name.",
+         _words_prompt([[media, word, eoc, name(c)] for c in support], [media, word])),
     ]
+    if all(c in names for c in support):  # a class no name index equals would raise in the learner's own code
+        mistakes.append(("the names are looked up the other way (`names.index(c)`): `names[c]` is the index, in NAMES, "
+                         "of class c's name in this episode, so the name is `NAMES[names[c]]`.",
+                         _words_prompt([[media, word, fewshot.NAMES[names.index(c)], eoc] for c in support], [media, word])))
     for other in WORDS:
         if other != word:
             mistakes.append((f"the prompt is written with `{other}`, but word={word!r} was asked: put the word "
