@@ -28,11 +28,12 @@ and the same check passing takes the mark away, as does running the cell again w
 checked yet). Code changed after its check passed in this kernel is marked too, until that check runs on it again:
 
     # === lesson 05: MyMaskedCrossAttention === (changed since its check passed: run the check again)
- A later lesson's `start` uses flamingo_lite's version of a marked module in its place (`FALLBACKS`),
-and says so, so it does not build on code known to be wrong; a marked section of other names is used as it is,
-with a line saying it failed its check; a changed one is used as it is, with a line saying it is not checked. A
-section whose code calls a marked one's names says so in its own header,
-`(calls project, which failed its check: ...)`, worked out anew at every write.
+
+A later lesson's `start` uses flamingo_lite's version of a failed module in its place (`FALLBACKS`), and says so,
+so it does not build on code known to be wrong; a failed section of other names is used as it is, with a line
+saying it failed its check, and a changed one is used as it is, with a line saying it is not checked. A section
+whose code calls a failed one's names says so in its own header, `(calls project, which failed its check: ...)`,
+worked out anew at every write.
 
 `tools/make_my_flamingo.py` assembles the course's own `notebooks/my_flamingo.py` from the lessons' cells with the
 same functions, so running a solution lesson leaves that file byte for byte as it is.

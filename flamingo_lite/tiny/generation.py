@@ -175,12 +175,10 @@ def generate(
         logits = decoder.step(next_ids[:, None])  # (b*B', V)
     model.train(was_training)
     best = beams.view(b, scores.shape[1], -1)[first_row[:, 0], scores.argmax(dim=1)]  # (b, n+s): each prompt's best beam
-    if eoc_id is not None:
-        ended = (best[:, n:] == eoc_id).int().cumsum(dim=1)  # (b, s): how many <eoc> up to each new token
-        after = (ended - (best[:, n:] == eoc_id).int()) > 0  # (b, s): past the first <eoc>
-        new = best[:, n:].masked_fill(after, eoc_id)  # (b, s)
-        width = int((~after).sum(dim=1).max())  # the longest row, up to and including its first <eoc>
-        best = torch.cat((best[:, :n], new[:, :width]), dim=1)  # (b, n+width)
+    if eoc_id is not None:  # a finished beam wrote only <eoc> after its first one: keep the longest row's end
+        before_end = (best[:, n:] == eoc_id).int().cumsum(dim=1) == 0  # (b, s): new tokens before a row's first <eoc>
+        width = min(int(before_end.sum(dim=1).max()) + 1, best.shape[1] - n)  # its first <eoc> included
+        best = best[:, : n + width]  # (b, n+width)
     return best  # (b, n+s)
 
 

@@ -149,25 +149,27 @@ def _is_notebooks(obj) -> bool:
     return isinstance(obj, (types.FunctionType, type)) and getattr(obj, "__module__", None) == "__main__"
 
 
-def _changed_since(key) -> list[str]:
-    """The names a check ran on whose code in the notebook is no longer the code it judged (a cell run again with
-    other code): its verdict no longer says anything about them."""
-    try:
-        from IPython import get_ipython
-        shell = get_ipython()
-    except ImportError:
-        shell = None
-    if shell is None:
-        return []
+def _changed_since(key, namespace: dict | None = None) -> list[str]:
+    """The names a check ran on whose code in `namespace` (default: the notebook's) is no longer the code it judged
+    (a cell run again with other code): its verdict no longer says anything about them."""
+    if namespace is None:
+        try:
+            from IPython import get_ipython
+            shell = get_ipython()
+        except ImportError:
+            shell = None
+        if shell is None:
+            return []
+        namespace = shell.user_ns
     return [name for name, code in _CHECKED.get(key, {}).items()
-            if name in shell.user_ns and _code_of(shell.user_ns[name]) != code]
+            if name in namespace and _code_of(namespace[name]) != code]
 
 
 def passed_on_other_code(names, namespace: dict) -> list[tuple[str, str]]:
     """(check, name) for each of `names` whose code in `namespace` is not the code a check passed on in this
     kernel: the learner's file marks such a section until the check runs again (`my_file.CHANGED`)."""
-    return [(check, name) for (module, check), judged in _CHECKED.items() if _VERDICTS.get((module, check))
-            for name, code in judged.items() if name in names and name in namespace and _code_of(namespace[name]) != code]
+    return [(key[1], name) for key in _CHECKED if _VERDICTS.get(key)
+            for name in _changed_since(key, namespace) if name in names]
 
 
 def needs(*checks: Callable) -> None:

@@ -7,8 +7,8 @@ nearest-neighbour baseline.
   index used as its name instead of the episode's assignment, the support written as words instead of pictures,
   the support in reverse or sorted order, the last example left out, the word before the picture, the word
   ignored or used for the query only, the class's words added, `<eoc>` before the name, the names looked up the
-  other way), so the verdict names the mistake; a builder that gives another prompt when
-  called again (a default list that grows) is named, and any other wrong prompt is shown with its first wrong word.
+  other way), so the verdict names the mistake; a builder that gives another prompt when called again (a default
+  list that grows) is named, and any other wrong prompt is shown with its first wrong word.
 - `score_names(logits, candidate_ids)`: from the model's logits over the whole prompt (b, n, V), the
   log-probability of each candidate name as the next token (b, C). The answer is `fewshot.score_candidates` at the
   last position; the usual mistakes (the first position instead of the last, raw logits, probabilities instead of
